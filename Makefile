@@ -1,0 +1,57 @@
+# snapkit: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything they depend on (apt packages, the venv, the guest image) is installed on the way,
+# idempotently, so both work on a fresh machine and cost nothing when already done.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools cpio busybox-static \
+                 util-linux e2fsprogs xfsprogs btrfs-progs
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup apt venv image test test-fast demo bench lint clean
+
+setup: apt venv
+
+apt:
+	@missing=$$(for p in $(HOST_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing host packages:" $$missing; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[host,dev]'
+	touch $@
+
+image: setup
+	$(BIN)/vmtest image build
+
+# The whole suite: unit, property and VM tests, two workers.
+test: image
+	$(BIN)/pytest -n $(PYTEST_WORKERS) tests
+
+# The quick loop while editing: no VM, nothing slow.
+test-fast: venv
+	$(BIN)/pytest -q -m "not vm and not slow" tests
+
+demo: image
+	$(BIN)/vmtest run --matrix quick --report report
+
+bench: image
+	$(BIN)/vmtest bench boot --runs 5
+	$(BIN)/snapkit bench cow
+
+lint: venv
+	$(BIN)/ruff check snapkit vmtests tests
+	$(BIN)/ruff format --check snapkit vmtests tests
+	$(BIN)/mypy --strict snapkit vmtests
+
+clean:
+	rm -rf $(VENV) build *.egg-info report results
