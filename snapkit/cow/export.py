@@ -1,0 +1,183 @@
+"""Write the point-in-time image: the bytes a read of the whole snapshot device returns.
+
+One sequential pass over the origin in large blocks: each block is read once (or skipped when
+the origin has a hole there), the exception chunks that fall in it are read from the COW
+straight into the same buffer, and the block is written once. Blocks that end up all zero are
+not written to a regular-file output, so a sparse origin gives a sparse image.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from snapkit.cow.format import DEFAULT_CHUNK_SECTORS, SECTOR_SIZE
+from snapkit.cow.image import device_sectors, file_identity, is_regular, open_pair
+from snapkit.cow.store import PersistentStore
+from snapkit.errors import OperationError, ValidationError
+
+BLOCK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    size: int
+    written: int  # bytes actually written; less than size when holes were skipped
+
+
+def exception_runs(store: PersistentStore) -> Iterator[tuple[int, int, int]]:
+    """(old, new, count) runs, by origin chunk, where both sides are consecutive."""
+    olds, news = store.olds, store.news
+    order = sorted(range(len(olds)), key=olds.__getitem__)
+    run_old = run_new = count = 0
+    for i in order:
+        old, new = olds[i], news[i]
+        if count and old == run_old + count and new == run_new + count:
+            count += 1
+            continue
+        if count:
+            yield run_old, run_new, count
+        run_old, run_new, count = old, new, 1
+    if count:
+        yield run_old, run_new, count
+
+
+class _HoleMap:
+    """Answers "is there data in [a, b)?" with few lseek calls, for sparse origins."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self.data_at = self.hole_at = -1  # the current data extent [data_at, hole_at)
+
+    def has_data(self, start: int, end: int) -> bool:
+        if self.data_at <= start < self.hole_at:
+            return True
+        try:
+            self.data_at = os.lseek(self.fd, start, os.SEEK_DATA)
+            self.hole_at = os.lseek(self.fd, self.data_at, os.SEEK_HOLE)
+        except OSError:  # ENXIO: only a hole up to the end; or no SEEK_DATA support
+            if not self._supported():
+                return True
+            self.data_at = self.hole_at = self.size
+        return self.data_at < end
+
+    def _supported(self) -> bool:
+        try:
+            os.lseek(self.fd, 0, os.SEEK_HOLE)
+        except OSError:
+            return False
+        return True
+
+
+def _is_zero(buf: bytearray, length: int, zero: bytes) -> bool:
+    """bytearray == bytes is a memcmp; a memoryview comparison would go element by element."""
+    if length == len(buf):
+        return buf == zero
+    return buf[:length] == zero[:length]
+
+
+def _write_all(fd: int, view: memoryview, offset: int | None) -> None:
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        view = view[n:]
+        if offset is not None:
+            offset += n
+
+
+def export(
+    origin_path: str,
+    cow_path: str,
+    output: str,
+    table_chunk_sectors: int = DEFAULT_CHUNK_SECTORS,
+) -> ExportResult:
+    """Refuses (and writes nothing) for an invalid snapshot or an output that is an input."""
+    with open_pair(origin_path, cow_path, table_chunk_sectors=table_chunk_sectors) as pair:
+        inputs = {file_identity(os.fstat(pair.origin.fd)), file_identity(os.fstat(pair.cow.fd))}
+        if output == "-":
+            out_fd, close_out = sys.stdout.fileno(), False
+            if file_identity(os.fstat(out_fd)) in inputs:
+                raise ValidationError("standard output is the origin or the COW itself")
+            if os.isatty(out_fd):
+                raise ValidationError(
+                    "refusing to write an image to a terminal", hint="redirect it to a file"
+                )
+        else:
+            try:
+                if file_identity(os.stat(output)) in inputs:
+                    raise ValidationError(f"output {output} is the origin or the COW itself")
+            except FileNotFoundError:
+                pass
+            try:
+                out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except OSError as exc:
+                raise OperationError(f"cannot create {output}: {exc.strerror}") from exc
+            close_out = True
+        try:
+            size = device_sectors(pair.origin) * SECTOR_SIZE
+            sequential = output == "-"
+            sparse = not sequential and is_regular(out_fd)
+            return _stream(
+                pair.origin.fd, pair.cow.fd, pair.store, out_fd, size, sparse, sequential
+            )
+        except OSError as exc:
+            raise OperationError(f"export failed: {exc.strerror or exc}") from exc
+        finally:
+            if close_out:
+                os.close(out_fd)
+
+
+def _stream(
+    origin_fd: int,
+    cow_fd: int,
+    store: PersistentStore,
+    out_fd: int,
+    size: int,
+    sparse: bool,
+    sequential: bool,
+) -> ExportResult:
+    """Holes are skipped only in a regular file, which ftruncate has made read as zeros."""
+    csb = store.geometry.chunk_bytes
+    block = max(BLOCK_BYTES, csb)
+    if sparse:
+        os.ftruncate(out_fd, size)
+    buf = bytearray(block)
+    view = memoryview(buf)
+    zero = bytes(block)
+    holes = _HoleMap(origin_fd, size)
+    runs = exception_runs(store)
+    pending = next(runs, None)
+    written = 0
+    buf_is_zero = True
+    for pos in range(0, size, block):
+        end = min(pos + block, size)
+        length = end - pos
+        if holes.has_data(pos, end):
+            got = os.preadv(origin_fd, [view[:length]], pos)
+            if got < length:
+                view[got:length] = zero[: length - got]
+            buf_is_zero = False
+        elif not buf_is_zero:
+            view[:length] = zero[:length]
+            buf_is_zero = True
+        while pending is not None and pending[0] * csb < end:
+            old, new, count = pending
+            first = max(old * csb, pos)
+            last = min((old + count) * csb, end)
+            at = new * csb + (first - old * csb)
+            got = os.preadv(cow_fd, [view[first - pos : last - pos]], at)
+            if got < last - first:
+                view[first - pos + got : last - pos] = zero[: last - first - got]
+            buf_is_zero = False
+            if (old + count) * csb > end:
+                break  # the rest of this run belongs to the next block
+            pending = next(runs, None)
+        if sparse and (buf_is_zero or _is_zero(buf, length, zero)):
+            continue
+        _write_all(out_fd, view[:length], None if sequential else pos)
+        written += length
+    return ExportResult(size, written)
+
+
+__all__ = ["ExportResult", "exception_runs", "export"]
