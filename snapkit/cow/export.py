@@ -177,6 +177,8 @@ def _stream(
             continue
         _write_all(out_fd, view[:length], None if sequential else pos)
         written += length
+    if sparse:
+        os.fsync(out_fd)  # an image that may vanish on a crash is not an export
     return ExportResult(size, written)
 
 

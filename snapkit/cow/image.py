@@ -12,8 +12,15 @@ import stat
 from dataclasses import dataclass
 
 from snapkit.cow.device import FileDevice
-from snapkit.cow.format import DEFAULT_CHUNK_SECTORS, SECTOR_SIZE
-from snapkit.cow.store import PersistentStore, scan_areas
+from snapkit.cow.format import (
+    DEFAULT_CHUNK_SECTORS,
+    SECTOR_SIZE,
+    SNAP_MAGIC,
+    Geometry,
+    Header,
+    check_chunk_sectors,
+)
+from snapkit.cow.store import PersistentStore, Usage, scan_areas
 from snapkit.errors import CowFormatError, OperationError, RefusedError, ValidationError
 
 
@@ -138,9 +145,12 @@ def inspect(cow_path: str, table_chunk_sectors: int = DEFAULT_CHUNK_SECTORS) -> 
             # The kernel reads nothing of an invalid store; count what is there anyway.
             try:
                 found = scan_areas(cow, store.geometry)
-                exceptions, areas = len(found.olds), found.current_area + 1
             except CowFormatError:
                 exceptions, areas = 0, 0
+            else:
+                exceptions, areas = len(found.olds), found.current_area + 1
+                cs = store.geometry.chunk_sectors
+                usage = Usage(found.next_free * cs, usage.total_sectors, (areas + 1) * cs)
         return Inspection(
             valid=store.valid,
             new=store.is_new,
@@ -208,6 +218,7 @@ __all__ = [
     "device_sectors",
     "diff",
     "file_identity",
+    "format_cow",
     "inspect",
     "is_regular",
     "load_store",
@@ -215,3 +226,22 @@ __all__ = [
     "open_pair",
     "refuse_same_file",
 ]
+
+
+def format_cow(cow_path: str, chunk_sectors: int, *, force: bool = False) -> None:
+    """Prepare a COW as LVM does: zero the first chunk so the kernel sees magic 0, a new store.
+
+    Nothing else is written: the kernel writes the header and zeroes area 0 itself when the
+    snapshot is first activated.
+    """
+    with open_device(cow_path, writable=True) as cow:
+        geometry = Geometry(check_chunk_sectors(chunk_sectors), device_sectors(cow))
+        geometry.check_size()
+        header = Header.unpack(cow.read(0, 16)) if cow.size >= 16 else None
+        if header is not None and header.magic == SNAP_MAGIC and not force:
+            raise RefusedError(
+                f"{cow_path} already holds a snapshot store",
+                hint="pass --force to discard it",
+            )
+        cow.write(0, bytes(geometry.chunk_bytes))
+        cow.flush()

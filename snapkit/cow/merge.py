@@ -3,11 +3,11 @@
 The kernel copies one batch, flushes the origin, then clears the batch's entries and writes the
 area with flush+FUA. Doing two flushes per batch would make a merge of 100,000 scattered chunks
 take minutes, so batches are grouped: the data of several batches is copied, the origin is
-flushed once, and the area is written once with all of them cleared. The state on disk after
-each group is exactly a state the kernel passes through (a batch boundary), and a kill at any
-moment leaves at worst batches copied but not yet cleared; copying them again is harmless,
-because no batch changes the COW data it reads. A group never spans two areas, so an emptied
-area is always written as zeros before the kernel, or this code, steps back to the one before.
+flushed once, and then the metadata is written with all of them cleared: areas the group
+emptied first (as zeros, highest first), then the current one, each flushed before the next.
+Every state on disk between those writes is one the kernel passes through (a batch boundary),
+and a kill at any moment leaves at worst batches copied but not yet cleared; copying them again
+is harmless, because no batch changes the COW data it reads.
 """
 
 from __future__ import annotations
@@ -65,14 +65,14 @@ def _run(pair: Pair, progress: Progress | None, stop_after_groups: int | None) -
     def commit() -> None:
         nonlocal group, groups, dirty
         pair.origin.flush()
-        store.write_area()
+        store.flush_merged()
         group, dirty = 0, False
         groups += 1
         if progress is not None:
             progress(total - store.exception_count, total)
 
     while True:
-        if dirty and (not store.current_committed or group >= GROUP_BYTES):
+        if dirty and group >= GROUP_BYTES:
             commit()
             if stop_after_groups is not None and groups >= stop_after_groups:
                 break

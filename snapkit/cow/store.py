@@ -83,10 +83,10 @@ def scan_areas(dev: BlockDevice, geo: Geometry) -> Areas:
         count = live_count(area_news)
         if count:
             area_olds, area_news = area_olds[:count], area_news[:count]
-            _check_targets(geo, area_index, area_news)
+            top = _check_targets(geo, area_index, area_news)
             olds.extend(area_olds)
             news.extend(area_news)
-            next_free = max(next_free, max(area_news) + 1)
+            next_free = max(next_free, top + 1)
         if count < epa:
             if len(set(olds)) != len(olds):
                 raise CowFormatError(_duplicate_message(olds))
@@ -96,19 +96,25 @@ def scan_areas(dev: BlockDevice, geo: Geometry) -> Areas:
         area_index += 1
 
 
-def _check_targets(geo: Geometry, area_index: int, news: array[int]) -> None:
-    limit, stride = geo.cow_chunks, geo.stride
-    top = max(news)
-    if top >= limit:
+def _check_targets(geo: Geometry, area_index: int, news: array[int]) -> int:
+    """Refuse targets past the end or on a metadata chunk; returns the highest target."""
+    top, bottom = max(news), min(news)
+    if top >= geo.cow_chunks:
         raise CowFormatError(
             f"exception in area {area_index} points to COW chunk {top}, past the end "
-            f"({limit} chunks)"
+            f"({geo.cow_chunks} chunks)"
         )
-    if min(news) <= HEADER_CHUNKS or any(n % stride == HEADER_CHUNKS for n in news):
+    # The kernel only allocates inside the area's own data chunks; then no check per entry.
+    own = geo.area_location(area_index)
+    if own < bottom and top <= own + geo.entries_per_area:
+        return top
+    stride = geo.stride
+    if bottom <= HEADER_CHUNKS or any(n % stride == HEADER_CHUNKS for n in news):
         bad = next(n for n in news if geo.is_metadata_chunk(n))
         raise CowFormatError(
             f"exception in area {area_index} points to COW chunk {bad}, a metadata chunk"
         )
+    return top
 
 
 def _duplicate_message(olds: array[int]) -> str:
@@ -134,6 +140,9 @@ class PersistentStore:
         self.current_committed = areas.current_committed
         self.area = areas.area
         self.next_free = areas.next_free
+        # Merge metadata not yet on disk: emptied areas (highest first), then the current one.
+        self._emptied: list[tuple[int, bytes]] = []
+        self._merge_dirty = False
 
     @classmethod
     def load(
@@ -214,7 +223,7 @@ class PersistentStore:
         if self.current_committed == epa and not self._zero_disk_area(self.current_area + 1):
             self.valid = False
         if self.valid:
-            self._write_area()
+            self._write_area(self.current_area, self.area)
         if self.current_committed == epa:
             self.current_committed = 0
             self.current_area += 1
@@ -240,6 +249,9 @@ class PersistentStore:
         if not self.current_committed:
             if not self.current_area:
                 return None
+            if self._merge_dirty:
+                self._emptied.append((self.current_area, bytes(self.area)))
+                self._merge_dirty = False
             self.current_area -= 1
             geo = self.geometry
             location = geo.area_location(self.current_area)
@@ -266,15 +278,25 @@ class PersistentStore:
         del self.olds[len(self.olds) - count :]
         del self.news[len(self.news) - count :]
         self.next_free = self.geometry.area_location(self.current_area) + self.current_committed + 1
+        self._merge_dirty = True
 
     def commit_merge(self, count: int) -> None:
         """persistent_commit_merge(): clear the batch and write the area with flush+FUA."""
         self.clear_merged(count)
-        self.write_area()
+        self.flush_merged()
 
-    def write_area(self) -> None:
-        """area_io(WRITE | PREFLUSH | FUA) of the current area."""
-        self._write_area()
+    def flush_merged(self) -> None:
+        """Write what clear_merged() changed: emptied areas first, highest first, each flushed.
+
+        That order means a stop between two writes leaves a layout the kernel reads as a batch
+        boundary: an area is only ever seen non-full once every area after it is zero.
+        """
+        for index, raw in self._emptied:
+            self._write_area(index, raw)
+        self._emptied.clear()
+        if self._merge_dirty:
+            self._write_area(self.current_area, self.area)
+            self._merge_dirty = False
 
     @property
     def merge_done(self) -> bool:
@@ -282,9 +304,10 @@ class PersistentStore:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _write_area(self) -> None:
+    def _write_area(self, index: int, raw: bytes | bytearray) -> None:
+        """area_io(WRITE | PREFLUSH | FUA): the write, then a flush."""
         geo = self.geometry
-        self.dev.write(geo.area_location(self.current_area) * geo.chunk_bytes, self.area)
+        self.dev.write(geo.area_location(index) * geo.chunk_bytes, raw)
         self.dev.flush()
 
     def _zero_disk_area(self, area_index: int) -> bool:
