@@ -1,0 +1,37 @@
+# Stage 2 of the guest boot, run by busybox sh in the final root, from the working tree. The
+# initramfs has done all the setting up; this only starts the job: one command (mode "exec", the
+# fast path, no Python on it) or the agent (mode "agent": many commands, file copies).
+set -a
+. /vmtest/env
+set +a
+read -r mode </vmtest/mode
+cd /root 2>/dev/null || cd /
+
+finish() {
+    sync
+    exec /bin/busybox reboot -f
+}
+
+case "$mode" in
+exec)
+    # Rebuild argv from one file per argument. The "x" guard keeps trailing newlines, so every
+    # byte survives and no argument is ever re-split or unquoted on the way in.
+    set --
+    for f in /vmtest/argv/*; do
+        [ -e "$f" ] || continue
+        a=$(cat "$f"; printf x)
+        set -- "$@" "${a%x}"
+    done
+    "$@" </dev/vmtest/stdin >/dev/vmtest/stdout 2>/dev/vmtest/stderr
+    echo "$?" >/dev/vmtest/status
+    finish
+    ;;
+agent)
+    python3 -I -S /src/vmtests/guest/agent.py /dev/vmtest/agent
+    finish
+    ;;
+*)
+    echo "vmtest-stage2: FATAL: unknown mode $mode" >/dev/console
+    exit 1
+    ;;
+esac
