@@ -49,18 +49,34 @@ def _mem_mib(text: str) -> int:
 
 
 def _add_vm_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mem", type=_mem_mib, default=1024, metavar="SIZE",
-                   help="guest memory, e.g. 512M or 2G (default 1G)")  # fmt: skip
+    p.add_argument(
+        "--mem",
+        type=_mem_mib,
+        default=1024,
+        metavar="SIZE",
+        help="guest memory, e.g. 512M or 2G (default 1G)",
+    )
     p.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
-    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
-                   help="auto uses KVM only if a probe boot proves it works (default auto)")  # fmt: skip
-    p.add_argument("--disk", type=parse_size, action="append", default=[], metavar="SIZE",
-                   help="add a sparse raw disk of SIZE, seen as /dev/vmtest/diskN (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--accel",
+        default="auto",
+        choices=("auto", "kvm", "tcg"),
+        help="auto uses KVM only if a probe boot proves it works (default auto)",
+    )
+    p.add_argument(
+        "--disk",
+        type=parse_size,
+        action="append",
+        default=[],
+        metavar="SIZE",
+        help="add a sparse raw disk of SIZE, seen as /dev/vmtest/diskN (repeatable)",
+    )
     p.add_argument(
         "--timeout", type=float, default=600.0, help="hard limit in seconds (default 600)"
     )
-    p.add_argument("--keep", type=Path, metavar="DIR",
-                   help="keep console log, QEMU argv and disks in DIR")  # fmt: skip
+    p.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep console log, QEMU argv and disks in DIR"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,10 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     ip = isub.add_parser("path", help="print where the cached image is")
     ip.set_defaults(handler=cmd_image_path)
 
-    ex = sub.add_parser("exec", help="run one command in a fresh VM, relaying its streams",
-                        description="Boot a throwaway VM, run CMD in it with stdin, stdout and "
-                        "stderr relayed live, and exit with CMD's exit code. Each argument "
-                        "reaches the guest byte for byte: nothing is re-split or re-quoted.")  # fmt: skip
+    ex = sub.add_parser(
+        "exec",
+        help="run one command in a fresh VM, relaying its streams",
+        description="Boot a throwaway VM, run CMD in it with stdin, stdout and "
+        "stderr relayed live, and exit with CMD's exit code. Each argument "
+        "reaches the guest byte for byte: nothing is re-split or re-quoted.",
+    )
     _add_vm_options(ex)
     ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
     ex.set_defaults(handler=cmd_exec)
@@ -126,8 +145,16 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         return 1
     took = time.monotonic() - t0
     if args.json:
-        print(json.dumps({"path": str(img.root), "recipe": img.recipe_hash, "built": built,
-                          "seconds": round(took, 3)}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "path": str(img.root),
+                    "recipe": img.recipe_hash,
+                    "built": built,
+                    "seconds": round(took, 3),
+                }
+            )
+        )
     elif built:
         print(f"built guest image {img.recipe_hash} in {took:.0f} s: {img.root}")
     else:
@@ -160,13 +187,18 @@ def _run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
         disks = _disks(args.disk, work)
         try:
             result = execute.run(
-                img, argv, work,
+                img,
+                argv,
+                work,
                 stdout=lambda b: os.write(1, b) and None,
                 stderr=lambda b: os.write(2, b) and None,
                 stdin_fd=sys.stdin.fileno(),
-                accel=chosen, memory_mib=args.mem, cpus=args.cpus, disks=disks,
+                accel=chosen,
+                memory_mib=args.mem,
+                cpus=args.cpus,
+                disks=disks,
                 timeout=args.timeout,
-            )  # fmt: skip
+            )
         except VmError as exc:
             print(f"vmtest: {exc}", file=sys.stderr)
             return 125
@@ -201,21 +233,34 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     samples: list[float] = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="vmtest-bench-") as tmp:
-            r = execute.run(img, ["true"], Path(tmp), stdout=lambda _: None,
-                            stderr=lambda _: None, stdin_data=b"", accel=chosen, timeout=60)  # fmt: skip
+            r = execute.run(
+                img,
+                ["true"],
+                Path(tmp),
+                stdout=lambda _: None,
+                stderr=lambda _: None,
+                stdin_data=b"",
+                accel=chosen,
+                timeout=60,
+            )
         samples.append(r.seconds)
         if not args.json:
             print(f"run {i + 1}/{args.runs}: {r.seconds:.3f} s", file=sys.stderr)
     summary = {
-        "runs": len(samples), "accel": str(chosen), "median_s": round(statistics.median(samples), 3),
-        "min_s": round(min(samples), 3), "max_s": round(max(samples), 3),
+        "runs": len(samples),
+        "accel": str(chosen),
+        "median_s": round(statistics.median(samples), 3),
+        "min_s": round(min(samples), 3),
+        "max_s": round(max(samples), 3),
         "samples_s": [round(s, 3) for s in samples],
-    }  # fmt: skip
+    }
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"boot to command ({summary['accel']}): median {summary['median_s']} s, "
-              f"min {summary['min_s']} s, max {summary['max_s']} s over {summary['runs']} runs")  # fmt: skip
+        print(
+            f"boot to command ({summary['accel']}): median {summary['median_s']} s, "
+            f"min {summary['min_s']} s, max {summary['max_s']} s over {summary['runs']} runs"
+        )
     return 0
 
 

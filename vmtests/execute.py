@@ -8,6 +8,7 @@ thread, so a command that writes a lot to both streams cannot deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -47,10 +48,8 @@ def _pump_in(fd: int | None, data: bytes | None, sock: socket.socket) -> None:
     except OSError:
         pass  # the guest is gone or closed its end; nothing more to send
     finally:
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)  # the guest reads EOF
-        except OSError:
-            pass
 
 
 def run(

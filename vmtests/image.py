@@ -3,10 +3,10 @@
 The image is keyed by a content hash of the recipe files that shape it (``HASHED_FILES`` in
 ``images/``) plus ``RECIPE_VERSION`` (bumped when this builder changes what it produces). The init
 script and the guest environment are not part of the image: they travel in the per-boot archive
-with the working tree, so editing them needs no rebuild, and cached under ``$SNAPKIT_IMAGE_CACHE`` or the XDG
-cache directory. A cached image is complete by construction: a build happens in a temporary
-folder that is renamed into place only at the end, under a lock, so parallel test workers and
-interrupted builds never see half an image.
+with the working tree, so editing them needs no rebuild. It is cached under
+``$SNAPKIT_IMAGE_CACHE`` or the XDG cache directory. A cached image is complete by construction:
+a build happens in a temporary folder that is renamed into place only at the end, under a
+lock, so parallel test workers and interrupted builds never see half an image.
 """
 
 from __future__ import annotations
