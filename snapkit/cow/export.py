@@ -19,6 +19,7 @@ from snapkit.cow.store import PersistentStore
 from snapkit.errors import OperationError, ValidationError
 
 BLOCK_BYTES = 8 << 20
+SEGMENT_BYTES = 64 << 10  # hole granularity where the origin is partly sparse
 
 
 @dataclass(frozen=True)
@@ -45,30 +46,30 @@ def exception_runs(store: PersistentStore) -> Iterator[tuple[int, int, int]]:
 
 
 class _HoleMap:
-    """Answers "is there data in [a, b)?" with few lseek calls, for sparse origins."""
+    """Where the origin has data, with few lseek calls; a file without SEEK_HOLE is all data."""
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd, self.size = fd, size
-        self.data_at = self.hole_at = -1  # the current data extent [data_at, hole_at)
+        self.data_at = self.hole_at = -1  # the data extent [data_at, hole_at) seen last
+        try:
+            os.lseek(fd, 0, os.SEEK_HOLE)
+        except OSError:
+            self.data_at, self.hole_at = 0, size
 
-    def has_data(self, start: int, end: int) -> bool:
-        if self.data_at <= start < self.hole_at:
-            return True
+    def _extent_from(self, start: int) -> None:
         try:
             self.data_at = os.lseek(self.fd, start, os.SEEK_DATA)
             self.hole_at = os.lseek(self.fd, self.data_at, os.SEEK_HOLE)
-        except OSError:  # ENXIO: only a hole up to the end; or no SEEK_DATA support
-            if not self._supported():
-                return True
+        except OSError:  # ENXIO: nothing but a hole from here to the end
             self.data_at = self.hole_at = self.size
-        return self.data_at < end
 
-    def _supported(self) -> bool:
-        try:
-            os.lseek(self.fd, 0, os.SEEK_HOLE)
-        except OSError:
-            return False
-        return True
+    def coverage(self, start: int, end: int) -> str:
+        """'none', 'full' or 'partial': how much of [start, end) holds data."""
+        if not self.data_at <= start < self.hole_at and not start < self.data_at:
+            self._extent_from(start)
+        if self.data_at >= end:
+            return "none"
+        return "full" if self.data_at <= start and self.hole_at >= end else "partial"
 
 
 def _is_zero(buf: bytearray, length: int, zero: bytes) -> bool:
@@ -76,6 +77,18 @@ def _is_zero(buf: bytearray, length: int, zero: bytes) -> bool:
     if length == len(buf):
         return buf == zero
     return buf[:length] == zero[:length]
+
+
+def _write_nonzero(fd: int, buf: bytearray, length: int, pos: int, zero: bytes) -> int:
+    """Write only the segments that hold data, so holes in the origin stay holes."""
+    written = 0
+    view = memoryview(buf)
+    for seg in range(0, length, SEGMENT_BYTES):
+        stop = min(seg + SEGMENT_BYTES, length)
+        if buf[seg:stop] != zero[: stop - seg]:
+            _write_all(fd, view[seg:stop], pos + seg)
+            written += stop - seg
+    return written
 
 
 def _write_all(fd: int, view: memoryview, offset: int | None) -> None:
@@ -153,7 +166,8 @@ def _stream(
     for pos in range(0, size, block):
         end = min(pos + block, size)
         length = end - pos
-        if holes.has_data(pos, end):
+        coverage = holes.coverage(pos, end)
+        if coverage != "none":
             got = os.preadv(origin_fd, [view[:length]], pos)
             if got < length:
                 view[got:length] = zero[: length - got]
@@ -173,10 +187,15 @@ def _stream(
             if (old + count) * csb > end:
                 break  # the rest of this run belongs to the next block
             pending = next(runs, None)
-        if sparse and (buf_is_zero or _is_zero(buf, length, zero)):
-            continue
-        _write_all(out_fd, view[:length], None if sequential else pos)
-        written += length
+        if not sparse:
+            _write_all(out_fd, view[:length], None if sequential else pos)
+            written += length
+        elif coverage == "full" or buf_is_zero:
+            if not buf_is_zero and not _is_zero(buf, length, zero):
+                _write_all(out_fd, view[:length], pos)
+                written += length
+        else:
+            written += _write_nonzero(out_fd, buf, length, pos, zero)
     if sparse:
         os.fsync(out_fd)  # an image that may vanish on a crash is not an export
     return ExportResult(size, written)

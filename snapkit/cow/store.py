@@ -156,7 +156,8 @@ class PersistentStore:
         geometry = Geometry(check_chunk_sectors(chunk), cow_sectors)
         geometry.check_size()
         if header.is_new:
-            header = Header.fresh(chunk)
+            # The header's other fields are meaningless until initialise() writes them.
+            header = Header(0, True, 0, chunk)
             return cls(dev, geometry, header, _empty_areas(geometry))
         if not header.valid:
             # The kernel stops here: an invalid store's exceptions are never read.
