@@ -1,0 +1,89 @@
+"""What every method shares: the request, the persistent record, the status, and the protocol.
+
+One meaning for every method, whatever the mechanism underneath:
+- ``merge`` rolls the origin back to the snapshot's content and removes the snapshot (as
+  ``lvconvert --merge`` does);
+- ``discard`` removes the snapshot and keeps the origin's current content.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from snapkit.plan import Plan
+
+
+class State(enum.StrEnum):
+    ACTIVE = "active"
+    INVALID = "invalid"
+    OVERFLOW = "overflow"
+    MERGING = "merging"
+    MERGED = "merged"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the user named, resolved: the block device, and where it is mounted if it is."""
+
+    device: Path
+    mountpoint: Path | None
+    fstype: str | None
+    devnum: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    target: Target
+    name: str
+    cow_size: int | None = None  # bytes; None: the method's default
+    cow_dir: Path | None = None
+    chunk_sectors: int = 8
+    pre: str | None = None
+    post: str | None = None
+    max_freeze: float = 10.0
+    command: tuple[str, ...] = ()  # the user's snapshot command, for the freeze method
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """What snapkit created, as kept in the state file. ``details`` is method-specific."""
+
+    name: str
+    method: str
+    origin: str
+    device: str
+    created_at: float
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SnapshotStatus:
+    record: SnapshotRecord
+    state: State
+    usage_percent: float | None
+    merge_progress: float | None
+    message: str = ""
+
+
+class Method(Protocol):
+    """A way of taking snapshots. Plans are built from validated input and touch nothing."""
+
+    name: ClassVar[str]
+
+    def unsuitable(self, target: Target) -> str | None:
+        """Why this method cannot snapshot ``target``, or None if it can."""
+
+    def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]: ...
+
+    def status(self, record: SnapshotRecord) -> SnapshotStatus: ...
+
+    def plan_merge(self, record: SnapshotRecord) -> Plan: ...
+
+    def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan: ...
+
+
+__all__ = ["CreateRequest", "Method", "SnapshotRecord", "SnapshotStatus", "State", "Target"]
