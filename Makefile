@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools cpio busybox-static \
                  util-linux e2fsprogs xfsprogs btrfs-progs
 PYTEST_WORKERS ?= 2
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup apt venv image test test-fast demo bench lint clean
 
@@ -19,7 +20,7 @@ apt:
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing host packages:" $$missing; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 venv: $(VENV)/.installed
