@@ -129,14 +129,24 @@ def run(config: BenchConfig, log: Callable[[str], None] | None = None) -> BenchR
         write_cow(big, many, config.chunk_sectors, with_data=False)
 
         say("timing: plain copy, inspect, export, merge")
-        result.copy_seconds = _timed(lambda: plain_copy(origin, os.path.join(folder, "copy")))
-        os.unlink(os.path.join(folder, "copy"))
         result.timings.append(Timing("inspect", _timed(lambda: inspect(cow))))
         t = _timed(lambda: inspect(big))
         result.timings.append(Timing("inspect-1M", t, "<= 0.5 s", t <= 0.5))
-        t = _timed(lambda: export(origin, cow, os.path.join(folder, "export")))
+        # Copy and export both write a new 1 GiB file, and how fast that is depends on what
+        # the disk below has seen before: warm up once, then alternate them and keep the best
+        # of each, so neither is measured on a luckier disk than the other.
+        target = os.path.join(folder, "out")
+        copies, exports = [], []
+        plain_copy(origin, target)
+        os.unlink(target)
+        for _ in range(2):
+            copies.append(_timed(lambda: plain_copy(origin, target)))
+            os.unlink(target)
+            exports.append(_timed(lambda: export(origin, cow, target)))
+            os.unlink(target)
+        result.copy_seconds = min(copies)
+        t = min(exports)
         result.timings.append(Timing("export", t, "<= 1.5x copy", result.ratio(t) <= 1.5))
-        os.unlink(os.path.join(folder, "export"))
         t = _timed(lambda: merge(origin, cow))
         result.timings.append(Timing("merge", t, "<= 2x copy", result.ratio(t) <= 2.0))
     finally:

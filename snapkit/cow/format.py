@@ -14,6 +14,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
+from functools import cached_property
 
 from snapkit.errors import CowFormatError
 
@@ -96,19 +97,19 @@ class Geometry:
     chunk_sectors: int
     cow_sectors: int
 
-    @property
+    @cached_property
     def chunk_bytes(self) -> int:
         return self.chunk_sectors * SECTOR_SIZE
 
-    @property
+    @cached_property
     def cow_chunks(self) -> int:
         return self.cow_sectors // self.chunk_sectors
 
-    @property
+    @cached_property
     def entries_per_area(self) -> int:
         return self.chunk_bytes // ENTRY_SIZE
 
-    @property
+    @cached_property
     def stride(self) -> int:
         return self.entries_per_area + 1
 

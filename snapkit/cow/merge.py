@@ -12,6 +12,7 @@ is harmless, because no batch changes the COW data it reads.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from snapkit.cow.image import Pair, device_sectors, open_pair
 from snapkit.cow.store import MergeBatch
 from snapkit.errors import OperationError
 
-GROUP_BYTES = 64 << 20
+GROUP_BYTES = 256 << 20  # data merged between two flushes of the origin
 COPY_BYTES = 8 << 20
 
 Progress = Callable[[int, int], None]
@@ -97,8 +98,8 @@ def _copy_batch(pair: Pair, batch: MergeBatch, origin_bytes: int, buf: bytearray
     done = 0
     while done < length:
         step = min(len(buf), length - done)
-        got = pair.cow.readinto(src + done, view[:step])
-        if got < step:
+        got = os.preadv(pair.cow.fd, [view[:step]], src + done)
+        if got < step:  # a sparse or short COW reads as zeros, as the block layer does
             view[got:step] = bytes(step - got)
         pair.origin.write(dest + done, view[:step])
         done += step
