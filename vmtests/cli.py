@@ -219,10 +219,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    print(
-        "vmtest: shell in a throwaway VM (no tty: no job control); 'exit' ends it", file=sys.stderr
-    )
-    return _run_in_vm(args, ["bash", "--norc", "-i"])
+    """A shell in a throwaway VM. On a terminal the guest gets a real pty (``script``) and the
+    host terminal goes raw, so job control, Ctrl-C and line editing behave as on a console."""
+    if not sys.stdin.isatty():
+        return _run_in_vm(args, ["bash", "--norc", "-i"])
+    import termios
+    import tty
+
+    size = os.get_terminal_size()
+    inner = f"stty rows {size.lines} cols {size.columns}; cd /root; exec bash -i"
+    print("vmtest: a throwaway VM; everything is gone when you 'exit'\r", file=sys.stderr)
+    saved = termios.tcgetattr(sys.stdin.fileno())
+    try:
+        tty.setraw(sys.stdin.fileno())
+        return _run_in_vm(args, ["script", "-qefc", inner, "/dev/null"])
+    finally:
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
