@@ -33,16 +33,8 @@ def _kvm_usable_now(image: Image) -> bool:
 
     with tempfile.TemporaryDirectory(prefix="vmtest-kvm-probe-") as tmp:
         try:
-            result = execute.run(
-                image,
-                ["true"],
-                Path(tmp),
-                stdout=lambda _: None,
-                stderr=lambda _: None,
-                stdin_data=b"",
-                accel=Accel.KVM,
-                memory_mib=256,
-                timeout=PROBE_TIMEOUT_S,
+            result = execute.run_quietly(
+                image, ["true"], Path(tmp), accel=Accel.KVM, memory_mib=256, timeout=PROBE_TIMEOUT_S
             )
         except VmError:
             return False

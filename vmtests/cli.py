@@ -245,16 +245,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     samples: list[float] = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="vmtest-bench-") as tmp:
-            r = execute.run(
-                img,
-                ["true"],
-                Path(tmp),
-                stdout=lambda _: None,
-                stderr=lambda _: None,
-                stdin_data=b"",
-                accel=chosen,
-                timeout=60,
-            )
+            r = execute.run_quietly(img, ["true"], Path(tmp), accel=chosen, timeout=60)
         samples.append(r.seconds)
         if not args.json:
             print(f"run {i + 1}/{args.runs}: {r.seconds:.3f} s", file=sys.stderr)
@@ -277,15 +268,6 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        code: int = handler(args)
-    except KeyboardInterrupt:
-        print("vmtest: interrupted", file=sys.stderr)
-        return 130
-    return code
+    from snapkit.cli import dispatch
+
+    return dispatch(build_parser(), argv, (VmError,))

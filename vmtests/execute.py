@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vmtests.image import Image
 from vmtests.machine import Machine
@@ -99,4 +100,17 @@ def run(
         return ExecResult(int(text), reported[0] - vm.started_at)
 
 
-__all__ = ["ExecResult", "run"]
+def run_quietly(
+    image: Image, argv: Sequence[str], workdir: Path, *, accel: Accel, **kwargs: Any
+) -> ExecResult:
+    """Run with no stdin and the output dropped: for probes and benchmarks."""
+    return run(
+        image, argv, workdir, stdout=_drop, stderr=_drop, stdin_data=b"", accel=accel, **kwargs
+    )
+
+
+def _drop(_: bytes) -> None:
+    pass
+
+
+__all__ = ["ExecResult", "run", "run_quietly"]

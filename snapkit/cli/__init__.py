@@ -53,8 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def dispatch(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    errors: tuple[type[Exception], ...] = (SnapkitError,),
+) -> int:
+    """Parse, run the chosen handler, and turn errors into one stderr line and an exit code.
+
+    Shared with the ``vmtest`` command, so both CLIs treat usage, refusals, Ctrl-C and closed
+    pipes the same way. An error's ``exit_code`` attribute, when it has one, wins over 1.
+    """
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
@@ -62,15 +70,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = handler(args)
-    except SnapkitError as exc:
-        print(f"snapkit: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except errors as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
-        print("snapkit: interrupted", file=sys.stderr)
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
     return code
 
 
-__all__ = ["build_parser", "main"]
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch(build_parser(), argv)
+
+
+__all__ = ["build_parser", "dispatch", "main"]
