@@ -1,0 +1,74 @@
+"""Freeze/thaw error mapping, checkers and snapshot mount options per filesystem."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from snapkit import fs
+from snapkit.errors import OperationError, RefusedError
+
+
+def test_ioctl_numbers_are_the_kernels() -> None:
+    # _IOWR('X', 119, int) and _IOWR('X', 120, int) from include/uapi/linux/fs.h
+    assert (3 << 30) | (4 << 16) | (ord("X") << 8) | 119 == fs.FIFREEZE
+    assert (3 << 30) | (4 << 16) | (ord("X") << 8) | 120 == fs.FITHAW
+
+
+def fake_ioctl(monkeypatch: pytest.MonkeyPatch, err: int | None) -> list[int]:
+    calls: list[int] = []
+
+    def ioctl(fd: int, request: int, arg: int) -> int:
+        calls.append(request)
+        if err is not None:
+            raise OSError(err, "injected")
+        return 0
+
+    monkeypatch.setattr(fs.fcntl, "ioctl", ioctl)
+    return calls
+
+
+def test_freeze_and_thaw_call_the_ioctls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = fake_ioctl(monkeypatch, None)
+    fs.freeze(tmp_path)
+    assert fs.thaw(tmp_path) is True
+    assert calls == [fs.FIFREEZE, fs.FITHAW]
+
+
+def test_thawing_a_thawed_fs_is_harmless(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake_ioctl(monkeypatch, errno.EINVAL)
+    assert fs.thaw(tmp_path) is False
+
+
+def test_thaw_failure_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake_ioctl(monkeypatch, errno.EPERM)
+    with pytest.raises(OperationError):
+        fs.thaw(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("err", "hint"), [(errno.EBUSY, "already frozen"), (errno.EOPNOTSUPP, "cannot be frozen")]
+)
+def test_freeze_errors_say_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, err: int, hint: str
+) -> None:
+    fake_ioctl(monkeypatch, err)
+    with pytest.raises(OperationError) as caught:
+        fs.freeze(tmp_path)
+    assert caught.value.hint is not None and hint in caught.value.hint
+
+
+def test_checkers_are_read_only() -> None:
+    assert fs.fsck_argv("ext4", "/dev/x") == ["e2fsck", "-fn", "/dev/x"]
+    assert fs.fsck_argv("xfs", "/dev/x") == ["xfs_repair", "-n", "/dev/x"]
+    assert fs.fsck_argv("btrfs", "/dev/x")[:3] == ["btrfs", "check", "--readonly"]
+    with pytest.raises(RefusedError):
+        fs.fsck_argv("vfat", "/dev/x")
+
+
+def test_snapshot_mount_options() -> None:
+    assert fs.snapshot_mount_options("ext4") == ("ro", "noload")
+    assert "nouuid" in fs.snapshot_mount_options("xfs")
+    assert fs.snapshot_mount_options("btrfs") == ("ro",)
