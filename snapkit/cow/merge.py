@@ -1,30 +1,67 @@
 """Merge a COW into its origin in place, leaving the bytes the kernel's snapshot-merge leaves.
 
-The kernel copies one batch, flushes the origin, then clears the batch's entries and writes the
-area with flush+FUA. Doing two flushes per batch would make a merge of 100,000 scattered chunks
-take minutes, so batches are grouped: the data of several batches is copied, the origin is
-flushed once, and then the metadata is written with all of them cleared: areas the group
-emptied first (as zeros, highest first), then the current one, each flushed before the next.
-Every state on disk between those writes is one the kernel passes through (a batch boundary),
-and a kill at any moment leaves at worst batches copied but not yet cleared; copying them again
-is harmless, because no batch changes the COW data it reads.
+Order. Exactly the kernel's: newest entry first, in batches of entries whose old and new chunks
+both run on, never crossing a metadata area (``PersistentStore.prepare_merge_run`` walks the
+same batches as ``prepare_merge``).
+
+Commit discipline. The kernel copies one batch, flushes the origin, then clears the batch's
+entries and writes its area with flush+FUA: two flushes per batch, minutes for 100,000
+scattered chunks. Here whole batches are committed in groups (up to ``GROUP_BYTES`` of data,
+across as many areas as that takes):
+
+1. copy the data of every batch in the group COW -> origin;
+2. flush the origin once;
+3. write the metadata the group changed: the areas it emptied (highest first, as zeros or as
+   the stale bytes the kernel would write back), then the area it stopped in, each write
+   followed by a flush of the COW.
+
+Why it is safe. An entry is cleared on disk only after its data is durable (step 2 precedes
+step 3), so at any moment, even across a power cut, every entry still on disk points at COW
+data the merge never changes, and every cleared entry's data is in the origin. The copies of
+one group may reach the origin in any order, as they all precede the group's metadata, so they
+are sorted and coalesced: large reads of consecutive COW chunks, vectored writes of consecutive
+origin chunks. Step 3 keeps one flush per area, in order, because a power cut must never let a
+lower area become non-full on disk while a higher one is still full: the kernel stops reading
+at the first non-full area, so the higher one would stay on disk, stale, for ever, and the COW
+would no longer end byte-identical to the kernel's. (One flush per group for all of step 3
+would be safe against a killed process, whose writes the page cache keeps in order, but not
+against a power cut; tests/unit/test_cow_merge_crash.py shows both.) So every state on disk is
+a kernel batch boundary plus, at most, batches copied but not yet cleared; resuming copies those
+again, which is harmless because a merge never writes the COW data it reads.
+
+The cost left is the origin's write-back and one COW flush per metadata area. The area writes of
+group N run on a committer thread while group N+1 is being copied: group N+1's copies may reach
+the origin before group N's metadata (they do in the kernel too, when it is stopped mid-copy),
+and group N+1's metadata waits until group N is committed and its own data flushed.
 """
 
 from __future__ import annotations
 
+import enum
 import os
+import threading
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from snapkit.cow.device import BlockDevice, FileDevice
 from snapkit.cow.format import DEFAULT_CHUNK_SECTORS, SECTOR_SIZE
-from snapkit.cow.image import Pair, device_sectors, open_pair
-from snapkit.cow.store import MergeBatch
+from snapkit.cow.image import device_sectors, open_pair
+from snapkit.cow.store import PersistentStore
 from snapkit.errors import OperationError
 
-GROUP_BYTES = 256 << 20  # data merged between two flushes of the origin
-COPY_BYTES = 8 << 20
+GROUP_BYTES = 64 << 20  # data merged between two flushes of the origin
+IOV_MAX = 1024  # os.pwritev takes at most this many buffers
 
 Progress = Callable[[int, int], None]
+
+
+class CommitMode(enum.Enum):
+    """Where steps 2 and 3 of a group run. Every mode leaves the same bytes."""
+
+    THREAD = "thread"  # on a committer thread, overlapping the copy of the next group
+    INLINE = "inline"  # before the next group is copied
+    LAGGED = "lagged"  # after the next group is copied: the slowest order THREAD can take
 
 
 @dataclass(frozen=True)
@@ -47,63 +84,209 @@ def merge(
         origin_path, cow_path, writable=True, table_chunk_sectors=table_chunk_sectors
     ) as pair:
         try:
-            return _run(pair, progress, stop_after_groups)
+            return merge_store(
+                pair.origin,
+                pair.store,
+                device_sectors(pair.origin) * SECTOR_SIZE,
+                progress,
+                stop_after_groups=stop_after_groups,
+            )
         except OSError as exc:
             raise OperationError(f"merge failed: {exc.strerror or exc}") from exc
 
 
-def _run(pair: Pair, progress: Progress | None, stop_after_groups: int | None) -> MergeResult:
-    store = pair.store
+def merge_store(
+    origin: BlockDevice,
+    store: PersistentStore,
+    origin_bytes: int,
+    progress: Progress | None = None,
+    *,
+    stop_after_groups: int | None = None,
+    mode: CommitMode = CommitMode.THREAD,
+) -> MergeResult:
+    """The merge on any devices, from a loaded store; the file-free core of merge()."""
     if store.is_new:
         store.initialise()  # what activating snapshot-merge on a new store writes
         return MergeResult(0, 0, store.usage().status)
     total = store.exception_count
-    origin_bytes = device_sectors(pair.origin) * SECTOR_SIZE
-    buf = bytearray(min(COPY_BYTES, max(store.geometry.chunk_bytes, 1 << 20)))
-    group = groups = 0
-    dirty = False
-
-    def commit() -> None:
-        nonlocal group, groups, dirty
-        pair.origin.flush()
-        store.flush_merged()
-        group, dirty = 0, False
-        groups += 1
-        if progress is not None:
-            progress(total - store.exception_count, total)
-
-    while True:
-        if dirty and group >= GROUP_BYTES:
-            commit()
-            if stop_after_groups is not None and groups >= stop_after_groups:
+    copier = _Copier(origin, store.dev, store.geometry.chunk_bytes, origin_bytes)
+    commits = _Committer(origin, store, progress, total, mode)
+    groups = 0
+    try:
+        while stop_after_groups is None or groups < stop_after_groups:
+            olds, news = _take_group(store, max(1, GROUP_BYTES // store.geometry.chunk_bytes))
+            if not olds:
                 break
-        batch = store.prepare_merge()
-        if batch is None:
-            break
-        group += _copy_batch(pair, batch, origin_bytes, buf)
-        store.clear_merged(batch.count)
-        dirty = True
-    if dirty:
-        commit()
+            copier.copy(olds, news)
+            commits.submit(store.take_merge_writes(), total - store.exception_count)
+            groups += 1
+    finally:
+        commits.wait()
     return MergeResult(total - store.exception_count, total, store.usage().status)
 
 
-def _copy_batch(pair: Pair, batch: MergeBatch, origin_bytes: int, buf: bytearray) -> int:
-    """dm_kcopyd_copy of the batch, cut at the origin's end as the kernel's dest.count is."""
-    csb = pair.store.geometry.chunk_bytes
-    dest = batch.old_chunk * csb
-    length = min(batch.count * csb, origin_bytes - dest)
-    src = batch.new_chunk * csb
-    view = memoryview(buf)
-    done = 0
-    while done < length:
-        step = min(len(buf), length - done)
-        got = os.preadv(pair.cow.fd, [view[:step]], src + done)
-        if got < step:  # a sparse or short COW reads as zeros, as the block layer does
-            view[got:step] = bytes(step - got)
-        pair.origin.write(dest + done, view[:step])
-        done += step
-    return length
+def _take_group(store: PersistentStore, budget: int) -> tuple[array[int], array[int]]:
+    """Whole batches, newest first, up to ``budget`` entries; cleared in memory only."""
+    olds: array[int] = array("Q")
+    news: array[int] = array("Q")
+    while len(olds) < budget:
+        count = store.prepare_merge_run(budget - len(olds))
+        if not count:
+            break
+        olds.extend(store.olds[-count:])
+        news.extend(store.news[-count:])
+        store.clear_merged(count)
+    return olds, news
 
 
-__all__ = ["MergeResult", "merge"]
+class _Committer:
+    """Steps 2 and 3 of each group, one group at a time, in submission order."""
+
+    def __init__(
+        self,
+        origin: BlockDevice,
+        store: PersistentStore,
+        progress: Progress | None,
+        total: int,
+        mode: CommitMode,
+    ) -> None:
+        self.origin = origin
+        self.store = store
+        self.progress = progress
+        self.total = total
+        self.mode = mode
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.lagging: tuple[list[tuple[int, bytes]], int] | None = None
+
+    def submit(self, writes: list[tuple[int, bytes]], merged: int) -> None:
+        self.wait()  # group N's metadata must be on disk before group N+1's is written
+        if self.mode is CommitMode.INLINE:
+            self._commit(writes, merged)
+        elif self.mode is CommitMode.LAGGED:
+            self.lagging = (writes, merged)
+        else:
+            self.thread = threading.Thread(target=self._guarded, args=(writes, merged))
+            self.thread.start()
+
+    def _guarded(self, writes: list[tuple[int, bytes]], merged: int) -> None:
+        try:
+            self._commit(writes, merged)
+        except BaseException as exc:  # handed to the merging thread by wait()
+            self.error = exc
+
+    def _commit(self, writes: list[tuple[int, bytes]], merged: int) -> None:
+        self.origin.flush()
+        self.store.write_areas(writes)
+        if self.progress is not None:
+            self.progress(merged, self.total)
+
+    def wait(self) -> None:
+        """Finish the group in flight; called before the next one and at the end."""
+        if self.lagging is not None:
+            lagging, self.lagging = self.lagging, None
+            self._commit(*lagging)
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+class _Copier:
+    """Step 1 of a group: the COW reads sorted and coalesced, then the origin writes."""
+
+    def __init__(self, origin: BlockDevice, cow: BlockDevice, chunk_bytes: int, origin_bytes: int):
+        self.origin = origin
+        self.cow = cow
+        self.csb = chunk_bytes
+        self.origin_bytes = origin_bytes
+        self.buf = bytearray(0)
+
+    def copy(self, olds: array[int], news: array[int]) -> None:
+        csb = self.csb
+        if len(olds) * csb > GROUP_BYTES:
+            # One batch larger than a group (or one chunk): stream runs where both chunks run on.
+            start = 0
+            while start < len(olds):
+                end = start + 1
+                while end < len(olds) and (olds[end], news[end]) == (
+                    olds[end - 1] + 1,
+                    news[end - 1] + 1,
+                ):
+                    end += 1
+                self._stream(news[start] * csb, olds[start] * csb, (end - start) * csb)
+                start = end
+            return
+        if len(self.buf) < len(olds) * csb:
+            self.buf = bytearray(len(olds) * csb)
+        view = memoryview(self.buf)
+        by_new = sorted(range(len(news)), key=news.__getitem__)
+        self._read_runs(news, by_new, view)
+        slot = array("Q", bytes(8 * len(news)))
+        for rank, index in enumerate(by_new):
+            slot[index] = rank * csb
+        self._write_runs(olds, slot, view)
+
+    def _read_runs(self, news: array[int], order: list[int], view: memoryview) -> None:
+        """One read per run of consecutive COW chunks, into consecutive slots."""
+        csb, start, n = self.csb, 0, len(order)
+        while start < n:
+            end = start + 1
+            while end < n and news[order[end]] == news[order[end - 1]] + 1:
+                end += 1
+            part = view[start * csb : end * csb]
+            got = self.cow.readinto(news[order[start]] * csb, part)
+            if got < len(part):  # a sparse or short COW reads as zeros, as the block layer does
+                part[got:] = bytes(len(part) - got)
+            start = end
+
+    def _write_runs(self, olds: array[int], slot: array[int], view: memoryview) -> None:
+        """One vectored write per run of consecutive origin chunks, cut at the origin's end."""
+        csb, limit = self.csb, self.origin_bytes
+        order = sorted(range(len(olds)), key=olds.__getitem__)
+        start, n = 0, len(order)
+        while start < n:
+            end = start + 1
+            while (
+                end < n and end - start < IOV_MAX and olds[order[end]] == olds[order[end - 1]] + 1
+            ):
+                end += 1
+            dest = olds[order[start]] * csb
+            parts = [view[slot[i] : slot[i] + csb] for i in order[start:end]]
+            overshoot = dest + (end - start) * csb - limit
+            if overshoot > 0:  # dm_kcopyd_copy's dest.count stops at the origin's end
+                parts[-1] = parts[-1][: csb - overshoot]
+            self._writev(dest, parts)
+            start = end
+
+    def _writev(self, offset: int, parts: list[memoryview]) -> None:
+        if not isinstance(self.origin, FileDevice):
+            self.origin.write(offset, b"".join(parts))
+            return
+        while parts:
+            done = os.pwritev(self.origin.fd, parts, offset)
+            offset += done
+            while parts and done >= len(parts[0]):
+                done -= len(parts[0])
+                parts.pop(0)
+            if parts and done:
+                parts[0] = parts[0][done:]
+
+    def _stream(self, src: int, dest: int, length: int) -> None:
+        length = min(length, self.origin_bytes - dest)
+        if len(self.buf) < min(length, 8 << 20):
+            self.buf = bytearray(min(length, 8 << 20))
+        view = memoryview(self.buf)
+        done = 0
+        while done < length:
+            step = min(len(view), length - done)
+            got = self.cow.readinto(src + done, view[:step])
+            if got < step:
+                view[got:step] = bytes(step - got)
+            self.origin.write(dest + done, view[:step])
+            done += step
+
+
+__all__ = ["CommitMode", "MergeResult", "merge", "merge_store"]

@@ -247,27 +247,62 @@ class PersistentStore:
 
         A batch never crosses an area: the walk back stops at the area's first entry.
         """
-        if not self.current_committed:
-            if not self.current_area:
-                return None
-            if self._merge_dirty:
-                self._emptied.append((self.current_area, bytes(self.area)))
-                self._merge_dirty = False
-            self.current_area -= 1
-            geo = self.geometry
-            location = geo.area_location(self.current_area)
-            self.area = bytearray(self.dev.read(location * geo.chunk_bytes, geo.chunk_bytes))
-            self.current_committed = geo.entries_per_area
+        if not self._enter_merge_area():
+            return None
         top = len(self.olds) - 1
-        last_old, last_new = self.olds[top], self.news[top]
+        count = self._batch_ending_at(top, self.current_committed)
+        return MergeBatch(self.olds[top] + 1 - count, self.news[top] + 1 - count, count)
+
+    def prepare_merge_run(self, max_entries: int) -> int:
+        """How many tail entries of the current area the next few prepare_merge() calls take.
+
+        Whole batches only, at most ``max_entries`` unless the first batch alone is larger, and
+        never past the area's first entry; 0 when the merge is done. Clearing them with one
+        clear_merged() leaves the state that clearing them batch by batch leaves, so a caller
+        that copies many batches at once still stops only at the kernel's batch boundaries.
+        """
+        if not self._enter_merge_area():
+            return 0
+        top = len(self.olds) - 1
+        left = self.current_committed
+        taken = 0
+        while taken < left:
+            count = self._batch_ending_at(top - taken, left - taken)
+            if taken and taken + count > max_entries:
+                break
+            taken += count
+            if taken >= max_entries:
+                break
+        return taken
+
+    def _enter_merge_area(self) -> bool:
+        """Step back to the previous area once the current one is empty; False when done."""
+        if self.current_committed:
+            return True
+        if not self.current_area:
+            return False
+        if self._merge_dirty:
+            self._emptied.append((self.current_area, bytes(self.area)))
+            self._merge_dirty = False
+        self.current_area -= 1
+        geo = self.geometry
+        location = geo.area_location(self.current_area)
+        self.area = bytearray(self.dev.read(location * geo.chunk_bytes, geo.chunk_bytes))
+        self.current_committed = geo.entries_per_area
+        return True
+
+    def _batch_ending_at(self, top: int, limit: int) -> int:
+        """The kernel's walk back from entry ``top`` while old and new chunks both run on."""
+        olds, news = self.olds, self.news
+        last_old, last_new = olds[top], news[top]
         count = 1
         while (
-            count < self.current_committed
-            and self.olds[top - count] == last_old - count
-            and self.news[top - count] == last_new - count
+            count < limit
+            and olds[top - count] == last_old - count
+            and news[top - count] == last_new - count
         ):
             count += 1
-        return MergeBatch(last_old + 1 - count, last_new + 1 - count, count)
+        return count
 
     def clear_merged(self, count: int) -> None:
         """The in-memory half of persistent_commit_merge(): zero the entries, move the counters."""
@@ -287,17 +322,27 @@ class PersistentStore:
         self.flush_merged()
 
     def flush_merged(self) -> None:
-        """Write what clear_merged() changed: emptied areas first, highest first, each flushed.
+        """Write what clear_merged() changed: emptied areas first, highest first, each flushed."""
+        self.write_areas(self.take_merge_writes())
 
-        That order means a stop between two writes leaves a layout the kernel reads as a batch
-        boundary: an area is only ever seen non-full once every area after it is zero.
+    def take_merge_writes(self) -> list[tuple[int, bytes]]:
+        """The area writes clear_merged() owes the disk, in the order they must reach it.
+
+        Emptied areas come first, highest first, then the current area. Written in that order
+        with a flush after each, every state on disk is one the kernel passes through: an
+        area is only ever seen non-full once every area after it is zero.
         """
-        for index, raw in self._emptied:
-            self._write_area(index, raw)
+        writes = list(self._emptied)
         self._emptied.clear()
         if self._merge_dirty:
-            self._write_area(self.current_area, self.area)
+            writes.append((self.current_area, bytes(self.area)))
             self._merge_dirty = False
+        return writes
+
+    def write_areas(self, writes: list[tuple[int, bytes]]) -> None:
+        """Write areas in the given order, each with flush+FUA as area_io() does."""
+        for index, raw in writes:
+            self._write_area(index, raw)
 
     @property
     def merge_done(self) -> bool:

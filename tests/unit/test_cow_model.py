@@ -187,3 +187,24 @@ def test_store_load_refuses_contradictions() -> None:
     struct.pack_into("<QQQQ", cow.data, CSB, 3, 2, 3, 4)
     with pytest.raises(CowFormatError, match="same origin chunk 3"):
         PersistentStore.load(cow)
+
+
+def test_a_merge_run_is_whole_batches_of_the_current_area() -> None:
+    """prepare_merge_run() takes what successive prepare_merge() calls would, never half a batch."""
+    origin = _origin(chunks=32)
+    cow = MemDevice(40 * CSB)
+    snap = origin.snapshot(cow, "P", CS)
+    origin.write(10 * CSB, b"x" * 3 * CSB)  # batch (10, 2, 3)
+    origin.write(5 * CSB, b"y")
+    origin.write(6 * CSB, b"y")  # batch (5, 5, 2)
+    origin.write(20 * CSB, b"z")  # batch (20, 7, 1)
+    store = snap.store
+    assert isinstance(store, PersistentStore)
+    assert store.prepare_merge_run(1) == 1  # the newest batch alone
+    assert store.prepare_merge_run(2) == 1  # adding (5, 5, 2) would pass the limit
+    assert store.prepare_merge_run(3) == 3
+    assert store.prepare_merge_run(100) == 6
+    store.clear_merged(3)
+    assert store.prepare_merge_run(1) == 3  # a batch larger than the limit is taken whole
+    store.clear_merged(3)
+    assert store.prepare_merge_run(1) == 0
