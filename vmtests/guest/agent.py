@@ -22,6 +22,7 @@ Commands run concurrently, each in its own session so a timeout kills the whole 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,10 +123,8 @@ class Agent:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
         for t in pumps:
             t.join(None if not timed_out else 5)
@@ -148,10 +147,8 @@ class Agent:
     def op_signal(self, h: dict[str, Any], _: bytes) -> None:
         proc = self.procs.get(h["target"])
         if proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, int(h["signum"]))
-            except ProcessLookupError:
-                pass
         self.port.send({"id": h["id"], "ok": True})
 
     def op_put(self, h: dict[str, Any], data: bytes) -> None:
