@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     bb.add_argument("--json", action="store_true")
     bb.set_defaults(handler=cmd_bench_boot)
+    from vmtests import cli_difftest  # difftest: model against kernel
+
+    cli_difftest.register(sub)
+    from vmtests import cli_campaign  # run, report merge, bench campaign
+
+    cli_campaign.register(sub)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""Place every ledgered object's snapshot state in its history, and count what that means.
+
+For one object with states s0 (absent), s1 .. sn (after each ledgered operation), the snapshot
+taken between ``begin`` and ``end`` must show some s_i with lo <= i <= hi, where
+  lo = the last operation acknowledged before ``begin`` (it must be there: it was durable),
+  hi = the last operation that started before ``end`` (anything later cannot be there).
+A state matching no s_i is torn; one matching only below lo lost acknowledged writes; one
+matching only above hi shows a write from the future. Operations that overlap the window are
+classified as ``new`` (the snapshot shows them) or ``old`` (it shows an earlier state).
+
+Pure logic over plain values (no I/O), so the unit tests drive it with hand-made histories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from vmtests.guest.ledger import ABSENT, Op
+
+
+@dataclass
+class Counts:
+    objects: int = 0
+    acked_checked: int = 0  # operations acknowledged before the snapshot began
+    acked_lost: int = 0  # ... of which the snapshot does not show the effect intact
+    torn: int = 0  # objects in a state no history explains
+    future: int = 0  # objects showing a write that began after the snapshot ended
+    window_new: int = 0
+    window_old: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < 20:
+            self.examples.append(text)
+
+
+def histories(ops: Iterable[Op]) -> dict[str, list[Op]]:
+    out: dict[str, list[Op]] = {}
+    for op in ops:
+        out.setdefault(op.obj, []).append(op)
+    for hist in out.values():
+        hist.sort(key=lambda o: o.index)
+    return out
+
+
+def classify(
+    hists: dict[str, list[Op]], observe: Callable[[str], str], begin: float, end: float
+) -> Counts:
+    counts = Counts()
+    for obj in sorted(hists):
+        hist = hists[obj]
+        counts.objects += 1
+        seen = observe(obj)
+        states = [ABSENT] + [op.state for op in hist]
+        lo = max((op.index for op in hist if op.t1 < begin), default=0)
+        hi = max((op.index for op in hist if op.t0 <= end), default=0)
+        matches = [i for i, s in enumerate(states) if s == seen]
+        counts.acked_checked += lo
+        good = [i for i in matches if lo <= i <= hi]
+        if good:
+            at = max(good)
+        elif not matches:
+            counts.torn += 1
+            if lo and hi == lo:  # nothing was in flight: the acked state itself was damaged
+                counts.acked_lost += 1
+            counts.note(f"{obj}: torn, shows {seen!r}, expected one of {states[lo : hi + 1]!r}")
+            continue
+        elif min(matches) < lo:
+            at = max(i for i in matches if i < lo)
+            counts.acked_lost += lo - at
+            counts.note(f"{obj}: lost {lo - at} acked write(s), shows state {at} of {lo}")
+            continue
+        else:
+            counts.future += 1
+            counts.note(f"{obj}: shows state {min(matches)} begun after the snapshot (max {hi})")
+            continue
+        for op in hist:
+            if op.t0 <= end and op.t1 >= begin:
+                if at >= op.index:
+                    counts.window_new += 1
+                else:
+                    counts.window_old += 1
+    return counts

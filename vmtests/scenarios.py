@@ -1,0 +1,169 @@
+"""The campaign matrix as data: filesystems x methods x workloads, plus the negative controls.
+
+A scenario's id is readable and stable (``ext4-lvm-writer``, ``control-dd-copy-ext4-writer``),
+its default seed is derived from the id (so a run replays exactly unless a seed is given), and
+the shard a scenario falls in depends only on the sorted ids, so every CI shard agrees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+FILESYSTEMS = ("ext4", "xfs", "btrfs")
+# The matrix's method names; ``freeze-lvm`` is snapkit's ``freeze`` method wrapping an LVM
+# snapshot, ``btrfs-native`` is snapkit's ``btrfs`` method and exists only on btrfs.
+METHODS = ("lvm", "lvm-thin", "dm", "dm-direct", "freeze-lvm", "remount-ro", "btrfs-native")
+SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs"}
+WORKLOADS = ("writer", "churn", "mmap", "fio", "mixed")
+CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt")
+# remount-ro refuses (EBUSY) while a file is open for writing, by design (snapkit/methods/
+# remount.py): mmap keeps a writable mapping and fio keeps its files open for the whole run.
+HELD_OPEN = ("mmap", "fio", "mixed")
+CONTROL_ATTEMPTS = 3  # a control that is consistent by luck is retried up to this bound
+MATRICES = ("quick", "full")
+
+
+@dataclass(frozen=True, order=True)
+class Scenario:
+    fs: str
+    method: str  # a METHODS name, or "none" for controls
+    workload: str
+    control: str = ""  # a CONTROLS name for a negative control
+    seed: int | None = None  # None: derived from the id
+
+    def __post_init__(self) -> None:
+        if self.fs not in FILESYSTEMS:
+            raise ValueError(f"unknown filesystem {self.fs!r}")
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {self.workload!r}")
+        if self.control:
+            if self.control not in CONTROLS or self.method != "none":
+                raise ValueError(f"control {self.control!r} takes method 'none'")
+        elif self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}")
+        elif self.method == "btrfs-native" and self.fs != "btrfs":
+            raise ValueError("btrfs-native snapshots exist only on btrfs")
+        elif self.method == "remount-ro" and self.workload in HELD_OPEN:
+            raise ValueError(f"remount-ro cannot snapshot while {self.workload} holds files open")
+
+    @property
+    def id(self) -> str:
+        if self.control:
+            return f"control-{self.control}-{self.fs}-{self.workload}"
+        return f"{self.fs}-{self.method}-{self.workload}"
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.control)
+
+    @property
+    def effective_seed(self) -> int:
+        return self.seed if self.seed is not None else zlib.crc32(self.id.encode()) & 0xFFFFF
+
+    @property
+    def snapkit_method(self) -> str:
+        return SNAPKIT_METHOD.get(self.method, self.method)
+
+    @property
+    def attempts(self) -> int:
+        return CONTROL_ATTEMPTS if self.control else 1
+
+    def with_seed(self, seed: int | None) -> Scenario:
+        return dataclasses.replace(self, seed=seed)
+
+    def guest_spec(self) -> dict[str, Any]:
+        """What the guest runner (vmtests/guest/scenario.py) is told: plain JSON values."""
+        return {
+            "id": self.id,
+            "fs": self.fs,
+            "method": self.method,
+            "snapkit_method": self.snapkit_method,
+            "workload": self.workload,
+            "control": self.control,
+            "seed": self.effective_seed,
+            "attempts": self.attempts,
+        }
+
+
+def full() -> list[Scenario]:
+    real = [
+        Scenario(fs, m, w)
+        for fs in FILESYSTEMS
+        for m in METHODS
+        for w in WORKLOADS
+        if (m != "btrfs-native" or fs == "btrfs") and (m != "remount-ro" or w not in HELD_OPEN)
+    ]
+    controls = [Scenario(fs, "none", "writer", c) for c in CONTROLS for fs in FILESYSTEMS]
+    return sorted(real + controls, key=lambda s: s.id)
+
+
+QUICK_IDS = (
+    "ext4-lvm-mixed",
+    "xfs-lvm-fio",
+    "btrfs-lvm-thin-churn",
+    "ext4-dm-writer",
+    "xfs-dm-direct-mmap",
+    "btrfs-btrfs-native-writer",
+    "ext4-freeze-lvm-churn",
+    "xfs-remount-ro-writer",
+    "ext4-lvm-thin-mmap",
+    "control-dd-copy-ext4-writer",
+    "control-dm-nolockfs-xfs-writer",
+    "control-corrupt-btrfs-writer",
+)
+
+
+def quick() -> list[Scenario]:
+    """At most 12: every filesystem, every method, every workload and every control once."""
+    by_id = {s.id: s for s in full()}
+    return [by_id[i] for i in QUICK_IDS]
+
+
+def matrix(name: str) -> list[Scenario]:
+    if name == "quick":
+        return quick()
+    if name == "full":
+        return full()
+    raise ValueError(f"unknown matrix {name!r}: choose {' or '.join(MATRICES)}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1 <= K <= N) -> (K, N)."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r}: expected K/N, e.g. 2/4") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"shard {text!r}: K must be between 1 and N")
+    return k, n
+
+
+def shard(scenarios: Iterable[Scenario], k: int, n: int) -> list[Scenario]:
+    """The K-th of N deterministic slices: round-robin over the scenarios sorted by id."""
+    ordered = sorted(scenarios, key=lambda s: s.id)
+    return [s for i, s in enumerate(ordered) if i % n == k - 1]
+
+
+def select(
+    name: str,
+    *,
+    ids: Sequence[str] = (),
+    seed: int | None = None,
+    shard_spec: str | None = None,
+) -> list[Scenario]:
+    """The scenarios a run executes: a matrix, or the named ids (from the full matrix)."""
+    if ids:
+        by_id = {s.id: s for s in full()}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise ValueError(f"unknown scenario id(s): {', '.join(unknown)}")
+        chosen = [by_id[i] for i in ids]
+    else:
+        chosen = matrix(name)
+    if shard_spec:
+        chosen = shard(chosen, *parse_shard(shard_spec))
+    return [s.with_seed(seed) for s in chosen] if seed is not None else chosen
