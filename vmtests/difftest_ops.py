@@ -1,0 +1,195 @@
+"""Histories of dm-snapshot operations: typed records, their JSON, and a hypothesis strategy.
+
+A history is what ``vmtest difftest`` runs on both sides: an origin of some size, then
+snapshots (``P``, ``PO``, ``N``), writes, reads, reloads and merges. The strategy only draws
+operations that make sense where they stand (a write goes to a device that exists, a merge to a
+persistent snapshot that is active), so every history hypothesis shrinks to is still runnable
+and a reproducer never holds an operation that both sides would just skip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import hypothesis.strategies as st
+
+Kind = Literal["P", "PO", "N"]
+ORIGIN = -1  # the ``dev`` of an operation on the origin; snapshots are 0, 1, ...
+CHUNKS = (8, 16, 32, 64, 128, 256, 512, 1024)
+MAX_SNAPSHOTS = 3
+MAX_ORIGIN_SECTORS = 8192  # 4 MiB: room for more exceptions than one metadata area holds
+MAX_COW_SECTORS = 8192
+MAX_OPS = 12
+
+
+@dataclass(frozen=True)
+class Snap:
+    """Take snapshot number ``len(snapshots so far)`` with a COW of ``cow_sectors``."""
+
+    kind: Kind
+    chunk: int
+    cow_sectors: int
+
+
+@dataclass(frozen=True)
+class Write:
+    dev: int
+    sector: int
+    sectors: int
+    tag: int  # which pattern: see vmtests.guest.dmexec.pattern
+    direct: bool  # O_DIRECT, or buffered + fsync
+
+
+@dataclass(frozen=True)
+class Read:
+    dev: int
+    sector: int
+    sectors: int
+
+
+@dataclass(frozen=True)
+class Reload:
+    """Remove every dm device and build them again: persistent stores are read back."""
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Merge snapshot ``snap`` into the origin; with ``stop`` (eighths of the work, 0 = at
+    once) the merge is interrupted and the snapshot put back over its partly merged COW."""
+
+    snap: int
+    stop: int | None
+
+
+Op = Snap | Write | Read | Reload | Merge
+_TYPES: dict[str, type[Op]] = {
+    "snap": Snap,
+    "write": Write,
+    "read": Read,
+    "reload": Reload,
+    "merge": Merge,
+}
+_NAMES = {cls: name for name, cls in _TYPES.items()}
+
+
+@dataclass(frozen=True)
+class History:
+    origin_sectors: int
+    seed: int
+    ops: tuple[Op, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "origin_sectors": self.origin_sectors,
+            "seed": self.seed,
+            "ops": [op_to_json(op) for op in self.ops],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> History:
+        ops = tuple(op_from_json(op) for op in data["ops"])
+        return cls(int(data["origin_sectors"]), int(data["seed"]), ops)
+
+    def dumps(self) -> str:
+        """One operation a line, so a reproducer reads (and edits) as a list of steps."""
+        lines = [json.dumps(op_to_json(op)) for op in self.ops]
+        body = ",\n    ".join(lines)
+        head = f'{{"origin_sectors": {self.origin_sectors}, "seed": {self.seed},'
+        return f'{head}\n  "ops": [\n    {body}\n  ]\n}}\n' if lines else f'{head} "ops": []}}\n'
+
+
+def op_to_json(op: Op) -> dict[str, Any]:
+    return {"op": _NAMES[type(op)], **asdict(op)}
+
+
+def op_from_json(data: dict[str, Any]) -> Op:
+    fields = dict(data)
+    try:
+        cls = _TYPES[fields.pop("op")]
+    except KeyError:
+        raise ValueError(f"not a difftest operation: {data!r}") from None
+    return cls(**fields)
+
+
+@dataclass
+class _Shape:
+    """What the strategy needs to know of the state so far: which devices exist."""
+
+    snapshots: int = 0
+    active: dict[int, Kind] = field(default_factory=dict)
+
+
+def _extent(draw: st.DrawFn, sectors: int) -> tuple[int, int]:
+    first = draw(st.integers(0, sectors - 1))
+    room = sectors - first
+    size = draw(
+        st.one_of(
+            st.integers(1, min(16, room)),
+            st.integers(1, min(512, room)),
+            st.just(room),
+        )
+    )
+    return first, size
+
+
+@st.composite
+def histories(draw: st.DrawFn, max_ops: int = MAX_OPS) -> History:
+    sectors = draw(st.one_of(st.integers(1, MAX_ORIGIN_SECTORS), st.sampled_from([2048, 8192])))
+    seed = draw(st.integers(0, 255))
+    shape = _Shape()
+    ops: list[Op] = []
+    for _ in range(draw(st.integers(1, max_ops))):
+        devices = [ORIGIN, *shape.active]
+        mergeable = [i for i, kind in shape.active.items() if kind != "N"]
+        choices = ["write", "read", "reload"]
+        if shape.snapshots < MAX_SNAPSHOTS:
+            choices.insert(0, "snap")
+        if mergeable:
+            choices.append("merge")
+        what = draw(st.sampled_from(choices))
+        if what == "snap":
+            kind: Kind = draw(st.sampled_from(["P", "PO", "N"]))
+            chunk = draw(st.one_of(st.just(8), st.sampled_from(CHUNKS)))
+            most = max(3, MAX_COW_SECTORS // chunk)
+            cow_chunks = draw(st.one_of(st.integers(3, 12), st.integers(3, most)))
+            extra = draw(st.one_of(st.just(0), st.integers(0, chunk - 1)))
+            ops.append(Snap(kind, chunk, cow_chunks * chunk + extra))
+            shape.active[shape.snapshots] = kind
+            shape.snapshots += 1
+        elif what in ("write", "read"):
+            dev = draw(st.sampled_from(devices))
+            first, size = _extent(draw, sectors)
+            if what == "write":
+                tag = draw(st.integers(0, 255))
+                ops.append(Write(dev, first, size, tag, draw(st.booleans())))
+            else:
+                ops.append(Read(dev, first, size))
+        elif what == "reload":
+            ops.append(Reload())
+            shape.active = {i: k for i, k in shape.active.items() if k != "N"}
+        else:
+            snap = draw(st.sampled_from(mergeable))
+            stop = draw(st.one_of(st.none(), st.integers(0, 7)))
+            ops.append(Merge(snap, stop))
+            if stop is None:
+                del shape.active[snap]
+    return History(sectors, seed, tuple(ops))
+
+
+__all__ = [
+    "CHUNKS",
+    "ORIGIN",
+    "History",
+    "Kind",
+    "Merge",
+    "Op",
+    "Read",
+    "Reload",
+    "Snap",
+    "Write",
+    "histories",
+    "op_from_json",
+    "op_to_json",
+]
