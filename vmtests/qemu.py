@@ -8,7 +8,9 @@ unit-tested without starting anything. The choices and why:
   and the boot stalls for good; ``tsc_early_khz`` (the host's TSC rate, which is what TCG's
   guest TSC ticks at) removes that calibration. ``q35`` is the fallback machine.
 - No network device, no default devices, no user config: nothing the test did not ask for.
-- ``panic=-1`` with ``-no-reboot``: a panic or a guest reboot ends QEMU at once.
+- ``panic=-1`` with ``-no-reboot``: a panic or a guest reboot ends QEMU at once. ``reboot=t``
+  makes that reboot a triple fault: ``microvm`` has no ACPI, keyboard-controller or PCI reset,
+  and the kernel's default reset methods leave a panicked guest spinning until the timeout.
 - Every disk carries a serial, so the guest names it /dev/vmtest/<serial> whatever its vdX.
 """
 
@@ -76,7 +78,7 @@ FAST_BOOT_ARGS = ("quiet", "cryptomgr.notests", "nokaslr", "mitigations=off", "8
 
 
 def kernel_append(cfg: VmConfig) -> str:
-    args = ["console=ttyS0", "panic=-1", "oops=panic", *FAST_BOOT_ARGS]
+    args = ["console=ttyS0", "panic=-1", "oops=panic", "reboot=t", *FAST_BOOT_ARGS]
     if cfg.machine == "microvm":
         args.append("pci=off")
     if cfg.accel is Accel.TCG and cfg.tsc_khz:
