@@ -9,6 +9,7 @@ a client, so no byte the guest writes early is lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from vmtests.qemu import Accel, Disk, Port, VmConfig, command_line
 
 _PANIC_MARKERS = ("Kernel panic - not syncing", "vmtest-init: FATAL", "vmtest-stage2: FATAL")
 ROOT_SERIAL = "vmtest-root"
+_EXIT_GRACE_S = 2.0  # how long a QEMU whose channel closed gets to finish exiting
 
 
 def host_tsc_khz() -> int | None:
@@ -183,23 +185,68 @@ class Machine:
 
     # -- diagnosis -----------------------------------------------------------------------
     def console_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.console_log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return _tail(self.console_log, lines)
+
+    def qemu_log_tail(self, lines: int = 15) -> str:
+        """QEMU's own complaints (a KVM abort, a bad option, an I/O error on a disk)."""
+        return _tail(self.qemu_log, lines)
 
     def failure(self, what: str) -> VmError:
-        """Explain why the guest stopped answering: a panic, or a lost VM."""
+        """Explain why the guest stopped answering: a panic, or a lost VM.
+
+        A closed channel usually means QEMU is on its way out, so wait a moment for it to end:
+        its exit status and its own log then say why (a KVM abort, an OOM kill, a panic).
+        """
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(_EXIT_GRACE_S)
         tail = self.console_tail()
-        if any(marker in tail for marker in _PANIC_MARKERS):
-            return PanicError(f"the guest kernel panicked {what}", console_tail=tail)
+        panic = self.panic_excerpt()
+        if panic:
+            return PanicError(f"the guest kernel panicked {what}", console_tail=panic)
         code = self.proc.poll() if self.proc else None
-        state = "still running" if code is None else f"exit status {code}"
-        return LostVMError(f"the VM was lost {what} (QEMU {state})", console_tail=tail)
+        if code is None:
+            return LostVMError(f"the VM was lost {what} (QEMU still running)", console_tail=tail)
+        message = f"the VM was lost {what} (QEMU {_describe_exit(code)})"
+        log = self.qemu_log_tail()
+        if log:
+            message += "; QEMU said:\n" + log
+        return LostVMError(message, console_tail=tail)
+
+    def panic_excerpt(self, before: int = 10, after: int = 30) -> str:
+        """The console around the first panic or fatal init line, or "" if there is none.
+
+        Around it, not the tail: a panic's stack trace is longer than a tail, and the line that
+        says why ("Kernel panic - not syncing: ...") comes before it.
+        """
+        try:
+            lines = self.console_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for i, line in enumerate(lines):
+            if any(marker in line for marker in _PANIC_MARKERS):
+                return "\n".join(lines[max(0, i - before) : i + after])
+        return ""
 
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def make_disk(path: Path, size_bytes: int, fmt: str = "raw", backing: Path | None = None) -> Path:

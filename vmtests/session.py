@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 
 from vmtests.channel import Channel, CommandResult, Process
+from vmtests.errors import BootError, LostVMError
 from vmtests.image import Image
 from vmtests.machine import Machine
 from vmtests.payload import Mode, Payload
@@ -57,6 +58,11 @@ class Session:
         try:
             self._channel = Channel(self.machine.ports["agent"], self._explain)
             self._channel.wait_ready(self.boot_timeout)
+        except LostVMError as exc:
+            self.machine.close()
+            raise BootError(
+                f"the guest agent never became ready: {exc.message}", console_tail=exc.console_tail
+            ) from None
         except BaseException:
             self.machine.close()
             raise
