@@ -4,17 +4,26 @@ and is imported lazily, so loading this plugin costs nothing for tests that boot
 Fixtures:
   vm          a fresh guest per test (``vmtests.session.Session``), ended after the test
   vm_factory  boots more guests in one test: ``vm_factory(disks=[...], memory_mib=...)``
+  host        a pytest-testinfra ``Host`` on the ``vm`` guest (host.run, host.file, ...)
   vm_image    the guest image (built once per run; skips with a hint if it cannot be)
   vm_accel    the accelerator chosen for this run
+  vm_artifacts  this test's artifact folder (put disk images here)
 
-Every VM keeps its console log and QEMU argv under ``--vm-artifacts/<test id>/``; they are
-deleted after a passing test unless ``--vm-keep-artifacts`` is given.
+Artifacts go to ``<--vm-artifacts>/<run id>/<test>/<vm name>/`` (console log, QEMU argv and
+log, disks); ``<--vm-artifacts>/latest`` points at the newest run. The run id is made once by
+the controller and handed to pytest-xdist workers, and each test folder is claimed with an
+exclusive ``mkdir``, so neither workers nor concurrent runs can share or delete each other's
+folders. A passing test's folder is deleted unless ``--vm-keep-artifacts`` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    import testinfra.host
+
     from vmtests.image import Image
     from vmtests.qemu import Accel, Disk
     from vmtests.session import Session
@@ -29,29 +40,105 @@ if TYPE_CHECKING:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("vmtests", "throwaway QEMU guests")
-    group.addoption("--vm-accel", default="auto", choices=("auto", "kvm", "tcg"),
-                    help="accelerator: auto uses KVM only if a probe boot proves it works")  # fmt: skip
-    group.addoption("--vm-mem", default=1024, type=int, metavar="MIB",
-                    help="guest memory in MiB (default 1024)")  # fmt: skip
-    group.addoption("--vm-keep-artifacts", action="store_true",
-                    help="keep console logs and disks of passing tests too")  # fmt: skip
-    group.addoption("--vm-artifacts", default="results/vm", metavar="DIR",
-                    help="where per-test VM artifacts go (default results/vm)")  # fmt: skip
+    group.addoption(
+        "--vm-accel",
+        default="auto",
+        choices=("auto", "kvm", "tcg"),
+        help="accelerator: auto uses KVM only if a probe boot proves it works",
+    )
+    group.addoption(
+        "--vm-mem", default=1024, type=int, metavar="MIB", help="guest memory in MiB (default 1024)"
+    )
+    group.addoption(
+        "--vm-keep-artifacts",
+        action="store_true",
+        help="keep console logs and disks of passing tests too",
+    )
+    group.addoption(
+        "--vm-artifacts",
+        default="results/vm",
+        metavar="DIR",
+        help="where per-run, per-test VM artifacts go (default results/vm)",
+    )
+
+
+_RUN_KEY = "vmtests_run_id"
+_RUN = pytest.StashKey[str]()
+_FAILED = pytest.StashKey[bool]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: needs a QEMU guest (boots one or more VMs)")
+    worker_input = getattr(config, "workerinput", None)
+    if worker_input is not None and _RUN_KEY in worker_input:
+        config.stash[_RUN] = worker_input[_RUN_KEY]
+    else:
+        config.stash[_RUN] = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    # Registered now, after every entry-point plugin, so this ``host`` outranks the one
+    # pytest-testinfra's own plugin defines (which wants --hosts); fixture order among
+    # entry-point plugins is otherwise whatever order the packages happen to be found in.
+    config.pluginmanager.register(_HostFixture(), "vmtests-host")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: every worker writes into the controller's run folder."""
+    node.workerinput[_RUN_KEY] = node.config.stash[_RUN]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if getattr(config, "workerinput", None) is None:
+        with contextlib.suppress(OSError):
+            _run_folder(config).rmdir()  # only succeeds when every test passed and nothing kept
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if report.when == "call":
-        item.stash[_FAILED] = report.failed
+    if report.when == "call" or report.failed:
+        item.stash[_FAILED] = item.stash.get(_FAILED, False) or report.failed
     return report
 
 
-_FAILED = pytest.StashKey[bool]()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"vm", "vm_factory", "host"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.vm)
+
+
+def _run_folder(config: pytest.Config) -> Path:
+    root = Path(config.getoption("--vm-artifacts"))
+    if not root.is_absolute():
+        root = config.rootpath / root
+    return root / config.stash[_RUN]
+
+
+def folder_name(nodeid: str) -> str:
+    """A readable, filesystem-safe name for a test; the hash keeps distinct ids distinct."""
+    digest = hashlib.sha256(nodeid.encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_.")[-100:] + "-" + digest
+
+
+def claim_folder(parent: Path, name: str) -> Path:
+    """Create and return a new folder under ``parent``; never one that already exists."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        folder = parent / (name if n == 0 else f"{name}.{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise RuntimeError(f"no free artifact folder for {name} under {parent}")
+
+
+def _point_latest(run: Path) -> None:
+    link = run.parent / "latest"
+    tmp = run.parent / f".latest-{os.getpid()}"
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run.name)
+        tmp.replace(link)
 
 
 @pytest.fixture(scope="session")
@@ -71,17 +158,12 @@ def vm_accel(request: pytest.FixtureRequest, vm_image: Image) -> Accel:
     return accel.choose(request.config.getoption("--vm-accel"), vm_image)
 
 
-def _safe(nodeid: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[-150:]
-
-
 @pytest.fixture
 def vm_artifacts(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """This test's artifact folder; removed after a pass unless --vm-keep-artifacts."""
-    root = Path(request.config.getoption("--vm-artifacts")).resolve()
-    folder = root / _safe(request.node.nodeid)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    """This test's own artifact folder; removed after a pass unless --vm-keep-artifacts."""
+    run = _run_folder(request.config)
+    folder = claim_folder(run, folder_name(request.node.nodeid))
+    _point_latest(run)
     yield folder
     failed = request.node.stash.get(_FAILED, True)
     if not failed and not request.config.getoption("--vm-keep-artifacts"):
@@ -92,24 +174,35 @@ def vm_artifacts(request: pytest.FixtureRequest) -> Iterator[Path]:
 def vm_factory(
     request: pytest.FixtureRequest, vm_image: Image, vm_accel: Accel, vm_artifacts: Path
 ) -> Iterator[Callable[..., Session]]:
+    """``vm_factory(disks=..., memory_mib=..., cpus=..., name=...)`` boots one more guest."""
     from vmtests.session import Session
 
-    sessions: list[Session] = []
     mem = request.config.getoption("--vm-mem")
+    with contextlib.ExitStack() as stack:
+        names: set[str] = set()
 
-    def boot(*, disks: list[Disk] | None = None, memory_mib: int | None = None,
-             cpus: int = 1, name: str | None = None) -> Session:  # fmt: skip
-        workdir = vm_artifacts / (name or f"vm{len(sessions)}")
-        session = Session(vm_image, workdir, accel=vm_accel, memory_mib=memory_mib or mem,
-                          cpus=cpus, disks=disks or [])  # fmt: skip
-        sessions.append(session)
-        return session.__enter__()
+        def boot(
+            *,
+            disks: list[Disk] | None = None,
+            memory_mib: int | None = None,
+            cpus: int = 1,
+            name: str | None = None,
+        ) -> Session:
+            name = name or f"vm{len(names)}"
+            if name in names:
+                raise ValueError(f"a VM named {name!r} was already booted in this test")
+            names.add(name)
+            session = Session(
+                vm_image,
+                vm_artifacts / name,
+                accel=vm_accel,
+                memory_mib=memory_mib or mem,
+                cpus=cpus,
+                disks=disks or [],
+            )
+            return stack.enter_context(session)
 
-    try:
         yield boot
-    finally:
-        for session in reversed(sessions):
-            session.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -118,7 +211,10 @@ def vm(vm_factory: Callable[..., Session]) -> Session:
     return vm_factory()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if {"vm", "vm_factory"} & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.vm)
+class _HostFixture:
+    @pytest.fixture
+    def host(self, vm: Session) -> testinfra.host.Host:
+        """A pytest-testinfra Host on this test's ``vm`` guest."""
+        from vmtests.testinfra_backend import host_for
+
+        return host_for(vm)
