@@ -1,0 +1,81 @@
+"""The per-boot archive carries the command byte for byte, one file per argument, in order."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_cpio import read_newc
+from vmtests import payload
+from vmtests.payload import Mode, Payload
+
+NASTY = [
+    "sh",
+    "-c",
+    "echo \"double\" 'single' `tick` $HOME \\back\\slash\n\ttab",
+    "",
+    " leading and trailing spaces ",
+    "trailing newlines\n\n",
+    "\n",
+    "ünïcødé ✓",
+    "--",
+    "*",
+    "a" * 20000,
+]
+
+
+def files(p: Payload) -> dict[str, bytes]:
+    return {m.name: m.data for m in read_newc(payload.build(p))}
+
+
+def argv_of(p: Payload) -> list[str]:
+    archive = files(p)
+    names = sorted(n for n in archive if n.startswith("vmtest/argv/"))  # the guest's glob order
+    return [archive[n].decode() for n in names]
+
+
+def test_every_argument_survives_byte_for_byte() -> None:
+    assert argv_of(Payload(Mode.EXEC, tuple(NASTY))) == NASTY
+
+
+def test_order_holds_past_ten_arguments() -> None:
+    argv = [str(i) for i in range(123)]
+    assert argv_of(Payload(Mode.EXEC, tuple(argv))) == argv
+
+
+def test_mode_ports_and_hostname() -> None:
+    archive = files(Payload(Mode.AGENT, hostname="guest-1"))
+    assert archive["vmtest/mode"] == b"agent\n"
+    assert archive["vmtest/ports"] == b"agent\n"
+    assert archive["vmtest/hostname"] == b"guest-1\n"
+    assert "vmtest/argv" in archive
+    exec_archive = files(Payload(Mode.EXEC, ("true",)))
+    assert exec_archive["vmtest/ports"] == b"stdin stdout stderr status\n"
+
+
+def test_the_working_tree_rides_along() -> None:
+    archive = files(Payload(Mode.EXEC, ("true",)))
+    assert archive["init"].startswith(b"#!/bin/sh")
+    assert "src/snapkit/__init__.py" in archive
+    assert "src/vmtests/guest/agent.py" in archive
+    assert archive["src/bin/snapkit"].startswith(b"#!/bin/sh")
+    assert not any("__pycache__" in n for n in archive)
+
+
+def test_extra_environment_is_appended_quoted() -> None:
+    env = files(Payload(Mode.EXEC, ("true",), env={"SEED": "42 x"}))["vmtest/env"]
+    assert env.endswith(b"SEED='42 x'\n")
+    assert b"DM_DISABLE_UDEV=1" in env
+
+
+@pytest.mark.parametrize("key, value", [("A", "it's"), ("A", "two\nlines"), ("1BAD", "x")])
+def test_environment_that_cannot_be_passed_safely_is_refused(key: str, value: str) -> None:
+    with pytest.raises(ValueError, match="cannot be passed safely"):
+        payload.build(Payload(Mode.EXEC, ("true",), env={key: value}))
+
+
+def test_command_argv_refuses_nul_and_empty() -> None:
+    assert payload.command_argv(["a", "b c"]) == ("a", "b c")
+    with pytest.raises(ValueError, match="NUL"):
+        payload.command_argv(["echo", "a\0b"])
+    with pytest.raises(ValueError, match="no command"):
+        payload.command_argv([])
