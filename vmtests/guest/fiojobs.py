@@ -86,18 +86,12 @@ def start_load(root: str) -> subprocess.Popen[bytes]:
 
 
 def verify(root: str, seed: int) -> tuple[dict[str, str], str]:
-    """Run fio verify_only on the snapshot; return each job's state and fio's own output."""
+    """Re-read the fio jobs on the snapshot, verifying crc32c: each job's state, fio's output."""
     directory = os.path.join(root, "fio")
     states = {n: ABSENT for n in JOBS if not os.path.exists(os.path.join(directory, n + ".dat"))}
     if len(states) == len(JOBS):
         return states, "no fio files"
-    argv = [
-        "fio",
-        "--output-format=json",
-        "--verify_only",
-        "--readonly",
-        *_job_args(directory, seed),
-    ]
+    argv = ["fio", "--output-format=json", "--readonly", *_job_args(directory, seed, reread=True)]
     proc = subprocess.run(argv, capture_output=True, check=False)
     out = proc.stdout.decode(errors="replace")
     try:

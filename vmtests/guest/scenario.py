@@ -166,6 +166,8 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
         checks.setdefault("mount", False)
         res["errors"].append(f"oracle: {type(exc).__name__}: {exc}")
         return
+    if bool(failed(checks)) != bool(control) and spec.get("keep_image", True):
+        save_image(snap.device)  # before a merge consumes the snapshot
     if snap.mergeable and spec.get("merge", True):
         try:
             targets.merge(origin)
@@ -197,11 +199,20 @@ def verify_snapshot(
     res["tree_snapshot"] = check.tree_hash(root)
 
 
+IMAGE = "/tmp/snapshot.img.gz"
+
+
+def save_image(device: str) -> None:
+    log(f"saving {device} compressed for the report")
+    with open(device, "rb") as src, gzip.open(IMAGE, "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
 def failed(checks: dict[str, bool | None]) -> list[str]:
     return [name for name, ok in checks.items() if ok is False]
 
 
-def write_artifacts(res: dict[str, Any], keep_image: str, out: str = OUT_DISK) -> None:
+def write_artifacts(res: dict[str, Any], keep_image: bool, out: str = OUT_DISK) -> None:
     if not os.path.exists(out):
         return
     members = {
@@ -217,11 +228,8 @@ def write_artifacts(res: dict[str, Any], keep_image: str, out: str = OUT_DISK) -
             tar.addfile(info, io.BytesIO(data))
         if os.path.exists(LEDGER):
             tar.add(LEDGER, arcname="ledger.jsonl")
-        if keep_image and os.path.exists(keep_image):
-            gz = "/tmp/snapshot.img.gz"
-            with open(keep_image, "rb") as src, gzip.open(gz, "wb", compresslevel=1) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            tar.add(gz, arcname="snapshot.img.gz")
+        if keep_image and os.path.exists(IMAGE):
+            tar.add(IMAGE, arcname="snapshot.img.gz")
 
 
 def main(argv: list[str]) -> int:
@@ -244,9 +252,7 @@ def main(argv: list[str]) -> int:
     res["errors"] = [e for e in res["errors"] if e]
     res["caught_by"] = failed(res["checks"])
     keep = bool(res["caught_by"] or res["errors"]) != bool(control)
-    image = str(res.get("snapshot_device", ""))
-    image = image if keep and spec.get("keep_image", True) else ""
-    write_artifacts(res, image, spec.get("out_disk", OUT_DISK))
+    write_artifacts(res, keep, spec.get("out_disk", OUT_DISK))
     res.pop("fsck_output", None)
     res.pop("fio_output", None)
     print(json.dumps(res), flush=True)

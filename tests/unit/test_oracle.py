@@ -1,0 +1,98 @@
+"""The oracle: placing snapshot states in ledger histories, and the verdict rules."""
+
+from vmtests import oracle
+from vmtests.guest import verify
+from vmtests.guest.ledger import Op
+from vmtests.oracle import Verdict
+from vmtests.scenarios import Scenario
+
+BEGIN, END = 10.0, 12.0
+# One object's history: acked before (1, 2), in the window (3), begun after the end (4).
+HIST = [
+    Op("w:x#0", 1, "s1", 1.0, 2.0),
+    Op("w:x#0", 2, "s2", 3.0, 4.0),
+    Op("w:x#0", 3, "s3", 11.0, 13.0),
+    Op("w:x#0", 4, "s4", 14.0, 15.0),
+]
+
+
+def classify(seen: str, hist: list[Op] = HIST) -> verify.Counts:
+    return verify.classify(verify.histories(hist), lambda _obj: seen, BEGIN, END)
+
+
+def test_the_last_acked_state_passes_and_the_window_write_is_old() -> None:
+    c = classify("s2")
+    assert (c.acked_checked, c.acked_lost, c.torn, c.future) == (2, 0, 0, 0)
+    assert (c.window_new, c.window_old) == (0, 1)
+
+
+def test_a_window_write_may_be_new() -> None:
+    c = classify("s3")
+    assert (c.acked_lost, c.torn, c.future, c.window_new) == (0, 0, 0, 1)
+
+
+def test_an_older_state_loses_acked_writes() -> None:
+    assert classify("s1").acked_lost == 1
+    assert classify("absent").acked_lost == 2
+
+
+def test_a_write_begun_after_the_end_must_not_show() -> None:
+    assert classify("s4").future == 1
+
+
+def test_an_unexplained_state_is_torn_and_loses_the_acked_write_when_nothing_was_in_flight() -> (
+    None
+):
+    c = classify("torn:crc")
+    assert (c.torn, c.acked_lost) == (1, 0)  # write 3 was in flight: it may be what tore
+    quiet = HIST[:2]
+    c = classify("torn:crc", quiet)
+    assert (c.torn, c.acked_lost) == (1, 1)
+
+
+def test_objects_created_after_the_snapshot_may_be_absent() -> None:
+    late = [Op("c:1", 1, "a100/1", 13.0, 14.0)]
+    c = classify("absent", late)
+    assert (c.acked_checked, c.acked_lost, c.future, c.torn) == (0, 0, 0, 0)
+    assert classify("a100/1", late).future == 1
+
+
+REAL = Scenario("ext4", "lvm", "writer")
+CONTROL = Scenario("ext4", "none", "writer", "dd-copy")
+GOOD = {
+    "checks": {"snapshot": True, "fsck": True, "mount": True, "ledger": True, "merge": True},
+    "counts": {"acked_checked": 50, "acked_lost": 0, "torn": 0},
+    "attempts": 1,
+    "freeze_window_ms": 40.0,
+}
+
+
+def test_a_clean_real_scenario_passes_and_names_its_repro() -> None:
+    r = oracle.judge(REAL, GOOD, 9.5)
+    assert r.verdict is Verdict.PASS
+    assert r.repro == f"vmtest run --scenario ext4-lvm-writer --seed {REAL.effective_seed}"
+    assert oracle.Result.from_json(r.to_json()) == r
+
+
+def test_any_failed_check_or_error_fails_a_real_scenario() -> None:
+    bad = {**GOOD, "checks": {**GOOD["checks"], "fsck": False}}
+    assert oracle.judge(REAL, bad, 1).verdict is Verdict.FAIL
+    assert oracle.judge(REAL, {**GOOD, "errors": ["boom"]}, 1).verdict is Verdict.FAIL
+    none = {**GOOD, "counts": {"acked_checked": 0}}
+    assert oracle.judge(REAL, none, 1).reason == "no acknowledged write was checked"
+
+
+def test_a_control_is_caught_only_by_a_failed_check() -> None:
+    caught = oracle.judge(CONTROL, {**GOOD, "checks": {"fsck": False, "ledger": True}}, 1)
+    assert (caught.verdict, caught.caught_by, caught.catch_rate) == (
+        Verdict.CAUGHT,
+        ("fsck",),
+        1.0,
+    )
+    missed = oracle.judge(CONTROL, {**GOOD, "attempts": 3}, 1)
+    assert (missed.verdict, missed.catch_rate) == (Verdict.FAIL, 0.0)
+
+
+def test_a_lost_vm_is_never_a_pass_nor_a_catch() -> None:
+    assert oracle.lost_vm(REAL, 3, "VM lost").verdict is Verdict.FAIL
+    assert oracle.lost_vm(CONTROL, 3, "VM lost").verdict is Verdict.FAIL
