@@ -1,0 +1,234 @@
+"""``lvm``: a classic LVM snapshot (``lvcreate -s``), merged with ``lvconvert --merge``.
+
+A deferred merge. ``lvconvert --merge`` of a snapshot whose origin is open (mounted) only marks
+the merge; LVM starts it at the origin's next activation ("Delaying merge since origin is open").
+snapkit never unmounts the user's filesystem to get there. It schedules the merge and says
+exactly what is needed (on stderr, and in the plan's step):
+
+1. ``snapkit snapshot merge NAME`` with the origin mounted: LVM schedules the merge and owns it
+   from then on; snapkit prints ``umount MP, then run 'lvchange --refresh VG/LV'``;
+2. the user unmounts;
+3. ``lvchange --refresh VG/LV`` starts the merge and waits for it (without lvmpolld, LVM polls
+   in the foreground); ``lvchange -an`` then ``-ay`` does the same. If snapkit still holds a
+   record of the snapshot (Python API callers), ``plan_merge`` of a merging snapshot runs that
+   refresh itself.
+
+Interrupted create. ``lvcreate`` suspends the origin inside its run; if it is killed there (our
+executor kills children on SIGINT, SIGTERM and timeouts), the origin would stay suspended and
+every writer would hang. So the undo of the create step always runs, even for a step that was
+under way: it resumes the origin if it is suspended, then removes the snapshot if LVM has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, ClassVar
+
+from snapkit.errors import RefusedError, UsageError
+from snapkit.lvm import LogicalVolume, Lvm
+from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.plan import Plan, Step
+from snapkit.run import Executor
+from snapkit.validate import lv_name
+
+if TYPE_CHECKING:  # the Host seam is new in base; only annotations need it
+    from snapkit.methods.base import Host
+
+log = logging.getLogger(__name__)
+
+MIN_COW = 16 << 20
+DEFAULT_COW_FRACTION = 5  # a fifth of the origin unless --cow-size says otherwise
+MERGE_TIMEOUT = None  # a merge copies the whole COW back: as long as it takes
+
+
+class LvmMethod:
+    name: ClassVar[str] = "lvm"
+
+    def __init__(self, host: Host) -> None:
+        self.executor: Executor = host.run
+        self.lvm = Lvm(self.executor)
+
+    # --- suitability ------------------------------------------------------------------------
+
+    def _why_not(self, lv: LogicalVolume) -> str | None:
+        if lv.is_thin:
+            return f"{lv.full_name} is a thin LV: use --method lvm-thin"
+        if lv.segtype not in ("linear", "striped", "mirror", "raid1", "raid5", "raid6"):
+            return f"{lv.full_name} is a {lv.segtype} LV, which lvm cannot snapshot"
+        return None
+
+    def _origin(self, target: Target) -> LogicalVolume:
+        lv = self.lvm.by_devnum(target.devnum)
+        if lv is None:
+            raise RefusedError(
+                f"{target.device} is not an active logical volume",
+                hint="use --method auto to pick a method that fits",
+            )
+        if lv.is_snapshot:
+            raise RefusedError(f"{lv.full_name} is itself a snapshot", hint="snapshot its origin")
+        if lv.attr[:1] == "O":
+            raise RefusedError(
+                f"a merge into {lv.full_name} is pending",
+                hint="finish it first: 'snapkit snapshot merge NAME' after unmounting",
+            )
+        reason = self._why_not(lv)
+        if reason:
+            raise RefusedError(reason)
+        return lv
+
+    def unsuitable(self, target: Target) -> str | None:
+        try:
+            self._origin(target)
+        except RefusedError as exc:
+            return exc.message
+        return None
+
+    # --- create -------------------------------------------------------------------------------
+
+    def _create_argv(self, request: CreateRequest, origin: LogicalVolume, name: str) -> list[str]:
+        size = request.cow_size or max(origin.size // DEFAULT_COW_FRACTION, MIN_COW)
+        chunk_kib = request.chunk_sectors // 2
+        return ["lvcreate", "-y", "-s", "-n", name, "-L", f"{size}b", "-c", f"{chunk_kib}k",
+                origin.full_name]  # fmt: skip
+
+    def _extra_create_steps(self, vg: str, name: str) -> tuple[Step, ...]:
+        return ()
+
+    def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
+        origin = self._origin(request.target)
+        name = lv_name(request.name)
+        if self.lvm.get(origin.vg, name) is not None:
+            raise RefusedError(f"{origin.vg}/{name} exists", hint="choose another name")
+        argv = self._create_argv(request, origin, name)
+        create = Step(
+            " ".join(argv),
+            lambda: self.executor.run(argv),
+            lambda: self._undo_create(origin, name),
+            f"resume {origin.full_name} if suspended; lvremove -f {origin.vg}/{name} if it exists",
+            must_undo=True,
+        )
+        steps = (create, *self._extra_create_steps(origin.vg, name))
+        record = SnapshotRecord(
+            name=name,
+            method=self.name,
+            origin=str(request.target.device),
+            device=f"/dev/mapper/{_mangle(origin.vg)}-{_mangle(name)}",
+            created_at=time.time(),
+            details={
+                "vg": origin.vg,
+                "lv": name,
+                "origin_lv": origin.name,
+                "origin_dm": _dm_name(origin),
+                "mountpoint": str(request.target.mountpoint or ""),
+                "fstype": request.target.fstype or "",
+            },
+        )
+        return Plan(f"{self.name} snapshot of {origin.full_name} as {name}", steps), record
+
+    def _undo_create(self, origin: LogicalVolume, name: str) -> None:
+        dm = _dm_name(origin)
+        info = self.executor.run(
+            ["dmsetup", "info", "-c", "--noheadings", "-o", "suspended", dm], check=False
+        )
+        if info.ok and info.stdout.strip() == "Suspended":
+            self.executor.run(["dmsetup", "resume", dm])
+        if self.lvm.get(origin.vg, name) is not None:
+            self.executor.run(["lvremove", "-f", "-y", f"{origin.vg}/{name}"])
+
+    # --- status, merge, discard ---------------------------------------------------------------
+
+    def _snapshot(self, record: SnapshotRecord) -> LogicalVolume | None:
+        return self.lvm.get(record.details["vg"], record.details["lv"])
+
+    def _resume_hint(self, record: SnapshotRecord) -> str:
+        where = record.details.get("mountpoint") or record.origin
+        origin = f"{record.details['vg']}/{record.details['origin_lv']}"
+        return f"umount {where}, then run 'lvchange --refresh {origin}' to start it"
+
+    def status(self, record: SnapshotRecord) -> SnapshotStatus:
+        lv = self._snapshot(record)
+        if lv is None:
+            return SnapshotStatus(record, State.INVALID, None, None, "the snapshot LV is gone")
+        usage = lv.data_percent
+        if lv.merging:
+            origin = self.lvm.get(lv.vg, lv.origin or record.details["origin_lv"])
+            pending = origin is not None and origin.is_open
+            message = "merge pending: " + self._resume_hint(record) if pending else "merging"
+            progress = None if usage is None else 100.0 - usage
+            return SnapshotStatus(record, State.MERGING, usage, progress, message)
+        if lv.invalid:
+            return SnapshotStatus(record, State.INVALID, usage, None, "LVM marks it invalid")
+        return SnapshotStatus(record, State.ACTIVE, usage, None)
+
+    def plan_merge(self, record: SnapshotRecord) -> Plan:
+        lv = self._snapshot(record)
+        vg = record.details["vg"]
+        if lv is None:
+            raise RefusedError(f"{vg}/{record.details['lv']} does not exist")
+        origin = self.lvm.get(vg, lv.origin or record.details["origin_lv"])
+        if origin is None:
+            raise RefusedError(f"the origin of {lv.full_name} is gone")
+        title = f"merge {lv.full_name} into {origin.full_name}"
+        if lv.merging:
+            if origin.is_open:
+                raise RefusedError(
+                    f"the merge of {record.name} is scheduled, but {origin.full_name} is open",
+                    hint=self._resume_hint(record),
+                )
+            refresh = ["lvchange", "--refresh", origin.full_name]
+            start = Step(
+                " ".join(refresh) + " (starts the merge, waits for it)",
+                lambda: self.executor.run(refresh, timeout=MERGE_TIMEOUT),
+            )
+            return Plan(title, (start,))
+        argv = self._merge_argv(lv)
+        if origin.is_open:
+            hint = self._resume_hint(record)
+
+            def schedule() -> None:
+                self.executor.run(argv)
+                log.warning("merge of %s deferred, %s is open: %s", record.name, origin.name, hint)
+
+            return Plan(title, (Step(f"{' '.join(argv)} (deferred: origin open; {hint})",
+                                     schedule),))  # fmt: skip
+        return Plan(
+            title,
+            (Step(" ".join(argv), lambda: self.executor.run(argv, timeout=MERGE_TIMEOUT)),),
+        )
+
+    def _merge_argv(self, lv: LogicalVolume) -> list[str]:
+        return ["lvconvert", "--merge", "--interval", "1", lv.full_name]
+
+    def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
+        lv = self._snapshot(record)
+        full = f"{record.details['vg']}/{record.details['lv']}"
+        if lv is None:
+            if force:
+                return Plan(f"discard {full} (already gone)", ())
+            raise RefusedError(f"{full} does not exist", hint="--force forgets the record")
+        if lv.merging:
+            raise RefusedError(
+                f"{full} is merging into its origin and cannot be discarded",
+                hint=self._resume_hint(record),
+            )
+        argv = ["lvremove", "-f", "-y", full]
+        return Plan(f"discard {full}", (Step(" ".join(argv), lambda: self.executor.run(argv)),))
+
+
+def _mangle(name: str) -> str:
+    """LVM's dm names double every hyphen inside a VG or LV name (``my-vg`` -> ``my--vg``)."""
+    return name.replace("-", "--")
+
+
+def _dm_name(lv: LogicalVolume) -> str:
+    """``/dev/mapper/vg-lv`` -> ``vg-lv`` (LVM doubles hyphens inside names)."""
+    return lv.dm_path.rsplit("/", 1)[-1]
+
+
+def refuse_size(request: CreateRequest, method: str) -> None:
+    if request.cow_size is not None:
+        raise UsageError(f"{method} takes no --cow-size", hint="thin snapshots share the pool")
+
+
+__all__ = ["LvmMethod", "refuse_size"]

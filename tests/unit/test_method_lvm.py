@@ -1,0 +1,222 @@
+"""lvm and lvm-thin plans against a fake LVM: a failure at every step leaves LVM as it was.
+
+The fake's lvcreate failure is the worst case: killed after suspending the origin and writing
+the snapshot's metadata, so the undo must resume the origin *and* remove the snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from snapkit.dm.fake import Faults
+from snapkit.errors import CommandError, RefusedError, UsageError
+from snapkit.lvm import LVS_FIELDS
+from snapkit.methods.base import CreateRequest, State, Target
+from snapkit.methods.lvm import LvmMethod
+from snapkit.methods.lvm_thin import LvmThinMethod
+from snapkit.plan import PlanError, apply
+from snapkit.run import Completed
+
+
+@dataclass
+class Lv:
+    name: str
+    origin: str = ""
+    thin: bool = False
+    active: bool = True
+    merging: bool = False
+    is_open: bool = False
+
+
+@dataclass
+class FakeLvm:
+    """Just enough of lvm2 and dmsetup for the plans: LVs, activation, suspension, merges."""
+
+    faults: Faults
+    lvs: dict[str, Lv] = field(default_factory=dict)
+    suspended: set[str] = field(default_factory=set)
+    calls: list[list[str]] = field(default_factory=list)
+
+    def state(self) -> object:
+        return (sorted((k, repr(v)) for k, v in self.lvs.items()), sorted(self.suspended))
+
+    def report(self) -> str:
+        rows = []
+        for n, lv in enumerate(self.lvs.values()):
+            first = ("S" if lv.merging else "s") if lv.origin and not lv.thin else (
+                "V" if lv.thin else "-")  # fmt: skip
+            attr = f"{first}wi-{'a' if lv.active else '-'}{'o' if lv.is_open else '-'}----"
+            row = dict.fromkeys(LVS_FIELDS, "")
+            row.update(
+                lv_name=f"[{lv.name}]" if lv.merging else lv.name, vg_name="vg",
+                origin=lv.origin, segtype="thin" if lv.thin else "linear", lv_attr=attr,
+                lv_size=str(100 << 20), lv_merging="merging" if lv.merging else "",
+                pool_lv="pool" if lv.thin else "", lv_dm_path=f"/dev/mapper/vg-{lv.name}",
+                lv_kernel_major="253" if lv.active else "-1",
+                lv_kernel_minor=str(n) if lv.active else "-1",
+                data_percent="1.50" if lv.origin else "",
+            )  # fmt: skip
+            rows.append(row)
+        return json.dumps({"report": [{"lv": rows}]})
+
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
+        input: str | None = None, env: Mapping[str, str] | None = None,
+    ) -> Completed:  # fmt: skip
+        args = list(argv)
+        self.calls.append(args)
+        out = ""
+        if args[0] == "lvs":
+            out = self.report()
+        elif args[:2] == ["dmsetup", "info"]:
+            out = "Suspended" if args[-1].removeprefix("vg-") in self.suspended else "Active"
+        elif self.faults.should_fail(" ".join(args)):
+            if args[0] == "lvcreate":  # killed inside: origin suspended, snapshot half made
+                origin = args[-1].split("/")[1]
+                self.suspended.add(origin)
+                self.lvs[args[args.index("-n") + 1]] = Lv(args[args.index("-n") + 1], origin)
+            raise CommandError(args, 5, "injected failure")
+        elif args[0] == "lvcreate":
+            origin = self.lvs[args[-1].split("/")[1]]
+            name = args[args.index("-n") + 1]
+            self.lvs[name] = Lv(name, origin.name, thin=origin.thin, active=not origin.thin)
+        elif args[:2] == ["dmsetup", "resume"]:
+            self.suspended.discard(args[-1].removeprefix("vg-"))
+        elif args[0] == "lvremove":
+            del self.lvs[args[-1].split("/")[1]]
+        elif args[0] == "lvchange" and args[1] in ("-ay", "-an"):
+            self.lvs[args[-1].split("/")[1]].active = args[1] == "-ay"
+        elif args[:2] == ["lvconvert", "--merge"]:
+            snap = self.lvs[args[-1].split("/")[1]]
+            snap.merging = True
+            if not self.lvs[snap.origin].is_open:
+                del self.lvs[snap.name]
+        elif args[:2] == ["lvchange", "--refresh"]:
+            for lv in list(self.lvs.values()):
+                if lv.merging and lv.origin == args[-1].split("/")[1]:
+                    del self.lvs[lv.name]
+        else:
+            raise AssertionError(f"unexpected command {args}")
+        return Completed(tuple(args), 0, out, "", 0.0)
+
+
+def host(fake: FakeLvm) -> Any:
+    return SimpleNamespace(run=fake, dm=None, loops=None, files=None)
+
+
+def world(thin: bool = False, fail_at: int | None = None, is_open: bool = True) -> FakeLvm:
+    fake = FakeLvm(Faults(fail_at))
+    fake.lvs["lv"] = Lv("lv", thin=thin, is_open=is_open)
+    return fake
+
+
+TARGET = Target(Path("/dev/mapper/vg-lv"), Path("/mnt/o"), "ext4", (253, 0))
+
+
+def request(**kw: Any) -> CreateRequest:
+    return CreateRequest(target=TARGET, name="s1", **kw)
+
+
+@pytest.mark.parametrize(
+    ("method", "thin", "steps"), [(LvmMethod, False, 1), (LvmThinMethod, True, 2)]
+)
+def test_create_succeeds(method: type[LvmMethod], thin: bool, steps: int) -> None:
+    fake = world(thin)
+    plan, record = method(host(fake)).plan_create(request())
+    assert len(plan.steps) == steps
+    apply(plan)
+    assert fake.lvs["s1"].origin == "lv" and fake.lvs["s1"].active
+    assert record.device == "/dev/mapper/vg-s1" and record.details["origin_lv"] == "lv"
+    assert method(host(fake)).status(record).state is State.ACTIVE
+
+
+@pytest.mark.parametrize(("method", "thin", "at"), [(LvmMethod, False, 0), (LvmThinMethod, True, 0),
+                                                     (LvmThinMethod, True, 1)])  # fmt: skip
+def test_a_failure_at_every_step_leaves_lvm_as_it_was(
+    method: type[LvmMethod], thin: bool, at: int
+) -> None:
+    fake = world(thin, fail_at=at)
+    before = fake.state()
+    plan, _ = method(host(fake)).plan_create(request())
+    with pytest.raises(PlanError) as caught:
+        apply(plan)
+    assert fake.state() == before
+    assert not caught.value.undo_failures
+
+
+def test_negative_control_without_the_undo_the_origin_stays_suspended() -> None:
+    fake = world(fail_at=0)
+    plan, _ = LvmMethod(host(fake)).plan_create(request())
+    with pytest.raises(CommandError):
+        plan.steps[0].do()
+    assert fake.suspended == {"lv"}  # what the undo is there to fix
+
+
+def test_thin_origin_is_refused_by_lvm_and_linear_by_thin() -> None:
+    assert "lvm-thin" in (LvmMethod(host(world(thin=True))).unsuitable(TARGET) or "")
+    assert "not a thin LV" in (LvmThinMethod(host(world())).unsuitable(TARGET) or "")
+    not_lv = Target(Path("/dev/vda"), None, None, (254, 0))
+    assert "not an active logical volume" in (LvmMethod(host(world())).unsuitable(not_lv) or "")
+
+
+def test_thin_takes_no_size() -> None:
+    with pytest.raises(UsageError):
+        LvmThinMethod(host(world(thin=True))).plan_create(request(cow_size=1 << 20))
+
+
+def test_existing_name_is_refused() -> None:
+    fake = world()
+    fake.lvs["s1"] = Lv("s1", "lv")
+    with pytest.raises(RefusedError, match="exists"):
+        LvmMethod(host(fake)).plan_create(request())
+
+
+def test_deferred_merge_then_refresh() -> None:
+    fake = world(is_open=True)
+    method = LvmMethod(host(fake))
+    plan, record = method.plan_create(request())
+    apply(plan)
+    merge = method.plan_merge(record)
+    assert "deferred" in merge.steps[0].description
+    assert "lvchange --refresh vg/lv" in merge.steps[0].description
+    apply(merge)
+    status = method.status(record)
+    assert status.state is State.MERGING and "lvchange --refresh vg/lv" in status.message
+    with pytest.raises(RefusedError, match="scheduled"):
+        method.plan_merge(record)  # still open: says what to do instead of hanging
+    with pytest.raises(RefusedError, match="merging"):
+        method.plan_discard(record)
+    fake.lvs["lv"].is_open = False  # the user unmounted
+    finish = method.plan_merge(record)
+    assert finish.steps[0].description.startswith("lvchange --refresh vg/lv")
+    apply(finish)
+    assert "s1" not in fake.lvs
+
+
+def test_merge_of_a_closed_origin_runs_at_once() -> None:
+    fake = world(is_open=False)
+    method = LvmMethod(host(fake))
+    plan, record = method.plan_create(request())
+    apply(plan)
+    apply(method.plan_merge(record))
+    assert "s1" not in fake.lvs
+
+
+def test_discard() -> None:
+    fake = world()
+    method = LvmMethod(host(fake))
+    plan, record = method.plan_create(request())
+    apply(plan)
+    apply(method.plan_discard(record))
+    assert "s1" not in fake.lvs
+    assert method.status(record).state is State.INVALID
+    with pytest.raises(RefusedError):
+        method.plan_discard(record)
+    assert method.plan_discard(record, force=True).steps == ()
