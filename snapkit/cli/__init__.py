@@ -21,6 +21,9 @@ from snapkit.errors import SnapkitError
 COMMAND_MODULES: tuple[str, ...] = (
     "snapkit.cli.cow",
     "snapkit.cli.bench",
+    "snapkit.cli.freeze",
+    "snapkit.cli.snapshot",
+    "snapkit.cli.device",
 )
 
 
