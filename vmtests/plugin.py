@@ -88,8 +88,12 @@ def pytest_configure_node(node: Any) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if getattr(config, "workerinput", None) is None:
+        run = _run_folder(config)
         with contextlib.suppress(OSError):
-            _run_folder(config).rmdir()  # only succeeds when every test passed and nothing kept
+            run.rmdir()  # only succeeds when every test passed and nothing was kept
+            latest = run.parent / "latest"
+            if os.readlink(latest) == run.name:
+                latest.unlink()
 
 
 @pytest.hookimpl(wrapper=True)
