@@ -12,9 +12,12 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
+from snapkit.dm.control import DmControl
+from snapkit.loopdev import Files, Loops
 from snapkit.plan import Plan
+from snapkit.run import Executor
 
 
 class State(enum.StrEnum):
@@ -69,6 +72,17 @@ class SnapshotStatus:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class Host:
+    """The system a method acts on: every side effect goes through one of these seams, so unit
+    tests hand in fakes (``FakeDm`` and friends) that share one fault counter."""
+
+    dm: DmControl
+    run: Executor
+    loops: Loops
+    files: Files
+
+
 class Method(Protocol):
     """A way of taking snapshots. Plans are built from validated input and touch nothing."""
 
@@ -86,4 +100,30 @@ class Method(Protocol):
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan: ...
 
 
-__all__ = ["CreateRequest", "Method", "SnapshotRecord", "SnapshotStatus", "State", "Target"]
+@runtime_checkable
+class KernelMerge(Protocol):
+    """A method whose merge (or discard) hands the copying to the kernel's ``snapshot-merge``.
+
+    ``plan_merge``/``plan_discard`` then only *start* the work and can be rolled back; once the
+    kernel merges, there is no undo, so the flow waits for ``status`` to say MERGED and applies
+    ``plan_finish``, which puts the plain table back and frees the COW. It is built from what the
+    kernel shows, so it can be re-run after an interruption or a crash.
+    """
+
+    def plan_finish(self, record: SnapshotRecord) -> Plan: ...
+
+    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
+        """``record`` as it must be saved once ``operation`` ("merge"/"discard") has started,
+        remembering what the status needs later (e.g. the COW usage the merge started from)."""
+
+
+__all__ = [
+    "CreateRequest",
+    "Host",
+    "KernelMerge",
+    "Method",
+    "SnapshotRecord",
+    "SnapshotStatus",
+    "State",
+    "Target",
+]

@@ -1,0 +1,70 @@
+"""``snapkit device``: prepare a plain block device for the raw dm methods, and release it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from snapkit.device import prepare, release
+from snapkit.errors import UsageError
+from snapkit.flow import Flow, real_host
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    with real_host() as host:
+        result = prepare(Flow(host), args.device, args.name, dry_run=args.dry_run)
+    if isinstance(result, str):
+        sys.stdout.write(result)
+        return 0
+    where = f" (a partition starting at sector {result.partition_start})"
+    print(
+        f"prepared {result.device}: linear over {result.under}"
+        f"{where if result.partition_start else ''}, {result.size_sectors} sectors\n"
+        f"from now on mount {result.device} instead of {args.device} "
+        f"(umount and remount; never mount {args.device} itself while {args.name} exists)"
+    )
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    with real_host() as host:
+        result = release(Flow(host), args.name, dry_run=args.dry_run)
+    if args.dry_run:
+        sys.stdout.write(result)
+    else:
+        under = f"; mount {result} directly again" if result else ""
+        print(f"released /dev/mapper/{args.name}{under}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "device", help="wrap a plain block device in dm linear for the dm methods, and undo it"
+    )
+    sub = parser.add_subparsers(title="verbs", metavar="VERB", parser_class=type(parser))
+    parser.set_defaults(handler=_usage)
+
+    p = sub.add_parser(
+        "prepare",
+        help="wrap DEVICE in /dev/mapper/NAME (needs an unmount and a remount)",
+        description="Wrap DEVICE in a dm linear device /dev/mapper/NAME, once, so the dm and "
+        "dm-direct methods can snapshot it. DEVICE must not be mounted; afterwards, mount "
+        "/dev/mapper/NAME instead.",
+    )
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("--name", required=True)
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(handler=_prepare)
+
+    p = sub.add_parser("release", help="undo prepare (NAME must be unmounted, no snapshots)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(handler=_release)
+
+
+def _usage(_args: argparse.Namespace) -> int:
+    raise UsageError("device needs a verb", hint="see 'snapkit device --help'")
+
+
+__all__ = ["register"]

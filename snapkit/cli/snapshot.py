@@ -1,0 +1,190 @@
+"""``snapkit snapshot``: create, list, status, merge, discard, mount.
+
+Thin: parse, call :class:`snapkit.flow.Flow`, render. Exit 0 ok, 1 refused/failed (one line on
+stderr), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from snapkit.cli.output import print_fields, print_json
+from snapkit.errors import UsageError
+from snapkit.flow import Flow, real_host
+from snapkit.methods import registry
+from snapkit.methods.base import SnapshotStatus
+from snapkit.validate import parse_chunk, parse_size
+
+VERBS_HELP = """\
+One meaning for every method:
+  merge    roll the origin back to the snapshot's content and remove the snapshot
+           (as lvconvert --merge); refused while the origin is mounted, for dm methods
+  discard  remove the snapshot and keep the origin's current content
+
+For --method dm-direct this inverts the raw recipe's own words: its "merge" (snapshot-merge of
+the COW into the base device, which works while mounted) is snapkit's discard, and its
+"discard" (drop the COW, back to linear on the base device) is snapkit's merge.
+"""
+
+
+def status_json(s: SnapshotStatus) -> dict[str, Any]:
+    r = s.record
+    return {
+        "name": r.name,
+        "method": r.method,
+        "origin": r.origin,
+        "device": r.device,
+        "state": s.state.value,
+        "usage_percent": s.usage_percent,
+        "merge_progress": s.merge_progress,
+        "message": s.message,
+        "created_at": r.created_at,
+        "cow_file": r.details.get("cow_file"),
+    }
+
+
+def _print_status(s: SnapshotStatus, as_json: bool) -> None:
+    if as_json:
+        print_json(status_json(s))
+        return
+    fields = [(k, v) for k, v in status_json(s).items() if v not in (None, "")]
+    print_fields(fields)
+
+
+def _progress_bar(s: SnapshotStatus) -> None:
+    pct = s.merge_progress or 0.0
+    filled = int(pct / 100 * 40)
+    sys.stdout.write(f"\rmerging {s.record.name} [{'#' * filled}{'.' * (40 - filled)}] {pct:5.1f}%")
+    if s.state.value == "merged":
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _size(text: str | None) -> int | None:
+    return parse_size(text) if text is not None else None
+
+
+def _create(args: argparse.Namespace) -> int:
+    with real_host() as host:
+        result = Flow(host).create(
+            args.target, name=args.name, method=args.method, cow_size=_size(args.cow_size),
+            cow_dir=Path(args.cow_dir) if args.cow_dir else None,
+            chunk_sectors=parse_chunk(args.chunk_size), pre=args.pre, post=args.post,
+            max_freeze=args.max_freeze, dry_run=args.dry_run,
+        )  # fmt: skip
+    if isinstance(result, str):
+        sys.stdout.write(result)
+    else:
+        _print_status(result, args.json)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with real_host() as host:
+        rows = Flow(host).list()
+    if args.json:
+        print_json([status_json(s) for s in rows])
+        return 0
+    for s in rows:
+        usage = "-" if s.usage_percent is None else f"{s.usage_percent:.2f}%"
+        print(f"{s.record.name}\t{s.record.method}\t{s.state.value}\t{usage}\t{s.record.origin}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with real_host() as host:
+        _print_status(Flow(host).status(args.name), args.json)
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    bar = _progress_bar if sys.stdout.isatty() and not args.json else None
+    with real_host() as host:
+        result = Flow(host).merge(args.name, wait=args.wait, progress=bar, dry_run=args.dry_run)
+    if isinstance(result, str):
+        sys.stdout.write(result)
+    else:
+        _print_status(result, args.json)
+    return 0
+
+
+def _discard(args: argparse.Namespace) -> int:
+    with real_host() as host:
+        result = Flow(host).discard(args.name, force=args.force, dry_run=args.dry_run)
+    if isinstance(result, str):
+        sys.stdout.write(result)
+    else:
+        print(f"discarded {args.name}")
+    return 0
+
+
+def _mount(args: argparse.Namespace) -> int:
+    with real_host() as host:
+        Flow(host).mount(args.name, Path(args.dir), rw=args.rw)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "snapshot", help="create and manage snapshots of live filesystems",
+        description="Create and manage snapshots of live filesystems.\n\n" + VERBS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = parser.add_subparsers(title="verbs", metavar="VERB", parser_class=type(parser))
+    parser.set_defaults(handler=lambda _a: _usage(parser))
+
+    p = sub.add_parser("create", help="take a snapshot", description=VERBS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("target", metavar="TARGET", help="a mount point or a block device")
+    p.add_argument("--name", required=True)
+    p.add_argument("--method", default=registry.DEFAULT_METHOD, choices=registry.names())
+    p.add_argument("--cow-size", metavar="SIZE", help="COW size, e.g. 256M (default: origin/4)")
+    p.add_argument("--cow-dir", metavar="DIR", help="where the COW file goes (not on TARGET)")
+    p.add_argument("--chunk-size", metavar="SIZE", default="4K", help="4K..512K (default 4K)")
+    p.add_argument("--pre", metavar="CMD", help="run before the freeze (sh -c)")
+    p.add_argument("--post", metavar="CMD", help="run after the thaw, even on failure (sh -c)")
+    p.add_argument("--max-freeze", metavar="SEC", type=float, default=10.0)
+    p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_create)
+
+    p = sub.add_parser("list", help="list snapkit's snapshots")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_list)
+
+    p = sub.add_parser("status", help="state, COW usage and merge progress of one snapshot")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_status)
+
+    p = sub.add_parser("merge", help="roll the origin back to the snapshot", description=VERBS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--wait", action="store_true", help="wait for the kernel and finish the merge")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_merge)
+
+    p = sub.add_parser("discard", help="remove the snapshot, keep the origin",
+                       description=VERBS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="even if the snapshot is in use")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(handler=_discard)
+
+    p = sub.add_parser("mount", help="mount the snapshot (read-only unless --rw)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--rw", action="store_true")
+    p.set_defaults(handler=_mount)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    raise UsageError("snapshot needs a verb", hint="see 'snapkit snapshot --help'")
+
+
+__all__ = ["register", "status_json"]

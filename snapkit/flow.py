@@ -1,0 +1,284 @@
+"""The shared flow of every method: resolve, validate, lock, hooks, plan, apply, record.
+
+Methods only build plans; this module decides *when* they run, so every method gets the same
+guarantees: refusals before anything changes, one lock per origin, ``--pre`` before and
+``--post`` after (even on failure), ``--dry-run`` printing exactly what would run, and the state
+file updated only for what really happened.
+
+Merges and discards that hand work to the kernel (:class:`~snapkit.methods.base.KernelMerge`)
+run in two plans: the start, which can be rolled back, and -- once the kernel reports the merge
+done -- the finish. The record is saved as *pending* in between, so an interrupted or
+backgrounded merge is finished by running ``merge --wait`` (or ``discard``) again.
+
+Test hook: ``SNAPKIT_TEST_PAUSE_AT=[P:]N`` makes the P-th plan a command applies (default 1)
+stop before its step N (1-based, as ``--dry-run`` numbers them), print
+``snapkit: test pause before step N`` on stderr and sleep, so a test can send SIGINT or SIGTERM
+at that exact point. It is read only here and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from snapkit.dm.control import IoctlDm
+from snapkit.dm.naming import snapkit_name
+from snapkit.errors import OperationError, RefusedError
+from snapkit.lock import DEFAULT_LOCK_DIR, origin_lock
+from snapkit.loopdev import LocalFiles, LosetupLoops
+from snapkit.methods import registry
+from snapkit.methods.base import (
+    CreateRequest,
+    Host,
+    KernelMerge,
+    Method,
+    SnapshotRecord,
+    SnapshotStatus,
+    State,
+)
+from snapkit.plan import Plan, Step, apply
+from snapkit.run import SubprocessExecutor
+from snapkit.state import StateData, StateFile, reconcile, state_dir
+from snapkit.target import resolve
+
+PAUSE_ENV = "SNAPKIT_TEST_PAUSE_AT"
+POLL_SECONDS = 0.2
+Progress = Callable[[SnapshotStatus], None]
+
+
+@contextmanager
+def real_host() -> Iterator[Host]:
+    run = SubprocessExecutor()
+    with IoctlDm() as dm:
+        yield Host(dm=dm, run=run, loops=LosetupLoops(run), files=LocalFiles())
+
+
+@dataclass
+class Flow:
+    host: Host
+    state: StateFile = field(default_factory=StateFile)
+    lock_dir: Path | None = None
+    _plans_applied: int = 0
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def lock_path(self) -> Path:
+        if self.lock_dir is not None:
+            return self.lock_dir
+        return state_dir() / "locks" if os.environ.get("SNAPKIT_STATE_DIR") else DEFAULT_LOCK_DIR
+
+    def load(self) -> StateData:
+        """The state file, with what the kernel shows under snapkit uuids added (and saved)."""
+        data = self.state.load()
+        rebuilt = reconcile(data, self.host.dm)
+        if rebuilt != data:
+            self.state.save(rebuilt)
+        return rebuilt
+
+    def record(self, name: str) -> SnapshotRecord:
+        found = self.load().snapshot(name)
+        if found is None:
+            raise RefusedError(f"no snapshot named {name!r}", hint="see 'snapkit snapshot list'")
+        return found
+
+    def method(self, name: str) -> Method:
+        return registry.get(name, self.host)
+
+    def apply_plan(self, plan: Plan, timeout: float | None = None) -> None:
+        self._plans_applied += 1
+        apply(_with_test_pause(plan, self._plans_applied), timeout=timeout)
+
+    # -- create -------------------------------------------------------------------------------
+
+    def create(
+        self, target_spec: str, *, name: str, method: str = registry.DEFAULT_METHOD,
+        cow_size: int | None = None, cow_dir: Path | None = None, chunk_sectors: int = 8,
+        pre: str | None = None, post: str | None = None, max_freeze: float = 10.0,
+        dry_run: bool = False,
+    ) -> SnapshotStatus | str:  # fmt: skip
+        """Create snapshot ``name`` of ``target_spec``; the plan text instead if ``dry_run``."""
+        snapkit_name(name)
+        impl = self.method(method)
+        target = resolve(target_spec)
+        data = self.load()
+        if data.snapshot(name) is not None or self.host.dm.info(name) is not None:
+            raise RefusedError(f"the name {name!r} is already in use", hint="choose another --name")
+        reason = impl.unsuitable(target)
+        if reason is not None:
+            raise RefusedError(f"method {method} cannot snapshot {target_spec}: {reason}")
+        req = CreateRequest(
+            target=target, name=name, cow_size=cow_size,
+            cow_dir=cow_dir or self.state.directory / "cow", chunk_sectors=chunk_sectors,
+            pre=pre, post=post, max_freeze=max_freeze,
+        )  # fmt: skip
+        with origin_lock(str(target.device), operation=f"create {name}", lock_dir=self.lock_path()):
+            plan, record = impl.plan_create(req)
+            if dry_run:
+                return _hooks_text(req.pre, plan.render(), req.post)
+            self._hook(req.pre, "--pre")
+            try:
+                self.apply_plan(plan)
+                record = replace(record, created_at=time.time())
+                self.state.save(self.load().with_snapshot(record))
+            finally:
+                post_failed = self._hook(req.post, "--post", check=False)
+            if post_failed:
+                raise OperationError(f"snapshot {name} was created, but {post_failed}")
+            return impl.status(record)
+
+    def _hook(self, command: str | None, what: str, *, check: bool = True) -> str:
+        if not command:
+            return ""
+        result = self.host.run.run(["sh", "-c", command], check=False, timeout=None)
+        if result.ok:
+            return ""
+        message = f"the {what} command exited {result.returncode}"
+        if check:
+            raise RefusedError(message, hint="nothing was changed; fix the hook and retry")
+        return message
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def status(self, name: str) -> SnapshotStatus:
+        record = self.record(name)
+        return self.method(record.method).status(record)
+
+    def list(self) -> list[SnapshotStatus]:
+        return [self.method(r.method).status(r) for r in self.load().snapshots]
+
+    def mount(self, name: str, directory: Path, *, rw: bool = False) -> None:
+        """Mount the snapshot's device; read-only unless ``rw``. xfs refuses a second
+        filesystem with the same uuid, so its snapshot is mounted with ``nouuid``."""
+        record = self.record(name)
+        info = self.host.dm.info(record.device.removeprefix("/dev/mapper/"))
+        if info is None:
+            raise RefusedError(f"the snapshot device {record.device} does not exist")
+        if rw and info.read_only:
+            raise RefusedError(
+                f"{record.device} is read-only: it is the {record.method} point-in-time copy",
+                hint="mount it without --rw",
+            )
+        fstype = record.details.get("fstype", "")
+        options = [] if rw else ["ro"]
+        if fstype == "xfs":
+            options.append("nouuid")
+        argv = ["mount"] + (["-t", fstype] if fstype else [])
+        argv += ["-o", ",".join(options)] if options else []
+        self.host.run.run([*argv, record.device, str(directory)])
+
+    # -- merge and discard --------------------------------------------------------------------
+
+    def merge(
+        self, name: str, *, wait: bool = False, progress: Progress | None = None,
+        dry_run: bool = False,
+    ) -> SnapshotStatus | str:  # fmt: skip
+        record = self.record(name)
+        impl = self.method(record.method)
+        with origin_lock(record.origin, operation=f"merge {name}", lock_dir=self.lock_path()):
+            return self._end(impl, record, "merge", wait, progress, dry_run)
+
+    def discard(
+        self, name: str, *, force: bool = False, dry_run: bool = False
+    ) -> SnapshotStatus | str:
+        record = self.record(name)
+        impl = self.method(record.method)
+        with origin_lock(record.origin, operation=f"discard {name}", lock_dir=self.lock_path()):
+            return self._end(impl, record, "discard", True, None, dry_run, force=force)
+
+    def _end(
+        self, impl: Method, record: SnapshotRecord, op: str, wait: bool,
+        progress: Progress | None, dry_run: bool, *, force: bool = False,
+    ) -> SnapshotStatus | str:  # fmt: skip
+        pending = record.details.get("pending", "")
+        if pending and pending != op:
+            raise RefusedError(
+                f"a {pending} of {record.name} is under way",
+                hint=f"finish it: snapkit snapshot {pending} {record.name}",
+            )
+        start: Plan | None = None
+        if not pending:
+            start = (
+                impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
+            )
+        if not isinstance(impl, KernelMerge):
+            if start is None:  # pragma: no cover - only KernelMerge methods set pending
+                raise OperationError(f"{record.name} has an unknown pending {pending}")
+            if dry_run:
+                return start.render()
+            self.apply_plan(start)
+            self.state.save(self.load().without_snapshot(record.name))
+            return SnapshotStatus(record, State.MERGED, None, 100.0, f"{op} done")
+        if dry_run:
+            text = start.render() if start else ""
+            finish = impl.plan_finish(record).render()
+            return text + f"then, once the kernel is done:\n{finish}"
+        if start is not None:
+            marked = impl.mark_pending(record, op)
+            self.apply_plan(start)
+            record = marked
+            self.state.save(self.load().with_snapshot(record))
+        status = impl.status(record)
+        if status.state is not State.MERGED and not wait:
+            return status
+        status = self._wait(impl, record, progress)
+        self.apply_plan(impl.plan_finish(record))
+        self.state.save(self.load().without_snapshot(record.name))
+        return replace(status, message=f"{op} done")
+
+    def _wait(
+        self, impl: Method, record: SnapshotRecord, progress: Progress | None
+    ) -> SnapshotStatus:
+        try:
+            while True:
+                status = impl.status(record)
+                if progress is not None:
+                    progress(status)
+                if status.state is State.MERGED:
+                    return status
+                if status.state is not State.MERGING:
+                    raise OperationError(f"the merge of {record.name} stopped: {status.state}")
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            raise OperationError(
+                f"stopped waiting for {record.name}",
+                hint=f"the kernel keeps merging; 'snapkit snapshot merge {record.name} --wait' "
+                "finishes it",
+            ) from None
+
+
+def _hooks_text(pre: str | None, body: str, post: str | None) -> str:
+    head = f"before: sh -c {pre!r}\n" if pre else ""
+    tail = f"after (always): sh -c {post!r}\n" if post else ""
+    return head + body + tail
+
+
+def _with_test_pause(plan: Plan, ordinal: int) -> Plan:
+    spec = os.environ.get(PAUSE_ENV, "")
+    if not spec:
+        return plan
+    which, _, step = spec.rpartition(":")
+    if int(which or 1) != ordinal:
+        return plan
+    index = int(step) - 1
+    if not 0 <= index < len(plan.steps):
+        return plan
+    original = plan.steps[index]
+
+    def paused() -> object:
+        print(f"snapkit: test pause before step {index + 1}", file=sys.stderr, flush=True)
+        time.sleep(600)
+        return original.do()
+
+    steps = list(plan.steps)
+    steps[index] = Step(
+        original.description, paused, original.undo, original.undo_description, original.must_undo
+    )
+    return replace(plan, steps=tuple(steps))
+
+
+__all__ = ["PAUSE_ENV", "Flow", "real_host"]

@@ -1,0 +1,270 @@
+"""``dm``: raw device-mapper snapshots the LVM way, for a filesystem not on LVM.
+
+The origin must be a dm ``linear`` device (``snapkit device prepare`` makes one). Create builds
+what ``lvcreate -s`` builds (NOTES.md section 3, "The LVM way"): ``ORIGIN-real`` with the
+origin's table, a COW on a loop device over a sparse file, the ``snapshot`` device, and the
+origin reloaded as ``snapshot-origin`` -- all tables loaded first, then one suspend of the
+origin (which freezes its filesystem), the snapshot resumed, the origin resumed: three ioctls
+from this process, nothing spawned inside the window. A second snapshot of the same origin
+reuses ``-real`` and only needs the suspend/resume pair.
+
+Merge (roll the origin back): refused while the origin is mounted; the snapshot device is
+removed and ``snapshot-merge`` loaded into the origin; the kernel copies the COW back (the
+origin already reads as the snapshot); when X == Z, :meth:`DmMethod.plan_finish` loads the
+original ``linear`` table and frees ``-real``, the loop device and the COW file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from snapkit.dm import steps
+from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
+from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
+from snapkit.errors import RefusedError
+from snapkit.loopdev import LoopSlot
+from snapkit.methods.base import (
+    CreateRequest,
+    Host,
+    SnapshotRecord,
+    SnapshotStatus,
+    State,
+    Target,
+)
+from snapkit.methods.dmshared import (
+    MAPPER,
+    DmDetails,
+    check_cow_dir,
+    cow_bytes,
+    dm_origin,
+    mark_pending,
+    merge_state,
+    refuse_if_mounted,
+    refuse_if_open,
+    snapshot_state,
+)
+from snapkit.plan import Plan, Step
+from snapkit.validate import chunk_sectors
+
+
+class DmMethod:
+    name: ClassVar[str] = "dm"
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.dm = host.dm
+
+    def unsuitable(self, target: Target) -> str | None:
+        try:
+            dm_origin(self.dm, target, want="linear|snapshot-origin")
+        except RefusedError as exc:
+            return str(exc)
+        return None
+
+    # -- create -------------------------------------------------------------------------------
+
+    def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
+        dm, name = self.dm, snapkit_name(request.name)
+        origin, table = dm_origin(self.dm, request.target, want="linear|snapshot-origin")
+        real = real_name(origin)
+        chunk = chunk_sectors(request.chunk_sectors)
+        first = table.lines[0].target.type_name == "linear"
+        if first:
+            if dm.info(real) is not None:
+                raise RefusedError(f"a dm device named {real} already exists", hint="remove it")
+            original = table
+        else:
+            original = self._real_table(origin, table)
+        if dm.info(name) is not None:
+            raise RefusedError(
+                f"a dm device named {name} already exists", hint="choose another --name"
+            )
+        if request.cow_dir is None:
+            raise RefusedError("no --cow-dir given")
+        check_cow_dir(request.cow_dir, request.target)
+        size = table.size
+        cow = request.cow_dir / f"{name}.cow"
+        if self.host.files.exists(cow):
+            raise RefusedError(
+                f"the COW file {cow} already exists", hint="remove it or choose another --name"
+            )
+        slot = LoopSlot(cow)
+        real_path = MAPPER + real
+
+        def snap_table() -> Table:
+            return Table.single(size, Snapshot(real_path, str(slot.path), Store.PERSISTENT, chunk))
+
+        origin_table = Table.single(size, SnapshotOrigin(real_path))
+        snap_text = f"0 {size} snapshot {real_path} {slot} P {chunk}"
+        s: list[Step] = [
+            steps.cow_file(self.host.files, cow, cow_bytes(request, size)),
+            steps.attach(self.host.loops, slot),
+        ]
+        if first:
+            s += [
+                steps.create(dm, real, uuid(origin, Role.REAL)),
+                steps.load(dm, real, lambda: original, steps.table_text(original)),
+                steps.resume(dm, real),
+            ]
+        s += [
+            steps.create(dm, name, uuid(name, Role.SNAP)),
+            steps.load(dm, name, snap_table, snap_text),
+        ]
+        if first:
+            s.append(steps.load(dm, origin, lambda: origin_table, steps.table_text(origin_table)))
+        s += [steps.suspend(dm, origin), steps.resume(dm, name), steps.resume(dm, origin)]
+        details = DmDetails(origin, original, cow, chunk, request.target.fstype or "")
+        record = SnapshotRecord(
+            name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
+        )
+        return Plan(f"create dm snapshot {name} of {MAPPER}{origin}", tuple(s)), record
+
+    def _real_table(self, origin: str, table: Table) -> Table:
+        real = real_name(origin)
+        target = table.lines[0].target
+        info = self.dm.info(real)
+        if (
+            not isinstance(target, SnapshotOrigin)
+            or info is None
+            or info.uuid != uuid(origin, Role.REAL)
+        ):
+            raise RefusedError(
+                f"{MAPPER}{origin} is a snapshot-origin snapkit did not make",
+                hint="snapshot it with the tool that made it",
+            )
+        real_table = self.dm.table(real)
+        if real_table is None:
+            raise RefusedError(f"{MAPPER}{real} has no table")
+        return real_table
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self, record: SnapshotRecord) -> SnapshotStatus:
+        d = DmDetails.of(record)
+        dm = self.dm
+        origin_table = dm.table(d.origin_name) if dm.info(d.origin_name) else None
+        kind = origin_table.lines[0].target.type_name if origin_table else None
+        if d.pending:
+            if kind == "snapshot-merge":
+                state, progress = merge_state(dm.status(d.origin_name), d.merge_from)
+                return SnapshotStatus(record, state, None, progress)
+            return SnapshotStatus(record, State.MERGED, None, 100.0, f"{d.pending} to finish")
+        if dm.info(record.name) is None:
+            return SnapshotStatus(
+                record, State.INVALID, None, None,
+                "its dm devices are gone (rebooted?); discard it to free the COW file",
+            )  # fmt: skip
+        state, percent, _ = snapshot_state(dm.status(record.name))
+        return SnapshotStatus(record, state, percent, None)
+
+    # -- merge: roll the origin back ----------------------------------------------------------
+
+    def plan_merge(self, record: SnapshotRecord) -> Plan:
+        d = DmDetails.of(record)
+        dm, name, origin = self.dm, record.name, d.origin_name
+        real = real_name(origin)
+        refuse_if_mounted(Path(MAPPER + origin), f"merging {name} into {MAPPER}{origin}")
+        refuse_if_open(dm, name, "the snapshot")
+        others = self._siblings(origin, exclude=name)
+        if others:
+            raise RefusedError(
+                f"{MAPPER}{origin} has other snapshots ({', '.join(others)})",
+                hint="discard them first; a merge rewrites the origin they depend on",
+            )
+        state, _, usage = snapshot_state(dm.status(name))
+        if usage is None:
+            raise RefusedError(
+                f"snapshot {name} is {state}: it cannot be merged", hint="discard it"
+            )
+        loop = self._loop(d)
+        size = d.table.size
+        merge_table = Table.single(
+            size, SnapshotMerge(MAPPER + real, str(loop), Store.PERSISTENT, d.chunk)
+        )
+        snap_table = Table.single(
+            size, Snapshot(MAPPER + real, str(loop), Store.PERSISTENT, d.chunk)
+        )
+
+        def restore() -> None:
+            dm.create(name, uuid=uuid(name, Role.SNAP))
+            dm.load(name, snap_table)
+            dm.resume(name)
+
+        return Plan(
+            f"merge dm snapshot {name} into {MAPPER}{origin}",
+            (
+                steps.remove(dm, name, restore),
+                steps.load(dm, origin, lambda: merge_table, steps.table_text(merge_table)),
+                steps.suspend(dm, origin),
+                steps.resume(dm, origin),
+            ),
+        )
+
+    def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
+        d = DmDetails.of(record)
+        if d.pending == "merge" and self.status(record).state is State.MERGING:
+            raise RefusedError(
+                f"{record.name} is being merged into {MAPPER}{d.origin_name}",
+                hint=f"wait for it: snapkit snapshot merge {record.name} --wait",
+            )
+        if not force:
+            refuse_if_open(self.dm, record.name, "the snapshot")
+        return Plan(f"discard dm snapshot {record.name}", (steps.remove(self.dm, record.name),))
+
+    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
+        return mark_pending(self.dm, record, operation, record.name)
+
+    def plan_finish(self, record: SnapshotRecord) -> Plan:
+        """Back to the plain table once nothing depends on ``-real``; free loop and COW file.
+        Built from what the kernel shows, so it can be re-run after an interruption."""
+        d = DmDetails.of(record)
+        dm, origin = self.dm, d.origin_name
+        real = real_name(origin)
+        s: list[Step] = [steps.remove(dm, record.name)] if dm.info(record.name) else []
+        table = dm.table(origin) if dm.info(origin) else None
+        kind = table.lines[0].target.type_name if table else None
+        last = not self._siblings(origin, exclude=record.name)
+        if last and kind in ("snapshot-origin", "snapshot-merge"):
+            original = dm.table(real) if dm.info(real) else d.table
+            assert original is not None
+            s += [
+                steps.load(dm, origin, lambda: original, steps.table_text(original)),
+                steps.suspend(dm, origin),
+                steps.resume(dm, origin),
+            ]
+        if last and dm.info(real) is not None:
+            s.append(steps.remove(dm, real))
+        s += [
+            steps.detach_all(self.host.loops, d.cow_file),
+            steps.unlink(self.host.files, d.cow_file),
+        ]
+        return Plan(f"finish {record.name}: restore {MAPPER}{origin} and free the COW", tuple(s))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _loop(self, d: DmDetails) -> object:
+        loops = self.host.loops.find(d.cow_file)
+        if not loops:
+            raise RefusedError(f"no loop device is attached to {d.cow_file}", hint="discard it")
+        return loops[0]
+
+    def _siblings(self, origin: str, *, exclude: str) -> list[str]:
+        """Other snapkit snapshot devices whose origin is ``origin``'s -real device."""
+        real = self.dm.info(real_name(origin))
+        if real is None:
+            return []
+        found = []
+        for name in sorted(self.dm.list_devices()):
+            if name == exclude:
+                continue
+            table = self.dm.table(name)
+            target = table.lines[0].target if table else None
+            if isinstance(target, Snapshot) and str(target.origin) in (
+                str(real.dev), MAPPER + real_name(origin),
+            ):  # fmt: skip
+                found.append(name)
+        return found
+
+
+__all__ = ["DmMethod"]

@@ -1,0 +1,249 @@
+"""``dm-direct``: the origin itself becomes a ``snapshot`` target over its own base device.
+
+After create, the origin is ``snapshot BASE COW P <chunk>``: its new writes go to the COW, and
+BASE -- no longer written -- *is* the point-in-time copy, set read-only with ``blockdev
+--setro``. device-mapper holds BASE exclusively, so it cannot be mounted by its own path
+(checked: EBUSY); the snapshot's ``device`` is therefore a read-only ``linear`` dm device over
+BASE (the "view"), which mounts. If the origin's linear table starts at a non-zero offset (a
+range of a bigger device), an intermediate linear device exposes just that range as BASE,
+since a ``snapshot`` target has no offset parameter.
+
+The raw recipe's words are inverted with respect to snapkit's single meaning of the verbs:
+
+* snapkit ``merge`` (roll back to the snapshot) = the recipe's "discard": drop the COW and load
+  ``linear BASE`` again; refused while the origin is mounted;
+* snapkit ``discard`` (keep the current content) = the recipe's "merge": ``snapshot-merge`` of
+  the COW into BASE, which the kernel does while the origin stays mounted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from snapkit.dm import steps
+from snapkit.dm.naming import Role, base_name, snapkit_name, uuid
+from snapkit.dm.table import Dev, DevNum, Linear, Snapshot, SnapshotMerge, Store, Table
+from snapkit.errors import RefusedError
+from snapkit.loopdev import LoopSlot
+from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.methods.dmshared import (
+    MAPPER,
+    DmDetails,
+    check_cow_dir,
+    cow_bytes,
+    dm_origin,
+    linear_of,
+    mark_pending,
+    merge_state,
+    refuse_if_mounted,
+    refuse_if_open,
+    snapshot_state,
+)
+from snapkit.plan import Plan, Step
+from snapkit.target import block_info
+from snapkit.validate import chunk_sectors
+
+
+def _dev_path(dev: Dev) -> str:
+    if isinstance(dev, DevNum):
+        info = block_info(dev)
+        return str(info.path) if info else f"/dev/block/{dev}"
+    return dev
+
+
+class DmDirectMethod:
+    name: ClassVar[str] = "dm-direct"
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.dm = host.dm
+
+    def unsuitable(self, target: Target) -> str | None:
+        try:
+            dm_origin(self.dm, target, want="linear")
+        except RefusedError as exc:
+            return str(exc)
+        return None
+
+    def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
+        dm, name = self.dm, snapkit_name(request.name)
+        origin, table = dm_origin(self.dm, request.target, want="linear")
+        chunk = chunk_sectors(request.chunk_sectors)
+        under = linear_of(table)
+        size = table.size
+        intermediate = base_name(name) if under.offset else None
+        for taken in (name, intermediate):
+            if taken and dm.info(taken) is not None:
+                raise RefusedError(
+                    f"a dm device named {taken} already exists", hint="choose another --name"
+                )
+        if request.cow_dir is None:
+            raise RefusedError("no --cow-dir given")
+        check_cow_dir(request.cow_dir, request.target)
+        cow = request.cow_dir / f"{name}.cow"
+        if self.host.files.exists(cow):
+            raise RefusedError(
+                f"the COW file {cow} already exists", hint="remove it or choose another --name"
+            )
+        base: Dev = MAPPER + intermediate if intermediate else under.device
+        base_path = _dev_path(base)
+        slot = LoopSlot(cow)
+        view = Table.single(size, Linear(base, 0))
+
+        def snap_table() -> Table:
+            return Table.single(size, Snapshot(base, str(slot.path), Store.PERSISTENT, chunk))
+
+        s: list[Step] = [
+            steps.cow_file(self.host.files, cow, cow_bytes(request, size)),
+            steps.attach(self.host.loops, slot),
+        ]
+        if intermediate:
+            part = Table.single(size, Linear(under.device, under.offset))
+            s += [
+                steps.create(dm, intermediate, uuid(name, Role.BASE)),
+                steps.load(dm, intermediate, lambda: part, steps.table_text(part)),
+                steps.resume(dm, intermediate),
+            ]
+        s += [
+            steps.create(dm, name, uuid(name, Role.VIEW)),
+            steps.load(dm, name, lambda: view, steps.table_text(view), ro=True),
+            steps.resume(dm, name),
+            steps.load(dm, origin, snap_table, f"0 {size} snapshot {base} {slot} P {chunk}"),
+            steps.suspend(dm, origin),
+            steps.resume(
+                dm,
+                origin,
+                Step(
+                    f"fold {cow.name} back into {base_path} (snapshot-merge), then load the "
+                    f"linear table into {origin}",
+                    lambda: self._fold_back(origin, table, base, slot, chunk, base_path),
+                ),
+            ),
+            steps.set_ro(self.host.run, lambda: base_path, base_path, True),
+        ]
+        details = DmDetails(origin, table, cow, chunk, request.target.fstype or "", base=str(base))
+        record = SnapshotRecord(
+            name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
+        )
+        return Plan(f"create dm-direct snapshot {name} of {MAPPER}{origin}", tuple(s)), record
+
+    def _fold_back(
+        self, origin: str, table: Table, base: Dev, loop: object, chunk: int, base_path: str
+    ) -> None:
+        """Undo a live ``snapshot`` origin without losing the writes its COW took."""
+        dm = self.dm
+        self.host.run.run(["blockdev", "--setrw", base_path])
+        merge = Table.single(table.size, SnapshotMerge(base, str(loop), Store.PERSISTENT, chunk))
+        dm.load(origin, merge)
+        dm.suspend(origin)
+        dm.resume(origin)
+        steps.wait_merged(dm, origin, timeout=600)
+        dm.load(origin, table)
+        dm.suspend(origin)
+        dm.resume(origin)
+
+    def status(self, record: SnapshotRecord) -> SnapshotStatus:
+        d = DmDetails.of(record)
+        dm = self.dm
+        table = dm.table(d.origin_name) if dm.info(d.origin_name) else None
+        kind = table.lines[0].target.type_name if table else None
+        if kind == "snapshot-merge":
+            state, progress = merge_state(dm.status(d.origin_name), d.merge_from)
+            return SnapshotStatus(record, state, None, progress)
+        if d.pending:
+            return SnapshotStatus(record, State.MERGED, None, 100.0, f"{d.pending} to finish")
+        if kind != "snapshot":
+            return SnapshotStatus(
+                record, State.INVALID, None, None,
+                f"{MAPPER}{d.origin_name} is no longer a snapshot (rebooted?); discard it",
+            )  # fmt: skip
+        state, percent, _ = snapshot_state(dm.status(d.origin_name))
+        return SnapshotStatus(record, state, percent, None)
+
+    def _start(self, record: SnapshotRecord, title: str, new: Table) -> Plan:
+        d = DmDetails.of(record)
+        dm, name, origin = self.dm, record.name, d.origin_name
+        base_path = _dev_path(_parse_base(d.base))
+        view = Table.single(d.table.size, Linear(_parse_base(d.base), 0))
+
+        def restore_view() -> None:
+            dm.create(name, uuid=uuid(name, Role.VIEW))
+            dm.load(name, view, read_only=True)
+            dm.resume(name)
+
+        return Plan(
+            title,
+            (
+                steps.remove(dm, name, restore_view),
+                steps.set_ro(self.host.run, lambda: base_path, base_path, False),
+                steps.load(dm, origin, lambda: new, steps.table_text(new)),
+                steps.suspend(dm, origin),
+                steps.resume(dm, origin),
+            ),
+        )
+
+    def plan_merge(self, record: SnapshotRecord) -> Plan:
+        """Roll back: the origin becomes ``linear BASE`` again and the COW's writes are dropped."""
+        d = DmDetails.of(record)
+        refuse_if_mounted(Path(MAPPER + d.origin_name), f"merging {record.name}")
+        refuse_if_open(self.dm, record.name, "the snapshot")
+        return self._start(
+            record, f"merge (roll back) {MAPPER}{d.origin_name} to {record.name}", d.table
+        )
+
+    def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
+        """Keep the current content: the kernel merges the COW into BASE, origin mounted or not."""
+        d = DmDetails.of(record)
+        if not force:
+            refuse_if_open(self.dm, record.name, "the snapshot")
+        state = self.status(record).state
+        if state in (State.MERGING, State.MERGED):
+            return Plan(f"discard {record.name}: already started", ())
+        if state is not State.ACTIVE:
+            raise RefusedError(
+                f"snapshot {record.name} is {state}: the origin's writes since it are lost",
+                hint=f"'snapkit snapshot merge {record.name}' rolls the origin back to it",
+            )
+        loops = self.host.loops.find(d.cow_file)
+        if not loops:
+            raise RefusedError(f"no loop device is attached to {d.cow_file}")
+        base = _parse_base(d.base)
+        merge = Table.single(
+            d.table.size, SnapshotMerge(base, str(loops[0]), Store.PERSISTENT, d.chunk)
+        )
+        return self._start(record, f"discard {record.name} (merge its COW into {base})", merge)
+
+    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
+        return mark_pending(self.dm, record, operation, DmDetails.of(record).origin_name)
+
+    def plan_finish(self, record: SnapshotRecord) -> Plan:
+        d = DmDetails.of(record)
+        dm, origin = self.dm, d.origin_name
+        s: list[Step] = []
+        table = dm.table(origin) if dm.info(origin) else None
+        if table is not None and table.lines[0].target.type_name != "linear":
+            s += [
+                steps.load(dm, origin, lambda: d.table, steps.table_text(d.table)),
+                steps.suspend(dm, origin),
+                steps.resume(dm, origin),
+            ]
+        for name in (record.name, base_name(record.name)):
+            if dm.info(name) is not None:
+                s.append(steps.remove(dm, name))
+        s += [
+            steps.detach_all(self.host.loops, d.cow_file),
+            steps.unlink(self.host.files, d.cow_file),
+        ]
+        return Plan(
+            f"finish {record.name}: {MAPPER}{origin} is linear again; free the COW", tuple(s)
+        )
+
+
+def _parse_base(text: str) -> Dev:
+    from snapkit.dm.table import parse_dev
+
+    return parse_dev(text)
+
+
+__all__ = ["DmDirectMethod"]

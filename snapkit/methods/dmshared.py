@@ -1,0 +1,226 @@
+"""What the two raw dm methods share: the COW rules, the record details, reading the state.
+
+Both keep the snapshot's exceptions in a loop device over a sparse file in ``--cow-dir``, both
+need an origin that is a dm device with a plain ``linear`` table, and both read the snapshot's
+health from a ``snapshot``/``snapshot-merge`` status line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from snapkit.dm.control import DmControl
+from snapkit.dm.naming import Role, parse_uuid
+from snapkit.dm.status import SnapshotFailure, SnapshotUsage, lvs_percent, merge_progress
+from snapkit.dm.table import Linear, Table, parse_table
+from snapkit.errors import RefusedError, ValidationError
+from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
+from snapkit.target import mounts, mounts_of
+from snapkit.validate import SECTOR
+
+DEFAULT_COW_FRACTION = 4  # a COW a quarter of the origin, when --cow-size is not given
+MAPPER = "/dev/mapper/"
+
+
+@dataclass(frozen=True)
+class DmDetails:
+    """The method-specific part of a record, typed. Stored as strings in the state file."""
+
+    origin_name: str
+    table: Table  # the origin's table before the first snapshot
+    cow_file: Path
+    chunk: int
+    fstype: str = ""
+    pending: str = ""  # "merge" or "discard" once the kernel side of one has started
+    merge_from: int = 0  # allocated sectors when the merge started, for its progress
+    base: str = ""  # dm-direct: the device that holds the frozen copy
+
+    def to_strings(self) -> dict[str, str]:
+        return {
+            "origin_name": self.origin_name,
+            "table": self.table.format().strip(),
+            "cow_file": str(self.cow_file),
+            "chunk": str(self.chunk),
+            "fstype": self.fstype,
+            "pending": self.pending,
+            "merge_from": str(self.merge_from),
+            "base": self.base,
+        }
+
+    @classmethod
+    def of(cls, record: SnapshotRecord) -> DmDetails:
+        d = record.details
+        try:
+            return cls(
+                origin_name=d["origin_name"],
+                table=parse_table(d["table"]),
+                cow_file=Path(d["cow_file"]),
+                chunk=int(d["chunk"]),
+                fstype=d.get("fstype", ""),
+                pending=d.get("pending", ""),
+                merge_from=int(d.get("merge_from", "0") or 0),
+                base=d.get("base", ""),
+            )
+        except (KeyError, ValueError) as exc:
+            raise RefusedError(
+                f"the state of snapshot {record.name} is incomplete ({exc})",
+                hint="discard it with --force",
+            ) from None
+
+    def with_pending(self, pending: str, merge_from: int = 0) -> DmDetails:
+        return replace(self, pending=pending, merge_from=merge_from)
+
+
+def origin_name(target: Target) -> str | None:
+    text = str(target.device)
+    return text[len(MAPPER) :] if text.startswith(MAPPER) else None
+
+
+def dm_origin(dm: DmControl, target: Target, *, want: str) -> tuple[str, Table]:
+    """The origin's dm name and active table, or a refusal saying what to do instead."""
+    name = origin_name(target)
+    info = dm.info(name) if name else None
+    if name is None or info is None:
+        raise RefusedError(
+            f"{target.device} is not a device-mapper device",
+            hint="wrap it once with 'snapkit device prepare DEVICE --name NAME', remount "
+            "/dev/mapper/NAME, and snapshot that",
+        )
+    if info.uuid.startswith("LVM-"):
+        raise RefusedError(f"{target.device} is an LVM volume", hint="use --method lvm")
+    table = dm.table(name)
+    if table is None:
+        raise RefusedError(f"{target.device} has no active table")
+    if len(table.lines) != 1 or table.lines[0].target.type_name not in want.split("|"):
+        kinds = ",".join(line.target.type_name for line in table)
+        raise RefusedError(
+            f"{target.device} has a {kinds} table; this method needs {want.replace('|', ' or ')}",
+            hint="only a plain linear device, as 'snapkit device prepare' makes, will do",
+        )
+    return name, table
+
+
+def linear_of(table: Table) -> Linear:
+    target = table.lines[0].target
+    assert isinstance(target, Linear)
+    return target
+
+
+def cow_bytes(request: CreateRequest, origin_sectors: int) -> int:
+    """The COW size: as asked, or a quarter of the origin; whole chunks; at least 3 of them."""
+    chunk_bytes = request.chunk_sectors * SECTOR
+    size = request.cow_size or origin_sectors * SECTOR // DEFAULT_COW_FRACTION
+    if size < 3 * chunk_bytes:
+        raise ValidationError(
+            f"a COW of {size} bytes is smaller than three {chunk_bytes}-byte chunks",
+            hint=f"give --cow-size of at least {3 * chunk_bytes // 1024}K",
+        )
+    return -(-size // chunk_bytes) * chunk_bytes
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_cow_dir(cow_dir: Path, target: Target) -> None:
+    """Refuse a COW on the filesystem being snapshotted: the snapshot would write into itself,
+    and the suspend would deadlock on the COW's own I/O."""
+    where = _existing_ancestor(cow_dir)
+    if not where.is_dir():
+        raise ValidationError(f"--cow-dir {cow_dir} is not a directory")
+    same = False
+    if target.mountpoint is not None:
+        same = os.stat(where).st_dev == os.stat(target.mountpoint).st_dev
+    if not same:
+        from snapkit.dm.table import DevNum
+
+        dev = DevNum(*target.devnum)
+        points = [m.mountpoint for m in mounts_of(dev, mounts())]
+        same = any(where == p or p in where.parents for p in points)
+    if same:
+        raise ValidationError(
+            f"--cow-dir {cow_dir} is on the filesystem being snapshotted ({target.device})",
+            hint="put the COW on another filesystem, e.g. --cow-dir /var/tmp",
+        )
+
+
+def snapshot_state(lines: tuple[object, ...]) -> tuple[State, float | None, SnapshotUsage | None]:
+    """State, lvs Data% and raw usage of a ``snapshot`` status."""
+    status = getattr(lines[0], "status", None) if lines else None
+    if isinstance(status, SnapshotUsage):
+        percent = lvs_percent(status)
+        return State.ACTIVE, float(percent) if percent else None, status
+    if status is SnapshotFailure.OVERFLOW:
+        return State.OVERFLOW, 100.0, None
+    return State.INVALID, None, None
+
+
+def merge_state(lines: tuple[object, ...], merge_from: int) -> tuple[State, float | None]:
+    """MERGING or MERGED, and the progress, of a ``snapshot-merge`` status."""
+    status = getattr(lines[0], "status", None) if lines else None
+    if not isinstance(status, SnapshotUsage):
+        return State.INVALID, None
+    if status.merge_done:
+        return State.MERGED, 100.0
+    first = SnapshotUsage(max(merge_from, status.allocated), status.total, status.metadata)
+    return State.MERGING, round(merge_progress(first, status), 2)
+
+
+def snapkit_role(dm: DmControl, name: str) -> Role | None:
+    info = dm.info(name)
+    parsed = parse_uuid(info.uuid) if info else None
+    return parsed[1] if parsed else None
+
+
+def refuse_if_open(dm: DmControl, name: str, what: str) -> None:
+    info = dm.info(name)
+    if info is not None and info.open_count:
+        raise RefusedError(
+            f"{what} /dev/mapper/{name} is in use (mounted?)",
+            hint=f"unmount it first (umount /dev/mapper/{name}), or pass --force to discard",
+        )
+
+
+def refuse_if_mounted(target_dev: Path, op: str) -> None:
+    from snapkit.target import block_devnum
+
+    dev = block_devnum(target_dev)
+    found = mounts_of(dev, mounts()) if dev is not None else ()
+    if found:
+        raise RefusedError(
+            f"{op} would change the content under the filesystem mounted at {found[0].mountpoint}",
+            hint=f"refused, not deferred: unmount {found[0].mountpoint} and run it again",
+        )
+
+
+__all__ = [
+    "DmDetails",
+    "check_cow_dir",
+    "cow_bytes",
+    "dm_origin",
+    "linear_of",
+    "merge_state",
+    "origin_name",
+    "refuse_if_mounted",
+    "refuse_if_open",
+    "snapkit_role",
+    "snapshot_state",
+]
+
+
+def mark_pending(
+    dm: DmControl, record: SnapshotRecord, operation: str, status_of: str
+) -> SnapshotRecord:
+    """The record with ``pending`` set and the COW usage now, the 0 % point of the merge."""
+    d = DmDetails.of(record)
+    if d.pending:
+        return record
+    lines = dm.status(status_of) if dm.info(status_of) else ()
+    _, _, usage = snapshot_state(lines)
+    marked = d.with_pending(operation, usage.allocated if usage else 0)
+    return replace(record, details=marked.to_strings())
