@@ -8,6 +8,7 @@ verdict is cached per host boot, QEMU binary and image, since the probe costs se
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -50,16 +51,19 @@ def choose(requested: str, image: Image) -> Accel:
         return Accel(requested)
     cache = cache_dir() / "accel.json"
     key = _cache_key(image)
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        known = {key: str(Accel.KVM if _kvm_usable_now(image) else Accel.TCG)}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # One probe per host boot: parallel test workers wait for the first one's verdict.
+    with (cache.parent / ".accel.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if key not in known:
+            known = {key: str(Accel.KVM if _kvm_usable_now(image) else Accel.TCG)}
+            tmp = cache.with_suffix(f".{os.getpid()}")
+            tmp.write_text(json.dumps(known))
+            tmp.replace(cache)
     return Accel(known[key])
 
 

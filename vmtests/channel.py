@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import select
 import socket
 import threading
 import time
@@ -149,13 +150,24 @@ class Channel:
         with self._lock:
             self._queues.pop(rid, None)
 
-    def send(self, header: dict[str, Any], data: bytes = b"") -> None:
-        frame = json.dumps({**header, "len": len(data)}).encode() + b"\n" + data
-        try:
-            with self._send_lock:
-                self.sock.sendall(frame)
-        except OSError:
-            raise self.explain("while sending to the agent") from None
+    def send(self, header: dict[str, Any], data: bytes = b"", *, timeout: float = 60.0) -> None:
+        """Send one frame, giving up after ``timeout``: a guest that stops reading (hung or
+        panicked) must not block the host forever, so writes never wait without a deadline."""
+        frame = memoryview(json.dumps({**header, "len": len(data)}).encode() + b"\n" + data)
+        deadline = time.monotonic() + timeout
+        with self._send_lock:
+            while frame:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self.explain("while sending to the agent: it stopped reading")
+                try:
+                    _, writable, _ = select.select([], [self.sock], [], min(remaining, 1.0))
+                    if writable:
+                        frame = frame[self.sock.send(frame, socket.MSG_DONTWAIT) :]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    raise self.explain("while sending to the agent") from None
 
     def next_frame(self, rid: int | None, deadline: float, what: str) -> Frame:
         try:

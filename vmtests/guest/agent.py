@@ -153,11 +153,16 @@ class Agent:
 
     def op_put(self, h: dict[str, Any], data: bytes) -> None:
         path = h["path"]
+        mode = int(h.get("mode", 0o644))
+        existed = os.path.exists(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, int(h.get("mode", 0o644)))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
-            os.write(fd, data)
-            os.fchmod(fd, int(h.get("mode", 0o644)))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if not existed:  # only our own new files: /proc and /sys files refuse chmod
+                os.fchmod(fd, mode)
         finally:
             os.close(fd)
         self.port.send({"id": h["id"], "ok": True})
