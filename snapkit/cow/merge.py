@@ -17,22 +17,29 @@ across as many areas as that takes):
 
 Why it is safe. An entry is cleared on disk only after its data is durable (step 2 precedes
 step 3), so at any moment, even across a power cut, every entry still on disk points at COW
-data the merge never changes, and every cleared entry's data is in the origin. The copies of
-one group may reach the origin in any order, as they all precede the group's metadata, so they
-are sorted and coalesced: large reads of consecutive COW chunks, vectored writes of consecutive
-origin chunks. Step 3 keeps one flush per area, in order, because a power cut must never let a
-lower area become non-full on disk while a higher one is still full: the kernel stops reading
-at the first non-full area, so the higher one would stay on disk, stale, for ever, and the COW
-would no longer end byte-identical to the kernel's. (One flush per group for all of step 3
-would be safe against a killed process, whose writes the page cache keeps in order, but not
-against a power cut; tests/unit/test_cow_merge_crash.py shows both.) So every state on disk is
-a kernel batch boundary plus, at most, batches copied but not yet cleared; resuming copies those
-again, which is harmless because a merge never writes the COW data it reads.
+data the merge never changes, and every cleared entry's data is in the origin. Step 3 keeps one
+flush per area, in order, because a power cut must never let a lower area become non-full on
+disk while a higher one is still full: the kernel stops reading at the first non-full area, so
+the higher one would stay on disk, stale, for ever, and the COW would no longer end
+byte-identical to the kernel's. One COW flush per group for all of step 3 would survive a
+killed process (the page cache keeps its writes, in order) but not a power cut, whose disk may
+keep any subset of unflushed writes; tests/unit/test_cow_merge_crash.py cuts the merge at
+every write and flush and shows both. So every state on disk, at any cut, is a kernel batch
+boundary plus at most some batches copied but not yet cleared (the state a kernel stopped
+mid-copy leaves, for more than one batch); resuming copies those again, which is harmless
+because a merge never writes the COW data it reads. After each group it is exactly a batch
+boundary.
 
-The cost left is the origin's write-back and one COW flush per metadata area. The area writes of
-group N run on a committer thread while group N+1 is being copied: group N+1's copies may reach
-the origin before group N's metadata (they do in the kernel too, when it is stopped mid-copy),
-and group N+1's metadata waits until group N is committed and its own data flushed.
+Data path. All copies of a group precede its origin flush, so their order is free: the group's
+chunks get buffer slots in origin order, each run of consecutive COW chunks is one scattered
+read (preadv) into its slots, and each run of consecutive origin chunks one plain write.
+
+Overlap. What is left is the origin's write-back and one COW flush per metadata area, mostly
+waiting, so steps 2 and 3 of group N run on a committer thread while group N+1 is copied.
+Group N+1's copies may then reach the origin before group N's metadata (more batches copied
+but not cleared, as above), and group N+1's metadata is written only after group N's and after
+its own data is flushed. ``CommitMode.LAGGED`` replays the slowest such order without a thread
+for the crash tests.
 """
 
 from __future__ import annotations
@@ -222,57 +229,56 @@ class _Copier:
         if len(self.buf) < len(olds) * csb:
             self.buf = bytearray(len(olds) * csb)
         view = memoryview(self.buf)
-        by_new = sorted(range(len(news)), key=news.__getitem__)
-        self._read_runs(news, by_new, view)
-        slot = array("Q", bytes(8 * len(news)))
-        for rank, index in enumerate(by_new):
+        # Slots in origin order, so that a run of consecutive origin chunks is one plain write;
+        # the reads scatter each run of consecutive COW chunks into its slots.
+        by_old = sorted(range(len(olds)), key=olds.__getitem__)
+        slot = array("Q", bytes(8 * len(olds)))
+        for rank, index in enumerate(by_old):
             slot[index] = rank * csb
-        self._write_runs(olds, slot, view)
+        self._read_runs(news, slot, view)
+        self._write_runs(array("Q", (olds[i] for i in by_old)), view)
 
-    def _read_runs(self, news: array[int], order: list[int], view: memoryview) -> None:
-        """One read per run of consecutive COW chunks, into consecutive slots."""
-        csb, start, n = self.csb, 0, len(order)
-        while start < n:
-            end = start + 1
-            while end < n and news[order[end]] == news[order[end - 1]] + 1:
-                end += 1
-            part = view[start * csb : end * csb]
-            got = self.cow.readinto(news[order[start]] * csb, part)
-            if got < len(part):  # a sparse or short COW reads as zeros, as the block layer does
-                part[got:] = bytes(len(part) - got)
-            start = end
-
-    def _write_runs(self, olds: array[int], slot: array[int], view: memoryview) -> None:
-        """One vectored write per run of consecutive origin chunks, cut at the origin's end."""
-        csb, limit = self.csb, self.origin_bytes
-        order = sorted(range(len(olds)), key=olds.__getitem__)
+    def _read_runs(self, news: array[int], slot: array[int], view: memoryview) -> None:
+        """One scattered read per run of consecutive COW chunks."""
+        csb = self.csb
+        order = sorted(range(len(news)), key=news.__getitem__)
         start, n = 0, len(order)
         while start < n:
             end = start + 1
             while (
-                end < n and end - start < IOV_MAX and olds[order[end]] == olds[order[end - 1]] + 1
+                end < n and end - start < IOV_MAX and news[order[end]] == news[order[end - 1]] + 1
             ):
                 end += 1
-            dest = olds[order[start]] * csb
             parts = [view[slot[i] : slot[i] + csb] for i in order[start:end]]
-            overshoot = dest + (end - start) * csb - limit
-            if overshoot > 0:  # dm_kcopyd_copy's dest.count stops at the origin's end
-                parts[-1] = parts[-1][: csb - overshoot]
-            self._writev(dest, parts)
+            self._readv(news[order[start]] * csb, parts)
             start = end
 
-    def _writev(self, offset: int, parts: list[memoryview]) -> None:
-        if not isinstance(self.origin, FileDevice):
-            self.origin.write(offset, b"".join(parts))
-            return
-        while parts:
-            done = os.pwritev(self.origin.fd, parts, offset)
-            offset += done
-            while parts and done >= len(parts[0]):
-                done -= len(parts[0])
-                parts.pop(0)
-            if parts and done:
-                parts[0] = parts[0][done:]
+    def _readv(self, offset: int, parts: list[memoryview]) -> None:
+        """Fill ``parts`` from ``offset`` on; a sparse or short COW reads as zeros."""
+        if isinstance(self.cow, FileDevice):
+            got = os.preadv(self.cow.fd, parts, offset)
+            if got == len(parts) * self.csb:
+                return
+            parts = [p[max(0, got - i * self.csb) :] for i, p in enumerate(parts)]
+            offset += got  # a short read: read on where it stopped, one part at a time
+        for part in parts:
+            if part:
+                got = self.cow.readinto(offset, part)
+                part[got:] = bytes(len(part) - got)
+                offset += len(part)
+
+    def _write_runs(self, olds: array[int], view: memoryview) -> None:
+        """One write per run of consecutive origin chunks (``olds`` sorted), cut at the end."""
+        csb, limit, write = self.csb, self.origin_bytes, self.origin.write
+        start, n = 0, len(olds)
+        while start < n:
+            end, first = start + 1, olds[start]
+            while end < n and olds[end] == first + end - start:
+                end += 1
+            dest = first * csb
+            # dm_kcopyd_copy's dest.count stops at the origin's end
+            write(dest, view[start * csb : min(end * csb, start * csb + limit - dest)])
+            start = end
 
     def _stream(self, src: int, dest: int, length: int) -> None:
         length = min(length, self.origin_bytes - dest)
