@@ -78,6 +78,7 @@ def start_load(root: str) -> subprocess.Popen[bytes]:
         "--size=2M",
         "--direct=1",
         "--ioengine=psync",
+        "--rate_iops=25",  # in flight through the window without starving the one vCPU
         "--time_based",
         "--runtime=300",
         "--output-format=terse",

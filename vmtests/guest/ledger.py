@@ -133,9 +133,10 @@ class Writer(threading.Thread):
         stop: threading.Event,
         *,
         sync: bool = True,
+        pace: float = PACE_S,
     ) -> None:
         super().__init__(name=f"writer{tid}" if sync else f"lazy{tid}", daemon=True)
-        self.sync = sync
+        self.sync, self.pace = sync, pace
         self.root, self.ledger, self.tid, self.stop = root, ledger, tid, stop
         self.rng = random.Random(seed * 7919 + tid)
         self.seed = seed
@@ -147,7 +148,7 @@ class Writer(threading.Thread):
     def run(self) -> None:
         try:
             os.makedirs(os.path.join(self.root, f"w{self.tid}"), exist_ok=True)
-            while not self.stop.wait(PACE_S):
+            while not self.stop.wait(self.pace):
                 try:
                     self.step()
                 except OSError as exc:

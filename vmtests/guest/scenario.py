@@ -45,14 +45,18 @@ COMPONENTS = {
 class Workload:
     """The threads and fio processes of one workload, started and stopped together."""
 
-    def __init__(self, names: tuple[str, ...], root: str, led: ledger.Ledger, seed: int) -> None:
+    def __init__(
+        self, names: tuple[str, ...], root: str, led: ledger.Ledger, seed: int, pace: float
+    ) -> None:
         self.stop = threading.Event()
         self.threads: list[Any] = []
         self.root, self.ledger, self.seed = root, led, seed
         for i, name in enumerate(names):
             if name in ("writer", "lazy"):
                 sync = name == "writer"
-                self.threads.append(ledger.Writer(root, led, i, seed, self.stop, sync=sync))
+                self.threads.append(
+                    ledger.Writer(root, led, i, seed, self.stop, sync=sync, pace=pace)
+                )
             elif name == "churn":
                 self.threads.append(churn.Churn(root, led, seed, self.stop))
             elif name == "mmap":
@@ -118,7 +122,10 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
     if os.path.exists(LEDGER):
         os.unlink(LEDGER)
     led = ledger.Ledger(LEDGER)
-    work = Workload(COMPONENTS[spec["workload"]], origin.mountpoint, led, seed)
+    # remount-ro refuses while any file is open for writing (by design), so its writers work
+    # on a mostly idle filesystem: the same operations, further apart.
+    pace = 0.3 if spec["method"] == "remount-ro" else ledger.PACE_S
+    work = Workload(COMPONENTS[spec["workload"]], origin.mountpoint, led, seed, pace)
     work.start()
     time.sleep(spec.get("warmup", 1.0))
     res["errors"].append(work.settle())

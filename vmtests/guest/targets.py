@@ -23,6 +23,7 @@ COPY = "/dev/vmtest/disk1"
 MNT = "/mnt/origin"
 NAME = "snap"
 FREEZE_COPY = "/dev/vg/copy"
+_LOOPS: list[str] = []  # loop devices this module attached, detached before a merge
 LVM_METHODS = ("lvm", "lvm-thin", "freeze-lvm")
 MKFS = {
     "ext4": ["mkfs.ext4", "-q", "-F"],
@@ -121,6 +122,9 @@ def _snapkit_create(method: str, snapkit_method: str, origin: Origin, cow_mib: i
         subvol, device = str(info.get("subvol") or f".snapkit/{NAME}"), origin.device
     if not device:
         raise RuntimeError(f"snapkit did not name the snapshot device: {result.out[-300:]}")
+    if os.path.isfile(device):  # remount-ro keeps an image file: read it through a loop device
+        device = run(["losetup", "-r", "-f", "--show", device]).out.strip()
+        _LOOPS.append(device)
     return Snapshot(device, subvol, mergeable=True, info=info)
 
 
@@ -159,6 +163,8 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
 
 
 def merge(origin: Origin) -> None:
+    while _LOOPS:
+        run(["losetup", "-d", _LOOPS.pop()], check=False)
     run(["snapkit", "snapshot", "merge", NAME, "--wait"], timeout=300)
 
 
