@@ -96,3 +96,11 @@ def test_a_control_is_caught_only_by_a_failed_check() -> None:
 def test_a_lost_vm_is_never_a_pass_nor_a_catch() -> None:
     assert oracle.lost_vm(REAL, 3, "VM lost").verdict is Verdict.FAIL
     assert oracle.lost_vm(CONTROL, 3, "VM lost").verdict is Verdict.FAIL
+
+
+def test_an_in_flight_multi_step_operation_may_show_its_intermediate_state() -> None:
+    create = [Op("c:1", 1, "a100/1~a0/1", 11.0, 11.5)]  # in the window
+    c = classify("a0/1", create)
+    assert (c.torn, c.window_old, c.window_new) == (0, 1, 0)
+    acked = [Op("c:1", 1, "a100/1~a0/1", 1.0, 2.0)]  # acked before: must be whole
+    assert classify("a0/1", acked).torn == 1

@@ -58,7 +58,7 @@ def file_states(k: int, seed: int) -> list[str]:
     size = len(content(k, seed))
     half = size // 2
     return [
-        f"a{size}/1",
+        f"a{size}/1~a0/1",  # open(O_CREAT) has run, write() not yet
         f"a{half}/1",
         f"a{half}/2,c{half}/2,linked",
         f"b{half}/2,c{half}/2,linked",

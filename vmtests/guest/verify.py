@@ -6,7 +6,9 @@ taken between ``begin`` and ``end`` must show some s_i with lo <= i <= hi, where
   hi = the last operation that started before ``end`` (anything later cannot be there).
 A state matching no s_i is torn; one matching only below lo lost acknowledged writes; one
 matching only above hi shows a write from the future. Operations that overlap the window are
-classified as ``new`` (the snapshot shows them) or ``old`` (it shows an earlier state).
+classified as ``new`` (the snapshot shows them) or ``old`` (it shows an earlier state). An
+operation made of several system calls may list intermediate states after its final one
+(``final~partial``); they are accepted only while that operation was in flight.
 
 Pure logic over plain values (no I/O), so the unit tests drive it with hand-made histories.
 """
@@ -17,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from vmtests.guest.ledger import ABSENT, Op
+
+PARTIAL = "~"  # "final~partial~...": states an in-flight operation may leave behind
 
 
 @dataclass
@@ -52,14 +56,18 @@ def classify(
         hist = hists[obj]
         counts.objects += 1
         seen = observe(obj)
-        states = [ABSENT] + [op.state for op in hist]
+        states = [ABSENT] + [op.state.split(PARTIAL)[0] for op in hist]
         lo = max((op.index for op in hist if op.t1 < begin), default=0)
         hi = max((op.index for op in hist if op.t0 <= end), default=0)
         matches = [i for i, s in enumerate(states) if s == seen]
         counts.acked_checked += lo
         good = [i for i in matches if lo <= i <= hi]
-        if good:
-            at = max(good)
+        # An operation of several system calls (create = open, write, fsync) that was in flight
+        # may show an intermediate state, listed after its final one: it did not happen yet.
+        halfway = [op.index - 1 for op in hist if lo < op.index <= hi
+                   and seen in op.state.split(PARTIAL)[1:]]  # fmt: skip
+        if good or halfway:
+            at = max(good + halfway)
         elif not matches:
             counts.torn += 1
             if lo and hi == lo:  # nothing was in flight: the acked state itself was damaged
