@@ -29,7 +29,7 @@ from snapkit.methods.base import (
 )
 from snapkit.plan import Plan
 
-if TYPE_CHECKING:  # the Host seam is new in base; only annotations need it
+if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
     from snapkit.methods.base import Host
 
 log = logging.getLogger(__name__)

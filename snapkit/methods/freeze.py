@@ -33,7 +33,7 @@ from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, 
 from snapkit.plan import Plan, Step
 from snapkit.run import Completed, Executor
 
-if TYPE_CHECKING:  # the Host seam is new in base; only annotations need it
+if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
     from snapkit.methods.base import Host
 
 

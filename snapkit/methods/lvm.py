@@ -32,7 +32,7 @@ from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.validate import lv_name
 
-if TYPE_CHECKING:  # the Host seam is new in base; only annotations need it
+if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
     from snapkit.methods.base import Host
 
 log = logging.getLogger(__name__)

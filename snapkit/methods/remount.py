@@ -1,0 +1,140 @@
+"""``remount-ro``: the fallback when nothing else fits: ``mount -o remount,ro``, copy, remount rw.
+
+While the filesystem is read-only its device *is* a point-in-time copy, clean on disk (a
+read-only remount syncs and, for journalling filesystems, leaves the journal clean). Create:
+
+1. ``mount -o remount,ro MP`` (undo, always: ``mount -o remount,rw MP``);
+2. either run the user's command (``--command``/``-- CMD``, with ``SNAPKIT_DEVICE`` set) to copy
+   the device elsewhere, or copy the device into ``--cow-dir/NAME.img`` (sparse);
+3. ``mount -o remount,rw MP``.
+
+What it costs: unlike a freeze, writers do not wait; a write during the window *fails* with
+EROFS, and the remount itself fails (EBUSY) while any file is open for writing. snapkit then
+changes nothing and says so. Use it for filesystems that are mostly idle.
+
+Merge copies the image back onto the device, so the origin must not be mounted; discard deletes
+the image. With a user command, the copy lives outside: merge is refused, discard forgets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from snapkit.errors import RefusedError, UsageError
+from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.plan import Plan, Step
+from snapkit.run import Executor
+from snapkit.target import mounts_of
+from snapkit.validate import dm_name
+
+if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
+    from snapkit.methods.base import Host
+
+COPY_TIMEOUT = None  # a whole device: as long as it takes
+
+
+class RemountMethod:
+    name: ClassVar[str] = "remount-ro"
+
+    def __init__(self, host: Host) -> None:
+        self.executor: Executor = host.run
+
+    def unsuitable(self, target: Target) -> str | None:
+        if target.mountpoint is None:
+            return f"{target.device} is not mounted"
+        return None
+
+    def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
+        target = request.target
+        if target.mountpoint is None:
+            raise RefusedError(f"{target.device} is not mounted", hint="copy the device directly")
+        mp, device, name = str(target.mountpoint), str(target.device), dm_name(request.name)
+        run = self.executor.run
+        ro, rw = ["mount", "-o", "remount,ro", mp], ["mount", "-o", "remount,rw", mp]
+        details = {"mountpoint": mp}
+        if request.command:
+            argv = list(request.command)
+            env = {"SNAPKIT_DEVICE": device, "SNAPKIT_MOUNTPOINT": mp}
+            copy = Step(f"run {' '.join(argv)}", lambda: run(argv, env=env, timeout=COPY_TIMEOUT))
+            details["command"] = " ".join(argv)
+            image = ""
+        elif request.cow_dir is not None:
+            image_path = request.cow_dir / f"{name}.img"
+            if os.path.lexists(image_path):
+                raise RefusedError(f"{image_path} exists", hint="choose another name")
+            if _same_fs(request.cow_dir, target.mountpoint):
+                raise RefusedError(
+                    f"{request.cow_dir} is on {mp}, which will be read-only",
+                    hint="give a --cow-dir on another filesystem",
+                )
+            cp = ["cp", "--sparse=always", device, str(image_path)]
+            rm = ["rm", "-f", str(image_path)]
+            copy = Step(" ".join(cp), lambda: run(cp, timeout=COPY_TIMEOUT),
+                        lambda: run(rm), " ".join(rm))  # fmt: skip
+            image = str(image_path)
+        else:
+            raise UsageError(
+                "remount-ro needs somewhere to copy to",
+                hint="give --cow-dir DIR (an image file) or a command after '--'",
+            )
+        steps = (
+            Step(" ".join(ro), lambda: run(ro), lambda: run(rw), " ".join(rw), must_undo=True),
+            copy,
+            Step(" ".join(rw), lambda: run(rw)),
+        )
+        record = SnapshotRecord(
+            name=name,
+            method=self.name,
+            origin=device,
+            device=image,
+            created_at=time.time(),
+            details=details,
+        )
+        return Plan(f"read-only copy of {mp}", steps), record
+
+    def status(self, record: SnapshotRecord) -> SnapshotStatus:
+        if not record.device:
+            return SnapshotStatus(record, State.ACTIVE, None, None, "copied by a user command")
+        if not os.path.exists(record.device):
+            return SnapshotStatus(record, State.INVALID, None, None, "the image is gone")
+        return SnapshotStatus(record, State.ACTIVE, None, None)
+
+    def plan_merge(self, record: SnapshotRecord) -> Plan:
+        if not record.device:
+            raise RefusedError(f"{record.name} was copied by a user command; snapkit cannot")
+        from snapkit.target import block_devnum
+
+        dev = block_devnum(record.origin)
+        mounted = mounts_of(dev) if dev is not None else ()
+        if mounted:
+            raise RefusedError(
+                f"{record.origin} is mounted at {mounted[0].mountpoint}",
+                hint="umount it first; snapkit never unmounts your filesystem",
+            )
+        dd = ["dd", f"if={record.device}", f"of={record.origin}", "bs=1M", "conv=fsync",
+              "status=none"]  # fmt: skip
+        rm = ["rm", "-f", record.device]
+        run = self.executor.run
+        return Plan(
+            f"copy {record.device} back onto {record.origin}",
+            (Step(" ".join(dd), lambda: run(dd, timeout=COPY_TIMEOUT)),
+             Step(" ".join(rm), lambda: run(rm))),
+        )  # fmt: skip
+
+    def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
+        if not record.device:
+            return Plan(f"forget {record.name}", ())
+        rm = ["rm", "-f", record.device]
+        return Plan(
+            f"discard {record.device}", (Step(" ".join(rm), lambda: self.executor.run(rm)),)
+        )
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+__all__ = ["RemountMethod"]
