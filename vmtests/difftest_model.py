@@ -35,6 +35,7 @@ class ModelSide:
         # one chunk at a time, committed them first; for a transient store the same goes
         # for the data of partial-chunk writes in flight, so nothing of it is compared.
         self.dead: set[int] = set()
+        self.stopped_midway = 0  # interrupted merges the kernel stopped between two batches
 
     def apply(self, op: Op, kernel_check: Observation | None = None) -> str:
         """Run one operation; an interrupted merge needs the kernel's check to know where the
@@ -96,10 +97,12 @@ class ModelSide:
         if want is None:  # no kernel to follow: stop after ``stop`` batches
             self.origin.merge(snap, max_batches=op.stop)
         else:
-            done = False
+            done, batches = False, 0
             while want != self.files() and not done:
                 done = self.origin.merge(snap, max_batches=1)
+                batches += 1
             self.lost_merge = want != self.files()
+            self.stopped_midway += bool(batches) and not done
         if snap in self.origin.snapshots:
             self.origin.snapshots.remove(snap)
         snap.merging = False

@@ -20,7 +20,8 @@ ORIGIN = -1  # the ``dev`` of an operation on the origin; snapshots are 0, 1, ..
 CHUNKS = (8, 16, 32, 64, 128, 256, 512, 1024)
 MAX_SNAPSHOTS = 3
 MAX_ORIGIN_SECTORS = 8192  # 4 MiB: room for more exceptions than one metadata area holds
-MAX_COW_SECTORS = 8192
+MAX_COW_SECTORS = 16384
+SECTOR = 512
 MAX_OPS = 12
 
 
@@ -121,22 +122,59 @@ class _Shape:
     active: dict[int, Kind] = field(default_factory=dict)
 
 
+def well_formed(history: History) -> bool:
+    """Could :func:`histories` have drawn this? (Used to drop operations from a reproducer
+    without leaving one that names a device that no longer exists.)"""
+    if not 1 <= history.origin_sectors <= MAX_ORIGIN_SECTORS:
+        return False
+    shape = _Shape()
+    for op in history.ops:
+        if isinstance(op, Snap):
+            if shape.snapshots >= MAX_SNAPSHOTS:
+                return False
+            shape.active[shape.snapshots] = op.kind
+            shape.snapshots += 1
+        elif isinstance(op, Write | Read):
+            if op.dev != ORIGIN and op.dev not in shape.active:
+                return False
+            if op.sector + op.sectors > history.origin_sectors:
+                return False
+        elif isinstance(op, Reload):
+            shape.active = {i: k for i, k in shape.active.items() if k != "N"}
+        else:
+            if shape.active.get(op.snap, "N") == "N":
+                return False
+            if op.stop is None:
+                del shape.active[op.snap]
+    return True
+
+
 def _extent(draw: st.DrawFn, sectors: int) -> tuple[int, int]:
+    """Small I/O inside a chunk or two, any I/O, or the whole device (which is what fills a
+    COW and crosses into a second metadata area)."""
+    shape = draw(st.sampled_from(["small", "any", "whole"]))
+    if shape == "whole":
+        return 0, sectors
     first = draw(st.integers(0, sectors - 1))
     room = sectors - first
-    size = draw(
-        st.one_of(
-            st.integers(1, min(16, room)),
-            st.integers(1, min(512, room)),
-            st.just(room),
-        )
-    )
-    return first, size
+    return first, draw(st.integers(1, min(16, room) if shape == "small" else room))
+
+
+def _cow_sectors(origin_sectors: int, chunk: int) -> st.SearchStrategy[int]:
+    """A COW that fills up soon, one of any size, or one that never fills (as LVM sizes a
+    snapshot of the whole origin); sometimes not a whole number of chunks."""
+    data = -(-origin_sectors // chunk)
+    roomy = data + -(-data // (chunk * SECTOR // 16)) + 2
+    most = max(3, MAX_COW_SECTORS // chunk)
+    chunks = st.one_of(st.integers(3, 12), st.integers(3, most), st.just(max(3, roomy)))
+    extra = st.one_of(st.just(0), st.integers(0, chunk - 1))
+    return st.builds(lambda n, e: n * chunk + e, chunks, extra)
 
 
 @st.composite
 def histories(draw: st.DrawFn, max_ops: int = MAX_OPS) -> History:
-    sectors = draw(st.one_of(st.integers(1, MAX_ORIGIN_SECTORS), st.sampled_from([2048, 8192])))
+    # 2056 sectors: one 4 KiB chunk more than a metadata area of that chunk size describes.
+    sectors = draw(st.one_of(st.integers(1, MAX_ORIGIN_SECTORS), st.sampled_from([2056, 8192])))
     seed = draw(st.integers(0, 255))
     shape = _Shape()
     ops: list[Op] = []
@@ -152,10 +190,7 @@ def histories(draw: st.DrawFn, max_ops: int = MAX_OPS) -> History:
         if what == "snap":
             kind: Kind = draw(st.sampled_from(["P", "PO", "N"]))
             chunk = draw(st.one_of(st.just(8), st.sampled_from(CHUNKS)))
-            most = max(3, MAX_COW_SECTORS // chunk)
-            cow_chunks = draw(st.one_of(st.integers(3, 12), st.integers(3, most)))
-            extra = draw(st.one_of(st.just(0), st.integers(0, chunk - 1)))
-            ops.append(Snap(kind, chunk, cow_chunks * chunk + extra))
+            ops.append(Snap(kind, chunk, draw(_cow_sectors(sectors, chunk))))
             shape.active[shape.snapshots] = kind
             shape.snapshots += 1
         elif what in ("write", "read"):
@@ -192,4 +227,5 @@ __all__ = [
     "histories",
     "op_from_json",
     "op_to_json",
+    "well_formed",
 ]

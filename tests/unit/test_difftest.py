@@ -25,6 +25,7 @@ from vmtests.difftest_ops import (
     Write,
     histories,
     op_from_json,
+    well_formed,
 )
 from vmtests.guest.dmexec import SECTOR, digest, pattern
 
@@ -58,6 +59,21 @@ def test_history_json_round_trips(history: History) -> None:
     again = History.from_json(json.loads(history.dumps()))
     assert again == history
     assert History.from_json(json.loads(json.dumps(history.to_json()))) == history
+
+
+@FAST
+@given(histories())
+def test_every_drawn_history_is_well_formed(history: History) -> None:
+    assert well_formed(history)
+
+
+def test_a_history_naming_a_missing_device_is_not_well_formed() -> None:
+    snap = Snap("N", 8, 64)
+    assert well_formed(History(64, 0, (snap, Read(0, 0, 1))))
+    assert not well_formed(History(64, 0, (Read(0, 0, 1),)))
+    assert not well_formed(History(64, 0, (snap, Reload(), Read(0, 0, 1))))  # N is gone
+    assert not well_formed(History(64, 0, (snap, Merge(0, None))))  # N cannot merge
+    assert not well_formed(History(64, 0, (Read(ORIGIN, 60, 8),)))  # past the end
 
 
 @FAST

@@ -40,6 +40,7 @@ LOOP_CLR_FD = 0x4C01
 BLKFLSBUF = 0x1261
 MERGE_POLL_S = 0.001
 MERGE_LIMIT_S = 60.0
+THROTTLE = "/sys/module/dm_snapshot/parameters/snapshot_copy_throttle"
 
 
 def pattern(tag: int, offset: int, length: int) -> bytes:
@@ -206,8 +207,13 @@ class Executor:
         self.active.remove(index)
         self.dm.load(origin, self.table("merge", index))
         self.dm.suspend(origin)
-        self.dm.resume(origin)
-        result = self.wait_merge(origin, stop)
+        if stop is not None:
+            throttle(1)  # kcopyd sleeps between copies: the merge can be caught midway
+        try:
+            self.dm.resume(origin)
+            result = self.wait_merge(origin, stop)
+        finally:
+            throttle(100)
         self.dm.suspend(origin)
         self.dm.load(origin, self.table("origin"))
         self.dm.resume(origin)
@@ -284,12 +290,19 @@ class Executor:
         checks = set(request["checks"])
         obs = []
         for n, op in enumerate(request["ops"]):
+            began = time.monotonic()
             result = getattr(self, "op_" + op["op"])(op)
             entry: dict[str, Any] = {"result": result, "status": self.statuses()}
+            entry["ms"] = round(1000 * (time.monotonic() - began), 1)
             if n in checks:
                 entry["check"] = self.check()
             obs.append(entry)
         return {"obs": obs}
+
+
+def throttle(percent: int) -> None:
+    """dm-snapshot's kcopyd throttle: the share of time its copies may take."""
+    Path(THROTTLE).write_text(f"{percent}\n")
 
 
 def read_digest(path: str, offset: int, length: int) -> str:
