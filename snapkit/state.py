@@ -19,7 +19,7 @@ from typing import Any
 
 from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, parse_uuid
-from snapkit.dm.table import DevNum, Linear, Snapshot, Table
+from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.errors import FormatError, RefusedError
 from snapkit.methods.base import SnapshotRecord
 
@@ -163,6 +163,17 @@ def _snapkit_devices(dm: DmControl) -> Iterator[tuple[str, str, Role, DevNum]]:
             yield dm_name_, parsed[0], parsed[1], dev
 
 
+def _under(dm: DmControl, target: object, mapper: Any) -> str:
+    """What a prepared device maps, whatever snapshot table it carries now."""
+    if isinstance(target, SnapshotOrigin):
+        real = mapper(target.device).removeprefix("/dev/mapper/")
+        table = dm.table(real) if dm.info(real) else None
+        target = table.lines[0].target if table else None
+    elif isinstance(target, Snapshot | SnapshotMerge):
+        target = Linear(target.origin, 0)
+    return str(target.device) if isinstance(target, Linear) else ""
+
+
 def _loop_backing(dev: object, sys_block: Path = Path("/sys/dev/block")) -> str:
     try:
         return (sys_block / str(dev) / "loop" / "backing_file").read_text().strip()
@@ -181,8 +192,10 @@ def reconcile(data: StateData, dm: DmControl) -> StateData:
     for dm_name_, name, role, _dev in _snapkit_devices(dm):
         table = dm.table(dm_name_)
         target = table.lines[0].target if table else None
-        if role is Role.ORIGIN and data.device(name) is None and isinstance(target, Linear):
-            data = data.with_device(Prepared(name, str(target.device)))
+        if role is Role.ORIGIN and data.device(name) is None:
+            under = _under(dm, target, mapper)
+            if under:
+                data = data.with_device(Prepared(name, under))
         rebuilt = None
         if role is Role.SNAP and data.snapshot(name) is None and isinstance(target, Snapshot):
             rebuilt = _rebuilt_dm(dm, name, target, mapper)
