@@ -270,6 +270,7 @@ class _Copier:
     def _write_runs(self, olds: array[int], view: memoryview) -> None:
         """One write per run of consecutive origin chunks (``olds`` sorted), cut at the end."""
         csb, limit, write = self.csb, self.origin_bytes, self.origin.write
+        fd = self.origin.fd if isinstance(self.origin, FileDevice) else -1
         start, n = 0, len(olds)
         while start < n:
             end, first = start + 1, olds[start]
@@ -277,7 +278,10 @@ class _Copier:
                 end += 1
             dest = first * csb
             # dm_kcopyd_copy's dest.count stops at the origin's end
-            write(dest, view[start * csb : min(end * csb, start * csb + limit - dest)])
+            part = view[start * csb : min(end * csb, start * csb + limit - dest)]
+            done = os.pwrite(fd, part, dest) if fd >= 0 else 0  # the common case, called bare
+            if done < len(part):
+                write(dest + done, part[done:])
             start = end
 
     def _stream(self, src: int, dest: int, length: int) -> None:
