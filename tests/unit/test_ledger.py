@@ -30,7 +30,7 @@ def test_ledger_numbers_each_objects_history_and_skips_marks(tmp_path: Path) -> 
     led.record("w:a#0", "3", 0.5, 0.6)
     led.close()
     ops = ledger.load(path)
-    assert [(o.obj, o.index, o.state) for o in ops] == [
+    assert [(o.obj, o.step, o.state) for o in ops] == [
         ("w:a#0", 1, "1"),
         ("w:b#0", 1, "2"),
         ("w:a#0", 2, "3"),

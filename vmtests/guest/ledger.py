@@ -40,7 +40,7 @@ PACE_S = 0.04
 
 class Op(NamedTuple):
     obj: str
-    index: int  # 1-based position in this object's history; state 0 is always ABSENT
+    step: int  # 1-based position in this object's history; state 0 is always ABSENT
     state: str
     t0: float
     t1: float

@@ -175,7 +175,7 @@ def corrupt(device: str, ops: list[Op], begin: float, seed: int) -> str:
     and works the same on ext4, xfs and btrfs."""
     last: dict[str, Op] = {}
     for op in ops:
-        if op.obj.startswith("w:") and (op.obj not in last or op.index > last[op.obj].index):
+        if op.obj.startswith("w:") and (op.obj not in last or op.step > last[op.obj].step):
             last[op.obj] = op
     stable = sorted(op for op in last.values() if op.t1 < begin)
     if not stable:

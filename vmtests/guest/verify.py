@@ -44,7 +44,7 @@ def histories(ops: Iterable[Op]) -> dict[str, list[Op]]:
     for op in ops:
         out.setdefault(op.obj, []).append(op)
     for hist in out.values():
-        hist.sort(key=lambda o: o.index)
+        hist.sort(key=lambda o: o.step)
     return out
 
 
@@ -57,14 +57,14 @@ def classify(
         counts.objects += 1
         seen = observe(obj)
         states = [ABSENT] + [op.state.split(PARTIAL)[0] for op in hist]
-        lo = max((op.index for op in hist if op.t1 < begin), default=0)
-        hi = max((op.index for op in hist if op.t0 <= end), default=0)
+        lo = max((op.step for op in hist if op.t1 < begin), default=0)
+        hi = max((op.step for op in hist if op.t0 <= end), default=0)
         matches = [i for i, s in enumerate(states) if s == seen]
         counts.acked_checked += lo
         good = [i for i in matches if lo <= i <= hi]
         # An operation of several system calls (create = open, write, fsync) that was in flight
         # may show an intermediate state, listed after its final one: it did not happen yet.
-        halfway = [op.index - 1 for op in hist if lo < op.index <= hi
+        halfway = [op.step - 1 for op in hist if lo < op.step <= hi
                    and seen in op.state.split(PARTIAL)[1:]]  # fmt: skip
         if good or halfway:
             at = max(good + halfway)
@@ -85,7 +85,7 @@ def classify(
             continue
         for op in hist:
             if op.t0 <= end and op.t1 >= begin:
-                if at >= op.index:
+                if at >= op.step:
                     counts.window_new += 1
                 else:
                     counts.window_old += 1
