@@ -29,7 +29,7 @@ from vmtests import cpio
 
 TREE = Path(__file__).resolve().parent.parent
 _SKIP = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
-_SNAPKIT_WRAPPER = b'#!/bin/sh\nexec python3 -m snapkit "$@"\n'
+_SNAPKIT_WRAPPER = b'#!/bin/sh\nexec python3 -S -m snapkit "$@"\n'  # -S: no site, stdlib only
 
 
 class Mode(enum.StrEnum):
