@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from snapkit.bench_freeze import register as _register_freeze_window
 from snapkit.cli.output import print_json
 
 _RAW = argparse.RawDescriptionHelpFormatter
@@ -61,7 +62,7 @@ def _bench_cow(args: argparse.Namespace) -> int:
     return 0
 
 
-_BENCHES: tuple[Callable[[Any], None], ...] = (_register_cow,)
+_BENCHES: tuple[Callable[[Any], None], ...] = (_register_cow, _register_freeze_window)
 
 
 def register(subparsers: Any) -> None:
