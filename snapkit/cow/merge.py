@@ -58,7 +58,7 @@ from snapkit.cow.store import PersistentStore
 from snapkit.errors import OperationError
 
 GROUP_BYTES = 128 << 20  # data merged between two flushes of the origin
-IOV_MAX = 1024  # os.pwritev takes at most this many buffers
+IOV_MAX = 1024  # os.preadv takes at most this many buffers
 
 Progress = Callable[[int, int], None]
 
