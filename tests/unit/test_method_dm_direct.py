@@ -109,3 +109,14 @@ def test_a_second_dm_direct_snapshot_is_refused(tmp_path: Path) -> None:
     created(world)
     with pytest.raises(RefusedError, match="snapshot table"):
         DmDirectMethod(world.host).plan_create(world.request("s2"))
+
+
+@pytest.mark.parametrize("fs", ["xfs", "btrfs"])
+def test_a_fs_whose_copy_must_replay_a_log_is_refused(tmp_path: Path, fs: str) -> None:
+    world = make_world(tmp_path)
+    xfs = Target(Path("/dev/mapper/data"), Path("/mnt/o"), fs, (253, 0))
+    assert "replay" in (DmDirectMethod(world.host).unsuitable(xfs) or "")
+    from snapkit.methods.base import CreateRequest
+
+    with pytest.raises(RefusedError, match="replay"):
+        DmDirectMethod(world.host).plan_create(CreateRequest(xfs, "s1", cow_dir=tmp_path))
