@@ -82,7 +82,10 @@ def kernel_append(cfg: VmConfig) -> str:
     if cfg.machine == "microvm":
         args.append("pci=off")
     if cfg.accel is Accel.TCG and cfg.tsc_khz:
-        args.append(f"tsc_early_khz={cfg.tsc_khz}")
+        # tsc=reliable: with several vCPUs the clocksource watchdog sees TCG's per-vCPU skew,
+        # marks the TSC unstable and falls back to 4 ms jiffies, which blurs every latency
+        # the benchmarks measure inside the guest.
+        args += [f"tsc_early_khz={cfg.tsc_khz}", "tsc=reliable"]
     args.extend(cfg.extra_append)
     return " ".join(args)
 

@@ -58,7 +58,35 @@ def test_the_working_tree_rides_along() -> None:
     assert "src/snapkit/__init__.py" in archive
     assert "src/vmtests/guest/agent.py" in archive
     assert archive["src/bin/snapkit"].startswith(b"#!/bin/sh")
-    assert not any("__pycache__" in n for n in archive)
+
+
+def test_bytecode_rides_along_and_is_checked_against_its_own_source() -> None:
+    """Host __pycache__ folders never ride along; the payload's own .pyc files are hash-checked
+    (PEP 552) against the very source next to them, so the guest can never run stale code."""
+    import importlib.util
+    import marshal
+    import sys
+
+    archive = files(Payload(Mode.EXEC, ("true",)))
+    pycs = {n: d for n, d in archive.items() if n.endswith(".pyc")}
+    assert all(n.endswith(("__pycache__", ".pyc")) for n in archive if "__pycache__" in n)
+    assert pycs, "no bytecode in the payload"
+    tag = sys.implementation.cache_tag
+    for name, data in pycs.items():
+        folder, _, base = name.rpartition("/__pycache__/")
+        assert base.endswith(f".{tag}.pyc")
+        source = archive[f"{folder}/{base.removesuffix(f'.{tag}.pyc')}.py"]
+        assert data[:4] == importlib.util.MAGIC_NUMBER
+        assert int.from_bytes(data[4:8], "little") == 0b11  # hash-based, checked
+        assert data[8:16] == importlib.util.source_hash(source)
+        assert marshal.loads(data[16:]).co_filename == "/" + name.split("/__pycache__/")[0] + (
+            "/" + base.removesuffix(f".{tag}.pyc") + ".py"
+        )
+    assert set(pycs) == {
+        n.rpartition("/")[0] + "/__pycache__/" + n.rpartition("/")[2][:-3] + f".{tag}.pyc"
+        for n, d in archive.items()
+        if n.endswith(".py") and d
+    }
 
 
 def test_extra_environment_is_appended_quoted() -> None:
