@@ -12,10 +12,15 @@ import os
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmtests.errors import VmError
+
+if TYPE_CHECKING:
+    from vmtests.image import Image
+    from vmtests.qemu import Disk
 
 EPILOG = """\
 examples:
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _image():  # type: ignore[no-untyped-def]
+def _image() -> Image:
     from vmtests import image
 
     try:
@@ -173,7 +178,7 @@ def cmd_image_path(args: argparse.Namespace) -> int:
     return 0
 
 
-def _disks(sizes: Sequence[int], folder: Path):  # type: ignore[no-untyped-def]
+def _disks(sizes: Sequence[int], folder: Path) -> list[Disk]:
     from vmtests.machine import make_disk
     from vmtests.qemu import Disk
 
@@ -196,8 +201,8 @@ def _run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
                 img,
                 argv,
                 work,
-                stdout=lambda b: os.write(1, b) and None,
-                stderr=lambda b: os.write(2, b) and None,
+                stdout=_writer(1),
+                stderr=_writer(2),
                 stdin_fd=sys.stdin.fileno(),
                 accel=chosen,
                 memory_mib=args.mem,
@@ -209,6 +214,17 @@ def _run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"vmtest: {exc}", file=sys.stderr)
             return 125
     return result.returncode
+
+
+def _writer(fd: int) -> Callable[[bytes], None]:
+    """Relay guest output unbuffered, so it interleaves as the guest wrote it."""
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return write
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
