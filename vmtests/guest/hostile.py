@@ -109,10 +109,10 @@ def fingerprint() -> str:
 
 
 def snapkit(*args: str, nobody: bool = False, env: dict[str, str] | None = None) -> Result:
-    extra = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if nobody else {}
+    who = NOBODY if nobody else None
     proc = subprocess.run(
         ["snapkit", *args], capture_output=True, env={**ENV, **(env or {})}, check=False,
-        timeout=300, **extra,  # type: ignore[arg-type]
+        timeout=300, user=who, group=who, extra_groups=[] if nobody else None,
     )  # fmt: skip
     return Result(proc.returncode, proc.stdout.decode(errors="replace"),
                   proc.stderr.decode(errors="replace"))  # fmt: skip
