@@ -124,7 +124,10 @@ def compare(history: History, kernel: list[Observation]) -> Outcome:
     out = Outcome(history)
     c = out.counts
     for step, (op, obs) in enumerate(zip(history.ops, kernel, strict=True)):
-        got = model.apply(op, obs.get("check"))
+        try:
+            got = model.apply(op, obs.get("check"))
+        except Exception as exc:  # a model that crashes where the kernel answered is a finding
+            got = f"model raised {type(exc).__name__}: {exc}"
         model.note_invalid()
         c.merges_stopped_midway = model.stopped_midway
         diffs = [("result", got, obs["result"])]
@@ -140,7 +143,7 @@ def compare(history: History, kernel: list[Observation]) -> Outcome:
                 diffs.append(("merge state", "a batch boundary", "none of them"))
         out.mismatches = [Mismatch(step, w, m, k) for w, m, k in diffs if m != k]
         if out.mismatches:
-            out.history = History(history.origin_sectors, history.seed, history.ops[: step + 1])
+            out.history = History(history.origin_sectors, history.ops[: step + 1])
             break
     return out
 
@@ -264,7 +267,7 @@ def _drop_steps(executor: GuestExecutor, found: Outcome, report: Report) -> Outc
     while step >= 0:
         h = found.history
         step = min(step, len(h.ops) - 1)  # a failing candidate may come back cut shorter
-        candidate = History(h.origin_sectors, h.seed, h.ops[:step] + h.ops[step + 1 :])
+        candidate = History(h.origin_sectors, h.ops[:step] + h.ops[step + 1 :])
         if candidate.ops and well_formed(candidate):
             report.shrink_runs += 1
             outcome = run_history(executor, candidate)

@@ -14,7 +14,7 @@ from typing import Any
 from snapkit.cow.device import MemDevice
 from snapkit.cow.model import Origin, Snapshot, SnapshotIOError
 from vmtests.difftest_ops import ORIGIN, History, Kind, Merge, Op, Read, Reload, Snap, Write
-from vmtests.guest.dmexec import SECTOR, digest, pattern
+from vmtests.guest.dmexec import ORIGIN_TAG, SECTOR, digest, pattern
 
 Observation = dict[str, Any]
 
@@ -23,7 +23,7 @@ class ModelSide:
     def __init__(self, history: History) -> None:
         self.sectors = history.origin_sectors
         self.size = self.sectors * SECTOR
-        data = pattern(0xFFFF0000 | history.seed, 0, self.size)
+        data = pattern(ORIGIN_TAG, 0, self.size)
         self.origin = Origin(MemDevice(data))
         self.cows: dict[int, tuple[MemDevice, Kind, int]] = {}
         self.snaps: dict[int, Snapshot] = {}  # the snapshot devices that exist

@@ -20,9 +20,9 @@ ORIGIN = -1  # the ``dev`` of an operation on the origin; snapshots are 0, 1, ..
 CHUNKS = (8, 16, 32, 64, 128, 256, 512, 1024)
 MAX_SNAPSHOTS = 3
 MAX_ORIGIN_SECTORS = 8192  # 4 MiB: room for more exceptions than one metadata area holds
-MAX_COW_SECTORS = 16384
+MAX_COW_SECTORS = 8192
 SECTOR = 512
-MAX_OPS = 12
+MAX_OPS = 16
 
 
 @dataclass(frozen=True)
@@ -78,26 +78,24 @@ _NAMES = {cls: name for name, cls in _TYPES.items()}
 @dataclass(frozen=True)
 class History:
     origin_sectors: int
-    seed: int
     ops: tuple[Op, ...]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "origin_sectors": self.origin_sectors,
-            "seed": self.seed,
             "ops": [op_to_json(op) for op in self.ops],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> History:
         ops = tuple(op_from_json(op) for op in data["ops"])
-        return cls(int(data["origin_sectors"]), int(data["seed"]), ops)
+        return cls(int(data["origin_sectors"]), ops)
 
     def dumps(self) -> str:
         """One operation a line, so a reproducer reads (and edits) as a list of steps."""
         lines = [json.dumps(op_to_json(op)) for op in self.ops]
         body = ",\n    ".join(lines)
-        head = f'{{"origin_sectors": {self.origin_sectors}, "seed": {self.seed},'
+        head = f'{{"origin_sectors": {self.origin_sectors},'
         return f'{head}\n  "ops": [\n    {body}\n  ]\n}}\n' if lines else f'{head} "ops": []}}\n'
 
 
@@ -120,6 +118,7 @@ class _Shape:
 
     snapshots: int = 0
     active: dict[int, Kind] = field(default_factory=dict)
+    chunks: dict[int, int] = field(default_factory=dict)
 
 
 def well_formed(history: History) -> bool:
@@ -160,6 +159,18 @@ def _extent(draw: st.DrawFn, sectors: int) -> tuple[int, int]:
     return first, draw(st.integers(1, min(16, room) if shape == "small" else room))
 
 
+def _scattered(draw: st.DrawFn, sectors: int, chunk: int) -> list[Write]:
+    """Small origin writes going down the device, chunks apart: each new exception's origin
+    chunk is below the last one's, so no two make a run, and a merge takes one batch per
+    exception and can be caught between two of them."""
+    count = draw(st.integers(2, 8))
+    stride = chunk * draw(st.integers(2, 16))
+    start = draw(st.integers(0, sectors - 1))
+    tag = draw(st.integers(0, 255))
+    spots = sorted({(start + i * stride) % sectors for i in range(count)}, reverse=True)
+    return [Write(ORIGIN, spot, min(8, sectors - spot), tag, True) for spot in spots]
+
+
 def _cow_sectors(origin_sectors: int, chunk: int) -> st.SearchStrategy[int]:
     """A COW that fills up soon, one of any size, or one that never fills (as LVM sizes a
     snapshot of the whole origin); sometimes not a whole number of chunks."""
@@ -175,23 +186,23 @@ def _cow_sectors(origin_sectors: int, chunk: int) -> st.SearchStrategy[int]:
 def histories(draw: st.DrawFn, max_ops: int = MAX_OPS) -> History:
     # 2056 sectors: one 4 KiB chunk more than a metadata area of that chunk size describes.
     sectors = draw(st.one_of(st.integers(1, MAX_ORIGIN_SECTORS), st.sampled_from([2056, 8192])))
-    seed = draw(st.integers(0, 255))
     shape = _Shape()
     ops: list[Op] = []
     for _ in range(draw(st.integers(1, max_ops))):
         devices = [ORIGIN, *shape.active]
         mergeable = [i for i, kind in shape.active.items() if kind != "N"]
-        choices = ["write", "read", "reload"]
+        choices = ["write", "write", "write", "read", "reload"]  # writes make batches
         if shape.snapshots < MAX_SNAPSHOTS:
             choices.insert(0, "snap")
         if mergeable:
-            choices.append("merge")
+            choices += ["merge", "merge"]
         what = draw(st.sampled_from(choices))
         if what == "snap":
             kind: Kind = draw(st.sampled_from(["P", "PO", "N"]))
             chunk = draw(st.one_of(st.just(8), st.sampled_from(CHUNKS)))
             ops.append(Snap(kind, chunk, draw(_cow_sectors(sectors, chunk))))
             shape.active[shape.snapshots] = kind
+            shape.chunks[shape.snapshots] = chunk
             shape.snapshots += 1
         elif what in ("write", "read"):
             dev = draw(st.sampled_from(devices))
@@ -206,11 +217,13 @@ def histories(draw: st.DrawFn, max_ops: int = MAX_OPS) -> History:
             shape.active = {i: k for i, k in shape.active.items() if k != "N"}
         else:
             snap = draw(st.sampled_from(mergeable))
-            stop = draw(st.one_of(st.none(), st.integers(0, 7)))
+            stop = draw(st.integers(0, 7)) if draw(st.booleans()) else None
+            if stop is not None:
+                ops.extend(_scattered(draw, sectors, shape.chunks[snap]))
             ops.append(Merge(snap, stop))
             if stop is None:
                 del shape.active[snap]
-    return History(sectors, seed, tuple(ops))
+    return History(sectors, tuple(ops))
 
 
 __all__ = [
