@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("snapkit.cli.snapshot", "create, list, watch, mount, merge and discard snapshots"),
     "device": ("snapkit.cli.device", "wrap a plain block device for the dm method, or unwrap it"),
     "freeze": ("snapkit.cli.freeze", "freeze a filesystem around a command; a watchdog thaws"),
+    "recover": ("snapkit.cli.recover", "after a crash or reboot: re-assemble, clean up, resume"),
     "cow": ("snapkit.cli.cow", "dm-snapshot COW files offline: inspect, export, merge, diff"),
     "bench": ("snapkit.cli.bench", "measure snapkit: the COW model, the freeze window"),
 }

@@ -1,0 +1,218 @@
+"""``snapkit recover``: after a crash or reboot, bring what the state file says back to a known
+state -- every snapshot present and usable, or cleanly absent; every merge under way resumed.
+
+Why it is needed: device-mapper tables live in kernel memory, so a power cut takes away the
+prepared linear devices, ``-real``, the snapshot devices and the loops -- while the COW files,
+which hold the snapshot's exceptions on disk (persistent store ``P``), survive. The state file
+is written only after a create's plan has run (``flow.create``), so:
+
+* a record with its COW file is a complete snapshot: its stack is re-assembled as the create
+  left it (``-real`` with the original table, origin as ``snapshot-origin``, the snapshot over
+  a fresh loop on the COW file); the kernel reloads the exceptions from the COW;
+* a record marked ``pending merge`` gets ``snapshot-merge`` loaded into the origin: the kernel
+  resumes the merge from what is left on disk (merged batches were zeroed there), and
+  ``merge --wait`` finishes it;
+* a record marked ``pending discard`` needs nothing from its COW: it is freed and dropped;
+* a ``*.cow`` file that no record names is what a create cut short left: removed, so the
+  snapshot is cleanly absent; the origin lost nothing (the suspend/resume never completed, or
+  the snapshot simply never got recorded);
+* ``lvm`` and ``lvm-thin`` keep their own metadata: LVM re-activates them (``vgchange -ay``,
+  which also restarts a pending merge); a record whose LV is gone is dropped.
+
+Idempotent: what is already there is left alone, so running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from snapkit.dm import steps
+from snapkit.dm.naming import Role, real_name, uuid
+from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
+from snapkit.flow import Flow
+from snapkit.loopdev import LoopSlot
+from snapkit.methods.base import SnapshotRecord
+from snapkit.methods.dmshared import MAPPER, DmDetails
+from snapkit.plan import Plan, Step
+from snapkit.state import StateData
+from snapkit.target import block_devnum, block_info
+
+DM_METHODS = ("dm",)
+LVM_METHODS = ("lvm", "lvm-thin")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recover did (or, with ``--dry-run``, would do), one line per action."""
+
+    actions: tuple[str, ...]
+    dropped: tuple[str, ...]  # records removed: their snapshot is cleanly absent
+    merging: tuple[str, ...]  # merges resumed (finish with 'snapshot merge NAME --wait')
+
+
+def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData]:
+    """The plan that re-assembles ``data``, what it means, and the state to save after it."""
+    dm, host = flow.host.dm, flow.host
+    s: list[Step] = []
+    dropped: list[str] = []
+    merging: list[str] = []
+    kept = data
+    stacked: set[str] = set()  # origins whose -real and snapshot-origin are planned already
+    for prepared in data.devices:
+        if dm.info(prepared.name) is not None:
+            continue
+        users = [r for r in data.snapshots if _dm_origin(r) == prepared.name]
+        if any(_usable(flow, r) for r in users):
+            continue  # the snapshot stack below creates it with the right table
+        table = _linear_over(prepared.device)
+        if table is None:
+            continue
+        s += [
+            steps.create(dm, prepared.name, uuid(prepared.name, Role.ORIGIN)),
+            steps.load(dm, prepared.name, _const(table), steps.table_text(table)),
+            steps.resume(dm, prepared.name),
+        ]
+    for record in data.snapshots:
+        if record.method in LVM_METHODS or record.method not in DM_METHODS:
+            continue
+        d = DmDetails.of(record)
+        if not _usable(flow, record):
+            s.append(steps.detach_all(host.loops, d.cow_file))
+            if host.files.exists(d.cow_file):
+                s.append(steps.unlink(host.files, d.cow_file))
+            kept = kept.without_snapshot(record.name)
+            dropped.append(record.name)
+            continue
+        if dm.info(d.origin_name) is not None and (
+            dm.info(record.name) is not None or d.pending == "merge"
+        ):
+            continue  # already assembled
+        slot = LoopSlot(d.cow_file)
+        loops = host.loops.find(d.cow_file)
+        if loops:
+            slot.device = loops[0]
+        else:
+            s.append(steps.attach(host.loops, slot))
+        real = real_name(d.origin_name)
+        size = d.table.size
+        if d.origin_name not in stacked and dm.info(real) is None:
+            s += [
+                steps.create(dm, real, uuid(d.origin_name, Role.REAL)),
+                steps.load(dm, real, _const(d.table), steps.table_text(d.table)),
+                steps.resume(dm, real),
+            ]
+        if d.pending == "merge":
+            merge = _cow_table(SnapshotMerge, size, real, slot, d.chunk)
+            s += _origin_steps(flow, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} "
+                               f"{slot} P {d.chunk}")  # fmt: skip
+            merging.append(record.name)
+        else:
+            if d.origin_name not in stacked:
+                origin = Table.single(size, SnapshotOrigin(MAPPER + real))
+                s += _origin_steps(flow, d.origin_name, _const(origin),
+                                   steps.table_text(origin))  # fmt: skip
+            snap = _cow_table(Snapshot, size, real, slot, d.chunk)
+            s += [
+                steps.create(dm, record.name, uuid(record.name, Role.SNAP)),
+                steps.load(dm, record.name, snap, f"snapshot {MAPPER}{real} {slot} P {d.chunk}"),
+                steps.resume(dm, record.name),
+            ]
+        stacked.add(d.origin_name)
+    for orphan in _orphan_cows(flow, data):
+        s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
+        dropped.append(orphan.name)
+    for record in data.snapshots:
+        if record.method in LVM_METHODS and _lv_gone(flow, record):
+            kept = kept.without_snapshot(record.name)
+            dropped.append(record.name)
+    plan = Plan("recover snapkit's devices after a crash or reboot", tuple(s))
+    actions = tuple(step.description for step in s)
+    return plan, Recovery(actions, tuple(dropped), tuple(merging)), kept
+
+
+def recover(flow: Flow, *, dry_run: bool = False, finish: bool = True) -> Recovery | str:
+    """Re-assemble, drop what a crash cut short, and (``finish``) complete resumed merges."""
+    data = flow.state.load()
+    _activate_lvm(flow, data)
+    plan, result, kept = plan_recover(flow, data)
+    if dry_run:
+        return plan.render()
+    flow.apply_plan(plan)
+    flow.state.save(kept)
+    if finish:
+        for name in result.merging:
+            flow.merge(name, wait=True)
+    return result
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _const(table: Table) -> Callable[[], Table]:
+    return lambda: table
+
+
+def _dm_origin(record: SnapshotRecord) -> str:
+    return record.details.get("origin_name", "") if record.method in DM_METHODS else ""
+
+
+def _usable(flow: Flow, record: SnapshotRecord) -> bool:
+    """A dm record whose COW file survived; a pending discard needs nothing more."""
+    if record.method not in DM_METHODS:
+        return False
+    d = DmDetails.of(record)
+    return d.pending != "discard" and flow.host.files.exists(d.cow_file)
+
+
+def _linear_over(device: str) -> Table | None:
+    dev = block_devnum(device)
+    info = block_info(dev) if dev is not None else None
+    if dev is None or info is None:
+        return None
+    return Table.single(info.size_sectors, Linear(DevNum(dev.major, dev.minor), 0))
+
+
+def _cow_table(
+    kind: type[Snapshot] | type[SnapshotMerge], size: int, real: str, slot: LoopSlot, chunk: int
+) -> Callable[[], Table]:
+    """The table, built when its step runs: the loop device is known only then."""
+
+    def table() -> Table:
+        return Table.single(size, kind(MAPPER + real, str(slot.path), Store.PERSISTENT, chunk))
+
+    return table
+
+
+def _origin_steps(flow: Flow, name: str, table: Callable[[], Table], text: str) -> list[Step]:
+    dm = flow.host.dm
+    s = [] if dm.info(name) is not None else [steps.create(dm, name, uuid(name, Role.ORIGIN))]
+    return [*s, steps.load(dm, name, table, text), steps.resume(dm, name)]
+
+
+def _orphan_cows(flow: Flow, data: StateData) -> list[Path]:
+    """COW files in snapkit's own COW directory that no record names: creates cut short."""
+    cow_dir = flow.state.directory / "cow"
+    named = {r.details.get("cow_file", "") for r in data.snapshots}
+    try:
+        found = sorted(cow_dir.glob("*.cow"))
+    except OSError:
+        return []
+    return [p for p in found if str(p) not in named]
+
+
+def _activate_lvm(flow: Flow, data: StateData) -> None:
+    vgs = sorted({r.details.get("vg", "") for r in data.snapshots if r.method in LVM_METHODS})
+    for vg in filter(None, vgs):
+        flow.host.run.run(["vgchange", "-ay", vg], check=False, timeout=None)
+
+
+def _lv_gone(flow: Flow, record: SnapshotRecord) -> bool:
+    from snapkit.lvm import Lvm
+
+    vg, lv = record.details.get("vg", ""), record.details.get("lv", "")
+    return bool(vg and lv) and Lvm(flow.host.run).get(vg, lv) is None
+
+
+__all__ = ["Recovery", "plan_recover", "recover"]
