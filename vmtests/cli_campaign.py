@@ -52,7 +52,8 @@ def register(sub: Any) -> None:
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--matrix", default="quick", choices=("quick", "full"))
+    p.add_argument("--matrix", default="quick", choices=("quick", "full", "faults"))
+    p.add_argument("--cuts", type=int, metavar="N", help="faults: run N seeded power-cut points")
     p.add_argument(
         "--scenario",
         action="append",
@@ -133,6 +134,11 @@ def _pytest(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.matrix == "faults":  # power cuts: two boots per point, run by vmtests/faults.py
+        from vmtests.faults import run_matrix
+
+        workers = 2 if args.workers == "auto" else int(args.workers)
+        return run_matrix(args.cuts, args.seed or 6, workers, args.report, args.accel)
     return _pytest(args)
 
 

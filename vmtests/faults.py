@@ -154,4 +154,45 @@ def sessions(image: Any, accel: Any, root: Path) -> Iterator[Callable[..., Any]]
         yield boot
 
 
-__all__ = ["Cut", "all_cuts", "choose", "run_cut", "sessions", "summary"]
+def run_matrix(cuts: int | None, seed: int, workers: int, report: Path, accel: str) -> int:
+    """``vmtest run --matrix faults [--cuts N]``: run the cuts over ``workers`` VMs at a time,
+    write ``report/results.json`` (every cut and the summary), exit 0 only if all held."""
+    import shutil
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vmtests import accel as accel_mod
+    from vmtests import image as image_mod
+
+    img = image_mod.find()
+    acc = accel_mod.choose(accel, img)
+    chosen = choose(cuts, seed)
+    report.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+
+    def one(cut: Cut) -> dict[str, Any]:
+        folder = report / "cuts" / cut.id
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            for boot in sessions(img, acc, folder):
+                result = run_cut(cut, boot, folder)
+        except Exception as exc:  # a lost VM is a failed cut, reported, never a crash
+            result = _failed(cut, t0, f"{type(exc).__name__}: {exc}")
+        for raw in folder.glob("*.raw"):
+            raw.unlink()
+        mark = "ok  " if result.get("ok") else "FAIL"
+        print(f"{mark} {cut.id} ({result['seconds']} s)", flush=True)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(one, chosen))
+    figures = {**summary(results), "seconds": round(time.monotonic() - t0, 1), "seed": seed}
+    doc = {"matrix": "faults", "summary": figures, "cuts": results}
+    (report / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(json.dumps({k: v for k, v in figures.items() if k != "failures"}, indent=2))
+    for line in figures["failures"]:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 0 if figures["cuts_ok"] == figures["cuts"] else 1
+
+
+__all__ = ["Cut", "all_cuts", "choose", "run_cut", "run_matrix", "sessions", "summary"]
