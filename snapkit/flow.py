@@ -110,7 +110,11 @@ class Flow:
             raise RefusedError(f"the name {name!r} is already in use", hint="choose another --name")
         reason = impl.unsuitable(target)
         if reason is not None:
-            raise RefusedError(f"method {method} cannot snapshot {target_spec}: {reason}")
+            others = ", ".join(n for n in registry.names() if n != method)
+            raise RefusedError(
+                f"method {method} cannot snapshot {target_spec}: {reason}",
+                hint=f"fix that, or choose another --method ({others})",
+            )
         req = CreateRequest(
             target=target, name=name, cow_size=cow_size,
             cow_dir=cow_dir or self.state.directory / "cow", chunk_sectors=chunk_sectors,
@@ -155,6 +159,8 @@ class Flow:
         """Mount the snapshot's device; read-only unless ``rw``. xfs refuses a second
         filesystem with the same uuid, so its snapshot is mounted with ``nouuid``."""
         record = self.record(name)
+        if not directory.is_dir():
+            raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")
         info = self.host.dm.info(record.device.removeprefix("/dev/mapper/"))
         if info is None:
             raise RefusedError(f"the snapshot device {record.device} does not exist")
@@ -169,7 +175,12 @@ class Flow:
             options.append("nouuid")
         argv = ["mount"] + (["-t", fstype] if fstype else [])
         argv += ["-o", ",".join(options)] if options else []
-        self.host.run.run([*argv, record.device, str(directory)])
+        result = self.host.run.run([*argv, record.device, str(directory)], check=False)
+        if not result.ok:
+            first = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[0]
+            raise OperationError(
+                f"mount {record.device} failed: {first}", hint="see dmesg for the kernel's reason"
+            )
 
     # -- merge and discard --------------------------------------------------------------------
 

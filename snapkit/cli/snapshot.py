@@ -63,6 +63,16 @@ def _progress_bar(s: SnapshotStatus) -> None:
     sys.stdout.flush()
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
+    return value
+
+
 def _size(text: str | None) -> int | None:
     return parse_size(text) if text is not None else None
 
@@ -146,7 +156,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chunk-size", metavar="SIZE", default="4K", help="4K..512K (default 4K)")
     p.add_argument("--pre", metavar="CMD", help="run before the freeze (sh -c)")
     p.add_argument("--post", metavar="CMD", help="run after the thaw, even on failure (sh -c)")
-    p.add_argument("--max-freeze", metavar="SEC", type=float, default=10.0)
+    p.add_argument("--max-freeze", metavar="SEC", type=_seconds, default=10.0,
+                   help="longest the filesystem may stay frozen (default 10)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_create)

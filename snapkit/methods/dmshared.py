@@ -132,7 +132,9 @@ def check_cow_dir(cow_dir: Path, target: Target) -> None:
     and the suspend would deadlock on the COW's own I/O."""
     where = _existing_ancestor(cow_dir)
     if not where.is_dir():
-        raise ValidationError(f"--cow-dir {cow_dir} is not a directory")
+        raise ValidationError(
+            f"--cow-dir {cow_dir} is not a directory", hint="give a directory on another filesystem"
+        )
     same = False
     if target.mountpoint is not None:
         same = os.stat(where).st_dev == os.stat(target.mountpoint).st_dev
