@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_difftest(args: argparse.Namespace) -> int:
     from vmtests import difftest
-    from vmtests.difftest_ops import History
+    from vmtests.difftest_ops import History, well_formed
 
     if args.examples < 1:
         print("vmtest difftest: --examples must be at least 1", file=sys.stderr)
@@ -52,6 +52,13 @@ def cmd_difftest(args: argparse.Namespace) -> int:
             history = History.from_json(json.loads(args.replay.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"vmtest difftest: cannot read {args.replay}: {exc}", file=sys.stderr)
+            return 2
+        if not well_formed(history):
+            print(
+                f"vmtest difftest: {args.replay} names a device that does not exist at that "
+                "step, or an extent past the origin's end",
+                file=sys.stderr,
+            )
             return 2
         with difftest.booted(args.accel) as executor:
             outcome = difftest.run_history(executor, history)

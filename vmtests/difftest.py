@@ -181,7 +181,8 @@ class Report:
     seed: int
     examples: int = 0
     shrink_runs: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole search, shrinking included
+    search_seconds: float = 0.0  # up to the first mismatch (or the end): what the rate uses
     counts: Counts = field(default_factory=Counts)
     found: Outcome | None = None
     reproducer: Path | None = None
@@ -194,8 +195,8 @@ class Report:
             "mismatches": 0 if found is None else 1,
             "seed": self.seed,
             "seconds": round(self.seconds, 1),
-            "examples_per_minute": round(60 * self.examples / self.seconds, 1)
-            if self.seconds
+            "examples_per_minute": round(60 * self.examples / self.search_seconds, 1)
+            if self.search_seconds
             else None,
             "comparisons": asdict(self.counts),
             "shrink_runs": self.shrink_runs,
@@ -243,6 +244,8 @@ def search(executor: GuestExecutor, examples: int, seed: int) -> Report:
         outcome = run_history(executor, history)
         report.counts.add(outcome.counts)
         if outcome.failed:
+            if report.found is None:
+                report.search_seconds = time.monotonic() - start
             if report.found is None or _size(outcome.history) < _size(report.found.history):
                 report.found = outcome
             raise _Found
@@ -250,6 +253,7 @@ def search(executor: GuestExecutor, examples: int, seed: int) -> Report:
     with contextlib.suppress(_Found, ExceptionGroup, AssertionError):
         prop()
     report.seconds = time.monotonic() - start
+    report.search_seconds = report.search_seconds or report.seconds
     if report.found is not None:
         report.found = _drop_steps(executor, report.found, report)
         again = run_history(executor, report.found.history)  # alone: is it reproducible?
