@@ -11,7 +11,8 @@ done -- the finish. The record is saved as *pending* in between, so an interrupt
 backgrounded merge is finished by running ``merge --wait`` (or ``discard``) again.
 
 Test hook: ``SNAPKIT_TEST_PAUSE_AT=[P:]N`` makes the P-th plan a command applies (default 1)
-stop before its step N (1-based, as ``--dry-run`` numbers them), print
+stop before its step N (1-based, as ``--dry-run`` numbers them; N = steps + 1: after the
+last step, before the flow records what the plan did), print
 ``snapkit: test pause before step N`` on stderr and sleep, so a test can send SIGINT or SIGTERM
 at that exact point. It is read only here and changes nothing else.
 """
@@ -41,7 +42,7 @@ from snapkit.methods.base import (
     SnapshotStatus,
     State,
 )
-from snapkit.plan import Plan, Step, apply
+from snapkit.plan import Plan, PlanError, Step, apply
 from snapkit.run import SubprocessExecutor
 from snapkit.state import StateData, StateFile, reconcile, state_dir
 from snapkit.target import resolve
@@ -212,7 +213,8 @@ class Flow:
                 hint=f"finish it: snapkit snapshot {pending} {record.name}",
             )
         start: Plan | None = None
-        if not pending:
+        restart = bool(pending) and isinstance(impl, KernelMerge) and not impl.started(record)
+        if not pending or restart:
             start = (
                 impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
             )
@@ -229,10 +231,7 @@ class Flow:
             finish = impl.plan_finish(record).render()
             return text + f"then, once the kernel is done:\n{finish}"
         if start is not None:
-            marked = impl.mark_pending(record, op)
-            self.apply_plan(start)
-            record = marked
-            self.state.save(self.load().with_snapshot(record))
+            record = self._start(impl, record, start, op)
         status = impl.status(record)
         if status.state is not State.MERGED and not wait:
             return status
@@ -240,6 +239,24 @@ class Flow:
         self.apply_plan(impl.plan_finish(record))
         self.state.save(self.load().without_snapshot(record.name))
         return replace(status, message=f"{op} done")
+
+    def _start(
+        self, impl: KernelMerge, record: SnapshotRecord, start: Plan, op: str
+    ) -> SnapshotRecord:
+        """Save the pending mark, then start. In this order because the start hands the origin
+        to the kernel's merge, which has no undo: a crash after it with no mark on disk would
+        have ``recover`` rebuild a plain snapshot over a half rolled-back origin. A mark whose
+        start never ran is harmless: ``started`` says so, and the start runs again (or
+        ``recover`` loads ``snapshot-merge``, which merges the untouched COW from the start)."""
+        marked = impl.mark_pending(record, op)
+        self.state.save(self.load().with_snapshot(marked))
+        try:
+            self.apply_plan(start)
+        except PlanError as exc:
+            if record is not marked and not (exc.undo_failures or exc.skipped):
+                self.state.save(self.load().with_snapshot(record))  # rolled back: no mark
+            raise
+        return marked
 
     def _wait(
         self, impl: Method, record: SnapshotRecord, progress: Progress | None
@@ -268,6 +285,11 @@ def _hooks_text(pre: str | None, body: str, post: str | None) -> str:
     return head + body + tail
 
 
+def _pause(index: int) -> None:
+    print(f"snapkit: test pause before step {index + 1}", file=sys.stderr, flush=True)
+    time.sleep(600)
+
+
 def _with_test_pause(plan: Plan, ordinal: int) -> Plan:
     spec = os.environ.get(PAUSE_ENV, "")
     if not spec:
@@ -276,13 +298,15 @@ def _with_test_pause(plan: Plan, ordinal: int) -> Plan:
     if int(which or 1) != ordinal:
         return plan
     index = int(step) - 1
+    if index == len(plan.steps):  # N = steps + 1: after the last step, before what follows
+        end = Step("test pause after the last step", lambda: _pause(index))
+        return replace(plan, steps=(*plan.steps, end))
     if not 0 <= index < len(plan.steps):
         return plan
     original = plan.steps[index]
 
     def paused() -> object:
-        print(f"snapkit: test pause before step {index + 1}", file=sys.stderr, flush=True)
-        time.sleep(600)
+        _pause(index)
         return original.do()
 
     steps = list(plan.steps)

@@ -11,7 +11,10 @@ is written only after a create's plan has run (``flow.create``), so:
   a fresh loop on the COW file); the kernel reloads the exceptions from the COW;
 * a record marked ``pending merge`` gets ``snapshot-merge`` loaded into the origin: the kernel
   resumes the merge from what is left on disk (merged batches were zeroed there), and
-  ``merge --wait`` finishes it;
+  ``merge --wait`` finishes it. The mark is saved *before* the merge starts, so it may also
+  mean "the kernel never started": the COW is then whole, and ``snapshot-merge`` merges it
+  from the beginning -- merging a COW onto its own origin is idempotent, so both are safe.
+  Without a reboot (the devices still there), the flow restarts a merge that never started;
 * a record marked ``pending discard`` needs nothing from its COW: it is freed and dropped;
 * a ``*.cow`` file that no record names is what a create cut short left: removed, so the
   snapshot is cleanly absent; the origin lost nothing (the suspend/resume never completed, or
@@ -88,6 +91,8 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
         if dm.info(d.origin_name) is not None and (
             dm.info(record.name) is not None or d.pending == "merge"
         ):
+            if d.pending == "merge":
+                merging.append(record.name)  # no reboot: the flow (re)starts and finishes it
             continue  # already assembled
         slot = LoopSlot(d.cow_file)
         loops = host.loops.find(d.cow_file)

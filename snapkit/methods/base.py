@@ -113,8 +113,13 @@ class KernelMerge(Protocol):
     def plan_finish(self, record: SnapshotRecord) -> Plan: ...
 
     def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
-        """``record`` as it must be saved once ``operation`` ("merge"/"discard") has started,
+        """``record`` as it must be saved *before* ``operation`` ("merge"/"discard") starts,
         remembering what the status needs later (e.g. the COW usage the merge started from)."""
+
+    def started(self, record: SnapshotRecord) -> bool:
+        """Whether the kernel has taken over the pending operation of ``record``. False when
+        the mark was saved but the start plan never got as far (a crash, a kill): the flow
+        then runs the start again instead of finishing a merge that never happened."""
 
 
 __all__ = [

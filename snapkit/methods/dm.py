@@ -149,6 +149,12 @@ class DmMethod:
             if kind == "snapshot-merge":
                 state, progress = merge_state(dm.status(d.origin_name), d.merge_from)
                 return SnapshotStatus(record, state, None, progress)
+            if not self.started(record):
+                return SnapshotStatus(
+                    record, State.ACTIVE, None, None,
+                    f"{d.pending} not started yet: run 'snapkit snapshot {d.pending} "
+                    f"{record.name}' again",
+                )  # fmt: skip
             return SnapshotStatus(record, State.MERGED, None, 100.0, f"{d.pending} to finish")
         if dm.info(record.name) is None:
             return SnapshotStatus(
@@ -172,8 +178,11 @@ class DmMethod:
                 f"{MAPPER}{origin} has other snapshots ({', '.join(others)})",
                 hint="discard them first; a merge rewrites the origin they depend on",
             )
-        state, _, usage = snapshot_state(dm.status(name))
-        if usage is None:
+        # A restart of a merge cut short after the snapshot device went: the COW on disk is
+        # intact (nothing merges without snapshot-merge), so snapshot-merge can still load.
+        restart = d.pending == "merge" and dm.info(name) is None
+        state, _, usage = snapshot_state(() if restart else dm.status(name))
+        if usage is None and not restart:
             raise RefusedError(
                 f"snapshot {name} is {state}: it cannot be merged", hint="discard it"
             )
@@ -191,10 +200,11 @@ class DmMethod:
             dm.load(name, snap_table)
             dm.resume(name)
 
+        first = () if restart else (steps.remove(dm, name, restore),)
         return Plan(
             f"merge dm snapshot {name} into {MAPPER}{origin}",
             (
-                steps.remove(dm, name, restore),
+                *first,
                 steps.load(dm, origin, lambda: merge_table, steps.table_text(merge_table)),
                 steps.suspend(dm, origin),
                 steps.resume(dm, origin),
@@ -214,6 +224,15 @@ class DmMethod:
 
     def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
         return mark_pending(self.dm, record, operation, record.name)
+
+    def started(self, record: SnapshotRecord) -> bool:
+        """A merge has started once ``snapshot-merge`` replaced ``snapshot-origin`` (from then
+        on the finish only restores the plain table); a discard once the snapshot is gone."""
+        d = DmDetails.of(record)
+        if d.pending == "discard":
+            return self.dm.info(record.name) is None
+        table = self.dm.table(d.origin_name) if self.dm.info(d.origin_name) else None
+        return table is None or table.lines[0].target.type_name != "snapshot-origin"
 
     def plan_finish(self, record: SnapshotRecord) -> Plan:
         """Back to the plain table once nothing depends on ``-real``; free loop and COW file.

@@ -171,6 +171,12 @@ class DmDirectMethod:
         if kind == "snapshot-merge":
             state, progress = merge_state(dm.status(d.origin_name), d.merge_from)
             return SnapshotStatus(record, state, None, progress)
+        if d.pending and kind == "snapshot":
+            return SnapshotStatus(
+                record, State.ACTIVE, None, None,
+                f"{d.pending} not started yet: run 'snapkit snapshot {d.pending} "
+                f"{record.name}' again",
+            )  # fmt: skip
         if d.pending:
             return SnapshotStatus(record, State.MERGED, None, 100.0, f"{d.pending} to finish")
         if kind != "snapshot":
@@ -236,6 +242,12 @@ class DmDirectMethod:
 
     def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
         return mark_pending(self.dm, record, operation, DmDetails.of(record).origin_name)
+
+    def started(self, record: SnapshotRecord) -> bool:
+        """Started once the origin no longer carries the ``snapshot`` table."""
+        d = DmDetails.of(record)
+        table = self.dm.table(d.origin_name) if self.dm.info(d.origin_name) else None
+        return table is None or table.lines[0].target.type_name != "snapshot"
 
     def plan_finish(self, record: SnapshotRecord) -> Plan:
         d = DmDetails.of(record)

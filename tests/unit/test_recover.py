@@ -85,3 +85,27 @@ def test_a_cow_no_record_names_is_removed(tmp_path: Path) -> None:
     apply(plan)
     assert result.dropped == ("half.cow",)
     assert not world.files.exists(orphan)
+
+
+def test_a_mark_whose_merge_never_started_merges_the_whole_cow(tmp_path: Path) -> None:
+    """The mark is saved before the merge starts; a reboot right after it leaves a whole COW
+    and a marked record. recover loads snapshot-merge: the merge runs from the beginning."""
+    world, data = _created(tmp_path)
+    record = data.snapshots[0]
+    marked = DmMethod(world.host).mark_pending(record, "merge")
+    flow = _rebooted(world)
+    plan, result, kept = plan_recover(flow, StateData(snapshots=(marked,)))
+    apply(plan)
+    assert result.merging == ("s1",) and kept.snapshots == (marked,)
+    assert _kind(flow, "data") is SnapshotMerge
+
+
+def test_a_mark_without_a_reboot_is_left_to_the_flow_to_restart(tmp_path: Path) -> None:
+    """No reboot: the snapshot stack is still there and the kernel never started. recover
+    changes nothing itself and hands the record to the merge, which starts it."""
+    world, data = _created(tmp_path)
+    marked = DmMethod(world.host).mark_pending(data.snapshots[0], "merge")
+    flow = Flow(world.host, state=StateFile(world.cow_dir / "state"))
+    plan, result, _ = plan_recover(flow, StateData(snapshots=(marked,)))
+    assert plan.steps == () and result.merging == ("s1",)
+    assert DmMethod(world.host).started(marked) is False
