@@ -100,9 +100,10 @@ class Flow:
         self, target_spec: str, *, name: str, method: str = registry.DEFAULT_METHOD,
         cow_size: int | None = None, cow_dir: Path | None = None, chunk_sectors: int = 8,
         pre: str | None = None, post: str | None = None, max_freeze: float = 10.0,
-        dry_run: bool = False,
+        dry_run: bool = False, command: tuple[str, ...] = (),
     ) -> SnapshotStatus | str:  # fmt: skip
-        """Create snapshot ``name`` of ``target_spec``; the plan text instead if ``dry_run``."""
+        """Create snapshot ``name`` of ``target_spec``; the plan text instead if ``dry_run``.
+        ``command`` is the user's snapshot command (freeze, remount-ro, auto's fallback)."""
         snapkit_name(name)
         impl = self.method(method)
         target = resolve(target_spec)
@@ -119,7 +120,7 @@ class Flow:
         req = CreateRequest(
             target=target, name=name, cow_size=cow_size,
             cow_dir=cow_dir or self.state.directory / "cow", chunk_sectors=chunk_sectors,
-            pre=pre, post=post, max_freeze=max_freeze,
+            pre=pre, post=post, max_freeze=max_freeze, command=command,
         )  # fmt: skip
         with origin_lock(str(target.device), operation=f"create {name}", lock_dir=self.lock_path()):
             plan, record = impl.plan_create(req)

@@ -77,13 +77,54 @@ def _size(text: str | None) -> int | None:
     return parse_size(text) if text is not None else None
 
 
+CREATE_EPILOG = """\
+The snapshot command (for --method freeze, remount-ro, and auto when it falls back to freeze):
+  snapkit snapshot create /mnt --name n --method freeze -- CMD [ARG...]
+  snapkit snapshot create /mnt --name n --method freeze --command 'CMD ARGS'   (run by sh -c)
+CMD runs while the filesystem is frozen (or read-only), with SNAPKIT_DEVICE and
+SNAPKIT_MOUNTPOINT in its environment; it takes the copy (e.g. a SAN or cloud snapshot, or
+dd if=$SNAPKIT_DEVICE ...). --pre runs before the freeze, --post after the thaw, even on failure.
+"""
+
+
+def _with_command(cls: type[argparse.ArgumentParser]) -> type[argparse.ArgumentParser]:
+    """``cls``, reading what follows the first ``--`` as the snapshot command. argparse's own
+    REMAINDER would also swallow every option written after TARGET."""
+
+    class CommandParser(cls):  # type: ignore[valid-type,misc]
+        def parse_known_args(
+            self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+        ) -> tuple[argparse.Namespace, list[str]]:
+            words = list(sys.argv[1:] if args is None else args)
+            command: list[str] = []
+            if "--" in words:
+                cut = words.index("--")
+                words, command = words[:cut], words[cut + 1 :]
+            parsed, extras = super().parse_known_args(words, namespace)
+            parsed.argv = command
+            return parsed, extras
+
+    return CommandParser
+
+
+def _command(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.argv and args.command is not None:
+        raise UsageError("give the snapshot command after '--' or with --command, not both")
+    if args.command is not None:
+        if not args.command.strip():
+            raise UsageError("--command is empty")
+        return ("sh", "-c", args.command)
+    return tuple(args.argv)
+
+
 def _create(args: argparse.Namespace) -> int:
+    command = _command(args)
     with real_host() as host:
         result = Flow(host).create(
             args.target, name=args.name, method=args.method, cow_size=_size(args.cow_size),
             cow_dir=Path(args.cow_dir) if args.cow_dir else None,
             chunk_sectors=parse_chunk(args.chunk_size), pre=args.pre, post=args.post,
-            max_freeze=args.max_freeze, dry_run=args.dry_run,
+            max_freeze=args.max_freeze, dry_run=args.dry_run, command=command,
         )  # fmt: skip
     if isinstance(result, str):
         sys.stdout.write(result)
@@ -147,7 +188,9 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=lambda _a: _usage(parser))
 
     p = sub.add_parser("create", help="take a snapshot", description=VERBS_HELP,
+                       epilog=CREATE_EPILOG, usage="%(prog)s [options] TARGET [-- CMD...]",
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.__class__ = _with_command(type(p))
     p.add_argument("target", metavar="TARGET", help="a mount point or a block device")
     p.add_argument("--name", required=True)
     p.add_argument("--method", default=registry.DEFAULT_METHOD, choices=registry.names())
@@ -156,6 +199,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chunk-size", metavar="SIZE", default="4K", help="4K..512K (default 4K)")
     p.add_argument("--pre", metavar="CMD", help="run before the freeze (sh -c)")
     p.add_argument("--post", metavar="CMD", help="run after the thaw, even on failure (sh -c)")
+    p.add_argument("--command", metavar="CMD", help="the snapshot command, one string for sh -c")
     p.add_argument("--max-freeze", metavar="SEC", type=_seconds, default=10.0,
                    help="longest the filesystem may stay frozen (default 10)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")

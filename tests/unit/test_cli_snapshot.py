@@ -54,3 +54,65 @@ def test_a_bad_name_is_refused_before_touching_the_kernel(
     assert main(["snapshot", "create", "/mnt", "--name", "a b"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "contains ' '" in err
+
+
+def _captured_create(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> dict[str, object]:
+    from contextlib import contextmanager
+
+    import snapkit.cli.snapshot as cli
+
+    seen: dict[str, object] = {}
+
+    @contextmanager
+    def no_host():  # type: ignore[no-untyped-def]
+        yield None
+
+    class FakeFlow:
+        def __init__(self, host: object) -> None:
+            pass
+
+        def create(self, target: str, **kw: object) -> str:
+            seen.update(kw, target=target)
+            return ""
+
+    monkeypatch.setattr(cli, "real_host", no_host)
+    monkeypatch.setattr(cli, "Flow", FakeFlow)
+    assert main(argv) == 0
+    return seen
+
+
+def test_create_takes_the_snapshot_command_after_a_double_dash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = _captured_create(
+        monkeypatch,
+        ["snapshot", "create", "/mnt", "--name", "x", "--method", "freeze", "--pre", "true",
+         "--", "sh", "-c", "dd if=$SNAPKIT_DEVICE of=/tmp/c bs=1M", "--name", "y"],
+    )  # fmt: skip
+    assert seen["target"] == "/mnt" and seen["name"] == "x" and seen["method"] == "freeze"
+    assert seen["pre"] == "true"
+    assert seen["command"] == ("sh", "-c", "dd if=$SNAPKIT_DEVICE of=/tmp/c bs=1M", "--name", "y")
+
+
+def test_create_takes_the_snapshot_command_as_a_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _captured_create(
+        monkeypatch, ["snapshot", "create", "--command", "cp a b", "/mnt", "--name", "x"]
+    )
+    assert seen["command"] == ("sh", "-c", "cp a b") and seen["name"] == "x"
+    assert (
+        _captured_create(monkeypatch, ["snapshot", "create", "/mnt", "--name", "x"])["command"]
+        == ()
+    )
+
+
+def test_create_refuses_two_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["snapshot", "create", "/mnt", "--name", "x", "--command", "a", "--", "b"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_create_help_documents_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["snapshot", "create", "--help"])
+    out = capsys.readouterr().out
+    assert "-- CMD" in out and "--command" in out and "SNAPKIT_DEVICE" in out

@@ -106,3 +106,31 @@ def test_sigint_while_frozen_thaws_and_exits_130(vm: Session) -> None:
     assert b"interrupted" in result.stderr
     done = vm.run(["sh", "-c", "echo x > /mnt/o/w && sync /mnt/o/w"], timeout=5)
     assert done.returncode == 0 and not done.timed_out
+
+
+def test_snapshot_create_method_freeze_runs_the_command(vm: Session) -> None:
+    """Issue 4, item 2: the user's command reaches the freeze method through the CLI, with
+    --pre before the freeze and --post after the thaw; the dd copy it takes is clean."""
+    vm.sh("truncate -s 64M /tmp/d.img; /sbin/losetup /dev/loop0 /tmp/d.img")
+    make_fs(vm, "ext4", DEV)
+    writer = start_writer(vm)
+    time.sleep(1)
+    hooks = "--pre", "echo pre >> /tmp/order", "--post", "echo post >> /tmp/order"
+    result = vm.run(["snapkit", "snapshot", "create", "/mnt/o", "--name", "x", "--method",
+                     "freeze", "--max-freeze", "60", *hooks, "--", "sh", "-c",
+                     "echo cmd >> /tmp/order; dd if=$SNAPKIT_DEVICE of=/tmp/copy.img bs=1M"],
+                    timeout=180)  # fmt: skip
+    stop_writer(writer)
+    assert result.returncode == 0, result.stderr.decode()
+    assert vm.get("/tmp/order") == b"pre\ncmd\npost\n"
+    check = vm.run(["e2fsck", "-fn", "/tmp/copy.img"], timeout=300)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    listed = vm.run(["snapkit", "snapshot", "list"], check=True).stdout.decode()
+    assert "x\tfreeze\t" in listed
+    # the string form, and --post even when the command fails
+    post = "echo post2 >> /tmp/order"
+    failed = vm.run(["snapkit", "snapshot", "create", "/mnt/o", "--name", "y", "--method",
+                     "freeze", "--post", post, "--command", "exit 3"])  # fmt: skip
+    assert failed.returncode == 1 and b"exit 3" in failed.stderr, failed.stderr
+    assert vm.get("/tmp/order").endswith(b"post2\n")
+    vm.sh("echo still > /mnt/o/w; sync")  # thawed
