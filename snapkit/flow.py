@@ -151,11 +151,19 @@ class Flow:
     # -- reading ------------------------------------------------------------------------------
 
     def status(self, name: str) -> SnapshotStatus:
-        record = self.record(name)
-        return self.method(record.method).status(record)
+        return self._observed(self.record(name))
 
     def list(self) -> list[SnapshotStatus]:
-        return [self.method(r.method).status(r) for r in self.load().snapshots]
+        return [self._observed(r) for r in self.load().snapshots]
+
+    def _observed(self, record: SnapshotRecord) -> SnapshotStatus:
+        """The status; a merge its own tool finished (lvm) also drops the record here."""
+        impl = self.method(record.method)
+        status = impl.status(record)
+        done = status.state is State.MERGED and record.details.get("pending") == "merge"
+        if done and not isinstance(impl, KernelMerge):
+            self.state.save(self.load().without_snapshot(record.name))
+        return status
 
     def mount(self, name: str, directory: Path, *, rw: bool = False) -> None:
         """Mount the snapshot's device; read-only unless ``rw``. xfs refuses a second
@@ -213,20 +221,13 @@ class Flow:
                 f"a {pending} of {record.name} is under way",
                 hint=f"finish it: snapkit snapshot {pending} {record.name}",
             )
+        if not isinstance(impl, KernelMerge):
+            return self._end_plain(impl, record, op, dry_run, force=force)
         start: Plan | None = None
-        restart = bool(pending) and isinstance(impl, KernelMerge) and not impl.started(record)
-        if not pending or restart:
+        if not pending or not impl.started(record):
             start = (
                 impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
             )
-        if not isinstance(impl, KernelMerge):
-            if start is None:  # pragma: no cover - only KernelMerge methods set pending
-                raise OperationError(f"{record.name} has an unknown pending {pending}")
-            if dry_run:
-                return start.render()
-            self.apply_plan(start)
-            self.state.save(self.load().without_snapshot(record.name))
-            return SnapshotStatus(record, State.MERGED, None, 100.0, f"{op} done")
         if dry_run:
             text = start.render() if start else ""
             finish = impl.plan_finish(record).render()
@@ -240,6 +241,30 @@ class Flow:
         self.apply_plan(impl.plan_finish(record))
         self.state.save(self.load().without_snapshot(record.name))
         return replace(status, message=f"{op} done")
+
+    def _end_plain(
+        self, impl: Method, record: SnapshotRecord, op: str, dry_run: bool, *, force: bool
+    ) -> SnapshotStatus | str:
+        """A method whose own tool merges (lvm): the merge may only be *scheduled* (LVM defers
+        it while the origin is open), so the record stays, marked, while the method says
+        MERGING, and is dropped once it says MERGED -- here or in a later status."""
+        if record.details.get("pending") == op:
+            status = impl.status(record)
+            if status.state is State.MERGED:
+                self.state.save(self.load().without_snapshot(record.name))
+                return replace(status, message=f"{op} done")
+        start = impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
+        if dry_run:
+            return start.render()
+        self.apply_plan(start)
+        if op == "merge":
+            marked = replace(record, details={**record.details, "pending": op})
+            status = impl.status(marked)
+            if status.state is State.MERGING:
+                self.state.save(self.load().with_snapshot(marked))
+                return status
+        self.state.save(self.load().without_snapshot(record.name))
+        return SnapshotStatus(record, State.MERGED, None, 100.0, f"{op} done")
 
     def _start(
         self, impl: KernelMerge, record: SnapshotRecord, start: Plan, op: str

@@ -148,6 +148,8 @@ class LvmMethod:
 
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         lv = self._snapshot(record)
+        if lv is None and record.details.get("pending") == "merge":
+            return SnapshotStatus(record, State.MERGED, None, 100.0, "merged: LVM has finished")
         if lv is None:
             return SnapshotStatus(record, State.INVALID, None, None, "the snapshot LV is gone")
         usage = lv.data_percent

@@ -220,3 +220,55 @@ def test_discard() -> None:
     with pytest.raises(RefusedError):
         method.plan_discard(record)
     assert method.plan_discard(record, force=True).steps == ()
+
+
+def _flow(fake: FakeLvm, tmp_path: Path) -> Any:
+    from snapkit.dm.fake import FakeDm
+    from snapkit.flow import Flow
+    from snapkit.methods.base import Host
+    from snapkit.state import StateData, StateFile
+
+    flow = Flow(
+        Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
+        state=StateFile(tmp_path / "state"),
+        lock_dir=tmp_path,
+    )
+    plan, record = LvmMethod(flow.host).plan_create(request())
+    apply(plan)
+    flow.state.save(StateData(snapshots=(record,)))
+    return flow
+
+
+def test_flow_keeps_a_deferred_merge_until_lvm_has_finished(tmp_path: Path) -> None:
+    """Issue 4, item 3: a merge LVM only scheduled is reported as merging, with the next
+    step, and the record stays; once LVM has merged, status says merged and drops it."""
+    fake = world(is_open=True)
+    flow = _flow(fake, tmp_path)
+    status = flow.merge("s1")
+    assert status.state is State.MERGING
+    assert "umount /mnt/o, then run 'lvchange --refresh vg/lv'" in status.message
+    assert [r.name for r in flow.state.load().snapshots] == ["s1"]
+    assert flow.status("s1").state is State.MERGING
+    with pytest.raises(RefusedError, match="merge of s1 is under way"):
+        flow.discard("s1")
+    fake.lvs["lv"].is_open = False  # the user unmounts and refreshes
+    fake.run(["lvchange", "--refresh", "vg/lv"])
+    assert flow.status("s1").state is State.MERGED
+    assert flow.state.load().snapshots == ()
+
+
+def test_flow_merge_again_finishes_a_deferred_merge(tmp_path: Path) -> None:
+    fake = world(is_open=True)
+    flow = _flow(fake, tmp_path)
+    flow.merge("s1")
+    fake.lvs["lv"].is_open = False
+    done = flow.merge("s1")  # runs lvchange --refresh itself
+    assert done.state is State.MERGED and "s1" not in fake.lvs
+    assert flow.state.load().snapshots == ()
+
+
+def test_flow_merge_of_a_closed_origin_is_done_at_once(tmp_path: Path) -> None:
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    assert flow.merge("s1").state is State.MERGED
+    assert flow.state.load().snapshots == ()

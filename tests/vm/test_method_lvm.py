@@ -7,6 +7,7 @@ method tests (btrfs, freeze, remount).
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -78,6 +79,11 @@ def assert_writable(vm: Session, mp: str = "/mnt/o") -> None:
     assert result.returncode == 0 and not result.timed_out, "the filesystem is still blocked"
 
 
+def status_of(vm: Session, name: str) -> str:
+    shown = snapkit(vm, "snapshot", "status", name, "--json").stdout
+    return str(json.loads(shown)["state"])
+
+
 def lifecycle(vm: Session, fs: str, method: str, origin: str) -> None:
     """The five checks of the issue, on one origin LV mounted at /mnt/o."""
     make_fs(vm, fs, origin)
@@ -95,12 +101,18 @@ def lifecycle(vm: Session, fs: str, method: str, origin: str) -> None:
     if fs != "btrfs":
         assert mount_snapshot(vm, fs, "/dev/vg/s1") == "before"
     # 4. merge: deferred while mounted, completed by the documented step
-    merged = snapkit(vm, "snapshot", "merge", "s1")
+    merged = snapkit(vm, "snapshot", "merge", "s1", "--json")
     assert b"lvchange --refresh vg/lv" in merged.stderr
+    reported = json.loads(merged.stdout)  # scheduled, not done: said so, the record kept
+    assert reported["state"] == "merging", reported
+    assert "umount /mnt/o, then run 'lvchange --refresh vg/lv'" in reported["message"]
     assert "merging" in vm.run(["lvs", "-a", "-o", "lv_name,lv_merging", "vg"]).stdout.decode()
+    assert status_of(vm, "s1") == "merging"
     assert marker(vm, "/mnt/o") == "after"  # nothing happened to the mounted origin
     vm.sh("umount /mnt/o; lvchange --refresh vg/lv")
     assert "s1" not in lvs(vm)
+    assert status_of(vm, "s1") == "merged"  # LVM has finished: reported, and forgotten
+    assert snapkit(vm, "snapshot", "list").stdout.strip() == b""
     vm.sh("mount /dev/vg/lv /mnt/o")
     assert marker(vm, "/mnt/o") == "before"
     # 5. discard: the origin keeps what it has now
