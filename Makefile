@@ -6,7 +6,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools cpio busybox-static \
+HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools cpio busybox-static lz4 \
                  util-linux e2fsprogs xfsprogs btrfs-progs
 PYTEST_WORKERS ?= 2
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
