@@ -30,6 +30,7 @@ from pathlib import Path
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
 from snapkit.errors import OperationError, RefusedError
+from snapkit.fs import snapshot_mount_options
 from snapkit.lock import DEFAULT_LOCK_DIR, origin_lock
 from snapkit.loopdev import LocalFiles, LosetupLoops
 from snapkit.methods import registry
@@ -48,6 +49,7 @@ from snapkit.state import StateData, StateFile, reconcile, state_dir
 from snapkit.target import resolve
 
 PAUSE_ENV = "SNAPKIT_TEST_PAUSE_AT"
+DM_METHODS = ("dm", "dm-direct")  # records whose device is snapkit's own dm device
 POLL_SECONDS = 0.2
 Progress = Callable[[SnapshotStatus], None]
 
@@ -166,24 +168,30 @@ class Flow:
         return status
 
     def mount(self, name: str, directory: Path, *, rw: bool = False) -> None:
-        """Mount the snapshot's device; read-only unless ``rw``. xfs refuses a second
-        filesystem with the same uuid, so its snapshot is mounted with ``nouuid``."""
+        """Mount the snapshot; read-only unless ``rw``. The options are the method's own where
+        it recorded them (btrfs: ``ro,subvol=.snapkit/NAME`` on the origin's device), else
+        the filesystem's snapshot options (:func:`snapkit.fs.snapshot_mount_options`: ext4
+        ``noload``, xfs ``norecovery,nouuid`` -- a copy has the origin's uuid and a dirty log)."""
         record = self.record(name)
         if not directory.is_dir():
             raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")
-        info = self.host.dm.info(record.device.removeprefix("/dev/mapper/"))
-        if info is None:
-            raise RefusedError(f"the snapshot device {record.device} does not exist")
-        if rw and info.read_only:
+        if not record.device:
             raise RefusedError(
-                f"{record.device} is read-only: it is the {record.method} point-in-time copy",
-                hint="mount it without --rw",
+                f"{name} was taken by an external command ({record.method}): "
+                "snapkit has no device to mount"
             )
+        if record.method in DM_METHODS:
+            info = self.host.dm.info(record.device.removeprefix("/dev/mapper/"))
+            if info is None:
+                raise RefusedError(f"the snapshot device {record.device} does not exist")
+            if rw and info.read_only:
+                raise RefusedError(
+                    f"{record.device} is read-only: it is the {record.method} point-in-time copy",
+                    hint="mount it without --rw",
+                )
         fstype = record.details.get("fstype", "")
-        options = [] if rw else ["ro"]
-        if fstype == "xfs":
-            options.append("nouuid")
         argv = ["mount"] + (["-t", fstype] if fstype else [])
+        options = _mount_options(record, fstype, rw)
         argv += ["-o", ",".join(options)] if options else []
         result = self.host.run.run([*argv, record.device, str(directory)], check=False)
         if not result.ok:
@@ -303,6 +311,20 @@ class Flow:
                 hint=f"the kernel keeps merging; 'snapkit snapshot merge {record.name} --wait' "
                 "finishes it",
             ) from None
+
+
+def _mount_options(record: SnapshotRecord, fstype: str, rw: bool) -> list[str]:
+    recorded = [o for o in record.details.get("mount_options", "").split(",") if o]
+    if recorded:
+        if rw and "ro" in recorded:
+            raise RefusedError(
+                f"{record.name} is a read-only {record.method} snapshot",
+                hint="mount it without --rw",
+            )
+        return recorded
+    if not rw:
+        return list(snapshot_mount_options(fstype))
+    return ["nouuid"] if fstype == "xfs" else []
 
 
 def _hooks_text(pre: str | None, body: str, post: str | None) -> str:

@@ -43,6 +43,7 @@ def status_json(s: SnapshotStatus) -> dict[str, Any]:
         "message": s.message,
         "created_at": r.created_at,
         "cow_file": r.details.get("cow_file"),
+        "details": dict(r.details),  # method-specific: btrfs subvol, lvm vg/lv, mount options
     }
 
 
@@ -50,7 +51,9 @@ def _print_status(s: SnapshotStatus, as_json: bool) -> None:
     if as_json:
         print_json(status_json(s))
         return
-    fields = [(k, v) for k, v in status_json(s).items() if v not in (None, "")]
+    fields = [(k, v) for k, v in status_json(s).items() if v not in (None, "") and k != "details"]
+    mount = s.record.details.get("mount_options")
+    fields += [("mount_options", mount)] if mount else []
     print_fields(fields)
 
 

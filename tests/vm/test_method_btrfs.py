@@ -3,6 +3,7 @@ roll the origin back by renaming (after the documented umount), and discard."""
 
 from __future__ import annotations
 
+import json
 import time
 
 from test_method_lvm import assert_writable, marker, snapkit, start_writer, stop_writer
@@ -29,7 +30,9 @@ def test_btrfs_lifecycle(vm: Session) -> None:
     assert_writable(vm)
     check = vm.run(["btrfs", "check", "--readonly", "--force", DEV], timeout=300)
     assert check.returncode == 0, check.stderr.decode()
-    vm.sh(f"mount -o ro,subvol=.snapkit/s1 {DEV} /mnt/s")
+    shown = vm.run(["snapkit", "snapshot", "status", "s1", "--json"], check=True).stdout
+    assert json.loads(shown)["details"]["subvol"] == ".snapkit/s1"
+    snapkit(vm, "snapshot", "mount", "s1", "/mnt/s")  # ro,subvol=.snapkit/s1 on DEV
     assert marker(vm, "/mnt/s") == "before"
     vm.sh("umount /mnt/s")
     refused = vm.run(["snapkit", "snapshot", "merge", "s1"])

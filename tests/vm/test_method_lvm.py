@@ -100,6 +100,9 @@ def lifecycle(vm: Session, fs: str, method: str, origin: str) -> None:
     # this kernel while the origin is mounted, so it is checked after the origin's umount)
     if fs != "btrfs":
         assert mount_snapshot(vm, fs, "/dev/vg/s1") == "before"
+        snapkit(vm, "snapshot", "mount", "s1", "/mnt/s")  # the LV, xfs with nouuid
+        assert marker(vm, "/mnt/s") == "before"
+        vm.sh("umount /mnt/s")
     # 4. merge: deferred while mounted, completed by the documented step
     merged = snapkit(vm, "snapshot", "merge", "s1", "--json")
     assert b"lvchange --refresh vg/lv" in merged.stderr

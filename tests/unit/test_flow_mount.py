@@ -1,0 +1,81 @@
+"""``snapshot mount`` uses what the method recorded (btrfs: a subvolume of the origin's device)
+and the filesystem's snapshot options (xfs nouuid), not a dm device name; ``status --json``
+carries the method's details."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from snapkit.cli.snapshot import status_json
+from snapkit.dm.fake import FakeDm, Faults
+from snapkit.errors import RefusedError
+from snapkit.flow import Flow
+from snapkit.methods.base import Host, SnapshotRecord, SnapshotStatus, State
+from snapkit.run import Completed
+from snapkit.state import StateData, StateFile
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
+        input: str | None = None, env: Mapping[str, str] | None = None,
+    ) -> Completed:  # fmt: skip
+        self.calls.append(list(argv))
+        return Completed(tuple(argv), 0, "", "", 0.0)
+
+
+BTRFS = SnapshotRecord(
+    "s1", "btrfs", "/dev/vdb", "/dev/vdb", 0.0,
+    {"subvol": ".snapkit/s1", "origin_subvol": "data", "mountpoint": "/mnt/o",
+     "mount_options": "ro,subvol=.snapkit/s1"},
+)  # fmt: skip
+LVM_XFS = SnapshotRecord(
+    "s2", "lvm", "/dev/mapper/vg-lv", "/dev/mapper/vg-s2", 0.0,
+    {"vg": "vg", "lv": "s2", "origin_lv": "lv", "fstype": "xfs"},
+)  # fmt: skip
+FREEZE = SnapshotRecord("s3", "freeze", "/dev/vdb", "", 0.0, {"command": "true"})
+
+
+def _flow(tmp_path: Path) -> tuple[Flow, Recorder]:
+    run = Recorder()
+    host = Host(dm=FakeDm(faults=Faults()), run=run, loops=None, files=None)  # type: ignore[arg-type]
+    flow = Flow(host, state=StateFile(tmp_path / "state"))
+    flow.state.save(StateData(snapshots=(BTRFS, LVM_XFS, FREEZE)))
+    return flow, run
+
+
+def test_btrfs_mounts_its_subvolume_of_the_origin_device(tmp_path: Path) -> None:
+    flow, run = _flow(tmp_path)
+    flow.mount("s1", tmp_path)
+    assert run.calls == [["mount", "-o", "ro,subvol=.snapkit/s1", "/dev/vdb", str(tmp_path)]]
+    with pytest.raises(RefusedError, match="read-only"):
+        flow.mount("s1", tmp_path, rw=True)
+
+
+def test_lvm_xfs_mounts_its_lv_with_the_snapshot_options(tmp_path: Path) -> None:
+    flow, run = _flow(tmp_path)
+    flow.mount("s2", tmp_path)
+    flow.mount("s2", tmp_path, rw=True)
+    assert run.calls == [
+        ["mount", "-t", "xfs", "-o", "ro,norecovery,nouuid", "/dev/mapper/vg-s2", str(tmp_path)],
+        ["mount", "-t", "xfs", "-o", "nouuid", "/dev/mapper/vg-s2", str(tmp_path)],
+    ]
+
+
+def test_an_external_copy_has_nothing_to_mount(tmp_path: Path) -> None:
+    flow, run = _flow(tmp_path)
+    with pytest.raises(RefusedError, match="no device"):
+        flow.mount("s3", tmp_path)
+    assert run.calls == []
+
+
+def test_status_json_carries_the_details() -> None:
+    shown = status_json(SnapshotStatus(BTRFS, State.ACTIVE, None, None))
+    assert shown["details"]["subvol"] == ".snapkit/s1"
+    assert shown["details"]["mount_options"] == "ro,subvol=.snapkit/s1"
