@@ -1,0 +1,338 @@
+"""The btrfs plans against a fake btrfs: a failure at every step of create and discard leaves
+the subvolumes and mounts as they were; merge never loses the origin.
+
+The fake keeps the filesystem as ``{subvolume path: content}`` and materialises the top level
+as real directories under the private mount point while it is "mounted", so the plan's own
+``os.path.lexists`` checks see what the kernel would show. The empty ``/.snapkit`` directory a
+create leaves behind is shared by every snapshot and is not counted as a change.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from snapkit.dm.fake import Faults
+from snapkit.dm.table import DevNum
+from snapkit.errors import CommandError, RefusedError
+from snapkit.methods import btrfs
+from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
+from snapkit.methods.btrfs import BtrfsMethod
+from snapkit.plan import PlanError, apply
+from snapkit.run import Completed
+from snapkit.target import Mount
+
+DEV = "/dev/vdb"
+
+
+@dataclass
+class FakeBtrfs:
+    """One btrfs filesystem on DEV: subvolumes by path from the top level, and the private
+    top-level mounts snapkit makes (the user's mounts are given to the test separately)."""
+
+    faults: Faults
+    subvols: dict[str, str] = field(default_factory=lambda: {"data": "live"})
+    tops: set[Path] = field(default_factory=set)
+    dirs: set[Path] = field(default_factory=set)
+    user: dict[Path, str] = field(default_factory=dict)  # the user's mounts: path -> subvolume
+    calls: list[list[str]] = field(default_factory=list)
+
+    def state(self) -> object:
+        return dict(self.subvols), set(self.tops), {d for d in self.dirs if d.exists()}
+
+    def _rel(self, path: str) -> str | None:
+        if Path(path) in self.user:
+            return self.user[Path(path)]
+        for top in self.tops:
+            if Path(path).is_relative_to(top):
+                return str(Path(path).relative_to(top))
+        return None  # not under a mounted top level: the kernel would say ENOENT
+
+    def _materialise(self, top: Path) -> None:
+        for sub in self.subvols:
+            (top / sub).mkdir(parents=True, exist_ok=True)
+
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
+        input: str | None = None, env: Mapping[str, str] | None = None,
+    ) -> Completed:  # fmt: skip
+        args = list(argv)
+        self.calls.append(args)
+        if args[:3] == ["btrfs", "subvolume", "list"]:
+            out = "".join(f"ID {n + 256} gen 9 top level 5 path {p}\n"
+                          for n, p in enumerate(self.subvols))  # fmt: skip
+            return Completed(tuple(args), 0, out, "", 0.0)
+        failed = self.faults.should_fail(" ".join(args)) or not self._apply(args)
+        if failed:
+            if check:
+                raise CommandError(args, 1, "injected failure")
+            return Completed(tuple(args), 1, "", "failed", 0.0)
+        return Completed(tuple(args), 0, "", "", 0.0)
+
+    def _apply(self, args: list[str]) -> bool:
+        """Do what the command does; False where the real command would fail."""
+        if args[:2] == ["mkdir", "-p"]:
+            Path(args[2]).mkdir(parents=True, exist_ok=True)
+            self.dirs.add(Path(args[2]))
+        elif args[0] == "mount":
+            assert args[-2] == DEV and "subvolid=5" in args, args
+            top = Path(args[-1])
+            if top in self.tops or not top.is_dir():
+                return False
+            self.tops.add(top)
+            self._materialise(top)
+        elif args[0] == "umount":
+            top = Path(args[1])
+            if top not in self.tops:
+                return False
+            self.tops.discard(top)
+            for child in top.iterdir():
+                shutil.rmtree(child)
+        elif args[0] == "rmdir":
+            if not Path(args[1]).is_dir() or any(Path(args[1]).iterdir()):
+                return False
+            Path(args[1]).rmdir()
+        elif args[:3] == ["btrfs", "subvolume", "snapshot"]:
+            src, dst = (self._rel(a) for a in args[-2:])
+            if src not in self.subvols or dst is None or dst in self.subvols:
+                return False
+            self.subvols[dst] = self.subvols[src]
+            for top in self.tops:
+                self._materialise(top)
+        elif args[:3] == ["btrfs", "subvolume", "delete"]:
+            path = self._rel(args[3])
+            if path not in self.subvols:
+                return False
+            del self.subvols[path]
+            shutil.rmtree(args[3])
+        elif args[:2] == ["mv", "-T"]:
+            src, dst = (self._rel(a) for a in args[2:])
+            if src not in self.subvols or dst is None or dst in self.subvols:
+                return False
+            self.subvols[dst] = self.subvols.pop(src)
+            Path(args[2]).rename(args[3])
+        else:
+            raise AssertionError(f"unexpected command {args}")
+        return True
+
+
+@dataclass
+class World:
+    fake: FakeBtrfs
+    method: BtrfsMethod
+    target: Target
+    user_mounts: list[Mount]
+
+    def request(self, name: str = "s1") -> CreateRequest:
+        return CreateRequest(self.target, name)
+
+    def state(self) -> object:
+        return self.fake.state()
+
+
+@pytest.fixture
+def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    monkeypatch.setattr(btrfs, "SUBVOL_ROOT_INODE", mp.stat().st_ino)
+    user_mounts = [Mount(1, DevNum(254, 16), "/data", mp, "btrfs", DEV, "rw")]
+    monkeypatch.setattr(btrfs, "mounts", lambda: tuple(user_mounts))
+    monkeypatch.setattr(btrfs, "block_devnum", lambda path: DevNum(254, 16))
+    monkeypatch.setattr(btrfs, "mounts_of", lambda dev: tuple(user_mounts))
+
+    def build(fail_at: int | None = None) -> World:
+        fake = FakeBtrfs(Faults(fail_at), user={mp: "data"})
+        method = BtrfsMethod(SimpleNamespace(run=fake), top_root=tmp_path / "run")  # type: ignore[arg-type]
+        return World(fake, method, Target(Path(DEV), mp, "btrfs", (254, 16)), user_mounts)
+
+    return build
+
+
+def created(world: World) -> SnapshotRecord:
+    plan, record = world.method.plan_create(world.request())
+    apply(plan)
+    world.fake.faults = Faults()
+    return record
+
+
+CREATE_STEPS = 6  # mkdir top, mount, mkdir .snapkit, snapshot -r, umount, rmdir
+LEAKS_THE_MOUNT_POINT = pytest.mark.xfail(
+    strict=True,
+    reason="btrfs.py _mount_top: mkdir and mount are one step, so when the mount fails the "
+    "step's undo does not run and the empty /run/snapkit/btrfs-NAME-PID directory is left",
+)
+LEAKS_AFTER_UMOUNT = pytest.mark.xfail(
+    strict=True,
+    reason="btrfs.py create: when rmdir of the private mount point fails after the umount, the "
+    "snapshot step's undo checks os.path.lexists(snap) on the now unmounted top level, sees "
+    "nothing and deletes nothing: the read-only subvolume .snapkit/NAME is left with no record",
+)
+
+
+def test_create_succeeds(make_world: Any) -> None:
+    world = make_world()
+    plan, record = world.method.plan_create(world.request())
+    assert len(plan.steps) == 3
+    apply(plan)
+    assert world.fake.subvols == {"data": "live", ".snapkit/s1": "live"}
+    assert world.fake.tops == set() and len(world.fake.faults.calls) == CREATE_STEPS
+    assert record.details == {"subvol": ".snapkit/s1", "origin_subvol": "data",
+                              "mountpoint": str(world.target.mountpoint),
+                              "mount_options": "ro,subvol=.snapkit/s1"}  # fmt: skip
+    assert world.method.status(record).state is State.ACTIVE
+
+
+@pytest.mark.parametrize(
+    "at",
+    [0, pytest.param(1, marks=LEAKS_THE_MOUNT_POINT), *range(2, CREATE_STEPS - 1),
+     pytest.param(CREATE_STEPS - 1, marks=LEAKS_AFTER_UMOUNT)],
+)  # fmt: skip
+def test_a_failure_at_every_create_step_leaves_btrfs_as_it_was(make_world: Any, at: int) -> None:
+    world = make_world(fail_at=at)
+    before = world.state()
+    plan, _ = world.method.plan_create(world.request())
+    with pytest.raises(PlanError):
+        apply(plan)
+    assert world.state() == before
+
+
+def test_negative_control_without_the_undo_the_snapshot_stays(make_world: Any) -> None:
+    world = make_world(fail_at=4)  # the umount
+    plan, _ = world.method.plan_create(world.request())
+    with pytest.raises(CommandError):
+        for step in plan.steps:
+            step.do()
+    assert ".snapkit/s1" in world.fake.subvols and world.fake.tops
+
+
+def test_an_existing_name_is_refused_and_nothing_stays_mounted(make_world: Any) -> None:
+    world = make_world()
+    created(world)
+    before = world.state()
+    plan, _ = world.method.plan_create(world.request())
+    with pytest.raises(PlanError, match="a snapshot named s1 exists"):
+        apply(plan)
+    assert world.state() == before
+
+
+def test_unsuitable_targets(make_world: Any, tmp_path: Path) -> None:
+    world = make_world()
+    method, target = world.method, world.target
+    assert method.unsuitable(target) is None
+    ext4 = Target(Path(DEV), target.mountpoint, "ext4", (254, 16))
+    assert "holds ext4, not btrfs" in (method.unsuitable(ext4) or "")
+    unmounted = Target(Path(DEV), None, "btrfs", (254, 16))
+    assert "is not mounted" in (method.unsuitable(unmounted) or "")
+    inner = Target(Path(DEV), tmp_path, "btrfs", (254, 16))
+    assert "not the root of a btrfs subvolume" in (method.unsuitable(inner) or "")
+    with pytest.raises(RefusedError):
+        method.plan_create(CreateRequest(ext4, "s1"))
+
+
+def test_status(make_world: Any) -> None:
+    world = make_world()
+    record = created(world)
+    assert world.method.status(record).state is State.ACTIVE
+    del world.fake.subvols[".snapkit/s1"]
+    assert world.method.status(record).state is State.INVALID
+    world.user_mounts.clear()
+    status = world.method.status(record)
+    assert status.state is State.ACTIVE and "not checked" in status.message
+
+
+def test_merge_is_refused_while_the_origin_is_mounted(make_world: Any) -> None:
+    world = make_world()
+    record = created(world)
+    with pytest.raises(RefusedError, match="mounted at") as caught:
+        world.method.plan_merge(record)
+    assert "umount" in caught.value.hint
+
+
+def test_merge_of_the_top_level_is_refused(make_world: Any) -> None:
+    world = make_world()
+    world.user_mounts[0] = Mount(1, DevNum(254, 16), "/", world.target.mountpoint, "btrfs",
+                                 DEV, "rw")  # fmt: skip
+    record = created(world)
+    assert record.details["origin_subvol"] == ""
+    with pytest.raises(RefusedError, match="top-level"):
+        world.method.plan_merge(record)
+
+
+MERGE_STEPS = 8  # mkdir, mount, mv, snapshot, delete old, delete snap, umount, rmdir
+POINT_OF_NO_RETURN = 4  # the old origin is deleted by call 4: from then on, only forward
+LOSES_THE_ORIGIN = pytest.mark.xfail(
+    strict=True,
+    reason="btrfs.py merge: a failure after 'btrfs subvolume delete ORIG.snapkit-old-NAME' "
+    "rolls back the earlier steps: the snapshot step's undo deletes the new origin, and the "
+    "rename back fails because the old one is gone, so the origin subvolume is lost",
+)
+
+
+def merged(world: World, at: int | None) -> tuple[SnapshotRecord, object]:
+    record = created(world)
+    world.fake.subvols["data"] = "changed"
+    world.user_mounts.clear()  # the user unmounted the origin, as the refusal asked
+    world.fake.faults = Faults(at)
+    before = world.state()
+    plan = world.method.plan_merge(record)
+    assert len(plan.steps) == 6
+    if at is None:
+        apply(plan)
+    else:
+        with pytest.raises(PlanError):
+            apply(plan)
+    return record, before
+
+
+def test_merge_rolls_the_origin_back(make_world: Any) -> None:
+    world = make_world()
+    merged(world, None)
+    assert world.fake.subvols == {"data": "live"} and world.fake.tops == set()
+    assert len(world.fake.faults.calls) == MERGE_STEPS
+
+
+@pytest.mark.parametrize(
+    "at", [0, pytest.param(1, marks=LEAKS_THE_MOUNT_POINT), *range(2, POINT_OF_NO_RETURN + 1)]
+)
+def test_a_merge_failure_before_the_old_origin_is_deleted_changes_nothing(
+    make_world: Any, at: int
+) -> None:
+    world = make_world()
+    _, before = merged(world, at)
+    assert world.state() == before
+
+
+@pytest.mark.parametrize(
+    "at",
+    [pytest.param(at, marks=LOSES_THE_ORIGIN) for at in range(POINT_OF_NO_RETURN + 1, 7)] + [7],
+)
+def test_a_merge_failure_after_the_point_of_no_return_keeps_the_merged_origin(
+    make_world: Any, at: int
+) -> None:
+    world = make_world()
+    merged(world, at)
+    assert world.fake.subvols.get("data") == "live", world.fake.subvols
+
+
+def test_discard(make_world: Any) -> None:
+    world = make_world()
+    record = created(world)
+    apply(world.method.plan_discard(record))
+    assert world.fake.subvols == {"data": "live"} and world.fake.tops == set()
+
+
+@pytest.mark.parametrize("at", range(5))  # mkdir, mount, delete, umount, rmdir
+def test_a_discard_failure_keeps_the_origin_and_unmounts(make_world: Any, at: int) -> None:
+    world = make_world()
+    record = created(world)
+    world.fake.faults = Faults(at)
+    with pytest.raises(PlanError):
+        apply(world.method.plan_discard(record))
+    assert world.fake.subvols["data"] == "live" and world.fake.tops == set()
+    assert (".snapkit/s1" in world.fake.subvols) == (at < 3)  # gone once the delete ran
