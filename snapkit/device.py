@@ -22,7 +22,7 @@ from snapkit.flow import Flow
 from snapkit.lock import origin_lock
 from snapkit.plan import Plan
 from snapkit.state import Prepared
-from snapkit.target import block_devnum, block_info, mounts_of
+from snapkit.target import block_devnum, block_info, mounts_of, stable_id
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,10 @@ def prepare(flow: Flow, device: str, name: str, *, dry_run: bool = False) -> Pre
         plan, result = plan_prepare(flow, device, name)
         if dry_run:
             return plan.render()
+        dev = block_devnum(device)
+        ident = stable_id(dev, flow.host.run) if dev is not None else None
         flow.apply_plan(plan)
-        flow.state.save(flow.load().with_device(Prepared(name, str(result.under))))
+        flow.state.save(flow.load().with_device(Prepared(name, str(result.under), ident)))
         return result
 
 

@@ -22,25 +22,31 @@ is written only after a create's plan has run (``flow.create``), so:
 * ``lvm`` and ``lvm-thin`` keep their own metadata: LVM re-activates them (``vgchange -ay``,
   which also restarts a pending merge); a record whose LV is gone is dropped.
 
+Disks are found by what does not move across reboots (a loop's backing file, a disk's
+serial, a filesystem UUID: ``snapkit.target.StableId``), not by the kernel name and
+major:minor they had, which follow probe order. A disk that cannot be found is refused, before
+anything is changed.
+
 Idempotent: what is already there is left alone, so running it twice changes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
+from snapkit.errors import RefusedError
 from snapkit.flow import Flow
 from snapkit.loopdev import LoopSlot
 from snapkit.methods.base import SnapshotRecord
 from snapkit.methods.dmshared import MAPPER, DmDetails
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
-from snapkit.target import block_devnum, block_info
+from snapkit.target import StableId, block_devnum, block_info, find_stable
 
 DM_METHODS = ("dm",)
 LVM_METHODS = ("lvm", "lvm-thin")
@@ -69,7 +75,7 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
         users = [r for r in data.snapshots if _dm_origin(r) == prepared.name]
         if any(_usable(flow, r) for r in users):
             continue  # the snapshot stack below creates it with the right table
-        table = _linear_over(prepared.device)
+        table = _linear_over(prepared.device, prepared.ident, flow, prepared.name)
         if table is None:
             continue
         s += [
@@ -94,6 +100,11 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             if d.pending == "merge":
                 merging.append(record.name)  # no reboot: the flow (re)starts and finishes it
             continue  # already assembled
+        original = _found_again(flow, record, d)
+        if original != d.table:
+            fixed = DmDetails(**{**vars(d), "table": original})
+            record = replace(record, details={**record.details, **fixed.to_strings()})
+            kept, d = kept.with_snapshot(record), fixed
         slot = LoopSlot(d.cow_file)
         loops = host.loops.find(d.cow_file)
         if loops:
@@ -171,8 +182,32 @@ def _usable(flow: Flow, record: SnapshotRecord) -> bool:
     return d.pending != "discard" and flow.host.files.exists(d.cow_file)
 
 
-def _linear_over(device: str) -> Table | None:
+def _moved(flow: Flow, ident: StableId, whose: str) -> DevNum:
+    dev = find_stable(ident, flow.host.run)
+    if dev is None:
+        raise RefusedError(
+            f"the disk under {whose} ({ident}) is not attached",
+            hint="attach it and run 'snapkit recover' again; nothing was changed",
+        )
+    return dev
+
+
+def _found_again(flow: Flow, record: SnapshotRecord, d: DmDetails) -> Table:
+    """The origin's original table, pointed at its disk's number *now*: after a reboot the
+    recorded major:minor may name another disk."""
+    target = d.table.lines[0].target
+    if d.table_id is None or not isinstance(target, Linear):
+        return d.table
+    dev = _moved(flow, d.table_id, f"snapshot {record.name}")
+    return Table.single(d.table.size, Linear(dev, target.offset))
+
+
+def _linear_over(
+    device: str, ident: StableId | None = None, flow: Flow | None = None, name: str = ""
+) -> Table | None:
     dev = block_devnum(device)
+    if ident is not None and flow is not None:
+        dev = _moved(flow, ident, f"/dev/mapper/{name}")
     info = block_info(dev) if dev is not None else None
     if dev is None or info is None:
         return None

@@ -22,6 +22,7 @@ from snapkit.dm.naming import Role, parse_uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.errors import FormatError, RefusedError
 from snapkit.methods.base import SnapshotRecord
+from snapkit.target import StableId
 
 DEFAULT_STATE_DIR = Path("/var/lib/snapkit")
 STATE_FILE = "state.json"
@@ -34,10 +35,12 @@ def state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A device made by ``snapkit device prepare``: dm ``name`` over ``device``."""
+    """A device made by ``snapkit device prepare``: dm ``name`` over ``device``, which is
+    ``ident`` (its kernel name may belong to another disk after a reboot)."""
 
     name: str
     device: str
+    ident: StableId | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,10 @@ def parse(text: str) -> StateData:
             raise FormatError(f"state file version {raw.get('version')!r} is not {VERSION}")
         return StateData(
             tuple(_record_from(r) for r in raw.get("snapshots", [])),
-            tuple(Prepared(str(d["name"]), str(d["device"])) for d in raw.get("devices", [])),
+            tuple(
+                Prepared(str(d["name"]), str(d["device"]), StableId.parse(str(d.get("id", ""))))
+                for d in raw.get("devices", [])
+            ),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FormatError(f"the state file is not valid: {exc}") from None
@@ -105,7 +111,10 @@ def render(data: StateData) -> str:
     doc = {
         "version": VERSION,
         "snapshots": [_record_to(r) for r in data.snapshots],
-        "devices": [{"name": d.name, "device": d.device} for d in data.devices],
+        "devices": [
+            {"name": d.name, "device": d.device, **({"id": str(d.ident)} if d.ident else {})}
+            for d in data.devices
+        ],
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from snapkit.dm.table import DevNum
 from snapkit.errors import RefusedError
 from snapkit.methods.base import Target
+from snapkit.run import Executor
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 SYS_BLOCK = Path("/sys/dev/block")
@@ -152,6 +153,88 @@ def block_info(dev: DevNum, *, sys_block: Path = SYS_BLOCK) -> BlockInfo | None:
     )
 
 
+# -- stable identity: finding a disk again after a reboot ------------------------------------
+# Kernel names and major:minor follow probe order, which virtio-mmio (and USB, and SCSI) does
+# not fix, so after a reboot 254:16 may be another disk. These are what does not move.
+
+
+@dataclass(frozen=True)
+class StableId:
+    """``loop``: the backing file; ``serial``: the disk's serial (``part`` > 0: that partition
+    of it); ``uuid``: the filesystem's UUID, when the disk has no serial."""
+
+    kind: str
+    value: str
+    part: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}" + (f"#{self.part}" if self.part else "")
+
+    @classmethod
+    def parse(cls, text: str) -> StableId | None:
+        kind, _, rest = text.partition(":")
+        value, _, part = (
+            rest.rpartition("#") if kind == "serial" and "#" in rest else (rest, "", "")
+        )
+        if kind not in ("loop", "serial", "uuid") or not value:
+            return None
+        return cls(kind, value, int(part) if part.isdigit() else 0)
+
+
+def _serial_of(node: Path) -> tuple[str, int]:
+    """The serial of ``node``'s disk and ``node``'s partition number (0: the whole disk)."""
+    part = _read(node / "partition")
+    disk = node.resolve().parent if part else node
+    serial = _read(disk / "serial") or _read(disk / "device" / "serial") or ""
+    return serial, int(part) if part and part.isdigit() else 0
+
+
+def stable_id(
+    dev: DevNum, run: Executor | None = None, *, sys_block: Path | None = None
+) -> StableId | None:
+    """What names ``dev`` across reboots, or None if nothing does (a disk with no serial and
+    no filesystem UUID). ``run`` is needed only for the UUID (``blkid``)."""
+    node = (sys_block or SYS_BLOCK) / str(dev)
+    if not node.exists():
+        return None
+    backing = _read(node / "loop" / "backing_file")
+    if backing:
+        return StableId("loop", backing)
+    serial, part = _serial_of(node)
+    if serial:
+        return StableId("serial", serial, part)
+    if run is not None:
+        found = run.run(["blkid", "-o", "value", "-s", "UUID", f"/dev/{node.resolve().name}"],
+                        check=False)  # fmt: skip
+        if found.ok and found.stdout.strip():
+            return StableId("uuid", found.stdout.strip())
+    return None
+
+
+def find_stable(
+    ident: StableId, run: Executor | None = None, *, sys_block: Path | None = None
+) -> DevNum | None:
+    """The device ``ident`` names now, or None if it is not attached."""
+    root = sys_block or SYS_BLOCK
+    if ident.kind == "uuid":
+        found = run.run(["blkid", "-U", ident.value], check=False) if run else None
+        return block_devnum(found.stdout.strip()) if found and found.ok else None
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        major, _, minor = entry.name.partition(":")
+        if not (major.isdigit() and minor.isdigit()):
+            continue
+        dev = DevNum(int(major), int(minor))
+        if ident.kind == "loop" and _read(entry / "loop" / "backing_file") == ident.value:
+            return dev
+        if ident.kind == "serial" and _serial_of(entry) == (ident.value, ident.part):
+            return dev
+    return None
+
+
 def resolve(spec: str, *, mountinfo: Path = MOUNTINFO, sys_block: Path = SYS_BLOCK) -> Target:
     """A mount point or a block device path -> Target; RefusedError for anything else."""
     table = mounts(mountinfo)
@@ -193,11 +276,14 @@ def resolve(spec: str, *, mountinfo: Path = MOUNTINFO, sys_block: Path = SYS_BLO
 __all__ = [
     "BlockInfo",
     "Mount",
+    "StableId",
     "block_devnum",
     "block_info",
+    "find_stable",
     "mount_devnum",
     "mounts",
     "mounts_of",
     "parse_mountinfo",
     "resolve",
+    "stable_id",
 ]

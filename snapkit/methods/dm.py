@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
-from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
+from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
 from snapkit.loopdev import LoopSlot
 from snapkit.methods.base import (
@@ -45,6 +45,7 @@ from snapkit.methods.dmshared import (
     snapshot_state,
 )
 from snapkit.plan import Plan, Step
+from snapkit.target import StableId, block_devnum, stable_id
 from snapkit.validate import chunk_sectors
 
 
@@ -114,7 +115,10 @@ class DmMethod:
         if first:
             s.append(steps.load(dm, origin, lambda: origin_table, steps.table_text(origin_table)))
         s += [steps.suspend(dm, origin), steps.resume(dm, name), steps.resume(dm, origin)]
-        details = DmDetails(origin, original, cow, chunk, request.target.fstype or "")
+        details = DmDetails(
+            origin, original, cow, chunk, request.target.fstype or "",
+            table_id=self._ident(original),
+        )  # fmt: skip
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
         )
@@ -261,6 +265,14 @@ class DmMethod:
         return Plan(f"finish {record.name}: restore {MAPPER}{origin} and free the COW", tuple(s))
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _ident(self, table: Table) -> StableId | None:
+        """The stable identity of the disk the origin's linear table maps, for recover."""
+        target = table.lines[0].target
+        dev = target.device if isinstance(target, Linear) else None
+        if isinstance(dev, str):
+            dev = block_devnum(dev)
+        return stable_id(dev, self.host.run) if isinstance(dev, DevNum) else None
 
     def _loop(self, d: DmDetails) -> object:
         loops = self.host.loops.find(d.cow_file)

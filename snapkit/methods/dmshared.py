@@ -17,7 +17,7 @@ from snapkit.dm.status import SnapshotFailure, SnapshotUsage, lvs_percent, merge
 from snapkit.dm.table import Linear, Table, parse_table
 from snapkit.errors import RefusedError, ValidationError
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
-from snapkit.target import mounts, mounts_of
+from snapkit.target import StableId, mounts, mounts_of
 from snapkit.validate import SECTOR
 
 DEFAULT_COW_FRACTION = 4  # a COW a quarter of the origin, when --cow-size is not given
@@ -36,6 +36,7 @@ class DmDetails:
     pending: str = ""  # "merge" or "discard" once the kernel side of one has started
     merge_from: int = 0  # allocated sectors when the merge started, for its progress
     base: str = ""  # dm-direct: the device that holds the frozen copy
+    table_id: StableId | None = None  # what ``table``'s device is, found again after a reboot
 
     def to_strings(self) -> dict[str, str]:
         return {
@@ -47,6 +48,7 @@ class DmDetails:
             "pending": self.pending,
             "merge_from": str(self.merge_from),
             "base": self.base,
+            "table_id": str(self.table_id or ""),
         }
 
     @classmethod
@@ -62,6 +64,7 @@ class DmDetails:
                 pending=d.get("pending", ""),
                 merge_from=int(d.get("merge_from", "0") or 0),
                 base=d.get("base", ""),
+                table_id=StableId.parse(d.get("table_id", "")),
             )
         except (KeyError, ValueError) as exc:
             raise RefusedError(

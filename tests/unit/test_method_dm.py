@@ -93,6 +93,8 @@ class FakeRun:
         input: str | None = None, env: Mapping[str, str] | None = None,
     ) -> Completed:  # fmt: skip
         args = list(argv)
+        if args[0] == "blkid":  # a read at plan time, not a side effect: no UUID known
+            return Completed(tuple(args), 2, "", "", 0.0)
         if self.faults.should_fail(" ".join(args)):
             raise CommandError(args, 1, "injected failure")
         if args[:2] == ["blockdev", "--setro"]:
