@@ -67,7 +67,8 @@ def test_anything_else_is_refused_with_every_reason_and_a_hint() -> None:
         assert name in message, message
     assert "not an active logical volume" in message and "not btrfs" in message
     assert "is not a device-mapper device" in message
-    assert "snapkit device prepare" in caught.value.hint and "'--'" in caught.value.hint
+    hint = caught.value.hint or ""
+    assert "snapkit device prepare" in hint and "'--'" in hint
     assert AutoMethod(lvm_host(no_lvm())).unsuitable(PLAIN) is None  # a command would fit
 
 
