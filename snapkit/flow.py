@@ -36,6 +36,7 @@ from snapkit.loopdev import LocalFiles, LosetupLoops
 from snapkit.methods import registry
 from snapkit.methods.base import (
     CreateRequest,
+    Extendable,
     Host,
     KernelMerge,
     Method,
@@ -199,6 +200,52 @@ class Flow:
             raise OperationError(
                 f"mount {record.device} failed: {first}", hint="see dmesg for the kernel's reason"
             )
+
+    # -- watch: grow a COW before it overflows ---------------------------------------------
+
+    def watch(
+        self, name: str, *, extend_at: float, extend_by: int, interval: float = 1.0,
+        once: bool = False, report: Callable[[str], None] | None = None,
+    ) -> SnapshotStatus:  # fmt: skip
+        """Poll the snapshot's COW usage and grow the COW by ``extend_by`` bytes whenever it
+        reaches ``extend_at`` percent, as dmeventd's autoextend does for LVM. A COW that fills
+        invalidates the snapshot for good, so that is an error, in plain words. Returns when
+        the snapshot is merged or gone from the state file, or after one look if ``once``."""
+        say = report or (lambda _text: None)
+        record = self.record(name)
+        impl = self.method(record.method)
+        if not isinstance(impl, Extendable):
+            raise RefusedError(
+                f"{name} ({record.method}) has no COW snapkit can grow",
+                hint="watch is for --method dm and lvm snapshots",
+            )
+        while True:
+            found = self.load().snapshot(name)
+            if found is None:
+                return SnapshotStatus(record, State.MERGED, None, None, "no longer recorded")
+            record = found
+            status = impl.status(record)
+            if status.state in (State.INVALID, State.OVERFLOW):
+                raise OperationError(
+                    f"snapshot {name} is {status.state}: its COW filled up (or failed) and the "
+                    "kernel dropped it; its point-in-time copy is lost, the origin is intact",
+                    hint=f"discard it (snapkit snapshot discard {name}) and take a new one with "
+                    "a larger --cow-size or a lower --extend-at",
+                )
+            if status.state is not State.ACTIVE:
+                return status
+            used = status.usage_percent or 0.0
+            if used >= extend_at:
+                with origin_lock(record.origin, operation=f"extend {name}",
+                                 lock_dir=self.lock_path()):  # fmt: skip
+                    self.apply_plan(impl.plan_extend(record, extend_by))
+                grown = impl.status(record)
+                say(f"{name}: COW was {used:.2f}% full; grew it by {extend_by} bytes, "
+                    f"now {grown.usage_percent or 0.0:.2f}% full")  # fmt: skip
+                status = grown
+            if once:
+                return status
+            time.sleep(interval)
 
     # -- merge and discard --------------------------------------------------------------------
 

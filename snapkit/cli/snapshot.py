@@ -1,4 +1,4 @@
-"""``snapkit snapshot``: create, list, status, merge, discard, mount.
+"""``snapkit snapshot``: create, list, status, merge, discard, watch, mount.
 
 Thin: parse, call :class:`snapkit.flow.Flow`, render. Exit 0 ok, 1 refused/failed (one line on
 stderr), 2 usage.
@@ -175,6 +175,27 @@ def _discard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage in (0, 100)")
+    return value
+
+
+def _watch(args: argparse.Namespace) -> int:
+    by = parse_size(args.extend_by)
+    with real_host() as host:
+        status = Flow(host).watch(
+            args.name, extend_at=args.extend_at, extend_by=by, interval=args.interval,
+            once=args.once, report=lambda line: print(line, flush=True),
+        )  # fmt: skip
+    _print_status(status, args.json)
+    return 0
+
+
 def _mount(args: argparse.Namespace) -> int:
     with real_host() as host:
         Flow(host).mount(args.name, Path(args.dir), rw=args.rw)
@@ -233,6 +254,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true", help="even if the snapshot is in use")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(handler=_discard)
+
+    p = sub.add_parser(
+        "watch", help="grow the snapshot's COW before it overflows (dm, lvm)",
+        description="Poll the COW usage of snapshot NAME and grow its COW by --extend-by each "
+        "time it reaches --extend-at percent, as dmeventd's autoextend does (dm: the sparse "
+        "COW file, 'losetup -c', a reload of the snapshot device only; lvm: lvextend). A COW "
+        "that fills invalidates the snapshot for good: watch then says so and exits 1. It "
+        "returns when the snapshot is merged or discarded, or after one look with --once.",
+    )  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--extend-at", metavar="PCT", type=_percent, required=True,
+                   help="grow when the COW is this full, in percent (e.g. 70)")  # fmt: skip
+    p.add_argument("--extend-by", metavar="SIZE", required=True, help="grow by this, e.g. 64M")
+    p.add_argument("--interval", metavar="SEC", type=_seconds, default=1.0,
+                   help="seconds between looks (default 1)")  # fmt: skip
+    p.add_argument("--once", action="store_true", help="look (and grow) once, then exit")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_watch)
 
     p = sub.add_parser("mount", help="mount the snapshot (read-only unless --rw)")
     p.add_argument("name", metavar="NAME")

@@ -122,8 +122,18 @@ class KernelMerge(Protocol):
         then runs the start again instead of finishing a merge that never happened."""
 
 
+@runtime_checkable
+class Extendable(Protocol):
+    """A method whose snapshot keeps its changes in a COW of fixed size that can be grown
+    while in use, as dmeventd's autoextend does: ``snapshot watch`` grows it before it fills
+    (a full COW invalidates the snapshot for good)."""
+
+    def plan_extend(self, record: SnapshotRecord, by_bytes: int) -> Plan: ...
+
+
 __all__ = [
     "CreateRequest",
+    "Extendable",
     "Host",
     "KernelMerge",
     "Method",

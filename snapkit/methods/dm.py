@@ -264,6 +264,35 @@ class DmMethod:
         ]
         return Plan(f"finish {record.name}: restore {MAPPER}{origin} and free the COW", tuple(s))
 
+    # -- extend: grow the COW before it fills ------------------------------------------------
+
+    def plan_extend(self, record: SnapshotRecord, by_bytes: int) -> Plan:
+        """Grow the sparse COW file, make the loop see the new size (``losetup -c``), and
+        reload the snapshot's own table with a suspend/resume of the snapshot device only:
+        the origin's writers never wait. The table is the same; the kernel reads the COW
+        device's size again, so the status's total (Y) grows."""
+        d = DmDetails.of(record)
+        dm, name = self.dm, record.name
+        state, _, usage = snapshot_state(dm.status(name) if dm.info(name) else ())
+        if usage is None:
+            raise RefusedError(f"snapshot {name} is {state}: growing its COW cannot help")
+        table = dm.table(name)
+        assert table is not None
+        loop = Path(str(self._loop(d)))
+        chunk_bytes = d.chunk * 512
+        size = usage.total * 512 + -(-by_bytes // chunk_bytes) * chunk_bytes
+        files, loops = self.host.files, self.host.loops
+        return Plan(
+            f"grow the COW of {name} to {size} bytes",
+            (
+                Step(f"grow {d.cow_file} to {size} bytes", lambda: files.grow(d.cow_file, size)),
+                Step(f"losetup --set-capacity {loop}", lambda: loops.refresh(loop)),
+                steps.load(dm, name, lambda: table, steps.table_text(table)),
+                steps.suspend(dm, name),
+                steps.resume(dm, name),
+            ),
+        )
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _ident(self, table: Table) -> StableId | None:

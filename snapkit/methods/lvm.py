@@ -199,6 +199,14 @@ class LvmMethod:
             (Step(" ".join(argv), lambda: self.executor.run(argv, timeout=MERGE_TIMEOUT)),),
         )
 
+    def plan_extend(self, record: SnapshotRecord, by_bytes: int) -> Plan:
+        """``lvextend -L +SIZE``: LVM grows the -cow LV and reloads the snapshot itself."""
+        full = f"{record.details['vg']}/{record.details['lv']}"
+        argv = ["lvextend", "-q", "-L", f"+{by_bytes}b", full]
+        return Plan(
+            f"grow the COW of {full}", (Step(" ".join(argv), lambda: self.executor.run(argv)),)
+        )
+
     def _merge_argv(self, lv: LogicalVolume) -> list[str]:
         return ["lvconvert", "--merge", "--interval", "1", lv.full_name]
 

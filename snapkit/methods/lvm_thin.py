@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from snapkit.errors import RefusedError
 from snapkit.lvm import LogicalVolume
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State
 from snapkit.methods.lvm import LvmMethod, refuse_size
@@ -40,6 +41,12 @@ class LvmThinMethod(LvmMethod):
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
         refuse_size(request, self.name)
         return super().plan_create(request)
+
+    def plan_extend(self, record: SnapshotRecord, by_bytes: int) -> Plan:
+        raise RefusedError(
+            f"{record.name} is a thin snapshot: it has no COW of its own",
+            hint="grow its pool instead (lvextend VG/POOL), or let dmeventd autoextend it",
+        )
 
     def _merge_argv(self, lv: LogicalVolume) -> list[str]:
         return ["lvconvert", "--merge", lv.full_name]
