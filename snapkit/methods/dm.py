@@ -44,6 +44,7 @@ from snapkit.methods.dmshared import (
     refuse_if_open,
     snapshot_state,
 )
+from snapkit.methods.freeze import guard_suspend
 from snapkit.plan import Plan, Step
 from snapkit.target import StableId, block_devnum, stable_id
 from snapkit.validate import chunk_sectors
@@ -114,7 +115,8 @@ class DmMethod:
         ]
         if first:
             s.append(steps.load(dm, origin, lambda: origin_table, steps.table_text(origin_table)))
-        s += [steps.suspend(dm, origin), steps.resume(dm, name), steps.resume(dm, origin)]
+        swap = [steps.suspend(dm, origin), steps.resume(dm, name), steps.resume(dm, origin)]
+        s += guard_suspend(request.target, swap, request.max_freeze)
         details = DmDetails(
             origin, original, cow, chunk, request.target.fstype or "",
             table_id=self._ident(original),

@@ -86,12 +86,80 @@ class Outcome:
     result: Completed | None = None
     frozen_at: float | None = None
     thawed_at: float | None = None
+    deadline: float = 0.0
 
     @property
     def window(self) -> float | None:
         if self.frozen_at is None or self.thawed_at is None:
             return None
         return self.thawed_at - self.frozen_at
+
+
+def freeze_around(
+    mountpoint: Path,
+    inner: Sequence[Step],
+    max_freeze: float,
+    *,
+    freezer: Freezer,
+    watchdog: Guard,
+    outcome: Outcome,
+) -> tuple[Step, ...]:
+    """Watchdog, FIFREEZE, ``inner``, FITHAW, stop the watchdog: the steps that hold a
+    filesystem frozen around others and guarantee the thaw whatever fails, even a SIGKILL of
+    snapkit (the watchdog process thaws at the deadline). ``outcome.frozen_at`` gives the
+    deadline, so inner steps can bound themselves to what is left of it."""
+    if max_freeze <= 0:
+        raise UsageError(f"--max-freeze must be positive, not {max_freeze:g}")
+
+    def do_freeze() -> None:
+        outcome.deadline = time.monotonic() + max_freeze
+        watchdog.arm(outcome.deadline)
+        freezer.freeze(mountpoint)
+        outcome.frozen_at = time.monotonic()
+
+    def do_thaw() -> None:
+        freezer.thaw(mountpoint)
+        outcome.thawed_at = time.monotonic()
+
+    def do_stop() -> None:
+        if watchdog.stop():
+            raise OperationError(
+                f"the watchdog thawed {mountpoint} before snapkit did",
+                hint=f"the window passed --max-freeze {max_freeze:g}: the copy may be torn",
+            )
+
+    return (
+        Step(f"start the watchdog for {mountpoint}", watchdog.start, watchdog.abandon,
+             "stop the watchdog (it thaws if armed)", must_undo=True),
+        Step(f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
+             do_freeze, lambda: freezer.thaw(mountpoint), f"thaw {mountpoint}",
+             must_undo=True),
+        *inner,
+        Step(f"thaw {mountpoint} (FITHAW)", do_thaw),
+        Step("stop the watchdog", do_stop),
+    )  # fmt: skip
+
+
+def guard_suspend(
+    target: Target,
+    inner: Sequence[Step],
+    max_freeze: float,
+    *,
+    freezer: Freezer | None = None,
+    watchdog: Callable[[Path], Guard] = real_watchdog,
+) -> tuple[Step, ...]:
+    """``inner`` (steps that suspend the origin's dm device and rely on that to freeze the
+    filesystem), made to freeze it explicitly where the kernel's suspend does not."""
+    if target.mountpoint is None or target.fstype not in fs.SUSPEND_DOES_NOT_FREEZE:
+        return tuple(inner)
+    return freeze_around(
+        target.mountpoint,
+        inner,
+        max_freeze,
+        freezer=freezer or IoctlFreezer(),
+        watchdog=watchdog(target.mountpoint),
+        outcome=Outcome(),
+    )
 
 
 def freeze_plan(
@@ -108,48 +176,20 @@ def freeze_plan(
 ) -> Plan:
     """Watchdog, freeze, command, thaw. ``fail_on_exit``: a non-zero exit fails the plan (the
     method) or is only recorded in ``outcome`` (``snapkit freeze``, which exits with it)."""
-    if max_freeze <= 0:
-        raise UsageError(f"--max-freeze must be positive, not {max_freeze:g}")
     if not command:
         raise UsageError("no snapshot command", hint="give it after '--' or with --command")
     argv = list(command)
-    deadline = [0.0]
-
-    def do_freeze() -> None:
-        deadline[0] = time.monotonic() + max_freeze
-        watchdog.arm(deadline[0])
-        freezer.freeze(mountpoint)
-        outcome.frozen_at = time.monotonic()
 
     def do_command() -> None:
-        left = max(deadline[0] - time.monotonic(), 0.001)
+        left = max(outcome.deadline - time.monotonic(), 0.001)
         outcome.result = executor.run(argv, check=fail_on_exit, timeout=left, env=env)
 
-    def do_thaw() -> None:
-        freezer.thaw(mountpoint)
-        outcome.thawed_at = time.monotonic()
-
-    def do_stop() -> None:
-        if watchdog.stop():
-            raise OperationError(
-                f"the watchdog thawed {mountpoint} before snapkit did",
-                hint=f"the window passed --max-freeze {max_freeze:g}: the copy may be torn",
-            )
-
     shown = " ".join(argv)
-    return Plan(
-        f"freeze {mountpoint}, run {shown}, thaw",
-        (
-            Step(f"start the watchdog for {mountpoint}", watchdog.start, watchdog.abandon,
-                 "stop the watchdog (it thaws if armed)", must_undo=True),
-            Step(f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
-                 do_freeze, lambda: freezer.thaw(mountpoint), f"thaw {mountpoint}",
-                 must_undo=True),
-            Step(f"run {shown} (killed after what is left of {max_freeze:g} s)", do_command),
-            Step(f"thaw {mountpoint} (FITHAW)", do_thaw),
-            Step("stop the watchdog", do_stop),
-        ),
-    )  # fmt: skip
+    run = Step(f"run {shown} (killed after what is left of {max_freeze:g} s)", do_command)
+    steps = freeze_around(
+        mountpoint, (run,), max_freeze, freezer=freezer, watchdog=watchdog, outcome=outcome
+    )
+    return Plan(f"freeze {mountpoint}, run {shown}, thaw", steps)
 
 
 class FreezeMethod:

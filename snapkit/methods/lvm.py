@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 from snapkit.errors import RefusedError, UsageError
 from snapkit.lvm import LogicalVolume, Lvm
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.methods.freeze import guard_suspend
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.validate import lv_name
@@ -108,7 +109,10 @@ class LvmMethod:
             f"resume {origin.full_name} if suspended; lvremove -f {origin.vg}/{name} if it exists",
             must_undo=True,
         )
-        steps = (create, *self._extra_create_steps(origin.vg, name))
+        steps = (
+            *guard_suspend(request.target, (create,), request.max_freeze),
+            *self._extra_create_steps(origin.vg, name),
+        )
         record = SnapshotRecord(
             name=name,
             method=self.name,
