@@ -95,7 +95,11 @@ def full() -> list[Scenario]:
         for fs in FILESYSTEMS
         for m in METHODS
         for w in WORKLOADS
-        if (m != "btrfs-native" or fs == "btrfs") and (m != "remount-ro" or w not in HELD_OPEN)
+        if (m != "btrfs-native" or fs == "btrfs")
+        and (m != "remount-ro" or w not in HELD_OPEN)
+        # dm-direct refuses xfs and btrfs by design: a frozen xfs or btrfs keeps a log that its
+        # read-only copy would have to replay (snapkit/methods/dm_direct.py)
+        and (m != "dm-direct" or fs == "ext4")
     ]
     controls = [Scenario(fs, "none", "writer", c) for c in CONTROLS for fs in FILESYSTEMS]
     return sorted(real + controls, key=lambda s: s.id)
@@ -105,8 +109,8 @@ QUICK_IDS = (
     "ext4-lvm-mixed",
     "xfs-lvm-fio",
     "btrfs-lvm-thin-churn",
-    "ext4-dm-writer",
-    "xfs-dm-direct-mmap",
+    "btrfs-dm-writer",
+    "ext4-dm-direct-mmap",
     "btrfs-btrfs-native-writer",
     "ext4-freeze-lvm-churn",
     "xfs-remount-ro-writer",

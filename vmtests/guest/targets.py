@@ -107,7 +107,9 @@ def _snapkit_create(method: str, snapkit_method: str, origin: Origin, cow_mib: i
     if method == "freeze-lvm":
         return _freeze_lvm(origin)
     argv = ["snapkit", "snapshot", "create", origin.mountpoint, "--name", NAME, "--json"]
-    argv += ["--method", snapkit_method]
+    # Under TCG a loaded guest's lvcreate can take 10-20 s, all inside the explicit freeze
+    # that btrfs needs (fs.SUSPEND_DOES_NOT_FREEZE): allow for it, well short of the timeout.
+    argv += ["--method", snapkit_method, "--max-freeze", "120"]
     if method in ("lvm", "dm", "dm-direct"):
         argv += ["--cow-size", f"{cow_mib}M"]
     if method in ("dm", "dm-direct", "remount-ro"):
