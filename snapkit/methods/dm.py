@@ -23,6 +23,7 @@ from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
+from snapkit.freezing import guard_suspend
 from snapkit.loopdev import LoopSlot
 from snapkit.methods.base import (
     CreateRequest,
@@ -44,7 +45,6 @@ from snapkit.methods.dmshared import (
     refuse_if_open,
     snapshot_state,
 )
-from snapkit.methods.freeze import guard_suspend
 from snapkit.plan import Plan, Step
 from snapkit.target import StableId, block_devnum, stable_id
 from snapkit.validate import chunk_sectors

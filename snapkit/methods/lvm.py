@@ -26,9 +26,9 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import RefusedError, UsageError
+from snapkit.freezing import guard_suspend
 from snapkit.lvm import LogicalVolume, Lvm
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.freeze import guard_suspend
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.validate import lv_name

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from snapkit.freezing import guard_suspend
 from snapkit.methods.base import Target
-from snapkit.methods.freeze import guard_suspend
 from snapkit.plan import Plan, PlanError, Step, apply
 
 

@@ -1,0 +1,149 @@
+"""Holding a filesystem frozen around other steps, with the thaw guaranteed.
+
+Shared by the ``freeze`` method (around the user's snapshot command) and by the methods whose
+dm suspend should freeze the filesystem but, for some filesystems on this kernel, does not
+(``fs.SUSPEND_DOES_NOT_FREEZE``): there the suspend is bracketed by an explicit FIFREEZE.
+A separate watchdog process thaws at the deadline even if snapkit is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from snapkit import fs
+from snapkit.errors import OperationError, UsageError
+from snapkit.methods.base import Target
+from snapkit.plan import Step
+from snapkit.run import Completed
+
+
+class Freezer(Protocol):
+    """The two ioctls, as a seam for tests."""
+
+    def freeze(self, mountpoint: Path) -> None: ...
+
+    def thaw(self, mountpoint: Path) -> bool: ...
+
+
+class IoctlFreezer:
+    def freeze(self, mountpoint: Path) -> None:
+        fs.freeze(mountpoint)
+
+    def thaw(self, mountpoint: Path) -> bool:
+        return fs.thaw(mountpoint)
+
+
+class Guard(Protocol):
+    """What the plan needs of a watchdog (:class:`snapkit.watchdog.Watchdog`)."""
+
+    def start(self) -> None: ...
+
+    def arm(self, deadline: float) -> None: ...
+
+    def stop(self) -> bool: ...
+
+    def abandon(self) -> None: ...
+
+
+def real_watchdog(mountpoint: Path) -> Guard:
+    from snapkit.watchdog import Watchdog
+
+    return Watchdog(mountpoint)
+
+
+@dataclass
+class Outcome:
+    """Filled in as the plan runs: the command's result and when the window opened and closed."""
+
+    result: Completed | None = None
+    frozen_at: float | None = None
+    thawed_at: float | None = None
+    deadline: float = 0.0
+
+    @property
+    def window(self) -> float | None:
+        if self.frozen_at is None or self.thawed_at is None:
+            return None
+        return self.thawed_at - self.frozen_at
+
+
+def freeze_around(
+    mountpoint: Path,
+    inner: Sequence[Step],
+    max_freeze: float,
+    *,
+    freezer: Freezer,
+    watchdog: Guard,
+    outcome: Outcome,
+) -> tuple[Step, ...]:
+    """Watchdog, FIFREEZE, ``inner``, FITHAW, stop the watchdog: the steps that hold a
+    filesystem frozen around others and guarantee the thaw whatever fails, even a SIGKILL of
+    snapkit (the watchdog process thaws at the deadline). ``outcome.frozen_at`` gives the
+    deadline, so inner steps can bound themselves to what is left of it."""
+    if max_freeze <= 0:
+        raise UsageError(f"--max-freeze must be positive, not {max_freeze:g}")
+
+    def do_freeze() -> None:
+        outcome.deadline = time.monotonic() + max_freeze
+        watchdog.arm(outcome.deadline)
+        freezer.freeze(mountpoint)
+        outcome.frozen_at = time.monotonic()
+
+    def do_thaw() -> None:
+        freezer.thaw(mountpoint)
+        outcome.thawed_at = time.monotonic()
+
+    def do_stop() -> None:
+        if watchdog.stop():
+            raise OperationError(
+                f"the watchdog thawed {mountpoint} before snapkit did",
+                hint=f"the window passed --max-freeze {max_freeze:g}: the copy may be torn",
+            )
+
+    return (
+        Step(f"start the watchdog for {mountpoint}", watchdog.start, watchdog.abandon,
+             "stop the watchdog (it thaws if armed)", must_undo=True),
+        Step(f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
+             do_freeze, lambda: freezer.thaw(mountpoint), f"thaw {mountpoint}",
+             must_undo=True),
+        *inner,
+        Step(f"thaw {mountpoint} (FITHAW)", do_thaw),
+        Step("stop the watchdog", do_stop),
+    )  # fmt: skip
+
+
+def guard_suspend(
+    target: Target,
+    inner: Sequence[Step],
+    max_freeze: float,
+    *,
+    freezer: Freezer | None = None,
+    watchdog: Callable[[Path], Guard] = real_watchdog,
+) -> tuple[Step, ...]:
+    """``inner`` (steps that suspend the origin's dm device and rely on that to freeze the
+    filesystem), made to freeze it explicitly where the kernel's suspend does not."""
+    if target.mountpoint is None or target.fstype not in fs.SUSPEND_DOES_NOT_FREEZE:
+        return tuple(inner)
+    return freeze_around(
+        target.mountpoint,
+        inner,
+        max_freeze,
+        freezer=freezer or IoctlFreezer(),
+        watchdog=watchdog(target.mountpoint),
+        outcome=Outcome(),
+    )
+
+
+__all__ = [
+    "Freezer",
+    "Guard",
+    "IoctlFreezer",
+    "Outcome",
+    "freeze_around",
+    "guard_suspend",
+    "real_watchdog",
+]
