@@ -170,9 +170,12 @@ class Flow:
 
     def mount(self, name: str, directory: Path, *, rw: bool = False) -> None:
         """Mount the snapshot; read-only unless ``rw``. The options are the method's own where
-        it recorded them (btrfs: ``ro,subvol=.snapkit/NAME`` on the origin's device), else
-        the filesystem's snapshot options (:func:`snapkit.fs.snapshot_mount_options`: ext4
-        ``noload``, xfs ``norecovery,nouuid`` -- a copy has the origin's uuid and a dirty log)."""
+        it recorded them (btrfs: ``ro,subvol=.snapkit/NAME`` on the origin's device). A copy
+        has the origin's uuid (xfs needs ``nouuid``) and may have a log to replay: a writable
+        snapshot device (dm, lvm) takes the replay into its COW, as ``mount -o ro`` does for
+        an LVM snapshot, which also leaves it checkable; a read-only one (dm-direct) cannot,
+        so it gets :func:`snapkit.fs.snapshot_mount_options` (ext4 ``noload``, xfs
+        ``norecovery``)."""
         record = self.record(name)
         if not directory.is_dir():
             raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")
@@ -181,6 +184,7 @@ class Flow:
                 f"{name} was taken by an external command ({record.method}): "
                 "snapkit has no device to mount"
             )
+        read_only = False
         if record.method in DM_METHODS:
             info = self.host.dm.info(record.device.removeprefix("/dev/mapper/"))
             if info is None:
@@ -190,9 +194,10 @@ class Flow:
                     f"{record.device} is read-only: it is the {record.method} point-in-time copy",
                     hint="mount it without --rw",
                 )
+            read_only = info.read_only
         fstype = record.details.get("fstype", "")
         argv = ["mount"] + (["-t", fstype] if fstype else [])
-        options = _mount_options(record, fstype, rw)
+        options = _mount_options(record, fstype, rw, read_only)
         argv += ["-o", ",".join(options)] if options else []
         result = self.host.run.run([*argv, record.device, str(directory)], check=False)
         if not result.ok:
@@ -360,7 +365,7 @@ class Flow:
             ) from None
 
 
-def _mount_options(record: SnapshotRecord, fstype: str, rw: bool) -> list[str]:
+def _mount_options(record: SnapshotRecord, fstype: str, rw: bool, read_only: bool) -> list[str]:
     recorded = [o for o in record.details.get("mount_options", "").split(",") if o]
     if recorded:
         if rw and "ro" in recorded:
@@ -369,9 +374,9 @@ def _mount_options(record: SnapshotRecord, fstype: str, rw: bool) -> list[str]:
                 hint="mount it without --rw",
             )
         return recorded
-    if not rw:
+    if read_only:
         return list(snapshot_mount_options(fstype))
-    return ["nouuid"] if fstype == "xfs" else []
+    return ([] if rw else ["ro"]) + (["nouuid"] if fstype == "xfs" else [])
 
 
 def _hooks_text(pre: str | None, body: str, post: str | None) -> str:

@@ -58,12 +58,12 @@ def test_btrfs_mounts_its_subvolume_of_the_origin_device(tmp_path: Path) -> None
         flow.mount("s1", tmp_path, rw=True)
 
 
-def test_lvm_xfs_mounts_its_lv_with_the_snapshot_options(tmp_path: Path) -> None:
+def test_lvm_xfs_mounts_its_writable_lv_with_nouuid(tmp_path: Path) -> None:
     flow, run = _flow(tmp_path)
     flow.mount("s2", tmp_path)
     flow.mount("s2", tmp_path, rw=True)
     assert run.calls == [
-        ["mount", "-t", "xfs", "-o", "ro,norecovery,nouuid", "/dev/mapper/vg-s2", str(tmp_path)],
+        ["mount", "-t", "xfs", "-o", "ro,nouuid", "/dev/mapper/vg-s2", str(tmp_path)],
         ["mount", "-t", "xfs", "-o", "nouuid", "/dev/mapper/vg-s2", str(tmp_path)],
     ]
 
@@ -79,3 +79,21 @@ def test_status_json_carries_the_details() -> None:
     shown = status_json(SnapshotStatus(BTRFS, State.ACTIVE, None, None))
     assert shown["details"]["subvol"] == ".snapkit/s1"
     assert shown["details"]["mount_options"] == "ro,subvol=.snapkit/s1"
+
+
+def test_a_read_only_copy_gets_the_no_replay_options(tmp_path: Path) -> None:
+    """dm-direct's view is read-only: no log can be replayed into it."""
+    from snapkit.dm.table import DevNum, Linear, Table
+
+    flow, run = _flow(tmp_path)
+    dm = flow.host.dm
+    dm.add_block_device("/dev/loop0", DevNum(7, 0))  # type: ignore[attr-defined]
+    dm.create("v1", uuid="SNAPKIT-v1-view")
+    dm.load("v1", Table.single(2048, Linear(DevNum(7, 0), 0)), read_only=True)
+    dm.resume("v1")
+    view = SnapshotRecord("v1", "dm-direct", "/dev/mapper/data", "/dev/mapper/v1", 0.0,
+                          {"fstype": "ext4"})  # fmt: skip
+    flow.state.save(flow.state.load().with_snapshot(view))
+    flow.mount("v1", tmp_path)
+    assert run.calls == [["mount", "-t", "ext4", "-o", "ro,noload", "/dev/mapper/v1",
+                          str(tmp_path)]]  # fmt: skip
