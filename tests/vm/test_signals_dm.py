@@ -30,6 +30,9 @@ def _steps(text: str) -> int:
 
 def _interrupt(vm: Session, args: list[str], pause: str, signum: int) -> int:
     env = " ".join(f"{k}={v}" for k, v in {**ENV, "SNAPKIT_TEST_PAUSE_AT": pause}.items())
+    # The previous round's "test pause" line must not be mistaken for this one's: until the new
+    # shell truncates /tmp/err, a poll would see it and signal a snapkit still starting up.
+    vm.run(["rm", "-f", "/tmp/err"], check=True)
     proc = vm.spawn(["sh", "-c", f"exec env {env} snapkit {' '.join(args)} 2>/tmp/err"])
     deadline = time.monotonic() + 120
     while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:

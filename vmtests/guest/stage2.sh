@@ -22,7 +22,9 @@ exec)
         a=$(cat "$f"; printf x)
         set -- "$@" "${a%x}"
     done
-    "$@" </dev/vmtest/stdin >/dev/vmtest/stdout 2>/dev/vmtest/stderr
+    # Through /usr/bin/env: this script runs in busybox's standalone shell, which would
+    # otherwise run its own applets for the user's "sh", "mount", ... instead of Debian's.
+    /usr/bin/env "$@" </dev/vmtest/stdin >/dev/vmtest/stdout 2>/dev/vmtest/stderr
     echo "$?" >/dev/vmtest/status
     finish
     ;;
