@@ -4,6 +4,13 @@ The package is importable with nothing but the standard library, because the sam
 the host and inside throwaway guests that have only Debian's python3.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# A library logs; it does not print. Without a handler, Python's last-resort handler would
+# print every warning to stderr and break the CLI's one-line error contract. The CLI turns
+# logging on with SNAPKIT_DEBUG=1.
+logging.getLogger("snapkit").addHandler(logging.NullHandler())
 
 __all__ = ["__version__"]

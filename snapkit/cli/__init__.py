@@ -5,12 +5,15 @@ its parser and sets ``handler`` (a callable taking the parsed namespace and retu
 code). This module only wires them together, so it stays thin.
 
 Exit codes: 0 success, 1 a refused or failed operation (one line on stderr), 2 usage errors.
+SNAPKIT_DEBUG=1 adds the library's log (every step, every undo) on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -83,6 +86,8 @@ def dispatch(
     Shared with the ``vmtest`` command, so both CLIs treat usage, refusals, Ctrl-C and closed
     pipes the same way. An error's ``exit_code`` attribute, when it has one, wins over 1.
     """
+    if os.environ.get("SNAPKIT_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
