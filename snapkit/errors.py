@@ -71,7 +71,10 @@ class CommandError(OperationError):
         *,
         hint: str | None = None,
     ) -> None:
-        detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {returncode}"
+        # The last line that is not an indented continuation: mount(8), for one, ends with
+        # "       dmesg(1) may have more information..." under the line that says what failed.
+        lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln[:1].isspace()]
+        detail = lines[-1].strip() if lines else stderr.strip() or f"exit {returncode}"
         super().__init__(f"{argv[0]} failed: {detail}", hint=hint)
         self.argv = argv
         self.returncode = returncode

@@ -168,13 +168,6 @@ def test_a_file_open_for_writing_refuses_and_changes_nothing(vm: Session) -> Non
     assert not read_only(vm)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the EBUSY refusal's one line quotes mount's last stderr line 'dmesg(1) may have "
-    "more information after failed mount system call.' instead of its first, 'mount point is "
-    "busy', so the user is not told that an open file is the reason (snapkit/errors.py "
-    "CommandError keeps only the last line)",
-)
 def test_the_refusal_says_why_in_one_line(vm: Session) -> None:
     setup(vm, "ext4")
     hold_a_file_open(vm)
