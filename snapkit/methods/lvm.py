@@ -22,6 +22,7 @@ under way: it resumes the origin if it is suspended, then removes the snapshot i
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, ClassVar
 
@@ -194,7 +195,9 @@ class LvmMethod:
 
             def schedule() -> None:
                 self.executor.run(argv)
-                log.warning("merge of %s deferred, %s is open: %s", record.name, origin.name, hint)
+                # Said to the user, not logged: it is the one thing they must do next.
+                print(f"snapkit: merge of {record.name} deferred, {origin.name} is open: {hint}",
+                      file=sys.stderr)  # fmt: skip
 
             return Plan(title, (Step(f"{' '.join(argv)} (deferred: origin open; {hint})",
                                      schedule),))  # fmt: skip
