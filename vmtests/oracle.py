@@ -14,6 +14,9 @@ snapshot, because the snapshot device exists only there:
   writes one byte to the snapshot device itself.
 - **ledger**: every write acknowledged before the snapshot began is present and intact; no
   write that began after it ended is present; writes in the window are old or new, never torn.
+  A write in flight to a new file region that reads back as zeros is counted apart, as a
+  *hole*: allowed only for btrfs-native, whose point in time is a transaction commit, not a
+  freeze (``vmtests/guest/verify.py`` says why and what was measured); a failure elsewhere.
 - **fio**: fio re-reads its acknowledged jobs on the snapshot with ``verify=crc32c``.
 - **merge**: after ``snapkit snapshot merge``, the origin's tree digest equals the snapshot's.
 
@@ -68,6 +71,7 @@ class Result:
     caught_by: tuple[str, ...] = ()
     attempts: int = 0
     catch_rate: float | None = None
+    holes: int = 0
     checks: dict[str, bool | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
     artifacts: str = ""
@@ -158,6 +162,7 @@ def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: s
         acked_writes_checked=checked,
         acked_writes_lost=int(counts.get("acked_lost", 0)),
         torn=int(counts.get("torn", 0)),
+        holes=int(counts.get("holes", 0)),
         future_writes=int(counts.get("future", 0)),
         window_new=int(counts.get("window_new", 0)),
         window_old=int(counts.get("window_old", 0)),

@@ -90,6 +90,7 @@ def junit(results: Sequence[Result]) -> bytes:
             "acked_writes_checked",
             "acked_writes_lost",
             "torn",
+            "holes",
             "freeze_window_ms",
         ):
             ET.SubElement(props, "property", name=key, value=str(getattr(r, key)))
@@ -177,6 +178,7 @@ def _details(r: Result, folder: Path) -> str:
         "acked_writes_checked",
         "acked_writes_lost",
         "torn",
+        "holes",
         "future_writes",
         "window_new",
         "window_old",
@@ -244,7 +246,7 @@ def summary_table(results: Sequence[Result]):  # type: ignore[no-untyped-def]
             "-" if r.fsck_ok is None else ("ok" if r.fsck_ok else "BAD"),
             str(r.acked_writes_checked),
             str(r.acked_writes_lost),
-            str(r.torn),
+            str(r.torn) + (f" +{r.holes} hole(s)" if r.holes else ""),
             "-" if r.freeze_window_ms is None else f"{r.freeze_window_ms:.0f}",
             f"{r.duration_s:.1f}",
             r.reason[:90],

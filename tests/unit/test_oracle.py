@@ -104,3 +104,29 @@ def test_an_in_flight_multi_step_operation_may_show_its_intermediate_state() -> 
     assert (c.torn, c.window_old, c.window_new) == (0, 1, 0)
     acked = [Op("c:1", 1, "a100/1~a0/1", 1.0, 2.0)]  # acked before: must be whole
     assert classify("a0/1", acked).torn == 1
+
+
+# A slot first written in the window: what the btrfs-native run of 2026-11-26 showed (its
+# inode's size covered the append, its extents did not).
+NEW_IN_WINDOW = [Op("w:w2/f007#1", 1, "s1", 11.0, 11.5)]
+
+
+def test_a_new_region_reading_zeros_is_a_hole_not_a_tear() -> None:
+    c = classify("zero", NEW_IN_WINDOW)
+    assert (c.holes, c.torn, c.acked_lost, c.future) == (1, 0, 0, 0)
+
+
+def test_a_hole_fails_every_method_but_the_btrfs_commit_one() -> None:
+    c = classify("zero", NEW_IN_WINDOW)
+    assert not verify.ledger_ok(c, "lvm")
+    assert not verify.ledger_ok(c, "dm")
+    assert verify.ledger_ok(c, "btrfs-native")
+
+
+def test_zeros_over_acknowledged_data_are_never_a_hole() -> None:
+    # The negative control of the rule above: it must not excuse a lost durable write.
+    c = classify("zero")  # HIST: s1 and s2 acked before the window
+    assert (c.holes, c.torn) == (0, 1)
+    assert not verify.ledger_ok(c, "btrfs-native")
+    late = [Op("w:y#0", 1, "s1", 13.0, 14.0)]  # nothing in flight: zeros are unexplained
+    assert classify("zero", late).torn == 1
