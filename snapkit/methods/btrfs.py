@@ -10,16 +10,25 @@ Merge rolls the origin subvolume back by renaming, never by copying files:
 
 1. rename the origin subvolume ``ORIG`` to ``ORIG.snapkit-old-NAME``;
 2. snapshot ``/.snapkit/NAME`` (writable) as ``ORIG``;
-3. delete the old origin, then the snapshot (merge consumes the snapshot, as LVM's does).
+3. delete the old origin: the point of no return;
+4. delete the snapshot (merge consumes the snapshot, as LVM's does).
 
-Each of 1-2 has its undo. The merge is refused when
+Before 3 the plan rolls back to the old origin. From 3 on it only goes forward: the undos of
+1-2 look at what is there (a delete can take effect and still report a failure) and, once the
+old origin is gone, they leave the new one alone and say so, so the error names the state
+(``ORIG`` holds the snapshot's content) and the way out (``discard``, which deletes the snapshot
+if it is still there and forgets it). The merge is refused when
 
 * the origin is the top-level subvolume itself (it cannot be renamed or replaced): copy files
   back from the snapshot instead, or keep data in a subvolume;
 * the origin subvolume is mounted (a mount holds the old subvolume, so the user would keep
   seeing the old content and the old one could not be deleted): unmount it first, and mount it
   again after the merge. The new origin has a new subvolume ID: mounts by ``subvol=PATH`` keep
-  working, a mount by ``subvolid=`` would not.
+  working, a mount by ``subvolid=`` would not;
+* the snapshot is mounted: it could not be deleted after the point of no return.
+
+The private mount point is made, mounted, unmounted and removed in four steps, each undone on
+its own, so no failure leaves a directory or a mount under /run/snapkit behind.
 
 Discard deletes ``/.snapkit/NAME``.
 """
@@ -31,7 +40,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from snapkit.errors import RefusedError
+from snapkit.errors import CommandError, OperationError, RefusedError
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
@@ -70,27 +79,35 @@ class BtrfsMethod:
     def _run(self, *argv: str) -> None:
         self.executor.run(list(argv))
 
-    def _mount_top(self, device: str, top: Path) -> Step:
-        def do() -> None:
-            self._run("mkdir", "-p", str(top))
-            self._run("mount", "-t", "btrfs", "-o", "subvolid=5", device, str(top))
+    def _quiet(self, *argv: str) -> None:
+        self.executor.run(list(argv), check=False)
 
-        def undo() -> None:
-            self.executor.run(["umount", str(top)], check=False)
-            self.executor.run(["rmdir", str(top)], check=False)
+    def _open_top(self, device: str, top: Path) -> tuple[Step, ...]:
+        """mkdir and mount as two steps, so a failed mount still removes the directory. Their
+        undos touch nothing but snapkit's private mount, so they always run: a rollback that
+        stops at an undo it cannot do still unmounts and removes it."""
+        mount = _mount_top_argv(device, top)
+        return (
+            Step(f"mkdir -p {top}", lambda: self._run("mkdir", "-p", str(top)),
+                 lambda: self._quiet("rmdir", str(top)), f"rmdir {top}", must_undo=True),
+            Step(" ".join(mount), lambda: self._run(*mount),
+                 lambda: self._quiet("umount", str(top)), f"umount {top}", must_undo=True),
+        )  # fmt: skip
 
-        return Step(f"mount the top level of {device} at {top}", do, undo, f"umount {top}")
+    def _close_top(self, device: str, top: Path) -> tuple[Step, ...]:
+        """umount and rmdir. Undoing the umount mounts the top level again, so that the undos
+        before it (delete the new snapshot) still find what they remove."""
+        mount = _mount_top_argv(device, top)
+        return (
+            Step(f"umount {top}", lambda: self._run("umount", str(top)),
+                 lambda: self._run(*mount), f"mount {top} again"),
+            Step(f"rmdir {top}", lambda: self._run("rmdir", str(top))),
+        )  # fmt: skip
 
-    def _umount_top(self, top: Path) -> Step:
-        def do() -> None:
-            self._run("umount", str(top))
-            self._run("rmdir", str(top))
-
-        return Step(f"umount {top}", do)
-
-    def _delete(self, path: Path) -> Step:
-        return Step(f"btrfs subvolume delete {path}",
-                    lambda: self._run("btrfs", "subvolume", "delete", str(path)))  # fmt: skip
+    def _delete_if_there(self, path: Path) -> None:
+        """Idempotent, so that a merge or discard that failed after it can be run again."""
+        if os.path.lexists(path):
+            self._run("btrfs", "subvolume", "delete", str(path))
 
     # --- create --------------------------------------------------------------------------------
 
@@ -112,15 +129,11 @@ class BtrfsMethod:
                 raise RefusedError(f"a snapshot named {name} exists", hint="choose another name")
             self._run("btrfs", "subvolume", "snapshot", "-r", str(target.mountpoint), str(snap))
 
-        def unsnapshot() -> None:
-            if os.path.lexists(snap):
-                self._run("btrfs", "subvolume", "delete", str(snap))
-
         steps = (
-            self._mount_top(device, top),
+            *self._open_top(device, top),
             Step(f"btrfs subvolume snapshot -r {target.mountpoint} {snap}", snapshot,
-                 unsnapshot, f"btrfs subvolume delete {snap}"),
-            self._umount_top(top),
+                 lambda: self._delete_if_there(snap), f"btrfs subvolume delete {snap}"),
+            *self._close_top(device, top),
         )  # fmt: skip
         subvol = f"{SNAP_DIR}/{name}"
         record = SnapshotRecord(
@@ -153,46 +166,127 @@ class BtrfsMethod:
         return SnapshotStatus(record, State.ACTIVE, None, None)
 
     def plan_merge(self, record: SnapshotRecord) -> Plan:
-        origin = record.details["origin_subvol"]
+        origin, subvol = record.details["origin_subvol"], record.details["subvol"]
         if not origin:
             raise RefusedError(
                 "the origin is the top-level subvolume, which cannot be replaced",
                 hint="copy files back from the snapshot (mount -o "
                 f"{record.details['mount_options']})",
             )
-        mounted = [m.mountpoint for m in _mounts_of_device(record.device)
-                   if m.root.strip("/") == origin]  # fmt: skip
-        if mounted:
-            raise RefusedError(
-                f"the origin subvolume {origin} is mounted at {mounted[0]}",
-                hint=f"umount {mounted[0]} first; snapkit never unmounts your filesystem",
-            )
+        for held, what in ((origin, "origin subvolume"), (subvol, "snapshot")):
+            mounted = [m.mountpoint for m in _mounts_of_device(record.device)
+                       if m.root.strip("/") == held]  # fmt: skip
+            if mounted:
+                raise RefusedError(
+                    f"the {what} {held} is mounted at {mounted[0]}",
+                    hint=f"umount {mounted[0]} first; snapkit never unmounts your filesystem",
+                )
         top = self._top(record.name)
-        current, old = top / origin, top / f"{origin}.snapkit-old-{record.name}"
-        snap = top / record.details["subvol"]
+        swap = _Swap(self, top / origin, top / f"{origin}.snapkit-old-{record.name}",
+                     top / subvol, record)  # fmt: skip
         steps = (
-            self._mount_top(record.device, top),
-            Step(f"rename {current} to {old}",
-                 lambda: self._run("mv", "-T", str(current), str(old)),
-                 lambda: self._run("mv", "-T", str(old), str(current)), f"rename {old} back"),
-            Step(f"btrfs subvolume snapshot {snap} {current}",
-                 lambda: self._run("btrfs", "subvolume", "snapshot", str(snap), str(current)),
-                 lambda: self._run("btrfs", "subvolume", "delete", str(current)),
-                 f"btrfs subvolume delete {current}"),
-            self._delete(old),
-            self._delete(snap),
-            self._umount_top(top),
+            *self._open_top(record.device, top),
+            Step(f"rename {swap.current} to {swap.old}", swap.rename, swap.rename_back,
+                 f"rename {swap.old} back, if {swap.current} is missing", must_undo=True),
+            Step(f"btrfs subvolume snapshot {swap.snap} {swap.current}", swap.snapshot,
+                 swap.unsnapshot, f"btrfs subvolume delete {swap.current}, while {swap.old} "
+                 "exists", must_undo=True),
+            Step(f"btrfs subvolume delete {swap.old} (the point of no return)", swap.commit),
+            Step(f"btrfs subvolume delete {swap.snap}", lambda: self._delete_if_there(swap.snap)),
+            *self._close_top(record.device, top),
         )  # fmt: skip
-        return Plan(f"roll {origin} back to {record.details['subvol']}", steps)
+        return Plan(f"roll {origin} back to {subvol}", steps)
 
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
         top = self._top(record.name)
+        snap = top / record.details["subvol"]
+
+        def gone() -> None:
+            raise OperationError(
+                f"not undone: the snapshot {record.details['subvol']} is deleted",
+                hint=f"run 'snapkit snapshot discard {record.name}' again to forget it",
+            )
+
         steps = (
-            self._mount_top(record.device, top),
-            self._delete(top / record.details["subvol"]),
-            self._umount_top(top),
+            *self._open_top(record.device, top),
+            Step(f"btrfs subvolume delete {snap}", lambda: self._delete_if_there(snap), gone),
+            *self._close_top(record.device, top),
         )
         return Plan(f"discard {record.details['subvol']}", steps)
+
+
+class _Swap:
+    """The merge's three subvolume steps and their undos, which look at what is there rather
+    than trust what the steps reported: once the old origin is gone (deleted, even if the
+    delete then failed or was interrupted), the new origin is the only copy of the data and
+    nothing may remove it. Paths are under the private top-level mount, present from step 2 of
+    the plan to its umount, which comes after the point of no return."""
+
+    def __init__(
+        self, method: BtrfsMethod, current: Path, old: Path, snap: Path, record: SnapshotRecord
+    ) -> None:
+        self.run, self.current, self.old, self.snap = method._run, current, old, snap
+        self.origin, self.name = record.details["origin_subvol"], record.name
+        self.subvol = record.details["subvol"]
+        self.committed = False
+
+    def _past_no_return(self) -> bool:
+        return self.committed or not os.path.lexists(self.old)
+
+    def rename(self) -> None:
+        if not os.path.lexists(self.snap):
+            raise RefusedError(f"the snapshot subvolume {self.subvol} is gone",
+                               hint=f"forget it: snapkit snapshot discard {self.name}")  # fmt: skip
+        if os.path.lexists(self.old):
+            raise RefusedError(
+                f"{self.old.name} exists beside {self.origin}: an earlier merge did not finish",
+                hint=f"keep the one you want as {self.origin}, delete the other",
+            )
+        self.run("mv", "-T", str(self.current), str(self.old))
+
+    def rename_back(self) -> None:
+        """Always runs (the origin must be found under its name); acts only while the origin
+        is missing and the old one is there."""
+        if os.path.lexists(self.current) or not os.path.lexists(self.old):
+            return
+        try:
+            self.run("mv", "-T", str(self.old), str(self.current))
+        except CommandError as exc:
+            raise OperationError(
+                f"{self.origin} is missing: its content is in {self.old.name} ({exc})",
+                hint=f"rename {self.old.name} back to {self.origin} in the top-level subvolume",
+            ) from exc
+
+    def snapshot(self) -> None:
+        self.run("btrfs", "subvolume", "snapshot", str(self.snap), str(self.current))
+
+    def unsnapshot(self) -> None:
+        """Always runs, even for a snapshot that failed part-way; deletes the new origin only
+        while the old one still exists."""
+        if self._past_no_return():
+            raise OperationError(
+                f"not undone: {self.origin} already holds the content of {self.subvol} and its "
+                "old content is deleted",
+                hint=f"finish the merge with 'snapkit snapshot discard {self.name}'",
+            )
+        if not os.path.lexists(self.current):
+            return
+        try:
+            self.run("btrfs", "subvolume", "delete", str(self.current))
+        except CommandError as exc:
+            raise OperationError(
+                f"{self.origin} is a copy of {self.subvol}; the old content is in "
+                f"{self.old.name} ({exc})",
+                hint=f"delete {self.origin} and rename {self.old.name} back to it",
+            ) from exc
+
+    def commit(self) -> None:
+        self.run("btrfs", "subvolume", "delete", str(self.old))
+        self.committed = True
+
+
+def _mount_top_argv(device: str, top: Path) -> tuple[str, ...]:
+    return ("mount", "-t", "btrfs", "-o", "subvolid=5", device, str(top))
 
 
 def _subvol_of(target: Target) -> str:

@@ -42,6 +42,7 @@ class FakeBtrfs:
     dirs: set[Path] = field(default_factory=set)
     user: dict[Path, str] = field(default_factory=dict)  # the user's mounts: path -> subvolume
     calls: list[list[str]] = field(default_factory=list)
+    late: bool = False  # an injected failure comes after the command took effect
 
     def state(self) -> object:
         return dict(self.subvols), set(self.tops), {d for d in self.dirs if d.exists()}
@@ -68,7 +69,9 @@ class FakeBtrfs:
             out = "".join(f"ID {n + 256} gen 9 top level 5 path {p}\n"
                           for n, p in enumerate(self.subvols))  # fmt: skip
             return Completed(tuple(args), 0, out, "", 0.0)
-        failed = self.faults.should_fail(" ".join(args)) or not self._apply(args)
+        injected = self.faults.should_fail(" ".join(args))
+        done = self._apply(args) if not injected or self.late else False
+        failed = injected or not done
         if failed:
             if check:
                 raise CommandError(args, 1, "injected failure")
@@ -128,6 +131,7 @@ class World:
     method: BtrfsMethod
     target: Target
     user_mounts: list[Mount]
+    error: PlanError | None = None
 
     def request(self, name: str = "s1") -> CreateRequest:
         return CreateRequest(self.target, name)
@@ -162,23 +166,12 @@ def created(world: World) -> SnapshotRecord:
 
 
 CREATE_STEPS = 6  # mkdir top, mount, mkdir .snapkit, snapshot -r, umount, rmdir
-LEAKS_THE_MOUNT_POINT = pytest.mark.xfail(
-    strict=True,
-    reason="btrfs.py _mount_top: mkdir and mount are one step, so when the mount fails the "
-    "step's undo does not run and the empty /run/snapkit/btrfs-NAME-PID directory is left",
-)
-LEAKS_AFTER_UMOUNT = pytest.mark.xfail(
-    strict=True,
-    reason="btrfs.py create: when rmdir of the private mount point fails after the umount, the "
-    "snapshot step's undo checks os.path.lexists(snap) on the now unmounted top level, sees "
-    "nothing and deletes nothing: the read-only subvolume .snapkit/NAME is left with no record",
-)
 
 
 def test_create_succeeds(make_world: Any) -> None:
     world = make_world()
     plan, record = world.method.plan_create(world.request())
-    assert len(plan.steps) == 3
+    assert len(plan.steps) == 5  # mkdir, mount, snapshot, umount, rmdir: each undone on its own
     apply(plan)
     assert world.fake.subvols == {"data": "live", ".snapkit/s1": "live"}
     assert world.fake.tops == set() and len(world.fake.faults.calls) == CREATE_STEPS
@@ -188,18 +181,15 @@ def test_create_succeeds(make_world: Any) -> None:
     assert world.method.status(record).state is State.ACTIVE
 
 
-@pytest.mark.parametrize(
-    "at",
-    [0, pytest.param(1, marks=LEAKS_THE_MOUNT_POINT), *range(2, CREATE_STEPS - 1),
-     pytest.param(CREATE_STEPS - 1, marks=LEAKS_AFTER_UMOUNT)],
-)  # fmt: skip
+@pytest.mark.parametrize("at", range(CREATE_STEPS))
 def test_a_failure_at_every_create_step_leaves_btrfs_as_it_was(make_world: Any, at: int) -> None:
     world = make_world(fail_at=at)
     before = world.state()
     plan, _ = world.method.plan_create(world.request())
-    with pytest.raises(PlanError):
+    with pytest.raises(PlanError) as caught:
         apply(plan)
     assert world.state() == before
+    assert caught.value.hint == "everything done before it was undone"
 
 
 def test_negative_control_without_the_undo_the_snapshot_stays(make_world: Any) -> None:
@@ -266,27 +256,27 @@ def test_merge_of_the_top_level_is_refused(make_world: Any) -> None:
 
 MERGE_STEPS = 8  # mkdir, mount, mv, snapshot, delete old, delete snap, umount, rmdir
 POINT_OF_NO_RETURN = 4  # the old origin is deleted by call 4: from then on, only forward
-LOSES_THE_ORIGIN = pytest.mark.xfail(
-    strict=True,
-    reason="btrfs.py merge: a failure after 'btrfs subvolume delete ORIG.snapkit-old-NAME' "
-    "rolls back the earlier steps: the snapshot step's undo deletes the new origin, and the "
-    "rename back fails because the old one is gone, so the origin subvolume is lost",
-)
 
 
-def merged(world: World, at: int | None) -> tuple[SnapshotRecord, object]:
+def merged(world: World, at: int | None, *, late: bool = False) -> tuple[SnapshotRecord, object]:
+    """Merge s1 into an origin changed since, failing call ``at`` (after it took effect if
+    ``late``); returns the record and the state before the merge. PlanError is in
+    ``world.error``."""
     record = created(world)
     world.fake.subvols["data"] = "changed"
     world.user_mounts.clear()  # the user unmounted the origin, as the refusal asked
     world.fake.faults = Faults(at)
+    world.fake.late = late
     before = world.state()
     plan = world.method.plan_merge(record)
-    assert len(plan.steps) == 6
+    assert len(plan.steps) == MERGE_STEPS  # one command each
     if at is None:
         apply(plan)
     else:
-        with pytest.raises(PlanError):
+        with pytest.raises(PlanError) as caught:
             apply(plan)
+        world.error = caught.value
+    world.fake.late = False
     return record, before
 
 
@@ -297,27 +287,74 @@ def test_merge_rolls_the_origin_back(make_world: Any) -> None:
     assert len(world.fake.faults.calls) == MERGE_STEPS
 
 
-@pytest.mark.parametrize(
-    "at", [0, pytest.param(1, marks=LEAKS_THE_MOUNT_POINT), *range(2, POINT_OF_NO_RETURN + 1)]
-)
+@pytest.mark.parametrize("at", range(POINT_OF_NO_RETURN + 1))
 def test_a_merge_failure_before_the_old_origin_is_deleted_changes_nothing(
     make_world: Any, at: int
 ) -> None:
     world = make_world()
     _, before = merged(world, at)
     assert world.state() == before
+    assert world.error.hint == "everything done before it was undone"
 
 
-@pytest.mark.parametrize(
-    "at",
-    [pytest.param(at, marks=LOSES_THE_ORIGIN) for at in range(POINT_OF_NO_RETURN + 1, 7)] + [7],
-)
+def assert_merged_and_told(world: World, record: SnapshotRecord) -> None:
+    """The origin holds the snapshot's content, nothing stays mounted, the error says so and
+    says what to do, and doing it leaves only the merged origin."""
+    assert world.fake.subvols.get("data") == "live", world.fake.subvols
+    assert world.fake.tops == set() and not any(d.exists() for d in world.fake.dirs)
+    text = str(world.error)
+    assert "data already holds the content of .snapkit/s1" in text, text
+    assert "finish the merge with 'snapkit snapshot discard s1'" in text, text
+    apply(world.method.plan_discard(record))
+    assert world.fake.subvols == {"data": "live"}
+
+
+@pytest.mark.parametrize("at", range(POINT_OF_NO_RETURN + 1, MERGE_STEPS))
 def test_a_merge_failure_after_the_point_of_no_return_keeps_the_merged_origin(
     make_world: Any, at: int
 ) -> None:
     world = make_world()
-    merged(world, at)
-    assert world.fake.subvols.get("data") == "live", world.fake.subvols
+    record, _ = merged(world, at)
+    assert_merged_and_told(world, record)
+
+
+def test_a_delete_that_took_effect_but_failed_is_past_the_point_of_no_return(
+    make_world: Any,
+) -> None:
+    world = make_world()
+    record, _ = merged(world, POINT_OF_NO_RETURN, late=True)
+    assert_merged_and_told(world, record)
+
+
+def test_negative_control_undos_that_trust_the_steps_lose_the_origin(
+    make_world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(btrfs._Swap, "_past_no_return", lambda self: False)
+    world = make_world()
+    merged(world, POINT_OF_NO_RETURN + 1)
+    assert "data" not in world.fake.subvols, world.fake.subvols
+
+
+def test_merge_is_refused_while_the_snapshot_is_mounted(make_world: Any) -> None:
+    world = make_world()
+    record = created(world)
+    world.user_mounts[0] = Mount(1, DevNum(254, 16), "/.snapkit/s1", Path("/mnt/s"), "btrfs",
+                                 DEV, "ro")  # fmt: skip
+    with pytest.raises(RefusedError, match=r"snapshot \.snapkit/s1 is mounted at /mnt/s"):
+        world.method.plan_merge(record)
+
+
+def test_a_merge_of_a_deleted_snapshot_changes_nothing_and_says_discard(make_world: Any) -> None:
+    world = make_world()
+    record = created(world)
+    world.user_mounts.clear()
+    del world.fake.subvols[".snapkit/s1"]
+    before = world.state()
+    with pytest.raises(PlanError, match="is gone") as caught:
+        apply(world.method.plan_merge(record))
+    assert world.state() == before and "discard s1" in str(caught.value)
+    apply(world.method.plan_discard(record))  # a discard of what is gone just forgets it
+    assert world.fake.subvols == {"data": "live"}
 
 
 def test_discard(make_world: Any) -> None:
@@ -332,7 +369,8 @@ def test_a_discard_failure_keeps_the_origin_and_unmounts(make_world: Any, at: in
     world = make_world()
     record = created(world)
     world.fake.faults = Faults(at)
-    with pytest.raises(PlanError):
+    with pytest.raises(PlanError) as caught:
         apply(world.method.plan_discard(record))
     assert world.fake.subvols["data"] == "live" and world.fake.tops == set()
     assert (".snapkit/s1" in world.fake.subvols) == (at < 3)  # gone once the delete ran
+    assert ("discard s1' again" in str(caught.value)) == (at >= 3), str(caught.value)

@@ -4,8 +4,10 @@ roll the origin back by renaming (after the documented umount), and discard."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
+import pytest
 from test_method_lvm import assert_writable, marker, snapkit, start_writer, stop_writer
 
 from vmtests.session import Session
@@ -57,3 +59,59 @@ def test_top_level_origin_refuses_merge(vm: Session) -> None:
     vm.sh("umount /mnt/o")
     refused = vm.run(["snapkit", "snapshot", "merge", "s1"])
     assert refused.returncode == 1 and b"top-level" in refused.stderr
+
+
+def interrupted_merge(vm: Session, before_step: int) -> tuple[int, str]:
+    """``snapshot merge s1`` stopped by SIGINT just before its step ``before_step`` (the test
+    pause of snapkit/flow.py): the exit code and the one line on stderr."""
+    vm.run(["rm", "-f", "/tmp/err"], check=True)
+    proc = vm.spawn(["sh", "-c", f"exec env SNAPKIT_TEST_PAUSE_AT={before_step} "
+                     "snapkit snapshot merge s1 2>/tmp/err"])  # fmt: skip
+    deadline = time.monotonic() + 120
+    while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
+        assert time.monotonic() < deadline, vm.get("/tmp/err")
+        time.sleep(0.1)
+    proc.signal(signal.SIGINT)
+    code = proc.wait(120).returncode
+    lines = [ln for ln in vm.get("/tmp/err").decode().splitlines() if "test pause" not in ln]
+    assert len(lines) == 1, lines
+    return code, lines[0]
+
+
+def origin_marker(vm: Session) -> str:
+    vm.sh(f"mount -o subvol=data {DEV} /mnt/o")
+    try:
+        return marker(vm, "/mnt/o")
+    finally:
+        vm.sh("umount /mnt/o")
+
+
+@pytest.mark.slow  # ~35 s under TCG: the unit tests cover every step in CI
+def test_a_merge_interrupted_around_the_point_of_no_return(vm: Session) -> None:
+    """Step 5 deletes the old origin. Stopped before it, the merge is undone; stopped after it
+    (before step 6 deletes the snapshot), the origin keeps the snapshot's content, and the
+    error says so and says that discard finishes it. Nothing stays mounted either way."""
+    setup(vm)
+    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", "btrfs")
+    vm.sh("echo after > /mnt/o/marker; sync; umount /mnt/o")
+    plan = snapkit(vm, "snapshot", "merge", "s1", "--dry-run").stdout.decode()
+    assert "5. btrfs subvolume delete" in plan and "(the point of no return)" in plan, plan
+
+    code, line = interrupted_merge(vm, 5)
+    assert code == 130 and "everything done before it was undone" in line, line
+    assert origin_marker(vm) == "after"
+    assert vm.run(["sh", "-c", "grep -c /run/snapkit /proc/mounts"]).stdout.strip() == b"0"
+
+    code, line = interrupted_merge(vm, 6)
+    assert code == 130, line
+    assert "data already holds the content of .snapkit/s1" in line, line
+    assert "snapkit snapshot discard s1" in line, line
+    assert origin_marker(vm) == "before"
+    assert vm.run(["sh", "-c", "grep -c /run/snapkit /proc/mounts"]).stdout.strip() == b"0"
+
+    snapkit(vm, "snapshot", "discard", "s1")
+    vm.sh(f"mount -o subvol=data {DEV} /mnt/o")
+    listing = vm.run(["btrfs", "subvolume", "list", "/mnt/o"]).stdout.decode()
+    assert listing.count(" path ") == 1 and listing.rstrip().endswith("path data"), listing
+    assert marker(vm, "/mnt/o") == "before"
+    assert "btrfs-" not in vm.sh("ls -A /run/snapkit").stdout.decode()  # no private mount point
