@@ -40,6 +40,7 @@ from snapkit.methods.dmshared import (
     cow_bytes,
     dm_origin,
     mark_pending,
+    merge_failed,
     merge_state,
     refuse_if_mounted,
     refuse_if_open,
@@ -153,8 +154,8 @@ class DmMethod:
         kind = origin_table.lines[0].target.type_name if origin_table else None
         if d.pending:
             if kind == "snapshot-merge":
-                state, progress = merge_state(dm.status(d.origin_name), d.merge_from)
-                return SnapshotStatus(record, state, None, progress)
+                health = merge_state(dm.status(d.origin_name), d.merge_from, record.name)
+                return SnapshotStatus(record, health.state, None, health.percent, health.message)
             if not self.started(record):
                 return SnapshotStatus(
                     record, State.ACTIVE, None, None,
@@ -167,8 +168,8 @@ class DmMethod:
                 record, State.INVALID, None, None,
                 "its dm devices are gone (rebooted?); discard it to free the COW file",
             )  # fmt: skip
-        state, percent, _ = snapshot_state(dm.status(record.name))
-        return SnapshotStatus(record, state, percent, None)
+        health = snapshot_state(dm.status(record.name), record.name)
+        return SnapshotStatus(record, health.state, health.percent, None, health.message)
 
     # -- merge: roll the origin back ----------------------------------------------------------
 
@@ -187,11 +188,9 @@ class DmMethod:
         # A restart of a merge cut short after the snapshot device went: the COW on disk is
         # intact (nothing merges without snapshot-merge), so snapshot-merge can still load.
         restart = d.pending == "merge" and dm.info(name) is None
-        state, _, usage = snapshot_state(() if restart else dm.status(name))
-        if usage is None and not restart:
-            raise RefusedError(
-                f"snapshot {name} is {state}: it cannot be merged", hint="discard it"
-            )
+        health = snapshot_state(() if restart else dm.status(name), name)
+        if health.usage is None and not restart:
+            raise RefusedError(f"snapshot {name} cannot be merged: {health.message}")
         loop = self._loop(d)
         size = d.table.size
         merge_table = Table.single(
@@ -206,7 +205,9 @@ class DmMethod:
             dm.load(name, snap_table)
             dm.resume(name)
 
-        first = () if restart else (steps.remove(dm, name, restore),)
+        first: tuple[Step, ...] = () if restart else (steps.remove(dm, name, restore),)
+        if restart and merge_failed(dm.status(origin)):
+            first = self._unload_failed_merge(origin, size)
         return Plan(
             f"merge dm snapshot {name} into {MAPPER}{origin}",
             (
@@ -238,7 +239,25 @@ class DmMethod:
         if d.pending == "discard":
             return self.dm.info(record.name) is None
         table = self.dm.table(d.origin_name) if self.dm.info(d.origin_name) else None
+        if table is not None and table.lines[0].target.type_name == "snapshot-merge":
+            return not merge_failed(self.dm.status(d.origin_name))  # failed: start it again
         return table is None or table.lines[0].target.type_name != "snapshot-origin"
+
+    def _unload_failed_merge(self, origin: str, size: int) -> tuple[Step, ...]:
+        """Put ``snapshot-origin`` back in place of a ``snapshot-merge`` the kernel stopped.
+        The same table cannot simply be reloaded (the old target still claims the COW: "A
+        snapshot is already merging"), and a handover would keep the stopped target's
+        in-memory store; a fresh ``snapshot-merge`` after this reads the COW's exceptions
+        from disk, where an unmerged chunk stays until its copy is committed. In between,
+        the origin is unmounted (merge refuses otherwise) and the state is the one a merge
+        cut short after the snapshot device went: ``started`` is False, a re-run restarts."""
+        dm = self.dm
+        plain = Table.single(size, SnapshotOrigin(MAPPER + real_name(origin)))
+        return (
+            steps.load(dm, origin, lambda: plain, steps.table_text(plain)),
+            steps.suspend(dm, origin),
+            steps.resume(dm, origin),
+        )
 
     def plan_finish(self, record: SnapshotRecord) -> Plan:
         """Back to the plain table once nothing depends on ``-real``; free loop and COW file.
@@ -275,9 +294,10 @@ class DmMethod:
         device's size again, so the status's total (Y) grows."""
         d = DmDetails.of(record)
         dm, name = self.dm, record.name
-        state, _, usage = snapshot_state(dm.status(name) if dm.info(name) else ())
+        health = snapshot_state(dm.status(name) if dm.info(name) else (), name)
+        usage = health.usage
         if usage is None:
-            raise RefusedError(f"snapshot {name} is {state}: growing its COW cannot help")
+            raise RefusedError(f"growing the COW of {name} cannot help: {health.message}")
         table = dm.table(name)
         assert table is not None
         loop = Path(str(self._loop(d)))

@@ -169,8 +169,8 @@ class DmDirectMethod:
         table = dm.table(d.origin_name) if dm.info(d.origin_name) else None
         kind = table.lines[0].target.type_name if table else None
         if kind == "snapshot-merge":
-            state, progress = merge_state(dm.status(d.origin_name), d.merge_from)
-            return SnapshotStatus(record, state, None, progress)
+            health = merge_state(dm.status(d.origin_name), d.merge_from, record.name)
+            return SnapshotStatus(record, health.state, None, health.percent, health.message)
         if d.pending and kind == "snapshot":
             return SnapshotStatus(
                 record, State.ACTIVE, None, None,
@@ -184,8 +184,8 @@ class DmDirectMethod:
                 record, State.INVALID, None, None,
                 f"{MAPPER}{d.origin_name} is no longer a snapshot (rebooted?); discard it",
             )  # fmt: skip
-        state, percent, _ = snapshot_state(dm.status(d.origin_name))
-        return SnapshotStatus(record, state, percent, None)
+        health = snapshot_state(dm.status(d.origin_name), record.name)
+        return SnapshotStatus(record, health.state, health.percent, None, health.message)
 
     def _start(self, record: SnapshotRecord, title: str, new: Table) -> Plan:
         d = DmDetails.of(record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, parse_uuid
@@ -154,26 +155,82 @@ def check_cow_dir(cow_dir: Path, target: Target) -> None:
         )
 
 
-def snapshot_state(lines: tuple[object, ...]) -> tuple[State, float | None, SnapshotUsage | None]:
-    """State, lvs Data% and raw usage of a ``snapshot`` status."""
+class Health(NamedTuple):
+    """What a ``snapshot``/``snapshot-merge`` status line means, with the words to say it."""
+
+    state: State
+    percent: float | None  # lvs Data% (snapshot) or merge progress (snapshot-merge)
+    usage: SnapshotUsage | None
+    message: str = ""
+
+
+# Measured on the 6.1 guest (tests/vm/test_io_errors.py): an I/O error on the COW or on the
+# origin while a snapshot lives invalidates it ("Invalidating snapshot: Error reading/writing"),
+# the origin's own writes still succeed; a write error on the origin during a merge stops the
+# merge ("Write error: shutting down merge") and the status reads "Merge failed", while reads of
+# unmerged chunks still go to the COW, so the origin still reads as the snapshot.
+def _lost(name: str) -> str:
+    return (
+        "invalid: the kernel dropped this snapshot (its COW filled up, or an I/O error hit the "
+        "COW or the origin: see dmesg); its point-in-time copy is lost, the origin is intact; "
+        f"discard it: snapkit snapshot discard {name}"
+    )
+
+
+def _overflow(name: str) -> str:
+    return (
+        "overflow: the COW is full; writes to the snapshot fail, reads still work and the "
+        f"origin is intact; copy what you need, then discard it: snapkit snapshot discard {name}"
+    )
+
+
+def merge_failed_message(name: str) -> str:
+    return (
+        "Merge failed: the kernel stopped copying the snapshot back after an I/O error (see "
+        "dmesg); nothing is lost, the origin still reads as the snapshot; fix the device, then "
+        f"run 'snapkit snapshot merge {name} --wait' again"
+    )
+
+
+def snapshot_state(lines: tuple[object, ...], name: str = "NAME") -> Health:
+    """State, lvs Data%, raw usage and plain words of a ``snapshot`` status."""
     status = getattr(lines[0], "status", None) if lines else None
     if isinstance(status, SnapshotUsage):
         percent = lvs_percent(status)
-        return State.ACTIVE, float(percent) if percent else None, status
+        return Health(State.ACTIVE, float(percent) if percent else None, status)
     if status is SnapshotFailure.OVERFLOW:
-        return State.OVERFLOW, 100.0, None
-    return State.INVALID, None, None
+        return Health(State.OVERFLOW, 100.0, None, _overflow(name))
+    if status is SnapshotFailure.MERGE_FAILED:  # a snapshot, not snapshot-merge: not seen
+        return Health(State.INVALID, None, None, merge_failed_message(name))
+    if status is None:
+        return Health(State.INVALID, None, None, "the kernel shows no snapshot status")
+    return Health(State.INVALID, None, None, _lost(name))
 
 
-def merge_state(lines: tuple[object, ...], merge_from: int) -> tuple[State, float | None]:
-    """MERGING or MERGED, and the progress, of a ``snapshot-merge`` status."""
+def merge_state(lines: tuple[object, ...], merge_from: int, name: str = "NAME") -> Health:
+    """MERGING or MERGED, and the progress, of a ``snapshot-merge`` status; INVALID with the
+    words and the next step when the kernel stopped the merge."""
     status = getattr(lines[0], "status", None) if lines else None
+    if status is SnapshotFailure.MERGE_FAILED:
+        return Health(State.INVALID, None, None, merge_failed_message(name))
     if not isinstance(status, SnapshotUsage):
-        return State.INVALID, None
+        word = status.value.lower() if isinstance(status, SnapshotFailure) else "gone"
+        return Health(
+            State.INVALID, None, None,
+            f"{word}: the kernel dropped the COW during the merge (see dmesg); the origin may "
+            "be partly rolled back and the rest of the snapshot is lost",
+        )  # fmt: skip
     if status.merge_done:
-        return State.MERGED, 100.0
+        return Health(State.MERGED, 100.0, status)
     first = SnapshotUsage(max(merge_from, status.allocated), status.total, status.metadata)
-    return State.MERGING, round(merge_progress(first, status), 2)
+    return Health(State.MERGING, round(merge_progress(first, status), 2), status)
+
+
+def merge_failed(lines: tuple[object, ...]) -> bool:
+    """The kernel's merge stopped on an error ("Merge failed"): it will not resume by itself,
+    and a reload of the same ``snapshot-merge`` table is refused ("A snapshot is already
+    merging", measured on 6.1), so only a fresh table restarts it."""
+    return bool(lines) and getattr(lines[0], "status", None) is SnapshotFailure.MERGE_FAILED
 
 
 def snapkit_role(dm: DmControl, name: str) -> Role | None:
@@ -205,10 +262,13 @@ def refuse_if_mounted(target_dev: Path, op: str) -> None:
 
 __all__ = [
     "DmDetails",
+    "Health",
     "check_cow_dir",
     "cow_bytes",
     "dm_origin",
     "linear_of",
+    "merge_failed",
+    "merge_failed_message",
     "merge_state",
     "origin_name",
     "refuse_if_mounted",
@@ -226,6 +286,6 @@ def mark_pending(
     if d.pending:
         return record
     lines = dm.status(status_of) if dm.info(status_of) else ()
-    _, _, usage = snapshot_state(lines)
+    usage = snapshot_state(lines).usage
     marked = d.with_pending(operation, usage.allocated if usage else 0)
     return replace(record, details=marked.to_strings())
