@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from snapkit.cli.output import print_json
 from snapkit.device import prepare, release
 from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
@@ -16,6 +17,13 @@ def _prepare(args: argparse.Namespace) -> int:
         result = prepare(Flow(host), args.device, args.name, dry_run=args.dry_run)
     if isinstance(result, str):
         sys.stdout.write(result)
+        return 0
+    if args.json:
+        print_json({
+            "name": result.name, "device": str(result.device), "under": str(result.under),
+            "size_sectors": result.size_sectors, "partition_start": result.partition_start,
+            "mount_instead_of": args.device,
+        })  # fmt: skip
         return 0
     where = f" (a partition starting at sector {result.partition_start})"
     print(
@@ -32,6 +40,8 @@ def _release(args: argparse.Namespace) -> int:
         result = release(Flow(host), args.name, dry_run=args.dry_run)
     if args.dry_run:
         sys.stdout.write(result)
+    elif args.json:
+        print_json({"name": args.name, "released": True, "mount_instead": result or None})
     else:
         under = f"; mount {result} directly again" if result else ""
         print(f"released /dev/mapper/{args.name}{under}")
@@ -48,18 +58,24 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser(
         "prepare",
         help="wrap DEVICE in /dev/mapper/NAME (needs an unmount and a remount)",
-        description="Wrap DEVICE in a dm linear device /dev/mapper/NAME, once, so the dm and "
-        "dm-direct methods can snapshot it. DEVICE must not be mounted; afterwards, mount "
-        "/dev/mapper/NAME instead.",
+        description="Wrap DEVICE in a dm linear device /dev/mapper/NAME, once, so the dm and\n"
+        "dm-direct methods can snapshot it. DEVICE must not be mounted; afterwards, mount\n"
+        "/dev/mapper/NAME instead (an unmount and a remount: the one interruption).",
+        epilog="example:\n  umount /srv && snapkit device prepare /dev/sdb1 --name srv && "
+        "mount /dev/mapper/srv /srv\n  snapkit snapshot create /srv --name s1 --method dm "
+        "--cow-dir /var/cow",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("--name", required=True)
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("device", metavar="DEVICE", help="a whole disk, a partition or a loop device")
+    p.add_argument("--name", required=True, help="the dm name: letters, digits, + _ . -")
+    p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=_prepare)
 
     p = sub.add_parser("release", help="undo prepare (NAME must be unmounted, no snapshots)")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=_release)
 
 

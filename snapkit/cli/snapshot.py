@@ -170,6 +170,8 @@ def _discard(args: argparse.Namespace) -> int:
         result = Flow(host).discard(args.name, force=args.force, dry_run=args.dry_run)
     if isinstance(result, str):
         sys.stdout.write(result)
+    elif args.json:
+        print_json(status_json(result))
     else:
         print(f"discarded {args.name}")
     return 0
@@ -253,6 +255,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--force", action="store_true", help="even if the snapshot is in use")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the final status as JSON")
     p.set_defaults(handler=_discard)
 
     p = sub.add_parser(
