@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from snapkit import layer
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
 from snapkit.errors import OperationError, RefusedError
@@ -173,9 +174,10 @@ class Flow:
         it recorded them (btrfs: ``ro,subvol=.snapkit/NAME`` on the origin's device). A copy
         has the origin's uuid (xfs needs ``nouuid``) and may have a log to replay: a writable
         snapshot device (dm, lvm) takes the replay into its COW, as ``mount -o ro`` does for
-        an LVM snapshot, which also leaves it checkable; a read-only one (dm-direct) cannot,
-        so it gets :func:`snapkit.fs.snapshot_mount_options` (ext4 ``noload``, xfs
-        ``norecovery``)."""
+        an LVM snapshot, which also leaves it checkable. A read-only one (dm-direct) cannot:
+        xfs and btrfs, whose frozen copies keep a log, are mounted through a throwaway
+        writable layer (:mod:`snapkit.layer`); ext4, whose freeze leaves a clean journal,
+        gets :func:`snapkit.fs.snapshot_mount_options` (``noload``)."""
         record = self.record(name)
         if not directory.is_dir():
             raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")
@@ -196,15 +198,40 @@ class Flow:
                 )
             read_only = info.read_only
         fstype = record.details.get("fstype", "")
+        if layer.needs_layer(fstype, read_only):
+            self._mount_layer(record, fstype, directory)
+            return
         argv = ["mount"] + (["-t", fstype] if fstype else [])
         options = _mount_options(record, fstype, rw, read_only)
         argv += ["-o", ",".join(options)] if options else []
-        result = self.host.run.run([*argv, record.device, str(directory)], check=False)
+        self._run_mount([*argv, record.device, str(directory)], record.device)
+
+    def _mount_layer(self, record: SnapshotRecord, fstype: str, directory: Path) -> None:
+        """Build the layer (or take the one a previous mount left), record it, mount it. One
+        plan: a mount that fails takes the layer it built away again."""
+        over = layer.Layer.of(record)
+        s = [] if self.host.dm.info(over.name) is not None else layer.build(self.host, over)
+        if fstype == "btrfs":  # the copy shares the origin's fsid: drop stale registrations
+            s.append(Step("btrfs device scan --forget", lambda: self.host.run.run(
+                ["btrfs", "device", "scan", "--forget"], check=False)))  # fmt: skip
+        argv = ["mount", "-t", fstype, "-o", ",".join(_mount_options(record, fstype, False, False))]
+        argv += [over.device, str(directory)]
+        s.append(Step(" ".join(argv), lambda: self._run_mount(argv, over.device, fstype)))
+        title = f"mount {record.name} through a throwaway layer ({over.device})"
+        with origin_lock(
+            record.origin, operation=f"mount {record.name}", lock_dir=self.lock_path()
+        ):
+            self.apply_plan(Plan(title, tuple(s)))
+            self.state.save(self.load().with_snapshot(layer.recorded(record, over)))
+
+    def _run_mount(self, argv: Sequence[str], device: str, fstype: str = "") -> None:
+        result = self.host.run.run(argv, check=False)
         if not result.ok:
             first = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[0]
-            raise OperationError(
-                f"mount {record.device} failed: {first}", hint="see dmesg for the kernel's reason"
-            )
+            hint = "see dmesg for the kernel's reason"
+            if fstype == "btrfs":
+                hint += "; this kernel may refuse a btrfs copy while its origin is mounted"
+            raise OperationError(f"mount {device} failed: {first}", hint=hint)
 
     # -- watch: grow a COW before it overflows ---------------------------------------------
 

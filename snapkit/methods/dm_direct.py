@@ -8,6 +8,11 @@ BASE (the "view"), which mounts. If the origin's linear table starts at a non-ze
 range of a bigger device), an intermediate linear device exposes just that range as BASE,
 since a ``snapshot`` target has no offset parameter.
 
+A frozen xfs or btrfs leaves a log in the copy that a mount must replay, which a read-only
+device cannot take: ``snapshot mount`` puts a throwaway writable layer over the view for them
+(:mod:`snapkit.layer`). Merge, discard and finish remove it first, and refuse while it is
+mounted.
+
 The raw recipe's words are inverted with respect to snapkit's single meaning of the verbs:
 
 * snapkit ``merge`` (roll back to the snapshot) = the recipe's "discard": drop the COW and load
@@ -25,6 +30,9 @@ from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, snapkit_name, uuid
 from snapkit.dm.table import Dev, DevNum, Linear, Snapshot, SnapshotMerge, Store, Table
 from snapkit.errors import RefusedError
+from snapkit.freezing import guard_suspend
+from snapkit.layer import Layer, teardown
+from snapkit.layer import refuse_if_mounted as refuse_if_mounted_layer
 from snapkit.loopdev import LoopSlot
 from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.methods.dmshared import (
@@ -41,23 +49,8 @@ from snapkit.methods.dmshared import (
     snapshot_state,
 )
 from snapkit.plan import Plan, Step
-from snapkit.target import block_info
+from snapkit.target import StableId, block_devnum, block_info, stable_id
 from snapkit.validate import chunk_sectors
-
-# Measured on 6.1: a frozen xfs still has a dirty log (xfs_repair -n of the frozen device
-# fails), and a frozen btrfs with fsync'd files still has a tree-log (log_root != 0). Their
-# copies must replay that log to mount -- but the dm-direct copy is the read-only base device:
-# xfs says "write access unavailable, cannot proceed", btrfs "log replay required on RO
-# media". Only norecovery / nologreplay mounts, and that hides acknowledged writes. ext4's
-# freeze leaves a clean journal. The dm method's copy is writable, so it has no such limit.
-NEEDS_LOG_REPLAY = frozenset({"xfs", "btrfs"})
-
-
-def _log_refusal(fstype: str) -> str:
-    return (
-        f"a frozen {fstype} keeps a log that its copy must replay, and the dm-direct copy is "
-        "read-only, so it could only mount without replay, missing acknowledged writes"
-    )
 
 
 def _dev_path(dev: Dev) -> str:
@@ -75,8 +68,6 @@ class DmDirectMethod:
         self.dm = host.dm
 
     def unsuitable(self, target: Target) -> str | None:
-        if target.fstype in NEEDS_LOG_REPLAY:
-            return _log_refusal(target.fstype)
         try:
             dm_origin(self.dm, target, want="linear")
         except RefusedError as exc:
@@ -85,9 +76,6 @@ class DmDirectMethod:
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
         dm, name = self.dm, snapkit_name(request.name)
-        fstype = request.target.fstype
-        if fstype in NEEDS_LOG_REPLAY:
-            raise RefusedError(_log_refusal(fstype), hint="use --method dm")
         origin, table = dm_origin(self.dm, request.target, want="linear")
         chunk = chunk_sectors(request.chunk_sectors)
         under = linear_of(table)
@@ -130,19 +118,19 @@ class DmDirectMethod:
             steps.load(dm, name, lambda: view, steps.table_text(view), ro=True),
             steps.resume(dm, name),
             steps.load(dm, origin, snap_table, f"0 {size} snapshot {base} {slot} P {chunk}"),
-            steps.suspend(dm, origin),
-            steps.resume(
-                dm,
-                origin,
-                Step(
-                    f"fold {cow.name} back into {base_path} (snapshot-merge), then load the "
-                    f"linear table into {origin}",
-                    lambda: self._fold_back(origin, table, base, slot, chunk, base_path),
-                ),
-            ),
-            steps.set_ro(self.host.run, lambda: base_path, base_path, True),
         ]
-        details = DmDetails(origin, table, cow, chunk, request.target.fstype or "", base=str(base))
+        fold_back = Step(
+            f"fold {cow.name} back into {base_path} (snapshot-merge), then load the "
+            f"linear table into {origin}",
+            lambda: self._fold_back(origin, table, base, slot, chunk, base_path),
+        )
+        swap = [steps.suspend(dm, origin), steps.resume(dm, origin, fold_back)]
+        s += guard_suspend(request.target, swap, request.max_freeze)  # btrfs: see freezing.py
+        s.append(steps.set_ro(self.host.run, lambda: base_path, base_path, True))
+        details = DmDetails(
+            origin, table, cow, chunk, request.target.fstype or "", base=str(base),
+            table_id=_ident(table, self.host),
+        )  # fmt: skip
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
         )
@@ -187,6 +175,23 @@ class DmDirectMethod:
         health = snapshot_state(dm.status(d.origin_name), record.name)
         return SnapshotStatus(record, health.state, health.percent, None, health.message)
 
+    def _in_use(self, record: SnapshotRecord, op: str, *, force: bool = False) -> None:
+        """Refuse while the snapshot is mounted: through its layer (even with ``force``, as a
+        mounted layer cannot be removed), or directly (unless ``force``); the layer's own
+        table holds the view once."""
+        layer = Layer.of(record)
+        refuse_if_mounted_layer(self.dm, layer, op)
+        if self.dm.info(layer.name) is None:
+            if not force:
+                refuse_if_open(self.dm, record.name, "the snapshot")
+            return
+        view = self.dm.info(record.name)
+        if view is not None and view.open_count > 1 and not force:
+            raise RefusedError(
+                f"the snapshot {record.device} is in use (mounted?) beside its layer",
+                hint=f"unmount it first (umount {record.device}), or pass --force to discard",
+            )
+
     def _start(self, record: SnapshotRecord, title: str, new: Table) -> Plan:
         d = DmDetails.of(record)
         dm, name, origin = self.dm, record.name, d.origin_name
@@ -201,6 +206,7 @@ class DmDirectMethod:
         return Plan(
             title,
             (
+                *teardown(self.host, Layer.of(record)),
                 steps.remove(dm, name, restore_view),
                 steps.set_ro(self.host.run, lambda: base_path, base_path, False),
                 steps.load(dm, origin, lambda: new, steps.table_text(new)),
@@ -213,7 +219,7 @@ class DmDirectMethod:
         """Roll back: the origin becomes ``linear BASE`` again and the COW's writes are dropped."""
         d = DmDetails.of(record)
         refuse_if_mounted(Path(MAPPER + d.origin_name), f"merging {record.name}")
-        refuse_if_open(self.dm, record.name, "the snapshot")
+        self._in_use(record, f"merging {record.name}")
         return self._start(
             record, f"merge (roll back) {MAPPER}{d.origin_name} to {record.name}", d.table
         )
@@ -221,8 +227,7 @@ class DmDirectMethod:
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
         """Keep the current content: the kernel merges the COW into BASE, origin mounted or not."""
         d = DmDetails.of(record)
-        if not force:
-            refuse_if_open(self.dm, record.name, "the snapshot")
+        self._in_use(record, f"discarding {record.name}", force=force)
         state = self.status(record).state
         if state in (State.MERGING, State.MERGED):
             return Plan(f"discard {record.name}: already started", ())
@@ -260,6 +265,7 @@ class DmDirectMethod:
                 steps.suspend(dm, origin),
                 steps.resume(dm, origin),
             ]
+        s += teardown(self.host, Layer.of(record))
         for name in (record.name, base_name(record.name)):
             if dm.info(name) is not None:
                 s.append(steps.remove(dm, name))
@@ -270,6 +276,14 @@ class DmDirectMethod:
         return Plan(
             f"finish {record.name}: {MAPPER}{origin} is linear again; free the COW", tuple(s)
         )
+
+
+def _ident(table: Table, host: Host) -> StableId | None:
+    """The stable identity of the disk under the origin's linear table: recover finds it by
+    this after a reboot, when its major:minor may name another disk."""
+    under = linear_of(table).device
+    dev = block_devnum(under) if isinstance(under, str) else under
+    return stable_id(dev, host.run) if dev is not None else None
 
 
 def _parse_base(text: str) -> Dev:

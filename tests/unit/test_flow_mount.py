@@ -1,6 +1,7 @@
 """``snapshot mount`` uses what the method recorded (btrfs: a subvolume of the origin's device)
 and the filesystem's snapshot options (xfs nouuid), not a dm device name; ``status --json``
-carries the method's details."""
+carries the method's details. A dm-direct copy of xfs or btrfs is mounted through a throwaway
+layer, built all-or-nothing and recorded."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import pytest
 
 from snapkit.cli.snapshot import status_json
 from snapkit.dm.fake import FakeDm, Faults
-from snapkit.errors import RefusedError
+from snapkit.errors import OperationError, RefusedError
 from snapkit.flow import Flow
-from snapkit.methods.base import Host, SnapshotRecord, SnapshotStatus, State
+from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.methods.dm_direct import DmDirectMethod
+from snapkit.plan import apply
 from snapkit.run import Completed
 from snapkit.state import StateData, StateFile
+from tests.unit.test_method_dm import FakeRun, World, make_world
 
 
 class Recorder:
@@ -97,3 +101,79 @@ def test_a_read_only_copy_gets_the_no_replay_options(tmp_path: Path) -> None:
     flow.mount("v1", tmp_path)
     assert run.calls == [["mount", "-t", "ext4", "-o", "ro,noload", "/dev/mapper/v1",
                           str(tmp_path)]]  # fmt: skip
+
+
+# -- dm-direct on xfs and btrfs: mounted through a throwaway writable layer -------------------
+
+
+class MountRun(FakeRun):
+    """blockdev as FakeRun; mount and btrfs recorded, and failed by the shared fault counter."""
+
+    def __init__(self, faults: Faults) -> None:
+        super().__init__(faults)
+        self.calls: list[list[str]] = []
+
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
+        input: str | None = None, env: Mapping[str, str] | None = None,
+    ) -> Completed:  # fmt: skip
+        args = list(argv)
+        if args[0] not in ("mount", "btrfs"):
+            return super().run(args, check=check, timeout=timeout, input=input, env=env)
+        if self.faults.should_fail(" ".join(args)):
+            return Completed(tuple(args), 32, "", "mount: injected failure\n", 0.0)
+        self.calls.append(args)
+        return Completed(tuple(args), 0, "", "", 0.0)
+
+
+def _direct(tmp_path: Path, fs: str) -> tuple[Flow, World, MountRun]:
+    world = make_world(tmp_path)
+    run = MountRun(world.faults)
+    world.run = run
+    world.host = Host(dm=world.dm, run=run, loops=world.loops, files=world.files)
+    target = Target(Path("/dev/mapper/data"), None, fs, (253, 0))
+    plan, record = DmDirectMethod(world.host).plan_create(
+        CreateRequest(target, "s1", cow_dir=tmp_path)
+    )
+    apply(plan)
+    flow = Flow(world.host, state=StateFile(tmp_path / "state"), lock_dir=tmp_path / "locks")
+    flow.state.save(StateData(snapshots=(record,)))
+    (tmp_path / "m").mkdir()
+    return flow, world, run
+
+
+@pytest.mark.parametrize(("fs", "options"), [("xfs", "ro,nouuid"), ("btrfs", "ro")])
+def test_an_xfs_or_btrfs_copy_mounts_through_a_layer(tmp_path: Path, fs: str, options: str) -> None:
+    """The log replay goes into the layer's COW, never into the read-only copy."""
+    flow, world, run = _direct(tmp_path, fs)
+    flow.mount("s1", tmp_path / "m")
+    mount = ["mount", "-t", fs, "-o", options, "/dev/mapper/s1-layer", str(tmp_path / "m")]
+    forget = [["btrfs", "device", "scan", "--forget"]] if fs == "btrfs" else []
+    assert run.calls == [*forget, mount]
+    assert world.dm.state()["s1"].read_only and not world.dm.state()["s1-layer"].read_only
+    details = flow.record("s1").details
+    assert details["layer"] == "/dev/mapper/s1-layer"
+    assert details["layer_cow"] == str(tmp_path / "s1.layer")
+    # a second mount (after an umount) takes the layer that is there
+    calls = len(world.faults.calls)
+    flow.mount("s1", tmp_path / "m")
+    assert not any(c.startswith("dm create") for c in world.faults.calls[calls:])
+    with pytest.raises(RefusedError, match="read-only"):
+        flow.mount("s1", tmp_path / "m", rw=True)
+
+
+def test_a_layer_mount_fails_cleanly_at_every_step(tmp_path: Path) -> None:
+    """A failure anywhere, the mount itself included, leaves no layer and no record of one."""
+    probe, world, _ = _direct(tmp_path / "probe", "xfs")
+    start = len(world.faults.calls)
+    probe.mount("s1", tmp_path / "probe" / "m")
+    total = len(world.faults.calls) - start
+    assert total >= 6
+    for n in range(total):
+        flow, world, _ = _direct(tmp_path / str(n), "xfs")
+        before = world.state()
+        world.faults.fail_at = len(world.faults.calls) + n
+        with pytest.raises(OperationError):
+            flow.mount("s1", tmp_path / str(n) / "m")
+        assert world.state() == before, f"failure at side effect {n} left a change"
+        assert "layer" not in flow.record("s1").details
