@@ -187,7 +187,9 @@ class DmMethod:
             )
         # A restart of a merge cut short after the snapshot device went: the COW on disk is
         # intact (nothing merges without snapshot-merge), so snapshot-merge can still load.
-        restart = d.pending == "merge" and dm.info(name) is None
+        # A snapshot device left with no table (a restore that failed) counts as gone.
+        empty = dm.info(name) is not None and dm.table(name) is None
+        restart = d.pending == "merge" and (empty or dm.info(name) is None)
         health = snapshot_state(() if restart else dm.status(name), name)
         if health.usage is None and not restart:
             raise RefusedError(f"snapshot {name} cannot be merged: {health.message}")
@@ -201,11 +203,21 @@ class DmMethod:
         )
 
         def restore() -> None:
+            """Rebuild the snapshot device; if the COW cannot be read (an I/O error: measured,
+            "Failed to read snapshot metadata"), leave no empty device behind, so that the
+            pending mark describes what is there: a merge not started, run again once the COW
+            is readable."""
             dm.create(name, uuid=uuid(name, Role.SNAP))
-            dm.load(name, snap_table)
-            dm.resume(name)
+            try:
+                dm.load(name, snap_table)
+                dm.resume(name)
+            except BaseException:
+                dm.remove(name)
+                raise
 
         first: tuple[Step, ...] = () if restart else (steps.remove(dm, name, restore),)
+        if empty:
+            first = (steps.remove(dm, name),)
         if restart and merge_failed(dm.status(origin)):
             first = self._unload_failed_merge(origin, size)
         return Plan(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from snapkit.dm.fake import Faults
 from snapkit.dm.status import (
     NoStatus,
     RawStatus,
@@ -26,7 +27,7 @@ from snapkit.flow import Flow
 from snapkit.methods.base import SnapshotRecord, State
 from snapkit.methods.dm import DmMethod
 from snapkit.methods.dmshared import merge_failed, merge_state, snapshot_state
-from snapkit.plan import apply
+from snapkit.plan import PlanError, apply
 from snapkit.state import StateData, StateFile
 from tests.unit.test_method_dm import SIZE, World, created, make_world
 
@@ -218,3 +219,33 @@ def test_flow_merge_wait_says_merge_failed(tmp_path: Path) -> None:
     flow, _ = _flow(tmp_path)
     with pytest.raises(OperationError, match=r"Merge failed.*snapkit snapshot merge s1 --wait"):
         flow.merge("s1", wait=True)
+
+
+class _Unreadable(Faults):
+    """A COW the kernel cannot read: every table that names it fails to load."""
+
+    def should_fail(self, what: str) -> bool:
+        super().should_fail(what)
+        return what in ("dm load data", "dm load s1")
+
+
+def test_an_unreadable_cow_at_merge_start_leaves_a_merge_to_run_again(tmp_path: Path) -> None:
+    """Measured: with the COW's disk failing, ``snapshot-merge`` does not load ("Failed to read
+    snapshot metadata"), nor does the snapshot device the rollback rebuilds. No empty device may
+    stay: the snapshot is gone, the origin unchanged, and the pending mark says run it again."""
+    world = make_world(tmp_path)
+    method = DmMethod(world.host)
+    record = method.mark_pending(created(world), "merge")
+    plan = method.plan_merge(record)
+    world.dm.faults = _Unreadable()
+    with pytest.raises(PlanError) as caught:
+        apply(plan)
+    assert caught.value.undo_failures  # so the flow keeps the pending mark
+    assert world.dm.info("s1") is None
+    table = world.dm.table("data")
+    assert table is not None and table.lines[0].target.type_name == "snapshot-origin"
+    assert not method.started(record)
+    assert method.status(record).message.startswith("merge not started yet")
+    world.dm.faults = Faults()  # the disk is back
+    apply(method.plan_merge(record))
+    assert method.status(record).state is State.MERGED
