@@ -5,12 +5,16 @@ read-only remount syncs and, for journalling filesystems, leaves the journal cle
 
 1. ``mount -o remount,ro MP`` (undo, always: ``mount -o remount,rw MP``);
 2. either run the user's command (``--command``/``-- CMD``, with ``SNAPKIT_DEVICE`` set) to copy
-   the device elsewhere, or copy the device into ``--cow-dir/NAME.img`` (sparse);
+   the device elsewhere, or copy the device into ``--cow-dir/NAME.img`` (sparse; a copy that
+   fails part-way is removed);
 3. ``mount -o remount,rw MP``.
 
 What it costs: unlike a freeze, writers do not wait; a write during the window *fails* with
 EROFS, and the remount itself fails (EBUSY) while any file is open for writing. snapkit then
 changes nothing and says so. Use it for filesystems that are mostly idle.
+
+The record keeps the filesystem type, so that ``snapshot mount`` can mount an xfs image
+beside its origin (same uuid: ``nouuid``).
 
 Merge copies the image back onto the device, so the origin must not be mounted; discard deletes
 the image. With a user command, the copy lives outside: merge is refused, discard forgets.
@@ -54,7 +58,8 @@ class RemountMethod:
         mp, device, name = str(target.mountpoint), str(target.device), dm_name(request.name)
         run = self.executor.run
         ro, rw = ["mount", "-o", "remount,ro", mp], ["mount", "-o", "remount,rw", mp]
-        details = {"mountpoint": mp}
+        # the copy has the origin's uuid: 'snapshot mount' adds nouuid for xfs from this
+        details = {"mountpoint": mp, "fstype": target.fstype or ""}
         if request.command:
             argv = list(request.command)
             env = {"SNAPKIT_DEVICE": device, "SNAPKIT_MOUNTPOINT": mp}
@@ -70,10 +75,7 @@ class RemountMethod:
                     f"{request.cow_dir} is on {mp}, which will be read-only",
                     hint="give a --cow-dir on another filesystem",
                 )
-            cp = ["cp", "--sparse=always", device, str(image_path)]
-            rm = ["rm", "-f", str(image_path)]
-            copy = Step(" ".join(cp), lambda: run(cp, timeout=COPY_TIMEOUT),
-                        lambda: run(rm), " ".join(rm))  # fmt: skip
+            copy = self._copy_step(device, image_path)
             image = str(image_path)
         else:
             raise UsageError(
@@ -94,6 +96,26 @@ class RemountMethod:
             details=details,
         )
         return Plan(f"read-only copy of {mp}", steps), record
+
+    def _copy_step(self, device: str, image: Path) -> Step:
+        """cp into the image; its undo always runs, because a cp that fails part-way (a full
+        --cow-dir) leaves a partial image that would block the next create of the same name.
+        It removes only a file this step began to write: one already there is refused."""
+        cp = ["cp", "--sparse=always", device, str(image)]
+        rm = ["rm", "-f", str(image)]
+        began: list[bool] = []
+
+        def copy() -> None:
+            if os.path.lexists(image):
+                raise RefusedError(f"{image} exists", hint="choose another name")
+            began.append(True)
+            self.executor.run(cp, timeout=COPY_TIMEOUT)
+
+        def remove() -> None:
+            if began:
+                self.executor.run(rm)
+
+        return Step(" ".join(cp), copy, remove, " ".join(rm), must_undo=True)
 
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         if not record.device:

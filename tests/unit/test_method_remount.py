@@ -121,20 +121,14 @@ def test_create_copies_while_read_only_and_ends_read_write(make: Any) -> None:
     apply(plan)
     assert fake.mode == "rw" and fake.images == {f"{fake.cow_dir}/s1.img": "v1"}
     assert record.device == f"{fake.cow_dir}/s1.img" and record.origin == DEV
-    assert record.details == {"mountpoint": "/mnt/o"}
+    assert record.details == {"mountpoint": "/mnt/o", "fstype": "ext4"}
     assert method.status(record).state is State.ACTIVE
 
 
 CREATE_STEPS = 3
-PARTIAL_IMAGE = pytest.mark.xfail(
-    strict=True,
-    reason="remount.py: the cp step has no must_undo, so when cp itself fails (a full "
-    "--cow-dir) its partial --cow-dir/NAME.img is left, and the next create of NAME is "
-    "refused with 'exists'",
-)
 
 
-@pytest.mark.parametrize("at", [0, pytest.param(1, marks=PARTIAL_IMAGE), 2])
+@pytest.mark.parametrize("at", range(CREATE_STEPS))
 def test_a_failure_at_every_step_leaves_it_read_write_and_clean(make: Any, at: int) -> None:
     fake, method, _ = make(fail_at=at)
     before = fake.state()
@@ -152,6 +146,24 @@ def test_negative_control_without_the_undo_it_stays_read_only(make: Any) -> None
     with pytest.raises(CommandError):
         plan.steps[1].do()
     assert fake.mode == "ro"
+
+
+def test_negative_control_a_failed_cp_leaves_a_partial_image(make: Any) -> None:
+    fake, method, _ = make(fail_at=1)
+    plan, _ = method.plan_create(request(fake))
+    plan.steps[0].do()
+    with pytest.raises(CommandError):
+        plan.steps[1].do()
+    assert (fake.cow_dir / "s1.img").read_text() == "partial"
+
+
+def test_an_image_that_appears_after_planning_is_refused_and_kept(make: Any) -> None:
+    fake, method, _ = make()
+    plan, _ = method.plan_create(request(fake))
+    (fake.cow_dir / "s1.img").write_text("someone else's")
+    with pytest.raises(PlanError, match=r"s1\.img exists"):
+        apply(plan)
+    assert (fake.cow_dir / "s1.img").read_text() == "someone else's" and fake.mode == "rw"
 
 
 def test_a_file_open_for_writing_refuses_and_changes_nothing(make: Any) -> None:

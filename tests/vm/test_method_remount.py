@@ -88,10 +88,7 @@ def create_under_writer(vm: Session) -> tuple[int, int, dict[str, str]]:
 def mount_copy(vm: Session, fs: str) -> None:
     if fs == "btrfs":  # same fsid as the origin: 6.1 refuses it while the origin is mounted
         vm.sh("umount /mnt/o")
-    if fs == "xfs":  # same uuid as the mounted origin; 'snapshot mount' fails, see the xfail
-        vm.sh(f"mount -t xfs -o ro,nouuid {IMAGE} /mnt/s")
-    else:
-        snapkit(vm, "snapshot", "mount", "s", "/mnt/s")
+    snapkit(vm, "snapshot", "mount", "s", "/mnt/s")  # xfs: nouuid, from the recorded fstype
 
 
 @pytest.mark.parametrize("fs", ["ext4", "xfs", "btrfs"])
@@ -177,14 +174,9 @@ def test_the_refusal_says_why_in_one_line(vm: Session) -> None:
     assert "busy" in lines[0].lower(), lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="remount.py records no fstype (nor mount_options) in the record's details, so flow's "
-    "'snapshot mount' runs a bare 'mount -o ro IMAGE DIR': an xfs copy then needs nouuid "
-    "beside its mounted origin and the mount fails with 'wrong fs type, bad option'",
-)
 def test_snapshot_mount_of_an_xfs_copy_beside_its_origin(vm: Session) -> None:
     setup(vm, "xfs")
     snapkit(vm, *CREATE)
     snapkit(vm, "snapshot", "mount", "s", "/mnt/s")
     assert vm.sh("cat /mnt/s/marker").stdout.strip() == b"before"
+    assert b"nouuid" in vm.sh("grep ' /mnt/s ' /proc/mounts").stdout
