@@ -19,6 +19,14 @@ is written only after a create's plan has run (``flow.create``), so:
 * a ``*.cow`` file that no record names is what a create cut short left: removed, so the
   snapshot is cleanly absent; the origin lost nothing (the suspend/resume never completed, or
   the snapshot simply never got recorded);
+* a ``dm-direct`` record comes back as its create left it: the base device (or the
+  intermediate ``-base`` for an origin at an offset), the read-only view over it, the origin
+  as ``snapshot BASE COW P`` (the kernel reloads the exceptions, i.e. the writes since the
+  snapshot), then ``blockdev --setro BASE``. Its verbs are inverted (see the method), so a
+  pending ``merge`` (roll back) loads the original ``linear`` table, and a pending ``discard``
+  (keep the writes since) loads ``snapshot-merge BASE COW`` and needs the COW: both are then
+  finished by the flow. Its throwaway mount layer (``snapkit.layer``) does not survive a
+  reboot: its loop and file are removed and the record forgets it;
 * ``lvm`` and ``lvm-thin`` keep their own metadata: LVM re-activates them (``vgchange -ay``,
   which also restarts a pending merge); a record whose LV is gone is dropped.
 
@@ -41,14 +49,16 @@ from snapkit.dm.naming import Role, real_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
 from snapkit.flow import Flow
+from snapkit.layer import Layer, forgotten, teardown
 from snapkit.loopdev import LoopSlot
 from snapkit.methods.base import SnapshotRecord
 from snapkit.methods.dmshared import MAPPER, DmDetails
 from snapkit.plan import Plan, Step
+from snapkit.recover_direct import origin_steps, orphan_layers, reassemble
 from snapkit.state import StateData
 from snapkit.target import StableId, block_devnum, block_info, find_stable
 
-DM_METHODS = ("dm",)
+DM_METHODS = ("dm", "dm-direct")
 LVM_METHODS = ("lvm", "lvm-thin")
 
 
@@ -87,6 +97,11 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
         if record.method in LVM_METHODS or record.method not in DM_METHODS:
             continue
         d = DmDetails.of(record)
+        if record.method == "dm-direct" and dm.info(Layer.of(record).name) is None:
+            s += teardown(host, Layer.of(record))  # the layer is gone with the reboot
+            if record != forgotten(record):
+                record = forgotten(record)
+                kept = kept.with_snapshot(record)
         if not _usable(flow, record):
             s.append(steps.detach_all(host.loops, d.cow_file))
             if host.files.exists(d.cow_file):
@@ -94,10 +109,8 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             kept = kept.without_snapshot(record.name)
             dropped.append(record.name)
             continue
-        if dm.info(d.origin_name) is not None and (
-            dm.info(record.name) is not None or d.pending == "merge"
-        ):
-            if d.pending == "merge":
+        if dm.info(d.origin_name) is not None and (dm.info(record.name) is not None or d.pending):
+            if d.pending:
                 merging.append(record.name)  # no reboot: the flow (re)starts and finishes it
             continue  # already assembled
         original = _found_again(flow, record, d)
@@ -105,6 +118,12 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             fixed = DmDetails(**{**vars(d), "table": original})
             record = replace(record, details={**record.details, **fixed.to_strings()})
             kept, d = kept.with_snapshot(record), fixed
+        if record.method == "dm-direct":
+            direct, rebased = reassemble(flow, record)
+            s += direct
+            kept = kept if rebased == record else kept.with_snapshot(rebased)
+            merging += [record.name] if d.pending else []
+            continue
         slot = LoopSlot(d.cow_file)
         loops = host.loops.find(d.cow_file)
         if loops:
@@ -121,13 +140,13 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             ]
         if d.pending == "merge":
             merge = _cow_table(SnapshotMerge, size, real, slot, d.chunk)
-            s += _origin_steps(flow, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} "
+            s += origin_steps(flow, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} "
                                f"{slot} P {d.chunk}")  # fmt: skip
             merging.append(record.name)
         else:
             if d.origin_name not in stacked:
                 origin = Table.single(size, SnapshotOrigin(MAPPER + real))
-                s += _origin_steps(flow, d.origin_name, _const(origin),
+                s += origin_steps(flow, d.origin_name, _const(origin),
                                    steps.table_text(origin))  # fmt: skip
             snap = _cow_table(Snapshot, size, real, slot, d.chunk)
             s += [
@@ -136,6 +155,8 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
                 steps.resume(dm, record.name),
             ]
         stacked.add(d.origin_name)
+    for layer in orphan_layers(flow, data):
+        s += teardown(host, layer)
     for orphan in _orphan_cows(flow, data):
         s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
         dropped.append(orphan.name)
@@ -159,7 +180,11 @@ def recover(flow: Flow, *, dry_run: bool = False, finish: bool = True) -> Recove
     flow.state.save(kept)
     if finish:
         for name in result.merging:
-            flow.merge(name, wait=True)
+            record = kept.snapshot(name)
+            if record is not None and record.details.get("pending") == "discard":
+                flow.discard(name)  # dm-direct: its kernel merge keeps the origin's writes
+            else:
+                flow.merge(name, wait=True)
     return result
 
 
@@ -175,11 +200,13 @@ def _dm_origin(record: SnapshotRecord) -> str:
 
 
 def _usable(flow: Flow, record: SnapshotRecord) -> bool:
-    """A dm record whose COW file survived; a pending discard needs nothing more."""
+    """A dm record whose COW file survived; a pending dm discard needs nothing more (a
+    dm-direct one does: its COW holds the writes it keeps)."""
     if record.method not in DM_METHODS:
         return False
     d = DmDetails.of(record)
-    return d.pending != "discard" and flow.host.files.exists(d.cow_file)
+    dropping = d.pending == "discard" and record.method == "dm"
+    return not dropping and flow.host.files.exists(d.cow_file)
 
 
 def _moved(flow: Flow, ident: StableId, whose: str) -> DevNum:
@@ -223,12 +250,6 @@ def _cow_table(
         return Table.single(size, kind(MAPPER + real, str(slot.path), Store.PERSISTENT, chunk))
 
     return table
-
-
-def _origin_steps(flow: Flow, name: str, table: Callable[[], Table], text: str) -> list[Step]:
-    dm = flow.host.dm
-    s = [] if dm.info(name) is not None else [steps.create(dm, name, uuid(name, Role.ORIGIN))]
-    return [*s, steps.load(dm, name, table, text), steps.resume(dm, name)]
 
 
 def _orphan_cows(flow: Flow, data: StateData) -> list[Path]:

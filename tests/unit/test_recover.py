@@ -1,19 +1,24 @@
 """``snapkit recover`` against FakeDm: a "reboot" is a fresh FakeDm and no loop devices, with
 the COW files kept. The stack comes back as create left it, a pending merge comes back as
-snapshot-merge, a COW no record names is removed, and a second run changes nothing."""
+snapshot-merge, a COW no record names is removed, and a second run changes nothing. dm-direct:
+its own stack, its inverted pending verbs, and its mount layer gone with the reboot."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from snapkit.dm.fake import FakeDm, Faults
-from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin
+from snapkit.dm.table import Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.flow import Flow
+from snapkit.layer import Layer, recorded
 from snapkit.methods.base import Host
 from snapkit.methods.dm import DmMethod
-from snapkit.plan import apply
-from snapkit.recover import plan_recover
+from snapkit.methods.dm_direct import DmDirectMethod
+from snapkit.plan import PlanError, apply
+from snapkit.recover import plan_recover, recover
 from snapkit.state import StateData, StateFile
 from tests.unit.test_method_dm import BASE, ORIGINAL, FakeLoops, World, make_world
 
@@ -109,3 +114,106 @@ def test_a_mark_without_a_reboot_is_left_to_the_flow_to_restart(tmp_path: Path) 
     plan, result, _ = plan_recover(flow, StateData(snapshots=(marked,)))
     assert plan.steps == () and result.merging == ("s1",)
     assert DmMethod(world.host).started(marked) is False
+
+
+# -- dm-direct: the origin is the snapshot target, its base device the read-only copy ---------
+
+
+def _direct(tmp_path: Path, pending: str = "") -> tuple[World, StateData]:
+    world = make_world(tmp_path)
+    method = DmDirectMethod(world.host)
+    plan, record = method.plan_create(world.request())
+    apply(plan)
+    if pending:
+        record = method.mark_pending(record, pending)
+        apply(method.plan_merge(record) if pending == "merge" else method.plan_discard(record))
+    world.run.read_only.clear()  # blockdev --setro does not survive a reboot
+    return world, StateData(snapshots=(record,))
+
+
+def test_a_dm_direct_snapshot_is_reassembled_after_a_reboot(tmp_path: Path) -> None:
+    world, data = _direct(tmp_path)
+    flow = _rebooted(world)
+    plan, result, kept = plan_recover(flow, data)
+    apply(plan)
+    assert not result.dropped and not result.merging and kept == data
+    origin = flow.host.dm.table("data")
+    assert origin is not None and isinstance(origin.lines[0].target, Snapshot)
+    assert origin.lines[0].target.origin == BASE  # the writes since come back from the COW
+    assert flow.host.dm.table("s1") == Table.single(2048, Linear(BASE, 0))
+    assert flow.host.dm.info("s1").read_only  # type: ignore[union-attr]
+    assert world.run.read_only  # the base device is the read-only copy again
+    again, _, _ = plan_recover(flow, data)
+    assert again.steps == ()
+
+
+def test_a_dm_direct_reassembly_fails_cleanly_at_every_step(tmp_path: Path) -> None:
+    world, data = _direct(tmp_path)
+    probe = _rebooted(world)
+    total = len(plan_recover(probe, data)[0].steps)
+    apply(plan_recover(probe, data)[0])
+    for n in range(total):
+        world, data = _direct(tmp_path / str(n))
+        flow = _rebooted(world)
+        faults = Faults()
+        flow.host.dm.faults = faults  # type: ignore[attr-defined]
+        flow.host.loops.faults = faults  # type: ignore[attr-defined]
+        world.run.faults = faults
+        plan = plan_recover(flow, data)[0]
+        faults.fail_at = n
+        with pytest.raises(PlanError):
+            apply(plan)
+        assert flow.host.dm.list_devices() == {}, n
+        assert not flow.host.loops.attached and not world.run.read_only  # type: ignore[attr-defined]
+
+
+def test_a_pending_dm_direct_discard_resumes_its_merge_into_the_base(tmp_path: Path) -> None:
+    """dm-direct's discard keeps the writes since the snapshot: they are in the COW, and
+    snapshot-merge copies them into the base. Dropping the COW, as for dm, would lose them."""
+    world, data = _direct(tmp_path, "discard")
+    flow = _rebooted(world)
+    plan, result, _ = plan_recover(flow, data)
+    apply(plan)
+    assert result.merging == ("s1",) and not result.dropped
+    assert _kind(flow, "data") is SnapshotMerge
+    assert flow.host.dm.info("s1") is None and world.files.exists(tmp_path / "s1.cow")
+
+
+def test_recover_finishes_a_pending_dm_direct_discard(tmp_path: Path) -> None:
+    world, data = _direct(tmp_path, "discard")
+    flow = _rebooted(world)
+    flow.lock_dir = tmp_path / "locks"
+    flow.state.save(data)
+    done = recover(flow)
+    assert not isinstance(done, str) and done.merging == ("s1",)
+    assert flow.host.dm.table("data") == ORIGINAL and set(flow.host.dm.list_devices()) == {"data"}
+    assert not world.files.files and flow.state.load().snapshots == ()
+
+
+def test_a_pending_dm_direct_merge_rolls_back_to_the_linear_table(tmp_path: Path) -> None:
+    world, data = _direct(tmp_path, "merge")
+    flow = _rebooted(world)
+    plan, result, _ = plan_recover(flow, data)
+    apply(plan)
+    assert result.merging == ("s1",)
+    assert flow.host.dm.table("data") == ORIGINAL
+    assert flow.host.dm.info("s1") is None and not world.run.read_only
+
+
+def test_a_mount_layer_does_not_survive_a_reboot(tmp_path: Path) -> None:
+    """Its loop is gone, its file and the record's keys stay: recover removes both; a layer
+    file no record names is removed too."""
+    world, data = _direct(tmp_path)
+    record = data.snapshots[0]
+    layer = Layer.of(record)
+    world.files.create_sparse(layer.cow_file, 4096)
+    orphan = tmp_path / "state" / "cow" / "gone.layer"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"")
+    world.files.files[orphan] = 0
+    flow = _rebooted(world)
+    plan, _, kept = plan_recover(flow, StateData(snapshots=(recorded(record, layer),)))
+    apply(plan)
+    assert not world.files.exists(layer.cow_file) and not world.files.exists(orphan)
+    assert kept.snapshots == (record,)  # without the layer keys
+    assert _kind(flow, "data") is Snapshot
