@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import RefusedError, UsageError
+from snapkit.loopdev import Files
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.methods.dmshared import check_cow_dir
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.target import mounts_of
@@ -45,6 +47,7 @@ class RemountMethod:
 
     def __init__(self, host: Host) -> None:
         self.executor: Executor = host.run
+        self.files: Files = host.files
 
     def unsuitable(self, target: Target) -> str | None:
         if target.mountpoint is None:
@@ -70,11 +73,7 @@ class RemountMethod:
             image_path = request.cow_dir / f"{name}.img"
             if os.path.lexists(image_path):
                 raise RefusedError(f"{image_path} exists", hint="choose another name")
-            if _same_fs(request.cow_dir, target.mountpoint):
-                raise RefusedError(
-                    f"{request.cow_dir} is on {mp}, which will be read-only",
-                    hint="give a --cow-dir on another filesystem",
-                )
+            check_cow_dir(request.cow_dir, target)  # it may not exist yet: the copy makes it
             copy = self._copy_step(device, image_path)
             image = str(image_path)
         else:
@@ -100,14 +99,16 @@ class RemountMethod:
     def _copy_step(self, device: str, image: Path) -> Step:
         """cp into the image; its undo always runs, because a cp that fails part-way (a full
         --cow-dir) leaves a partial image that would block the next create of the same name.
-        It removes only a file this step began to write: one already there is refused."""
+        It removes only a file this step made (O_EXCL): one already there is refused."""
         cp = ["cp", "--sparse=always", device, str(image)]
         rm = ["rm", "-f", str(image)]
         began: list[bool] = []
 
         def copy() -> None:
-            if os.path.lexists(image):
-                raise RefusedError(f"{image} exists", hint="choose another name")
+            try:
+                self.files.create_sparse(image, 0)  # and --cow-dir, if it is not there yet
+            except FileExistsError:
+                raise RefusedError(f"{image} exists", hint="choose another name") from None
             began.append(True)
             self.executor.run(cp, timeout=COPY_TIMEOUT)
 
@@ -153,10 +154,6 @@ class RemountMethod:
         return Plan(
             f"discard {record.device}", (Step(" ".join(rm), lambda: self.executor.run(rm)),)
         )
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    return os.stat(a).st_dev == os.stat(b).st_dev
 
 
 __all__ = ["RemountMethod"]

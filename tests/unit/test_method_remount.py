@@ -18,6 +18,7 @@ import pytest
 from snapkit.dm.fake import Faults
 from snapkit.dm.table import DevNum
 from snapkit.errors import CommandError, RefusedError, UsageError
+from snapkit.loopdev import LocalFiles
 from snapkit.methods import remount
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
 from snapkit.methods.remount import RemountMethod
@@ -86,14 +87,14 @@ class FakeSystem:
 @pytest.fixture
 def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A fake system; the origin's mount table is ``mounted`` (empty once the user unmounts)."""
-    monkeypatch.setattr(remount, "_same_fs", lambda a, b: False)
+    monkeypatch.setattr(remount, "check_cow_dir", lambda cow_dir, target: None)
     mounted = [Mount(1, DevNum(254, 16), "/", MP, "ext4", DEV, "rw")]
     monkeypatch.setattr(remount, "mounts_of", lambda dev: tuple(mounted))
     monkeypatch.setattr("snapkit.target.block_devnum", lambda path: DevNum(254, 16))
 
     def build(fail_at: int | None = None) -> tuple[FakeSystem, RemountMethod, list[Mount]]:
         fake = FakeSystem(Faults(fail_at), tmp_path)
-        return fake, RemountMethod(SimpleNamespace(run=fake)), mounted  # type: ignore[arg-type]
+        return fake, RemountMethod(SimpleNamespace(run=fake, files=LocalFiles())), mounted  # type: ignore[arg-type]
 
     return build
 
@@ -166,6 +167,14 @@ def test_an_image_that_appears_after_planning_is_refused_and_kept(make: Any) -> 
     assert (fake.cow_dir / "s1.img").read_text() == "someone else's" and fake.mode == "rw"
 
 
+def test_a_cow_dir_that_is_not_there_yet_is_made(make: Any) -> None:
+    fake, method, _ = make()
+    cow_dir = fake.cow_dir / "state" / "cow"  # flow's default: under the state directory
+    plan, record = method.plan_create(request(fake, cow_dir=cow_dir))
+    apply(plan)
+    assert (cow_dir / "s1.img").read_text() == "v1" and record.device == f"{cow_dir}/s1.img"
+
+
 def test_a_file_open_for_writing_refuses_and_changes_nothing(make: Any) -> None:
     fake, method, _ = make()
     fake.busy = True
@@ -211,9 +220,9 @@ def test_refusals(make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (tmp_path / "s1.img").write_text("x")
     with pytest.raises(RefusedError, match="exists"):
         method.plan_create(request(fake))
-    monkeypatch.undo()  # the real _same_fs: a --cow-dir on the filesystem made read-only
+    monkeypatch.undo()  # the real check_cow_dir: a --cow-dir on the filesystem made read-only
     on_origin = Target(Path(DEV), tmp_path, "ext4", (254, 16))
-    with pytest.raises(RefusedError, match="will be read-only"):
+    with pytest.raises(RefusedError, match="is on the filesystem being snapshotted"):
         method.plan_create(CreateRequest(on_origin, "s2", cow_dir=tmp_path))
 
 

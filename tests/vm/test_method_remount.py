@@ -175,8 +175,11 @@ def test_the_refusal_says_why_in_one_line(vm: Session) -> None:
 
 
 def test_snapshot_mount_of_an_xfs_copy_beside_its_origin(vm: Session) -> None:
+    """Also without --cow-dir: the image goes under the state directory, made on demand."""
     setup(vm, "xfs")
-    snapkit(vm, *CREATE)
+    vm.sh("rm -rf /tmp/state")
+    snapkit(vm, *CREATE[:-2])
+    assert vm.run(["test", "-s", "/tmp/state/cow/s.img"]).returncode == 0
     snapkit(vm, "snapshot", "mount", "s", "/mnt/s")
     assert vm.sh("cat /mnt/s/marker").stdout.strip() == b"before"
     assert b"nouuid" in vm.sh("grep ' /mnt/s ' /proc/mounts").stdout
