@@ -1,5 +1,13 @@
-"""dm-direct across power cuts: ``snapkit recover`` re-assembles its stack and resumes a
-discard the cut interrupted, on the same raw disks (as tests/vm/test_power_cut.py does).
+"""dm-direct on xfs and btrfs: the quick cut of the lifecycle, and power cuts.
+
+The quick cut (make test, one VM per filesystem): create while a writer fsyncs files, mount
+through the throwaway layer (every write acknowledged before create is there, the marker
+written after is not), discard refused in one line while mounted, then discard: the origin
+keeps its writes and its original table, nothing left. The whole lifecycle (fsck, merge) is
+tests/vm/test_method_dm.py::test_lifecycle, under make test-slow for these two.
+
+The power cuts: ``snapkit recover`` re-assembles its stack and resumes a discard the cut
+interrupted, on the same raw disks (as tests/vm/test_power_cut.py does).
 
 xfs, so the throwaway mount layer is in play too: the first cut comes while the snapshot is
 mounted through it. After the reboot the origin must read as it was written *after* the
@@ -19,6 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from workload import (  # tests/vm is on sys.path (rootdir-relative, no package)
+    COW_DIR,
+    check_files,
+    ledger,
+    mount,
+    setup_origin,
+    snapkit,
+    start_writer,
+    stop_writer,
+    umount,
+)
 
 from vmtests.session import Session
 
@@ -35,6 +54,34 @@ snapkit snapshot mount s1 /mnt/s
 test "$(cat /mnt/s/marker)" = before
 test -e /keep/cow/s1.layer
 """
+
+
+@pytest.mark.parametrize("fs", ["xfs", "btrfs"])
+def test_layer_mount_and_discard(vm: Session, fs: str) -> None:
+    origin = setup_origin(vm, fs, size="320M")  # xfs's smallest
+    vm.sh("echo before > /mnt/o/marker && sync")
+    writer = start_writer(vm)
+    before = ledger(vm)
+    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", "dm-direct",
+            "--cow-dir", COW_DIR, "--cow-size", "64M")  # fmt: skip
+    stop_writer(vm, writer)
+    vm.sh("echo after > /mnt/o/marker && sync")
+    if fs == "btrfs":  # 6.1 refuses a same-fsid copy beside its mounted origin
+        umount(vm, "/mnt/o")
+    snapkit(vm, "snapshot", "mount", "s1", "/mnt/s")
+    check_files(vm, "/mnt/s/w", before)
+    assert vm.sh("cat /mnt/s/marker").stdout == b"before\n"
+    refused = snapkit(vm, "snapshot", "discard", "s1", check=False)
+    assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused.stderr
+    assert b"s1 is mounted at /mnt/s" in refused.stderr
+    umount(vm, "/mnt/s")
+    if fs == "btrfs":
+        mount(vm, fs, "/dev/mapper/data", "/mnt/o")
+    snapkit(vm, "snapshot", "discard", "s1")
+    assert vm.sh("cat /mnt/o/marker").stdout == b"after\n"
+    assert vm.sh("dmsetup table data").stdout.decode() == origin.table
+    assert vm.sh("dmsetup ls").stdout.split()[0::2] == [b"data"]  # no view, no layer
+    assert vm.sh(f"ls -A {COW_DIR}; blockdev --getro {origin.loop}").stdout == b"0\n"
 
 
 def _sh(vm: Session, script: str) -> str:
