@@ -95,6 +95,37 @@ def merge_progress(first: SnapshotUsage, now: SnapshotUsage) -> float:
     return max(0.0, min(100.0, 100.0 * (first.allocated - now.allocated) / todo))
 
 
+# Measured on the 6.1 guest (tests/vm/test_io_errors.py, tests/vm/test_overflow.py): a full COW,
+# or an I/O error on the COW or on the origin while a snapshot lives, invalidates it ("Invalid";
+# dmesg: "Invalidating snapshot: Error reading/writing") and the origin's own writes go on; a
+# write error on the origin during a merge stops it ("Write error: shutting down merge",
+# status "Merge failed"), and reads of unmerged chunks still go to the COW, so the origin still
+# reads as the snapshot. The merge does not resume by itself, nor on a reload of the same table.
+_WORDS = {
+    SnapshotFailure.INVALID: (
+        "invalid: the kernel dropped this snapshot (its COW filled up, or an I/O error hit the "
+        "COW or the origin: see dmesg); its point-in-time copy is lost, the origin is intact; "
+        "discard it: snapkit snapshot discard {name}"
+    ),
+    SnapshotFailure.OVERFLOW: (
+        "overflow: the COW is full; writes to the snapshot fail, reads still work and the "
+        "origin is intact; copy what you need, then discard it: snapkit snapshot discard {name}"
+    ),
+    SnapshotFailure.MERGE_FAILED: (
+        "Merge failed: the kernel stopped copying the snapshot back after an I/O error (see "
+        "dmesg); nothing is lost, the origin still reads as the snapshot; fix the device, then "
+        "run '{retry}' again"
+    ),
+    SnapshotFailure.UNKNOWN: "unknown: the kernel cannot say what state the snapshot is in",
+}
+
+
+def explain(failure: SnapshotFailure, name: str, retry: str = "") -> str:
+    """The status word in plain words, with what to do next. ``retry`` is the command that
+    restarts a failed merge (default: snapkit's own ``merge --wait``)."""
+    return _WORDS[failure].format(name=name, retry=retry or f"snapkit snapshot merge {name} --wait")
+
+
 def parse_snapshot_status(params: str) -> SnapshotStatus:
     text = params.strip()
     try:
@@ -216,6 +247,7 @@ __all__ = [
     "TargetStatus",
     "ThinPoolStatus",
     "ThinStatus",
+    "explain",
     "lvs_percent",
     "merge_progress",
     "parse_snapshot_status",

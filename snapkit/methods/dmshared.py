@@ -14,7 +14,13 @@ from typing import NamedTuple
 
 from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, parse_uuid
-from snapkit.dm.status import SnapshotFailure, SnapshotUsage, lvs_percent, merge_progress
+from snapkit.dm.status import (
+    SnapshotFailure,
+    SnapshotUsage,
+    explain,
+    lvs_percent,
+    merge_progress,
+)
 from snapkit.dm.table import Linear, Table, parse_table
 from snapkit.errors import RefusedError, ValidationError
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
@@ -164,34 +170,6 @@ class Health(NamedTuple):
     message: str = ""
 
 
-# Measured on the 6.1 guest (tests/vm/test_io_errors.py): an I/O error on the COW or on the
-# origin while a snapshot lives invalidates it ("Invalidating snapshot: Error reading/writing"),
-# the origin's own writes still succeed; a write error on the origin during a merge stops the
-# merge ("Write error: shutting down merge") and the status reads "Merge failed", while reads of
-# unmerged chunks still go to the COW, so the origin still reads as the snapshot.
-def _lost(name: str) -> str:
-    return (
-        "invalid: the kernel dropped this snapshot (its COW filled up, or an I/O error hit the "
-        "COW or the origin: see dmesg); its point-in-time copy is lost, the origin is intact; "
-        f"discard it: snapkit snapshot discard {name}"
-    )
-
-
-def _overflow(name: str) -> str:
-    return (
-        "overflow: the COW is full; writes to the snapshot fail, reads still work and the "
-        f"origin is intact; copy what you need, then discard it: snapkit snapshot discard {name}"
-    )
-
-
-def merge_failed_message(name: str) -> str:
-    return (
-        "Merge failed: the kernel stopped copying the snapshot back after an I/O error (see "
-        "dmesg); nothing is lost, the origin still reads as the snapshot; fix the device, then "
-        f"run 'snapkit snapshot merge {name} --wait' again"
-    )
-
-
 def snapshot_state(lines: tuple[object, ...], name: str = "NAME") -> Health:
     """State, lvs Data%, raw usage and plain words of a ``snapshot`` status."""
     status = getattr(lines[0], "status", None) if lines else None
@@ -199,12 +177,10 @@ def snapshot_state(lines: tuple[object, ...], name: str = "NAME") -> Health:
         percent = lvs_percent(status)
         return Health(State.ACTIVE, float(percent) if percent else None, status)
     if status is SnapshotFailure.OVERFLOW:
-        return Health(State.OVERFLOW, 100.0, None, _overflow(name))
-    if status is SnapshotFailure.MERGE_FAILED:  # a snapshot, not snapshot-merge: not seen
-        return Health(State.INVALID, None, None, merge_failed_message(name))
-    if status is None:
-        return Health(State.INVALID, None, None, "the kernel shows no snapshot status")
-    return Health(State.INVALID, None, None, _lost(name))
+        return Health(State.OVERFLOW, 100.0, None, explain(SnapshotFailure.OVERFLOW, name))
+    if isinstance(status, SnapshotFailure):
+        return Health(State.INVALID, None, None, explain(status, name))
+    return Health(State.INVALID, None, None, "the kernel shows no snapshot status")
 
 
 def merge_state(lines: tuple[object, ...], merge_from: int, name: str = "NAME") -> Health:
@@ -212,7 +188,7 @@ def merge_state(lines: tuple[object, ...], merge_from: int, name: str = "NAME") 
     words and the next step when the kernel stopped the merge."""
     status = getattr(lines[0], "status", None) if lines else None
     if status is SnapshotFailure.MERGE_FAILED:
-        return Health(State.INVALID, None, None, merge_failed_message(name))
+        return Health(State.INVALID, None, None, explain(SnapshotFailure.MERGE_FAILED, name))
     if not isinstance(status, SnapshotUsage):
         word = status.value.lower() if isinstance(status, SnapshotFailure) else "gone"
         return Health(
@@ -268,7 +244,6 @@ __all__ = [
     "dm_origin",
     "linear_of",
     "merge_failed",
-    "merge_failed_message",
     "merge_state",
     "origin_name",
     "refuse_if_mounted",

@@ -26,7 +26,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from snapkit.errors import RefusedError, UsageError
+from snapkit.dm.status import SnapshotFailure, explain
+from snapkit.errors import CommandError, OperationError, RefusedError, UsageError
 from snapkit.freezing import guard_suspend
 from snapkit.lvm import LogicalVolume, Lvm
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
@@ -158,6 +159,8 @@ class LvmMethod:
         if lv is None:
             return SnapshotStatus(record, State.INVALID, None, None, "the snapshot LV is gone")
         usage = lv.data_percent
+        if _merge_failed(lv):
+            return SnapshotStatus(record, State.INVALID, usage, None, self._failed_words(record))
         if lv.merging:
             origin = self.lvm.get(lv.vg, lv.origin or record.details["origin_lv"])
             pending = origin is not None and origin.is_open
@@ -165,7 +168,8 @@ class LvmMethod:
             progress = None if usage is None else 100.0 - usage
             return SnapshotStatus(record, State.MERGING, usage, progress, message)
         if lv.invalid:
-            return SnapshotStatus(record, State.INVALID, usage, None, "LVM marks it invalid")
+            words = explain(SnapshotFailure.INVALID, record.name)
+            return SnapshotStatus(record, State.INVALID, usage, None, words)
         return SnapshotStatus(record, State.ACTIVE, usage, None)
 
     def plan_merge(self, record: SnapshotRecord) -> Plan:
@@ -177,6 +181,8 @@ class LvmMethod:
         if origin is None:
             raise RefusedError(f"the origin of {lv.full_name} is gone")
         title = f"merge {lv.full_name} into {origin.full_name}"
+        if _merge_failed(lv) and not origin.is_open:
+            return Plan(title, self._restart_steps(record, origin))
         if lv.merging:
             if origin.is_open:
                 raise RefusedError(
@@ -186,7 +192,7 @@ class LvmMethod:
             refresh = ["lvchange", "--refresh", origin.full_name]
             start = Step(
                 " ".join(refresh) + " (starts the merge, waits for it)",
-                lambda: self.executor.run(refresh, timeout=MERGE_TIMEOUT),
+                lambda: self._merging(refresh, record),
             )
             return Plan(title, (start,))
         argv = self._merge_argv(lv)
@@ -201,9 +207,34 @@ class LvmMethod:
 
             return Plan(title, (Step(f"{' '.join(argv)} (deferred: origin open; {hint})",
                                      schedule),))  # fmt: skip
-        return Plan(
-            title,
-            (Step(" ".join(argv), lambda: self.executor.run(argv, timeout=MERGE_TIMEOUT)),),
+        return Plan(title, (Step(" ".join(argv), lambda: self._merging(argv, record)),))
+
+    def _failed_words(self, record: SnapshotRecord) -> str:
+        return explain(
+            SnapshotFailure.MERGE_FAILED, record.name, f"snapkit snapshot merge {record.name}"
+        )
+
+    def _merging(self, argv: list[str], record: SnapshotRecord) -> None:
+        """Run a command that merges and polls until done; a "Merge failed" from LVM (the
+        kernel's status word, measured: lvconvert exits 5 with "vg/lv: Merge failed. Retry
+        merge or inspect manually." among lvmpolld warnings) becomes snapkit's one line."""
+        try:
+            self.executor.run(argv, timeout=MERGE_TIMEOUT)
+        except CommandError as exc:
+            if "Merge failed" in exc.stderr:
+                raise OperationError(self._failed_words(record)) from None
+            raise
+
+    def _restart_steps(self, record: SnapshotRecord, origin: LogicalVolume) -> tuple[Step, ...]:
+        """Measured on 6.1: after "Merge failed", ``lvchange --refresh`` leaves it failed (the
+        kernel refuses to reload the same snapshot-merge); deactivating the origin drops the
+        stopped target, and activating it loads a fresh one, which merges from what the COW
+        holds on disk and polls until done."""
+        down = ["lvchange", "-an", origin.full_name]
+        up = ["lvchange", "-ay", origin.full_name]
+        return (
+            Step(" ".join(down) + " (drops the failed merge)", lambda: self.executor.run(down)),
+            Step(" ".join(up) + " (merges again, waits for it)", lambda: self._merging(up, record)),
         )
 
     def plan_extend(self, record: SnapshotRecord, by_bytes: int) -> Plan:
@@ -225,12 +256,18 @@ class LvmMethod:
                 return Plan(f"discard {full} (already gone)", ())
             raise RefusedError(f"{full} does not exist", hint="--force forgets the record")
         if lv.merging:
+            failed = _merge_failed(lv)
             raise RefusedError(
                 f"{full} is merging into its origin and cannot be discarded",
-                hint=self._resume_hint(record),
+                hint=self._failed_words(record) if failed else self._resume_hint(record),
             )
         argv = ["lvremove", "-f", "-y", full]
         return Plan(f"discard {full}", (Step(" ".join(argv), lambda: self.executor.run(argv)),))
+
+
+def _merge_failed(lv: LogicalVolume) -> bool:
+    """lv_attr's 5th letter ``m``: the kernel stopped this snapshot's merge on an error."""
+    return lv.attr[4:5] == "m"
 
 
 def _mangle(name: str) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from snapkit.dm.fake import Faults
+from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.status import (
     NoStatus,
     RawStatus,
@@ -22,14 +26,18 @@ from snapkit.dm.status import (
     parse_status,
     parse_status_line,
 )
-from snapkit.errors import FormatError, OperationError
+from snapkit.errors import CommandError, FormatError, OperationError
 from snapkit.flow import Flow
-from snapkit.methods.base import SnapshotRecord, State
+from snapkit.methods.base import Host, SnapshotRecord, State
 from snapkit.methods.dm import DmMethod
 from snapkit.methods.dmshared import merge_failed, merge_state, snapshot_state
+from snapkit.methods.lvm import LvmMethod
 from snapkit.plan import PlanError, apply
+from snapkit.run import Completed
 from snapkit.state import StateData, StateFile
 from tests.unit.test_method_dm import SIZE, World, created, make_world
+from tests.unit.test_method_lvm import FakeLvm, Lv
+from tests.unit.test_method_lvm import request as lvm_request
 
 
 def test_fresh_snapshot() -> None:
@@ -249,3 +257,81 @@ def test_an_unreadable_cow_at_merge_start_leaves_a_merge_to_run_again(tmp_path: 
     world.dm.faults = Faults()  # the disk is back
     apply(method.plan_merge(record))
     assert method.status(record).state is State.MERGED
+
+
+# -- lvm: the same kernel words, read through lv_attr ----------------------------------------
+
+
+@dataclass
+class _FailingMergeLvm(FakeLvm):
+    """lvm2 whose merge the kernel stops while ``broken``: lvconvert (and a later activation)
+    exit 5 saying "Merge failed", as measured, and lv_attr's 5th letter reads ``m``."""
+
+    broken: bool = True
+    failed: set[str] = field(default_factory=set)
+
+    def report(self) -> str:
+        data = json.loads(super().report())
+        for row in data["report"][0]["lv"]:
+            if row["lv_name"].strip("[]") in self.failed:
+                row["lv_attr"] = row["lv_attr"][:4] + "m" + row["lv_attr"][5:]
+        return json.dumps(data)
+
+    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
+        args = list(argv)
+        if args[:2] == ["lvconvert", "--merge"] and self.broken:
+            self.calls.append(args)
+            name = args[-1].split("/")[1]
+            self.lvs[name].merging = True
+            self.failed.add(name)
+            raise CommandError(args, 5, LVM_MERGE_FAILED)
+        if args[:2] == ["lvchange", "-ay"] and self.failed:
+            self.calls.append(args)
+            if self.broken:
+                raise CommandError(args, 5, LVM_MERGE_FAILED)
+            for name in self.failed:
+                del self.lvs[name]  # merged this time
+            self.failed.clear()
+            return Completed(tuple(args), 0, "", "", 0.0)
+        return super().run(argv, **kw)
+
+
+LVM_MERGE_FAILED = (
+    "/run/lvm/lvmpolld.socket: connect failed: No such file or directory\n"
+    "  WARNING: Failed to connect to lvmpolld. Proceeding with polling without using lvmpolld.\n"
+    "  vg/lv: Merge failed. Retry merge or inspect manually.\n"
+)
+
+
+def test_lvm_merge_failed_is_one_line_then_restarts_by_reactivation(tmp_path: Path) -> None:
+    """Measured on 6.1: ``lvchange --refresh`` leaves a failed merge failed; ``-an`` then
+    ``-ay`` of the origin merges again and waits for it."""
+    fake = _FailingMergeLvm(Faults())
+    fake.lvs["lv"] = Lv("lv")
+    flow = Flow(
+        Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
+        state=StateFile(tmp_path / "state"), lock_dir=tmp_path,
+    )  # fmt: skip
+    method = LvmMethod(flow.host)
+    plan, record = method.plan_create(lvm_request())
+    apply(plan)
+    flow.state.save(StateData(snapshots=(record,)))
+    with pytest.raises(PlanError) as caught:
+        flow.merge("s1")
+    said = str(caught.value)
+    assert "\n" not in said and "Merge failed: " in said, said
+    assert "run 'snapkit snapshot merge s1' again" in said and "lvmpolld" not in said
+    status = flow.status("s1")
+    assert status.state is State.INVALID and status.message.startswith("Merge failed: ")
+    # still broken: the restart says the same, and keeps the record
+    restart = method.plan_merge(record)
+    assert [s.description.split(" (")[0] for s in restart.steps] == [
+        "lvchange -an vg/lv", "lvchange -ay vg/lv",
+    ]  # fmt: skip
+    with pytest.raises(PlanError, match="Merge failed: "):
+        flow.merge("s1")
+    assert flow.status("s1").state is State.INVALID
+    fake.broken = False  # the device is fixed
+    assert flow.merge("s1").state is State.MERGED  # type: ignore[union-attr]
+    assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
+    assert ["lvchange", "--refresh", "vg/lv"] not in fake.calls
