@@ -68,7 +68,7 @@ class Recovery:
 
     actions: tuple[str, ...]
     dropped: tuple[str, ...]  # records removed: their snapshot is cleanly absent
-    merging: tuple[str, ...]  # merges resumed (finish with 'snapshot merge NAME --wait')
+    merging: tuple[str, ...]  # resumed: 'snapshot merge NAME --wait' (dm-direct discard: discard)
 
 
 def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData]:

@@ -14,7 +14,7 @@ from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.flow import Flow
 from snapkit.layer import Layer, recorded
-from snapkit.methods.base import Host
+from snapkit.methods.base import CreateRequest, Host, Target
 from snapkit.methods.dm import DmMethod
 from snapkit.methods.dm_direct import DmDirectMethod
 from snapkit.plan import PlanError, apply
@@ -217,3 +217,28 @@ def test_a_mount_layer_does_not_survive_a_reboot(tmp_path: Path) -> None:
     assert not world.files.exists(layer.cow_file) and not world.files.exists(orphan)
     assert kept.snapshots == (record,)  # without the layer keys
     assert _kind(flow, "data") is Snapshot
+
+
+def test_a_dm_direct_origin_at_an_offset_gets_its_range_device_back(tmp_path: Path) -> None:
+    """A snapshot target has no offset: the range is its own device (-base), as at create."""
+    world = make_world(tmp_path)
+    world.dm.faults = Faults()
+    world.dm.create("part")
+    world.dm.load("part", Table.single(1024, Linear(BASE, 2048)))
+    world.dm.resume("part")
+    target = Target(Path("/dev/mapper/part"), None, "xfs", (253, 1))
+    plan, record = DmDirectMethod(world.host).plan_create(
+        CreateRequest(target, "p1", cow_dir=tmp_path)
+    )
+    apply(plan)
+    world.run.read_only.clear()
+    flow = _rebooted(world)
+    recovered, _, kept = plan_recover(flow, StateData(snapshots=(record,)))
+    apply(recovered)
+    assert flow.host.dm.table("p1-base") == Table.single(1024, Linear(BASE, 2048))
+    origin = flow.host.dm.table("part")
+    assert origin is not None and isinstance(origin.lines[0].target, Snapshot)
+    assert origin.lines[0].target.origin == "/dev/mapper/p1-base"
+    assert flow.host.dm.table("p1") == Table.single(1024, Linear("/dev/mapper/p1-base", 0))
+    assert kept.snapshots[0].details["base"] == "/dev/mapper/p1-base"
+    assert world.run.read_only == {"/dev/mapper/p1-base"}
