@@ -23,6 +23,7 @@ The raw recipe's words are inverted with respect to snapkit's single meaning of 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -265,7 +266,9 @@ class DmDirectMethod:
                 steps.suspend(dm, origin),
                 steps.resume(dm, origin),
             ]
-        s += teardown(self.host, Layer.of(record))
+        # no undos: finish converges by running again, and putting a layer back over a view
+        # a later failure may already have removed could only fail
+        s += [replace(step, undo=None) for step in teardown(self.host, Layer.of(record))]
         for name in (record.name, base_name(record.name)):
             if dm.info(name) is not None:
                 s.append(steps.remove(dm, name))
