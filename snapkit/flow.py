@@ -132,7 +132,7 @@ class Flow:
                 return _hooks_text(req.pre, plan.render(), req.post)
             self._hook(req.pre, "--pre")
             try:
-                self.apply_plan(plan)
+                self._apply_create(impl, plan, record)
                 record = replace(record, created_at=time.time())
                 self.state.save(self.load().with_snapshot(record))
             finally:
@@ -140,6 +140,24 @@ class Flow:
             if post_failed:
                 raise OperationError(f"snapshot {name} was created, but {post_failed}")
             return impl.status(record)
+
+    def _apply_create(self, impl: Method, plan: Plan, record: SnapshotRecord) -> None:
+        """Apply a create plan. A method whose COW takes the origin's *newest* writes once its
+        plan switches the origin (dm-direct: ``record_first``) is recorded as ``pending
+        create`` before the plan runs: a crash after the switch and before the record would
+        leave a COW no record names, which recover removes as a create cut short -- and with
+        it every write acknowledged since. A clean rollback takes the mark away again."""
+        if not getattr(impl, "record_first", False):
+            self.apply_plan(plan)
+            return
+        creating = replace(record, details={**record.details, "pending": "create"})
+        self.state.save(self.load().with_snapshot(creating))
+        try:
+            self.apply_plan(plan)
+        except PlanError as exc:
+            if not (exc.undo_failures or exc.skipped):
+                self.state.save(self.load().without_snapshot(record.name))
+            raise
 
     def _hook(self, command: str | None, what: str, *, check: bool = True) -> str:
         if not command:
@@ -304,9 +322,10 @@ class Flow:
     ) -> SnapshotStatus | str:  # fmt: skip
         pending = record.details.get("pending", "")
         if pending and pending != op:
+            finish = f"snapkit snapshot {pending} {record.name}"
             raise RefusedError(
                 f"a {pending} of {record.name} is under way",
-                hint=f"finish it: snapkit snapshot {pending} {record.name}",
+                hint=f"finish it: {'snapkit recover' if pending == 'create' else finish}",
             )
         if not isinstance(impl, KernelMerge):
             return self._end_plain(impl, record, op, dry_run, force=force)

@@ -54,7 +54,7 @@ from snapkit.loopdev import LoopSlot
 from snapkit.methods.base import SnapshotRecord
 from snapkit.methods.dmshared import MAPPER, DmDetails
 from snapkit.plan import Plan, Step
-from snapkit.recover_direct import origin_steps, orphan_layers, reassemble
+from snapkit.recover_direct import origin_steps, orphan_layers, reassemble, settle_create
 from snapkit.state import StateData
 from snapkit.target import StableId, block_devnum, block_info, find_stable
 
@@ -102,6 +102,17 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             if record != forgotten(record):
                 record = forgotten(record)
                 kept = kept.with_snapshot(record)
+        if record.method == "dm-direct" and d.pending == "create" and _usable(flow, record):
+            if dm.info(d.origin_name) is None:  # rebooted: the disk may have moved
+                record = _repointed(flow, record, d)
+            settled, keep = settle_create(flow, record)
+            s += settled
+            if keep is None:
+                kept = kept.without_snapshot(record.name)
+                dropped.append(record.name)
+            else:
+                kept = kept.with_snapshot(keep)
+            continue
         if not _usable(flow, record):
             s.append(steps.detach_all(host.loops, d.cow_file))
             if host.files.exists(d.cow_file):
@@ -113,11 +124,9 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             if d.pending:
                 merging.append(record.name)  # no reboot: the flow (re)starts and finishes it
             continue  # already assembled
-        original = _found_again(flow, record, d)
-        if original != d.table:
-            fixed = DmDetails(**{**vars(d), "table": original})
-            record = replace(record, details={**record.details, **fixed.to_strings()})
-            kept, d = kept.with_snapshot(record), fixed
+        if (repointed := _repointed(flow, record, d)) != record:
+            record, d = repointed, DmDetails.of(repointed)
+            kept = kept.with_snapshot(record)
         if record.method == "dm-direct":
             direct, rebased = reassemble(flow, record)
             s += direct
@@ -217,6 +226,15 @@ def _moved(flow: Flow, ident: StableId, whose: str) -> DevNum:
             hint="attach it and run 'snapkit recover' again; nothing was changed",
         )
     return dev
+
+
+def _repointed(flow: Flow, record: SnapshotRecord, d: DmDetails) -> SnapshotRecord:
+    """``record`` with its original table pointed at its disk's number now."""
+    original = _found_again(flow, record, d)
+    if original == d.table:
+        return record
+    fixed = DmDetails(**{**vars(d), "table": original})
+    return replace(record, details={**record.details, **fixed.to_strings()})
 
 
 def _found_again(flow: Flow, record: SnapshotRecord, d: DmDetails) -> Table:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
+from snapkit.cow.format import ENTRY_SIZE, SNAP_MAGIC, Header
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, uuid
-from snapkit.dm.table import Dev, Linear, Snapshot, SnapshotMerge, Store, Table
+from snapkit.dm.table import Dev, Linear, Snapshot, SnapshotMerge, Store, Table, parse_dev
+from snapkit.errors import CowFormatError
 from snapkit.flow import Flow
 from snapkit.layer import SUFFIX, Layer
 from snapkit.loopdev import LoopSlot
@@ -22,6 +25,7 @@ from snapkit.methods.dmshared import MAPPER, DmDetails, linear_of
 from snapkit.plan import Step
 from snapkit.state import StateData
 from snapkit.target import block_info
+from snapkit.validate import SECTOR
 
 
 def reassemble(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], SnapshotRecord]:
@@ -66,6 +70,62 @@ def reassemble(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], Snapshot
     return s, record
 
 
+def settle_create(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], SnapshotRecord | None]:
+    """A create cut short (``pending create``, saved before its plan ran; ``record``'s table
+    already points at the disk's number now). The origin's writes since the switch live in
+    the COW only, so: switched (its table, or after a reboot a COW holding an exception) ->
+    finish the stack and keep the snapshot; never switched -> undo the rest and drop it
+    (``None``), the origin as it was."""
+    dm, host = flow.host.dm, flow.host
+    d = DmDetails.of(record)
+    done = replace(record, details={**record.details, "pending": ""})
+    info = dm.info(d.origin_name)
+    table = dm.table(d.origin_name) if info else None
+    if info is None and holds_writes(d.cow_file):
+        return reassemble(flow, done)
+    if table is not None and table.lines[0].target.type_name == "snapshot":
+        base = parse_dev(d.base)
+        s: list[Step] = []
+        if dm.info(record.name) is None:
+            view = Table.single(d.table.size, Linear(base, 0))
+            s += _device(flow, record.name, uuid(record.name, Role.VIEW), view, ro=True)
+        path = _path(base)
+        return [*s, steps.set_ro(host.run, lambda: path, path, True)], done
+    s = []
+    if info is None:
+        s += origin_steps(flow, d.origin_name, lambda: d.table, steps.table_text(d.table))
+    else:  # killed inside the switch: the loaded table must not be swapped in later
+        if info.inactive_table:
+            s.append(Step(f"dmsetup clear {d.origin_name}", lambda: dm.clear(d.origin_name)))
+        if info.suspended:
+            s.append(steps.resume(dm, d.origin_name))
+    for name in (record.name, base_name(record.name)):
+        if dm.info(name) is not None:
+            s.append(steps.remove(dm, name))
+    s.append(steps.detach_all(host.loops, d.cow_file))
+    if host.files.exists(d.cow_file):
+        s.append(steps.unlink(host.files, d.cow_file))
+    return s, None
+
+
+def holds_writes(cow: Path) -> bool:
+    """Whether a persistent COW holds a committed exception: the kernel commits one before it
+    acknowledges the write that needed it, so none means no write went to it. Unreadable or
+    unknown: assume it does, the side that loses nothing."""
+    try:
+        with open(cow, "rb") as f:
+            header = Header.unpack(f.read(512))
+            if header.is_new:
+                return False  # never loaded as a snapshot: the switch did not happen
+            if header.magic != SNAP_MAGIC or not 0 < header.chunk_sectors <= 1 << 20:
+                return True
+            f.seek(header.chunk_sectors * SECTOR)
+            first = f.read(ENTRY_SIZE)
+    except (OSError, CowFormatError):
+        return True
+    return len(first) < ENTRY_SIZE or int.from_bytes(first[8:16], "little") != 0
+
+
 def origin_steps(flow: Flow, name: str, table: Callable[[], Table], text: str) -> list[Step]:
     """Load ``table`` into the prepared origin ``name``, creating it if the reboot took it."""
     dm = flow.host.dm
@@ -101,4 +161,4 @@ def orphan_layers(flow: Flow, data: StateData) -> list[Layer]:
     return [x for x in layers if flow.host.dm.info(x.name) is None]
 
 
-__all__ = ["origin_steps", "orphan_layers", "reassemble"]
+__all__ = ["holds_writes", "origin_steps", "orphan_layers", "reassemble", "settle_create"]

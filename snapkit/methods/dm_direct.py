@@ -63,6 +63,10 @@ def _dev_path(dev: Dev) -> str:
 
 class DmDirectMethod:
     name: ClassVar[str] = "dm-direct"
+    # Once the origin is switched, its newest writes live in the COW only: the flow records
+    # the snapshot (pending create) before the plan runs, so recover never takes the COW for
+    # the leftover of a create cut short.
+    record_first: ClassVar[bool] = True
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -160,6 +164,11 @@ class DmDirectMethod:
         if kind == "snapshot-merge":
             health = merge_state(dm.status(d.origin_name), d.merge_from, record.name)
             return SnapshotStatus(record, health.state, None, health.percent, health.message)
+        if d.pending == "create":
+            return SnapshotStatus(
+                record, State.INVALID, None, None,
+                "its create was cut short (or is running): 'snapkit recover' settles it",
+            )  # fmt: skip
         if d.pending and kind == "snapshot":
             return SnapshotStatus(
                 record, State.ACTIVE, None, None,

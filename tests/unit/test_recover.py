@@ -17,8 +17,9 @@ from snapkit.layer import Layer, recorded
 from snapkit.methods.base import CreateRequest, Host, Target
 from snapkit.methods.dm import DmMethod
 from snapkit.methods.dm_direct import DmDirectMethod
-from snapkit.plan import PlanError, apply
+from snapkit.plan import PlanError, Step, apply
 from snapkit.recover import plan_recover, recover
+from snapkit.recover_direct import holds_writes
 from snapkit.state import StateData, StateFile
 from tests.unit.test_method_dm import BASE, ORIGINAL, FakeLoops, World, make_world
 
@@ -242,3 +243,111 @@ def test_a_dm_direct_origin_at_an_offset_gets_its_range_device_back(tmp_path: Pa
     assert flow.host.dm.table("p1") == Table.single(1024, Linear("/dev/mapper/p1-base", 0))
     assert kept.snapshots[0].details["base"] == "/dev/mapper/p1-base"
     assert world.run.read_only == {"/dev/mapper/p1-base"}
+
+
+# -- a dm-direct create cut short: recorded as 'pending create' before its plan ran -----------
+
+
+def _cut_create(tmp_path: Path, steps_done: int) -> tuple[World, StateData]:
+    """The first ``steps_done`` steps of a dm-direct create ran, then snapkit died."""
+    world = make_world(tmp_path)
+    plan, record = DmDirectMethod(world.host).plan_create(world.request())
+    for step in plan.steps[:steps_done]:
+        step.do()
+    creating = replace(record, details={**record.details, "pending": "create"})
+    return world, StateData(snapshots=(creating,))
+
+
+def _cow(path: Path, *, loaded: bool, exception: bool) -> None:
+    """A COW as the kernel leaves it: zero (never loaded), a header, and maybe one entry."""
+    raw = bytearray(3 * 4096)
+    if loaded:
+        raw[0:16] = (
+            (0x70416E53).to_bytes(4, "little")
+            + (1).to_bytes(4, "little") * 2
+            + (8).to_bytes(4, "little")
+        )
+    if exception:
+        raw[4096 : 4096 + 16] = (5).to_bytes(8, "little") + (2).to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+
+
+def test_holds_writes_reads_the_first_committed_exception(tmp_path: Path) -> None:
+    cow = tmp_path / "c.cow"
+    assert holds_writes(cow)  # unreadable: assume it does
+    _cow(cow, loaded=False, exception=False)
+    assert not holds_writes(cow)
+    _cow(cow, loaded=True, exception=False)
+    assert not holds_writes(cow)
+    _cow(cow, loaded=True, exception=True)
+    assert holds_writes(cow)
+
+
+def test_a_create_cut_after_the_switch_is_kept_after_a_reboot(tmp_path: Path) -> None:
+    """Writes acknowledged since the switch are in the COW only: the snapshot must come back."""
+    world, data = _cut_create(tmp_path, 8)
+    _cow(tmp_path / "s1.cow", loaded=True, exception=True)
+    world.run.read_only.clear()
+    flow = _rebooted(world)
+    plan, result, kept = plan_recover(flow, data)
+    apply(plan)
+    assert not result.dropped and kept.snapshots[0].details["pending"] == ""
+    assert _kind(flow, "data") is Snapshot and flow.host.dm.info("s1") is not None
+    assert world.run.read_only and world.files.exists(tmp_path / "s1.cow")
+
+
+def test_a_create_whose_cow_took_nothing_is_dropped_after_a_reboot(tmp_path: Path) -> None:
+    world, data = _cut_create(tmp_path, 8)
+    _cow(tmp_path / "s1.cow", loaded=True, exception=False)
+    flow = _rebooted(world)
+    plan, result, kept = plan_recover(flow, data)
+    apply(plan)
+    assert result.dropped == ("s1",) and kept.snapshots == ()
+    assert flow.host.dm.table("data") == ORIGINAL and set(flow.host.dm.list_devices()) == {"data"}
+    assert not world.files.files
+
+
+def test_a_create_killed_after_the_switch_is_finished_in_place(tmp_path: Path) -> None:
+    world, data = _cut_create(tmp_path, 8)  # no reboot: the origin is the snapshot target
+    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    plan, result, kept = plan_recover(flow, data)
+    apply(plan)
+    assert not result.dropped and kept.snapshots[0].details["pending"] == ""
+    assert world.run.read_only  # the base is the read-only copy
+    assert DmDirectMethod(world.host).status(kept.snapshots[0]).state.value == "active"
+
+
+def test_a_create_killed_inside_the_switch_is_undone(tmp_path: Path) -> None:
+    """Killed between the suspend and the resume: the origin is suspended with the snapshot
+    table loaded. It is cleared and resumed as it was; the rest of the create goes."""
+    world, data = _cut_create(tmp_path, 7)
+    assert world.dm.info("data").suspended  # type: ignore[union-attr]
+    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    plan, result, kept = plan_recover(flow, data)
+    apply(plan)
+    assert result.dropped == ("s1",) and kept.snapshots == ()
+    state = world.dm.state()
+    assert set(state) == {"data"} and state["data"].active == ORIGINAL
+    assert not state["data"].suspended and state["data"].inactive is None
+    assert not world.loops.attached and not world.files.files
+
+
+def test_the_flow_records_a_dm_direct_create_before_its_plan(tmp_path: Path) -> None:
+    """So no crash can leave a COW with the origin's newest writes and no record; a clean
+    rollback takes the mark away again."""
+    world = make_world(tmp_path)
+    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    method = DmDirectMethod(world.host)
+    plan, record = method.plan_create(world.request())
+    seen: list[str] = []
+    probe = Step("look", lambda: seen.append(flow.state.load().snapshots[0].details["pending"]))
+    flow._apply_create(method, replace(plan, steps=(probe, *plan.steps)), record)
+    assert seen == ["create"]
+    world = make_world(tmp_path / "2")
+    flow = Flow(world.host, state=StateFile(tmp_path / "2" / "state"))
+    method = DmDirectMethod(world.host)
+    plan, record = method.plan_create(world.request())
+    world.faults.fail_at = len(world.faults.calls) + 5
+    with pytest.raises(PlanError):
+        flow._apply_create(method, plan, record)
+    assert flow.state.load().snapshots == ()
