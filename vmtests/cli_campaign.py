@@ -55,11 +55,25 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matrix", default="quick", choices=("quick", "full", "faults"))
     p.add_argument("--cuts", type=int, metavar="N", help="faults: run N seeded power-cut points")
     p.add_argument(
+        "--bad-inputs",
+        type=int,
+        metavar="N",
+        help="faults: run a seeded sample of N bad inputs (0: none; default: all of them)",
+    )
+    p.add_argument(
+        "--methods",
+        default="dm,dm-direct,lvm",
+        metavar="M,...",
+        help="faults: cut points of these methods only (default dm,dm-direct,lvm)",
+    )
+    p.add_argument("--json", action="store_true", help="faults: print the summary as JSON")
+    p.add_argument(
         "--scenario",
         action="append",
         default=[],
         metavar="ID",
-        help="run only this scenario id (repeatable; any id of the full matrix)",
+        help="run only this scenario id (repeatable; any id of the full matrix; for faults, "
+        "a cut point id such as ext4-dm-create-p1s9)",
     )
     p.add_argument("--seed", type=int, help="replay with this seed (default: each id's own)")
     p.add_argument("--shard", metavar="K/N", help="run the K-th of N deterministic slices")
@@ -134,11 +148,22 @@ def _pytest(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.matrix == "faults":  # power cuts: two boots per point, run by vmtests/faults.py
-        from vmtests.faults import run_matrix
+    if args.matrix == "faults":  # power cuts and bad inputs: vmtests/faults_main.py
+        from vmtests.faults_main import Options, run_matrix
 
-        workers = 2 if args.workers == "auto" else int(args.workers)
-        return run_matrix(args.cuts, args.seed or 6, workers, args.report, args.accel)
+        return run_matrix(
+            Options(
+                cuts=args.cuts,
+                ids=tuple(args.scenario),
+                seed=6 if args.seed is None else args.seed,
+                workers=2 if args.workers == "auto" else int(args.workers),
+                report=args.report,
+                accel=args.accel,
+                bad_inputs=args.bad_inputs,
+                methods=tuple(m for m in args.methods.split(",") if m),
+                json=args.json,
+            )
+        )
     return _pytest(args)
 
 

@@ -1,22 +1,28 @@
-"""Power cuts, guest side (issue 6, item 1): one boot arms the cut, the next boot judges it.
+"""Power cuts, guest side (issue 6): build base disks once, then arm a cut and judge the last.
 
-    python3 -I -S /src/vmtests/guest/faults.py arm   '{"fs":..,"method":..,"phase":..,"step":..}'
-    python3 -I -S /src/vmtests/guest/faults.py judge '{...same spec...}'
+    python3 -I -S /src/vmtests/guest/faults.py build '[spec, ...]'
+    python3 -I -S /src/vmtests/guest/faults.py step  '{"judge": spec|null, "arm": spec|null}'
 
-Disks survive the cut (they are raw files on the host): ``/dev/vmtest/disk0`` holds the origin
-(a prepared dm device, or an LVM LV), ``/dev/vmtest/disk1`` is an ext4 "keep" disk with
-snapkit's state directory (so the state file and the COW files live where a real system keeps
-them, on disk) and the ledger. ``arm`` sets up, starts the ledger writer (``writer.py``: each
-file fsync'd, then its number appended and fsync'd), and launches the operation under test in
-the background with flow's test hook pausing it before plan step N (``SNAPKIT_TEST_PAUSE_AT``);
-the host polls for the pause line (``/tmp/op.err``) and kills QEMU. A step of 0 means no pause:
-the host cuts after a seeded delay instead, wherever the operation (or the kernel's merge) is.
+A *kind* (``kid``) is a filesystem, a method and a starting content: ``empty`` (a prepared dm
+origin or an LVM LV, freshly made, for the create cuts) or ``snapped`` (the same with a
+snapshot already taken, for the merge, discard and extend cuts). Its two disks are named by
+serial, ``<kid>-o`` (the origin) and ``<kid>-k`` (an ext4 "keep" disk: snapkit's state
+directory, so the state file and the COW files live on disk as on a real system, and the
+ledgers). ``build`` makes one base per kind, once per run; every cut then boots on qcow2
+overlays of it, so no cut pays for mkfs, pvcreate or the snapshot it merges.
 
-``judge`` runs after the reboot: ``snapkit recover``, then the oracle -- origin mounted (the
-journal replays), every acknowledged file intact, unmounted, fsck clean; a surviving snapshot
-active, fsck clean, and holding every file acknowledged before the create began; a merge
-finished with the origin equal to the snapshot's tree; no dm device left suspended.
-Prints one JSON object. Standard library only.
+Why ``step`` judges and arms in one boot: a boot under TCG costs seconds, and the judge of
+one cut and the arming of the next need nothing from each other: different kinds, so
+different disks, names, VGs and filesystem UUIDs (the host never chains two cuts of one
+kind), and the judged kind is taken out of the kernel before the next is armed, because
+snapkit adopts every snapkit device the kernel shows into the state file it is using.
+
+``arm``: re-assemble (``snapkit recover``: the prepared origin, or the snapshot, as after any
+reboot), start the ledger writer where the phase has a mounted origin (``writer.py``: each
+file fsync'd, then its number appended to the ledger and fsync'd), and launch the operation in
+the background with flow's test hook pausing it before plan step N (``SNAPKIT_TEST_PAUSE_AT``).
+The host polls ``/tmp/op-<kid>.err`` for the pause line, or waits a seeded delay, and SIGKILLs
+QEMU. The judge is in ``faults_judge.py``. Prints one JSON object. Standard library only.
 """
 
 from __future__ import annotations
@@ -29,190 +35,147 @@ import json
 import os
 import subprocess
 import time
+import traceback
 from typing import Any
 
 from vmtests.guest import check
+from vmtests.guest.faults_kind import Kind, acked, attach, durable, snapkit, teardown
 from vmtests.guest.proc import log, run
 from vmtests.guest.writer import pattern
 
-KEEP = "/keep"
-STATE = f"{KEEP}/state"
-LEDGER = f"{KEEP}/ledger"
-ENV = {**os.environ, "SNAPKIT_STATE_DIR": STATE, "DM_DISABLE_UDEV": "1"}
-ORIGIN_DISK, KEEP_DISK = "/dev/vmtest/disk0", "/dev/vmtest/disk1"
-MNT, SNAP_MNT = "/mnt/o", "/mnt/s"
 MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"],
         "btrfs": ["mkfs.btrfs", "-q", "-f"]}  # fmt: skip
-NAME = "s1"
+BASE_FILES, LATER_FILES = 24, 40  # files before the snapshot, and after it (the COW's content)
+COW_SIZE = "32M"
+WRITER = "/src/vmtests/guest/writer.py"
 
 
-def snapkit(*args: str, check_ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["snapkit", *args], capture_output=True, text=True, env=ENV, check=False)
-    log(f"$ snapkit {' '.join(args)} -> {proc.returncode} {proc.stderr.strip()[-300:]}")
-    if check_ok and proc.returncode != 0:
-        raise SystemExit(f"snapkit {' '.join(args)}: {proc.stderr}")
-    return proc
+def write_files(directory: str, ledger: str, first: int, last: int) -> None:
+    """The writer's protocol, synchronously: file fsync'd, directory fsync'd, then its number
+    in the ledger, fsync'd. Numbers continue a ledger, so no acknowledged file is rewritten."""
+    os.makedirs(directory, exist_ok=True)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    lfd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for n in range(first, last + 1):
+            fd = os.open(f"{directory}/f{n}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, pattern(n))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(dfd)
+            os.write(lfd, f"{n}\n".encode())
+            os.fsync(lfd)
+    finally:
+        os.close(lfd)
+        os.close(dfd)
 
 
-def origin_dev(method: str) -> str:
-    return "/dev/mapper/data" if method == "dm" else "/dev/vg0/lv0"
-
-
-def durable(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def acked() -> int:
-    with open(LEDGER, encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip().isdigit())
-
-
-def arm(spec: dict[str, Any]) -> dict[str, Any]:
-    fs, method, phase = spec["fs"], spec["method"], spec["phase"]
-    run(["mkfs.ext4", "-q", "-F", KEEP_DISK])
-    os.makedirs(KEEP, exist_ok=True)
-    run(["mount", KEEP_DISK, KEEP])
-    os.makedirs(STATE, exist_ok=True)
-    for d in (MNT, SNAP_MNT):
-        os.makedirs(d, exist_ok=True)
-    run(["modprobe", fs], check=False)
-    if method == "dm":
-        snapkit("device", "prepare", ORIGIN_DISK, "--name", "data")
+def build(k: Kind) -> dict[str, Any]:
+    """One base: keep disk, origin (prepared dm device or LV), filesystem; when snapped, 24
+    acknowledged files, the snapshot, 40 more files, and the snapshot's tree digest. Ends
+    with the kind's devices taken down as a shutdown would: the state file still records the
+    snapshot, so every cut starts with a reboot's ``snapkit recover``."""
+    attach(k, fresh=True)
+    if k.method == "lvm":
+        run(["pvcreate", "-q", "-y", k.origin_disk])
+        run(["vgcreate", "-q", k.vg, k.origin_disk])
+        run(["lvcreate", "-q", "-y", "-L", "160M", "-n", "lv0", k.vg])
     else:
-        run(["pvcreate", "-q", "-y", ORIGIN_DISK])
-        run(["vgcreate", "-q", "vg0", ORIGIN_DISK])
-        run(["lvcreate", "-q", "-y", "-L", "160M", "-n", "lv0", "vg0"])
-    run([*MKFS[fs], origin_dev(method)])
-    run(["mount", "-t", fs, origin_dev(method), MNT])
-    durable(LEDGER, "")
-    subprocess.Popen(
-        ["python3", "-I", "-S", "/src/vmtests/guest/writer.py", "write", f"{MNT}/w", LEDGER,
-         "/tmp/stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,  # outlives this script: the agent ends its process group
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while acked() < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    create = ["snapshot", "create", MNT, "--name", NAME, "--method", method,
-              "--cow-size", "32M"]  # fmt: skip
-    env = dict(ENV)
+        snapkit(k, "device", "prepare", k.origin_disk, "--name", k.prepared)
+    run([*MKFS[k.fs], k.origin_dev])
+    run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+    durable(k.ledger, "")
+    durable(k.ledger2, "")
+    if k.snapped:
+        write_files(f"{k.mnt}/w", k.ledger, 1, BASE_FILES)
+        durable(k.before, str(BASE_FILES))
+        snapkit(k, "snapshot", "create", k.mnt, "--name", k.name, "--method", k.method,
+                "--cow-size", COW_SIZE)  # fmt: skip
+        write_files(f"{k.mnt}/w", k.ledger, BASE_FILES + 1, BASE_FILES + LATER_FILES)
+    run(["umount", k.mnt])
+    if k.snapped:
+        snapkit(k, "snapshot", "mount", k.name, k.snap_mnt)
+        durable(k.expected, check.tree_hash(k.snap_mnt))
+        run(["umount", k.snap_mnt])
+    teardown(k)  # a clean shutdown: and the next kind built in this boot never sees this one
+    return {"kid": k.kid, "built": True}
+
+
+def arm(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
+    phase = spec["phase"]
+    attach(k)
+    if k.method != "lvm":
+        snapkit(k, "recover")  # the prepared origin (and the snapshot), as after any reboot
+    if phase != "merge":  # a merge needs the origin unmounted; the others run under writes
+        run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+        subprocess.Popen(
+            ["nice", "-n", "10", "python3", "-I", "-S", WRITER, "write", f"{k.mnt}/w2",
+             k.ledger2, k.stop],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives this script: the agent ends its process group
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while acked(k.ledger2) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if phase == "create":
+        durable(k.before, str(acked(k.ledger2)))
+    op = {
+        "create": ["snapshot", "create", k.mnt, "--name", k.name, "--method", k.method,
+                   "--cow-size", COW_SIZE],
+        "merge": ["snapshot", "merge", k.name, "--wait"],
+        "discard": ["snapshot", "discard", k.name],
+        "extend": ["snapshot", "watch", k.name, "--extend-at", "0.01", "--extend-by", "8M",
+                   "--once"],
+    }[phase]  # fmt: skip
+    env = dict(k.env)
     if spec.get("step"):
         env["SNAPKIT_TEST_PAUSE_AT"] = f"{spec.get('plan', 1)}:{spec['step']}"
-    if phase == "merge":
-        durable(f"{KEEP}/before", str(acked()))
-        snapkit(*create)
-        open("/tmp/stop", "w").close()
-        time.sleep(0.5)
-        snapkit("snapshot", "mount", NAME, SNAP_MNT)
-        durable(f"{KEEP}/expected", check.tree_hash(SNAP_MNT))
-        run(["umount", SNAP_MNT])
-        run(["umount", MNT])
-        op = ["snapshot", "merge", NAME, "--wait"]
-    else:
-        durable(f"{KEEP}/before", str(acked()))
-        op = create
-    err = open("/tmp/op.err", "wb")  # noqa: SIM115 - handed to the child, which outlives us
-    subprocess.Popen(["snapkit", *op], stdout=subprocess.DEVNULL, stderr=err, env=env,
+    else:  # the host starts a seeded delay when the operation's command is logged
+        env["SNAPKIT_DEBUG"] = "1"
+    err = open(k.op_err, "wb")  # noqa: SIM115 - handed to the child, which outlives us
+    # the host may wait for its end (a cut after a create that returned): sh says it exited
+    wrapped = ["sh", "-c", 'snapkit "$@"; echo "snapkit exited $?" >&2', "sh", *op]
+    subprocess.Popen(wrapped, stdout=subprocess.DEVNULL, stderr=err, env=env,
                      start_new_session=True)  # fmt: skip
-    return {"armed": True, "acked_before": acked()}
+    log(f"armed {k.kid} {phase}: snapkit {' '.join(op)}")
+    return {"armed": True, "acked_at_launch": acked(k.ledger2)}
 
 
-def suspended() -> list[str]:
-    out = []
-    for kname in os.listdir("/sys/block"):
-        path = f"/sys/block/{kname}/dm/suspended"
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                if f.read().strip() == "1":
-                    out.append(kname)
-    return out
+def _teardown(k: Kind) -> dict[str, Any]:
+    teardown(k)
+    return {}
 
 
-def count_lost(root: str, upto: int) -> int:
-    lost = 0
-    for n in range(1, upto + 1):
-        try:
-            with open(f"{root}/w/f{n}", "rb") as f:
-                ok = f.read() == pattern(n)
-        except OSError:
-            ok = False
-        lost += not ok
-    return lost
-
-
-def judge(spec: dict[str, Any]) -> dict[str, Any]:
-    fs, method, phase = spec["fs"], spec["method"], spec["phase"]
-    out: dict[str, Any] = {"problems": []}
-    problems: list[str] = out["problems"]
-    for d in (KEEP, MNT, SNAP_MNT):  # the root is a tmpfs overlay: nothing of boot 1 is left
-        os.makedirs(d, exist_ok=True)
-    run(["mount", KEEP_DISK, KEEP])
-    run(["modprobe", fs], check=False)
-    if method != "dm":
-        run(["vgchange", "-ay", "vg0"], check=False)  # what the boot's LVM activation does
-    rec = snapkit("recover", "--json", check_ok=False)
-    out["recover_exit"] = rec.returncode
-    if rec.returncode != 0:
-        problems.append(f"recover exited {rec.returncode}: {rec.stderr.strip()}")
-    out["recover"] = json.loads(rec.stdout) if rec.returncode == 0 else None
-    listed = snapkit("snapshot", "list", "--json", check_ok=False)
-    snaps = {s["name"]: s for s in json.loads(listed.stdout or "[]")}
-    out["snapshot"] = snaps.get(NAME, {}).get("state", "absent")
-    dev = origin_dev(method)
-    with open(LEDGER, encoding="utf-8") as f:
-        total = sum(1 for line in f if line.strip().isdigit())
-    with open(f"{KEEP}/before", encoding="utf-8") as f:
-        before = int(f.read() or 0)
-    run(["mount", "-t", fs, dev, MNT])  # replays the journal, as the next boot would
-    # A merge cut before the kernel started it leaves the snapshot as it was (re-assembled):
-    # the origin must then hold every acked write; once merged, it must equal the snapshot.
-    merged = phase == "merge" and out["snapshot"] == "absent"
-    upto = before if merged else total
-    out["acked_checked"] = upto
-    out["acked_lost"] = count_lost(MNT, upto)
-    if merged:
-        with open(f"{KEEP}/expected", encoding="utf-8") as f:
-            out["merge_equal"] = check.tree_hash(MNT) == f.read()
-        if not out["merge_equal"]:
-            problems.append("after the merge the origin differs from the snapshot")
-    run(["umount", MNT])
-    result = check.fsck(fs, dev)
-    out["fsck_origin"] = result.ok
-    if not result.ok:
-        problems.append(f"fsck of the origin: {result.out[-300:]}")
-    if out["acked_lost"]:
-        problems.append(f"{out['acked_lost']} acknowledged writes lost from the origin")
-    if out["snapshot"] not in ("absent", "active"):
-        problems.append(f"snapshot {NAME} is {out['snapshot']} after recover")
-    if out["snapshot"] == "active":
-        snap = snaps[NAME]["device"]
-        result = check.fsck(fs, snap)
-        fsck_ok = result.ok or check.xfs_log_only(result)
-        with check.layer(snap) as layer, check.mounted(fs, layer, SNAP_MNT):
-            out["snapshot_lost"] = count_lost(SNAP_MNT, before)
-            if phase == "merge":
-                with open(f"{KEEP}/expected", encoding="utf-8") as f:
-                    out["snapshot_equal"] = check.tree_hash(SNAP_MNT) == f.read()
-                if not out["snapshot_equal"]:
-                    problems.append("the merge did not start, yet the snapshot changed")
-        out["fsck_snapshot"] = fsck_ok
-        if not fsck_ok:
-            problems.append(f"fsck of the snapshot: {result.out[-300:]}")
-        if out["snapshot_lost"]:
-            problems.append(f"the snapshot lacks {out['snapshot_lost']} files acked before it")
-    out["suspended"] = suspended()
-    if out["suspended"]:
-        problems.append(f"devices left suspended: {out['suspended']}")
-    out["ok"] = not problems
-    return out
+def _guarded(what: str, fn: Any, *args: Any) -> dict[str, Any]:
+    t0 = time.monotonic()
+    try:
+        return {**fn(*args), "seconds": round(time.monotonic() - t0, 2)}
+    except BaseException as exc:  # reported to the host: a step never crashes
+        log(traceback.format_exc())
+        return {"ok": False, "error": f"{what}: {type(exc).__name__}: {exc}"[-1500:],
+                "problems": [f"{what} crashed: {type(exc).__name__}: {exc}"[-1500:]]}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(argv[1])
-    doc = arm(spec) if argv[0] == "arm" else judge(spec)
+    from vmtests.guest import faults_judge
+
+    # mkfs.xfs refuses filesystems under 300 MiB unless it is told it runs under a test suite
+    os.environ.update(TEST_DIR="/tmp", TEST_DEV="/dev/null", QA_CHECK_FS="1")
+    if argv[0] == "build":
+        doc: Any = [_guarded("build", build, Kind.of(s)) for s in json.loads(argv[1])]
+    else:
+        todo = json.loads(argv[1])
+        doc = {}
+        if todo.get("judge"):
+            spec = todo["judge"]
+            doc["judged"] = _guarded("judge", faults_judge.judge, Kind.of(spec), spec)
+            if todo.get("arm"):
+                _guarded("teardown", _teardown, Kind.of(spec))
+        if todo.get("arm"):
+            spec = todo["arm"]
+            doc["armed"] = _guarded("arm", arm, Kind.of(spec), spec)
     print(json.dumps(doc))
     return 0
 

@@ -1,0 +1,202 @@
+"""Where one power-cut kind lives in the guest: its disks, mount points, names and files.
+
+Every name carries the kind id, so two kinds can share one boot (the judge of one cut and the
+arming of the next) without meeting: their dm devices, VGs, snapshots, mount points, state
+directories and writer stop files all differ. Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from vmtests.guest.proc import log, run
+
+
+@dataclass(frozen=True)
+class Kind:
+    kid: str
+    fs: str
+    method: str  # "dm", "dm-direct" or "lvm"
+    snapped: bool
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> Kind:
+        return cls(spec["kid"], spec["fs"], spec["method"], bool(spec["snapped"]))
+
+    @property
+    def keep(self) -> str:
+        return f"/k/{self.kid}"
+
+    @property
+    def state(self) -> str:
+        return f"{self.keep}/state"
+
+    @property
+    def ledger(self) -> str:  # files of the base: w/f1.. (snapped kinds)
+        return f"{self.keep}/ledger"
+
+    @property
+    def ledger2(self) -> str:  # files the arm's writer acknowledged: w2/f1..
+        return f"{self.keep}/ledger2"
+
+    @property
+    def before(self) -> str:  # acknowledged count the snapshot must hold
+        return f"{self.keep}/before"
+
+    @property
+    def expected(self) -> str:  # tree digest of the snapshot (snapped kinds)
+        return f"{self.keep}/expected"
+
+    @property
+    def mnt(self) -> str:
+        return f"/m/{self.kid}"
+
+    @property
+    def snap_mnt(self) -> str:
+        return f"/m/{self.kid}s"
+
+    @property
+    def origin_disk(self) -> str:
+        return f"/dev/vmtest/{self.kid}-o"
+
+    @property
+    def keep_disk(self) -> str:
+        return f"/dev/vmtest/{self.kid}-k"
+
+    @property
+    def name(self) -> str:
+        return f"s{self.kid}"
+
+    @property
+    def prepared(self) -> str:
+        return f"o{self.kid}"
+
+    @property
+    def vg(self) -> str:
+        return f"vg{self.kid}"
+
+    @property
+    def origin_dev(self) -> str:
+        return f"/dev/{self.vg}/lv0" if self.method == "lvm" else f"/dev/mapper/{self.prepared}"
+
+    @property
+    def dm_name(self) -> str:  # the origin's dm name (LVM doubles no hyphen: kids have none)
+        return f"{self.vg}-lv0" if self.method == "lvm" else self.prepared
+
+    @property
+    def stop(self) -> str:
+        return f"/tmp/stop-{self.kid}"
+
+    @property
+    def op_err(self) -> str:
+        return f"/tmp/op-{self.kid}.err"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SNAPKIT_STATE_DIR": self.state, "DM_DISABLE_UDEV": "1"}
+
+
+def attach(k: Kind, *, fresh: bool = False) -> None:
+    """Mount the kind's keep disk (made first when ``fresh``) and load what the kind needs."""
+    for d in (k.keep, k.mnt, k.snap_mnt):
+        os.makedirs(d, exist_ok=True)
+    if fresh:
+        run(["mkfs.ext4", "-q", "-F", k.keep_disk])
+    run(["mount", k.keep_disk, k.keep])
+    os.makedirs(k.state, exist_ok=True)
+    run(["modprobe", k.fs], check=False)
+    if k.method == "lvm" and not fresh:
+        run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
+
+
+def teardown(k: Kind) -> None:
+    """Take the kind's devices out of the kernel once it is judged, before the next kind is
+    armed in the same boot: snapkit adopts every snapkit device the kernel shows into the
+    state file it is using (``Flow.load``), so two kinds must never be live at once."""
+    for mnt in (k.snap_mnt, k.mnt):
+        run(["umount", mnt], check=False)
+    if k.method == "lvm":
+        run(["vgchange", "-an", k.vg], check=False)
+    for _ in range(4):  # snapshots before what they sit on: retry until none is left
+        names = [n for n in _dm_names() if k.kid in n]
+        if not names:
+            break
+        for name in names:
+            run(["dmsetup", "remove", name], check=False)
+    for loop in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{loop}/loop/backing_file", encoding="utf-8") as f:
+                backing = f.read().strip()
+        except OSError:
+            continue
+        if backing.startswith(k.keep + "/"):
+            run(["losetup", "-d", f"/dev/{loop}"], check=False)
+    run(["umount", k.keep], check=False)
+
+
+def _dm_names() -> list[str]:
+    out = []
+    for kname in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{kname}/dm/name", encoding="utf-8") as f:
+                out.append(f.read().strip())
+        except OSError:
+            pass
+    return out
+
+
+def snapkit(k: Kind, *args: str, check_ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """``snapkit ARGS`` with the kind's state directory, run in this process: under TCG a
+    snapkit start is ~1 s of imports, paid here once per boot instead of once per call. The
+    operations under test are never run this way: they are separate processes, cut by QEMU's
+    death like any other."""
+    from snapkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {key: os.environ.get(key) for key in ("SNAPKIT_STATE_DIR", "DM_DISABLE_UDEV")}
+    os.environ.update(SNAPKIT_STATE_DIR=k.state, DM_DISABLE_UDEV="1")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    proc = subprocess.CompletedProcess(["snapkit", *args], code, out.getvalue(), err.getvalue())
+    log(f"$ snapkit {' '.join(args)} -> {code} {proc.stderr.strip()[-300:]}")
+    if check_ok and code != 0:
+        raise RuntimeError(f"snapkit {' '.join(args)}: {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+def durable(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def acked(ledger: str) -> int:
+    try:
+        with open(ledger, encoding="utf-8") as f:
+            return sum(1 for line in f if line.strip().isdigit())
+    except FileNotFoundError:
+        return 0
+
+
+def read_int(path: str) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return int(f.read().strip() or 0)
+    except FileNotFoundError:
+        return 0
