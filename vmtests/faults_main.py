@@ -76,7 +76,9 @@ def run_matrix(opts: Options) -> int:
                 b.result()
             runner.chain([(c, c in controlled) for c in cuts], done)
 
-        ran = [pool.submit(chain, ch) for ch in faults.chains(chosen, 2 * opts.workers)]
+        # two chains per worker balance the pool; each chain ends with a judge-only boot
+        count = max(opts.workers, min(2 * opts.workers, len(chosen) // 8))
+        ran = [pool.submit(chain, ch) for ch in faults.chains(chosen, count)]
         bases = [b.result() for b in builds]
         for r in ran:
             r.result()
