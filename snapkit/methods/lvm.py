@@ -13,16 +13,22 @@ exactly what is needed (on stderr, and in the plan's step):
    record of the snapshot (Python API callers), ``plan_merge`` of a merging snapshot runs that
    refresh itself.
 
-Interrupted create. ``lvcreate`` suspends the origin inside its run; if it is killed there (our
-executor kills children on SIGINT, SIGTERM and timeouts), the origin would stay suspended and
-every writer would hang. So the undo of the create step always runs, even for a step that was
-under way: it resumes the origin if it is suspended, then removes the snapshot if LVM has it.
+Interrupted create. ``lvcreate`` suspends the origin inside its run. Killing it there (what
+the executor does to a child on SIGINT, SIGTERM and timeouts) was measured on 6.1 to leave
+LVM's metadata half written (``s1 -wi-XX--X-``, "Cannot find matching striped segment"), the
+undo's ``lvremove`` failing ("Failed to resume lv"), and the next ``lvcreate`` leaving the
+origin suspended for good. So ``lvcreate`` runs to its end in a worker thread while snapkit
+takes the signal (it lasts about a second), and only then is the create undone: the undo
+always runs, even for a step that was under way, resuming the origin if it is suspended and
+removing the snapshot if LVM has it. A SIGKILL of snapkit cannot reach ``lvcreate`` (its own
+session): it finishes, and leaves a snapshot LV snapkit has no record of.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, ClassVar
 
@@ -106,7 +112,7 @@ class LvmMethod:
         argv = self._create_argv(request, origin, name)
         create = Step(
             " ".join(argv),
-            lambda: self.executor.run(argv),
+            lambda: self._to_the_end(argv),
             lambda: self._undo_create(origin, name),
             f"resume {origin.full_name} if suspended; lvremove -f {origin.vg}/{name} if it exists",
             must_undo=True,
@@ -131,6 +137,32 @@ class LvmMethod:
             },
         )
         return Plan(f"{self.name} snapshot of {origin.full_name} as {name}", steps), record
+
+    def _to_the_end(self, argv: list[str]) -> None:
+        """Run ``argv`` in a worker thread and wait for it even if snapkit is interrupted
+        meanwhile (signals are taken by the main thread only); the first interruption is
+        raised once the command has ended, so the plan then undoes a finished command."""
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.executor.run(argv)
+            except BaseException as exc:  # handed to the main thread
+                failed.append(exc)
+
+        worker = threading.Thread(target=work, name=argv[0], daemon=True)
+        worker.start()
+        interrupted: BaseException | None = None
+        while worker.is_alive():
+            try:
+                worker.join(0.05)
+            except BaseException as exc:  # SIGINT/SIGTERM from the plan's guard: finish first
+                interrupted = interrupted or exc
+                log.warning("interrupted; letting %s finish before undoing it", argv[0])
+        if interrupted is not None:
+            raise interrupted
+        if failed:
+            raise failed[0]
 
     def _undo_create(self, origin: LogicalVolume, name: str) -> None:
         dm = _dm_name(origin)
