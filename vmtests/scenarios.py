@@ -97,9 +97,6 @@ def full() -> list[Scenario]:
         for w in WORKLOADS
         if (m != "btrfs-native" or fs == "btrfs")
         and (m != "remount-ro" or w not in HELD_OPEN)
-        # dm-direct refuses xfs and btrfs by design: a frozen xfs or btrfs keeps a log that its
-        # read-only copy would have to replay (snapkit/methods/dm_direct.py)
-        and (m != "dm-direct" or fs == "ext4")
     ]
     controls = [Scenario(fs, "none", "writer", c) for c in CONTROLS for fs in FILESYSTEMS]
     return sorted(real + controls, key=lambda s: s.id)
