@@ -142,3 +142,24 @@ def test_a_cut_that_never_reached_its_point_or_missed_a_control_fails(tmp_path: 
     missed = {**judged, "controls": {"frozen": False}}
     failed = runner._result(Armed(cut, {}, folder, [], True, 5.0), missed, 2.0, tmp_path)
     assert not failed["ok"] and "not caught: frozen" in failed["problems"][0]
+
+
+def test_the_judge_allows_only_active_or_cleanly_absent_and_never_a_lost_extension() -> None:
+    from vmtests.guest.faults_judge import count_lost, state_problem
+
+    assert state_problem("create", "absent") == state_problem("merge", "active") == ""
+    assert state_problem("extend", "absent")  # an extension must never lose the snapshot
+    assert state_problem("merge", "merging") and state_problem("discard", "invalid")
+    assert count_lost("/nonexistent", 3) == 3 and count_lost("/nonexistent", 0) == 0
+
+
+def test_count_lost_sees_a_missing_or_changed_acknowledged_file(tmp_path: Path) -> None:
+    from vmtests.guest.faults_judge import count_lost
+    from vmtests.guest.writer import pattern
+
+    for n in (1, 2, 3):
+        (tmp_path / f"f{n}").write_bytes(pattern(n))
+    assert count_lost(str(tmp_path), 3) == 0
+    (tmp_path / "f2").write_bytes(pattern(2)[:-1])  # torn
+    (tmp_path / "f3").unlink()
+    assert count_lost(str(tmp_path), 3) == 2

@@ -75,6 +75,14 @@ def frozen(mounts: list[str]) -> list[str]:
     return out
 
 
+def state_problem(phase: str, state: str) -> str:
+    """What is wrong with the snapshot's state after recover of a cut ``phase`` ("": nothing).
+    Active, or cleanly absent where the phase may end without it; never merging, invalid or
+    anything else: recover must have finished or undone what the cut left."""
+    allowed = ("absent", "active") if MAY_BE_ABSENT[phase] else ("active",)
+    return "" if state in allowed else f"{state} after recover of a cut {phase}"
+
+
 def _text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
@@ -113,9 +121,9 @@ def judge(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"fsck of the origin: {result.out[-400:]}")
     if out["acked_lost"]:
         problems.append(f"{out['acked_lost']} acknowledged writes lost from the origin")
-    allowed = ("absent", "active") if MAY_BE_ABSENT[phase] else ("active",)
-    if state not in allowed:
-        problems.append(f"snapshot {k.name} is {state} after recover of a cut {phase}")
+    wrong = state_problem(phase, state)
+    if wrong:
+        problems.append(f"snapshot {k.name}: {wrong}")
     if state == "active":
         _judge_snapshot(k, phase, snaps[k.name]["device"], before, out)
     out["suspended"] = suspended()
