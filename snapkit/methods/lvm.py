@@ -30,6 +30,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.dm.status import SnapshotFailure, explain
@@ -38,7 +39,7 @@ from snapkit.freezing import guard_suspend
 from snapkit.lvm import LogicalVolume, Lvm
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
-from snapkit.run import Executor
+from snapkit.run import DEFAULT_TIMEOUT, Executor
 from snapkit.validate import lv_name
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
@@ -138,15 +139,23 @@ class LvmMethod:
         )
         return Plan(f"{self.name} snapshot of {origin.full_name} as {name}", steps), record
 
-    def _to_the_end(self, argv: list[str]) -> None:
+    def _to_the_end(
+        self,
+        argv: list[str],
+        *,
+        safe: Callable[[], bool] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
         """Run ``argv`` in a worker thread and wait for it even if snapkit is interrupted
         meanwhile (signals are taken by the main thread only); the first interruption is
-        raised once the command has ended, so the plan then undoes a finished command."""
+        raised once the command has ended, so the plan then undoes a finished command -- or,
+        for a command that polls a merge for as long as it takes, as soon as ``safe()`` says
+        its tables are in place: the kernel merges on, and ``merge`` again finishes it."""
         failed: list[BaseException] = []
 
         def work() -> None:
             try:
-                self.executor.run(argv)
+                self.executor.run(argv, timeout=timeout)
             except BaseException as exc:  # handed to the main thread
                 failed.append(exc)
 
@@ -155,6 +164,8 @@ class LvmMethod:
         interrupted: BaseException | None = None
         while worker.is_alive():
             try:
+                if interrupted is not None and safe is not None and safe():
+                    break
                 worker.join(0.05)
             except BaseException as exc:  # SIGINT/SIGTERM from the plan's guard: finish first
                 interrupted = interrupted or exc
@@ -189,7 +200,7 @@ class LvmMethod:
         if lv is None and record.details.get("pending") == "merge":
             return SnapshotStatus(record, State.MERGED, None, 100.0, "merged: LVM has finished")
         if lv is None:
-            return SnapshotStatus(record, State.INVALID, None, None, "the snapshot LV is gone")
+            return SnapshotStatus(record, State.INVALID, None, None, _gone(record.name))
         usage = lv.data_percent
         if _merge_failed(lv):
             return SnapshotStatus(record, State.INVALID, usage, None, self._failed_words(record))
@@ -208,7 +219,7 @@ class LvmMethod:
         lv = self._snapshot(record)
         vg = record.details["vg"]
         if lv is None:
-            raise RefusedError(f"{vg}/{record.details['lv']} does not exist")
+            raise RefusedError(f"{vg}/{record.details['lv']} does not exist: {_gone(record.name)}")
         origin = self.lvm.get(vg, lv.origin or record.details["origin_lv"])
         if origin is None:
             raise RefusedError(f"the origin of {lv.full_name} is gone")
@@ -232,7 +243,7 @@ class LvmMethod:
             hint = self._resume_hint(record)
 
             def schedule() -> None:
-                self.executor.run(argv)
+                self._to_the_end(argv)
                 # Said to the user, not logged: it is the one thing they must do next.
                 print(f"snapkit: merge of {record.name} deferred, {origin.name} is open: {hint}",
                       file=sys.stderr)  # fmt: skip
@@ -251,11 +262,22 @@ class LvmMethod:
         kernel's status word, measured: lvconvert exits 5 with "vg/lv: Merge failed. Retry
         merge or inspect manually." among lvmpolld warnings) becomes snapkit's one line."""
         try:
-            self.executor.run(argv, timeout=MERGE_TIMEOUT)
+            self._to_the_end(argv, safe=lambda: self._merge_running(record), timeout=MERGE_TIMEOUT)
         except CommandError as exc:
             if "Merge failed" in exc.stderr:
                 raise OperationError(self._failed_words(record)) from None
             raise
+
+    def _merge_running(self, record: SnapshotRecord) -> bool:
+        """The origin runs ``snapshot-merge`` and no device of its VG is suspended: the part
+        of lvconvert that must not be killed is over."""
+        origin = record.details["origin_dm"]
+        table = self.executor.run(["dmsetup", "table", origin], check=False).stdout
+        info = self.executor.run(["dmsetup", "info", "-c", "--noheadings", "-o", "name,suspended"],
+                                 check=False).stdout  # fmt: skip
+        prefix = _mangle(record.details["vg"]) + "-"
+        suspended = [ln for ln in info.splitlines() if ln.startswith(prefix) and "Suspended" in ln]
+        return " snapshot-merge " in table and not suspended
 
     def _restart_steps(self, record: SnapshotRecord, origin: LogicalVolume) -> tuple[Step, ...]:
         """Measured on 6.1: after "Merge failed", ``lvchange --refresh`` leaves it failed (the
@@ -265,7 +287,7 @@ class LvmMethod:
         down = ["lvchange", "-an", origin.full_name]
         up = ["lvchange", "-ay", origin.full_name]
         return (
-            Step(" ".join(down) + " (drops the failed merge)", lambda: self.executor.run(down)),
+            Step(" ".join(down) + " (drops the failed merge)", lambda: self._to_the_end(down)),
             Step(" ".join(up) + " (merges again, waits for it)", lambda: self._merging(up, record)),
         )
 
@@ -295,6 +317,16 @@ class LvmMethod:
             )
         argv = ["lvremove", "-f", "-y", full]
         return Plan(f"discard {full}", (Step(" ".join(argv), lambda: self.executor.run(argv)),))
+
+
+def _gone(name: str) -> str:
+    """Measured: a merge interrupted once LVM had started it is finished by lvconvert on its
+    own (the origin then equals the snapshot), but snapkit's record stays unmarked."""
+    return (
+        "the snapshot LV is gone: LVM merged it (a merge interrupted after it started still "
+        f"completes) or it was removed outside snapkit; 'snapkit snapshot discard {name} "
+        "--force' forgets it"
+    )
 
 
 def _merge_failed(lv: LogicalVolume) -> bool:
