@@ -44,8 +44,12 @@ def run_matrix(opts: Options) -> int:
         print(f"vmtest run: {exc}", file=sys.stderr)
         return 2
     img = image_mod.find()
-    runner = Runner(img, accel_mod.choose(opts.accel, img), opts.report, opts.seed,
-                    say=lambda text: print(text, flush=True))  # fmt: skip
+    out = sys.stderr if opts.json else sys.stdout  # --json: stdout holds the JSON alone
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    runner = Runner(img, accel_mod.choose(opts.accel, img), opts.report, opts.seed, say=say)
     opts.report.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     results: list[dict[str, Any]] = []
@@ -58,7 +62,7 @@ def run_matrix(opts: Options) -> int:
         with lock:
             results.append(result)
             n = len(results)
-        print(_line(n, len(chosen), result), flush=True)
+        say(_line(n, len(chosen), result))
 
     controlled = {next(c for c in chosen if c.fs == fs) for fs in {c.fs for c in chosen}}
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:

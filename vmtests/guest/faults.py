@@ -19,7 +19,8 @@ snapkit adopts every snapkit device the kernel shows into the state file it is u
 
 ``arm``: re-assemble (``snapkit recover``: the prepared origin, or the snapshot, as after any
 reboot), start the ledger writer where the phase has a mounted origin (``writer.py``: each
-file fsync'd, then its number appended to the ledger and fsync'd), and launch the operation in
+file fsync'd, then its number appended to the ledger and fsync'd; niced, so the operation
+under test gets the one vCPU first -- it still writes all along), and launch the operation in
 the background with flow's test hook pausing it before plan step N (``SNAPKIT_TEST_PAUSE_AT``).
 The host polls ``/tmp/op-<kid>.err`` for the pause line, or waits a seeded delay, and SIGKILLs
 QEMU. The judge is in ``faults_judge.py``. Prints one JSON object. Standard library only.
