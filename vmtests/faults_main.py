@@ -92,6 +92,7 @@ def run_matrix(opts: Options) -> int:
     doc = {"matrix": "faults", "seed": opts.seed, "summary": figures, "bases": bases,
            "bad_inputs": bad_doc, "cuts": results, "boots": runner.boots}  # fmt: skip
     (opts.report / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    (opts.report / "summary.md").write_text(faults_report.markdown(figures, " ".join(sys.argv)))
     if opts.json:
         print(json.dumps(figures, indent=2, sort_keys=True))
     else:

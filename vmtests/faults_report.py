@@ -99,12 +99,11 @@ def passed(f: dict[str, Any]) -> bool:
     )
 
 
-def table(f: dict[str, Any]) -> str:
-    """Cuts held/tried per phase (rows) x filesystem/method (columns), then the figures."""
+def _grid(f: dict[str, Any]) -> list[list[str]]:
+    """Cuts held/tried per phase (rows) x filesystem/method (columns), header first."""
     cols = [(fs, m) for fs in FILESYSTEMS for m in METHODS]
     cols = [c for c in cols if any(k.endswith(f"/{c[0]}/{c[1]}") for k in f["per_phase_fs_method"])]
-    head = ["phase"] + [f"{fs}/{m}" for fs, m in cols] + ["all"]
-    rows = [head]
+    rows = [["phase"] + [f"{fs}/{m}" for fs, m in cols] + ["all"]]
     for phase in PHASES:
         cells = [f["per_phase_fs_method"].get(f"{phase}/{fs}/{m}") for fs, m in cols]
         if not any(cells):
@@ -113,11 +112,30 @@ def table(f: dict[str, Any]) -> str:
         n = sum(c["cuts"] for c in cells if c)
         rows.append([phase] + [f"{c['ok']}/{c['cuts']}" if c else "-" for c in cells]
                     + [f"{ok}/{n}"])  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return rows
+
+
+def markdown(f: dict[str, Any], command: str) -> str:
+    """The same figures as a RELIABILITY.md section, to paste after a measured run."""
+    rows = _grid(f)
+    lines = [f"Run: `{command}`", "", "| " + " | ".join(rows[0]) + " |",
+             "|" + " --- |" * len(rows[0])]  # fmt: skip
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    lines += ["", *(f"- {line}" for line in _figures(f))]
+    return "\n".join(lines) + "\n"
+
+
+def table(f: dict[str, Any]) -> str:
+    """Cuts held/tried per phase (rows) x filesystem/method (columns), then the figures."""
+    rows = _grid(f)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, "", *_figures(f)])
+
+
+def _figures(f: dict[str, Any]) -> list[str]:
     ctl = ", ".join(f"{k} {v['caught']}/{v['tried']}" for k, v in f["controls"].items())
-    lines += [
-        "",
+    return [
         f"cuts held: {f['cuts_ok']}/{f['cuts']} ({f['cuts_create_merge']} in create or merge)",
         f"acknowledged writes: {f['acked_checked']} checked, {f['acked_lost']} lost",
         f"snapshots after recover: {f['snapshots_active']} active, "
@@ -130,7 +148,6 @@ def table(f: dict[str, Any]) -> str:
         f"time: {f['seconds']} s wall, {f['worker_seconds_per_cut']} s of worker time per cut",
         "acceptance: " + "; ".join(_verdict(k, v) for k, v in f["acceptance"].items()),
     ]
-    return "\n".join(lines)
 
 
-__all__ = ["acceptance", "passed", "summary", "table"]
+__all__ = ["acceptance", "markdown", "passed", "summary", "table"]

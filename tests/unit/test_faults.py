@@ -163,3 +163,11 @@ def test_count_lost_sees_a_missing_or_changed_acknowledged_file(tmp_path: Path) 
     (tmp_path / "f2").write_bytes(pattern(2)[:-1])  # torn
     (tmp_path / "f3").unlink()
     assert count_lost(str(tmp_path), 3) == 2
+
+
+def test_the_markdown_summary_carries_the_grid_and_every_figure() -> None:
+    f = faults_report.summary([_cut(), _cut(ok=False, phase="merge")], BAD, 100.0)
+    md = faults_report.markdown(f, "vmtest run --matrix faults")
+    assert "| create | 1/1 | 1/1 |" in md and "| merge | 0/1 | 0/1 |" in md
+    assert "- acknowledged writes: 20 checked, 0 lost" in md
+    assert "MISSED every cut held" in md
