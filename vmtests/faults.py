@@ -35,18 +35,20 @@ DIRECT_STEPS: dict[tuple[str, int], int] = {("create", 1): 9, ("merge", 1): 5, (
 SEEDED = {  # (method, phase): (delays per filesystem, shortest and longest delay in ms)
     ("lvm", "create"): (3, 0, 1500), ("lvm", "merge"): (3, 0, 3000),
     ("lvm", "discard"): (1, 0, 1000), ("lvm", "extend"): (1, 0, 1500),
-    ("dm", "merge"): (2, 800, 3000), ("dm", "create"): (2, 0, 600),
+    ("dm", "merge"): (2, 0, 1200), ("dm", "create"): (2, 0, 600),
     ("dm-direct", "create"): (1, 0, 600),
 }  # fmt: skip
 # A seeded delay counts from the moment the operation's one external command is logged as
 # started (SNAPKIT_DEBUG), so it lands inside that command, not in snapkit's start-up; for a
 # dm create, from the moment the command exited (its record saved: the cut then tests that
-# recover re-assembles a live snapshot while the writer goes on); dm's kernel merge has no
-# command to wait for: its delay counts from the launch.
+# recover re-assembles a live snapshot while the writer goes on); for a dm merge, from the
+# start plan's last step (the origin resumed as snapshot-merge), so it lands in the kernel's
+# merge of the base's 12 MiB of exceptions, or in the finish.
 OP_EXITED = "snapkit exited"
 MARKERS = {("lvm", "create"): "run: lvcreate", ("lvm", "merge"): "run: lvconvert",
            ("lvm", "discard"): "run: lvremove", ("lvm", "extend"): "run: lvextend",
-           ("dm", "create"): OP_EXITED, ("dm-direct", "create"): OP_EXITED}  # fmt: skip
+           ("dm", "create"): OP_EXITED, ("dm-direct", "create"): OP_EXITED,
+           ("dm", "merge"): "step 4/4: dmsetup resume"}  # fmt: skip
 
 
 @dataclass(frozen=True, order=True)

@@ -48,6 +48,7 @@ MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"],
         "btrfs": ["mkfs.btrfs", "-q", "-f"]}  # fmt: skip
 BASE_FILES, LATER_FILES = 24, 40  # files before the snapshot, and after it (the COW's content)
 COW_SIZE = "32M"
+BALLAST_MIB = 12  # written after the snapshot: a COW the kernel's merge takes a while to copy
 WRITER = "/src/vmtests/guest/writer.py"
 
 
@@ -73,9 +74,20 @@ def write_files(directory: str, ledger: str, first: int, last: int) -> None:
         os.close(dfd)
 
 
+def ballast(path: str, mib: int) -> None:
+    """``mib`` MiB in one fsync'd file: every chunk it lands on gets an exception."""
+    block = bytes(range(256)) * 4096  # 1 MiB
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def build(k: Kind) -> dict[str, Any]:
     """One base: keep disk, origin (prepared dm device or LV), filesystem; when snapped, 24
-    acknowledged files, the snapshot, 40 more files, and the snapshot's tree digest. Ends
+    acknowledged files, the snapshot, 40 more files and 12 MiB of ballast, and the snapshot's
+    tree digest. Ends
     with the kind's devices taken down as a shutdown would: the state file still records the
     snapshot, so every cut starts with a reboot's ``snapkit recover``."""
     attach(k, fresh=True)
@@ -95,6 +107,7 @@ def build(k: Kind) -> dict[str, Any]:
         snapkit(k, "snapshot", "create", k.mnt, "--name", k.name, "--method", k.method,
                 "--cow-size", COW_SIZE)  # fmt: skip
         write_files(f"{k.mnt}/w", k.ledger, BASE_FILES + 1, BASE_FILES + LATER_FILES)
+        ballast(f"{k.mnt}/ballast", BALLAST_MIB)
     run(["umount", k.mnt])
     if k.snapped:
         snapkit(k, "snapshot", "mount", k.name, k.snap_mnt)
