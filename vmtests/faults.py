@@ -23,7 +23,7 @@ MAIN_PHASES = ("create", "merge")
 FS_SHORT = {"ext4": "e4", "xfs": "xf", "btrfs": "bt"}
 METHOD_SHORT = {"dm": "dm", "dm-direct": "dd", "lvm": "lv"}
 # Plan lengths as flow numbers them (1-based, as --dry-run shows; steps + 1 pauses after the
-# last step, before the flow records what the plan did). btrfs's dm create adds four steps:
+# last step, before the flow records what the plan did). btrfs's creates add four steps:
 # the watchdog, FIFREEZE, FITHAW and its stop around the suspend (snapkit/freezing.py). The
 # second plan of a merge or discard (the finish) is built from what the kernel shows then.
 DM_STEPS: dict[tuple[str, int], int] = {
@@ -97,12 +97,9 @@ def kind_spec(kid: str, cuts: list[Cut]) -> dict[str, Any]:
 
 
 def _steps(fs: str, method: str) -> dict[tuple[str, int], int]:
-    if method == "dm-direct":
-        return DIRECT_STEPS
-    if method != "dm":
-        return {}
+    steps = {"dm": DM_STEPS, "dm-direct": DIRECT_STEPS}.get(method, {})
     extra = BTRFS_FREEZE_STEPS if fs == "btrfs" else 0
-    return {k: n + (extra if k == ("create", 1) else 0) for k, n in DM_STEPS.items()}
+    return {k: n + (extra if k == ("create", 1) else 0) for k, n in steps.items()}
 
 
 def all_cuts(seed: int = 6) -> list[Cut]:
@@ -113,8 +110,6 @@ def all_cuts(seed: int = 6) -> list[Cut]:
     cuts: list[Cut] = []
     for fs in FILESYSTEMS:
         for method in METHODS:
-            if method == "dm-direct" and fs != "ext4":
-                continue  # dm-direct refuses xfs and btrfs (their frozen log), by design
             for (phase, plan), n in _steps(fs, method).items():
                 cuts += [Cut(fs, method, phase, plan, s) for s in range(1, n + 2)]
             for (m, phase), (count, lo, hi) in SEEDED.items():

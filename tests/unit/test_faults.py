@@ -25,7 +25,6 @@ def test_every_point_has_a_unique_id_and_a_kind_that_fits_a_serial() -> None:
     for c in cuts:
         assert len(f"{c.kid}-o") <= 20 and c.kid.isalnum()
         assert c.step or c.delay_ms >= 0
-    assert not [c for c in cuts if c.method == "dm-direct" and c.fs != "ext4"]
 
 
 def test_the_matrix_covers_every_phase_filesystem_and_method() -> None:
@@ -33,9 +32,8 @@ def test_the_matrix_covers_every_phase_filesystem_and_method() -> None:
     for phase in faults.PHASES:
         for fs in faults.FILESYSTEMS:
             assert f"{phase}/{fs}/dm" in groups and f"{phase}/{fs}/lvm" in groups
-    assert {g for g in groups if g.endswith("dm-direct")} == {
-        "create/ext4/dm-direct", "merge/ext4/dm-direct", "discard/ext4/dm-direct"
-    }  # fmt: skip
+            if phase != "extend":  # dm-direct's COW is the origin's own table: no watch
+                assert f"{phase}/{fs}/dm-direct" in groups
 
 
 def test_btrfs_dm_create_pauses_at_its_freeze_steps_too() -> None:
