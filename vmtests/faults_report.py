@@ -47,6 +47,7 @@ def summary(
         "bad_inputs_refused_cleanly": int(bad.get("refused_cleanly", 0)),
         "bad_inputs_controls": int(bad.get("controls", 0)),
         "bad_inputs_controls_caught": int(bad.get("controls_caught", 0)),
+        "bad_inputs_error": str(bad.get("error", "")),
         "seconds": round(seconds, 1),
         "worker_seconds_per_cut": round(
             sum(float(r.get("seconds", 0)) for r in results) / max(1, len(results)), 1
@@ -96,6 +97,7 @@ def passed(f: dict[str, Any]) -> bool:
         and all(c["caught"] == c["tried"] for c in f["controls"].values())
         and f["bad_inputs_controls_caught"] == f["bad_inputs_controls"]
         and f["bad_inputs_refused_cleanly"] == f["bad_inputs_tried"]
+        and not f["bad_inputs_error"]
     )
 
 

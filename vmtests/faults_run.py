@@ -237,9 +237,13 @@ class Runner:
         if sample is not None:
             argv += ["--sample", str(sample), "--seed", str(self.seed)]
         folder = self.report / "bad-inputs"
-        with Session(self.image, folder, accel=self.accel) as vm:
-            done = vm.run(argv, timeout=900)
-            vm.power_cut()
+        try:
+            with Session(self.image, folder, accel=self.accel) as vm:
+                done = vm.run(argv, timeout=900)
+                vm.power_cut()
+        except Exception as exc:  # a lost VM is a failed bad-input run, reported, not a crash
+            return {"tried": 0, "refused_cleanly": 0, "controls": 0, "controls_caught": 0,
+                    "error": f"{type(exc).__name__}: {exc}"[-800:]}  # fmt: skip
         (folder / "hostile.log").write_bytes(done.stderr)
         if not done.ok:
             return {"tried": 0, "refused_cleanly": 0, "controls": 0, "controls_caught": 0,

@@ -110,8 +110,18 @@ def test_summary_of_a_clean_run_passes() -> None:
         ({"ok": False, "problems": ["fsck of the origin"]}, BAD),
         ({}, {**BAD, "refused_cleanly": 59}),
         ({}, {**BAD, "controls_caught": 1}),
+        ({}, {"tried": 0, "refused_cleanly": 0, "error": "LostVMError: the VM was lost"}),
     ],
-    ids=["lost", "suspended", "frozen", "control", "cut", "bad-input", "bad-control"],
+    ids=[
+        "lost",
+        "suspended",
+        "frozen",
+        "control",
+        "cut",
+        "bad-input",
+        "bad-control",
+        "bad-input-boot-lost",
+    ],
 )
 def test_summary_catches_each_planted_fault(planted: dict[str, Any], bad: dict[str, Any]) -> None:
     f = faults_report.summary([_cut(**planted)], bad, 100.0)
