@@ -80,12 +80,17 @@ class Runner:
             paths[kid] = (o, k)
         t0 = time.monotonic()
         specs = json.dumps([kind_spec(kid, cuts) for kid in kids])
-        with Session(self.image, folder / f"boot-{kids[0]}", accel=self.accel,
-                     disks=disks) as vm:  # fmt: skip
-            done = vm.run(["python3", "-I", "-S", GUEST, "build", specs], timeout=900)
-            (folder / f"build-{kids[0]}.log").write_bytes(done.stderr)
-            vm.power_cut()
-        built = json.loads(done.stdout.decode().strip().splitlines()[-1]) if done.ok else []
+        built: list[dict[str, Any]] = []
+        try:
+            with Session(self.image, folder / f"boot-{kids[0]}", accel=self.accel,
+                         disks=disks) as vm:  # fmt: skip
+                done = vm.run(["python3", "-I", "-S", GUEST, "build", specs], timeout=900)
+                (folder / f"build-{kids[0]}.log").write_bytes(done.stderr)
+                vm.power_cut()
+            if done.ok:
+                built = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        except Exception as exc:  # its cuts fail with "no base disks"; the run goes on
+            built = [{"kid": kid, "error": f"{type(exc).__name__}: {exc}"[-800:]} for kid in kids]
         ok = {b["kid"] for b in built if b.get("built")}
         with self._lock:
             self.bases.update({kid: p for kid, p in paths.items() if kid in ok})
