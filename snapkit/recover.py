@@ -27,6 +27,8 @@ is written only after a create's plan has run (``flow.create``), so:
   (keep the writes since) loads ``snapshot-merge BASE COW`` and needs the COW: both are then
   finished by the flow. Its throwaway mount layer (``snapkit.layer``) does not survive a
   reboot: its loop and file are removed and the record forgets it;
+* a ``btrfs`` record keeps nothing in kernel memory; a merge a crash cut short is finished or
+  undone on disk, after the plan above (:mod:`snapkit.recover_btrfs`);
 * ``lvm`` and ``lvm-thin`` keep their own metadata: LVM re-activates them (``vgchange -ay``,
   which also restarts a pending merge); a record whose LV is gone is dropped.
 
@@ -183,10 +185,18 @@ def recover(flow: Flow, *, dry_run: bool = False, finish: bool = True) -> Recove
     data = flow.state.load()
     _activate_lvm(flow, data)
     plan, result, kept = plan_recover(flow, data)
+    from snapkit.recover_btrfs import plan_settle  # only here: recover loads no method
+
+    btrfs, settled = plan_settle(flow, data)
     if dry_run:
-        return plan.render()
+        return plan.render() + (btrfs.render() if btrfs.steps else "")
     flow.apply_plan(plan)
     flow.state.save(kept)
+    if btrfs.steps:
+        flow.apply_plan(btrfs)
+        flow.state.save(settled.kept(flow.state.load()))
+        result = replace(result, actions=(*result.actions, *settled.actions),
+                         dropped=(*result.dropped, *settled.gone))  # fmt: skip
     if finish:
         for name in result.merging:
             record = kept.snapshot(name)

@@ -6,18 +6,14 @@ the origin *is* the top level), and survive a merge that replaces the origin. sn
 top level through a private mount (``subvolid=5`` at /run/snapkit/btrfs-*), made and removed by
 each operation; the user's mounts are never touched.
 
-Merge rolls the origin subvolume back by renaming, never by copying files:
-
-1. rename the origin subvolume ``ORIG`` to ``ORIG.snapkit-old-NAME``;
-2. snapshot ``/.snapkit/NAME`` (writable) as ``ORIG``;
-3. delete the old origin: the point of no return;
-4. delete the snapshot (merge consumes the snapshot, as LVM's does).
-
-Before 3 the plan rolls back to the old origin. From 3 on it only goes forward: the undos of
-1-2 look at what is there (a delete can take effect and still report a failure) and, once the
-old origin is gone, they leave the new one alone and say so, so the error names the state
-(``ORIG`` holds the snapshot's content) and the way out (``discard``, which deletes the snapshot
-if it is still there and forgets it). The merge is refused when
+Merge rolls the origin subvolume back by an atomic exchange, never by copying files: a
+writable snapshot of ``/.snapkit/NAME`` takes the origin's place in one ``renameat2`` (see
+:mod:`snapkit.methods.btrfs_merge`), so the origin exists at every instant; then the old origin
+and the snapshot are deleted. Deleting the old origin is the point of no return: before it the
+plan rolls back; from it on it only goes forward, and the error names the state (``ORIG`` holds
+the snapshot's content) and the way out (``discard``, which deletes the snapshot if it is still
+there and forgets it). ``snapkit recover`` settles a merge a crash cut short.
+The merge is refused when
 
 * the origin is the top-level subvolume itself (it cannot be renamed or replaced): copy files
   back from the snapshot instead, or keep data in a subvolume;
@@ -40,8 +36,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from snapkit.errors import CommandError, OperationError, RefusedError
+from snapkit.errors import OperationError, RefusedError
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.methods.btrfs_merge import Exchange, Swap, exchange
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.target import Mount, block_devnum, mounts, mounts_of
@@ -58,9 +55,12 @@ SUBVOL_ROOT_INODE = 256  # BTRFS_FIRST_FREE_OBJECTID: the root directory of ever
 class BtrfsMethod:
     name: ClassVar[str] = "btrfs"
 
-    def __init__(self, host: Host, *, top_root: Path = TOP_ROOT) -> None:
+    def __init__(
+        self, host: Host, *, top_root: Path = TOP_ROOT, exchange: Exchange = exchange
+    ) -> None:
         self.executor: Executor = host.run
         self.top_root = top_root
+        self.exchange = exchange
 
     def unsuitable(self, target: Target) -> str | None:
         if target.fstype != "btrfs":
@@ -182,19 +182,12 @@ class BtrfsMethod:
                     hint=f"umount {mounted[0]} first; snapkit never unmounts your filesystem",
                 )
         top = self._top(record.name)
-        swap = _Swap(self, top / origin, top / f"{origin}.snapkit-old-{record.name}",
-                     top / subvol, record)  # fmt: skip
+        swap = Swap(self._run, self.exchange, self._delete_if_there, top, record)
         steps = (
             *self._open_top(record.device, top),
-            Step(f"rename {swap.current} to {swap.old}", swap.rename, swap.rename_back,
-                 f"rename {swap.old} back, if {swap.current} is missing", must_undo=True),
-            Step(f"btrfs subvolume snapshot {swap.snap} {swap.current}", swap.snapshot,
-                 swap.unsnapshot, f"btrfs subvolume delete {swap.current}, while {swap.old} "
-                 "exists", must_undo=True),
-            Step(f"btrfs subvolume delete {swap.old} (the point of no return)", swap.commit),
-            Step(f"btrfs subvolume delete {swap.snap}", lambda: self._delete_if_there(swap.snap)),
+            *swap.steps(),
             *self._close_top(record.device, top),
-        )  # fmt: skip
+        )
         return Plan(f"roll {origin} back to {subvol}", steps)
 
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
@@ -213,76 +206,6 @@ class BtrfsMethod:
             *self._close_top(record.device, top),
         )
         return Plan(f"discard {record.details['subvol']}", steps)
-
-
-class _Swap:
-    """The merge's three subvolume steps and their undos, which look at what is there rather
-    than trust what the steps reported: once the old origin is gone (deleted, even if the
-    delete then failed or was interrupted), the new origin is the only copy of the data and
-    nothing may remove it. Paths are under the private top-level mount, present from step 2 of
-    the plan to its umount, which comes after the point of no return."""
-
-    def __init__(
-        self, method: BtrfsMethod, current: Path, old: Path, snap: Path, record: SnapshotRecord
-    ) -> None:
-        self.run, self.current, self.old, self.snap = method._run, current, old, snap
-        self.origin, self.name = record.details["origin_subvol"], record.name
-        self.subvol = record.details["subvol"]
-        self.committed = False
-
-    def _past_no_return(self) -> bool:
-        return self.committed or not os.path.lexists(self.old)
-
-    def rename(self) -> None:
-        if not os.path.lexists(self.snap):
-            raise RefusedError(f"the snapshot subvolume {self.subvol} is gone",
-                               hint=f"forget it: snapkit snapshot discard {self.name}")  # fmt: skip
-        if os.path.lexists(self.old):
-            raise RefusedError(
-                f"{self.old.name} exists beside {self.origin}: an earlier merge did not finish",
-                hint=f"keep the one you want as {self.origin}, delete the other",
-            )
-        self.run("mv", "-T", str(self.current), str(self.old))
-
-    def rename_back(self) -> None:
-        """Always runs (the origin must be found under its name); acts only while the origin
-        is missing and the old one is there."""
-        if os.path.lexists(self.current) or not os.path.lexists(self.old):
-            return
-        try:
-            self.run("mv", "-T", str(self.old), str(self.current))
-        except CommandError as exc:
-            raise OperationError(
-                f"{self.origin} is missing: its content is in {self.old.name} ({exc})",
-                hint=f"rename {self.old.name} back to {self.origin} in the top-level subvolume",
-            ) from exc
-
-    def snapshot(self) -> None:
-        self.run("btrfs", "subvolume", "snapshot", str(self.snap), str(self.current))
-
-    def unsnapshot(self) -> None:
-        """Always runs, even for a snapshot that failed part-way; deletes the new origin only
-        while the old one still exists."""
-        if self._past_no_return():
-            raise OperationError(
-                f"not undone: {self.origin} already holds the content of {self.subvol} and its "
-                "old content is deleted",
-                hint=f"finish the merge with 'snapkit snapshot discard {self.name}'",
-            )
-        if not os.path.lexists(self.current):
-            return
-        try:
-            self.run("btrfs", "subvolume", "delete", str(self.current))
-        except CommandError as exc:
-            raise OperationError(
-                f"{self.origin} is a copy of {self.subvol}; the old content is in "
-                f"{self.old.name} ({exc})",
-                hint=f"delete {self.origin} and rename {self.old.name} back to it",
-            ) from exc
-
-    def commit(self) -> None:
-        self.run("btrfs", "subvolume", "delete", str(self.old))
-        self.committed = True
 
 
 def _mount_top_argv(device: str, top: Path) -> tuple[str, ...]:

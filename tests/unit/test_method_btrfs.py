@@ -18,14 +18,18 @@ from typing import Any
 
 import pytest
 
-from snapkit.dm.fake import Faults
+from snapkit import recover_btrfs
+from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import DevNum
 from snapkit.errors import CommandError, RefusedError
-from snapkit.methods import btrfs
+from snapkit.flow import Flow
+from snapkit.methods import btrfs, btrfs_merge
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
 from snapkit.methods.btrfs import BtrfsMethod
 from snapkit.plan import PlanError, apply
+from snapkit.recover import Recovery, recover
 from snapkit.run import Completed
+from snapkit.state import StateData, StateFile
 from snapkit.target import Mount
 
 DEV = "/dev/vdb"
@@ -43,6 +47,8 @@ class FakeBtrfs:
     user: dict[Path, str] = field(default_factory=dict)  # the user's mounts: path -> subvolume
     calls: list[list[str]] = field(default_factory=list)
     late: bool = False  # an injected failure comes after the command took effect
+    ids: dict[str, int] = field(default_factory=lambda: {"data": 256})  # subvolume IDs
+    parents: dict[str, str] = field(default_factory=dict)  # snapshot -> its source's UUID
 
     def state(self) -> object:
         return dict(self.subvols), set(self.tops), {d for d in self.dirs if d.exists()}
@@ -69,6 +75,14 @@ class FakeBtrfs:
             out = "".join(f"ID {n + 256} gen 9 top level 5 path {p}\n"
                           for n, p in enumerate(self.subvols))  # fmt: skip
             return Completed(tuple(args), 0, out, "", 0.0)
+        if args[:3] in (["btrfs", "inspect-internal", "rootid"], ["btrfs", "subvolume", "show"]):
+            rel = self._rel(args[3])
+            if rel not in self.ids:
+                raise CommandError(args, 1, "no such subvolume")
+            parent = self.parents.get(rel)
+            shown = f"\tUUID: \tu{self.ids[rel]}\n\tParent UUID: \t{parent or '-'}\n"
+            out = f"{self.ids[rel]}\n" if args[1] == "inspect-internal" else shown
+            return Completed(tuple(args), 0, out, "", 0.0)
         injected = self.faults.should_fail(" ".join(args))
         done = self._apply(args) if not injected or self.late else False
         failed = injected or not done
@@ -77,6 +91,21 @@ class FakeBtrfs:
                 raise CommandError(args, 1, "injected failure")
             return Completed(tuple(args), 1, "", "failed", 0.0)
         return Completed(tuple(args), 0, "", "", 0.0)
+
+    def exchange(self, a: Path, b: Path) -> None:
+        """renameat2(RENAME_EXCHANGE): both names swap at once, or nothing happens."""
+        self.calls.append(["exchange", str(a), str(b)])
+        ra, rb = self._rel(str(a)), self._rel(str(b))
+        if self.faults.should_fail(f"exchange {a} {b}"):
+            raise OSError(5, "injected failure")
+        if ra not in self.subvols or rb not in self.subvols:
+            raise OSError(2, "No such file or directory")
+        assert ra is not None and rb is not None
+        for table in (self.subvols, self.ids, self.parents):
+            _swap(table, ra, rb)
+        a.rename(a.with_name("swap"))
+        b.rename(a)
+        a.with_name("swap").rename(b)
 
     def _apply(self, args: list[str]) -> bool:
         """Do what the command does; False where the real command would fail."""
@@ -106,6 +135,8 @@ class FakeBtrfs:
             if src not in self.subvols or dst is None or dst in self.subvols:
                 return False
             self.subvols[dst] = self.subvols[src]
+            self.ids[dst] = max(self.ids.values()) + 1
+            self.parents[dst] = f"u{self.ids[src]}"
             for top in self.tops:
                 self._materialise(top)
         elif args[:3] == ["btrfs", "subvolume", "delete"]:
@@ -113,16 +144,25 @@ class FakeBtrfs:
             if path not in self.subvols:
                 return False
             del self.subvols[path]
+            self.ids.pop(path), self.parents.pop(path, None)
             shutil.rmtree(args[3])
         elif args[:2] == ["mv", "-T"]:
             src, dst = (self._rel(a) for a in args[2:])
             if src not in self.subvols or dst is None or dst in self.subvols:
                 return False
             self.subvols[dst] = self.subvols.pop(src)
+            self.ids[dst] = self.ids.pop(src)
+            if src in self.parents:
+                self.parents[dst] = self.parents.pop(src)
             Path(args[2]).rename(args[3])
         else:
             raise AssertionError(f"unexpected command {args}")
         return True
+
+
+def _swap(table: dict[str, Any], a: str, b: str) -> None:
+    va, vb = table.pop(a, None), table.pop(b, None)
+    table.update({k: v for k, v in ((b, va), (a, vb)) if v is not None})
 
 
 @dataclass
@@ -152,7 +192,8 @@ def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     def build(fail_at: int | None = None) -> World:
         fake = FakeBtrfs(Faults(fail_at), user={mp: "data"})
-        method = BtrfsMethod(SimpleNamespace(run=fake), top_root=tmp_path / "run")  # type: ignore[arg-type]
+        host = SimpleNamespace(run=fake)
+        method = BtrfsMethod(host, top_root=tmp_path / "run", exchange=fake.exchange)  # type: ignore[arg-type]
         return World(fake, method, Target(Path(DEV), mp, "btrfs", (254, 16)), user_mounts)
 
     return build
@@ -254,7 +295,7 @@ def test_merge_of_the_top_level_is_refused(make_world: Any) -> None:
         world.method.plan_merge(record)
 
 
-MERGE_STEPS = 8  # mkdir, mount, mv, snapshot, delete old, delete snap, umount, rmdir
+MERGE_STEPS = 8  # mkdir, mount, snapshot, exchange, delete old, delete snap, umount, rmdir
 POINT_OF_NO_RETURN = 4  # the old origin is deleted by call 4: from then on, only forward
 
 
@@ -326,13 +367,17 @@ def test_a_delete_that_took_effect_but_failed_is_past_the_point_of_no_return(
     assert_merged_and_told(world, record)
 
 
-def test_negative_control_undos_that_trust_the_steps_lose_the_origin(
+def test_negative_control_undos_that_trust_the_steps_tell_the_wrong_story(
     make_world: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(btrfs._Swap, "_past_no_return", lambda self: False)
+    """Without the on-disk check the undo tries to exchange back a deleted old origin: the
+    exchange fails as a whole, so the origin survives (the rename-based merge lost it here),
+    but the error no longer says that the merge is done and how to finish it."""
+    monkeypatch.setattr(btrfs_merge.Swap, "_past_no_return", lambda self: False)
     world = make_world()
     merged(world, POINT_OF_NO_RETURN + 1)
-    assert "data" not in world.fake.subvols, world.fake.subvols
+    assert world.fake.subvols["data"] == "live", world.fake.subvols
+    assert "already holds the content" not in str(world.error), str(world.error)
 
 
 def test_merge_is_refused_while_the_snapshot_is_mounted(make_world: Any) -> None:
@@ -374,3 +419,151 @@ def test_a_discard_failure_keeps_the_origin_and_unmounts(make_world: Any, at: in
     assert world.fake.subvols["data"] == "live" and world.fake.tops == set()
     assert (".snapkit/s1" in world.fake.subvols) == (at < 3)  # gone once the delete ran
     assert ("discard s1' again" in str(caught.value)) == (at >= 3), str(caught.value)
+
+
+def test_a_merge_is_refused_beside_a_spare_an_earlier_merge_left(make_world: Any) -> None:
+    world = make_world()
+    record = created(world)
+    world.user_mounts.clear()
+    world.fake.subvols["data.snapkit-new-s1"] = "live"
+    world.fake.ids["data.snapkit-new-s1"] = 300
+    before = world.state()
+    with pytest.raises(PlanError, match="an earlier merge did not finish") as caught:
+        apply(world.method.plan_merge(record))
+    assert world.state() == before and "snapkit recover" in str(caught.value)
+
+
+# --- a crash in the middle of a merge, then 'snapkit recover' --------------------------------
+
+
+def recovering(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(btrfs, "TOP_ROOT", tmp_path / "run")
+    monkeypatch.setattr(recover_btrfs, "block_devnum", lambda path: DevNum(254, 16))
+
+
+def crashed(world: World, tmp_path: Path, steps_done: int, *, power_cut: bool) -> Flow:
+    """A merge of s1 (origin changed since) that ran ``steps_done`` steps and stopped dead, as
+    a SIGKILL (the private mount stays) or a power cut (mounts and /run gone) stops it; the
+    state file still holds s1, as the flow saves only after the plan. Returns the Flow that
+    recover runs with, on the same fake filesystem."""
+    record, _ = merged_setup(world)
+    for step in world.method.plan_merge(record).steps[:steps_done]:
+        step.do()
+    if power_cut:
+        for top in list(world.fake.tops):
+            world.fake._apply(["umount", str(top)])
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+    flow = Flow(SimpleNamespace(run=world.fake, dm=FakeDm(faults=Faults())),  # type: ignore[arg-type]
+                state=StateFile(tmp_path / "state"), lock_dir=tmp_path / "locks")  # fmt: skip
+    flow.state.save(StateData(snapshots=(record,)))
+    return flow
+
+
+def merged_setup(world: World) -> tuple[SnapshotRecord, object]:
+    record = created(world)
+    world.fake.subvols["data"] = "changed"
+    world.user_mounts.clear()
+    return record, world.state()
+
+
+def assert_settled(world: World, flow: Flow, tmp_path: Path) -> str:
+    """The origin exists and holds either its old content with s1 kept, or s1's content with
+    s1 consumed and forgotten; nothing else is left on disk or mounted. Returns which."""
+    subvols, recorded = world.fake.subvols, flow.state.load().snapshot("s1") is not None
+    assert world.fake.tops == set(), world.fake.tops
+    assert not list((tmp_path / "run").glob("*")), list((tmp_path / "run").glob("*"))
+    if subvols == {"data": "changed", ".snapkit/s1": "live"} and recorded:
+        return "rolled back"
+    assert subvols == {"data": "live"} and not recorded, (subvols, recorded)
+    return "merged"
+
+
+@pytest.mark.parametrize("power_cut", [False, True], ids=["sigkill", "power-cut"])
+@pytest.mark.parametrize("steps_done", range(MERGE_STEPS + 1))
+def test_recover_settles_a_merge_cut_short_at_every_step(
+    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps_done: int,
+    power_cut: bool,
+) -> None:  # fmt: skip
+    """Cut before the exchange (step 4): the merge is undone. From the exchange on: finished."""
+    recovering(monkeypatch, tmp_path)
+    world = make_world()
+    monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
+    flow = crashed(world, tmp_path, steps_done, power_cut=power_cut)
+    assert "data" in world.fake.subvols  # the exchange: the origin is never missing
+    result = recover(flow)
+    assert isinstance(result, Recovery)
+    outcome = assert_settled(world, flow, tmp_path)
+    assert outcome == ("merged" if steps_done >= 4 else "rolled back"), result
+    assert ("s1" in result.dropped) == (outcome == "merged")
+    again = recover(flow)  # idempotent
+    assert isinstance(again, Recovery) and not again.actions and not again.dropped
+    assert assert_settled(world, flow, tmp_path) == outcome
+
+
+def world_mounts(world: World) -> tuple[Mount, ...]:
+    return tuple(Mount(9, DevNum(254, 16), "/", top, "btrfs", DEV, "rw")
+                 for top in world.fake.tops)  # fmt: skip
+
+
+@pytest.mark.parametrize("steps_done", [3, 4, 5])
+def test_a_recover_that_fails_at_any_command_can_be_run_again(
+    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps_done: int
+) -> None:
+    recovering(monkeypatch, tmp_path)
+    at = 0
+    while True:
+        world = make_world()
+        if not world.user_mounts:  # the fixture's list, which the crash before emptied
+            world.user_mounts.append(Mount(1, DevNum(254, 16), "/data", world.target.mountpoint,
+                                           "btrfs", DEV, "rw"))  # fmt: skip
+        monkeypatch.setattr(recover_btrfs, "mounts", lambda w=world: world_mounts(w))
+        flow = crashed(world, tmp_path / str(at), steps_done, power_cut=False)
+        world.fake.faults = Faults(at)
+        try:
+            recover(flow)
+        except PlanError:
+            assert "data" in world.fake.subvols, world.fake.subvols
+            world.fake.faults = Faults()
+            recover(flow)
+            assert_settled(world, flow, tmp_path / str(at))
+            at += 1
+            continue
+        assert_settled(world, flow, tmp_path / str(at))
+        break
+    assert at >= 6  # mkdir, mount, a delete or two, umount, rmdir: each one failed once
+
+
+@pytest.mark.parametrize(("blind", "steps_done"), [("_rootid", 4), ("_show", 5)])
+def test_negative_control_a_recover_blind_to_the_merge_keeps_a_record_of_a_merged_origin(
+    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blind: str, steps_done: int
+) -> None:
+    """Blind to the subvolume IDs (cut after the exchange) or to the Parent UUID (cut after
+    the old origin was deleted), recover takes the merge for one that never happened: the
+    origin holds the snapshot's content while the record says the snapshot is not merged."""
+    recovering(monkeypatch, tmp_path)
+    monkeypatch.setattr(recover_btrfs, blind, lambda run, path: 0 if blind == "_rootid" else {})
+    world = make_world()
+    monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
+    flow = crashed(world, tmp_path, steps_done, power_cut=True)
+    recover(flow)
+    assert world.fake.subvols["data"] == "live"
+    with pytest.raises(AssertionError):
+        assert_settled(world, flow, tmp_path)
+
+
+def test_recover_puts_back_the_origin_the_rename_based_merge_left_missing(
+    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the merge before the exchange left after a power cut between its rename and its
+    snapshot: no origin, its content under ``data.snapkit-old-s1``."""
+    recovering(monkeypatch, tmp_path)
+    world = make_world()
+    monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
+    flow = crashed(world, tmp_path, 0, power_cut=True)
+    fake = world.fake
+    fake.subvols["data.snapkit-old-s1"] = fake.subvols.pop("data")
+    fake.ids["data.snapkit-old-s1"] = fake.ids.pop("data")
+    result = recover(flow)
+    assert assert_settled(world, flow, tmp_path) == "rolled back"
+    assert isinstance(result, Recovery)
+    assert "s1: renamed data.snapkit-old-s1 back to data" in result.actions

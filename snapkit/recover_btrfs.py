@@ -1,0 +1,156 @@
+"""``recover`` for btrfs: settle a merge that a power cut or a SIGKILL cut short.
+
+Nothing of a btrfs snapshot lives in kernel memory, so a reboot takes nothing away but the
+private top-level mount. What a crash can leave is on disk, and its names say what it is
+(:mod:`snapkit.methods.btrfs_merge`), so recover needs no mark in the state file (the flow
+saves none for btrfs, whose merge is one plan):
+
+* ``ORIG.snapkit-new-NAME`` with a *lower* subvolume ID than ``ORIG``: the exchange happened,
+  ``ORIG`` holds the snapshot's content and the spare the old origin. The merge is finished:
+  the spare and the snapshot are deleted, the record is dropped;
+* ``ORIG.snapkit-new-NAME`` with a higher ID: a copy made before the exchange. It is deleted;
+  the origin and the snapshot are as they were, the record stays;
+* ``ORIG.snapkit-old-NAME`` (the earlier, rename-based merge): put back as ``ORIG`` if ``ORIG``
+  is missing; beside ``ORIG``, which is then a whole copy of the snapshot (a snapshot is made
+  in one transaction), the merge is finished as above;
+* no spare, but ``ORIG``'s Parent UUID is the snapshot's UUID: ``ORIG`` is a copy of the
+  snapshot and the old origin is deleted (cut short between the two deletes). The snapshot is
+  deleted and the record dropped;
+* a record whose snapshot subvolume is gone (the merge had deleted it, the state was not saved
+  yet) is dropped: the snapshot is cleanly absent;
+* private mounts ``/run/snapkit/btrfs-NAME-PID`` a killed snapkit left are unmounted and removed.
+
+Each record is settled under its origin's lock, so a merge still running is never touched.
+Idempotent: a second run finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from snapkit.errors import OperationError
+from snapkit.flow import Flow
+from snapkit.lock import origin_lock
+from snapkit.methods import btrfs
+from snapkit.methods.base import SnapshotRecord
+from snapkit.methods.btrfs_merge import legacy_name, spare_name
+from snapkit.plan import Plan, Step
+from snapkit.run import Executor
+from snapkit.state import StateData
+from snapkit.target import block_devnum, mounts
+
+
+@dataclass
+class Settled:
+    """What the steps did, filled in as they run: what is on disk is seen only then."""
+
+    actions: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # records dropped: the snapshot is gone
+
+    def kept(self, data: StateData) -> StateData:
+        for name in self.gone:
+            data = data.without_snapshot(name)
+        return data
+
+
+def plan_settle(flow: Flow, data: StateData) -> tuple[Plan, Settled]:
+    """One step per btrfs record; empty without one."""
+    settled = Settled()
+    steps = tuple(
+        Step(f"settle btrfs snapshot {r.name} of {r.details['origin_subvol'] or '/'} on "
+             f"{r.device}", partial(_settle, flow, r, settled))
+        for r in data.snapshots if r.method == "btrfs"
+    )  # fmt: skip
+    return Plan("settle btrfs merges a crash cut short", steps), settled
+
+
+def _settle(flow: Flow, record: SnapshotRecord, settled: Settled) -> None:
+    if block_devnum(record.device) is None:
+        settled.actions.append(f"{record.name}: not checked, {record.device} is not attached")
+        return
+    run = flow.host.run
+    with origin_lock(record.origin, operation=f"recover {record.name}",
+                     lock_dir=flow.lock_path()):  # fmt: skip
+        _drop_stale_tops(run, record, settled)
+        top = btrfs.TOP_ROOT / f"btrfs-{record.name}-{os.getpid()}"
+        run.run(["mkdir", "-p", str(top)])
+        try:
+            run.run(["mount", "-t", "btrfs", "-o", "subvolid=5", record.device, str(top)])
+            try:
+                _look(run, top, record, settled)
+            finally:
+                run.run(["umount", str(top)])
+        finally:
+            run.run(["rmdir", str(top)])
+
+
+def _drop_stale_tops(run: Executor, record: SnapshotRecord, settled: Settled) -> None:
+    """The private mounts of a snapkit that was killed: under the lock, none is in use."""
+    pattern = re.compile(rf"btrfs-{re.escape(record.name)}-\d+")
+    try:
+        found = sorted(p for p in btrfs.TOP_ROOT.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return
+    mounted = {m.mountpoint for m in mounts()}
+    for top in found:
+        if top in mounted:
+            run.run(["umount", str(top)])
+        run.run(["rmdir", str(top)])
+        settled.actions.append(f"{record.name}: removed the private mount {top} left behind")
+
+
+def _look(run: Executor, top: Path, record: SnapshotRecord, settled: Settled) -> None:
+    origin, name = record.details["origin_subvol"], record.name
+    current, snap = top / origin, top / record.details["subvol"]
+    spare, legacy = top / spare_name(origin, name), top / legacy_name(origin, name)
+
+    def delete(path: Path, why: str) -> None:
+        run.run(["btrfs", "subvolume", "delete", str(path)])
+        settled.actions.append(f"{name}: deleted {path.name}, {why}")
+
+    if origin and os.path.lexists(legacy):
+        if not os.path.lexists(current):
+            run.run(["mv", "-T", str(legacy), str(current)])
+            settled.actions.append(f"{name}: renamed {legacy.name} back to {origin}")
+        else:  # ORIG is then a whole copy of the snapshot: made in one transaction
+            delete(legacy, f"the old origin: {origin} holds the content of {snap.name}")
+    merged = False
+    if origin and os.path.lexists(spare):
+        if not os.path.lexists(current):
+            raise OperationError(
+                f"{origin} is missing and {spare.name} exists",
+                hint=f"rename {spare.name} to {origin} in the top-level subvolume",
+            )
+        merged = _rootid(run, current) > _rootid(run, spare)
+        why = f"the old origin: {origin} holds the content of {snap.name}"
+        delete(spare, why if merged else "a copy made before the merge's exchange")
+    elif origin and os.path.lexists(current) and os.path.lexists(snap):
+        uuid = _show(run, snap).get("UUID", "-")  # never "-": a snapshot has its own
+        merged = uuid != "-" and _show(run, current).get("Parent UUID") == uuid
+    if not os.path.lexists(snap):
+        settled.gone.append(name)
+        return
+    if merged:
+        delete(snap, "the merge consumes it")
+        settled.gone.append(name)
+
+
+def _rootid(run: Executor, path: Path) -> int:
+    """The subvolume's ID: IDs only grow, so the one made later has the higher."""
+    return int(run.run(["btrfs", "inspect-internal", "rootid", str(path)]).stdout.strip())
+
+
+def _show(run: Executor, path: Path) -> dict[str, str]:
+    """``btrfs subvolume show``'s ``Key: value`` lines. ``ORIG``'s Parent UUID is the
+    snapshot's UUID once the merge has put a copy of the snapshot in its place: a merge that
+    had deleted the old origin, but not yet the snapshot, when it was cut short."""
+    out = run.run(["btrfs", "subvolume", "show", str(path)]).stdout
+    pairs = (line.strip().split(":", 1) for line in out.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+__all__ = ["Settled", "plan_settle"]
