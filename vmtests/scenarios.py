@@ -95,8 +95,7 @@ def full() -> list[Scenario]:
         for fs in FILESYSTEMS
         for m in METHODS
         for w in WORKLOADS
-        if (m != "btrfs-native" or fs == "btrfs")
-        and (m != "remount-ro" or w not in HELD_OPEN)
+        if (m != "btrfs-native" or fs == "btrfs") and (m != "remount-ro" or w not in HELD_OPEN)
     ]
     controls = [Scenario(fs, "none", "writer", c) for c in CONTROLS for fs in FILESYSTEMS]
     return sorted(real + controls, key=lambda s: s.id)
