@@ -1,11 +1,16 @@
 """``btrfs`` in a real guest: snapshot a mounted subvolume under a writer, check it, mount it,
-roll the origin back by renaming (after the documented umount), and discard."""
+roll the origin back by an atomic exchange (after the documented umount), and discard; a merge
+power-cut before and after its exchange, settled by ``snapkit recover`` after the reboot."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from test_method_lvm import assert_writable, marker, snapkit, start_writer, stop_writer
@@ -115,3 +120,82 @@ def test_a_merge_interrupted_around_the_point_of_no_return(vm: Session) -> None:
     assert listing.count(" path ") == 1 and listing.rstrip().endswith("path data"), listing
     assert marker(vm, "/mnt/o") == "before"
     assert "btrfs-" not in vm.sh("ls -A /run/snapkit").stdout.decode()  # no private mount point
+
+
+KEEP = "mkdir -p /keep /mnt/o; mount /dev/vmtest/keep /keep"
+STATE = {"SNAPKIT_STATE_DIR": "/keep/state"}
+
+
+def _sh(vm: Session, script: str) -> str:
+    result = vm.run(["sh", "-euc", script], env=STATE, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode(errors="replace")
+    return result.stdout.decode()
+
+
+def _cut_merge_before(vm: Session, step: int) -> None:
+    """Start ``snapshot merge s1``, let it pause before plan step ``step``, make what it did so
+    far durable (``sync`` commits the btrfs transaction: without it the cut could also land
+    before the last steps, which the unit tests cover), and pull the plug."""
+    vm.spawn(["sh", "-c", f"SNAPKIT_TEST_PAUSE_AT={step} SNAPKIT_STATE_DIR=/keep/state "
+              "snapkit snapshot merge s1 2>/tmp/err"])  # fmt: skip
+    deadline = time.monotonic() + 120
+    while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
+        assert time.monotonic() < deadline, vm.run(["cat", "/tmp/err"]).stdout
+        time.sleep(0.2)
+    vm.sh("sync")
+    vm.power_cut()
+
+
+def _recovered(vm: Session) -> tuple[str, str]:
+    """After the reboot: ``snapkit recover``'s output, and the origin's marker."""
+    out = _sh(vm, f"{KEEP}; snapkit recover")
+    assert _sh(vm, "snapkit recover") == "nothing to recover\n", out  # idempotent
+    listing = _sh(vm, "mount -o subvolid=5 /dev/vmtest/btr /mnt/o; btrfs subvolume list /mnt/o; "
+                  "umount /mnt/o")  # fmt: skip
+    assert "snapkit-" not in listing, listing  # no spare left
+    found = _sh(vm, "mount -o subvol=data /dev/vmtest/btr /mnt/o; cat /mnt/o/marker; "
+                "umount /mnt/o")  # fmt: skip
+    check = vm.run(["btrfs", "check", "--readonly", "/dev/vmtest/btr"], timeout=300)
+    assert check.returncode == 0, check.stderr.decode()
+    return out, found.strip()
+
+
+@pytest.mark.slow  # three boots under TCG; the unit tests cut every step in CI
+def test_a_power_cut_merge_is_settled_by_recover(
+    vm_factory: Callable[..., Any], vm_artifacts: Path
+) -> None:
+    """Cut before step 4 (the copy is made, not exchanged): recover deletes the copy, the
+    origin keeps its content and s1 stays. Cut before step 5 (exchanged, the old origin not
+    yet deleted): recover finishes the merge, the origin holds the snapshot's content and s1
+    is gone. Either way the origin subvolume exists and btrfs check is clean."""
+    from vmtests.machine import make_disk
+    from vmtests.qemu import Disk
+
+    folder = vm_artifacts / "disks"
+    folder.mkdir(parents=True, exist_ok=True)
+    disks = [Disk(make_disk(folder / "btr.raw", 256 << 20), "btr"),
+             Disk(make_disk(folder / "keep.raw", 32 << 20), "keep")]  # fmt: skip
+    first = vm_factory(disks=disks, name="created")
+    _sh(first, f"mkfs.ext4 -q -F /dev/vmtest/keep; {KEEP}; mkfs.btrfs -q -f /dev/vmtest/btr; "
+        "mount /dev/vmtest/btr /mnt/o; btrfs -q subvolume create /mnt/o/data; umount /mnt/o; "
+        "mount -o subvol=data /dev/vmtest/btr /mnt/o; echo before > /mnt/o/marker; "
+        "snapkit snapshot create /mnt/o --name s1 --method btrfs; "
+        "echo after > /mnt/o/marker; sync; umount /mnt/o")  # fmt: skip
+    plan = _sh(first, "snapkit snapshot merge s1 --dry-run")
+    assert re.search(r"4\. exchange .*RENAME_EXCHANGE", plan), plan
+    _cut_merge_before(first, 4)
+
+    second = vm_factory(disks=disks, name="cut-before-exchange")
+    out, found = _recovered(second)
+    assert "s1: deleted data.snapkit-new-s1, a copy made before" in out, out
+    assert found == "after"
+    assert "s1" in _sh(second, "snapkit snapshot list")
+    _cut_merge_before(second, 5)
+
+    third = vm_factory(disks=disks, name="cut-after-exchange")
+    out, found = _recovered(third)
+    assert "s1: deleted data.snapkit-new-s1, the old origin" in out, out
+    assert "dropped s1" in out, out
+    assert found == "before"
+    assert _sh(third, "snapkit snapshot list") == ""
+    third.power_cut()
