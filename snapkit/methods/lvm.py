@@ -152,21 +152,25 @@ class LvmMethod:
         for a command that polls a merge for as long as it takes, as soon as ``safe()`` says
         its tables are in place: the kernel merges on, and ``merge`` again finishes it."""
         failed: list[BaseException] = []
+        done = threading.Event()
 
         def work() -> None:
             try:
                 self.executor.run(argv, timeout=timeout)
             except BaseException as exc:  # handed to the main thread
                 failed.append(exc)
+            finally:
+                done.set()
 
-        worker = threading.Thread(target=work, name=argv[0], daemon=True)
-        worker.start()
+        threading.Thread(target=work, name=argv[0], daemon=True).start()
         interrupted: BaseException | None = None
-        while worker.is_alive():
+        # Not Thread.join: a signal handler raising inside join() makes Python 3.11 mark the
+        # thread stopped while it still runs (threading.py, _wait_for_tstate_lock, bpo-45274).
+        while not done.is_set():
             try:
                 if interrupted is not None and safe is not None and safe():
                     break
-                worker.join(0.05)
+                time.sleep(0.05)
             except BaseException as exc:  # SIGINT/SIGTERM from the plan's guard: finish first
                 interrupted = interrupted or exc
                 log.warning("interrupted; letting %s finish before undoing it", argv[0])

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,7 @@ from snapkit.run import Completed
 from snapkit.state import StateData, StateFile
 from tests.unit.test_method_dm import SIZE, World, created, make_world
 from tests.unit.test_method_lvm import FakeLvm, Lv
+from tests.unit.test_method_lvm import host as lvm_host
 from tests.unit.test_method_lvm import request as lvm_request
 
 
@@ -335,3 +340,34 @@ def test_lvm_merge_failed_is_one_line_then_restarts_by_reactivation(tmp_path: Pa
     assert flow.merge("s1").state is State.MERGED  # type: ignore[union-attr]
     assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
     assert ["lvchange", "--refresh", "vg/lv"] not in fake.calls
+
+
+class _SlowLvm(FakeLvm):
+    """lvcreate that takes a while, as inside its suspend; records when it ended."""
+
+    ended: float = 0.0
+
+    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
+        if argv[0] == "lvcreate":
+            time.sleep(0.4)
+            result = super().run(argv, **kw)
+            self.ended = time.monotonic()
+            return result
+        return super().run(argv, **kw)
+
+
+def test_sigterm_during_lvcreate_lets_it_finish_then_undoes_it() -> None:
+    """Measured on 6.1: killing lvcreate inside its suspend corrupts LVM's metadata. A real
+    SIGTERM arrives 0.1 s into a 0.4 s lvcreate: the plan must wait for it, then undo it."""
+    fake = _SlowLvm(Faults())
+    fake.lvs["lv"] = Lv("lv", is_open=True)
+    plan, _ = LvmMethod(lvm_host(fake)).plan_create(lvm_request())
+    before = fake.state()
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(PlanError) as caught:
+        apply(plan)
+    timer.join()
+    assert caught.value.exit_code == 128 + signal.SIGTERM
+    assert fake.ended and [c[0] for c in fake.calls].count("lvremove") == 1  # finished, undone
+    assert fake.state() == before
