@@ -11,8 +11,8 @@ saves none for btrfs, whose merge is one plan):
 * ``ORIG.snapkit-new-NAME`` with a higher ID: a copy made before the exchange. It is deleted;
   the origin and the snapshot are as they were, the record stays;
 * ``ORIG.snapkit-old-NAME`` (the earlier, rename-based merge): put back as ``ORIG`` if ``ORIG``
-  is missing; beside ``ORIG``, which is then a whole copy of the snapshot (a snapshot is made
-  in one transaction), the merge is finished as above;
+  is missing; beside an ``ORIG`` that is a copy of the snapshot (see the next case), the merge
+  is finished as above; beside any other ``ORIG`` (made by hand since?) recover refuses;
 * no spare, but ``ORIG``'s Parent UUID is the snapshot's UUID: ``ORIG`` is a copy of the
   snapshot and the old origin is deleted (cut short between the two deletes). The snapshot is
   deleted and the record dropped;
@@ -116,8 +116,13 @@ def _look(run: Executor, top: Path, record: SnapshotRecord, settled: Settled) ->
         if not os.path.lexists(current):
             run.run(["mv", "-T", str(legacy), str(current)])
             settled.actions.append(f"{name}: renamed {legacy.name} back to {origin}")
-        else:  # ORIG is then a whole copy of the snapshot: made in one transaction
+        elif _copy_of(run, current, snap):  # made in one transaction: a whole copy
             delete(legacy, f"the old origin: {origin} holds the content of {snap.name}")
+        else:  # not what the merge left: someone made it since; both may hold data
+            raise OperationError(
+                f"{legacy.name} exists beside {origin}, which is not a copy of {snap.name}",
+                hint=f"keep the one you want as {origin}, delete the other, run recover again",
+            )
     merged = False
     if origin and os.path.lexists(spare):
         if not os.path.lexists(current):
@@ -128,9 +133,8 @@ def _look(run: Executor, top: Path, record: SnapshotRecord, settled: Settled) ->
         merged = _rootid(run, current) > _rootid(run, spare)
         why = f"the old origin: {origin} holds the content of {snap.name}"
         delete(spare, why if merged else "a copy made before the merge's exchange")
-    elif origin and os.path.lexists(current) and os.path.lexists(snap):
-        uuid = _show(run, snap).get("UUID", "-")  # never "-": a snapshot has its own
-        merged = uuid != "-" and _show(run, current).get("Parent UUID") == uuid
+    elif origin and os.path.lexists(current):
+        merged = _copy_of(run, current, snap)
     if not os.path.lexists(snap):
         settled.gone.append(name)
         return
@@ -144,10 +148,18 @@ def _rootid(run: Executor, path: Path) -> int:
     return int(run.run(["btrfs", "inspect-internal", "rootid", str(path)]).stdout.strip())
 
 
+def _copy_of(run: Executor, current: Path, snap: Path) -> bool:
+    """Whether ``current`` is a snapshot of ``snap``: its Parent UUID is the snapshot's UUID.
+    So is ``ORIG`` once the merge has put a copy of the snapshot in its place -- also after it
+    deleted the old origin, when nothing else is left to tell."""
+    if not os.path.lexists(snap):
+        return False
+    uuid = _show(run, snap).get("UUID", "-")  # never "-": a snapshot has its own
+    return uuid != "-" and _show(run, current).get("Parent UUID") == uuid
+
+
 def _show(run: Executor, path: Path) -> dict[str, str]:
-    """``btrfs subvolume show``'s ``Key: value`` lines. ``ORIG``'s Parent UUID is the
-    snapshot's UUID once the merge has put a copy of the snapshot in its place: a merge that
-    had deleted the old origin, but not yet the snapshot, when it was cut short."""
+    """``btrfs subvolume show``'s ``Key: value`` lines."""
     out = run.run(["btrfs", "subvolume", "show", str(path)]).stdout
     pairs = (line.strip().split(":", 1) for line in out.splitlines() if ":" in line)
     return {key.strip(): value.strip() for key, value in pairs}

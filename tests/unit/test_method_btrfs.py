@@ -23,6 +23,7 @@ from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import DevNum
 from snapkit.errors import CommandError, RefusedError
 from snapkit.flow import Flow
+from snapkit.lock import origin_lock
 from snapkit.methods import btrfs, btrfs_merge
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
 from snapkit.methods.btrfs import BtrfsMethod
@@ -567,3 +568,56 @@ def test_recover_puts_back_the_origin_the_rename_based_merge_left_missing(
     assert assert_settled(world, flow, tmp_path) == "rolled back"
     assert isinstance(result, Recovery)
     assert "s1: renamed data.snapkit-old-s1 back to data" in result.actions
+
+
+@pytest.mark.parametrize("made_by", ["merge", "hand"])
+def test_recover_finishes_the_rename_based_merge_only_beside_a_copy_of_the_snapshot(
+    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, made_by: str
+) -> None:
+    """Cut after its snapshot: ``data`` is a copy of s1 beside ``data.snapkit-old-s1``. A
+    ``data`` made by hand since (no Parent UUID) may hold data too: recover refuses."""
+    recovering(monkeypatch, tmp_path)
+    world = make_world()
+    monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
+    flow = crashed(world, tmp_path, 0, power_cut=True)
+    fake = world.fake
+    fake.subvols["data.snapkit-old-s1"] = fake.subvols.pop("data")
+    fake.ids["data.snapkit-old-s1"] = fake.ids.pop("data")
+    fake.subvols["data"], fake.ids["data"] = ("live", 400) if made_by == "merge" else ("new", 401)
+    if made_by == "merge":
+        fake.parents["data"] = fake.parents[".snapkit/s1"].replace(
+            "256", str(fake.ids[".snapkit/s1"])
+        )
+        recover(flow)
+        assert assert_settled(world, flow, tmp_path) == "merged"
+        return
+    with pytest.raises(PlanError, match="not a copy of s1") as caught:
+        recover(flow)
+    assert "data.snapkit-old-s1" in fake.subvols and fake.subvols["data"] == "new"
+    assert "keep the one you want" in str(caught.value)
+
+
+def test_recover_leaves_a_merge_that_holds_the_lock_alone(
+    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovering(monkeypatch, tmp_path)
+    world = make_world()
+    monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
+    flow = crashed(world, tmp_path, 3, power_cut=False)  # a live merge, between its steps
+    before = world.state()
+    lock = origin_lock(DEV, operation="merge s1", lock_dir=flow.lock_path())
+    with lock, pytest.raises(PlanError, match="busy"):
+        recover(flow)
+    assert world.state() == before
+
+
+def test_recover_dry_run_lists_the_settle_step_and_changes_nothing(
+    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovering(monkeypatch, tmp_path)
+    world = make_world()
+    flow = crashed(world, tmp_path, 4, power_cut=True)
+    before = world.state()
+    text = recover(flow, dry_run=True)
+    assert isinstance(text, str) and "settle btrfs snapshot s1 of data on /dev/vdb" in text
+    assert world.state() == before
