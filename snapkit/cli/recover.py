@@ -26,7 +26,10 @@ def _recover(args: argparse.Namespace) -> int:
     for action in result.actions:
         print(action)
     for name in result.dropped:
-        print(f"dropped {name}: a crash cut it short; it is cleanly absent")
+        print(
+            f"forgot {name}: it is cleanly absent (a create cut short, or a merge or discard "
+            "the crash interrupted past its point of no return, now finished)"
+        )
     for name in result.merging:
         print(f"resumed and finished the merge of {name}")
     if not (result.actions or result.dropped):
