@@ -195,7 +195,7 @@ def test_a_power_cut_merge_is_settled_by_recover(
     third = vm_factory(disks=disks, name="cut-after-exchange")
     out, found = _recovered(third)
     assert "s1: deleted data.snapkit-new-s1, the old origin" in out, out
-    assert "dropped s1" in out, out
+    assert "forgot s1" in out, out
     assert found == "before"
     assert _sh(third, "snapkit snapshot list") == ""
     third.power_cut()
