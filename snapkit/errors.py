@@ -34,6 +34,13 @@ class SnapkitError(Exception):
         return self.message
 
 
+def split_advice(words: str) -> tuple[str, str | None]:
+    """Split a plain-words status ("what happened; ...; what to do next") into an error's
+    message and hint, so a status shown as an error keeps the one-line "message (hint)" form."""
+    what, _, todo = words.rpartition("; ")
+    return (what, todo) if what else (words, None)
+
+
 class UsageError(SnapkitError):
     """The request is malformed: wrong arguments, impossible combinations."""
 

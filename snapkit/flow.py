@@ -30,7 +30,7 @@ from pathlib import Path
 from snapkit import layer
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
-from snapkit.errors import OperationError, RefusedError
+from snapkit.errors import OperationError, RefusedError, split_advice
 from snapkit.fs import snapshot_mount_options
 from snapkit.lock import DEFAULT_LOCK_DIR, origin_lock
 from snapkit.loopdev import LocalFiles, LosetupLoops
@@ -401,7 +401,10 @@ class Flow:
                 if status.state is State.MERGED:
                     return status
                 if status.state is not State.MERGING:
-                    raise OperationError(f"the merge of {record.name} stopped: {status.state}")
+                    what, todo = split_advice(status.message or "")
+                    raise OperationError(
+                        what or f"the merge of {record.name} stopped: {status.state}", hint=todo
+                    )
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
             raise OperationError(

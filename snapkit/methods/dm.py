@@ -22,7 +22,7 @@ from typing import ClassVar
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
-from snapkit.errors import RefusedError
+from snapkit.errors import RefusedError, split_advice
 from snapkit.freezing import guard_suspend
 from snapkit.loopdev import LoopSlot
 from snapkit.methods.base import (
@@ -192,7 +192,8 @@ class DmMethod:
         restart = d.pending == "merge" and (empty or dm.info(name) is None)
         health = snapshot_state(() if restart else dm.status(name), name)
         if health.usage is None and not restart:
-            raise RefusedError(f"snapshot {name} cannot be merged: {health.message}")
+            what, todo = split_advice(health.message)
+            raise RefusedError(f"snapshot {name} cannot be merged: {what}", hint=todo)
         loop = self._loop(d)
         size = d.table.size
         merge_table = Table.single(
@@ -309,7 +310,8 @@ class DmMethod:
         health = snapshot_state(dm.status(name) if dm.info(name) else (), name)
         usage = health.usage
         if usage is None:
-            raise RefusedError(f"growing the COW of {name} cannot help: {health.message}")
+            what, todo = split_advice(health.message)
+            raise RefusedError(f"growing the COW of {name} cannot help: {what}", hint=todo)
         table = dm.table(name)
         assert table is not None
         loop = Path(str(self._loop(d)))

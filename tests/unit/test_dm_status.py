@@ -223,15 +223,18 @@ def test_flow_merge_wait_stops_and_keeps_everything(tmp_path: Path) -> None:
     assert flow.load().snapshot("s1") is None and not world.files.files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flow.py _wait says 'the merge of s1 stopped: invalid'; it should show the "
-    "status's message, which starts 'Merge failed' and says what to do next",
-)
 def test_flow_merge_wait_says_merge_failed(tmp_path: Path) -> None:
     flow, _ = _flow(tmp_path)
     with pytest.raises(OperationError, match=r"Merge failed.*snapkit snapshot merge s1 --wait"):
         flow.merge("s1", wait=True)
+
+
+def test_merge_failed_is_one_line_with_the_next_step_as_its_hint(tmp_path: Path) -> None:
+    flow, _ = _flow(tmp_path)
+    with pytest.raises(OperationError) as caught:
+        flow.merge("s1", wait=True)
+    assert caught.value.message.startswith("Merge failed")
+    assert caught.value.hint == "fix the device, then run 'snapkit snapshot merge s1 --wait' again"
 
 
 class _Unreadable(Faults):
