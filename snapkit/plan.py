@@ -100,7 +100,9 @@ class PlanError(OperationError):
         skipped: tuple[str, ...],
     ) -> None:
         step = plan.steps[index].description
-        message = f"{plan.title}: step {index + 1} ({step}) failed: {cause}"
+        # An interruption's own hint ("undone") would repeat the rollback's, more vaguely.
+        detail = cause.message if isinstance(cause, Interrupted) else str(cause)
+        message = f"{plan.title}: step {index + 1} ({step}) failed: {detail}"
         if undo_failures or skipped:
             left = [f"{d}: {e}" for d, e in undo_failures] + [f"{d}: not undone" for d in skipped]
             hint = "rollback incomplete, clean up by hand: " + "; ".join(left)

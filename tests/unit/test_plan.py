@@ -204,6 +204,7 @@ def test_a_signal_mid_plan_rolls_back(tmp_path: Path, signum: int) -> None:
         apply(Plan("p", tuple(steps)))
     assert isinstance(info.value.cause, Interrupted)
     assert info.value.exit_code == 128 + signum
+    assert str(info.value).count("undone") == 1, str(info.value)  # one line, said once
     assert w.snapshot() == before
     assert signal.getsignal(signum) is handler_before
 
