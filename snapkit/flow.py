@@ -276,11 +276,12 @@ class Flow:
             record = found
             status = impl.status(record)
             if status.state in (State.INVALID, State.OVERFLOW):
+                # The method's own words: an overflowed (PO) copy still reads, an invalid one
+                # does not, and an I/O error invalidates as a full COW does.
+                what, todo = split_advice(status.message or f"{status.state}; discard it")
                 raise OperationError(
-                    f"snapshot {name} is {status.state}: its COW filled up (or failed) and the "
-                    "kernel dropped it; its point-in-time copy is lost, the origin is intact",
-                    hint=f"discard it (snapkit snapshot discard {name}) and take a new one with "
-                    "a larger --cow-size or a lower --extend-at",
+                    f"snapshot {name} is {what}",
+                    hint=f"{todo}; next time, a larger --cow-size or a lower --extend-at",
                 )
             if status.state is not State.ACTIVE:
                 return status
