@@ -30,7 +30,7 @@ from pathlib import Path
 from snapkit import layer
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
-from snapkit.errors import OperationError, RefusedError, split_advice
+from snapkit.errors import OperationError, RefusedError, SnapkitError, split_advice
 from snapkit.fs import snapshot_mount_options
 from snapkit.lock import DEFAULT_LOCK_DIR, origin_lock
 from snapkit.loopdev import LocalFiles, LosetupLoops
@@ -363,15 +363,33 @@ class Flow:
         start = impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
         if dry_run:
             return start.render()
-        self.apply_plan(start)
-        if op == "merge":
+        if op != "merge":
+            self.apply_plan(start)
+        else:
+            # The mark first, as in _start: a crash once lvconvert has begun must find it, or
+            # the record would call the merged-away snapshot LV gone (invalid).
             marked = replace(record, details={**record.details, "pending": op})
+            self.state.save(self.load().with_snapshot(marked))
+            try:
+                self.apply_plan(start)
+            except PlanError:
+                if not self._tool_started(impl, marked):
+                    self.state.save(self.load().with_snapshot(record))
+                raise
             status = impl.status(marked)
             if status.state is State.MERGING:
-                self.state.save(self.load().with_snapshot(marked))
                 return status
         self.state.save(self.load().without_snapshot(record.name))
         return SnapshotStatus(record, State.MERGED, None, 100.0, f"{op} done")
+
+    @staticmethod
+    def _tool_started(impl: Method, marked: SnapshotRecord) -> bool:
+        """Did a failed or interrupted merge get far enough that LVM merges on? When the
+        status cannot be read, assume it did: a stale mark is harmless, a missing one is not."""
+        try:
+            return impl.status(marked).state in (State.MERGING, State.MERGED)
+        except SnapkitError:
+            return True
 
     def _start(
         self, impl: KernelMerge, record: SnapshotRecord, start: Plan, op: str

@@ -272,3 +272,31 @@ def test_flow_merge_of_a_closed_origin_is_done_at_once(tmp_path: Path) -> None:
     flow = _flow(fake, tmp_path)
     assert flow.merge("s1").state is State.MERGED
     assert flow.state.load().snapshots == ()
+
+
+def test_flow_saves_the_merge_mark_before_lvconvert_runs(tmp_path: Path) -> None:
+    """A power cut while lvconvert merges must find the record marked: without the mark, the
+    merged-away snapshot LV reads as gone, i.e. invalid, and discard --force forgets it."""
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    seen: list[str] = []
+    run = fake.run
+
+    def spying(argv: Sequence[str], **kw: Any) -> Any:
+        if list(argv[:2]) == ["lvconvert", "--merge"]:
+            seen.append(flow.state.load().snapshots[0].details.get("pending", ""))
+        return run(argv, **kw)
+
+    fake.run = spying  # type: ignore[method-assign]
+    assert flow.merge("s1").state is State.MERGED
+    assert seen == ["merge"] and flow.state.load().snapshots == ()
+
+
+def test_flow_merge_refused_by_lvconvert_leaves_the_record_unmarked(tmp_path: Path) -> None:
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    before = flow.state.load()
+    fake.faults = Faults(0)  # the next command fails: lvconvert refuses, nothing merges
+    with pytest.raises(RefusedError):
+        flow.merge("s1")
+    assert flow.state.load() == before
