@@ -115,7 +115,8 @@ class LvmMethod:
             " ".join(argv),
             lambda: self._to_the_end(argv),
             lambda: self._undo_create(origin, name),
-            f"resume {origin.full_name} if suspended; lvremove -f {origin.vg}/{name} if it exists",
+            f"drop {origin.full_name}'s inactive table, resume it if suspended; lvremove -f "
+            f"{origin.vg}/{name} if it exists; remove its unopened devices",
             must_undo=True,
         )
         steps = (
@@ -180,14 +181,39 @@ class LvmMethod:
             raise failed[0]
 
     def _undo_create(self, origin: LogicalVolume, name: str) -> None:
+        """Put back what a killed ``lvcreate -s`` left. It preloads the new tables -- the
+        origin's ``snapshot-origin`` as its *inactive* table, over a ``-real`` device that has
+        no live table until lvcreate resumes it -- and then suspends the origin. A plain
+        resume would swap that table in, and every I/O to the origin would fail (EIO). So:
+        drop the origin's inactive table and resume it; if lvcreate was cut short there, remove
+        the half-made devices first (LVM's own lvremove trips over them); then lvremove what
+        LVM recorded. Only unopened devices are removed: ``-real`` may serve another snapshot
+        of the same origin."""
         dm = _dm_name(origin)
         info = self.executor.run(
-            ["dmsetup", "info", "-c", "--noheadings", "-o", "suspended", dm], check=False
+            ["dmsetup", "info", "-c", "--noheadings", "-o", "suspended,tables_loaded", dm],
+            check=False,
         )
-        if info.ok and info.stdout.strip() == "Suspended":
+        suspended, _, tables = info.stdout.strip().partition(":")
+        cut_short = info.ok and (suspended == "Suspended" or tables in ("Inactive", "Both"))
+        if cut_short and tables in ("Inactive", "Both"):
+            self.executor.run(["dmsetup", "clear", dm])
+        if cut_short and suspended == "Suspended":
             self.executor.run(["dmsetup", "resume", dm])
+        if cut_short:
+            self._remove_unopened(dm, name, origin.vg)
         if self.lvm.get(origin.vg, name) is not None:
             self.executor.run(["lvremove", "-f", "-y", f"{origin.vg}/{name}"])
+        self._remove_unopened(dm, name, origin.vg)
+
+    def _remove_unopened(self, origin_dm: str, name: str, vg: str) -> None:
+        snap = f"{_mangle(vg)}-{_mangle(name)}"
+        for leftover in (snap, f"{origin_dm}-real", f"{snap}-cow"):  # users before what they use
+            opened = self.executor.run(
+                ["dmsetup", "info", "-c", "--noheadings", "-o", "open", leftover], check=False
+            )
+            if opened.ok and opened.stdout.strip() == "0":
+                self.executor.run(["dmsetup", "remove", leftover], check=False)
 
     # --- status, merge, discard ---------------------------------------------------------------
 

@@ -300,3 +300,34 @@ def test_flow_merge_refused_by_lvconvert_leaves_the_record_unmarked(tmp_path: Pa
     with pytest.raises(RefusedError):
         flow.merge("s1")
     assert flow.state.load() == before
+
+
+class _CutInSuspend(FakeLvm):
+    """lvcreate killed inside its suspend, as measured in a guest: the origin suspended with
+    lvcreate's snapshot-origin table still *inactive* over a -real device with no table."""
+
+    def run(self, argv: Sequence[str], **kw: Any) -> Completed:  # type: ignore[override]
+        args = list(argv)
+        if args[:2] == ["dmsetup", "info"] and "suspended,tables_loaded" in args:
+            self.calls.append(args)
+            live = "Both" if "vg-lv" in self.inactive else "Live"
+            state = "Suspended" if "lv" in self.suspended else "Active"
+            return Completed(tuple(args), 0, f"{state}:{live}", "", 0.0)
+        if args[:2] == ["dmsetup", "clear"]:
+            self.calls.append(args)
+            self.inactive.discard(args[-1])
+            return Completed(tuple(args), 0, "", "", 0.0)
+        if args[:2] == ["dmsetup", "resume"] and args[-1] in self.inactive:
+            self.broken = True  # the snapshot-origin table swapped in: every I/O fails
+        return super().run(argv, **kw)
+
+
+def test_the_create_undo_drops_lvcreates_inactive_table_before_resuming() -> None:
+    fake = _CutInSuspend(Faults(0))
+    fake.lvs["lv"] = Lv("lv", is_open=True)
+    fake.inactive, fake.broken = {"vg-lv"}, False  # type: ignore[attr-defined]
+    plan, _ = LvmMethod(host(fake)).plan_create(request())
+    with pytest.raises(PlanError):
+        apply(plan)
+    assert not fake.broken and not fake.suspended  # type: ignore[attr-defined]
+    assert set(fake.lvs) == {"lv"}
