@@ -231,6 +231,12 @@ class LvmMethod:
             return SnapshotStatus(record, State.MERGED, None, 100.0, "merged: LVM has finished")
         if lv is None:
             return SnapshotStatus(record, State.INVALID, None, None, _gone(record.name))
+        if record.details.get("pending") == "merge" and not (lv.is_snapshot or lv.is_thin_snapshot):
+            # Seen after a power cut in LVM's own clean-up of a finished merge: the origin is
+            # merged, and the COW comes back as a plain LV of the snapshot's name.
+            return SnapshotStatus(record, State.MERGED, None, 100.0,
+                f"merged; LVM's clean-up was cut short and left {lv.full_name}, no longer a "
+                f"snapshot (the old COW): lvremove {lv.full_name}")  # fmt: skip
         usage = lv.data_percent
         if _merge_failed(lv):
             return SnapshotStatus(record, State.INVALID, usage, None, self._failed_words(record))

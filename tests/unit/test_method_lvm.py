@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -331,3 +331,23 @@ def test_the_create_undo_drops_lvcreates_inactive_table_before_resuming() -> Non
         apply(plan)
     assert not fake.broken and not fake.suspended  # type: ignore[attr-defined]
     assert set(fake.lvs) == {"lv"}
+
+
+def test_a_merge_whose_clean_up_was_cut_short_is_merged_and_names_the_leftover(
+    tmp_path: Path,
+) -> None:
+    """Faults run, ext4-lvm-merge-t2068ms: after the reboot the origin was merged and the
+    snapshot's name came back as a plain LV holding the COW; snapkit called it active."""
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    record = flow.state.load().snapshots[0]
+    flow.state.save(flow.state.load().with_snapshot(
+        replace(record, details={**record.details, "pending": "merge"})))  # fmt: skip
+    fake.lvs["s1"] = Lv("s1")  # no origin: a plain LV now
+    status = flow.status("s1")
+    assert status.state is State.MERGED and "lvremove vg/s1" in status.message
+    assert flow.state.load().snapshots == ()
+    unmarked = world(is_open=False)
+    flow = _flow(unmarked, tmp_path / "control")  # the control: no merge mark, no such claim
+    unmarked.lvs["s1"] = Lv("s1")
+    assert flow.status("s1").state is not State.MERGED
