@@ -191,18 +191,19 @@ def recover(flow: Flow, *, dry_run: bool = False, finish: bool = True) -> Recove
     data = flow.state.load()
     _activate_lvm(flow, data)
     plan, result, kept = plan_recover(flow, data)
-    from snapkit.recover_btrfs import plan_settle  # only here: recover loads no method
+    from snapkit import recover_btrfs, recover_lvm  # only here: recover loads no method
 
-    btrfs, settled = plan_settle(flow, data)
+    settlers = [recover_lvm.plan_settle(flow, data), recover_btrfs.plan_settle(flow, data)]
     if dry_run:
-        return plan.render() + (btrfs.render() if btrfs.steps else "")
+        return plan.render() + "".join(p.render() for p, _ in settlers if p.steps)
     flow.apply_plan(plan)
     flow.state.save(kept)
-    if btrfs.steps:
-        flow.apply_plan(btrfs)
-        flow.state.save(settled.kept(flow.state.load()))
-        result = replace(result, actions=(*result.actions, *settled.actions),
-                         dropped=(*result.dropped, *settled.gone))  # fmt: skip
+    for settle, settled in settlers:
+        if settle.steps:
+            flow.apply_plan(settle)
+            flow.state.save(settled.kept(flow.state.load()))
+            result = replace(result, actions=(*result.actions, *settled.actions),
+                             dropped=(*result.dropped, *settled.gone))  # fmt: skip
     if finish:
         for name in result.merging:
             record = kept.snapshot(name)

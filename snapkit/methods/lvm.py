@@ -54,6 +54,9 @@ MERGE_TIMEOUT = None  # a merge copies the whole COW back: as long as it takes
 
 class LvmMethod:
     name: ClassVar[str] = "lvm"
+    # Saved as 'pending create' before lvcreate runs: a SIGKILL or power cut after it would
+    # otherwise leave an LV no record names (snapkit/recover_lvm.py settles the mark).
+    record_first: ClassVar[bool] = True
 
     def __init__(self, host: Host) -> None:
         self.executor: Executor = host.run
@@ -114,7 +117,7 @@ class LvmMethod:
         create = Step(
             " ".join(argv),
             lambda: self._to_the_end(argv),
-            lambda: self._undo_create(origin, name),
+            lambda: self.undo_create(origin, name),
             f"drop {origin.full_name}'s inactive table, resume it if suspended; lvremove -f "
             f"{origin.vg}/{name} if it exists; remove its unopened devices",
             must_undo=True,
@@ -180,7 +183,7 @@ class LvmMethod:
         if failed:
             raise failed[0]
 
-    def _undo_create(self, origin: LogicalVolume, name: str) -> None:
+    def undo_create(self, origin: LogicalVolume, name: str) -> None:
         """Put back what a killed ``lvcreate -s`` left. It preloads the new tables -- the
         origin's ``snapshot-origin`` as its *inactive* table, over a ``-real`` device that has
         no live table until lvcreate resumes it -- and then suspends the origin. A plain

@@ -121,7 +121,7 @@ TARGET = Target(Path("/dev/mapper/vg-lv"), Path("/mnt/o"), "ext4", (253, 0))
 
 
 def request(**kw: Any) -> CreateRequest:
-    return CreateRequest(target=TARGET, name="s1", **kw)
+    return CreateRequest(**{"target": TARGET, "name": "s1", **kw})
 
 
 @pytest.mark.parametrize(
@@ -351,3 +351,62 @@ def test_a_merge_whose_clean_up_was_cut_short_is_merged_and_names_the_leftover(
     flow = _flow(unmarked, tmp_path / "control")  # the control: no merge mark, no such claim
     unmarked.lvs["s1"] = Lv("s1")
     assert flow.status("s1").state is not State.MERGED
+
+
+def _marked(flow: Any) -> Any:
+    record = flow.state.load().snapshots[0]
+    marked = replace(record, details={**record.details, "pending": "create"})
+    flow.state.save(flow.state.load().with_snapshot(marked))
+    return marked
+
+
+def _settle(flow: Any) -> Any:
+    from snapkit.recover_lvm import plan_settle
+
+    plan, settled = plan_settle(flow, flow.state.load())
+    apply(plan)
+    flow.state.save(settled.kept(flow.state.load()))
+    return settled
+
+
+def test_flow_saves_the_create_mark_before_lvcreate_runs(tmp_path: Path) -> None:
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)  # s1 exists; take a second snapshot through the flow
+    seen: list[object] = []
+    run = fake.run
+
+    def spying(argv: Sequence[str], **kw: Any) -> Any:
+        if argv[0] == "lvcreate":
+            seen.append([r.details.get("pending") for r in flow.state.load().snapshots])
+        return run(argv, **kw)
+
+    fake.run = spying  # type: ignore[method-assign]
+    from snapkit.flow import Flow
+
+    impl = LvmMethod(flow.host)
+    plan, record = impl.plan_create(request(name="s2"))
+    Flow._apply_create(flow, impl, plan, record)
+    assert seen == [[None, "create"]]  # s1 as it was, s2 marked before lvcreate ran
+
+
+def test_recover_keeps_a_create_that_had_finished(tmp_path: Path) -> None:
+    """snapkit SIGKILLed after lvcreate returned: the LV is a whole snapshot; keep it."""
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    _marked(flow)
+    settled = _settle(flow)
+    (record,) = flow.state.load().snapshots
+    assert "pending" not in record.details and "s1" in fake.lvs and not settled.gone
+    assert _settle(flow).actions == []  # idempotent
+
+
+def test_recover_undoes_a_create_cut_inside_lvcreate(tmp_path: Path) -> None:
+    """A power cut or SIGKILL inside lvcreate's suspend: a half-made LV, the origin suspended."""
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    _marked(flow)
+    fake.lvs["s1"] = Lv("s1")  # half made: not a snapshot
+    fake.suspended.add("lv")
+    settled = _settle(flow)
+    assert settled.gone == ["s1"] and flow.state.load().snapshots == ()
+    assert set(fake.lvs) == {"lv"} and not fake.suspended

@@ -14,11 +14,11 @@ finish (``lvcreate``), or run until its tables are in place (``lvconvert``), bef
 undoes or stops.
 
 SIGKILL of snapkit itself cannot reach ``lvcreate``/``lvconvert`` (they run in their own
-sessions): they finish. A create killed after ``lvcreate`` leaves a valid snapshot LV that
-snapkit has no record of (asserted, then removed by hand). A merge interrupted after LVM
-started it goes on in the kernel; ``lvconvert`` itself may die with snapkit (its output pipe
-closes) before it drops the merged snapshot LV -- then ``merge`` again finishes it; if it did
-finish, the record says the LV is gone and how to forget it (``discard --force``).
+sessions): they finish. A create killed after ``lvcreate`` leaves a valid snapshot LV,
+recorded as ``pending create`` before lvcreate ran, which ``snapkit recover`` keeps
+(snapkit/recover_lvm.py). A merge interrupted after LVM started it goes on in the kernel;
+``lvconvert`` itself may die with snapkit (its output pipe closes) before it drops the merged
+snapshot LV -- then ``merge`` again finishes it (the record is marked before lvconvert runs).
 """
 
 from __future__ import annotations
@@ -152,14 +152,23 @@ def test_sigkill_of_snapkit_during_and_after_lvcreate(vm_factory) -> None:  # ty
     time.sleep(3)  # lvcreate, in its own session, finishes on its own
     unblocked(vm)
     attr = vm.sh("lvs --noheadings -o lv_attr vg/s1").stdout.decode().strip()
-    assert attr.startswith("swi-a-s"), attr  # a valid snapshot LV ...
-    assert snapkit(vm, "snapshot", "list").stdout.strip() == b""  # ... snapkit has no record of
-    vm.sh("lvremove -f -y vg/s1")
-    code = paused(vm, CREATE, "2", signal.SIGKILL)  # after lvcreate, before the record
+    assert attr.startswith("swi-a-s"), attr  # a valid snapshot LV, recorded as pending create
+    _recovered_and_kept(vm)
+    code = paused(vm, CREATE, "2", signal.SIGKILL)  # after lvcreate, before the final record
     assert code == -signal.SIGKILL
     unblocked(vm)
-    assert snapkit(vm, "snapshot", "list").stdout.strip() == b""
-    vm.sh("lvremove -f -y vg/s1")
+    _recovered_and_kept(vm)
+
+
+def _recovered_and_kept(vm: Session) -> None:
+    """The record saved before lvcreate ran names the LV; recover keeps the whole snapshot."""
+    listed = json.loads(snapkit(vm, "snapshot", "list", "--json").stdout)
+    assert [(r["name"], r["details"].get("pending")) for r in listed] == [("s1", "create")]
+    out = snapkit(vm, "recover").stdout.decode()
+    assert "s1: the create had finished; kept" in out, out
+    (shown,) = json.loads(snapkit(vm, "snapshot", "list", "--json").stdout)
+    assert shown["state"] == "active" and "pending" not in shown["details"], shown
+    snapkit(vm, "snapshot", "discard", "s1")
 
 
 def _snapshot_then_change(vm: Session) -> None:

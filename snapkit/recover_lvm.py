@@ -1,0 +1,79 @@
+"""``recover`` for lvm and lvm-thin: settle a create that a SIGKILL or a power cut cut short.
+
+An lvm record is saved as ``pending create`` before ``lvcreate -s`` runs
+(``LvmMethod.record_first``), because LVM, not snapkit, owns what a create leaves: snapkit
+killed once lvcreate had finished would otherwise leave a snapshot LV no record names, and
+one killed (or a power cut) inside lvcreate's suspend a half-made LV and, without a reboot, a
+suspended origin. So, per marked record, under its origin's lock (a create still running
+holds it, and is left alone):
+
+* the LV is a whole snapshot (classic or thin): kept, the mark cleared;
+* anything else (no LV, or a half-made one): the create's own undo runs -- drop lvcreate's
+  inactive table, resume the origin if suspended, lvremove what LVM recorded -- and the record
+  is dropped: the snapshot is cleanly absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+from snapkit.flow import Flow
+from snapkit.lock import LockedError, origin_lock
+from snapkit.lvm import Lvm
+from snapkit.methods.base import SnapshotRecord
+from snapkit.plan import Plan, Step
+from snapkit.recover_btrfs import Settled
+from snapkit.state import StateData
+
+LVM_METHODS = ("lvm", "lvm-thin")
+
+
+@dataclass
+class Created(Settled):
+    """Settled, plus the records whose create turned out whole: their mark is cleared."""
+
+    whole: list[SnapshotRecord] = field(default_factory=list)
+
+    def kept(self, data: StateData) -> StateData:
+        for record in self.whole:
+            data = data.with_snapshot(record)
+        return super().kept(data)
+
+
+def plan_settle(flow: Flow, data: StateData) -> tuple[Plan, Created]:
+    """One step per marked lvm record; empty without one."""
+    settled = Created()
+    steps = tuple(
+        Step(f"settle the lvm create of {r.name} ({r.details['vg']}/{r.details['lv']})",
+             partial(_settle, flow, r, settled))
+        for r in data.snapshots
+        if r.method in LVM_METHODS and r.details.get("pending") == "create"
+    )  # fmt: skip
+    return Plan("settle lvm creates a crash cut short", steps), settled
+
+
+def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
+    from snapkit.methods.lvm import LvmMethod  # recover loads no method at import
+
+    vg, name = record.details["vg"], record.details["lv"]
+    try:
+        with origin_lock(record.origin, operation=f"recover {record.name}",
+                         lock_dir=flow.lock_path()):  # fmt: skip
+            lvm = Lvm(flow.host.run)
+            lv = lvm.get(vg, name)
+            if lv is not None and (lv.is_snapshot or lv.is_thin_snapshot) and not lv.invalid:
+                details = {k: v for k, v in record.details.items() if k != "pending"}
+                settled.whole.append(replace(record, details=details))
+                settled.actions.append(f"{record.name}: the create had finished; kept")
+                return
+            origin = lvm.get(vg, record.details["origin_lv"])
+            if origin is not None:
+                LvmMethod(flow.host).undo_create(origin, name)
+            settled.gone.append(record.name)
+            settled.actions.append(f"{record.name}: the create was cut short; undone")
+    except LockedError as exc:
+        settled.actions.append(f"{record.name}: not settled, {exc}")
+
+
+__all__ = ["Created", "plan_settle"]
