@@ -182,7 +182,7 @@ class Flow:
         """The status; a merge its own tool finished (lvm) also drops the record here."""
         impl = self.method(record.method)
         status = impl.status(record)
-        done = status.state is State.MERGED and record.details.get("pending") == "merge"
+        done = status.state is State.MERGED and record.details.get("pending") in MERGE_OR_DISCARD
         if done and not isinstance(impl, KernelMerge):
             self.state.save(self.load().without_snapshot(record.name))
         return status
@@ -363,29 +363,27 @@ class Flow:
         start = impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
         if dry_run:
             return start.render()
-        if op != "merge":
+        # The mark first, as in _start: a crash once lvconvert or lvremove has begun must find
+        # it, or the record would call the merged-away LV gone (invalid), or LVM's half-removed
+        # leftover an active snapshot.
+        marked = replace(record, details={**record.details, "pending": op})
+        self.state.save(self.load().with_snapshot(marked))
+        try:
             self.apply_plan(start)
-        else:
-            # The mark first, as in _start: a crash once lvconvert has begun must find it, or
-            # the record would call the merged-away snapshot LV gone (invalid).
-            marked = replace(record, details={**record.details, "pending": op})
-            self.state.save(self.load().with_snapshot(marked))
-            try:
-                self.apply_plan(start)
-            except PlanError:
-                if not self._tool_started(impl, marked):
-                    self.state.save(self.load().with_snapshot(record))
-                raise
-            status = impl.status(marked)
-            if status.state is State.MERGING:
-                return status
+        except PlanError:
+            if not self._tool_started(impl, marked):
+                self.state.save(self.load().with_snapshot(record))
+            raise
+        if op == "merge" and (status := impl.status(marked)).state is State.MERGING:
+            return status
         self.state.save(self.load().without_snapshot(record.name))
         return SnapshotStatus(record, State.MERGED, None, 100.0, f"{op} done")
 
     @staticmethod
     def _tool_started(impl: Method, marked: SnapshotRecord) -> bool:
-        """Did a failed or interrupted merge get far enough that LVM merges on? When the
-        status cannot be read, assume it did: a stale mark is harmless, a missing one is not."""
+        """Did a failed or interrupted merge or discard get far enough that LVM goes on (or
+        is done)? When the status cannot be read, assume it did: a stale mark is harmless, a
+        missing one is not."""
         try:
             return impl.status(marked).state in (State.MERGING, State.MERGED)
         except SnapkitError:
@@ -431,6 +429,9 @@ class Flow:
                 hint=f"the kernel keeps merging; 'snapkit snapshot merge {record.name} --wait' "
                 "finishes it",
             ) from None
+
+
+MERGE_OR_DISCARD = ("merge", "discard")
 
 
 def _mount_options(record: SnapshotRecord, fstype: str, rw: bool, read_only: bool) -> list[str]:

@@ -11,6 +11,12 @@ holds it, and is left alone):
 * anything else (no LV, or a half-made one): the create's own undo runs -- drop lvcreate's
   inactive table, resume the origin if suspended, lvremove what LVM recorded -- and the record
   is dropped: the snapshot is cleanly absent.
+
+A merge or discard is marked before ``lvconvert``/``lvremove`` runs, too. Measured in the
+faults run: a power cut inside LVM's own clean-up of either brings the snapshot's name back as
+a plain LV holding the old COW. The verb was done (the origin merged, or kept as it is), so
+that leftover is removed and the record dropped; a snapshot LV still there is left to LVM (a
+merge it goes on with) or, for a discard, removed: that is what the user asked for.
 """
 
 from __future__ import annotations
@@ -49,8 +55,13 @@ def plan_settle(flow: Flow, data: StateData) -> tuple[Plan, Created]:
              partial(_settle, flow, r, settled))
         for r in data.snapshots
         if r.method in LVM_METHODS and r.details.get("pending") == "create"
+    ) + tuple(
+        Step(f"settle the lvm {r.details['pending']} of {r.name}",
+             partial(_settle_end, flow, r, settled))
+        for r in data.snapshots
+        if r.method in LVM_METHODS and r.details.get("pending") in ("merge", "discard")
     )  # fmt: skip
-    return Plan("settle lvm creates a crash cut short", steps), settled
+    return Plan("settle lvm verbs a crash cut short", steps), settled
 
 
 def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
@@ -72,6 +83,28 @@ def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
                 LvmMethod(flow.host).undo_create(origin, name)
             settled.gone.append(record.name)
             settled.actions.append(f"{record.name}: the create was cut short; undone")
+    except LockedError as exc:
+        settled.actions.append(f"{record.name}: not settled, {exc}")
+
+
+def _settle_end(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
+    vg, name, op = record.details["vg"], record.details["lv"], record.details["pending"]
+    try:
+        with origin_lock(record.origin, operation=f"recover {record.name}",
+                         lock_dir=flow.lock_path()):  # fmt: skip
+            lv = Lvm(flow.host.run).get(vg, name)
+            snapshot = lv is not None and (lv.is_snapshot or lv.is_thin_snapshot)
+            if snapshot and op == "merge":
+                return  # LVM merges on; 'snapshot merge' or status finishes the record
+            if lv is not None and not lv.is_open:
+                flow.host.run.run(["lvremove", "-f", "-y", lv.full_name])
+                what = "the discard" if snapshot else "LVM's leftover of the old COW"
+                settled.actions.append(f"{record.name}: removed {lv.full_name}, {what}")
+            elif lv is not None:
+                settled.actions.append(f"{record.name}: {lv.full_name} is open; left as it is")
+                return
+            settled.gone.append(record.name)
+            settled.actions.append(f"{record.name}: the {op} had finished")
     except LockedError as exc:
         settled.actions.append(f"{record.name}: not settled, {exc}")
 

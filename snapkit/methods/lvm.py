@@ -230,23 +230,25 @@ class LvmMethod:
 
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         lv = self._snapshot(record)
-        if lv is None and record.details.get("pending") == "merge":
-            return SnapshotStatus(record, State.MERGED, None, 100.0, "merged: LVM has finished")
+        pending = record.details.get("pending", "")
+        if lv is None and pending in ("merge", "discard"):
+            return SnapshotStatus(record, State.MERGED, None, 100.0, f"{pending} done")
         if lv is None:
             return SnapshotStatus(record, State.INVALID, None, None, _gone(record.name))
-        if record.details.get("pending") == "merge" and not (lv.is_snapshot or lv.is_thin_snapshot):
-            # Seen after a power cut in LVM's own clean-up of a finished merge: the origin is
-            # merged, and the COW comes back as a plain LV of the snapshot's name.
+        if pending in ("merge", "discard") and not (lv.is_snapshot or lv.is_thin_snapshot):
+            # Seen after power cuts in LVM's own clean-up of a merge and of an lvremove: the
+            # snapshot's name comes back as a plain LV holding the old COW. The verb was
+            # done (the origin merged, or kept); the leftover is recover's to remove.
             return SnapshotStatus(record, State.MERGED, None, 100.0,
-                f"merged; LVM's clean-up was cut short and left {lv.full_name}, no longer a "
-                f"snapshot (the old COW): lvremove {lv.full_name}")  # fmt: skip
+                f"{pending} done; LVM's clean-up was cut short and left {lv.full_name}, no "
+                "longer a snapshot (the old COW): 'snapkit recover' removes it")  # fmt: skip
         usage = lv.data_percent
         if _merge_failed(lv):
             return SnapshotStatus(record, State.INVALID, usage, None, self._failed_words(record))
         if lv.merging:
             origin = self.lvm.get(lv.vg, lv.origin or record.details["origin_lv"])
-            pending = origin is not None and origin.is_open
-            message = "merge pending: " + self._resume_hint(record) if pending else "merging"
+            held = origin is not None and origin.is_open
+            message = "merge pending: " + self._resume_hint(record) if held else "merging"
             progress = None if usage is None else 100.0 - usage
             return SnapshotStatus(record, State.MERGING, usage, progress, message)
         if lv.invalid:

@@ -345,7 +345,7 @@ def test_a_merge_whose_clean_up_was_cut_short_is_merged_and_names_the_leftover(
         replace(record, details={**record.details, "pending": "merge"})))  # fmt: skip
     fake.lvs["s1"] = Lv("s1")  # no origin: a plain LV now
     status = flow.status("s1")
-    assert status.state is State.MERGED and "lvremove vg/s1" in status.message
+    assert status.state is State.MERGED and "left vg/s1" in status.message
     assert flow.state.load().snapshots == ()
     unmarked = world(is_open=False)
     flow = _flow(unmarked, tmp_path / "control")  # the control: no merge mark, no such claim
@@ -410,3 +410,39 @@ def test_recover_undoes_a_create_cut_inside_lvcreate(tmp_path: Path) -> None:
     settled = _settle(flow)
     assert settled.gone == ["s1"] and flow.state.load().snapshots == ()
     assert set(fake.lvs) == {"lv"} and not fake.suspended
+
+
+def test_flow_marks_a_discard_before_lvremove_and_recover_removes_lvms_leftover(
+    tmp_path: Path,
+) -> None:
+    """Faults run, ext4-lvm-discard-t327ms: a power cut inside lvremove brought the snapshot's
+    name back as a plain LV holding the COW, and snapkit called it an active snapshot."""
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    seen: list[object] = []
+    run = fake.run
+
+    def cut_inside_lvremove(argv: Sequence[str], **kw: Any) -> Any:
+        if argv[0] == "lvremove":
+            seen.append(flow.state.load().snapshots[0].details.get("pending"))
+            fake.lvs["s1"] = Lv("s1")  # what the power cut left: a plain LV, the old COW
+            raise KeyboardInterrupt  # stands in for the cut: nothing after it runs
+        return run(argv, **kw)
+
+    fake.run = cut_inside_lvremove  # type: ignore[method-assign]
+    with pytest.raises((PlanError, KeyboardInterrupt)):
+        flow.discard("s1")
+    assert seen == ["discard"]
+    fake.run = run  # type: ignore[method-assign]
+    assert flow.state.load().snapshots[0].details["pending"] == "discard"
+    settled = _settle(flow)
+    assert settled.gone == ["s1"] and "s1" not in fake.lvs
+    assert flow.state.load().snapshots == ()
+
+
+def test_recover_leaves_a_merge_lvm_is_still_running(tmp_path: Path) -> None:
+    fake = world(is_open=True)  # LVM defers the merge: the snapshot LV stays, merging
+    flow = _flow(fake, tmp_path)
+    assert flow.merge("s1").state is State.MERGING
+    assert _settle(flow).gone == [] and "s1" in fake.lvs
+    assert flow.state.load().snapshots[0].details["pending"] == "merge"
