@@ -151,12 +151,17 @@ class Flow:
             self.apply_plan(plan)
             return
         creating = replace(record, details={**record.details, "pending": "create"})
+        existed = self.state.path.exists()
         self.state.save(self.load().with_snapshot(creating))
         try:
             self.apply_plan(plan)
         except PlanError as exc:
             if not (exc.undo_failures or exc.skipped):
-                self.state.save(self.load().without_snapshot(record.name))
+                left = self.load().without_snapshot(record.name)
+                if existed or left != StateData():
+                    self.state.save(left)
+                else:  # a failed create changes nothing, not even a file that was not there
+                    self.state.path.unlink(missing_ok=True)
             raise
 
     def _hook(self, command: str | None, what: str, *, check: bool = True) -> str:

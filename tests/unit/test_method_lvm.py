@@ -446,3 +446,19 @@ def test_recover_leaves_a_merge_lvm_is_still_running(tmp_path: Path) -> None:
     assert flow.merge("s1").state is State.MERGING
     assert _settle(flow).gone == [] and "s1" in fake.lvs
     assert flow.state.load().snapshots[0].details["pending"] == "merge"
+
+
+def test_a_failed_create_leaves_no_state_file_where_there_was_none(tmp_path: Path) -> None:
+    """The mark saved before lvcreate must not outlive a clean rollback, not even as an empty
+    file: a refused or failed create changes nothing (the signal tests fingerprint it)."""
+    from snapkit.flow import Flow
+
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    flow.state.path.unlink()
+    impl = LvmMethod(flow.host)
+    plan, record = impl.plan_create(request(name="s2"))
+    fake.faults = Faults(0)  # lvcreate, the first command that changes anything, fails
+    with pytest.raises(PlanError):
+        Flow._apply_create(flow, impl, plan, record)
+    assert not flow.state.path.exists() and "s2" not in fake.lvs
