@@ -56,7 +56,8 @@ def reassemble(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], Snapshot
     def table() -> Table:
         return Table.single(size, kind(base, str(slot.path), Store.PERSISTENT, d.chunk))
 
-    text = f"0 {size} {kind.type_name} {base} {slot} P {d.chunk}"
+    kind_name = "snapshot-merge" if kind is SnapshotMerge else "snapshot"  # a property on each
+    text = f"0 {size} {kind_name} {base} {slot} P {d.chunk}"
     if d.pending == "discard":  # keep the writes since: the kernel merges them into BASE
         return [*s, *origin_steps(flow, origin, table, text)], record
     if dm.info(record.name) is None:

@@ -136,6 +136,8 @@ def test_a_dm_direct_snapshot_is_reassembled_after_a_reboot(tmp_path: Path) -> N
     world, data = _direct(tmp_path)
     flow = _rebooted(world)
     plan, result, kept = plan_recover(flow, data)
+    assert any(" snapshot " in a for a in result.actions), result.actions  # said in words
+    assert not any("property object" in a for a in result.actions), result.actions
     apply(plan)
     assert not result.dropped and not result.merging and kept == data
     origin = flow.host.dm.table("data")
