@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 
 import pytest
-from workload import COW_DIR, ENV, fingerprint, mount, setup_origin, snapkit, umount
+from workload import (
+    COW_DIR,
+    fingerprint,
+    interrupted_at,
+    mount,
+    setup_origin,
+    snapkit,
+    umount,
+)
 
 from vmtests.session import Session
 
@@ -26,22 +33,6 @@ def _steps(text: str) -> int:
     """How many numbered steps the first plan of a dry run has."""
     first = text.split("then, once")[0]
     return len(re.findall(r"^\s+\d+\. ", first, re.M))
-
-
-def _interrupt(vm: Session, args: list[str], pause: str, signum: int) -> int:
-    env = " ".join(f"{k}={v}" for k, v in {**ENV, "SNAPKIT_TEST_PAUSE_AT": pause}.items())
-    # The previous round's "test pause" line must not be mistaken for this one's: until the new
-    # shell truncates /tmp/err, a poll would see it and signal a snapkit still starting up.
-    vm.run(["rm", "-f", "/tmp/err"], check=True)
-    proc = vm.spawn(["sh", "-c", f"exec env {env} snapkit {' '.join(args)} 2>/tmp/err"])
-    deadline = time.monotonic() + 120
-    while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
-        assert time.monotonic() < deadline, vm.get("/tmp/err")
-        time.sleep(0.1)
-    proc.signal(signum)
-    result = proc.wait(120)
-    assert b"rollback incomplete" not in vm.get("/tmp/err"), vm.get("/tmp/err")
-    return result.returncode
 
 
 def _writable(vm: Session) -> None:
@@ -57,7 +48,7 @@ def test_signal_at_every_create_step(vm: Session, method: str) -> None:
     for step in range(1, total + 1):
         before = fingerprint(vm)
         signum = signal.SIGTERM if step == total else signal.SIGINT
-        code = _interrupt(vm, args, str(step), signum)
+        code = interrupted_at(vm, args, str(step), signum)
         assert code == 128 + signum, (step, code, vm.get("/tmp/err"))
         assert fingerprint(vm) == before, f"step {step}"
         _writable(vm)
@@ -75,11 +66,11 @@ def test_signal_at_every_merge_step(vm: Session, method: str) -> None:
     assert total >= 4
     for step in range(1, total + 1):
         before = fingerprint(vm)
-        code = _interrupt(vm, ["snapshot", "merge", "s1", "--wait"], str(step), signal.SIGINT)
+        code = interrupted_at(vm, ["snapshot", "merge", "s1", "--wait"], str(step), signal.SIGINT)
         assert code == 130, (step, code, vm.get("/tmp/err"))
         assert fingerprint(vm) == before, f"step {step}"
     # the finish plan, interrupted at its second step, is completed by running merge again
-    code = _interrupt(vm, ["snapshot", "merge", "s1", "--wait"], "2:2", signal.SIGINT)
+    code = interrupted_at(vm, ["snapshot", "merge", "s1", "--wait"], "2:2", signal.SIGINT)
     assert code == 130
     snapkit(vm, "snapshot", "merge", "s1", "--wait")
     assert vm.sh("dmsetup ls | wc -l; /sbin/losetup -a | wc -l").stdout == b"1\n1\n"

@@ -29,7 +29,7 @@ import signal
 import time
 
 import pytest
-from workload import ENV, snapkit
+from workload import ENV, interrupted_at, snapkit
 
 from vmtests.session import Session
 
@@ -69,19 +69,7 @@ def _steps(text: str) -> int:
     return len(re.findall(r"^\s+\d+\. ", text.split("then, once")[0], re.M))
 
 
-def paused(vm: Session, args: list[str], pause: str, signum: int) -> int:
-    """Run snapkit, stop it before step ``pause`` (the flow's hook), send ``signum``."""
-    env = " ".join(f"{k}={v}" for k, v in {**ENV, "SNAPKIT_TEST_PAUSE_AT": pause}.items())
-    vm.run(["rm", "-f", "/tmp/err"], check=True)
-    proc = vm.spawn(["sh", "-c", f"exec env {env} snapkit {' '.join(args)} 2>/tmp/err"])
-    deadline = time.monotonic() + 120
-    while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
-        assert time.monotonic() < deadline, vm.get("/tmp/err")
-        time.sleep(0.1)
-    proc.signal(signum)
-    result = proc.wait(180)
-    assert b"rollback incomplete" not in vm.get("/tmp/err"), vm.get("/tmp/err")
-    return result.returncode
+paused = interrupted_at  # the shared helper, under the name these tests read best with
 
 
 def inside_suspend(vm: Session, args: list[str], signum: int, tries: int = 4) -> dict[str, object]:

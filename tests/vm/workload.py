@@ -138,3 +138,22 @@ __all__ = [
     "umount",
     "wait_ledger",
 ]
+
+
+def interrupted_at(vm: Session, args: list[str], pause: str, signum: int) -> int:
+    """Run snapkit ARGS, let the flow's test hook stop it before plan step ``pause``
+    (``[P:]N``), send ``signum`` there, and return its exit code; a rollback that says it was
+    incomplete fails the caller's test at once."""
+    env = " ".join(f"{k}={v}" for k, v in {**ENV, "SNAPKIT_TEST_PAUSE_AT": pause}.items())
+    # The previous round's "test pause" line must not be mistaken for this one's: until the new
+    # shell truncates /tmp/err, a poll would see it and signal a snapkit still starting up.
+    vm.run(["rm", "-f", "/tmp/err"], check=True)
+    proc = vm.spawn(["sh", "-c", f"exec env {env} snapkit {' '.join(args)} 2>/tmp/err"])
+    deadline = time.monotonic() + 120
+    while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
+        assert time.monotonic() < deadline, vm.get("/tmp/err")
+        time.sleep(0.1)
+    proc.signal(signum)
+    result = proc.wait(180)
+    assert b"rollback incomplete" not in vm.get("/tmp/err"), vm.get("/tmp/err")
+    return result.returncode
