@@ -368,18 +368,21 @@ class Flow:
         start = impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
         if dry_run:
             return start.render()
-        # The mark first, as in _start: a crash once lvconvert or lvremove has begun must find
-        # it, or the record would call the merged-away LV gone (invalid), or LVM's half-removed
-        # leftover an active snapshot.
+        # The mark first, as in _start, for a method whose verbs are LVM's commands (lvm,
+        # lvm-thin: record_first): a crash once lvconvert or lvremove has begun must find it,
+        # or the record would call the merged-away LV gone (invalid), or LVM's half-removed
+        # leftover an active snapshot. btrfs and remount-ro save none: recover reads the disk.
+        marks = getattr(impl, "record_first", False)
         marked = replace(record, details={**record.details, "pending": op})
-        self.state.save(self.load().with_snapshot(marked))
+        if marks:
+            self.state.save(self.load().with_snapshot(marked))
         try:
             self.apply_plan(start)
         except PlanError:
-            if not self._tool_started(impl, marked):
+            if marks and not self._tool_started(impl, marked):
                 self.state.save(self.load().with_snapshot(record))
             raise
-        if op == "merge" and (status := impl.status(marked)).state is State.MERGING:
+        if marks and op == "merge" and (status := impl.status(marked)).state is State.MERGING:
             return status
         self.state.save(self.load().without_snapshot(record.name))
         return SnapshotStatus(record, State.MERGED, None, 100.0, f"{op} done")
