@@ -552,11 +552,10 @@ def test_negative_control_a_recover_blind_to_the_merge_keeps_a_record_of_a_merge
         assert_settled(world, flow, tmp_path)
 
 
-def test_recover_puts_back_the_origin_the_rename_based_merge_left_missing(
+def _left_by_the_rename_merge(
     make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What the merge before the exchange left after a power cut between its rename and its
-    snapshot: no origin, its content under ``data.snapkit-old-s1``."""
+) -> tuple[Any, Any]:
+    """A power cut after the old, rename-based merge moved the origin to data.snapkit-old-s1."""
     recovering(monkeypatch, tmp_path)
     world = make_world()
     monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
@@ -564,6 +563,15 @@ def test_recover_puts_back_the_origin_the_rename_based_merge_left_missing(
     fake = world.fake
     fake.subvols["data.snapkit-old-s1"] = fake.subvols.pop("data")
     fake.ids["data.snapkit-old-s1"] = fake.ids.pop("data")
+    return world, flow
+
+
+def test_recover_puts_back_the_origin_the_rename_based_merge_left_missing(
+    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the merge before the exchange left after a power cut between its rename and its
+    snapshot: no origin, its content under ``data.snapkit-old-s1``."""
+    world, flow = _left_by_the_rename_merge(make_world, tmp_path, monkeypatch)
     result = recover(flow)
     assert assert_settled(world, flow, tmp_path) == "rolled back"
     assert isinstance(result, Recovery)
@@ -576,13 +584,8 @@ def test_recover_finishes_the_rename_based_merge_only_beside_a_copy_of_the_snaps
 ) -> None:
     """Cut after its snapshot: ``data`` is a copy of s1 beside ``data.snapkit-old-s1``. A
     ``data`` made by hand since (no Parent UUID) may hold data too: recover refuses."""
-    recovering(monkeypatch, tmp_path)
-    world = make_world()
-    monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
-    flow = crashed(world, tmp_path, 0, power_cut=True)
+    world, flow = _left_by_the_rename_merge(make_world, tmp_path, monkeypatch)
     fake = world.fake
-    fake.subvols["data.snapkit-old-s1"] = fake.subvols.pop("data")
-    fake.ids["data.snapkit-old-s1"] = fake.ids.pop("data")
     fake.subvols["data"], fake.ids["data"] = ("live", 400) if made_by == "merge" else ("new", 401)
     if made_by == "merge":
         fake.parents["data"] = fake.parents[".snapkit/s1"].replace(
