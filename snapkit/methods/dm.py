@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
-from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
+from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError, split_advice
 from snapkit.freezing import guard_suspend
 from snapkit.loopdev import LoopSlot
@@ -38,6 +38,7 @@ from snapkit.methods.dmshared import (
     DmDetails,
     check_cow_dir,
     cow_bytes,
+    disk_ident,
     dm_origin,
     mark_pending,
     merge_failed,
@@ -47,7 +48,6 @@ from snapkit.methods.dmshared import (
     snapshot_state,
 )
 from snapkit.plan import Plan, Step
-from snapkit.target import StableId, block_devnum, stable_id
 from snapkit.validate import chunk_sectors
 
 
@@ -120,7 +120,7 @@ class DmMethod:
         s += guard_suspend(request.target, swap, request.max_freeze)
         details = DmDetails(
             origin, original, cow, chunk, request.target.fstype or "",
-            table_id=self._ident(original),
+            table_id=disk_ident(original, self.host.run),
         )  # fmt: skip
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
@@ -330,14 +330,6 @@ class DmMethod:
         )
 
     # -- helpers ------------------------------------------------------------------------------
-
-    def _ident(self, table: Table) -> StableId | None:
-        """The stable identity of the disk the origin's linear table maps, for recover."""
-        target = table.lines[0].target
-        dev = target.device if isinstance(target, Linear) else None
-        if isinstance(dev, str):
-            dev = block_devnum(dev)
-        return stable_id(dev, self.host.run) if isinstance(dev, DevNum) else None
 
     def _loop(self, d: DmDetails) -> object:
         loops = self.host.loops.find(d.cow_file)

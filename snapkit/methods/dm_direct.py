@@ -41,6 +41,7 @@ from snapkit.methods.dmshared import (
     DmDetails,
     check_cow_dir,
     cow_bytes,
+    disk_ident,
     dm_origin,
     linear_of,
     mark_pending,
@@ -50,7 +51,7 @@ from snapkit.methods.dmshared import (
     snapshot_state,
 )
 from snapkit.plan import Plan, Step
-from snapkit.target import StableId, block_devnum, block_info, stable_id
+from snapkit.target import block_info
 from snapkit.validate import chunk_sectors
 
 
@@ -134,7 +135,7 @@ class DmDirectMethod:
         s.append(steps.set_ro(self.host.run, lambda: base_path, base_path, True))
         details = DmDetails(
             origin, table, cow, chunk, request.target.fstype or "", base=str(base),
-            table_id=_ident(table, self.host),
+            table_id=disk_ident(table, self.host.run),
         )  # fmt: skip
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
@@ -288,14 +289,6 @@ class DmDirectMethod:
         return Plan(
             f"finish {record.name}: {MAPPER}{origin} is linear again; free the COW", tuple(s)
         )
-
-
-def _ident(table: Table, host: Host) -> StableId | None:
-    """The stable identity of the disk under the origin's linear table: recover finds it by
-    this after a reboot, when its major:minor may name another disk."""
-    under = linear_of(table).device
-    dev = block_devnum(under) if isinstance(under, str) else under
-    return stable_id(dev, host.run) if dev is not None else None
 
 
 def _parse_base(text: str) -> Dev:

@@ -24,7 +24,8 @@ from snapkit.dm.status import (
 from snapkit.dm.table import Linear, Table, parse_table
 from snapkit.errors import RefusedError, ValidationError
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
-from snapkit.target import StableId, mounts, mounts_of
+from snapkit.run import Executor
+from snapkit.target import StableId, block_devnum, mounts, mounts_of, stable_id
 from snapkit.validate import SECTOR
 
 DEFAULT_COW_FRACTION = 4  # a COW a quarter of the origin, when --cow-size is not given
@@ -236,11 +237,22 @@ def refuse_if_mounted(target_dev: Path, op: str) -> None:
         )
 
 
+def disk_ident(table: Table, run: Executor) -> StableId | None:
+    """The stable identity of the disk the origin's linear table maps: recover finds it by
+    this after a reboot, when its major:minor may name another disk."""
+    target = table.lines[0].target
+    dev = target.device if isinstance(target, Linear) else None
+    if isinstance(dev, str):
+        dev = block_devnum(dev)
+    return stable_id(dev, run) if dev is not None else None
+
+
 __all__ = [
     "DmDetails",
     "Health",
     "check_cow_dir",
     "cow_bytes",
+    "disk_ident",
     "dm_origin",
     "linear_of",
     "merge_failed",
