@@ -9,6 +9,11 @@ at all, which the oracle reports as torn.
   file object k:  create a{k} -> truncate a{k} -> link a{k} c{k} -> rename a{k} b{k}
                   -> unlink c{k} -> unlink b{k}
   dir object k:   mkdir x{k} -> rename x{k} y{k}
+
+A step the method documents as refused (refusal.py) did not happen: the object stays in the
+state it had, the step is not counted, and the object is retried whenever it is picked next, so
+its ledgered history is still exactly the lifecycle above, in order. A step whose directory
+fsync alone was refused did happen: it is ledgered unacknowledged and the object moves on.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from collections.abc import Callable
 
 from vmtests.guest.ledger import ABSENT, PACE_S, UNREADABLE, Ledger, fsync_dir
+from vmtests.guest.refusal import Rule
 
 
 def content(k: int, seed: int) -> bytes:
@@ -68,50 +73,53 @@ def file_states(k: int, seed: int) -> list[str]:
 
 
 class Churn(threading.Thread):
-    def __init__(self, root: str, ledger: Ledger, seed: int, stop: threading.Event) -> None:
+    def __init__(
+        self, root: str, ledger: Ledger, seed: int, stop: threading.Event, *, rule: Rule
+    ) -> None:
         super().__init__(name="churn", daemon=True)
         self.root, self.ledger, self.seed, self.stop = root, ledger, seed, stop
+        self.rule = rule
         self.dir = os.path.join(root, "churn")
         self.rng = random.Random(seed * 104729)
         self.error: BaseException | None = None
+        self.live: dict[int, int] = {}  # object -> lifecycle steps done
+        self.next = 0  # the next new object's number
 
     def run(self) -> None:
         try:
             os.makedirs(self.dir, exist_ok=True)
             fsync_dir(self.root)
-            live: dict[int, int] = {}  # object -> steps done
-            k = 0
             while not self.stop.wait(PACE_S):
-                if len(live) < 6 or self.rng.random() < 0.2:
-                    live[k] = 0
-                    k += 1
-                obj = self.rng.choice(sorted(live))
-                if obj % 5 == 4:  # every fifth object is a directory
-                    self._dir_step(obj, live[obj])
-                    done = 2
-                else:
-                    self._file_step(obj, live[obj])
-                    done = 6
-                live[obj] += 1
-                if live[obj] == done:
-                    del live[obj]
+                self.tick()
         except BaseException as exc:
             self.error = exc
 
-    def _timed(self, obj: str, state: str, action: Callable[[], None]) -> None:
-        t0 = time.monotonic()
-        action()
-        fsync_dir(self.dir)
-        self.ledger.record(obj, state, t0, time.monotonic())
+    def tick(self) -> None:
+        """Maybe start an object, then take one step of one live object."""
+        if len(self.live) < 6 or self.rng.random() < 0.2:
+            self.live[self.next] = 0
+            self.next += 1
+        obj = self.rng.choice(sorted(self.live))
+        if obj % 5 == 4:  # every fifth object is a directory
+            happened, done = self._dir_step(obj, self.live[obj]), 2
+        else:
+            happened, done = self._file_step(obj, self.live[obj]), 6
+        if happened:
+            self.live[obj] += 1
+            if self.live[obj] == done:
+                del self.live[obj]
 
-    def _dir_step(self, k: int, step: int) -> None:
+    def _timed(self, obj: str, state: str, action: Callable[[], None]) -> bool:
+        """One step: ``action`` is its effect, the directory's fsync its acknowledgement."""
+        return self.rule.operate(self.ledger, obj, state, action, lambda _: fsync_dir(self.dir))
+
+    def _dir_step(self, k: int, step: int) -> bool:
         x, y = os.path.join(self.dir, f"x{k}"), os.path.join(self.dir, f"y{k}")
         if step == 0:
-            self._timed(f"d:{k}", f"x{k}", lambda: os.mkdir(x))
-        else:
-            self._timed(f"d:{k}", f"y{k}", lambda: os.rename(x, y))
+            return self._timed(f"d:{k}", f"x{k}", lambda: os.mkdir(x))
+        return self._timed(f"d:{k}", f"y{k}", lambda: os.rename(x, y))
 
-    def _file_step(self, k: int, step: int) -> None:
+    def _file_step(self, k: int, step: int) -> bool:
         p = {n: os.path.join(self.dir, f"{n}{k}") for n in "abc"}
         state = file_states(k, self.seed)[step]
         data = content(k, self.seed)
@@ -138,4 +146,4 @@ class Churn(threading.Thread):
             lambda: os.unlink(p["c"]),
             lambda: os.unlink(p["b"]),
         ]
-        self._timed(f"c:{k}", state, actions[step])
+        return self._timed(f"c:{k}", state, actions[step])

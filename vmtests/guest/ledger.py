@@ -10,6 +10,10 @@ Every operation moves one *object* (a record slot in a file, a page, a churned n
 *state*, a short string. The oracle (verify.py) reads each object's state on the snapshot and
 finds where it sits in that object's history: that is all it needs, whatever the workload.
 
+An operation the method documents as refused (refusal.py: EROFS under remount-ro) is not an
+operation of the history: it is noted on a line of its own (``!obj``), which ``load`` skips. One
+whose effect happened but whose acknowledgement was refused is ledgered with no ack time.
+
 The ledger lives on tmpfs, outside the filesystem under test, so no snapshot check can touch it.
 Standard library only: this runs on the guest's bare python3.
 """
@@ -18,13 +22,15 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
 import struct
 import threading
-import time
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from vmtests.guest.refusal import Rule
 
 MAGIC = b"SNAPKREC"
 RECORD = 8192  # two 4 KiB blocks, so a write torn between blocks shows up in the checksum
@@ -32,6 +38,7 @@ _HEAD = struct.Struct("<8sQIIQ")  # magic, seq, slot, path hash, seed
 ABSENT = "absent"
 ZERO = "zero"
 UNREADABLE = "unreadable"
+REFUSED = "!"  # prefix of a ledger line noting a refused operation (not an operation)
 # Pause between operations of one workload thread. Under TCG the guest has one slow vCPU: thread
 # loops with no pause starve everything else, the snapshot command included (measured: 27 s for
 # an lvm create that takes ~2 s with paced writers). Paced, the load is still continuous.
@@ -43,7 +50,11 @@ class Op(NamedTuple):
     step: int  # 1-based position in this object's history; state 0 is always ABSENT
     state: str
     t0: float
-    t1: float
+    t1: float  # acknowledged at; math.inf: it happened but was never acknowledged (refusal.py)
+
+    @property
+    def acked(self) -> bool:
+        return self.t1 != math.inf
 
 
 class Ledger:
@@ -55,12 +66,22 @@ class Ledger:
         self._next: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def record(self, obj: str, state: str, t0: float, t1: float) -> None:
+    def record(self, obj: str, state: str, t0: float, t1: float | None) -> None:
+        """``obj`` moved to ``state``, acknowledged at ``t1`` (None: never, see refusal.py)."""
         with self._lock:
             index = self._next.get(obj, 0) + 1
             self._next[obj] = index
-        line = json.dumps([obj, index, state, round(t0, 6), round(t1, 6)]) + "\n"
+        acked = None if t1 is None else round(t1, 6)
+        line = json.dumps([obj, index, state, round(t0, 6), acked]) + "\n"
         os.write(self.fd, line.encode())
+
+    def refuse(self, obj: str, state: str, code: int, t0: float, t1: float) -> None:
+        """A documented refusal (errno ``code``, refusal.py): a note for readers and
+        :func:`refusals`, never an operation (``load`` skips it), so it takes no place in the
+        object's history."""
+        name = errno.errorcode.get(code, str(code))
+        line = json.dumps([REFUSED + obj, 0, f"{state} {name}", round(t0, 6), round(t1, 6)])
+        os.write(self.fd, (line + "\n").encode())
 
     def mark(self, name: str, t: float) -> None:
         """A named instant (snapshot begin/end) on the same clock, for readers of the file."""
@@ -72,14 +93,24 @@ class Ledger:
         os.close(self.fd)
 
 
-def load(path: str) -> list[Op]:
-    ops = []
+def _lines(path: str) -> list[list[Any]]:
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            obj, index, state, t0, t1 = json.loads(line)
-            if not obj.startswith("#"):
-                ops.append(Op(obj, int(index), state, float(t0), float(t1)))
+        return [json.loads(line) for line in f]
+
+
+def load(path: str) -> list[Op]:
+    """The operations, in ledger order; marks (``#``) and refusals (``!``) are not operations."""
+    ops = []
+    for obj, index, state, t0, t1 in _lines(path):
+        if isinstance(obj, str) and not obj.startswith(("#", REFUSED)):
+            acked = math.inf if t1 is None else float(t1)
+            ops.append(Op(obj, int(index), state, float(t0), acked))
     return ops
+
+
+def refusals(path: str) -> int:
+    """How many operations the method refused (refusal.py), for the scenario's result."""
+    return sum(1 for line in _lines(path) if str(line[0]).startswith(REFUSED))
 
 
 def path_hash(path: str) -> int:
@@ -122,6 +153,9 @@ class Writer(threading.Thread):
     the point in time, and a freeze writes back all dirty data, so a consistent snapshot holds
     these writes too. A crash-consistent copy (no freeze) loses those still in the page cache:
     this is what tells a frozen snapshot from a merely crash-consistent one, whatever the fs.
+
+    A write the method documents as refused (``rule``, see refusal.py) did not happen: the
+    file keeps its slots, and a later step writes there again with a new sequence number.
     """
 
     def __init__(
@@ -132,31 +166,24 @@ class Writer(threading.Thread):
         seed: int,
         stop: threading.Event,
         *,
+        rule: Rule,
         sync: bool = True,
         pace: float = PACE_S,
     ) -> None:
         super().__init__(name=f"writer{tid}" if sync else f"lazy{tid}", daemon=True)
-        self.sync, self.pace = sync, pace
+        self.sync, self.pace, self.rule = sync, pace, rule
         self.root, self.ledger, self.tid, self.stop = root, ledger, tid, stop
         self.rng = random.Random(seed * 7919 + tid)
         self.seed = seed
         self.files: dict[str, int] = {}  # path -> slots
         self.seq = tid << 40
         self.error: BaseException | None = None
-        self.erofs = 0
 
     def run(self) -> None:
         try:
             os.makedirs(os.path.join(self.root, f"w{self.tid}"), exist_ok=True)
             while not self.stop.wait(self.pace):
-                try:
-                    self.step()
-                except OSError as exc:
-                    # remount-ro makes writes fail for its window, by design: such a write was
-                    # never acknowledged, so it is not ledgered; the writer tries again.
-                    if exc.errno != errno.EROFS:
-                        raise
-                    self.erofs += 1
+                self.step()
         except BaseException as exc:  # reported by the runner, never swallowed
             self.error = exc
 
@@ -165,34 +192,45 @@ class Writer(threading.Thread):
         roll = self.rng.random()
         if not self.files or (roll < 0.15 and len(self.files) < 40):
             rel = f"w{self.tid}/f{len(self.files):03d}"
-            self._write(rel, 0, create=True)
-            self.files[rel] = 1
+            if self._write(rel, 0, create=True):
+                self.files[rel] = 1
         elif roll < 0.55:
             rel = self.rng.choice(sorted(self.files))
             slot = self.files[rel]
             if slot < 16:
-                self._write(rel, slot)
-                self.files[rel] = slot + 1
+                if self._write(rel, slot):
+                    self.files[rel] = slot + 1
             else:
                 self._write(rel, self.rng.randrange(slot))
         else:
             rel = self.rng.choice(sorted(self.files))
             self._write(rel, self.rng.randrange(self.files[rel]))
 
-    def _write(self, rel: str, slot: int, create: bool = False) -> None:
+    def _write(self, rel: str, slot: int, create: bool = False) -> bool:
+        """One record: open and pwrite are the effect; fsync, close and (for a new file) the
+        directory's fsync the acknowledgement. Whether the record was written (refusal.py)."""
         data = make_record(rel, slot, self.seq, self.seed)
         path = os.path.join(self.root, rel)
-        t0 = time.monotonic()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.pwrite(fd, data, slot * RECORD)
-            if self.sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        if create and self.sync:
-            fsync_dir(os.path.dirname(path))
-        self.ledger.record(f"w:{rel}#{slot}", str(self.seq), t0, time.monotonic())
+
+        def effect() -> int:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.pwrite(fd, data, slot * RECORD)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+
+        def ack(fd: int) -> None:
+            try:
+                if self.sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if create and self.sync:
+                fsync_dir(os.path.dirname(path))
+
+        return self.rule.operate(self.ledger, f"w:{rel}#{slot}", str(self.seq), effect, ack)
 
 
 def fsync_dir(path: str) -> None:

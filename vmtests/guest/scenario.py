@@ -28,6 +28,7 @@ from typing import Any
 
 from vmtests.guest import check, churn, fiojobs, ledger, mmapwriter, targets, verify
 from vmtests.guest.proc import LOG, log, run
+from vmtests.guest.refusal import Rule
 
 OUT_DISK = "/dev/vmtest/out"
 LEDGER = "/tmp/ledger.jsonl"
@@ -43,24 +44,31 @@ COMPONENTS = {
 
 
 class Workload:
-    """The threads and fio processes of one workload, started and stopped together."""
+    """The threads and fio processes of one workload, started and stopped together. Each
+    obeys the one rule for writes the method refuses (refusal.py)."""
 
     def __init__(
-        self, names: tuple[str, ...], root: str, led: ledger.Ledger, seed: int, pace: float
+        self,
+        names: tuple[str, ...],
+        root: str,
+        led: ledger.Ledger,
+        seed: int,
+        pace: float,
+        rule: Rule,
     ) -> None:
         self.stop = threading.Event()
         self.threads: list[Any] = []
-        self.root, self.ledger, self.seed = root, led, seed
+        self.root, self.ledger, self.seed, self.rule = root, led, seed, rule
         for i, name in enumerate(names):
             if name in ("writer", "lazy"):
                 sync = name == "writer"
                 self.threads.append(
-                    ledger.Writer(root, led, i, seed, self.stop, sync=sync, pace=pace)
+                    ledger.Writer(root, led, i, seed, self.stop, rule=rule, sync=sync, pace=pace)
                 )
             elif name == "churn":
-                self.threads.append(churn.Churn(root, led, seed, self.stop))
+                self.threads.append(churn.Churn(root, led, seed, self.stop, rule=rule))
             elif name == "mmap":
-                self.threads.append(mmapwriter.MmapWriter(root, led, seed, self.stop))
+                self.threads.append(mmapwriter.MmapWriter(root, led, seed, self.stop, rule=rule))
         self.fio = "fio" in names
         self.fio_pre: Any = None
         self.fio_load: Any = None
@@ -69,25 +77,26 @@ class Workload:
         self.t_fio = time.monotonic()
         if self.fio:
             self.fio_pre = fiojobs.start_pre(self.root, self.seed)
-            self.fio_load = fiojobs.start_load(self.root)
+            self.fio_load = fiojobs.start_load(self.root, self.rule)
         for t in self.threads:
             t.start()
 
     def settle(self) -> str:
         """Before the snapshot: the fio pre-jobs must be written and acknowledged."""
-        return fiojobs.finish_pre(self.fio_pre, self.ledger, self.t_fio) if self.fio else ""
+        if not self.fio:
+            return ""
+        return fiojobs.finish_pre(self.fio_pre, self.ledger, self.t_fio, self.rule)
 
     def finish(self) -> str:
         self.stop.set()
-        if self.fio_load is not None:
-            self.fio_load.terminate()
-            self.fio_load.wait()
         errors = []
+        if self.fio_load is not None:
+            errors.append(fiojobs.finish_load(self.fio_load, self.rule))
         for t in self.threads:
             t.join(60)
             if t.error is not None:
                 errors.append(f"{t.name}: {type(t.error).__name__}: {t.error}")
-        return "; ".join(errors)
+        return "; ".join(e for e in errors if e)
 
 
 def observe(root: str, fio_states: dict[str, str], seed: int):  # type: ignore[no-untyped-def]
@@ -110,7 +119,7 @@ def observe(root: str, fio_states: dict[str, str], seed: int):  # type: ignore[n
 
 def longest_stall(ops: list[ledger.Op], begin: float, end: float) -> float:
     """The longest time no operation was acknowledged, among gaps touching the window (ms)."""
-    acks = sorted(op.t1 for op in ops)
+    acks = sorted(op.t1 for op in ops if op.acked)
     gaps = [b - a for a, b in itertools.pairwise(acks) if b >= begin and a <= end]
     return round(max(gaps, default=0.0) * 1000, 1)
 
@@ -125,7 +134,8 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
     # remount-ro refuses while any file is open for writing (by design), so its writers work
     # on a mostly idle filesystem: the same operations, further apart.
     pace = 0.3 if spec["method"] == "remount-ro" else ledger.PACE_S
-    work = Workload(COMPONENTS[spec["workload"]], origin.mountpoint, led, seed, pace)
+    rule = Rule(spec["method"])
+    work = Workload(COMPONENTS[spec["workload"]], origin.mountpoint, led, seed, pace, rule)
     work.start()
     time.sleep(spec.get("warmup", 1.0))
     res["errors"].append(work.settle())
@@ -146,6 +156,7 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
     res.update(
         window_ms=round((end - begin) * 1000, 1),
         ops=len(ops),
+        refused=ledger.refusals(LEDGER),
         freeze_window_ms=longest_stall(ops, begin, end),
     )
     if snap is not None:

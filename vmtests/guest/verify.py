@@ -8,7 +8,9 @@ A state matching no s_i is torn; one matching only below lo lost acknowledged wr
 matching only above hi shows a write from the future. Operations that overlap the window are
 classified as ``new`` (the snapshot shows them) or ``old`` (it shows an earlier state). An
 operation made of several system calls may list intermediate states after its final one
-(``final~partial``); they are accepted only while that operation was in flight.
+(``final~partial``); they are accepted only while that operation was in flight. An operation
+whose acknowledgement was refused (vmtests/guest/refusal.py) has ``t1`` = inf: it never raises
+lo, and it stays in flight from its start on, so its state is allowed but never required.
 
 One more class, kept apart from torn because it is a documented filesystem behaviour and not a
 mixed or corrupt write: a *hole*. The object did not exist before the window, a write to it

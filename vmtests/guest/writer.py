@@ -1,9 +1,11 @@
 """A minimal guest-side writer and manifest, for the raw dm method tests (stdlib only).
 
-``writer.py write DIR LEDGER STOPFILE``: writes ``DIR/f<N>`` (N = 1, 2, ...), each 16 KiB of a
-pattern derived from N, fsyncs the file and the directory, and only then appends ``N`` to
-LEDGER (fsync'd too). So every number in LEDGER is a write the kernel acknowledged as durable.
-Stops when STOPFILE exists.
+``writer.py write DIR LEDGER STOPFILE [METHOD]``: writes ``DIR/f<N>`` (N = 1, 2, ...), each
+16 KiB of a pattern derived from N, fsyncs the file and the directory, and only then appends
+``N`` to LEDGER (fsync'd too). So every number in LEDGER is a write the kernel acknowledged as
+durable. Stops when STOPFILE exists. A write that METHOD documents as refused (refusal.py, e.g.
+EROFS under remount-ro) is not ledgered and ``f<N>`` is written again (the same bytes); any
+other error ends the writer.
 
 ``writer.py manifest DIR``: prints ``{relative path: sha256}`` of every regular file as JSON, so
 two trees can be compared from the host.
@@ -22,6 +24,10 @@ import os
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script in the guest
+
+from vmtests.guest.refusal import Rule
+
 SIZE = 16 * 1024
 
 
@@ -38,22 +44,45 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write(directory: Path, ledger: Path, stop: Path) -> int:
+class Numbers:
+    """The LEDGER file as a ``refusal.Recorder``: acknowledged numbers only, each fsync'd."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.acked = 0  # the highest number in the file
+        self.refused = 0
+
+    def record(self, obj: str, state: str, t0: float, t1: float | None) -> None:
+        if t1 is None:  # written, never acknowledged: not a number for LEDGER's readers
+            return
+        os.write(self.fd, f"{state}\n".encode())
+        os.fsync(self.fd)
+        self.acked = int(state)
+
+    def refuse(self, obj: str, state: str, code: int, t0: float, t1: float) -> None:
+        self.refused += 1
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def write(directory: Path, ledger: Path, stop: Path, rule: Rule | None = None) -> int:
+    rule = rule or Rule("")  # no method: no refusal is documented
     directory.mkdir(parents=True, exist_ok=True)
-    log = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    n = 0
+    log = Numbers(ledger)
     while not stop.exists():
-        n += 1
-        fd = os.open(directory / f"f{n}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, pattern(n))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(directory)
-        os.write(log, f"{n}\n".encode())
-        os.fsync(log)
-    os.close(log)
+        n = log.acked + 1  # the next file, or again the one a refusal left unacknowledged
+
+        def effect(n: int = n) -> None:
+            fd = os.open(directory / f"f{n}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, pattern(n))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        rule.operate(log, f"f{n}", str(n), effect, lambda _: _fsync_dir(directory))
+    log.close()
     return 0
 
 
@@ -81,8 +110,9 @@ def check(directory: Path, count: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["write"] and len(argv) == 4:
-        return write(Path(argv[1]), Path(argv[2]), Path(argv[3]))
+    if argv[:1] == ["write"] and len(argv) in (4, 5):
+        rule = Rule(argv[4]) if len(argv) == 5 else None
+        return write(Path(argv[1]), Path(argv[2]), Path(argv[3]), rule)
     if argv[:1] == ["manifest"] and len(argv) == 2:
         print(json.dumps(manifest(Path(argv[1]))))
         return 0
