@@ -6,8 +6,12 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+# The venv's interpreter: Debian's own (3.11.2, the oldest Python the project claims and the one
+# the guest runs), not whichever python3 comes first on PATH (pyenv's, say). PYTHON=... overrides.
+PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,python3)
+# uidmap: a normal user's image build (mmdebstrap's unshare mode); python3-venv: Debian's venv.
 HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools cpio busybox-static lz4 \
-                 util-linux e2fsprogs xfsprogs btrfs-progs
+                 util-linux e2fsprogs xfsprogs btrfs-progs uidmap python3-venv
 PYTEST_WORKERS ?= 2
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -23,10 +27,18 @@ apt:
 	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-venv: $(VENV)/.installed
+# A venv made by another interpreter than $(PYTHON) is made again: tests must run on the
+# Python the project claims, and an editable install cannot move between interpreters.
+PYTHON_ID := import sys; print(sys.base_prefix, sys.version.split()[0])
+venv:
+	@if [ -x $(PY) ] && [ "$$($(PY) -c '$(PYTHON_ID)')" != "$$($(PYTHON) -c '$(PYTHON_ID)')" ]; then \
+	    echo "$(VENV) was made by Python $$($(PY) -c '$(PYTHON_ID)'), not $(PYTHON): making it again"; \
+	    rm -rf $(VENV); \
+	fi
+	@$(MAKE) --no-print-directory $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[host,dev]'
 	touch $@
