@@ -27,13 +27,14 @@ apt:
 	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-# A venv made by another interpreter than $(PYTHON) is made again: tests must run on the
-# Python the project claims, and an editable install cannot move between interpreters.
+# A venv made by another interpreter than $(PYTHON) is named, with the command that remakes it,
+# rather than removed on the spot: a venv may be in use by a test run in another shell, and
+# deleting it under that run would break it. A fresh checkout (CI's) always gets $(PYTHON).
 PYTHON_ID := import sys; print(sys.base_prefix, sys.version.split()[0])
 venv:
 	@if [ -x $(PY) ] && [ "$$($(PY) -c '$(PYTHON_ID)')" != "$$($(PYTHON) -c '$(PYTHON_ID)')" ]; then \
-	    echo "$(VENV) was made by Python $$($(PY) -c '$(PYTHON_ID)'), not $(PYTHON): making it again"; \
-	    rm -rf $(VENV); \
+	    echo "warning: $(VENV) was made by Python $$($(PY) -c '$(PYTHON_ID)'), not $(PYTHON):" \
+	         "run 'rm -rf $(VENV) && make venv' to test on the Python the project claims" >&2; \
 	fi
 	@$(MAKE) --no-print-directory $(VENV)/.installed
 
