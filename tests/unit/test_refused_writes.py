@@ -301,3 +301,35 @@ def test_writer_py_rewrites_a_refused_file_and_ledgers_only_acknowledged_ones(
     fake.calls, fake.refuse = 0, {1}
     with pytest.raises(OSError):  # negative control: no method given, no refusal documented
         writer.write(d, tmp_path / "ledger2", stop)
+
+
+def test_a_create_remount_ro_refuses_as_busy_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vmtests.guest import scenario, targets
+
+    busy = RuntimeError("step 1 (mount -o remount,ro /mnt/origin) failed: mount point is busy.")
+    outcomes: list[object] = [busy, busy, targets.Snapshot("/dev/loop1")]
+
+    def take(_spec: object, _origin: object) -> targets.Snapshot:
+        out = outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        assert isinstance(out, targets.Snapshot)
+        return out
+
+    monkeypatch.setattr(targets, "take", take)
+    monkeypatch.setattr(scenario.time, "sleep", lambda _s: None)
+    origin = targets.Origin("/dev/vmtest/disk0", "ext4")
+    res: dict[str, Any] = {}
+    assert scenario.take({}, origin, REFUSING, res).device == "/dev/loop1"
+    assert res["create_refused"] == 2
+    # negative controls: busy under a method that does not document it, another error, and
+    # a busy that never ends all propagate
+    for rule, error in ((STRICT, busy), (REFUSING, RuntimeError("no space left"))):
+        outcomes[:] = [error, targets.Snapshot("/dev/loop1")]
+        with pytest.raises(RuntimeError):
+            scenario.take({}, origin, rule, {})
+    outcomes[:] = [busy] * scenario.CREATE_TRIES
+    with pytest.raises(RuntimeError, match="busy"):
+        scenario.take({}, origin, REFUSING, {})

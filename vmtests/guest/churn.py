@@ -74,11 +74,18 @@ def file_states(k: int, seed: int) -> list[str]:
 
 class Churn(threading.Thread):
     def __init__(
-        self, root: str, ledger: Ledger, seed: int, stop: threading.Event, *, rule: Rule
+        self,
+        root: str,
+        ledger: Ledger,
+        seed: int,
+        stop: threading.Event,
+        *,
+        rule: Rule,
+        pace: float = PACE_S,
     ) -> None:
         super().__init__(name="churn", daemon=True)
         self.root, self.ledger, self.seed, self.stop = root, ledger, seed, stop
-        self.rule = rule
+        self.rule, self.pace = rule, pace
         self.dir = os.path.join(root, "churn")
         self.rng = random.Random(seed * 104729)
         self.error: BaseException | None = None
@@ -89,7 +96,7 @@ class Churn(threading.Thread):
         try:
             os.makedirs(self.dir, exist_ok=True)
             fsync_dir(self.root)
-            while not self.stop.wait(PACE_S):
+            while not self.stop.wait(self.pace):
                 self.tick()
         except BaseException as exc:
             self.error = exc

@@ -33,6 +33,12 @@ from typing import Protocol, TypeVar
 # method (the campaign's name) -> the errnos it documents as refusals of a write
 DOCUMENTED: dict[str, frozenset[int]] = {"remount-ro": frozenset({errno.EROFS})}
 
+# method -> what its create says when it refuses to begin because the filesystem is in use,
+# as documented: remount-ro fails (EBUSY, mount(8): "mount point is busy") while any file is
+# open for writing, and changes nothing. Such a create may simply be tried again.
+BUSY: dict[str, tuple[str, ...]] = {"remount-ro": ("mount point is busy", "target is busy")}
+CREATE_TRIES = 3
+
 T = TypeVar("T")
 
 
@@ -57,6 +63,12 @@ class Rule:
     def refuses(self, code: int) -> bool:
         """Is ``code`` (an errno) a refusal this method documents?"""
         return code in self.errnos
+
+    def busy(self, message: str) -> bool:
+        """Is ``message`` (a failed create's error) the method's documented refusal to begin
+        while the filesystem is in use? Retrying it is sound for the oracle: the window's begin
+        is taken before the first try, so it only gets wider."""
+        return any(words in message for words in BUSY.get(self.method, ()))
 
     def refused(self, exc: BaseException) -> int:
         """The errno of ``exc`` if it is a documented refusal, else 0."""

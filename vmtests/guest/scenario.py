@@ -28,7 +28,7 @@ from typing import Any
 
 from vmtests.guest import check, churn, fiojobs, ledger, mmapwriter, targets, verify
 from vmtests.guest.proc import LOG, log, run
-from vmtests.guest.refusal import Rule
+from vmtests.guest.refusal import CREATE_TRIES, Rule
 
 OUT_DISK = "/dev/vmtest/out"
 LEDGER = "/tmp/ledger.jsonl"
@@ -66,7 +66,7 @@ class Workload:
                     ledger.Writer(root, led, i, seed, self.stop, rule=rule, sync=sync, pace=pace)
                 )
             elif name == "churn":
-                self.threads.append(churn.Churn(root, led, seed, self.stop, rule=rule))
+                self.threads.append(churn.Churn(root, led, seed, self.stop, rule=rule, pace=pace))
             elif name == "mmap":
                 self.threads.append(mmapwriter.MmapWriter(root, led, seed, self.stop, rule=rule))
         self.fio = "fio" in names
@@ -124,6 +124,23 @@ def longest_stall(ops: list[ledger.Op], begin: float, end: float) -> float:
     return round(max(gaps, default=0.0) * 1000, 1)
 
 
+def take(
+    spec: dict[str, Any], origin: targets.Origin, rule: Rule, res: dict[str, Any]
+) -> targets.Snapshot:
+    """``targets.take``, tried again (up to ``CREATE_TRIES``) when the method refuses to begin
+    as it documents (refusal.Rule.busy); any other failure, or the last, propagates."""
+    for n in range(1, CREATE_TRIES + 1):
+        try:
+            return targets.take(spec, origin)
+        except Exception as exc:
+            if n == CREATE_TRIES or not rule.busy(str(exc)):
+                raise
+            res["create_refused"] = n
+            log(f"create refused as documented (try {n}): {exc}")
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[str, Any]) -> None:
     fs, control = spec["fs"], spec.get("control") or ""
     checks: dict[str, bool | None] = res["checks"]
@@ -142,7 +159,7 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
     begin = time.monotonic()
     led.mark("snapshot-begin", begin)
     try:
-        snap = targets.take(spec, origin)
+        snap = take(spec, origin, rule, res)
         checks["snapshot"] = True
     except Exception as exc:
         snap, checks["snapshot"] = None, False
