@@ -24,6 +24,8 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,9 +91,50 @@ def _disks(scenario: Scenario, folder: Path) -> list[Any]:
     return disks
 
 
+class UnsafeArchive(tarfile.TarError):
+    """A member that could land outside the folder, or is not a plain file or directory."""
+
+
+def safe_extract(tar: tarfile.TarFile, dest: Path) -> list[str]:
+    """Extract the guest's artifact tar into ``dest``: regular files and directories only,
+    each inside ``dest``. The guest is the code under test and its disk is written by it, so
+    the archive is untrusted. Done by hand, not with ``extractall(filter="data")``: that
+    argument exists only from Python 3.11.4, and Debian 12's python3 is 3.11.2. Every member is
+    checked before anything is written; one that is absolute, climbs out with ``..``, is a
+    link (of any kind: none is needed, and a symlink is how a later member escapes) or a
+    device or fifo refuses the whole archive (``UnsafeArchive``). Files get mode 0644, not the
+    archive's. Returns the names written."""
+    root = dest.resolve()
+    plan: list[tuple[tarfile.TarInfo, Path]] = []
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        if member.name.startswith("/") or ".." in Path(member.name).parts:
+            raise UnsafeArchive(f"{member.name!r}: an absolute or climbing path")
+        if target == root or not target.is_relative_to(root):
+            raise UnsafeArchive(f"{member.name!r}: outside {dest}")
+        if not (member.isreg() or member.isdir()):
+            raise UnsafeArchive(f"{member.name!r}: not a regular file or directory")
+        plan.append((member, target))
+    for member, target in plan:
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(member)
+        if src is None:
+            raise UnsafeArchive(f"{member.name!r}: no data")
+        with src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
+    return [member.name for member, _ in plan]
+
+
 def _unpack(out_disk: Path, dest: Path) -> None:
-    with contextlib.suppress(tarfile.TarError, OSError), tarfile.open(out_disk) as tar:
-        tar.extractall(dest, filter="data")
+    """The guest's artifacts, or a note in ``unpack.log`` saying why there are none."""
+    try:
+        with tarfile.open(out_disk) as tar:
+            safe_extract(tar, dest)
+    except (tarfile.TarError, OSError) as exc:
+        (dest / "unpack.log").write_text(f"artifacts not unpacked: {type(exc).__name__}: {exc}\n")
 
 
 def run_scenario(
@@ -140,6 +183,27 @@ def run_scenario(
         with contextlib.suppress(OSError):
             (artifacts / "ledger.jsonl").unlink()
     return result
+
+
+def run_harnessed(
+    scenario: Scenario,
+    image: Image,
+    accel: Accel,
+    artifacts: Path,
+    *,
+    runner: Callable[[Scenario, Image, Accel, Path], Result] | None = None,
+) -> Result:
+    """``run_scenario``, but a crash of the harness itself becomes an ``error`` result that
+    names the exception (the traceback goes to ``harness.log``), instead of a test error the
+    report could only call "errored before a result". ``runner`` is for the unit tests."""
+    t0 = time.monotonic()
+    try:
+        return (runner or run_scenario)(scenario, image, accel, artifacts)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            artifacts.mkdir(parents=True, exist_ok=True)
+            (artifacts / "harness.log").write_text(traceback.format_exc())
+        return oracle.harness_error(scenario, exc, time.monotonic() - t0, str(artifacts))
 
 
 def _last_json(text: str) -> dict[str, Any] | None:
@@ -203,7 +267,7 @@ def campaign_run(request: pytest.FixtureRequest, vm_image: Image, vm_accel: Acce
         if reason:
             result = oracle.skipped(scenario, reason)
         else:
-            result = run_scenario(scenario, vm_image, vm_accel, folder / scenario.id)
+            result = run_harnessed(scenario, vm_image, vm_accel, folder / scenario.id)
         request.node.user_properties.append((RESULT_KEY, json.dumps(result.to_json())))
         return result
 
