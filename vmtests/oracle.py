@@ -22,6 +22,10 @@ snapshot, because the snapshot device exists only there:
 
 A real scenario passes when every check that ran passed and at least one acknowledged write was
 checked. A negative control is *caught* when some check failed; the report names which.
+
+A crash of the harness itself (host side: a bug in this package, a Python too old for it) says
+nothing about snapkit, so it is its own verdict, ``error``, never ``fail``: its reason names the
+exception (``harness error: TypeError: ...``) instead of hiding it in a log.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Verdict(enum.StrEnum):
     FAIL = "fail"
     CAUGHT = "caught"
     SKIPPED = "skipped"  # not run: the method is not in snapkit yet (the reason says so)
+    ERROR = "error"  # the harness itself crashed: no verdict on snapkit (the reason says why)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +77,7 @@ class Result:
     attempts: int = 0
     catch_rate: float | None = None
     holes: int = 0
+    refused: int = 0  # writes the method refused, as it documents (vmtests/guest/refusal.py)
     checks: dict[str, bool | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
     artifacts: str = ""
@@ -163,6 +169,7 @@ def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: s
         acked_writes_lost=int(counts.get("acked_lost", 0)),
         torn=int(counts.get("torn", 0)),
         holes=int(counts.get("holes", 0)),
+        refused=int(raw.get("refused", 0)),
         future_writes=int(counts.get("future", 0)),
         window_new=int(counts.get("window_new", 0)),
         window_old=int(counts.get("window_old", 0)),
@@ -186,3 +193,28 @@ def lost_vm(scenario: Scenario, duration: float, message: str, artifacts: str = 
     if scenario.is_control:
         result = Result(**{**result.__dict__, "verdict": Verdict.FAIL, "reason": message})
     return result
+
+
+def harness_error(
+    scenario: Scenario, exc: BaseException, duration: float = 0.0, artifacts: str = ""
+) -> Result:
+    """The harness crashed while running ``scenario``: ``error``, with the exception's type and
+    first line of message as the reason, so the summary's note column names the cause."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = f"harness error: {type(exc).__name__}" + (f": {message}" if message else "")
+    return Result(
+        **_base(scenario, duration),
+        verdict=Verdict.ERROR,
+        reason=reason,
+        fsck_ok=None,
+        acked_writes_checked=0,
+        acked_writes_lost=0,
+        torn=0,
+        future_writes=0,
+        window_new=0,
+        window_old=0,
+        freeze_window_ms=None,
+        snapshot_window_ms=None,
+        errors=(reason,),
+        artifacts=artifacts,
+    )

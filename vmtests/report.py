@@ -17,7 +17,14 @@ from pathlib import Path
 from vmtests.oracle import Result, Verdict
 from vmtests.scenarios import FILESYSTEMS, METHODS
 
-COLOURS = {"pass": "#2e9e44", "caught": "#2b6cb0", "fail": "#c53030", "skipped": "#a0a0a0"}
+COLOURS = {
+    "pass": "#2e9e44",
+    "caught": "#2b6cb0",
+    "fail": "#c53030",
+    "skipped": "#a0a0a0",
+    "error": "#b7791f",
+}
+TERMINAL = {"pass": "green", "caught": "blue", "fail": "red", "skipped": "dim", "error": "magenta"}
 LOGS = (
     "runner.log",
     "guest.log",
@@ -26,6 +33,8 @@ LOGS = (
     "fio.txt",
     "ledger.jsonl",
     "result.json",
+    "harness.log",
+    "unpack.log",
     "snapshot.img.gz",
 )
 
@@ -75,6 +84,7 @@ def junit(results: Sequence[Result]) -> bytes:
         name="snapkit-campaign",
         tests=str(len(results)),
         failures=str(sum(r.verdict is Verdict.FAIL for r in results)),
+        errors=str(sum(r.verdict is Verdict.ERROR for r in results)),
         skipped=str(sum(r.verdict is Verdict.SKIPPED for r in results)),
         time=f"{sum(r.duration_s for r in results):.2f}",
     )
@@ -96,6 +106,8 @@ def junit(results: Sequence[Result]) -> bytes:
             ET.SubElement(props, "property", name=key, value=str(getattr(r, key)))
         if r.verdict is Verdict.FAIL:
             ET.SubElement(case, "failure", message=r.reason[:500]).text = r.repro
+        elif r.verdict is Verdict.ERROR:  # JUnit's own word for "the test could not run"
+            ET.SubElement(case, "error", message=r.reason[:500]).text = r.repro
         elif r.verdict is Verdict.SKIPPED:
             ET.SubElement(case, "skipped", message=r.reason)
     data: bytes = ET.tostring(suite, encoding="utf-8", xml_declaration=True)
@@ -179,6 +191,7 @@ def _details(r: Result, folder: Path) -> str:
         "acked_writes_lost",
         "torn",
         "holes",
+        "refused",
         "future_writes",
         "window_new",
         "window_old",
@@ -239,7 +252,7 @@ def summary_table(results: Sequence[Result]):  # type: ignore[no-untyped-def]
     for col in ("scenario", "verdict", "fsck", "acked", "lost", "torn", "freeze ms", "s", "note"):
         table.add_column(col, overflow="fold")
     for r in sorted(results, key=lambda r: (r.control, r.id)):
-        colour = {"pass": "green", "caught": "blue", "fail": "red", "skipped": "dim"}[r.verdict]
+        colour = TERMINAL[r.verdict]
         table.add_row(
             r.id,
             f"[{colour}]{r.verdict}[/]",

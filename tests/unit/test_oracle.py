@@ -130,3 +130,25 @@ def test_zeros_over_acknowledged_data_are_never_a_hole() -> None:
     assert not verify.ledger_ok(c, "btrfs-native")
     late = [Op("w:y#0", 1, "s1", 13.0, 14.0)]  # nothing in flight: zeros are unexplained
     assert classify("zero", late).torn == 1
+
+
+def test_a_harness_crash_is_an_error_that_names_itself_not_a_failure(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vmtests import campaign
+
+    def crash(*_args: object) -> oracle.Result:
+        raise TypeError(
+            "TarFile.extractall() got an unexpected keyword argument 'filter'\nsecond line"
+        )
+
+    s = Scenario("ext4", "lvm", "writer")
+    r = campaign.run_harnessed(s, None, None, tmp_path / "a", runner=crash)  # type: ignore[arg-type]
+    assert r.verdict is Verdict.ERROR and not r.verdict.ok
+    assert r.reason == (
+        "harness error: TypeError: TarFile.extractall() got an unexpected keyword argument 'filter'"
+    )
+    assert "Traceback" in (tmp_path / "a" / "harness.log").read_text()
+    assert oracle.Result.from_json(r.to_json()) == r
+    # negative control: a scenario that failed on its own is a failure, not a harness error
+    fine = oracle.judge(s, {"checks": {"fsck": False}, "counts": {"acked_checked": 3}}, 1.0)
+    ok = campaign.run_harnessed(s, None, None, tmp_path / "b", runner=lambda *_: fine)  # type: ignore[arg-type]
+    assert ok.verdict is Verdict.FAIL and not ok.reason.startswith("harness error")

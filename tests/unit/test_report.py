@@ -59,3 +59,24 @@ def test_merge_combines_shards_and_copies_artifacts(tmp_path: Path) -> None:
     assert (out / "scenarios" / rs[1].id / "guest.log").read_text() == "log"
     assert [r.verdict for r in report.load(out)].count(Verdict.CAUGHT) == 1
     assert 'href="scenarios/' in (out / "report.html").read_text()
+
+
+def test_a_harness_error_is_named_in_the_note_and_junit_calls_it_an_error(tmp_path: Path) -> None:
+    crash = oracle.harness_error(Scenario("xfs", "lvm", "fio"), TypeError("bad keyword"), 2.0)
+    rows = [*results(), crash]
+    assert report.exit_code(rows) == 1
+    report.write_all(tmp_path, rows)
+    saved = {r.id: r for r in report.load(tmp_path)}
+    assert saved[crash.id].verdict is Verdict.ERROR  # distinct from fail in results.json
+    suite = ET.fromstring((tmp_path / "junit.xml").read_bytes())
+    assert suite.get("errors") == "1" and suite.get("failures") == "0"
+    case = next(c for c in suite.iter("testcase") if c.get("name") == crash.id)
+    error = case.find("error")
+    assert error is not None and error.get("message") == "harness error: TypeError: bad keyword"
+    assert case.find("failure") is None
+    from rich.console import Console
+
+    console = Console(width=240, record=True)
+    console.print(report.summary_table(rows))
+    assert "harness error: TypeError: bad keyword" in console.export_text()
+    assert "error" in (tmp_path / "report.html").read_text()
