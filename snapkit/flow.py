@@ -328,10 +328,18 @@ class Flow:
     ) -> SnapshotStatus | str:  # fmt: skip
         pending = record.details.get("pending", "")
         if pending and pending != op:
-            finish = f"snapkit snapshot {pending} {record.name}"
+            # The mark may be all a killed snapkit left (lvm: even before LVM's command ran),
+            # so the way out names recover, which settles every case: finishes the verb, drops
+            # a done one, or clears an lvm merge that never started (then discard works).
+            hint = "finish it: 'snapkit recover'"
+            if pending != "create":
+                waits = " --wait" if pending == "merge" else ""
+                hint = (
+                    f"finish it: 'snapkit snapshot {pending} {record.name}{waits}'; if snapkit "
+                    "was killed or the machine crashed, 'snapkit recover' settles it first"
+                )
             raise RefusedError(
-                f"a {pending} of {record.name} is under way",
-                hint=f"finish it: {'snapkit recover' if pending == 'create' else finish}",
+                f"a {pending} of {record.name} is under way, or was cut short", hint=hint
             )
         if not isinstance(impl, KernelMerge):
             return self._end_plain(impl, record, op, dry_run, force=force)

@@ -16,7 +16,10 @@ A merge or discard is marked before ``lvconvert``/``lvremove`` runs, too. Measur
 faults run: a power cut inside LVM's own clean-up of either brings the snapshot's name back as
 a plain LV holding the old COW. The verb was done (the origin merged, or kept as it is), so
 that leftover is removed and the record dropped; a snapshot LV still there is left to LVM (a
-merge it goes on with) or, for a discard, removed: that is what the user asked for.
+merge it goes on with) or, for a discard, removed: that is what the user asked for. A marked
+merge whose snapshot LV is whole and *not* merging never reached LVM (snapkit was killed
+between the mark and ``lvconvert``): the mark is cleared and the snapshot kept, as the flow's
+own rollback does on SIGINT; 'snapshot merge' again starts it if it is still wanted.
 """
 
 from __future__ import annotations
@@ -94,8 +97,16 @@ def _settle_end(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
                          lock_dir=flow.lock_path()):  # fmt: skip
             lv = Lvm(flow.host.run).get(vg, name)
             snapshot = lv is not None and (lv.is_snapshot or lv.is_thin_snapshot)
-            if snapshot and op == "merge":
-                return  # LVM merges on; 'snapshot merge' or status finishes the record
+            if lv is not None and snapshot and op == "merge":
+                if lv.merging:
+                    return  # LVM merges on; 'snapshot merge' or status finishes the record
+                # Killed after the mark and before lvconvert changed LVM's metadata: nothing
+                # merged. Clear the mark, as the flow's own rollback on SIGINT does; a stale
+                # one would refuse every later discard of an untouched snapshot.
+                details = {k: v for k, v in record.details.items() if k != "pending"}
+                settled.whole.append(replace(record, details=details))
+                settled.actions.append(f"{record.name}: the merge had not started; kept")
+                return
             if lv is not None and not lv.is_open:
                 flow.host.run.run(["lvremove", "-f", "-y", lv.full_name])
                 what = "the discard" if snapshot else "LVM's leftover of the old COW"

@@ -462,3 +462,47 @@ def test_a_failed_create_leaves_no_state_file_where_there_was_none(tmp_path: Pat
     with pytest.raises(PlanError):
         Flow._apply_create(flow, impl, plan, record)
     assert not flow.state.path.exists() and "s2" not in fake.lvs
+
+
+def test_recover_clears_a_merge_mark_lvm_never_saw(tmp_path: Path) -> None:
+    """snapkit SIGKILLed between saving the merge mark and running lvconvert (the signal
+    tests' pause before step 1): the snapshot LV is whole and not merging. The stale mark
+    refused every discard; recover clears it, as the flow's SIGINT rollback does, and keeps
+    the snapshot untouched. (The control, a merge LVM runs, is the test above.)"""
+    fake = world(is_open=True)
+    flow = _flow(fake, tmp_path)
+    unmarked = flow.state.load()
+    record = unmarked.snapshots[0]
+    flow.state.save(flow.state.load().with_snapshot(
+        replace(record, details={**record.details, "pending": "merge"})))  # fmt: skip
+    lvm_before = fake.state()
+    with pytest.raises(RefusedError) as refused:
+        flow.discard("s1", force=True)
+    assert "'snapkit recover' settles it" in str(refused.value)
+    settled = _settle(flow)
+    assert settled.actions == ["s1: the merge had not started; kept"] and not settled.gone
+    assert flow.state.load() == unmarked and fake.state() == lvm_before
+    assert _settle(flow).actions == []  # idempotent
+    flow.discard("s1")  # no longer refused
+    assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
+
+
+def test_a_verb_refused_for_another_under_way_names_the_way_out(tmp_path: Path) -> None:
+    """The refusal is one line (message + hint) naming both ways out: finishing the verb,
+    and 'snapkit recover' for a mark a killed snapkit left behind."""
+    fake = world(is_open=False)
+    flow = _flow(fake, tmp_path)
+    record = flow.state.load().snapshots[0]
+    for pending, op, finish in (
+        ("merge", "discard", "'snapkit snapshot merge s1 --wait'"),
+        ("discard", "merge", "'snapkit snapshot discard s1'"),
+        ("create", "discard", "'snapkit recover'"),
+    ):
+        marked = replace(record, details={**record.details, "pending": pending})
+        flow.state.save(flow.state.load().with_snapshot(marked))
+        with pytest.raises(RefusedError) as refused:
+            flow.merge("s1") if op == "merge" else flow.discard("s1", force=True)
+        error = refused.value
+        assert error.message == f"a {pending} of s1 is under way, or was cut short", error
+        assert error.hint is not None and error.hint.startswith(f"finish it: {finish}"), error
+        assert "'snapkit recover'" in error.hint and "\n" not in str(error), error
