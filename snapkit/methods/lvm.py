@@ -21,7 +21,8 @@ origin suspended for good. So ``lvcreate`` runs to its end in a worker thread wh
 takes the signal (it lasts about a second), and only then is the create undone: the undo
 always runs, even for a step that was under way, resuming the origin if it is suspended and
 removing the snapshot if LVM has it. A SIGKILL of snapkit cannot reach ``lvcreate`` (its own
-session): it finishes, and leaves a snapshot LV snapkit has no record of.
+session): it finishes, and leaves a snapshot LV recorded as ``pending create`` (saved before
+lvcreate ran), which ``snapkit recover`` keeps (snapkit/recover_lvm.py).
 """
 
 from __future__ import annotations
@@ -361,8 +362,10 @@ class LvmMethod:
 
 
 def _gone(name: str) -> str:
-    """Measured: a merge interrupted once LVM had started it is finished by lvconvert on its
-    own (the origin then equals the snapshot), but snapkit's record stays unmarked."""
+    """An *unmarked* record whose LV is gone. A merge interrupted once LVM had started it is
+    finished by lvconvert on its own (measured), but its record is marked (saved before
+    lvconvert runs) and reads "merge done" instead; this is left for an LV removed outside
+    snapkit, or a record written before merges were marked."""
     return (
         "the snapshot LV is gone: LVM merged it (a merge interrupted after it started still "
         f"completes) or it was removed outside snapkit; 'snapkit snapshot discard {name} "
