@@ -14,11 +14,15 @@ finish (``lvcreate``), or run until its tables are in place (``lvconvert``), bef
 undoes or stops.
 
 SIGKILL of snapkit itself cannot reach ``lvcreate``/``lvconvert`` (they run in their own
-sessions): they finish. A create killed after ``lvcreate`` leaves a valid snapshot LV,
-recorded as ``pending create`` before lvcreate ran, which ``snapkit recover`` keeps
-(snapkit/recover_lvm.py). A merge interrupted after LVM started it goes on in the kernel;
-``lvconvert`` itself may die with snapkit (its output pipe closes) before it drops the merged
-snapshot LV -- then ``merge`` again finishes it (the record is marked before lvconvert runs).
+sessions): they finish. Every lvm verb is recorded first (``pending create``/``merge``), so a
+SIGKILL leaves the mark, and each test then runs ``snapkit recover`` and checks what it
+settles (snapkit/recover_lvm.py): a create killed after ``lvcreate`` is a whole snapshot,
+kept; one killed before it is undone and forgotten; a merge killed before ``lvconvert`` ran
+gets its mark cleared, the snapshot untouched; a merge LVM started goes on in the kernel and
+is left to it, and the record goes once LVM has merged. ``lvconvert`` itself may die with
+snapkit (its output pipe closes) before it drops the merged snapshot LV -- then ``merge``
+again finishes it. While marked, ``discard --force`` is refused in one line naming the ways
+out: finishing the merge, or ``snapkit recover``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,32 @@ def unblocked(vm: Session, mp: str = "/mnt/o", within: float = 20) -> None:
 
 def _steps(text: str) -> int:
     return len(re.findall(r"^\s+\d+\. ", text.split("then, once")[0], re.M))
+
+
+def _step_of(text: str, command: str) -> int:
+    """The number ``--dry-run`` gives the step that runs ``command``."""
+    found = re.search(rf"^\s+(\d+)\. {command} ", text, re.M)
+    assert found, text
+    return int(found.group(1))
+
+
+def _pending(vm: Session) -> dict[str, str]:
+    """Each record's pending mark ("" if none), read from the state file itself: ``snapshot
+    list`` would already drop a record whose lvm merge it sees done."""
+    raw = vm.sh("cat /tmp/state/state.json 2>/dev/null || echo '{}'").stdout
+    return {
+        r["name"]: r["details"].get("pending", "") for r in json.loads(raw).get("snapshots", [])
+    }
+
+
+def _refused_with_the_way_out(vm: Session) -> None:
+    """``discard --force`` of a marked merge is refused -- LVM may be merging, or be done, and
+    forgetting the record would hide either -- in one line that names both ways out."""
+    refused = snapkit(vm, "snapshot", "discard", "s1", "--force", check=False)
+    line = refused.stderr.decode()
+    assert refused.returncode == 1 and len(line.splitlines()) == 1, line
+    assert "a merge of s1 is under way, or was cut short" in line, line
+    assert "'snapkit snapshot merge s1 --wait'" in line and "'snapkit recover'" in line, line
 
 
 paused = interrupted_at  # the shared helper, under the name these tests read best with
@@ -174,6 +204,11 @@ def _marker(vm: Session) -> str:
 
 @pytest.mark.slow
 def test_signals_at_every_merge_step(vm: Session) -> None:
+    """Before ``lvconvert`` (step 1): SIGINT and SIGTERM roll the mark back themselves; a
+    SIGKILL cannot, and leaves ``pending merge`` over an untouched snapshot (the mark is saved
+    first by design), which ``recover`` clears. After it (before the record, step 2): the mark
+    stays, LVM has merged, and ``recover`` drops the record. Either way, after recover,
+    everything is as the design says: nothing suspended, the origin rolled back or untouched."""
     make_vg(vm)
     _snapshot_then_change(vm)
     total = _steps(snapkit(vm, *MERGE, "--dry-run").stdout.decode())
@@ -182,14 +217,28 @@ def test_signals_at_every_merge_step(vm: Session) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         code = paused(vm, MERGE, "1", signum)
         assert code in (128 + signum, -signal.SIGKILL), code
-        assert fingerprint(vm) == before, signum
+        unblocked_devices(vm)
+        if signum == signal.SIGKILL:
+            assert _pending(vm) == {"s1": "merge"}  # saved before lvconvert: never run
+            _refused_with_the_way_out(vm)
+        else:
+            assert fingerprint(vm) == before, signum
+        recovered = snapkit(vm, "recover").stdout.decode()
+        if signum == signal.SIGKILL:
+            assert "s1: the merge had not started; kept" in recovered, recovered
+        assert fingerprint(vm) == before, signum  # recover settled it: nothing merged
+        unblocked_devices(vm)
     code = paused(vm, MERGE, "2", signal.SIGTERM)  # merged by LVM, not yet recorded
     assert code == 128 + signal.SIGTERM
     unblocked_devices(vm)
-    shown = json.loads(snapkit(vm, "snapshot", "status", "s1", "--json").stdout)
-    assert "LVM merged it" in shown["message"] and "discard s1 --force" in shown["message"]
-    assert _marker(vm) == "before"
-    snapkit(vm, "snapshot", "discard", "s1", "--force")
+    assert _pending(vm) == {"s1": "merge"}  # LVM had begun: the mark stays for recover
+    _refused_with_the_way_out(vm)
+    recovered = snapkit(vm, "recover").stdout.decode()
+    assert "s1: the merge had finished" in recovered, recovered
+    assert _pending(vm) == {} and snapkit(vm, "snapshot", "list").stdout.strip() == b""
+    assert b"s1" not in vm.sh("lvs -a --noheadings -o lv_name vg").stdout
+    unblocked_devices(vm)
+    assert _marker(vm) == "before"  # the origin is the snapshot
 
 
 def unblocked_devices(vm: Session) -> None:
@@ -205,6 +254,11 @@ def test_signal_inside_lvconverts_suspend_leaves_nothing_suspended(vm_factory, s
     report = inside_suspend(vm, MERGE, signum, tries=1)  # a merge that ran is not redone
     assert report["returncode"] in (128 + signum, -signal.SIGKILL), report
     unblocked_devices(vm)
+    # LVM had begun: a SIGINT keeps the mark (flow._tool_started), a SIGKILL never takes it
+    assert _pending(vm) == {"s1": "merge"}
+    _refused_with_the_way_out(vm)
+    recovered = snapkit(vm, "recover").stdout.decode()  # at once: LVM's merge is left to it
+    unblocked_devices(vm)
     deadline = time.monotonic() + 120  # the kernel merges on
     while not re.search(rb"snapshot-merge (\d+)/\d+ \1$|^$", vm.sh(
         "dmsetup status vg-lv | grep snapshot-merge || true").stdout.strip()):  # fmt: skip
@@ -212,10 +266,13 @@ def test_signal_inside_lvconverts_suspend_leaves_nothing_suspended(vm_factory, s
         time.sleep(1)
     if b"s1" in vm.sh("lvs -a --noheadings -o lv_name vg").stdout:
         # lvconvert died with snapkit (its output pipe closed) before LVM dropped the merged
-        # snapshot: merge again finishes it
-        snapkit(vm, "snapshot", "merge", "s1")
-    else:
-        snapkit(vm, "snapshot", "discard", "s1", "--force")
+        # snapshot, and recover left LVM's merge alone: merge again finishes it
+        assert _pending(vm) == {"s1": "merge"}, recovered
+        snapkit(vm, "snapshot", "merge", "s1", "--wait")
+    else:  # LVM finished: recover (now, or already above) drops the record
+        recovered += snapkit(vm, "recover").stdout.decode()
+        assert "s1: the merge had finished" in recovered, recovered
+    assert _pending(vm) == {}
     unblocked_devices(vm)
     assert b"s1" not in vm.sh("lvs -a --noheadings -o lv_name vg").stdout
     assert _marker(vm) == "before"  # the origin is the snapshot
@@ -228,15 +285,36 @@ def test_sigkill_at_every_step_of_a_btrfs_create_the_watchdog_thaws(vm: Session)
     """btrfs is not frozen by a dm suspend on 6.1, so the lvm create brackets ``lvcreate``
     with FIFREEZE/FITHAW and a watchdog process; a SIGKILL of snapkit at any step, frozen or
     not, leaves the filesystem writable within --max-freeze. (A probe write on a filesystem
-    left frozen never returns: the harness then reports the guest lost, a failure too.)"""
+    left frozen never returns: the harness then reports the guest lost, a failure too.)
+    The record saved first (``pending create``) is then settled by ``recover``: a snapshot
+    ``lvcreate`` made (taken frozen) is kept, a create killed before it is undone."""
     make_vg(vm, "btrfs")
     args = [*CREATE, "--max-freeze", "5"]
-    total = _steps(snapkit(vm, *args, "--dry-run").stdout.decode())
+    plan = snapkit(vm, *args, "--dry-run").stdout.decode()
+    total, lvcreate = _steps(plan), _step_of(plan, "lvcreate")
     assert total >= 5  # watchdog, freeze, lvcreate, thaw, stop
     for step in range(1, total + 2):
-        killed_at = time.monotonic()
         assert paused(vm, args, str(step), signal.SIGKILL) == -signal.SIGKILL
+        # From the kill (paused() returns as the killed process is reaped), not from the
+        # spawn: snapkit's start-up to the pause is no part of the watchdog's bound, and under
+        # a loaded TCG host it alone took 17 s once (the probe below still returned in < 7 s).
+        killed_at = time.monotonic()
         unblocked(vm, within=5 + 2)
         assert time.monotonic() - killed_at < 5 + 10, step  # + host round trips
-        vm.sh("lvremove -f -y vg/s1 >/dev/null 2>&1 || true")  # lvcreate done: unrecorded
-        assert snapkit(vm, "snapshot", "list").stdout.strip() == b""
+        assert _pending(vm) == {"s1": "create"}, step  # recorded before the plan ran
+        recovered = snapkit(vm, "recover").stdout.decode()
+        unblocked(vm)
+        listed = json.loads(snapkit(vm, "snapshot", "list", "--json").stdout)
+        lv = vm.sh("lvs --noheadings -o lv_attr vg/s1 2>/dev/null || true").stdout.decode()
+        if step > lvcreate:  # lvcreate ran, the filesystem frozen: a whole snapshot, kept
+            assert "s1: the create had finished; kept" in recovered, (step, recovered)
+            assert [(r["name"], r["state"], r["details"].get("pending")) for r in listed] == [
+                ("s1", "active", None)
+            ], (step, listed)
+            assert lv.strip().startswith("swi-a-s"), (step, lv)
+            snapkit(vm, "snapshot", "discard", "s1")
+        else:  # killed before lvcreate: undone, cleanly absent
+            assert "s1: the create was cut short; undone" in recovered, (step, recovered)
+            assert listed == [] and lv.strip() == "", (step, listed, lv)
+        assert _pending(vm) == {}, step
+        assert b"s1" not in vm.sh("lvs -a --noheadings -o lv_name vg").stdout, step
