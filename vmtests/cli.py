@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmtests.errors import VmError
+from vmtests.vm.errors import VmError
 
 if TYPE_CHECKING:
-    from vmtests.image import Image
-    from vmtests.qemu import Disk
+    from vmtests.vm.image import Image
+    from vmtests.vm.qemu import Disk
 
 EPILOG = """\
 examples:
@@ -125,17 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     bb.add_argument("--json", action="store_true")
     bb.set_defaults(handler=cmd_bench_boot)
-    from vmtests import cli_difftest  # difftest: model against kernel
+    from vmtests.difftest import cli as cli_difftest  # difftest: model against kernel
 
     cli_difftest.register(sub)
-    from vmtests import cli_campaign  # run, report merge, bench campaign
+    from vmtests.campaign import cli as cli_campaign  # run, report merge, bench campaign
 
     cli_campaign.register(sub)
     return parser
 
 
 def _image() -> Image:
-    from vmtests import image
+    from vmtests.vm import image
 
     try:
         return image.find()
@@ -146,7 +146,7 @@ def _image() -> Image:
 def cmd_image_build(args: argparse.Namespace) -> int:
     import time
 
-    from vmtests import image
+    from vmtests.vm import image
 
     t0 = time.monotonic()
     try:
@@ -179,8 +179,8 @@ def cmd_image_path(args: argparse.Namespace) -> int:
 
 
 def _disks(sizes: Sequence[int], folder: Path) -> list[Disk]:
-    from vmtests.machine import make_disk
-    from vmtests.qemu import Disk
+    from vmtests.vm.machine import make_disk
+    from vmtests.vm.qemu import Disk
 
     return [
         Disk(make_disk(folder / f"disk{i}.raw", size), f"disk{i}") for i, size in enumerate(sizes)
@@ -188,7 +188,7 @@ def _disks(sizes: Sequence[int], folder: Path) -> list[Disk]:
 
 
 def _run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
-    from vmtests import accel, execute
+    from vmtests.vm import accel, execute
 
     img = _image()
     chosen = accel.choose(args.accel, img)
@@ -260,7 +260,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
-    from vmtests import accel, execute
+    from vmtests.vm import accel, execute
 
     img = _image()
     chosen = accel.choose(args.accel, img)

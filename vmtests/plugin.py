@@ -33,9 +33,9 @@ import pytest
 if TYPE_CHECKING:
     import testinfra.host
 
-    from vmtests.image import Image
-    from vmtests.qemu import Accel, Disk
-    from vmtests.session import Session
+    from vmtests.vm.image import Image
+    from vmtests.vm.qemu import Accel, Disk
+    from vmtests.vm.session import Session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -147,7 +147,7 @@ def _point_latest(run: Path) -> None:
 
 @pytest.fixture(scope="session")
 def vm_image() -> Image:
-    from vmtests import image
+    from vmtests.vm import image
 
     try:
         return image.find()
@@ -157,7 +157,7 @@ def vm_image() -> Image:
 
 @pytest.fixture(scope="session")
 def vm_accel(request: pytest.FixtureRequest, vm_image: Image) -> Accel:
-    from vmtests import accel
+    from vmtests.vm import accel
 
     return accel.choose(request.config.getoption("--vm-accel"), vm_image)
 
@@ -179,7 +179,7 @@ def vm_factory(
     request: pytest.FixtureRequest, vm_image: Image, vm_accel: Accel, vm_artifacts: Path
 ) -> Iterator[Callable[..., Session]]:
     """``vm_factory(disks=..., memory_mib=..., cpus=..., name=...)`` boots one more guest."""
-    from vmtests.session import Session
+    from vmtests.vm.session import Session
 
     mem = request.config.getoption("--vm-mem")
     with contextlib.ExitStack() as stack:
@@ -219,6 +219,6 @@ class _HostFixture:
     @pytest.fixture
     def host(self, vm: Session) -> testinfra.host.Host:
         """A pytest-testinfra Host on this test's ``vm`` guest."""
-        from vmtests.testinfra_backend import host_for
+        from vmtests.vm.testinfra_backend import host_for
 
         return host_for(vm)

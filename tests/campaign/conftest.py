@@ -8,6 +8,6 @@ import pytest
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    if not config.pluginmanager.has_plugin("vmtests.campaign"):
+    if not config.pluginmanager.has_plugin("vmtests.campaign.runner"):
         return True
     return None

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from vmtests.oracle import Result, Verdict
-from vmtests.scenarios import Scenario
+from vmtests.campaign.oracle import Result, Verdict
+from vmtests.campaign.scenarios import Scenario
 
 
 def test_scenario(scenario: Scenario, campaign_run: Callable[[Scenario], Result]) -> None:

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from vmtests import campaign, scenarios
-from vmtests.image import Image
-from vmtests.oracle import Verdict
-from vmtests.qemu import Accel
+from vmtests.campaign import runner as campaign
+from vmtests.campaign import scenarios
+from vmtests.campaign.oracle import Verdict
+from vmtests.vm.image import Image
+from vmtests.vm.qemu import Accel
 
 pytestmark = pytest.mark.vm
 

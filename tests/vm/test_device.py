@@ -11,7 +11,7 @@ import struct
 import pytest
 from workload import COW_DIR, mount, snapkit, umount
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 START, SECTORS = 2048, 2 * 64 * 1024  # 64 MiB partition at 1 MiB
 

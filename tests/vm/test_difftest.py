@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from snapkit.cow.format import Geometry
-from vmtests.cli_difftest import render
-from vmtests.difftest import GuestExecutor, Report, run_history, search
-from vmtests.session import Session
+from vmtests.difftest.cli import render
+from vmtests.difftest.run import GuestExecutor, Report, run_history, search
+from vmtests.vm.session import Session
 
 
 def _agree(report: Report, examples: int) -> None:

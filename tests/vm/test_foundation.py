@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from vmtests.errors import BootError, LostVMError, PanicError
-from vmtests.machine import make_disk
-from vmtests.qemu import Disk
-from vmtests.session import Session
+from vmtests.vm.errors import BootError, LostVMError, PanicError
+from vmtests.vm.machine import make_disk
+from vmtests.vm.qemu import Disk
+from vmtests.vm.session import Session
 
 DM_TARGETS = {
     "snapshot",
@@ -84,7 +84,7 @@ def test_qemu_dying_before_the_agent_is_ready_is_a_quick_boot_error(
     vm_factory: Callable[..., Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """QEMU killed right after it connected its ports: no waiting for the boot timeout."""
-    from vmtests.machine import Machine
+    from vmtests.vm.machine import Machine
 
     real_start = Machine.start
 
@@ -123,7 +123,7 @@ def test_parallel_vms_do_not_interfere(
 
 
 def test_testinfra_host_on_the_guest(host) -> None:  # type: ignore[no-untyped-def]
-    from vmtests.testinfra_backend import VmtestBackend
+    from vmtests.vm.testinfra_backend import VmtestBackend
 
     assert isinstance(host.backend, VmtestBackend)
     assert host.run("echo %s; exit 3", "a b'c").rc == 3

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
-SCRIPT = "/src/vmtests/guest/hostile.py"
+SCRIPT = "/src/vmtests/guest/faults/hostile.py"
 
 # Cases that snapkit does not refuse cleanly today: other owners' bugs, reported. Each entry
 # says what happens; the test fails if a case outside this list is not clean, and notes when

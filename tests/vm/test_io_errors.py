@@ -47,7 +47,7 @@ from workload import (
     wait_ledger,
 )
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 STACK = f"""
 mkdir -p /mnt/o /mnt/s {COW_DIR}

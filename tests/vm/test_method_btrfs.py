@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from test_method_lvm import assert_writable, marker, snapkit, start_writer, stop_writer
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 DEV = "/dev/loop0"
 
@@ -168,8 +168,8 @@ def test_a_power_cut_merge_is_settled_by_recover(
     origin keeps its content and s1 stays. Cut before step 5 (exchanged, the old origin not
     yet deleted): recover finishes the merge, the origin holds the snapshot's content and s1
     is gone. Either way the origin subvolume exists and btrfs check is clean."""
-    from vmtests.machine import make_disk
-    from vmtests.qemu import Disk
+    from vmtests.vm.machine import make_disk
+    from vmtests.vm.qemu import Disk
 
     folder = vm_artifacts / "disks"
     folder.mkdir(parents=True, exist_ok=True)

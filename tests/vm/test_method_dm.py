@@ -33,7 +33,7 @@ from workload import (  # tests/vm is on sys.path (rootdir-relative, no package)
     wait_ledger,
 )
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 
 def _mounted(vm: Session, point: str) -> bool:

@@ -39,7 +39,7 @@ from workload import (  # tests/vm is on sys.path (rootdir-relative, no package)
     umount,
 )
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 ENV = {"SNAPKIT_STATE_DIR": "/keep/state"}
 MOUNT_KEEP = "mkdir -p /keep /mnt/o /mnt/s; mount /dev/vmtest/keep /keep"
@@ -117,8 +117,8 @@ def _cut_after_the_discard_started(vm: Session) -> None:
 def test_recover_reassembles_and_resumes_a_discard(
     vm_factory: Callable[..., Any], vm_artifacts: Path
 ) -> None:
-    from vmtests.machine import make_disk
-    from vmtests.qemu import Disk
+    from vmtests.vm.machine import make_disk
+    from vmtests.vm.qemu import Disk
 
     folder = vm_artifacts / "disks"
     folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import time
 import pytest
 from test_method_lvm import FILESYSTEMS, FSCK, REPLAY, make_fs, marker, start_writer, stop_writer
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 DEV = "/dev/loop0"
 

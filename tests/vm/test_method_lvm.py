@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 FILESYSTEMS = ("ext4", "xfs", "btrfs")
 MKFS = {"ext4": "mkfs.ext4 -q", "xfs": "mkfs.xfs -q -f", "btrfs": "mkfs.btrfs -q -f"}

@@ -16,7 +16,7 @@ import time
 import pytest
 from workload import FSCK, MKFS, check_files, fingerprint, ledger, manifest, snapkit, wait_ledger
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 DEV = "/dev/loop0"
 IMAGE = "/tmp/cow/s.img"

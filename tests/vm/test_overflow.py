@@ -22,7 +22,7 @@ import signal
 import pytest
 from workload import COW_DIR, ENV, fsck, setup_origin, snapkit, umount
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 MB_WRITES = (
     "for i in $(seq 1 {n}); do dd if=/dev/urandom of={mp}/{tag}$i bs=1M count=1 conv=fsync "

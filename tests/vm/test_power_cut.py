@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from vmtests.faults_main import Options, run_matrix
+from vmtests.faults.cli import Options, run_matrix
 
 SLICE = ("ext4-dm-create-p1s10", "ext4-dm-merge-p1s5", "ext4-dm-merge-p1s1")
 
@@ -62,8 +62,8 @@ def _devnum(vm: Any, path: str) -> str:
 def test_recover_finds_the_disk_by_serial_after_a_reorder(
     vm_factory: Callable[..., Any], vm_artifacts: Path
 ) -> None:
-    from vmtests.machine import make_disk
-    from vmtests.qemu import Disk
+    from vmtests.vm.machine import make_disk
+    from vmtests.vm.qemu import Disk
 
     folder = vm_artifacts / "disks"
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,8 +129,8 @@ dd if=/dev/mapper/s1 bs=64k skip=512 count=16 iflag=direct status=none | sha256s
 def test_a_snapshot_recover_rebuilt_keeps_every_chunk_of_a_multi_chunk_write(
     resume: str, vm_factory: Callable[..., Any], vm_artifacts: Path
 ) -> None:
-    from vmtests.machine import make_disk
-    from vmtests.qemu import Disk
+    from vmtests.vm.machine import make_disk
+    from vmtests.vm.qemu import Disk
 
     folder = vm_artifacts / "disks"
     folder.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from workload import COW_DIR, fingerprint, setup_origin, snapkit
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 CREATE = ["snapshot", "create", "/mnt/o", "--cow-dir", COW_DIR, "--cow-size", "16M"]
 

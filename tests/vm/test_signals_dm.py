@@ -23,7 +23,7 @@ from workload import (
     umount,
 )
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 CREATE = ["snapshot", "create", "/mnt/o", "--name", "s1", "--cow-dir", COW_DIR,
           "--cow-size", "32M"]  # fmt: skip

@@ -35,7 +35,7 @@ import time
 import pytest
 from workload import ENV, interrupted_at, snapkit
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 VG = (
     "truncate -s 600M /tmp/pv.img; L=$(/sbin/losetup --show -f /tmp/pv.img); "
@@ -45,7 +45,7 @@ VG = (
 )
 CREATE = ["snapshot", "create", "/mnt/o", "--name", "s1", "--method", "lvm"]
 MERGE = ["snapshot", "merge", "s1", "--wait"]
-SIGWHEN = "/src/vmtests/guest/sigwhen.py"
+SIGWHEN = "/src/vmtests/guest/faults/sigwhen.py"
 
 
 def make_vg(vm: Session, fs: str = "ext4") -> None:

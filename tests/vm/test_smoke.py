@@ -1,6 +1,6 @@
 """The smallest proof that the harness boots a guest and talks to it."""
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 
 def test_guest_runs_a_command(vm: Session) -> None:

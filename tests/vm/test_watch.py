@@ -10,7 +10,7 @@ import signal
 
 from workload import COW_DIR, ENV, setup_origin, snapkit
 
-from vmtests.session import Session
+from vmtests.vm.session import Session
 
 WRITE = (
     "for i in $(seq 1 24); do dd if=/dev/urandom of=/mnt/o/{tag}$i bs=1M count=1 conv=fsync "

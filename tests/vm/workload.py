@@ -7,8 +7,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from vmtests.channel import Process
-from vmtests.session import Session
+from vmtests.vm.channel import Process
+from vmtests.vm.session import Session
 
 ENV = {"SNAPKIT_STATE_DIR": "/tmp/state"}
 COW_DIR = "/tmp/cow"

@@ -1,0 +1,77 @@
+"""The matrix as data: ids, seeds, the quick subset's promises, shards and selection."""
+
+import pytest
+
+from vmtests.campaign import scenarios
+from vmtests.campaign.scenarios import Scenario
+
+
+def test_ids_are_unique_readable_and_stable() -> None:
+    full = scenarios.full()
+    ids = [s.id for s in full]
+    assert len(ids) == len(set(ids))
+    assert "ext4-lvm-writer" in ids and "control-dd-copy-xfs-writer" in ids
+    assert (
+        Scenario("ext4", "lvm", "writer").effective_seed
+        == Scenario("ext4", "lvm", "writer").effective_seed
+    )
+
+
+def test_full_is_every_valid_combination() -> None:
+    real = [s for s in scenarios.full() if not s.is_control]
+    assert not any(s.method == "btrfs-native" and s.fs != "btrfs" for s in real)
+    per_fs = {fs: {(s.method, s.workload) for s in real if s.fs == fs} for fs in ("ext4", "xfs")}
+    assert ("lvm-thin", "mmap") in per_fs["ext4"]
+    # the same combinations on ext4 and xfs; dm-direct on all three (its xfs and btrfs copies
+    # are mounted through a throwaway layer)
+    assert per_fs["ext4"] == per_fs["xfs"]
+    assert {s.fs for s in real if s.method == "dm-direct"} == set(scenarios.FILESYSTEMS)
+    controls = [s for s in scenarios.full() if s.is_control]
+    assert {(s.control, s.fs) for s in controls} == {
+        (c, fs) for c in scenarios.CONTROLS for fs in scenarios.FILESYSTEMS
+    }
+
+
+def test_quick_keeps_its_promises() -> None:
+    quick = scenarios.quick()
+    assert len(quick) <= 12
+    assert {s.fs for s in quick} == set(scenarios.FILESYSTEMS)
+    assert len({s.method for s in quick if not s.is_control}) >= 4
+    assert {s.control for s in quick if s.is_control} == set(scenarios.CONTROLS)
+
+
+@pytest.mark.parametrize(
+    ("fs", "method", "workload", "control"),
+    [
+        ("ext4", "btrfs-native", "writer", ""),
+        ("zfs", "lvm", "writer", ""),
+        ("ext4", "lvm", "nope", ""),
+        ("ext4", "lvm", "writer", "dd-copy"),
+        ("ext4", "remount-ro", "mmap", ""),
+    ],
+)
+def test_invalid_scenarios_are_refused(fs: str, method: str, workload: str, control: str) -> None:
+    with pytest.raises(ValueError):
+        Scenario(fs, method, workload, control)
+
+
+def test_shards_partition_the_matrix_deterministically() -> None:
+    full = scenarios.full()
+    parts = [scenarios.shard(full, k, 4) for k in range(1, 5)]
+    assert sorted(s.id for p in parts for s in p) == sorted(s.id for s in full)
+    assert parts[1] == scenarios.shard(list(reversed(full)), 2, 4)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "x", "1/0", "1-2"])
+def test_bad_shards_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        scenarios.parse_shard(text)
+
+
+def test_select_by_id_with_a_seed_replays_that_seed() -> None:
+    (s,) = scenarios.select("quick", ids=["xfs-dm-writer"], seed=42)
+    assert (s.id, s.effective_seed) == ("xfs-dm-writer", 42)
+    assert s.guest_spec()["seed"] == 42
+    with pytest.raises(ValueError, match="unknown scenario"):
+        scenarios.select("quick", ids=["no-such"])

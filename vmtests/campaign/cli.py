@@ -1,0 +1,225 @@
+"""``vmtest run``, ``vmtest report merge`` and ``vmtest bench campaign``.
+
+``run`` is a pytest run of the campaign's parametrized tests (``-p vmtests.campaign``), so
+``-n`` spreads scenarios over VMs with pytest-xdist and every scenario is also an ordinary test
+that can be run alone. The exit code comes from results.json, not from pytest: 0 only when every
+real scenario that ran passed and every negative control was caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TREE = Path(__file__).resolve().parents[2]
+TESTS = TREE / "tests" / "campaign" / "test_matrix.py"
+FULL_RUN_CUTS = 78  # issue 6: >= 60 in create and merge, and the rest in discard and extend
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the consistency campaign (scenarios in throwaway VMs)",
+        description="Run campaign scenarios, each in its own VM, and write a report folder "
+        "(results.json, junit.xml, report.html). Exit 0 only when every real scenario passes "
+        "and every negative control is caught.",
+    )
+    _run_options(run)
+    run.set_defaults(handler=cmd_run)
+
+    rep = sub.add_parser("report", help="work with campaign reports")
+    rsub = rep.add_subparsers(title="report commands", metavar="ACTION")
+    merge = rsub.add_parser("merge", help="merge several report folders (e.g. CI shards)")
+    merge.add_argument("folders", nargs="+", type=Path, metavar="DIR")
+    merge.add_argument("--out", type=Path, default=Path("report"), help="(default: report)")
+    merge.set_defaults(handler=cmd_report_merge)
+
+    # `vmtest bench` belongs to vmtests/cli.py; its subcommand table gains "campaign" here.
+    bench_parser = sub.choices.get("bench")
+    if bench_parser is not None:
+        bsub = next(a for a in bench_parser._actions if isinstance(a, argparse._SubParsersAction))
+        bc = bsub.add_parser("campaign", help="per-scenario median and quick-matrix wall time")
+        bc.add_argument("--matrix", default="quick", choices=("quick", "full"))
+        bc.add_argument("-n", "--workers", default="2", help="parallel VMs (default 2)")
+        bc.add_argument("--report", type=Path, default=Path("results/bench-campaign"))
+        bc.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+        bc.add_argument("--json", action="store_true")
+        bc.set_defaults(handler=cmd_bench_campaign)
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--matrix", default="quick", choices=("quick", "full", "faults"))
+    p.add_argument(
+        "--cuts",
+        type=int,
+        metavar="N",
+        help="faults: run N seeded power-cut points (default 78, five sixths of them in "
+        "create and merge; a number above the matrix's size runs every point)",
+    )
+    p.add_argument(
+        "--bad-inputs",
+        type=int,
+        metavar="N",
+        help="faults: run a seeded sample of N bad inputs (0: none; default: all of them)",
+    )
+    p.add_argument(
+        "--methods",
+        default="dm,dm-direct,lvm",
+        metavar="M,...",
+        help="faults: cut points of these methods only (default dm,dm-direct,lvm)",
+    )
+    p.add_argument("--json", action="store_true", help="faults: print the summary as JSON")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only this scenario id (repeatable; any id of the full matrix; for faults, "
+        "a cut point id such as ext4-dm-create-p1s9)",
+    )
+    p.add_argument("--seed", type=int, help="replay with this seed (default: each id's own)")
+    p.add_argument("--shard", metavar="K/N", help="run the K-th of N deterministic slices")
+    p.add_argument(
+        "-n",
+        "--workers",
+        default="auto",
+        metavar="N|auto",
+        help="parallel VMs via pytest-xdist (default auto: one per CPU)",
+    )
+    p.add_argument("--report", type=Path, default=Path("report"), help="(default: report)")
+    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    p.add_argument("--no-live", action="store_true", help="plain lines instead of a live table")
+
+
+def pytest_args(args: argparse.Namespace) -> list[str]:
+    argv = [
+        "-p",
+        "vmtests.campaign.runner",
+        str(TESTS),
+        "--rootdir",
+        str(TREE),
+        "-c",
+        str(TREE / "pyproject.toml"),
+        "-o",
+        "addopts=",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:terminal",
+        "--matrix",
+        args.matrix,
+        "--report",
+        str(args.report.resolve()),
+        "--vm-accel",
+        args.accel,
+    ]
+    for sid in args.scenario:
+        argv += ["--scenario", sid]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    if args.shard:
+        argv += ["--shard", args.shard]
+    if args.workers not in ("0", "1"):
+        argv += ["-n", args.workers]
+    if not getattr(args, "no_live", True):
+        argv += ["--live"]
+    return argv
+
+
+def _pytest(args: argparse.Namespace) -> int:
+    import pytest
+
+    from vmtests.campaign import report, scenarios
+
+    try:
+        scenarios.select(args.matrix, ids=args.scenario, seed=args.seed, shard_spec=args.shard)
+    except ValueError as exc:
+        print(f"vmtest run: {exc}", file=sys.stderr)
+        return 2
+    results_file = args.report / "results.json"
+    results_file.unlink(missing_ok=True)
+    code = int(pytest.main(pytest_args(args)))
+    if not results_file.exists():
+        print(
+            f"vmtest run: pytest ended ({code}) without results; rerun with "
+            f"'pytest {' '.join(pytest_args(args)[:3])}' to see why",
+            file=sys.stderr,
+        )
+        return code or 1
+    return report.exit_code(report.load(args.report))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.matrix == "faults":  # power cuts and bad inputs: vmtests/faults_main.py
+        from vmtests.faults.cli import Options, run_matrix
+
+        return run_matrix(
+            Options(
+                cuts=args.cuts if args.cuts is not None or args.scenario else FULL_RUN_CUTS,
+                ids=tuple(args.scenario),
+                seed=6 if args.seed is None else args.seed,
+                workers=2 if args.workers == "auto" else int(args.workers),
+                report=args.report,
+                accel=args.accel,
+                bad_inputs=args.bad_inputs,
+                methods=tuple(m for m in args.methods.split(",") if m),
+                json=args.json,
+            )
+        )
+    return _pytest(args)
+
+
+def cmd_report_merge(args: argparse.Namespace) -> int:
+    from vmtests.campaign import report
+
+    missing = [str(f) for f in args.folders if not (f / "results.json").exists()]
+    if missing:
+        print(f"vmtest report merge: no results.json in {', '.join(missing)}", file=sys.stderr)
+        return 1
+    results = report.merge(args.folders, args.out)
+    print(f"merged {len(results)} scenarios from {len(args.folders)} reports into {args.out}")
+    return report.exit_code(results)
+
+
+def cmd_bench_campaign(args: argparse.Namespace) -> int:
+    from vmtests.campaign import report
+
+    run_args = argparse.Namespace(
+        matrix=args.matrix,
+        scenario=[],
+        seed=None,
+        shard=None,
+        workers=args.workers,
+        report=args.report,
+        accel=args.accel,
+        no_live=True,
+    )
+    t0 = time.monotonic()
+    code = _pytest(run_args)
+    wall = time.monotonic() - t0
+    results = report.load(args.report) if (args.report / "results.json").exists() else []
+    ran = [r.duration_s for r in results if r.verdict.value != "skipped"]
+    summary = {
+        "matrix": args.matrix,
+        "workers": args.workers,
+        "scenarios_run": len(ran),
+        "scenarios_skipped": len(results) - len(ran),
+        "median_scenario_s": round(statistics.median(ran), 2) if ran else None,
+        "max_scenario_s": round(max(ran), 2) if ran else None,
+        "wall_s": round(wall, 1),
+        "exit": code,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"campaign bench ({args.matrix}, {args.workers} workers): median scenario "
+            f"{summary['median_scenario_s']} s (goal <= 12 s), wall {summary['wall_s']} s "
+            f"(goal <= 180 s), {len(ran)} run, {summary['scenarios_skipped']} skipped"
+        )
+    return code

@@ -1,0 +1,220 @@
+"""The oracle's verdict: turn what the guest measured into pass, fail or caught.
+
+The checks themselves run in the guest (vmtests/guest/check.py and verify.py) right after the
+snapshot, because the snapshot device exists only there:
+
+- **fsck** of the bare snapshot device: ext4 ``e2fsck -fn``, xfs ``xfs_repair -n``, btrfs
+  ``btrfs check --readonly``. A snapshot taken under a freeze has a clean journal, so fsck must
+  pass as is; a dirty journal (a crash-consistent copy) is a failure of the method.
+- **mount**: the snapshot is mounted read-only through a throwaway writable layer, a transient
+  dm snapshot (store ``N``) with its own small COW on a tmpfs loop device. Why this and not
+  ``ro,noload``/``norecovery``: skipping the journal shows metadata as it was *before* replay,
+  which is not what anyone restoring the snapshot would see; replaying into a layer shows exactly
+  that, works the same for ext4, xfs (``nouuid``) and btrfs (its log tree), and still never
+  writes one byte to the snapshot device itself.
+- **ledger**: every write acknowledged before the snapshot began is present and intact; no
+  write that began after it ended is present; writes in the window are old or new, never torn.
+  A write in flight to a new file region that reads back as zeros is counted apart, as a
+  *hole*: allowed only for btrfs-native, whose point in time is a transaction commit, not a
+  freeze (``vmtests/guest/verify.py`` says why and what was measured); a failure elsewhere.
+- **fio**: fio re-reads its acknowledged jobs on the snapshot with ``verify=crc32c``.
+- **merge**: after ``snapkit snapshot merge``, the origin's tree digest equals the snapshot's.
+
+A real scenario passes when every check that ran passed and at least one acknowledged write was
+checked. A negative control is *caught* when some check failed; the report names which.
+
+A crash of the harness itself (host side: a bug in this package, a Python too old for it) says
+nothing about snapkit, so it is its own verdict, ``error``, never ``fail``: its reason names the
+exception (``harness error: TypeError: ...``) instead of hiding it in a log.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vmtests.campaign.scenarios import Scenario
+
+
+class Verdict(enum.StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    CAUGHT = "caught"
+    SKIPPED = "skipped"  # not run: the method is not in snapkit yet (the reason says so)
+    ERROR = "error"  # the harness itself crashed: no verdict on snapkit (the reason says why)
+
+    @property
+    def ok(self) -> bool:
+        return self in (Verdict.PASS, Verdict.CAUGHT, Verdict.SKIPPED)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of results.json."""
+
+    id: str
+    fs: str
+    method: str
+    workload: str
+    control: bool
+    control_kind: str
+    verdict: Verdict
+    reason: str
+    fsck_ok: bool | None
+    acked_writes_checked: int
+    acked_writes_lost: int
+    torn: int
+    future_writes: int
+    window_new: int
+    window_old: int
+    freeze_window_ms: float | None
+    snapshot_window_ms: float | None
+    duration_s: float
+    seed: int
+    repro: str
+    caught_by: tuple[str, ...] = ()
+    attempts: int = 0
+    catch_rate: float | None = None
+    holes: int = 0
+    refused: int = 0  # writes the method refused, as it documents (vmtests/guest/refusal.py)
+    checks: dict[str, bool | None] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+    artifacts: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["verdict"] = str(self.verdict)
+        out["caught_by"] = list(self.caught_by)
+        out["errors"] = list(self.errors)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Result:
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        values["verdict"] = Verdict(values["verdict"])
+        values["caught_by"] = tuple(values.get("caught_by", ()))
+        values["errors"] = tuple(values.get("errors", ()))
+        return cls(**values)
+
+
+def repro_command(scenario: Scenario) -> str:
+    return f"vmtest run --scenario {scenario.id} --seed {scenario.effective_seed}"
+
+
+def _base(scenario: Scenario, duration: float) -> dict[str, Any]:
+    return {
+        "id": scenario.id,
+        "fs": scenario.fs,
+        "method": scenario.method,
+        "workload": scenario.workload,
+        "control": scenario.is_control,
+        "control_kind": scenario.control,
+        "seed": scenario.effective_seed,
+        "repro": repro_command(scenario),
+        "duration_s": round(duration, 2),
+    }
+
+
+def skipped(scenario: Scenario, reason: str) -> Result:
+    return Result(
+        **_base(scenario, 0.0),
+        verdict=Verdict.SKIPPED,
+        reason=reason,
+        fsck_ok=None,
+        acked_writes_checked=0,
+        acked_writes_lost=0,
+        torn=0,
+        future_writes=0,
+        window_new=0,
+        window_old=0,
+        freeze_window_ms=None,
+        snapshot_window_ms=None,
+    )
+
+
+def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: str = "") -> Result:
+    """The verdict on one guest result (the JSON vmtests/guest/scenario.py printed)."""
+    checks: dict[str, bool | None] = dict(raw.get("checks", {}))
+    counts: dict[str, Any] = raw.get("counts") or {}
+    errors = tuple(str(e) for e in raw.get("errors", ()))
+    failed = tuple(name for name, ok in checks.items() if ok is False)
+    checked = int(counts.get("acked_checked", 0))
+    attempts = int(raw.get("attempts", 0))
+    if scenario.is_control:
+        verdict = Verdict.CAUGHT if failed else Verdict.FAIL
+        reason = (
+            f"caught by {', '.join(failed)} on attempt {attempts}"
+            if failed
+            else f"not caught in {attempts} attempt(s)"
+        )
+        if not failed and errors:
+            reason += f"; errors: {'; '.join(errors)}"
+    elif failed or errors:
+        verdict = Verdict.FAIL
+        reason = "; ".join([f"check failed: {', '.join(failed)}"] * bool(failed) + list(errors))
+    elif checked == 0:
+        verdict, reason = Verdict.FAIL, "no acknowledged write was checked"
+    elif "ledger" not in checks:
+        verdict, reason = Verdict.FAIL, "the ledger was never verified"
+    else:
+        verdict, reason = Verdict.PASS, ""
+    return Result(
+        **_base(scenario, duration),
+        verdict=verdict,
+        reason=reason,
+        fsck_ok=checks.get("fsck"),
+        acked_writes_checked=checked,
+        acked_writes_lost=int(counts.get("acked_lost", 0)),
+        torn=int(counts.get("torn", 0)),
+        holes=int(counts.get("holes", 0)),
+        refused=int(raw.get("refused", 0)),
+        future_writes=int(counts.get("future", 0)),
+        window_new=int(counts.get("window_new", 0)),
+        window_old=int(counts.get("window_old", 0)),
+        freeze_window_ms=raw.get("freeze_window_ms"),
+        snapshot_window_ms=raw.get("window_ms"),
+        caught_by=failed if scenario.is_control else (),
+        attempts=attempts,
+        catch_rate=(
+            round((1 if failed else 0) / attempts, 3) if scenario.is_control and attempts else None
+        ),
+        checks=checks,
+        errors=errors,
+        artifacts=artifacts,
+    )
+
+
+def lost_vm(scenario: Scenario, duration: float, message: str, artifacts: str = "") -> Result:
+    """The VM died or the runner printed nothing: a failure for real scenarios and controls."""
+    raw = {"checks": {"vm": False} if not scenario.is_control else {}, "errors": [message]}
+    result = judge(scenario, raw, duration, artifacts)
+    if scenario.is_control:
+        result = Result(**{**result.__dict__, "verdict": Verdict.FAIL, "reason": message})
+    return result
+
+
+def harness_error(
+    scenario: Scenario, exc: BaseException, duration: float = 0.0, artifacts: str = ""
+) -> Result:
+    """The harness crashed while running ``scenario``: ``error``, with the exception's type and
+    first line of message as the reason, so the summary's note column names the cause."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = f"harness error: {type(exc).__name__}" + (f": {message}" if message else "")
+    return Result(
+        **_base(scenario, duration),
+        verdict=Verdict.ERROR,
+        reason=reason,
+        fsck_ok=None,
+        acked_writes_checked=0,
+        acked_writes_lost=0,
+        torn=0,
+        future_writes=0,
+        window_new=0,
+        window_old=0,
+        freeze_window_ms=None,
+        snapshot_window_ms=None,
+        errors=(reason,),
+        artifacts=artifacts,
+    )

@@ -1,0 +1,1 @@
+"""The differential test: histories run on the kernel in a guest and on snapkit's model."""

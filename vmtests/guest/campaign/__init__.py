@@ -1,0 +1,1 @@
+"""Guest side of the campaign: the scenario runner, the ledger writers, the checks."""

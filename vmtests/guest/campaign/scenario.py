@@ -1,0 +1,299 @@
+"""One campaign scenario, start to finish, in ONE guest process.
+
+Python starts in ~0.3 s under TCG with -I -S but snapkit's own start costs more, so everything
+that is not the code under test runs here: storage setup, mkfs, the workloads (threads, plus
+fio), the snapshot command between two readings of CLOCK_MONOTONIC, fsck, the throwaway mount,
+the ledger verification, fio's verify pass, the merge and the tree comparison. It prints one
+JSON object on stdout and writes its artifacts as a tar onto the disk with serial ``out``.
+
+    python3 -I -S /src/vmtests/guest/campaign/scenario.py '{"id": ..., "fs": ..., ...}'
+"""
+
+from __future__ import annotations
+
+import sys
+
+sys.path.insert(0, "/src")
+
+import gzip
+import io
+import itertools
+import json
+import os
+import shutil
+import tarfile
+import threading
+import time
+from typing import Any
+
+from vmtests.guest import check
+from vmtests.guest.campaign import churn, fiojobs, ledger, mmapwriter, targets, verify
+from vmtests.guest.proc import LOG, log, run
+from vmtests.guest.refusal import CREATE_TRIES, Rule
+
+OUT_DISK = "/dev/vmtest/out"
+LEDGER = "/tmp/ledger.jsonl"
+SNAP_MNT = "/mnt/snapshot"
+# Every workload has a lazy writer (write() without fsync: see ledger.Writer) next to its own.
+COMPONENTS = {
+    "writer": ("writer", "writer", "lazy"),
+    "churn": ("writer", "churn", "lazy"),
+    "mmap": ("writer", "mmap", "lazy"),
+    "fio": ("writer", "fio", "lazy"),
+    "mixed": ("writer", "churn", "mmap", "fio", "lazy"),
+}
+
+
+class Workload:
+    """The threads and fio processes of one workload, started and stopped together. Each
+    obeys the one rule for writes the method refuses (refusal.py)."""
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        root: str,
+        led: ledger.Ledger,
+        seed: int,
+        pace: float,
+        rule: Rule,
+    ) -> None:
+        self.stop = threading.Event()
+        self.threads: list[Any] = []
+        self.root, self.ledger, self.seed, self.rule = root, led, seed, rule
+        for i, name in enumerate(names):
+            if name in ("writer", "lazy"):
+                sync = name == "writer"
+                self.threads.append(
+                    ledger.Writer(root, led, i, seed, self.stop, rule=rule, sync=sync, pace=pace)
+                )
+            elif name == "churn":
+                self.threads.append(churn.Churn(root, led, seed, self.stop, rule=rule, pace=pace))
+            elif name == "mmap":
+                self.threads.append(mmapwriter.MmapWriter(root, led, seed, self.stop, rule=rule))
+        self.fio = "fio" in names
+        self.fio_pre: Any = None
+        self.fio_load: Any = None
+
+    def start(self) -> None:
+        self.t_fio = time.monotonic()
+        if self.fio:
+            self.fio_pre = fiojobs.start_pre(self.root, self.seed)
+            self.fio_load = fiojobs.start_load(self.root, self.rule)
+        for t in self.threads:
+            t.start()
+
+    def settle(self) -> str:
+        """Before the snapshot: the fio pre-jobs must be written and acknowledged."""
+        if not self.fio:
+            return ""
+        return fiojobs.finish_pre(self.fio_pre, self.ledger, self.t_fio, self.rule)
+
+    def finish(self) -> str:
+        self.stop.set()
+        errors = []
+        if self.fio_load is not None:
+            errors.append(fiojobs.finish_load(self.fio_load, self.rule))
+        for t in self.threads:
+            t.join(60)
+            if t.error is not None:
+                errors.append(f"{t.name}: {type(t.error).__name__}: {t.error}")
+        return "; ".join(e for e in errors if e)
+
+
+def observe(root: str, fio_states: dict[str, str], seed: int):  # type: ignore[no-untyped-def]
+    def look(obj: str) -> str:
+        kind = obj[:2]
+        if kind == "w:":
+            return ledger.observe_writer(root, obj)
+        if kind == "m:":
+            return mmapwriter.observe(root, obj)
+        if kind == "c:":
+            return churn.describe(root, int(obj[2:]), seed)
+        if kind == "d:":
+            return churn.describe_dir(root, int(obj[2:]))
+        if kind == "f:":
+            return fio_states.get(obj[2:], ledger.ABSENT)
+        return "unknown"
+
+    return look
+
+
+def longest_stall(ops: list[ledger.Op], begin: float, end: float) -> float:
+    """The longest time no operation was acknowledged, among gaps touching the window (ms)."""
+    acks = sorted(op.t1 for op in ops if op.acked)
+    gaps = [b - a for a, b in itertools.pairwise(acks) if b >= begin and a <= end]
+    return round(max(gaps, default=0.0) * 1000, 1)
+
+
+def take(
+    spec: dict[str, Any], origin: targets.Origin, rule: Rule, res: dict[str, Any]
+) -> targets.Snapshot:
+    """``targets.take``, tried again (up to ``CREATE_TRIES``) when the method refuses to begin
+    as it documents (refusal.Rule.busy); any other failure, or the last, propagates."""
+    for n in range(1, CREATE_TRIES + 1):
+        try:
+            return targets.take(spec, origin)
+        except Exception as exc:
+            if n == CREATE_TRIES or not rule.busy(str(exc)):
+                raise
+            res["create_refused"] = n
+            log(f"create refused as documented (try {n}): {exc}")
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[str, Any]) -> None:
+    fs, control = spec["fs"], spec.get("control") or ""
+    checks: dict[str, bool | None] = res["checks"]
+    targets.make_fs(origin)
+    if os.path.exists(LEDGER):
+        os.unlink(LEDGER)
+    led = ledger.Ledger(LEDGER)
+    # remount-ro refuses while any file is open for writing (by design), so its writers work
+    # on a mostly idle filesystem: the same operations, further apart.
+    pace = 0.3 if spec["method"] == "remount-ro" else ledger.PACE_S
+    rule = Rule(spec["method"])
+    work = Workload(COMPONENTS[spec["workload"]], origin.mountpoint, led, seed, pace, rule)
+    work.start()
+    time.sleep(spec.get("warmup", 1.0))
+    res["errors"].append(work.settle())
+    begin = time.monotonic()
+    led.mark("snapshot-begin", begin)
+    try:
+        snap = take(spec, origin, rule, res)
+        checks["snapshot"] = True
+    except Exception as exc:
+        snap, checks["snapshot"] = None, False
+        res["errors"].append(f"snapshot: {exc}")
+    end = time.monotonic()
+    led.mark("snapshot-end", end)
+    time.sleep(spec.get("tail", 0.5))
+    res["errors"].append(work.finish())
+    led.close()
+    ops = ledger.load(LEDGER)
+    res.update(
+        window_ms=round((end - begin) * 1000, 1),
+        ops=len(ops),
+        refused=ledger.refusals(LEDGER),
+        freeze_window_ms=longest_stall(ops, begin, end),
+    )
+    if snap is not None:
+        res["snapshot_info"] = snap.info
+        res["snapshot_device"] = snap.device
+    if control == "corrupt" and snap is not None:
+        res["corrupted"] = targets.corrupt(snap.device, ops, begin, seed)
+    run(["umount", origin.mountpoint])
+    if snap is None:
+        return
+    fsck = check.fsck(fs, snap.device)
+    checks["fsck"] = fsck.ok
+    res["fsck_output"] = fsck.out[-6000:]
+    try:
+        with check.layer(snap.device) as layer:
+            with check.mounted(fs, layer, SNAP_MNT, snap.subvol) as root:
+                checks["mount"] = True
+                verify_snapshot(spec, root, ops, begin, end, seed, res)
+            if check.xfs_log_only(fsck):
+                again = check.fsck(fs, layer)  # the mount replayed the log into the layer
+                checks["fsck"] = again.ok
+                res["fsck_note"] = "xfs log replayed on the throwaway layer, then xfs_repair -n"
+                res["fsck_output"] += "\n--- after log replay ---\n" + again.out[-6000:]
+    except Exception as exc:
+        checks.setdefault("mount", False)
+        res["errors"].append(f"oracle: {type(exc).__name__}: {exc}")
+        return
+    if bool(failed(checks)) != bool(control) and spec.get("keep_image", True):
+        save_image(snap.device)  # before a merge consumes the snapshot
+    if snap.mergeable and spec.get("merge", True):
+        try:
+            targets.merge(origin)
+            origin.mount()
+            res["tree_merged"] = check.tree_hash(origin.mountpoint)
+            run(["umount", origin.mountpoint])
+            checks["merge"] = res["tree_merged"] == res["tree_snapshot"]
+        except Exception as exc:
+            checks["merge"] = False
+            res["errors"].append(f"merge: {exc}")
+
+
+def verify_snapshot(
+    spec: dict[str, Any],
+    root: str,
+    ops: list[ledger.Op],
+    begin: float,
+    end: float,
+    seed: int,
+    res: dict[str, Any],
+) -> None:
+    fio_states: dict[str, str] = {}
+    if "fio" in COMPONENTS[spec["workload"]]:
+        fio_states, res["fio_output"] = fiojobs.verify(root, seed)
+    look = observe(root, fio_states, seed)
+    counts = verify.classify(verify.histories(ops), look, begin, end)
+    res["counts"] = counts.__dict__
+    res["checks"]["ledger"] = verify.ledger_ok(counts, spec["method"])
+    res["tree_snapshot"] = check.tree_hash(root)
+
+
+IMAGE = "/tmp/snapshot.img.gz"
+
+
+def save_image(device: str) -> None:
+    log(f"saving {device} compressed for the report")
+    with open(device, "rb") as src, gzip.open(IMAGE, "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def failed(checks: dict[str, bool | None]) -> list[str]:
+    return [name for name, ok in checks.items() if ok is False]
+
+
+def write_artifacts(res: dict[str, Any], keep_image: bool, out: str = OUT_DISK) -> None:
+    if not os.path.exists(out):
+        return
+    members = {
+        "result.json": json.dumps(res, indent=1).encode(),
+        "guest.log": "\n".join(LOG).encode(),
+    }
+    for name in ("fsck_output", "fio_output"):
+        members[name.replace("_output", ".txt")] = str(res.get(name, "")).encode()
+    with open(out, "wb") as disk, tarfile.open(fileobj=disk, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if os.path.exists(LEDGER):
+            tar.add(LEDGER, arcname="ledger.jsonl")
+        if keep_image and os.path.exists(IMAGE):
+            tar.add(IMAGE, arcname="snapshot.img.gz")
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[1])
+    # mkfs.xfs refuses filesystems under 300 MiB unless it is told it runs under a test suite.
+    os.environ.update(TEST_DIR="/tmp", TEST_DEV="/dev/null", QA_CHECK_FS="1")
+    control = spec.get("control") or ""
+    res: dict[str, Any] = {"id": spec["id"], "errors": [], "attempts": 0, "checks": {}}
+    origin = None
+    try:
+        origin = targets.prepare(spec["method"], control, spec["fs"], spec.get("size_mib", 160))
+        for n in range(spec.get("attempts", 1)):
+            res.update(attempts=n + 1, checks={}, counts={})
+            attempt(spec, origin, spec["seed"] + n, res)
+            if not control or failed(res["checks"]):
+                break
+            log(f"control not caught on attempt {n + 1}: trying again")
+    except Exception as exc:
+        res["errors"].append(f"setup: {type(exc).__name__}: {exc}")
+    res["errors"] = [e for e in res["errors"] if e]
+    res["caught_by"] = failed(res["checks"])
+    keep = bool(res["caught_by"] or res["errors"]) != bool(control)
+    write_artifacts(res, keep, spec.get("out_disk", OUT_DISK))
+    res.pop("fsck_output", None)
+    res.pop("fio_output", None)
+    print(json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

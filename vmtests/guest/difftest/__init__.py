@@ -1,0 +1,1 @@
+"""Guest side of the differential test: the dm executor."""

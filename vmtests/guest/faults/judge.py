@@ -1,0 +1,203 @@
+"""Power cuts, the judge (issue 6): after the reboot, ``snapkit recover``, then the oracle.
+
+The oracle, for a cut of any phase:
+
+* recover exits 0;
+* the origin, mounted (its journal replays, as at the next boot), holds every acknowledged
+  file intact -- the base's files and the writer's -- and then fscks clean; after a finished
+  merge it holds the snapshot's tree instead, exactly;
+* the snapshot is ``active`` or cleanly ``absent`` (a create or a discard cut short, a merge
+  finished); an extension never loses it, so there it must be active. An active snapshot
+  fscks clean and holds every file acknowledged before it was taken; one that existed before
+  the operation (merge, discard, extend) still has exactly its tree;
+* no dm device is left suspended and no filesystem left frozen.
+
+Each checker has a negative control (``controls``): the same function, run on a planted fault
+-- an acknowledged file renamed away, a file added to a tree, a frozen mount, a suspended
+device, a zeroed superblock on a throwaway layer -- must report it. Standard library only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from typing import Any
+
+from vmtests.guest import check
+from vmtests.guest.faults.kind import Kind, acked, attach, read_int, snapkit
+from vmtests.guest.proc import CommandError, log, run
+from vmtests.guest.writer import pattern
+
+FITHAW = 0xC0045878
+MAY_BE_ABSENT = {"create": True, "merge": True, "discard": True, "extend": False}
+SUPERBLOCK_AT = {"ext4": 0, "xfs": 0, "btrfs": 64 << 10}
+
+
+def count_lost(directory: str, upto: int) -> int:
+    """Acknowledged files ``f1..f<upto>`` that are missing or not their exact pattern."""
+    lost = 0
+    for n in range(1, upto + 1):
+        try:
+            with open(f"{directory}/f{n}", "rb") as f:
+                ok = f.read() == pattern(n)
+        except OSError:
+            ok = False
+        lost += not ok
+    return lost
+
+
+def suspended() -> list[str]:
+    """Every dm device the kernel shows suspended (sysfs: no process to start)."""
+    out = []
+    for kname in sorted(os.listdir("/sys/block")):
+        path = f"/sys/block/{kname}/dm/suspended"
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read().strip() == "1":
+                    out.append(kname)
+    return out
+
+
+def frozen(mounts: list[str]) -> list[str]:
+    """The mounts that were frozen. FITHAW fails with EINVAL on a filesystem that is not; on
+    one that is, it thaws it -- the probe repairs what it finds, after reporting it."""
+    out = []
+    for mnt in mounts:
+        fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+            out.append(mnt)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return out
+
+
+def state_problem(phase: str, state: str) -> str:
+    """What is wrong with the snapshot's state after recover of a cut ``phase`` ("": nothing).
+    Active, or cleanly absent where the phase may end without it; never merging, invalid or
+    anything else: recover must have finished or undone what the cut left."""
+    allowed = ("absent", "active") if MAY_BE_ABSENT[phase] else ("active",)
+    return "" if state in allowed else f"{state} after recover of a cut {phase}"
+
+
+def _text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def judge(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
+    phase = spec["phase"]
+    out: dict[str, Any] = {"problems": []}
+    problems: list[str] = out["problems"]
+    attach(k)
+    rec = snapkit(k, "recover", "--json", check_ok=False)
+    out["recover_exit"] = rec.returncode
+    log(f"recover said: {rec.stdout.strip()}")
+    if rec.returncode != 0:
+        problems.append(f"recover exited {rec.returncode}: {rec.stderr.strip()[-500:]}")
+    listed = snapkit(k, "snapshot", "list", "--json", check_ok=False)
+    snaps = {s["name"]: s for s in json.loads(listed.stdout or "[]")}
+    state = out["snapshot"] = snaps.get(k.name, {}).get("state", "absent")
+    before = read_int(k.before)
+    run(["mount", "-t", k.fs, k.origin_dev, k.mnt])  # replays the journal, as a boot would
+    out["frozen"] = frozen([k.mnt, k.keep])
+    # A merge cut before the kernel began it leaves the snapshot (re-assembled): the origin
+    # must then hold every acked write; once merged, it must equal the snapshot's tree.
+    merged = phase == "merge" and state == "absent"
+    ledgers = [("w", before)] if merged else [("w", acked(k.ledger)), ("w2", acked(k.ledger2))]
+    out["acked_checked"] = sum(n for _, n in ledgers)
+    out["acked_lost"] = sum(count_lost(f"{k.mnt}/{d}", n) for d, n in ledgers)
+    if merged:
+        out["merge_equal"] = check.tree_hash(k.mnt) == _text(k.expected)
+        if not out["merge_equal"]:
+            problems.append("after the merge the origin differs from the snapshot")
+    run(["umount", k.mnt])
+    result = check.fsck(k.fs, k.origin_dev)
+    out["fsck_origin"] = result.ok
+    if not result.ok:
+        problems.append(f"fsck of the origin: {result.out[-400:]}")
+    if out["acked_lost"]:
+        problems.append(f"{out['acked_lost']} acknowledged writes lost from the origin")
+    wrong = state_problem(phase, state)
+    if wrong:
+        problems.append(f"snapshot {k.name}: {wrong}")
+    if state == "active":
+        _judge_snapshot(k, phase, snaps[k.name]["device"], before, out)
+    out["suspended"] = suspended()
+    if out["suspended"]:
+        problems.append(f"devices left suspended: {out['suspended']}")
+    if out["frozen"]:
+        problems.append(f"filesystems left frozen: {out['frozen']}")
+    out["ok"] = not problems
+    if problems:
+        _diagnose(k)
+    if spec.get("controls"):
+        out["controls"] = controls(k)
+    return out
+
+
+def _judge_snapshot(k: Kind, phase: str, dev: str, before: int, out: dict[str, Any]) -> None:
+    problems: list[str] = out["problems"]
+    result = check.fsck(k.fs, dev)
+    fsck_ok = result.ok or check.xfs_log_only(result)
+    where = "w" if k.snapped else "w2"
+    try:
+        with check.layer(dev) as layer, check.mounted(k.fs, layer, k.snap_mnt):
+            out["snapshot_lost"] = count_lost(f"{k.snap_mnt}/{where}", before)
+            if k.snapped:
+                out["snapshot_equal"] = check.tree_hash(k.snap_mnt) == _text(k.expected)
+                if not out["snapshot_equal"]:
+                    problems.append(f"the snapshot changed during a cut {phase}")
+    except CommandError as exc:  # a snapshot that does not mount is a finding, not a crash
+        out["snapshot_lost"] = before
+        problems.append(f"the snapshot does not mount: {exc}"[:600])
+    out["fsck_snapshot"] = fsck_ok
+    if not fsck_ok:
+        problems.append(f"fsck of the snapshot: {result.out[-400:]}")
+    if out["snapshot_lost"]:
+        problems.append(f"the snapshot lacks {out['snapshot_lost']} files acked before it")
+
+
+def _diagnose(k: Kind) -> None:
+    """Into the judge's log, for a failed cut: what the kernel and the state file show."""
+    for argv in (["dmsetup", "table"], ["dmsetup", "status"], ["losetup", "-a"],
+                 ["cat", f"{k.state}/state.json"], ["ls", "-la", f"{k.state}/cow"]):  # fmt: skip
+        run(argv, check=False)
+
+
+def controls(k: Kind) -> dict[str, bool]:
+    """Plant each fault the judge looks for and run its checker: True = caught."""
+    caught: dict[str, bool] = {}
+    run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+    try:
+        where = next(d for d in ("w", "w2") if os.path.exists(f"{k.mnt}/{d}/f1"))
+        victim = f"{k.mnt}/{where}/f1"
+        os.rename(victim, victim + ".away")
+        caught["lost_ack"] = count_lost(f"{k.mnt}/{where}", 1) == 1
+        os.rename(victim + ".away", victim)
+        caught["lost_ack_clean"] = count_lost(f"{k.mnt}/{where}", 1) == 0
+        digest = check.tree_hash(k.mnt)
+        with open(f"{k.mnt}/planted", "wb") as f:
+            f.write(b"x")
+        caught["tree_differs"] = check.tree_hash(k.mnt) != digest
+        os.unlink(f"{k.mnt}/planted")
+        run(["fsfreeze", "-f", k.mnt])
+        caught["frozen"] = frozen([k.mnt]) == [k.mnt]
+        run(["fsfreeze", "-u", k.mnt], check=False)
+    finally:
+        run(["umount", k.mnt])
+    run(["dmsetup", "suspend", k.dm_name])
+    caught["suspended"] = bool(suspended())
+    run(["dmsetup", "resume", k.dm_name])
+    with check.layer(k.origin_dev) as layer:
+        fd = os.open(layer, os.O_WRONLY)
+        try:
+            os.pwrite(fd, bytes(4096), SUPERBLOCK_AT[k.fs])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        caught["fsck"] = not check.fsck(k.fs, layer).ok
+    return caught

@@ -1,0 +1,266 @@
+"""The Machine lifecycle: one throwaway QEMU process, always reaped.
+
+QEMU is started through ``setpriv --pdeathsig KILL`` in its own session, so it dies with the
+process that started it (even on SIGKILL of that process), a terminal's Ctrl-C reaches only the
+harness (which then kills QEMU in ``__exit__``), and no code path can leave it running. The
+host listens on one Unix socket per virtio-serial port before QEMU starts and QEMU connects as
+a client, so no byte the guest writes early is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from vmtests.vm import payload as payload_mod
+from vmtests.vm.errors import BootError, LostVMError, PanicError, VmError, VmTimeout
+from vmtests.vm.image import Image
+from vmtests.vm.qemu import Accel, Disk, Port, VmConfig, command_line
+
+_PANIC_MARKERS = ("Kernel panic - not syncing", "vmtest-init: FATAL", "vmtest-stage2: FATAL")
+ROOT_SERIAL = "vmtest-root"
+_EXIT_GRACE_S = 2.0  # how long a QEMU whose channel closed gets to finish exiting
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate, which is what a TCG guest's TSC ticks at (see qemu.py)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":", 1)[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class Machine:
+    """A VM booted from ``image`` that runs ``payload``; use it as a context manager."""
+
+    def __init__(
+        self,
+        image: Image,
+        payload: payload_mod.Payload,
+        workdir: Path,
+        *,
+        accel: Accel = Accel.TCG,
+        memory_mib: int = 1024,
+        cpus: int = 1,
+        disks: Sequence[Disk] = (),
+        machine: str = "microvm",
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.image = image
+        self.payload = payload
+        self.workdir = workdir
+        self.accel = accel
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        self.disks = tuple(disks)
+        self.machine = machine
+        self.connect_timeout = connect_timeout
+        self.console_log = workdir / "console.log"
+        self.qemu_log = workdir / "qemu.log"
+        self.ports: dict[str, socket.socket] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._sockdir: str | None = None
+        self.started_at = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def __enter__(self) -> Machine:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def config(self, initrd: Path, sockets: dict[str, Path]) -> VmConfig:
+        root = Disk(self.image.rootfs, ROOT_SERIAL, readonly=True)
+        return VmConfig(
+            kernel=self.image.kernel,
+            initrd=initrd,
+            accel=self.accel,
+            console_log=self.console_log,
+            memory_mib=self.memory_mib,
+            cpus=self.cpus,
+            machine=self.machine,
+            disks=(root, *self.disks),
+            ports=tuple(Port(name, path) for name, path in sockets.items()),
+            tsc_khz=host_tsc_khz(),
+        )
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        initrd = self.workdir / "initrd.img"
+        initrd.write_bytes(self.image.initramfs.read_bytes() + payload_mod.build(self.payload))
+        # Socket paths are limited to ~108 bytes, so they live in a short private folder.
+        self._sockdir = tempfile.mkdtemp(prefix="vmt-")
+        listeners: dict[str, socket.socket] = {}
+        paths: dict[str, Path] = {}
+        for name in self.payload.ports:
+            path = Path(self._sockdir, name)
+            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            lsock.bind(str(path))
+            lsock.listen(1)
+            listeners[name] = lsock
+            paths[name] = path
+        argv = command_line(self.config(initrd, paths))
+        (self.workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
+        self.started_at = time.monotonic()
+        with self.qemu_log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                ["setpriv", "--pdeathsig", "KILL", "--", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            for name, lsock in listeners.items():
+                self.ports[name] = self._accept(lsock)
+        finally:
+            for lsock in listeners.values():
+                lsock.close()
+
+    def _accept(self, lsock: socket.socket) -> socket.socket:
+        deadline = time.monotonic() + self.connect_timeout
+        lsock.settimeout(0.05)
+        while True:
+            try:
+                conn, _ = lsock.accept()
+                conn.settimeout(None)
+                return conn
+            except TimeoutError:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise BootError(
+                        f"QEMU exited with {self.proc.returncode} before connecting: "
+                        + self.qemu_log.read_text(errors="replace").strip()[-2000:]
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise BootError("QEMU did not connect its serial ports in time") from None
+
+    def wait(self, timeout: float | None) -> int:
+        """Wait for QEMU to end; on timeout kill it and raise VmTimeout."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise VmTimeout(
+                f"the VM did not finish within {timeout:.0f} s and was killed",
+                console_tail=self.console_tail(),
+            ) from None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Power cut: SIGKILL QEMU. Disks keep whatever QEMU had written to them."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        for sock in self.ports.values():
+            sock.close()
+        self.ports.clear()
+        if self._sockdir:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+            self._sockdir = None
+
+    # -- diagnosis -----------------------------------------------------------------------
+    def console_tail(self, lines: int = 40) -> str:
+        return _tail(self.console_log, lines)
+
+    def qemu_log_tail(self, lines: int = 15) -> str:
+        """QEMU's own complaints (a KVM abort, a bad option, an I/O error on a disk)."""
+        return _tail(self.qemu_log, lines)
+
+    def failure(self, what: str) -> VmError:
+        """Explain why the guest stopped answering: a panic, or a lost VM.
+
+        A closed channel usually means QEMU is on its way out, so wait a moment for it to end:
+        its exit status and its own log then say why (a KVM abort, an OOM kill, a panic).
+        """
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(_EXIT_GRACE_S)
+        tail = self.console_tail()
+        panic = self.panic_excerpt()
+        if panic:
+            return PanicError(f"the guest kernel panicked {what}", console_tail=panic)
+        code = self.proc.poll() if self.proc else None
+        if code is None:
+            return LostVMError(f"the VM was lost {what} (QEMU still running)", console_tail=tail)
+        message = f"the VM was lost {what} (QEMU {_describe_exit(code)})"
+        log = self.qemu_log_tail()
+        if log:
+            message += "; QEMU said:\n" + log
+        return LostVMError(message, console_tail=tail)
+
+    def panic_excerpt(self, before: int = 10, after: int = 30) -> str:
+        """The console around the first panic or fatal init line, or "" if there is none.
+
+        Around it, not the tail: a panic's stack trace is longer than a tail, and the line that
+        says why ("Kernel panic - not syncing: ...") comes before it.
+        """
+        try:
+            lines = self.console_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for i, line in enumerate(lines):
+            if any(marker in line for marker in _PANIC_MARKERS):
+                return "\n".join(lines[max(0, i - before) : i + after])
+        return ""
+
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def make_disk(path: Path, size_bytes: int, fmt: str = "raw", backing: Path | None = None) -> Path:
+    """A sparse raw file, or a qcow2 overlay on ``backing`` (which then stays untouched)."""
+    if fmt == "raw":
+        with path.open("wb") as f:
+            f.truncate(size_bytes)
+        return path
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        argv += ["-F", "raw", "-b", str(backing)]
+    argv += [str(path), str(size_bytes)]
+    subprocess.run(argv, check=True, capture_output=True, env={**os.environ, "LC_ALL": "C"})
+    return path
+
+
+__all__ = ["ROOT_SERIAL", "Machine", "host_tsc_khz", "make_disk"]

@@ -1,0 +1,121 @@
+"""The per-boot initramfs archive: the working tree, the init, and what this boot must do.
+
+It is appended to the cached base initramfs (the kernel unpacks concatenated archives, later
+members winning), so the guest always runs the current ``snapkit/`` and ``vmtests/guest/``
+without an image rebuild. Building it takes milliseconds.
+
+The command to run travels as one file per argument, never as a string, so no argument is
+re-split or unquoted on the way in, whatever bytes it holds.
+
+Python sources travel with hash-checked ``.pyc`` files compiled on the host: the guest cannot
+write bytecode (its root is read-only and the env says not to), and compiling snapkit from
+source under TCG costs seconds at every ``snapkit`` start. The guest checks each file against
+its source's hash, so a stale one is never used; a host Python of another minor version
+writes files under another cache tag, which the guest simply ignores.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib.util
+import marshal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmtests.vm import cpio
+
+TREE = Path(__file__).resolve().parents[2]
+_SKIP = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
+_SNAPKIT_WRAPPER = b'#!/bin/sh\nexec python3 -S -m snapkit "$@"\n'  # -S: no site, stdlib only
+
+
+class Mode(enum.StrEnum):
+    EXEC = "exec"  # run one command with its streams on ports, then power off
+    AGENT = "agent"  # run the agent: many commands and file copies over one port
+
+
+EXEC_PORTS = ("stdin", "stdout", "stderr", "status")
+AGENT_PORTS = ("agent",)
+
+
+@dataclass(frozen=True)
+class Payload:
+    mode: Mode
+    argv: tuple[str, ...] = ()
+    hostname: str = "vmtest"
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return EXEC_PORTS if self.mode is Mode.EXEC else AGENT_PORTS
+
+
+def _guest_env(extra: dict[str, str]) -> bytes:
+    base = (TREE / "images" / "guest.env").read_text()
+    for key, value in extra.items():
+        if not key.isidentifier() or "\n" in value or "'" in value:
+            raise ValueError(f"guest environment {key}={value!r} cannot be passed safely")
+        base += f"{key}='{value}'\n"
+    return base.encode()
+
+
+_PYC_CACHE: dict[tuple[str, bytes], bytes] = {}
+_FLAGS_CHECKED_HASH = (0b11).to_bytes(4, "little")  # PEP 552: hash-based, check source
+
+
+def _pyc(guest_path: str, source: bytes) -> bytes:
+    key = (guest_path, hashlib.sha256(source).digest())
+    if key not in _PYC_CACHE:
+        code = compile(source, guest_path, "exec", dont_inherit=True)
+        header = importlib.util.MAGIC_NUMBER + _FLAGS_CHECKED_HASH
+        _PYC_CACHE[key] = header + importlib.util.source_hash(source) + marshal.dumps(code)
+    return _PYC_CACHE[key]
+
+
+def with_bytecode(entries: list[cpio.Entry]) -> list[cpio.Entry]:
+    """Add a ``__pycache__/NAME.TAG.pyc`` beside every ``.py`` file entry."""
+    out = list(entries)
+    tag = sys.implementation.cache_tag
+    for entry in entries:
+        if entry.name.endswith(".py") and entry.data:
+            folder, _, name = entry.name.rpartition("/")
+            pyc = f"{folder}/__pycache__/{name[:-3]}.{tag}.pyc"
+            out.append(cpio.Entry.file(pyc, _pyc("/" + entry.name, entry.data)))
+    return out
+
+
+def build(payload: Payload, tree: Path = TREE) -> bytes:
+    e = cpio.Entry
+    python = [
+        *cpio.tree(tree / "snapkit", "src/snapkit", skip=_SKIP),
+        *cpio.tree(tree / "vmtests" / "guest", "src/vmtests/guest", skip=_SKIP),
+        e.file("src/vmtests/__init__.py", b""),
+    ]
+    entries = [
+        e.file("init", (tree / "images" / "init.sh").read_bytes(), 0o755),
+        *with_bytecode(python),
+        e.file("src/bin/snapkit", _SNAPKIT_WRAPPER, 0o755),
+        e.file("vmtest/env", _guest_env(payload.env)),
+        e.file("vmtest/mode", f"{payload.mode}\n".encode()),
+        e.file("vmtest/hostname", f"{payload.hostname}\n".encode()),
+        e.file("vmtest/ports", (" ".join(payload.ports) + "\n").encode()),
+        e.directory("vmtest/argv"),
+    ]
+    entries += [e.file(f"vmtest/argv/{i:05d}", a.encode()) for i, a in enumerate(payload.argv)]
+    return cpio.archive(entries)
+
+
+def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """Check an argv for the guest: arguments cannot hold NUL bytes (neither can execve's)."""
+    if not argv:
+        raise ValueError("no command given")
+    for arg in argv:
+        if "\0" in arg:
+            raise ValueError(f"argument {arg[:20]!r}... holds a NUL byte, which no argv can carry")
+    return tuple(argv)
+
+
+__all__ = ["AGENT_PORTS", "EXEC_PORTS", "Mode", "Payload", "build", "command_argv"]
