@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
+from vmtests import guest
 from vmtests.vm.session import Session
-
-SCRIPT = "/src/vmtests/guest/faults/hostile.py"
 
 # Cases that snapkit does not refuse cleanly today: other owners' bugs, reported. Each entry
 # says what happens; the test fails if a case outside this list is not clean, and notes when
@@ -27,7 +26,7 @@ KNOWN_BUGS: dict[str, str] = {}
 
 
 def _run(vm: Session, *args: str) -> dict[str, Any]:
-    result = vm.run(["python3", "-I", "-S", SCRIPT, *args], timeout=900)
+    result = vm.run(guest.command("faults.hostile", *args), timeout=900)
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
     return dict(json.loads(result.stdout))
 

@@ -23,8 +23,8 @@ IMAGE = "/tmp/cow/s.img"
 # writer.py's files and pattern, at the pace of the brief, surviving EROFS in the window.
 SLOW_WRITER = """
 import os, sys, time
-sys.path.insert(0, "/src/vmtests/guest")
-from writer import pattern, _fsync_dir
+sys.path.insert(0, "/src")
+from vmtests.guest.writer import pattern, _fsync_dir
 from pathlib import Path
 d, ledger, stop = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 d.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 import time
 
 import pytest
 from workload import ENV, interrupted_at, snapkit
 
+from vmtests import guest
 from vmtests.vm.session import Session
 
 VG = (
@@ -45,7 +47,7 @@ VG = (
 )
 CREATE = ["snapshot", "create", "/mnt/o", "--name", "s1", "--method", "lvm"]
 MERGE = ["snapshot", "merge", "s1", "--wait"]
-SIGWHEN = "/src/vmtests/guest/faults/sigwhen.py"
+SIGWHEN = shlex.join(guest.command("faults.sigwhen"))
 
 
 def make_vg(vm: Session, fs: str = "ext4") -> None:
@@ -106,7 +108,7 @@ def inside_suspend(vm: Session, args: list[str], signum: int, tries: int = 4) ->
     """Run snapkit and send ``signum`` while the origin is suspended; retried until it fired
     (returns the last run's report; the caller undoes what a run that did not fire made)."""
     env = " ".join(f"{k}={v}" for k, v in ENV.items())
-    argv = ["sh", "-c", f"exec env {env} python3 {SIGWHEN} vg-lv {signum} 300 -- snapkit "
+    argv = ["sh", "-c", f"exec env {env} {SIGWHEN} vg-lv {signum} 300 -- snapkit "
             f"{' '.join(args)} 2>/tmp/err >/tmp/out"]  # fmt: skip
     report: dict[str, object] = {}
     for _ in range(tries):

@@ -4,15 +4,16 @@ fingerprint of everything snapkit could change (tables, loops, mounts, state fil
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass
 
+from vmtests import guest
 from vmtests.vm.channel import Process
 from vmtests.vm.session import Session
 
 ENV = {"SNAPKIT_STATE_DIR": "/tmp/state"}
 COW_DIR = "/tmp/cow"
-WRITER = "/src/vmtests/guest/writer.py"
 
 MKFS = {
     "ext4": "/sbin/mkfs.ext4 -q -F",
@@ -68,7 +69,7 @@ def umount(vm: Session, point: str) -> None:
 
 def start_writer(vm: Session, directory: str = "/mnt/o/w") -> Process:
     vm.sh("rm -f /tmp/stop /tmp/ledger")
-    proc = vm.spawn(["python3", WRITER, "write", directory, "/tmp/ledger", "/tmp/stop"])
+    proc = vm.spawn(guest.command("writer", "write", directory, "/tmp/ledger", "/tmp/stop"))
     wait_ledger(vm, 3)
     return proc
 
@@ -95,12 +96,14 @@ def stop_writer(vm: Session, proc: Process) -> int:
 
 
 def manifest(vm: Session, directory: str) -> dict[str, str]:
-    return dict(json.loads(vm.sh(f"python3 {WRITER} manifest {directory}").stdout))
+    return dict(
+        json.loads(vm.sh(shlex.join(guest.command("writer", "manifest", directory))).stdout)
+    )
 
 
 def check_files(vm: Session, directory: str, acknowledged: int) -> int:
     """Every acknowledged file is intact; returns the highest file number present."""
-    result = vm.run(["python3", WRITER, "check", directory, str(acknowledged)])
+    result = vm.run(guest.command("writer", "check", directory, str(acknowledged)))
     assert result.returncode == 0, result.stderr.decode()
     return int(result.stdout.decode())
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from vmtests import guest
 from vmtests.campaign import oracle, scenarios
 from vmtests.campaign.oracle import Result
 from vmtests.campaign.scenarios import Scenario
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from vmtests.vm.image import Image
     from vmtests.vm.qemu import Accel
 
-RUNNER = "/src/vmtests/guest/campaign/scenario.py"
 RESULT_KEY = "campaign_result"
 SCENARIO_TIMEOUT_S = 300.0
 LVM_DISK_MIB = 400
@@ -156,7 +156,7 @@ def run_scenario(
         try:
             code = execute.run(
                 image,
-                ["python3", "-I", "-S", RUNNER, spec],
+                guest.command("campaign.scenario", spec),
                 work,
                 stdout=out.extend,
                 stderr=err.extend,

@@ -1,8 +1,8 @@
 """``vmtest difftest``: the offline dm-snapshot model against the real kernel, history by history.
 
-Hypothesis draws histories (``vmtests.difftest_ops``); each runs in one long-lived guest
-executor (``vmtests/guest/dmexec.py``, one round trip per history) and in snapkit's model on
-the host (``vmtests.difftest_model``). Both answer every operation with its result (a read's
+Hypothesis draws histories (``vmtests.difftest.ops``); each runs in one long-lived guest
+executor (``vmtests.guest.difftest.dmexec``, one round trip per history) and in snapkit's model
+on the host (``vmtests.difftest.model``). Both answer every operation with its result (a read's
 digest, an errno), the status line of every dm device, and at check points (after each reload
 and merge, and at the end) the digest of every device's whole content and of every backing
 file, COWs included: equal digests are equal bytes. The first step where anything differs is
@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmtests import guest
 from vmtests.difftest.model import ModelSide, Observation
 from vmtests.difftest.ops import History, Merge, Read, Reload, histories, well_formed
 from vmtests.vm.session import Session
 
-EXECUTOR = ["python3", "-I", "-S", "/src/vmtests/guest/difftest/dmexec.py"]
+EXECUTOR = guest.command("difftest.dmexec")
 GUEST_ROOT = "/tmp/difftest"
 SHRINK_BUDGET = 150  # histories run while shrinking; then the smallest one so far is kept
 

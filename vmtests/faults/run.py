@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmtests import guest
 from vmtests.faults.matrix import Cut, kind_spec
 from vmtests.vm.errors import ChannelError
 
-GUEST = "/src/vmtests/guest/faults/main.py"
-HOSTILE = "/src/vmtests/guest/faults/hostile.py"
 ORIGIN_MIB, KEEP_MIB = 256, 160
 PAUSE_TIMEOUT_S = 90.0
 STEP_TIMEOUT_S = 300.0  # a hung judge fails its cut; it must not eat the run's 15 minutes
@@ -84,7 +83,7 @@ class Runner:
         try:
             with Session(self.image, folder / f"boot-{kids[0]}", accel=self.accel,
                          disks=disks) as vm:  # fmt: skip
-                done = vm.run(["python3", "-I", "-S", GUEST, "build", specs], timeout=900)
+                done = vm.run(guest.command("faults.main", "build", specs), timeout=900)
                 (folder / f"build-{kids[0]}.log").write_bytes(done.stderr)
                 vm.power_cut()
             if done.ok:
@@ -160,7 +159,7 @@ class Runner:
             t_start = time.monotonic()
             with Session(self.image, workdir, accel=self.accel, disks=disks) as vm:
                 booted = time.monotonic()
-                step = vm.run(["python3", "-I", "-S", GUEST, "step", json.dumps(todo)],
+                step = vm.run(guest.command("faults.main", "step", json.dumps(todo)),
                               timeout=STEP_TIMEOUT_S)  # fmt: skip
                 t_step = time.monotonic()
                 times.update(prepare_s=t_start - t0, boot_s=booted - t_start,
@@ -238,7 +237,7 @@ class Runner:
         from vmtests.vm.session import Session
 
         t0 = time.monotonic()
-        argv = ["python3", "-I", "-S", HOSTILE, "--control"]
+        argv = guest.command("faults.hostile", "--control")
         if sample is not None:
             argv += ["--sample", str(sample), "--seed", str(self.seed)]
         folder = self.report / "bad-inputs"

@@ -12,16 +12,18 @@ finish() {
     exec /bin/busybox reboot -f
 }
 
+# Rebuild argv from one file per argument (the command, or the agent's argv, which the host
+# makes with vmtests.guest.command). The "x" guard keeps trailing newlines, so every byte
+# survives and no argument is ever re-split or unquoted on the way in.
+set --
+for f in /vmtest/argv/*; do
+    [ -e "$f" ] || continue
+    a=$(cat "$f"; printf x)
+    set -- "$@" "${a%x}"
+done
+
 case "$mode" in
 exec)
-    # Rebuild argv from one file per argument. The "x" guard keeps trailing newlines, so every
-    # byte survives and no argument is ever re-split or unquoted on the way in.
-    set --
-    for f in /vmtest/argv/*; do
-        [ -e "$f" ] || continue
-        a=$(cat "$f"; printf x)
-        set -- "$@" "${a%x}"
-    done
     # Through /usr/bin/env: this script runs in busybox's standalone shell, which would
     # otherwise run its own applets for the user's "sh", "mount", ... instead of Debian's.
     /usr/bin/env "$@" </dev/vmtest/stdin >/dev/vmtest/stdout 2>/dev/vmtest/stderr
@@ -29,7 +31,7 @@ exec)
     finish
     ;;
 agent)
-    python3 -I -S /src/vmtests/guest/agent.py /dev/vmtest/agent
+    "$@"
     finish
     ;;
 *)

@@ -10,12 +10,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from vmtests import guest
 from vmtests.vm.channel import Channel, CommandResult, Process
 from vmtests.vm.errors import BootError, LostVMError
 from vmtests.vm.image import Image
 from vmtests.vm.machine import Machine
 from vmtests.vm.payload import Mode, Payload
 from vmtests.vm.qemu import Accel, Disk
+
+# The agent on its port, started by stage2.sh like any command (argv files in the payload).
+AGENT_ARGV = tuple(guest.command("agent", "/dev/vmtest/agent"))
 
 
 class Session:
@@ -33,7 +37,7 @@ class Session:
     ) -> None:
         self.machine = Machine(
             image,
-            Payload(Mode.AGENT, hostname=hostname),
+            Payload(Mode.AGENT, AGENT_ARGV, hostname=hostname),
             workdir,
             accel=accel,
             memory_mib=memory_mib,

@@ -6,7 +6,7 @@ fio), the snapshot command between two readings of CLOCK_MONOTONIC, fsck, the th
 the ledger verification, fio's verify pass, the merge and the tree comparison. It prints one
 JSON object on stdout and writes its artifacts as a tar onto the disk with serial ``out``.
 
-    python3 -I -S /src/vmtests/guest/campaign/scenario.py '{"id": ..., "fs": ..., ...}'
+    guest.command("campaign.scenario", '{"id": ..., "fs": ..., ...}')   # on the host
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Hostile and bad input for every snapkit verb, in one guest process (issue 6, item 4).
 
-    python3 -I -S /src/vmtests/guest/faults/hostile.py [--control]
+    guest.command("faults.hostile"[, "--control"])
 
 Sets up what the cases need -- a plain loop device with ext4 mounted, a prepared dm origin with
 a dm snapshot that is mounted, a second prepared origin (unmounted) whose snapshot is made

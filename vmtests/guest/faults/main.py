@@ -1,7 +1,7 @@
 """Power cuts, guest side (issue 6): build base disks once, then arm a cut and judge the last.
 
-    python3 -I -S /src/vmtests/guest/faults/main.py build '[spec, ...]'
-    python3 -I -S /src/vmtests/guest/faults/main.py step  '{"judge": spec|null, "arm": spec|null}'
+    guest.command("faults.main", "build", '[spec, ...]')
+    guest.command("faults.main", "step", '{"judge": spec|null, "arm": spec|null}')
 
 A *kind* (``kid``) is a filesystem, a method and a starting content: ``empty`` (a prepared dm
 origin or an LVM LV, freshly made, for the create cuts) or ``snapped`` (the same with a
@@ -39,7 +39,7 @@ import time
 import traceback
 from typing import Any
 
-from vmtests.guest import check
+from vmtests.guest import check, command
 from vmtests.guest.faults.kind import Kind, acked, attach, durable, snapkit, teardown
 from vmtests.guest.proc import log, run
 from vmtests.guest.writer import pattern
@@ -49,7 +49,6 @@ MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"],
 BASE_FILES, LATER_FILES = 24, 40  # files before the snapshot, and after it (the COW's content)
 COW_SIZE = "32M"
 BALLAST_MIB = 12  # written after the snapshot: a COW the kernel's merge takes a while to copy
-WRITER = "/src/vmtests/guest/writer.py"
 
 
 def write_files(directory: str, ledger: str, first: int, last: int) -> None:
@@ -125,7 +124,7 @@ def arm(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
     if phase != "merge":  # a merge needs the origin unmounted; the others run under writes
         run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
         subprocess.Popen(
-            ["nice", "-n", "10", "python3", "-I", "-S", WRITER, "write", f"{k.mnt}/w2",
+            ["nice", "-n", "10", *command("writer", "write"), f"{k.mnt}/w2",
              k.ledger2, k.stop],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # outlives this script: the agent ends its process group
