@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmtests.vm.errors import VmError
+from vmtests.vm.errors import ImageError, VmError
 
 if TYPE_CHECKING:
     from vmtests.vm.image import Image
@@ -139,7 +139,7 @@ def _image() -> Image:
 
     try:
         return image.find()
-    except image.ImageError as exc:
+    except ImageError as exc:
         raise SystemExit(f"vmtest: {exc}") from None
 
 
@@ -151,7 +151,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         img, built = image.build(force=args.force)
-    except image.ImageError as exc:
+    except ImageError as exc:
         print(f"vmtest: image build failed: {exc}", file=sys.stderr)
         return 1
     took = time.monotonic() - t0

@@ -148,10 +148,11 @@ def _point_latest(run: Path) -> None:
 @pytest.fixture(scope="session")
 def vm_image() -> Image:
     from vmtests.vm import image
+    from vmtests.vm.errors import ImageError
 
     try:
         return image.find()
-    except image.ImageError as exc:
+    except ImageError as exc:
         pytest.skip(str(exc))
 
 

@@ -1,14 +1,18 @@
-"""The harness's errors, one root, shaped so a caller can tell a failing test from a broken VM::
+"""The harness's errors: one tree, so a caller can tell a failing test from a broken VM::
 
-    VmError                  root
-    ├── ImageMissing         no built image for the current recipe (run 'vmtest image build')
+    VmError                  root: the VM layer could not do its job (message, console_tail)
+    ├── ImageError           the guest image cannot be built or is not there (recipe)
     ├── BootError            QEMU refused to start, or the guest never became ready
-    ├── PanicError           the guest kernel panicked; carries the console tail
-    ├── LostVMError          QEMU vanished mid-conversation (killed, crashed, out of memory)
-    ├── VmTimeout            a hard deadline passed; the VM was killed
+    ├── PanicError           the guest kernel panicked; console_tail holds the panic
+    ├── LostVMError          QEMU vanished mid-conversation: killed, crashed, out of memory
+    │                        (exit_code: QEMU's status, None while it still runs)
+    ├── VmTimeout            a hard deadline passed and the VM was killed (seconds)
     └── ChannelError         the guest agent answered something that breaks the protocol
 
 A command that runs and exits non-zero is not an error here: it is a result with an exit code.
+Above this layer a ``VmError`` while a scenario or a cut runs is a *lost* VM, judged apart from
+a failing scenario (``vmtests.campaign.oracle.Verdict.LOST``); any other exception is a bug in
+the harness and surfaces as one.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ class VmError(Exception):
         return self.message
 
 
-class ImageMissing(VmError):
-    pass
+class ImageError(VmError):
+    """The image could not be built or is not there; the message says what to do."""
+
+    def __init__(self, message: str, *, recipe: str = "") -> None:
+        super().__init__(message)
+        self.recipe = recipe
 
 
 class BootError(VmError):
@@ -41,11 +49,15 @@ class PanicError(VmError):
 
 
 class LostVMError(VmError):
-    pass
+    def __init__(self, message: str, *, console_tail: str = "", exit_code: int | None = None):
+        super().__init__(message, console_tail=console_tail)
+        self.exit_code = exit_code
 
 
 class VmTimeout(VmError):
-    pass
+    def __init__(self, message: str, *, console_tail: str = "", seconds: float | None = None):
+        super().__init__(message, console_tail=console_tail)
+        self.seconds = seconds
 
 
 class ChannelError(VmError):
@@ -55,7 +67,7 @@ class ChannelError(VmError):
 __all__ = [
     "BootError",
     "ChannelError",
-    "ImageMissing",
+    "ImageError",
     "LostVMError",
     "PanicError",
     "VmError",

@@ -28,16 +28,13 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from vmtests.vm import cpio
+from vmtests.vm.errors import ImageError
 
 RECIPE_VERSION = "3"  # 3: squashfs by sqfstar from the tar (any user builds it, root-owned)
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "images"
 SOURCE_DATE_EPOCH = 1700000000  # fixed timestamps make the artefacts reproducible
 
 Say = Callable[[str], None]
-
-
-class ImageError(Exception):
-    """The image could not be built or is not there; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,10 @@ def find(recipe: Path = RECIPE_DIR) -> Image:
     """The cached image for the current recipe, or an error that says how to build it."""
     image = Image(cache_dir() / recipe_hash(recipe))
     if not image.rootfs.exists():
-        raise ImageError(f"no guest image for recipe {image.recipe_hash}: run 'vmtest image build'")
+        raise ImageError(
+            f"no guest image for recipe {image.recipe_hash}: run 'vmtest image build'",
+            recipe=image.recipe_hash,
+        )
     return image
 
 
@@ -526,7 +526,6 @@ def _initramfs(root: RootTar, kver: str, recipe: Path, scratch: Path) -> bytes:
 __all__ = [
     "HostFacts",
     "Image",
-    "ImageError",
     "RootTar",
     "build",
     "cache_dir",

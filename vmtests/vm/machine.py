@@ -163,6 +163,7 @@ class Machine:
             raise VmTimeout(
                 f"the VM did not finish within {timeout:.0f} s and was killed",
                 console_tail=self.console_tail(),
+                seconds=timeout,
             ) from None
 
     def running(self) -> bool:
@@ -211,7 +212,7 @@ class Machine:
         log = self.qemu_log_tail()
         if log:
             message += "; QEMU said:\n" + log
-        return LostVMError(message, console_tail=tail)
+        return LostVMError(message, console_tail=tail, exit_code=code)
 
     def panic_excerpt(self, before: int = 10, after: int = 30) -> str:
         """The console around the first panic or fatal init line, or "" if there is none.

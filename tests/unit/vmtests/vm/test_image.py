@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vmtests.vm import image
+from vmtests.vm.errors import ImageError
 
 MODULES_DEP = """\
 kernel/drivers/md/dm-mod.ko:
@@ -60,7 +61,7 @@ def test_paths_are_as_modules_dep_names_them(modules_dep: str) -> None:
 
 
 def test_unknown_module_is_an_error_that_names_it(modules_dep: str) -> None:
-    with pytest.raises(image.ImageError, match="ext4 is not in this kernel"):
+    with pytest.raises(ImageError, match="ext4 is not in this kernel"):
         image.module_load_order(modules_dep, ["loop", "ext4"])
 
 
@@ -106,7 +107,7 @@ def test_find_names_the_command_when_no_image_is_cached(
     recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SNAPKIT_IMAGE_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(image.ImageError, match="vmtest image build"):
+    with pytest.raises(ImageError, match="vmtest image build"):
         image.find(recipe)
 
 
@@ -189,15 +190,15 @@ def test_paths_resolve_through_merged_usr_links(root_tar: tarfile.TarFile) -> No
 
 def test_a_missing_file_is_an_image_error_that_names_it(root_tar: tarfile.TarFile) -> None:
     root = image.RootTar(root_tar)
-    with pytest.raises(image.ImageError, match="no file usr/bin/fio"):
+    with pytest.raises(ImageError, match="no file usr/bin/fio"):
         root.read("usr/bin/fio")
-    with pytest.raises(image.ImageError, match="no file boot"):
+    with pytest.raises(ImageError, match="no file boot"):
         root.read("boot")  # a directory is not a file
 
 
 def test_a_symlink_loop_is_an_image_error() -> None:
     tar = _read_tar(_tar([_link("./a", "b"), _link("./b", "a")]))
-    with pytest.raises(image.ImageError, match="too many symlinks"):
+    with pytest.raises(ImageError, match="too many symlinks"):
         image.RootTar(tar).read("a/x")
 
 
@@ -290,7 +291,7 @@ def test_a_user_with_tools_and_subids_may_build() -> None:
     "subuid", ["", "bob:100000:65536\n", "alice:100000:1000\n", "# alice:1:65536\n"]
 )
 def test_too_few_subids_name_the_usermod_that_fixes_it(subuid: str) -> None:
-    with pytest.raises(image.ImageError, match=r"/etc/subuid grants alice .*usermod --add-subuids"):
+    with pytest.raises(ImageError, match=r"/etc/subuid grants alice .*usermod --add-subuids"):
         image.check_host(_host(subuid=subuid))
 
 
@@ -299,13 +300,13 @@ def test_subids_are_not_needed_as_root() -> None:
 
 
 def test_a_missing_uidmap_names_its_package_for_a_user_only() -> None:
-    with pytest.raises(image.ImageError, match=r"newuidmap not found.*apt-get install uidmap"):
+    with pytest.raises(ImageError, match=r"newuidmap not found.*apt-get install uidmap"):
         image.check_host(_host(missing_tools=frozenset({"newuidmap"})))
     image.check_host(_host(euid=0, missing_tools=frozenset({"newuidmap"})))
 
 
 def test_a_missing_build_tool_names_its_package() -> None:
-    with pytest.raises(image.ImageError, match=r"sqfstar not found.*squashfs-tools"):
+    with pytest.raises(ImageError, match=r"sqfstar not found.*squashfs-tools"):
         image.check_host(_host(euid=0, missing_tools=frozenset({"sqfstar"})))
 
 
@@ -325,7 +326,7 @@ def test_subid_ranges_add_up() -> None:
     ("exc", "message"),
     [
         (OSError(28, "No space left on device"), "OSError: .*No space left"),
-        (image.ImageError("sqfstar failed (exit 1)"), "sqfstar failed"),
+        (ImageError("sqfstar failed (exit 1)"), "sqfstar failed"),
     ],
 )
 def test_a_failed_build_leaves_no_folder_and_no_traceback(
@@ -340,7 +341,7 @@ def test_a_failed_build_leaves_no_folder_and_no_traceback(
     monkeypatch.setenv("SNAPKIT_IMAGE_CACHE", str(cache))
     monkeypatch.setattr(image, "check_host", lambda _host: None)
     monkeypatch.setattr(image, "_build_into", fail)
-    with pytest.raises(image.ImageError, match=message):
+    with pytest.raises(ImageError, match=message):
         image.build(recipe=recipe, say=lambda _msg: None)
     assert sorted(p.name for p in cache.iterdir()) == [".lock"]
 
@@ -351,7 +352,7 @@ def test_the_host_is_checked_before_anything_is_built(
     monkeypatch.setenv("SNAPKIT_IMAGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(image.HostFacts, "current", classmethod(lambda _cls: _host(subuid="")))
     monkeypatch.setattr(image, "_build_into", lambda *_args: pytest.fail("built anyway"))
-    with pytest.raises(image.ImageError, match="/etc/subuid grants alice 0 ids"):
+    with pytest.raises(ImageError, match="/etc/subuid grants alice 0 ids"):
         image.build(recipe=recipe, say=lambda _msg: None)
 
 
