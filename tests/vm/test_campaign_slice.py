@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vmtests.campaign import runner as campaign
-from vmtests.campaign import scenarios
+from vmtests.campaign import runner, scenarios
 from vmtests.campaign.oracle import Verdict
 from vmtests.vm.image import Image
 from vmtests.vm.qemu import Accel
@@ -19,10 +18,10 @@ SLICE = ("ext4-dm-writer", "btrfs-btrfs-native-writer", "control-dd-copy-ext4-wr
 @pytest.mark.parametrize("sid", SLICE)
 def test_campaign_slice(sid: str, vm_image: Image, vm_accel: Accel, tmp_path: Path) -> None:
     (scenario,) = scenarios.select("full", ids=[sid])
-    reason = campaign.why_not_runnable(scenario)
+    reason = runner.why_not_runnable(scenario)
     if reason:
         pytest.skip(reason)
-    result = campaign.run_scenario(scenario, vm_image, vm_accel, tmp_path / sid)
+    result = runner.run_scenario(scenario, vm_image, vm_accel, tmp_path / sid)
     where = f"{result.reason} (repro: {result.repro}; artifacts in {tmp_path / sid})"
     if scenario.is_control:
         assert result.verdict is Verdict.CAUGHT, where

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import pytest
 
 from vmtests.campaign import oracle, report
 from vmtests.campaign.oracle import Result
+from vmtests.campaign.scenarios import Scenario
 
-RESULT_KEY = "campaign_result"
+RESULT_KEY = "campaign_result"  # the user_properties key a worker's result travels under
 STYLE = {
     "queued": "dim",
     "running": "yellow",
@@ -26,6 +28,8 @@ STYLE = {
     "caught": "blue",
     "fail": "bold red",
     "skipped": "dim",
+    "lost": "yellow",
+    "error": "magenta",
 }
 
 
@@ -34,8 +38,9 @@ def _scenario_id(nodeid: str) -> str:
 
 
 class Collector:
-    def __init__(self, folder: Path, *, live: bool) -> None:
+    def __init__(self, folder: Path, scenarios: Sequence[Scenario], *, live: bool) -> None:
         self.folder = folder
+        self.scenarios = {s.id: s for s in scenarios}
         self.results: dict[str, Result] = {}
         self.states: dict[str, str] = {}
         self.started: dict[str, float] = {}
@@ -45,10 +50,8 @@ class Collector:
 
     # -- pytest hooks ------------------------------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        from vmtests.campaign.runner import chosen
-
-        for s in chosen(session.config):
-            self.states[s.id] = "queued"
+        for sid in self.scenarios:
+            self.states[sid] = "queued"
         if self.live_wanted:
             from rich.console import Console
             from rich.live import Live
@@ -82,10 +85,8 @@ class Collector:
         results = list(self.results.values())
         for sid, state in self.states.items():
             if sid not in self.results and state == "fail":
-                from vmtests.campaign.scenarios import select
-
-                scenario = select("full", ids=[sid])[0]
-                results.append(oracle.lost_vm(scenario, 0.0, "the test errored before a result"))
+                scenario = self.scenarios[sid]
+                results.append(oracle.no_result(scenario, 0.0, "the test errored before a result"))
         report.write_all(self.folder, results)
         from rich.console import Console
 

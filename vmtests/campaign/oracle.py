@@ -26,6 +26,10 @@ checked. A negative control is *caught* when some check failed; the report names
 A crash of the harness itself (host side: a bug in this package, a Python too old for it) says
 nothing about snapkit, so it is its own verdict, ``error``, never ``fail``: its reason names the
 exception (``harness error: TypeError: ...``) instead of hiding it in a log.
+
+A VM lost on the way (QEMU gone, a panic, a hard timeout: a ``VmError``) says nothing about
+snapkit, so it is its own verdict, ``lost``, never ``fail``: results.json says ``lost``, junit
+an ``<error>`` (the test could not run), and the exit code is still 1.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Verdict(enum.StrEnum):
     CAUGHT = "caught"
     SKIPPED = "skipped"  # not run: the method is not in snapkit yet (the reason says so)
     ERROR = "error"  # the harness itself crashed: no verdict on snapkit (the reason says why)
+    LOST = "lost"  # the VM was lost before the guest printed a result: no verdict on snapkit
 
     @property
     def ok(self) -> bool:
@@ -117,10 +122,18 @@ def _base(scenario: Scenario, duration: float) -> dict[str, Any]:
     }
 
 
-def skipped(scenario: Scenario, reason: str) -> Result:
+def _unmeasured(
+    scenario: Scenario,
+    duration: float,
+    verdict: Verdict,
+    reason: str,
+    errors: tuple[str, ...] = (),
+    artifacts: str = "",
+) -> Result:
+    """A result with nothing measured: skipped, lost, or the harness crashed."""
     return Result(
-        **_base(scenario, 0.0),
-        verdict=Verdict.SKIPPED,
+        **_base(scenario, duration),
+        verdict=verdict,
         reason=reason,
         fsck_ok=None,
         acked_writes_checked=0,
@@ -131,7 +144,13 @@ def skipped(scenario: Scenario, reason: str) -> Result:
         window_old=0,
         freeze_window_ms=None,
         snapshot_window_ms=None,
+        errors=errors,
+        artifacts=artifacts,
     )
+
+
+def skipped(scenario: Scenario, reason: str) -> Result:
+    return _unmeasured(scenario, 0.0, Verdict.SKIPPED, reason)
 
 
 def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: str = "") -> Result:
@@ -186,8 +205,8 @@ def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: s
     )
 
 
-def lost_vm(scenario: Scenario, duration: float, message: str, artifacts: str = "") -> Result:
-    """The VM died or the runner printed nothing: a failure for real scenarios and controls."""
+def no_result(scenario: Scenario, duration: float, message: str, artifacts: str = "") -> Result:
+    """The VM ran but the guest runner printed nothing: a failure for scenarios and controls."""
     raw = {"checks": {"vm": False} if not scenario.is_control else {}, "errors": [message]}
     result = judge(scenario, raw, duration, artifacts)
     if scenario.is_control:
@@ -202,19 +221,11 @@ def harness_error(
     first line of message as the reason, so the summary's note column names the cause."""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     reason = f"harness error: {type(exc).__name__}" + (f": {message}" if message else "")
-    return Result(
-        **_base(scenario, duration),
-        verdict=Verdict.ERROR,
-        reason=reason,
-        fsck_ok=None,
-        acked_writes_checked=0,
-        acked_writes_lost=0,
-        torn=0,
-        future_writes=0,
-        window_new=0,
-        window_old=0,
-        freeze_window_ms=None,
-        snapshot_window_ms=None,
-        errors=(reason,),
-        artifacts=artifacts,
-    )
+    return _unmeasured(scenario, duration, Verdict.ERROR, reason, (reason,), artifacts)
+
+
+def lost_vm(scenario: Scenario, duration: float, message: str, artifacts: str = "") -> Result:
+    """The VM was lost (a ``VmError``) before a result: ``lost``, apart from a failing scenario,
+    for real scenarios and controls alike."""
+    reason = message.splitlines()[0] if message.strip() else "VM lost"
+    return _unmeasured(scenario, duration, Verdict.LOST, reason, (message,), artifacts)

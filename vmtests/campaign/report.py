@@ -23,8 +23,16 @@ COLOURS = {
     "fail": "#c53030",
     "skipped": "#a0a0a0",
     "error": "#b7791f",
+    "lost": "#805ad5",
 }
-TERMINAL = {"pass": "green", "caught": "blue", "fail": "red", "skipped": "dim", "error": "magenta"}
+TERMINAL = {
+    "pass": "green",
+    "caught": "blue",
+    "fail": "red",
+    "skipped": "dim",
+    "error": "magenta",
+    "lost": "yellow",
+}
 LOGS = (
     "runner.log",
     "guest.log",
@@ -84,7 +92,7 @@ def junit(results: Sequence[Result]) -> bytes:
         name="snapkit-campaign",
         tests=str(len(results)),
         failures=str(sum(r.verdict is Verdict.FAIL for r in results)),
-        errors=str(sum(r.verdict is Verdict.ERROR for r in results)),
+        errors=str(sum(r.verdict in (Verdict.ERROR, Verdict.LOST) for r in results)),
         skipped=str(sum(r.verdict is Verdict.SKIPPED for r in results)),
         time=f"{sum(r.duration_s for r in results):.2f}",
     )
@@ -106,7 +114,7 @@ def junit(results: Sequence[Result]) -> bytes:
             ET.SubElement(props, "property", name=key, value=str(getattr(r, key)))
         if r.verdict is Verdict.FAIL:
             ET.SubElement(case, "failure", message=r.reason[:500]).text = r.repro
-        elif r.verdict is Verdict.ERROR:  # JUnit's own word for "the test could not run"
+        elif r.verdict in (Verdict.ERROR, Verdict.LOST):  # JUnit's word: "could not run"
             ET.SubElement(case, "error", message=r.reason[:500]).text = r.repro
         elif r.verdict is Verdict.SKIPPED:
             ET.SubElement(case, "skipped", message=r.reason)

@@ -1,26 +1,16 @@
-"""The consistency campaign: run one scenario in one VM, and the pytest plugin around it.
+"""One campaign scenario in one VM.
 
 ``run_scenario`` boots one throwaway guest with the scenario's disks, runs the whole scenario
-in ONE guest process (vmtests/guest/scenario.py, exec fast path, no agent), reads back its JSON
-and its artifacts (a tar the guest writes onto a dedicated disk) and asks the oracle for the
-verdict.
-
-As a pytest plugin (``pytest -p vmtests.campaign tests/campaign``, which is what ``vmtest run``
-does) it parametrizes ``test_scenario`` with the chosen scenarios, each a test with a readable
-id, so pytest-xdist spreads them over VMs; every result travels to the controller in the test
-report's ``user_properties`` and is collected there into results.json, junit.xml and
-report.html, with a live progress display while it runs.
+in ONE guest process (``vmtests.guest.campaign.scenario``, exec fast path, no agent), reads back
+its JSON and its artifacts (a tar the guest writes onto a dedicated disk) and asks the oracle
+for the verdict. The pytest plugin that runs it per scenario is ``vmtests.campaign.plugin``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import re
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -29,10 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
+from snapkit.methods import registry
 from vmtests import guest
-from vmtests.campaign import oracle, scenarios
+from vmtests.campaign import oracle
 from vmtests.campaign.oracle import Result
 from vmtests.campaign.scenarios import Scenario
 
@@ -40,36 +29,23 @@ if TYPE_CHECKING:
     from vmtests.vm.image import Image
     from vmtests.vm.qemu import Accel
 
-RESULT_KEY = "campaign_result"
 SCENARIO_TIMEOUT_S = 300.0
 LVM_DISK_MIB = 400
 PLAIN_DISK_MIB = 200
 OUT_DISK_MIB = 1024
-TREE = Path(__file__).resolve().parents[2]
 
 
 # -- which methods snapkit has -------------------------------------------------------------
-@functools.cache
 def snapkit_methods() -> frozenset[str]:
-    """The ``--method`` choices of the working tree's ``snapkit snapshot create`` (the guest runs
-    this same tree), or nothing when that command does not exist yet."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "snapkit", "snapshot", "create", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=TREE,
-        check=False,
-    )
-    match = re.search(r"--method \{([^}]*)\}", proc.stdout)
-    return frozenset(match.group(1).split(",")) if proc.returncode == 0 and match else frozenset()
+    """The ``--method`` names of the working tree's snapkit (the guest runs this same tree)."""
+    return frozenset(registry.names())
 
 
 def why_not_runnable(scenario: Scenario) -> str:
+    """Why this scenario cannot run against this snapkit ("" when it can)."""
     if scenario.is_control:
         return ""
     have = snapkit_methods()
-    if not have:
-        return "snapkit has no 'snapshot create' command yet (issue 4)"
     if scenario.snapkit_method not in have:
         return f"snapkit has no method {scenario.snapkit_method!r} yet (issue 4)"
     if scenario.method in ("lvm", "lvm-thin", "freeze-lvm") and "lvm" not in have:
@@ -141,7 +117,8 @@ def run_scenario(
     scenario: Scenario, image: Image, accel: Accel, artifacts: Path, *, keep_all: bool = False
 ) -> Result:
     """Boot, run the scenario in the guest, collect artifacts, judge. Never raises for a VM
-    failure: a lost VM is a failing result with the console log kept."""
+    failure: a lost VM is a ``lost`` result with the console log kept; any other exception is
+    a bug in the harness and propagates."""
     from vmtests.vm import execute
     from vmtests.vm.errors import VmError
 
@@ -149,6 +126,7 @@ def run_scenario(
     artifacts.mkdir(parents=True)
     spec = json.dumps(scenario.guest_spec())
     out, err = bytearray(), bytearray()
+    lost = False
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vmtest-campaign-") as tmp:
         work = Path(tmp)
@@ -167,15 +145,17 @@ def run_scenario(
             ).returncode
             problem = "" if code == 0 else f"the guest runner exited {code}"
         except VmError as exc:
-            problem = f"VM lost: {exc}"
+            lost, problem = True, f"VM lost: {exc}"
         duration = time.monotonic() - t0
         (artifacts / "runner.log").write_bytes(bytes(err))
         with contextlib.suppress(OSError):
             shutil.copy(work / "console.log", artifacts / "console.log")
         _unpack(work / "out.raw", artifacts)
     raw = _last_json(out.decode(errors="replace"))
+    if raw is None and lost:
+        return oracle.lost_vm(scenario, duration, problem, str(artifacts))
     if raw is None:
-        return oracle.lost_vm(
+        return oracle.no_result(
             scenario, duration, problem or "the guest printed no result", str(artifacts)
         )
     result = oracle.judge(scenario, raw, duration, str(artifacts))
@@ -214,61 +194,3 @@ def _last_json(text: str) -> dict[str, Any] | None:
                 if isinstance(value, dict):
                     return value
     return None
-
-
-# -- the pytest plugin ---------------------------------------------------------------------
-def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("campaign", "snapkit consistency campaign")
-    g.addoption("--matrix", default="full", choices=scenarios.MATRICES)
-    g.addoption(
-        "--scenario",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="run only this scenario (repeatable)",
-    )
-    g.addoption("--seed", type=int, default=None, help="override every scenario's seed")
-    g.addoption("--shard", default=None, metavar="K/N", help="run the K-th of N slices")
-    g.addoption("--report", default="report", metavar="DIR", help="report folder")
-    g.addoption("--live", action="store_true", help="live progress display (rich)")
-
-
-def chosen(config: pytest.Config) -> list[Scenario]:
-    return scenarios.select(
-        config.getoption("--matrix"),
-        ids=config.getoption("--scenario"),
-        seed=config.getoption("--seed"),
-        shard_spec=config.getoption("--shard"),
-    )
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "scenario" in metafunc.fixturenames:
-        picked = chosen(metafunc.config)
-        metafunc.parametrize("scenario", picked, ids=[s.id for s in picked])
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
-        return  # results are collected on the controller only
-    from vmtests.campaign.live import Collector
-
-    collector = Collector(Path(config.getoption("--report")), live=config.getoption("--live"))
-    config.pluginmanager.register(collector, "campaign-collector")
-
-
-@pytest.fixture
-def campaign_run(request: pytest.FixtureRequest, vm_image: Image, vm_accel: Accel) -> Any:
-    """Runs a scenario and hands its result to the controller (see Collector)."""
-    folder = Path(request.config.getoption("--report")).resolve() / "scenarios"
-
-    def run(scenario: Scenario) -> Result:
-        reason = why_not_runnable(scenario)
-        if reason:
-            result = oracle.skipped(scenario, reason)
-        else:
-            result = run_harnessed(scenario, vm_image, vm_accel, folder / scenario.id)
-        request.node.user_properties.append((RESULT_KEY, json.dumps(result.to_json())))
-        return result
-
-    return run

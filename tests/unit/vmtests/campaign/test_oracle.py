@@ -93,9 +93,17 @@ def test_a_control_is_caught_only_by_a_failed_check() -> None:
     assert (missed.verdict, missed.catch_rate) == (Verdict.FAIL, 0.0)
 
 
-def test_a_lost_vm_is_never_a_pass_nor_a_catch() -> None:
-    assert oracle.lost_vm(REAL, 3, "VM lost").verdict is Verdict.FAIL
-    assert oracle.lost_vm(CONTROL, 3, "VM lost").verdict is Verdict.FAIL
+def test_a_lost_vm_is_judged_lost_never_a_pass_a_catch_nor_a_failure() -> None:
+    for scenario in (REAL, CONTROL):
+        lost = oracle.lost_vm(scenario, 3, "VM lost: QEMU was killed\n--- console tail ---")
+        assert lost.verdict is Verdict.LOST and not lost.verdict.ok
+        assert lost.reason == "VM lost: QEMU was killed"
+        assert oracle.Result.from_json(lost.to_json()) == lost
+
+
+def test_a_guest_that_printed_no_result_is_a_failure() -> None:
+    assert oracle.no_result(REAL, 3, "the guest runner exited 1").verdict is Verdict.FAIL
+    assert oracle.no_result(CONTROL, 3, "the guest runner exited 1").verdict is Verdict.FAIL
 
 
 def test_an_in_flight_multi_step_operation_may_show_its_intermediate_state() -> None:

@@ -80,3 +80,23 @@ def test_a_harness_error_is_named_in_the_note_and_junit_calls_it_an_error(tmp_pa
     console.print(report.summary_table(rows))
     assert "harness error: TypeError: bad keyword" in console.export_text()
     assert "error" in (tmp_path / "report.html").read_text()
+
+
+def test_a_lost_vm_is_lost_in_every_output_not_a_failure(tmp_path: Path) -> None:
+    lost = oracle.lost_vm(Scenario("xfs", "lvm", "fio"), 2.0, "VM lost: QEMU was killed")
+    rows = [*results(), lost]
+    assert report.exit_code(rows) == 1
+    report.write_all(tmp_path, rows)
+    assert {r.id: r for r in report.load(tmp_path)}[lost.id].verdict is Verdict.LOST
+    suite = ET.fromstring((tmp_path / "junit.xml").read_bytes())
+    assert suite.get("errors") == "1" and suite.get("failures") == "0"
+    case = next(c for c in suite.iter("testcase") if c.get("name") == lost.id)
+    error = case.find("error")
+    assert error is not None and error.get("message") == "VM lost: QEMU was killed"
+    assert case.find("failure") is None
+    assert ">lost</span>" in (tmp_path / "report.html").read_text()
+    from rich.console import Console
+
+    console = Console(width=240, record=True)
+    console.print(report.summary_table(rows))
+    assert "lost " in console.export_text()
