@@ -1,10 +1,11 @@
-"""pytest plugin: options, markers and fixtures. The engine lives in the other vmtests modules
-and is imported lazily, so loading this plugin costs nothing for tests that boot no VM.
+"""pytest plugin: options, markers and fixtures only. The engine lives in ``vmtests.vm`` and is
+imported lazily, so loading this plugin costs nothing for tests that boot no VM.
 
 Fixtures:
   vm          a fresh guest per test (``vmtests.session.Session``), ended after the test
   vm_factory  boots more guests in one test: ``vm_factory(disks=[...], memory_mib=...)``
-  host        a pytest-testinfra ``Host`` on the ``vm`` guest (host.run, host.file, ...)
+  vm_host     a pytest-testinfra ``Host`` on the ``vm`` guest (vm_host.run, .file, ...);
+              not ``host``, which is pytest-testinfra's own fixture (over --hosts)
   vm_image    the guest image (built once per run; skips with a hint if it cannot be)
   vm_accel    the accelerator chosen for this run
   vm_artifacts  this test's artifact folder (put disk images here)
@@ -74,10 +75,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_RUN] = worker_input[_RUN_KEY]
     else:
         config.stash[_RUN] = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    # Registered now, after every entry-point plugin, so this ``host`` outranks the one
-    # pytest-testinfra's own plugin defines (which wants --hosts); fixture order among
-    # entry-point plugins is otherwise whatever order the packages happen to be found in.
-    config.pluginmanager.register(_HostFixture(), "vmtests-host")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -106,7 +103,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"vm", "vm_factory", "host"} & set(getattr(item, "fixturenames", ())):
+        if {"vm", "vm_factory", "vm_host"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vm)
 
 
@@ -216,10 +213,9 @@ def vm(vm_factory: Callable[..., Session]) -> Session:
     return vm_factory()
 
 
-class _HostFixture:
-    @pytest.fixture
-    def host(self, vm: Session) -> testinfra.host.Host:
-        """A pytest-testinfra Host on this test's ``vm`` guest."""
-        from vmtests.vm.testinfra_backend import host_for
+@pytest.fixture
+def vm_host(vm: Session) -> testinfra.host.Host:
+    """A pytest-testinfra Host on this test's ``vm`` guest."""
+    from vmtests.vm.testinfra_backend import host_for
 
-        return host_for(vm)
+    return host_for(vm)

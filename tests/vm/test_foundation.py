@@ -122,18 +122,18 @@ def test_parallel_vms_do_not_interfere(
         assert head.rstrip(b"\0") == f"marker-{i}".encode()
 
 
-def test_testinfra_host_on_the_guest(host) -> None:  # type: ignore[no-untyped-def]
+def test_testinfra_host_on_the_guest(vm_host) -> None:  # type: ignore[no-untyped-def]
     from vmtests.vm.testinfra_backend import VmtestBackend
 
-    assert isinstance(host.backend, VmtestBackend)
-    assert host.run("echo %s; exit 3", "a b'c").rc == 3
-    assert host.run("echo %s", "a b'c").stdout == "a b'c\n"
-    assert host.check_output("uname -s") == "Linux"
-    release = host.file("/etc/os-release")
+    assert isinstance(vm_host.backend, VmtestBackend)
+    assert vm_host.run("echo %s; exit 3", "a b'c").rc == 3
+    assert vm_host.run("echo %s", "a b'c").stdout == "a b'c\n"
+    assert vm_host.check_output("uname -s") == "Linux"
+    release = vm_host.file("/etc/os-release")
     assert release.is_file and release.contains("Debian")
-    assert not host.file("/nonexistent").exists
-    assert host.mount_point("/tmp").filesystem == "tmpfs"
-    assert host.mount_point("/").filesystem == "overlay"
-    lvm2 = host.package("lvm2")
+    assert not vm_host.file("/nonexistent").exists
+    assert vm_host.mount_point("/tmp").filesystem == "tmpfs"
+    assert vm_host.mount_point("/").filesystem == "overlay"
+    lvm2 = vm_host.package("lvm2")
     assert lvm2.is_installed and lvm2.version
-    assert not host.package("no-such-package-here").is_installed
+    assert not vm_host.package("no-such-package-here").is_installed
