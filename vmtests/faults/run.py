@@ -11,8 +11,9 @@ mount and tree digest, ~20 s on an idle machine. Now:
   different kinds, so the two never share a name or a filesystem UUID. A cut whose neighbour
   is of its own kind waits for the next boot; the last cut gets a boot of its own.
 
-A failure never stops the run: a lost VM fails the cuts of that boot, and the chain goes on
-with a fresh boot. A failed cut keeps its folder (console logs, the judge's log with every
+A lost VM never stops the run: a ``VmError`` fails the cuts of that boot, and the chain goes
+on with a fresh boot. Any other exception is a bug in the harness, not a failed cut, and
+surfaces as one. A failed cut keeps its folder (console logs, the judge's log with every
 command and fsck output, the ledgers, its overlays); a passing one keeps only its logs.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 
 from vmtests import guest
 from vmtests.faults.matrix import Cut, kind_spec
-from vmtests.vm.errors import ChannelError
+from vmtests.vm.errors import ChannelError, VmError
 
 ORIGIN_MIB, KEEP_MIB = 256, 160
 PAUSE_TIMEOUT_S = 90.0
@@ -88,7 +89,7 @@ class Runner:
                 vm.power_cut()
             if done.ok:
                 built = json.loads(done.stdout.decode().strip().splitlines()[-1])
-        except Exception as exc:  # its cuts fail with "no base disks"; the run goes on
+        except VmError as exc:  # its cuts fail with "no base disks"; the run goes on
             built = [{"kid": kid, "error": f"{type(exc).__name__}: {exc}"[-800:]} for kid in kids]
         ok = {b["kid"] for b in built if b.get("built")}
         with self._lock:
@@ -190,7 +191,7 @@ class Runner:
             with self._lock:
                 self.boots.append({k: round(v, 2) if isinstance(v, float) else v
                                    for k, v in times.items()})  # fmt: skip
-        except Exception as exc:  # a lost VM fails this boot's cuts, never the run
+        except VmError as exc:  # a lost VM fails this boot's cuts, never the run
             why = f"{type(exc).__name__}: {exc}"[-1500:]
             if pending is not None and judged is None:
                 done(_failed(pending.cut, pending.seconds, "judge boot: " + why))
@@ -245,7 +246,7 @@ class Runner:
             with Session(self.image, folder, accel=self.accel) as vm:
                 done = vm.run(argv, timeout=900)
                 vm.power_cut()
-        except Exception as exc:  # a lost VM is a failed bad-input run, reported, not a crash
+        except VmError as exc:  # a lost VM is a failed bad-input run, reported, not a crash
             return {"tried": 0, "refused_cleanly": 0, "controls": 0, "controls_caught": 0,
                     "error": f"{type(exc).__name__}: {exc}"[-800:]}  # fmt: skip
         (folder / "hostile.log").write_bytes(done.stderr)
@@ -293,7 +294,7 @@ def _wait_cut(vm: Any, armed: Armed) -> bool:
 def _fetch(vm: Any, armed: Armed) -> None:
     """A failed cut keeps its ledgers (what was acknowledged) next to the judge's log."""
     for name in ("ledger", "ledger2", "before"):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(VmError):
             (armed.folder / name).write_bytes(vm.get(f"/k/{armed.cut.kid}/{name}"))
 
 
