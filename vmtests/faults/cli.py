@@ -58,8 +58,10 @@ def run_matrix(opts: Options) -> int:
 
     def done(result: dict[str, Any]) -> None:
         if not result.get("ok") and "replay" not in result:
-            result["replay"] = (f"vmtest run --matrix faults --seed {opts.seed} --scenario "
-                                f"{result['id']} -n 1 --report report-{result['id']}")  # fmt: skip
+            result["replay"] = (
+                f"vmtest run --matrix faults --seed {opts.seed} --scenario "
+                f"{result['id']} -n 1 --report report-{result['id']}"
+            )
         with lock:
             results.append(result)
             n = len(results)
@@ -90,8 +92,15 @@ def run_matrix(opts: Options) -> int:
         bad_doc = bad.result() if bad is not None else None
     results.sort(key=lambda r: str(r["id"]))
     figures = faults_report.summary(results, bad_doc, time.monotonic() - t0)
-    doc = {"matrix": "faults", "seed": opts.seed, "summary": figures, "bases": bases,
-           "bad_inputs": bad_doc, "cuts": results, "boots": runner.boots}  # fmt: skip
+    doc = {
+        "matrix": "faults",
+        "seed": opts.seed,
+        "summary": figures,
+        "bases": bases,
+        "bad_inputs": bad_doc,
+        "cuts": results,
+        "boots": runner.boots,
+    }
     (opts.report / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     (opts.report / "summary.md").write_text(faults_report.markdown(figures, " ".join(sys.argv)))
     if opts.json:
@@ -108,8 +117,10 @@ def run_matrix(opts: Options) -> int:
 
 def _line(n: int, total: int, r: dict[str, Any]) -> str:
     mark = "ok  " if r.get("ok") else "FAIL"
-    what = (f"snapshot {r.get('snapshot', '?')}, acked {r.get('acked_checked', 0)} checked "
-            f"{r.get('acked_lost', 0)} lost")  # fmt: skip
+    what = (
+        f"snapshot {r.get('snapshot', '?')}, acked {r.get('acked_checked', 0)} checked "
+        f"{r.get('acked_lost', 0)} lost"
+    )
     if not r.get("ok"):
         what += " -- " + "; ".join(r.get("problems", []))[:300]
     return f"[{n:3}/{total}] {mark} {r['id']:<34} {r.get('seconds', 0):5.1f} s  {what}"

@@ -27,17 +27,24 @@ METHOD_SHORT = {"dm": "dm", "dm-direct": "dd", "lvm": "lv"}
 # the watchdog, FIFREEZE, FITHAW and its stop around the suspend (snapkit/freezing.py). The
 # second plan of a merge or discard (the finish) is built from what the kernel shows then.
 DM_STEPS: dict[tuple[str, int], int] = {
-    ("create", 1): 11, ("merge", 1): 4, ("merge", 2): 6, ("discard", 1): 1, ("discard", 2): 6,
+    ("create", 1): 11,
+    ("merge", 1): 4,
+    ("merge", 2): 6,
+    ("discard", 1): 1,
+    ("discard", 2): 6,
     ("extend", 1): 5,
-}  # fmt: skip
+}
 BTRFS_FREEZE_STEPS = 4
 DIRECT_STEPS: dict[tuple[str, int], int] = {("create", 1): 9, ("merge", 1): 5, ("discard", 1): 5}
 SEEDED = {  # (method, phase): (delays per filesystem, shortest and longest delay in ms)
-    ("lvm", "create"): (3, 0, 1500), ("lvm", "merge"): (3, 0, 3000),
-    ("lvm", "discard"): (1, 0, 1000), ("lvm", "extend"): (1, 0, 1500),
-    ("dm", "merge"): (2, 0, 1200), ("dm", "create"): (2, 0, 600),
+    ("lvm", "create"): (3, 0, 1500),
+    ("lvm", "merge"): (3, 0, 3000),
+    ("lvm", "discard"): (1, 0, 1000),
+    ("lvm", "extend"): (1, 0, 1500),
+    ("dm", "merge"): (2, 0, 1200),
+    ("dm", "create"): (2, 0, 600),
     ("dm-direct", "create"): (1, 0, 600),
-}  # fmt: skip
+}
 # A seeded delay counts from the moment the operation's one external command is logged as
 # started (SNAPKIT_DEBUG), so it lands inside that command, not in snapkit's start-up; for a
 # dm create, from the moment the command exited (its record saved: the cut then tests that
@@ -45,10 +52,15 @@ SEEDED = {  # (method, phase): (delays per filesystem, shortest and longest dela
 # start plan's last step (the origin resumed as snapshot-merge), so it lands in the kernel's
 # merge of the base's 12 MiB of exceptions, or in the finish.
 OP_EXITED = "snapkit exited"
-MARKERS = {("lvm", "create"): "run: lvcreate", ("lvm", "merge"): "run: lvconvert",
-           ("lvm", "discard"): "run: lvremove", ("lvm", "extend"): "run: lvextend",
-           ("dm", "create"): OP_EXITED, ("dm-direct", "create"): OP_EXITED,
-           ("dm", "merge"): "step 4/4: dmsetup resume"}  # fmt: skip
+MARKERS = {
+    ("lvm", "create"): "run: lvcreate",
+    ("lvm", "merge"): "run: lvconvert",
+    ("lvm", "discard"): "run: lvremove",
+    ("lvm", "extend"): "run: lvextend",
+    ("dm", "create"): OP_EXITED,
+    ("dm-direct", "create"): OP_EXITED,
+    ("dm", "merge"): "step 4/4: dmsetup resume",
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -85,9 +97,16 @@ class Cut:
         return f"{self.phase}/{self.fs}/{self.method}"
 
     def spec(self, *, controls: bool = False) -> dict[str, Any]:
-        return {"fs": self.fs, "method": self.method, "phase": self.phase, "plan": self.plan,
-                "step": self.step, "kid": self.kid, "snapped": self.snapped,
-                "controls": controls}  # fmt: skip
+        return {
+            "fs": self.fs,
+            "method": self.method,
+            "phase": self.phase,
+            "plan": self.plan,
+            "step": self.step,
+            "kid": self.kid,
+            "snapped": self.snapped,
+            "controls": controls,
+        }
 
 
 def kind_spec(kid: str, cuts: list[Cut]) -> dict[str, Any]:
@@ -114,8 +133,9 @@ def all_cuts(seed: int = 6) -> list[Cut]:
                 cuts += [Cut(fs, method, phase, plan, s) for s in range(1, n + 2)]
             for (m, phase), (count, lo, hi) in SEEDED.items():
                 if m == method:
-                    cuts += [Cut(fs, m, phase, delay_ms=rng.randrange(lo, hi))
-                             for _ in range(count)]  # fmt: skip
+                    cuts += [
+                        Cut(fs, m, phase, delay_ms=rng.randrange(lo, hi)) for _ in range(count)
+                    ]
     return cuts
 
 
@@ -155,8 +175,10 @@ def _spread(cuts: list[Cut], n: int, seed: int) -> list[Cut]:
     tie = {g: rng.random() for g in sorted(groups)}
     picked: list[Cut] = []
     while len(picked) < min(n, len(cuts)):
-        g = min((g for g in groups if groups[g]),
-                key=lambda g: ((size[g] - len(groups[g])) / size[g], tie[g]))  # fmt: skip
+        g = min(
+            (g for g in groups if groups[g]),
+            key=lambda g: ((size[g] - len(groups[g])) / size[g], tie[g]),
+        )
         picked.append(groups[g].pop())
     return picked
 

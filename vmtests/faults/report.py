@@ -112,16 +112,21 @@ def _grid(f: dict[str, Any]) -> list[list[str]]:
             continue
         ok = sum(c["ok"] for c in cells if c)
         n = sum(c["cuts"] for c in cells if c)
-        rows.append([phase] + [f"{c['ok']}/{c['cuts']}" if c else "-" for c in cells]
-                    + [f"{ok}/{n}"])  # fmt: skip
+        rows.append(
+            [phase] + [f"{c['ok']}/{c['cuts']}" if c else "-" for c in cells] + [f"{ok}/{n}"]
+        )
     return rows
 
 
 def markdown(f: dict[str, Any], command: str) -> str:
     """The same figures as a RELIABILITY.md section, to paste after a measured run."""
     rows = _grid(f)
-    lines = [f"Run: `{command}`", "", "| " + " | ".join(rows[0]) + " |",
-             "|" + " --- |" * len(rows[0])]  # fmt: skip
+    lines = [
+        f"Run: `{command}`",
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + " --- |" * len(rows[0]),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     lines += ["", *(f"- {line}" for line in _figures(f))]
     return "\n".join(lines) + "\n"

@@ -82,8 +82,9 @@ class Runner:
         specs = json.dumps([kind_spec(kid, cuts) for kid in kids])
         built: list[dict[str, Any]] = []
         try:
-            with Session(self.image, folder / f"boot-{kids[0]}", accel=self.accel,
-                         disks=disks) as vm:  # fmt: skip
+            with Session(
+                self.image, folder / f"boot-{kids[0]}", accel=self.accel, disks=disks
+            ) as vm:
                 done = vm.run(guest.command("faults.main", "build", specs), timeout=900)
                 (folder / f"build-{kids[0]}.log").write_bytes(done.stderr)
                 vm.power_cut()
@@ -96,8 +97,12 @@ class Runner:
             self.bases.update({kid: p for kid, p in paths.items() if kid in ok})
         seconds = round(time.monotonic() - t0, 1)
         self.say(f"base {' '.join(kids)}: {len(ok)}/{len(kids)} built ({seconds} s)")
-        return {"kids": kids, "built": sorted(ok), "seconds": seconds,
-                "errors": [b.get("error") for b in built if not b.get("built")]}  # fmt: skip
+        return {
+            "kids": kids,
+            "built": sorted(ok),
+            "seconds": seconds,
+            "errors": [b.get("error") for b in built if not b.get("built")],
+        }
 
     # -- chains ----------------------------------------------------------------------------
 
@@ -108,11 +113,15 @@ class Runner:
         origin, keep = self.bases[cut.kid]
         q = DiskFormat.QCOW2
         return [
-            Disk(make_disk(folder / "origin.qcow2", ORIGIN_MIB << 20, "qcow2", origin),
-                 f"{cut.kid}-o", q),
-            Disk(make_disk(folder / "keep.qcow2", KEEP_MIB << 20, "qcow2", keep),
-                 f"{cut.kid}-k", q),
-        ]  # fmt: skip
+            Disk(
+                make_disk(folder / "origin.qcow2", ORIGIN_MIB << 20, "qcow2", origin),
+                f"{cut.kid}-o",
+                q,
+            ),
+            Disk(
+                make_disk(folder / "keep.qcow2", KEEP_MIB << 20, "qcow2", keep), f"{cut.kid}-k", q
+            ),
+        ]
 
     def chain(self, cuts: list[tuple[Cut, bool]], done: Callable[[dict[str, Any]], None]) -> None:
         """Run ``cuts`` (each with its controls flag) one boot per cut; ``done`` gets every
@@ -126,9 +135,11 @@ class Runner:
             pending = self._boot(pending, nxt, done)
 
     def _boot(
-        self, pending: Armed | None, nxt: tuple[Cut, bool] | None,
+        self,
+        pending: Armed | None,
+        nxt: tuple[Cut, bool] | None,
         done: Callable[[dict[str, Any]], None],
-    ) -> Armed | None:  # fmt: skip
+    ) -> Armed | None:
         from vmtests.vm.session import Session
 
         t0 = time.monotonic()
@@ -150,27 +161,32 @@ class Runner:
         if arming is None and pending is not None:
             workdir = pending.folder / "judge-boot"
         disks = (pending.disks if pending else []) + (arming.disks if arming else [])
-        todo = {"judge": pending.spec if pending else None,
-                "arm": arming.spec if arming else None}  # fmt: skip
+        todo = {"judge": pending.spec if pending else None, "arm": arming.spec if arming else None}
         judged: dict[str, Any] | None = None
         share = 0.0
-        times: dict[str, Any] = {"judge": pending.cut.id if pending else None,
-                 "arm": arming.cut.id if arming else None}  # fmt: skip
+        times: dict[str, Any] = {
+            "judge": pending.cut.id if pending else None,
+            "arm": arming.cut.id if arming else None,
+        }
         try:
             t_start = time.monotonic()
             with Session(self.image, workdir, accel=self.accel, disks=disks) as vm:
                 booted = time.monotonic()
-                step = vm.run(guest.command("faults.main", "step", json.dumps(todo)),
-                              timeout=STEP_TIMEOUT_S)  # fmt: skip
+                step = vm.run(
+                    guest.command("faults.main", "step", json.dumps(todo)), timeout=STEP_TIMEOUT_S
+                )
                 t_step = time.monotonic()
-                times.update(prepare_s=t_start - t0, boot_s=booted - t_start,
-                             step_s=t_step - booted)  # fmt: skip
+                times.update(
+                    prepare_s=t_start - t0, boot_s=booted - t_start, step_s=t_step - booted
+                )
                 log = step.stderr
                 doc = json.loads(step.stdout.decode().strip().splitlines()[-1]) if step.ok else {}
                 if pending is not None:
-                    judged = doc.get("judged") or {"ok": False, "problems": [
-                        f"the step exited {step.returncode}: {log.decode(errors='replace')[-800:]}"
-                    ]}  # fmt: skip
+                    said = log.decode(errors="replace")[-800:]
+                    judged = doc.get("judged") or {
+                        "ok": False,
+                        "problems": [f"the step exited {step.returncode}: {said}"],
+                    }
                     j_s = float(judged.get("seconds", 0.0))
                     share = (booted - t0) / (2 if arming else 1) + j_s
                     (pending.folder / "judge.log").write_bytes(log)
@@ -189,8 +205,9 @@ class Runner:
                 vm.power_cut()
             times["total_s"] = time.monotonic() - t0
             with self._lock:
-                self.boots.append({k: round(v, 2) if isinstance(v, float) else v
-                                   for k, v in times.items()})  # fmt: skip
+                self.boots.append(
+                    {k: round(v, 2) if isinstance(v, float) else v for k, v in times.items()}
+                )
         except VmError as exc:  # a lost VM fails this boot's cuts, never the run
             why = f"{type(exc).__name__}: {exc}"[-1500:]
             if pending is not None and judged is None:
@@ -226,8 +243,10 @@ class Runner:
         else:
             with contextlib.suppress(OSError):
                 shutil.copy(judge_boot / "console.log", armed.folder / "judge-console.log")
-            result["replay"] = (f"vmtest run --matrix faults --seed {self.seed} "
-                                f"--scenario {cut.id} -n 1 --report report-{cut.id}")  # fmt: skip
+            result["replay"] = (
+                f"vmtest run --matrix faults --seed {self.seed} "
+                f"--scenario {cut.id} -n 1 --report report-{cut.id}"
+            )
         return result
 
     # -- bad inputs ------------------------------------------------------------------------
@@ -247,27 +266,42 @@ class Runner:
                 done = vm.run(argv, timeout=900)
                 vm.power_cut()
         except VmError as exc:  # a lost VM is a failed bad-input run, reported, not a crash
-            return {"tried": 0, "refused_cleanly": 0, "controls": 0, "controls_caught": 0,
-                    "error": f"{type(exc).__name__}: {exc}"[-800:]}  # fmt: skip
+            return {
+                "tried": 0,
+                "refused_cleanly": 0,
+                "controls": 0,
+                "controls_caught": 0,
+                "error": f"{type(exc).__name__}: {exc}"[-800:],
+            }
         (folder / "hostile.log").write_bytes(done.stderr)
         if not done.ok:
-            return {"tried": 0, "refused_cleanly": 0, "controls": 0, "controls_caught": 0,
-                    "error": done.stderr.decode(errors="replace")[-800:]}  # fmt: skip
+            return {
+                "tried": 0,
+                "refused_cleanly": 0,
+                "controls": 0,
+                "controls_caught": 0,
+                "error": done.stderr.decode(errors="replace")[-800:],
+            }
         cases = json.loads(done.stdout.decode().strip().splitlines()[-1])["cases"]
         real = [c for c in cases if not c["label"].startswith("CONTROL")]
         ctl = [c for c in cases if c["label"].startswith("CONTROL")]
         out = {
             "tried": len(real),
             "refused_cleanly": sum(bool(c["clean"]) for c in real),
-            "not_clean": [f"{c['label']}: exit {c['returncode']} {c['stderr'].strip()!r}"
-                          for c in real if not c["clean"]],
+            "not_clean": [
+                f"{c['label']}: exit {c['returncode']} {c['stderr'].strip()!r}"
+                for c in real
+                if not c["clean"]
+            ],
             "controls": len(ctl),
             "controls_caught": sum(not c["clean"] for c in ctl),
             "seconds": round(time.monotonic() - t0, 1),
-        }  # fmt: skip
-        self.say(f"bad inputs: {out['refused_cleanly']}/{out['tried']} refused cleanly, "
-                 f"{out['controls_caught']}/{out['controls']} controls caught "
-                 f"({out['seconds']} s)")  # fmt: skip
+        }
+        self.say(
+            f"bad inputs: {out['refused_cleanly']}/{out['tried']} refused cleanly, "
+            f"{out['controls_caught']}/{out['controls']} controls caught "
+            f"({out['seconds']} s)"
+        )
         return out
 
 
@@ -299,13 +333,24 @@ def _fetch(vm: Any, armed: Armed) -> None:
 
 
 def _plain(cut: Cut) -> dict[str, Any]:
-    return {"fs": cut.fs, "method": cut.method, "phase": cut.phase, "plan": cut.plan,
-            "step": cut.step, "delay_ms": cut.delay_ms}  # fmt: skip
+    return {
+        "fs": cut.fs,
+        "method": cut.method,
+        "phase": cut.phase,
+        "plan": cut.plan,
+        "step": cut.step,
+        "delay_ms": cut.delay_ms,
+    }
 
 
 def _failed(cut: Cut, seconds: float, why: str) -> dict[str, Any]:
-    return {**_plain(cut), "id": cut.id, "seconds": round(seconds, 1), "ok": False,
-            "problems": [why]}  # fmt: skip
+    return {
+        **_plain(cut),
+        "id": cut.id,
+        "seconds": round(seconds, 1),
+        "ok": False,
+        "problems": [why],
+    }
 
 
 __all__ = ["Runner"]

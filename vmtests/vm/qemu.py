@@ -100,30 +100,46 @@ def command_line(cfg: VmConfig, qemu: str = "qemu-system-x86_64") -> list[str]:
         machine += ",isa-serial=on,rtc=on"
     argv = [
         qemu,
-        "-M", machine,
-        "-accel", str(cfg.accel),
-        "-cpu", "host" if cfg.accel is Accel.KVM else "max",
-        "-m", f"{cfg.memory_mib}M",
-        "-smp", str(cfg.cpus),
-        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-kernel", str(cfg.kernel),
-        "-initrd", str(cfg.initrd),
-        "-append", kernel_append(cfg),
-        "-serial", f"file:{cfg.console_log}",
-    ]  # fmt: skip
+        "-M",
+        machine,
+        "-accel",
+        str(cfg.accel),
+        "-cpu",
+        "host" if cfg.accel is Accel.KVM else "max",
+        "-m",
+        f"{cfg.memory_mib}M",
+        "-smp",
+        str(cfg.cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        str(cfg.kernel),
+        "-initrd",
+        str(cfg.initrd),
+        "-append",
+        kernel_append(cfg),
+        "-serial",
+        f"file:{cfg.console_log}",
+    ]
     for i, disk in enumerate(cfg.disks):
         ro = ",readonly=on" if disk.readonly else ""
         argv += [
-            "-drive", f"id=d{i},file={disk.path},format={disk.format},if=none,cache=unsafe{ro}",
-            "-device", f"{_device('virtio-blk', cfg)},drive=d{i},serial={disk.serial}",
-        ]  # fmt: skip
+            "-drive",
+            f"id=d{i},file={disk.path},format={disk.format},if=none,cache=unsafe{ro}",
+            "-device",
+            f"{_device('virtio-blk', cfg)},drive=d{i},serial={disk.serial}",
+        ]
     if cfg.ports:
         argv += ["-device", _device("virtio-serial", cfg)]
     for i, port in enumerate(cfg.ports):
         argv += [
-            "-chardev", f"socket,id=p{i},path={port.socket},server=off",
-            "-device", f"virtserialport,chardev=p{i},name={port.name}",
-        ]  # fmt: skip
+            "-chardev",
+            f"socket,id=p{i},path={port.socket},server=off",
+            "-device",
+            f"virtserialport,chardev=p{i},name={port.name}",
+        ]
     return argv
 
 

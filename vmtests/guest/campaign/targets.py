@@ -98,8 +98,21 @@ def _freeze_lvm(origin: Origin) -> Snapshot:
     (measured: "suspend ioctl ... failed: Device or resource busy", LVM then asks for manual
     intervention). A copy onto another LV stands for the SAN or hypervisor snapshot the freeze
     method exists for. The copy is the user's, outside snapkit's records: nothing to merge."""
-    run(["snapkit", "freeze", origin.mountpoint, "--", "dd", f"if={origin.device}",
-         f"of={FREEZE_COPY}", "bs=1M", "iflag=direct", "oflag=direct", "status=none"])  # fmt: skip
+    run(
+        [
+            "snapkit",
+            "freeze",
+            origin.mountpoint,
+            "--",
+            "dd",
+            f"if={origin.device}",
+            f"of={FREEZE_COPY}",
+            "bs=1M",
+            "iflag=direct",
+            "oflag=direct",
+            "status=none",
+        ]
+    )
     return Snapshot(FREEZE_COPY, mergeable=False)
 
 

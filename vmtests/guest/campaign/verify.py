@@ -81,8 +81,9 @@ def classify(
         good = [i for i in matches if lo <= i <= hi]
         # An operation of several system calls (create = open, write, fsync) that was in flight
         # may show an intermediate state, listed after its final one: it did not happen yet.
-        halfway = [op.step - 1 for op in hist if lo < op.step <= hi
-                   and seen in op.state.split(PARTIAL)[1:]]  # fmt: skip
+        halfway = [
+            op.step - 1 for op in hist if lo < op.step <= hi and seen in op.state.split(PARTIAL)[1:]
+        ]
         if good or halfway:
             at = max(good + halfway)
         elif seen == ZERO and states[lo] == ABSENT and hi > lo:

@@ -111,11 +111,18 @@ def fingerprint() -> str:
 def snapkit(*args: str, nobody: bool = False, env: dict[str, str] | None = None) -> Result:
     who = NOBODY if nobody else None
     proc = subprocess.run(
-        ["snapkit", *args], capture_output=True, env={**ENV, **(env or {})}, check=False,
-        timeout=300, user=who, group=who, extra_groups=[] if nobody else None,
-    )  # fmt: skip
-    return Result(proc.returncode, proc.stdout.decode(errors="replace"),
-                  proc.stderr.decode(errors="replace"))  # fmt: skip
+        ["snapkit", *args],
+        capture_output=True,
+        env={**ENV, **(env or {})},
+        check=False,
+        timeout=300,
+        user=who,
+        group=who,
+        extra_groups=[] if nobody else None,
+    )
+    return Result(
+        proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    )
 
 
 @dataclass(frozen=True)
@@ -133,25 +140,54 @@ def must(*args: str) -> None:
 
 def setup() -> None:
     """The stage every case plays on."""
-    sh = "; ".join([
-        f"mkdir -p /mnt/plain /mnt/o /mnt/s /mnt/lv /mnt/empty {COW} {STATE}",
-        "truncate -s 64M /tmp/plain.img /tmp/data.img /tmp/data2.img /tmp/pv.img",
-        "losetup /dev/loop0 /tmp/plain.img", "losetup /dev/loop1 /tmp/data.img",
-        "losetup /dev/loop2 /tmp/data2.img", "losetup /dev/loop3 /tmp/pv.img",
-        "mkfs.ext4 -q -F /dev/loop0", "mount /dev/loop0 /mnt/plain",
-        "dmsetup create z --table '0 2048 zero'",
-        "vgcreate -q vg0 /dev/loop3", "lvcreate -q -y -L 32M -n lv0 vg0",
-        "mkfs.ext4 -q -F /dev/vg0/lv0", "mount /dev/vg0/lv0 /mnt/lv",
-    ])  # fmt: skip
+    sh = "; ".join(
+        [
+            f"mkdir -p /mnt/plain /mnt/o /mnt/s /mnt/lv /mnt/empty {COW} {STATE}",
+            "truncate -s 64M /tmp/plain.img /tmp/data.img /tmp/data2.img /tmp/pv.img",
+            "losetup /dev/loop0 /tmp/plain.img",
+            "losetup /dev/loop1 /tmp/data.img",
+            "losetup /dev/loop2 /tmp/data2.img",
+            "losetup /dev/loop3 /tmp/pv.img",
+            "mkfs.ext4 -q -F /dev/loop0",
+            "mount /dev/loop0 /mnt/plain",
+            "dmsetup create z --table '0 2048 zero'",
+            "vgcreate -q vg0 /dev/loop3",
+            "lvcreate -q -y -L 32M -n lv0 vg0",
+            "mkfs.ext4 -q -F /dev/vg0/lv0",
+            "mount /dev/vg0/lv0 /mnt/lv",
+        ]
+    )
     run(["sh", "-euc", sh])
     must("device", "prepare", "/dev/loop1", "--name", "data")
     must("device", "prepare", "/dev/loop2", "--name", "data2")
     run(["sh", "-euc", "mkfs.ext4 -q -F /dev/mapper/data; mount /dev/mapper/data /mnt/o"])
-    must("snapshot", "create", "/mnt/o", "--name", "s1", "--method", "dm", "--cow-dir", COW,
-         "--cow-size", "16M")  # fmt: skip
+    must(
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        "s1",
+        "--method",
+        "dm",
+        "--cow-dir",
+        COW,
+        "--cow-size",
+        "16M",
+    )
     run(["mount", "-o", "ro", "/dev/mapper/s1", "/mnt/s"])
-    must("snapshot", "create", "/dev/mapper/data2", "--name", "s2", "--method", "dm",
-         "--cow-dir", COW, "--cow-size", "12K")  # fmt: skip
+    must(
+        "snapshot",
+        "create",
+        "/dev/mapper/data2",
+        "--name",
+        "s2",
+        "--method",
+        "dm",
+        "--cow-dir",
+        COW,
+        "--cow-size",
+        "12K",
+    )
     # Three chunks hold one exception: the second origin chunk written invalidates s2.
     run(["dd", "if=/dev/urandom", "of=/dev/mapper/data2", "bs=64K", "count=4", "oflag=direct"])
     must("snapshot", "create", "/mnt/lv", "--name", "ls1", "--method", "lvm", "--cow-size", "8M")
@@ -289,11 +325,17 @@ def try_case(case: Case, before: str | None = None) -> Outcome:
     global _LAST
     _LAST = after
     return Outcome(
-        case.label, list(case.argv), r.returncode, r.stderr[-600:],
-        exit_ok=r.returncode in (1, 2), one_line=len(lines) == 1 and r.stderr.endswith("\n"),
+        case.label,
+        list(case.argv),
+        r.returncode,
+        r.stderr[-600:],
+        exit_ok=r.returncode in (1, 2),
+        one_line=len(lines) == 1 and r.stderr.endswith("\n"),
         names_problem=bool(lines) and case.words.lower() in lines[0].lower(),
-        has_hint=bool(lines) and hinted(lines[0]), unchanged=after == before, diff=diff,
-    )  # fmt: skip
+        has_hint=bool(lines) and hinted(lines[0]),
+        unchanged=after == before,
+        diff=diff,
+    )
 
 
 _LAST: str | None = None
@@ -303,9 +345,11 @@ def concurrent_create() -> Outcome:
     """Two creates at once on one origin: the first is held paused (nothing done yet, lock
     held) by flow's test hook; the second must be refused without touching anything."""
     first = subprocess.Popen(
-        ["snapkit", *ON_O, "--name", "first"], env={**ENV, "SNAPKIT_TEST_PAUSE_AT": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        ["snapkit", *ON_O, "--name", "first"],
+        env={**ENV, "SNAPKIT_TEST_PAUSE_AT": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     assert first.stderr is not None
     fcntl.fcntl(first.stderr, fcntl.F_SETFL, os.O_NONBLOCK)
     seen, deadline = b"", time.monotonic() + 60

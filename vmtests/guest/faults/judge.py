@@ -163,8 +163,13 @@ def _judge_snapshot(k: Kind, phase: str, dev: str, before: int, out: dict[str, A
 
 def _diagnose(k: Kind) -> None:
     """Into the judge's log, for a failed cut: what the kernel and the state file show."""
-    for argv in (["dmsetup", "table"], ["dmsetup", "status"], ["losetup", "-a"],
-                 ["cat", f"{k.state}/state.json"], ["ls", "-la", f"{k.state}/cow"]):  # fmt: skip
+    for argv in (
+        ["dmsetup", "table"],
+        ["dmsetup", "status"],
+        ["losetup", "-a"],
+        ["cat", f"{k.state}/state.json"],
+        ["ls", "-la", f"{k.state}/cow"],
+    ):
         run(argv, check=False)
 
 

@@ -44,8 +44,11 @@ from vmtests.guest.faults.kind import Kind, acked, attach, durable, snapkit, tea
 from vmtests.guest.proc import log, run
 from vmtests.guest.writer import pattern
 
-MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"],
-        "btrfs": ["mkfs.btrfs", "-q", "-f"]}  # fmt: skip
+MKFS = {
+    "ext4": ["mkfs.ext4", "-q", "-F"],
+    "xfs": ["mkfs.xfs", "-q", "-f"],
+    "btrfs": ["mkfs.btrfs", "-q", "-f"],
+}
 BASE_FILES, LATER_FILES = 24, 40  # files before the snapshot, and after it (the COW's content)
 COW_SIZE = "32M"
 BALLAST_MIB = 12  # written after the snapshot: a COW the kernel's merge takes a while to copy
@@ -103,8 +106,18 @@ def build(k: Kind) -> dict[str, Any]:
     if k.snapped:
         write_files(f"{k.mnt}/w", k.ledger, 1, BASE_FILES)
         durable(k.before, str(BASE_FILES))
-        snapkit(k, "snapshot", "create", k.mnt, "--name", k.name, "--method", k.method,
-                "--cow-size", COW_SIZE)  # fmt: skip
+        snapkit(
+            k,
+            "snapshot",
+            "create",
+            k.mnt,
+            "--name",
+            k.name,
+            "--method",
+            k.method,
+            "--cow-size",
+            COW_SIZE,
+        )
         write_files(f"{k.mnt}/w", k.ledger, BASE_FILES + 1, BASE_FILES + LATER_FILES)
         ballast(f"{k.mnt}/ballast", BALLAST_MIB)
     run(["umount", k.mnt])
@@ -124,24 +137,41 @@ def arm(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
     if phase != "merge":  # a merge needs the origin unmounted; the others run under writes
         run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
         subprocess.Popen(
-            ["nice", "-n", "10", *command("writer", "write"), f"{k.mnt}/w2",
-             k.ledger2, k.stop],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["nice", "-n", "10", *command("writer", "write"), f"{k.mnt}/w2", k.ledger2, k.stop],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # outlives this script: the agent ends its process group
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 120
         while acked(k.ledger2) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
     if phase == "create":
         durable(k.before, str(acked(k.ledger2)))
     op = {
-        "create": ["snapshot", "create", k.mnt, "--name", k.name, "--method", k.method,
-                   "--cow-size", COW_SIZE],
+        "create": [
+            "snapshot",
+            "create",
+            k.mnt,
+            "--name",
+            k.name,
+            "--method",
+            k.method,
+            "--cow-size",
+            COW_SIZE,
+        ],
         "merge": ["snapshot", "merge", k.name, "--wait"],
         "discard": ["snapshot", "discard", k.name],
-        "extend": ["snapshot", "watch", k.name, "--extend-at", "0.01", "--extend-by", "8M",
-                   "--once"],
-    }[phase]  # fmt: skip
+        "extend": [
+            "snapshot",
+            "watch",
+            k.name,
+            "--extend-at",
+            "0.01",
+            "--extend-by",
+            "8M",
+            "--once",
+        ],
+    }[phase]
     env = dict(k.env)
     if spec.get("step"):
         env["SNAPKIT_TEST_PAUSE_AT"] = f"{spec.get('plan', 1)}:{spec['step']}"
@@ -150,8 +180,9 @@ def arm(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
     err = open(k.op_err, "wb")  # noqa: SIM115 - handed to the child, which outlives us
     # the host may wait for its end (a cut after a create that returned): sh says it exited
     wrapped = ["sh", "-c", 'snapkit "$@"; echo "snapkit exited $?" >&2', "sh", *op]
-    subprocess.Popen(wrapped, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                     start_new_session=True)  # fmt: skip
+    subprocess.Popen(
+        wrapped, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True
+    )
     log(f"armed {k.kid} {phase}: snapkit {' '.join(op)}")
     return {"armed": True, "acked_at_launch": acked(k.ledger2)}
 
@@ -167,8 +198,11 @@ def _guarded(what: str, fn: Any, *args: Any) -> dict[str, Any]:
         return {**fn(*args), "seconds": round(time.monotonic() - t0, 2)}
     except BaseException as exc:  # reported to the host: a step never crashes
         log(traceback.format_exc())
-        return {"ok": False, "error": f"{what}: {type(exc).__name__}: {exc}"[-1500:],
-                "problems": [f"{what} crashed: {type(exc).__name__}: {exc}"[-1500:]]}  # fmt: skip
+        return {
+            "ok": False,
+            "error": f"{what}: {type(exc).__name__}: {exc}"[-1500:],
+            "problems": [f"{what} crashed: {type(exc).__name__}: {exc}"[-1500:]],
+        }
 
 
 def main(argv: list[str]) -> int:
