@@ -130,8 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     cli_difftest.register(sub)
     from vmtests.campaign import cli as cli_campaign  # run, report merge, bench campaign
 
-    cli_campaign.register(sub)
+    cli_campaign.register(sub, cmd_run)
     return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``vmtest run``: the faults matrix has a runner of its own; any other is the campaign."""
+    if args.matrix == "faults":
+        from vmtests.faults.cli import cmd_run as run
+    else:
+        from vmtests.campaign.cli import cmd_run as run
+    return run(args)
 
 
 def _image() -> Image:

@@ -13,15 +13,17 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 TREE = Path(__file__).resolve().parents[2]
 TESTS = TREE / "tests" / "campaign" / "test_matrix.py"
-FULL_RUN_CUTS = 78  # issue 6: >= 60 in create and merge, and the rest in discard and extend
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, run_handler: Callable[[argparse.Namespace], int]) -> None:
+    """Add run, report merge and bench campaign; ``run_handler`` runs ``vmtest run`` (vmtests.cli
+    picks the campaign or the faults matrix, so neither package imports the other)."""
     run = sub.add_parser(
         "run",
         help="run the consistency campaign (scenarios in throwaway VMs)",
@@ -30,7 +32,7 @@ def register(sub: Any) -> None:
         "and every negative control is caught.",
     )
     _run_options(run)
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=run_handler)
 
     rep = sub.add_parser("report", help="work with campaign reports")
     rsub = rep.add_subparsers(title="report commands", metavar="ACTION")
@@ -155,22 +157,7 @@ def _pytest(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.matrix == "faults":  # power cuts and bad inputs: vmtests/faults_main.py
-        from vmtests.faults.cli import Options, run_matrix
-
-        return run_matrix(
-            Options(
-                cuts=args.cuts if args.cuts is not None or args.scenario else FULL_RUN_CUTS,
-                ids=tuple(args.scenario),
-                seed=6 if args.seed is None else args.seed,
-                workers=2 if args.workers == "auto" else int(args.workers),
-                report=args.report,
-                accel=args.accel,
-                bad_inputs=args.bad_inputs,
-                methods=tuple(m for m in args.methods.split(",") if m),
-                json=args.json,
-            )
-        )
+    """``vmtest run`` of a campaign matrix (quick or full)."""
     return _pytest(args)
 
 

@@ -8,6 +8,7 @@ first, they are already running by then, so the wait costs at most one build.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import threading
@@ -20,6 +21,8 @@ from typing import Any
 from vmtests.faults import matrix as faults
 from vmtests.faults import report as faults_report
 from vmtests.faults.run import Runner
+
+FULL_RUN_CUTS = 78  # issue 6: >= 60 in create and merge, and the rest in discard and extend
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,23 @@ def run_matrix(opts: Options) -> int:
     return 0 if faults_report.passed(figures) else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """``vmtest run --matrix faults``: the options of ``vmtest run`` as this runner takes them."""
+    return run_matrix(
+        Options(
+            cuts=args.cuts if args.cuts is not None or args.scenario else FULL_RUN_CUTS,
+            ids=tuple(args.scenario),
+            seed=6 if args.seed is None else args.seed,
+            workers=2 if args.workers == "auto" else int(args.workers),
+            report=args.report,
+            accel=args.accel,
+            bad_inputs=args.bad_inputs,
+            methods=tuple(m for m in args.methods.split(",") if m),
+            json=args.json,
+        )
+    )
+
+
 def _line(n: int, total: int, r: dict[str, Any]) -> str:
     mark = "ok  " if r.get("ok") else "FAIL"
     what = (
@@ -126,4 +146,4 @@ def _line(n: int, total: int, r: dict[str, Any]) -> str:
     return f"[{n:3}/{total}] {mark} {r['id']:<34} {r.get('seconds', 0):5.1f} s  {what}"
 
 
-__all__ = ["Options", "run_matrix"]
+__all__ = ["FULL_RUN_CUTS", "Options", "cmd_run", "run_matrix"]
