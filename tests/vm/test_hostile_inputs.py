@@ -1,5 +1,5 @@
 """Hostile and bad input across every snapkit verb (issue 6, item 4), judged in the guest by
-``vmtests/guest/hostile.py``: exit 1 or 2, one stderr line naming the problem with a hint, and
+``vmtests.guest.faults.hostile``: exit 1 or 2, one stderr line naming the problem with a hint, and
 ``dmsetup table``, ``losetup -a``, dm sysfs, the mount table, the state file and the COW
 directory byte-identical before and after.
 

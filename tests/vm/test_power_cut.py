@@ -7,7 +7,7 @@ started). The bad inputs of ``--matrix faults`` are left to test_hostile_inputs.
 slice here (same judge, same guest script), so CI does not pay for them twice.
 
 Each cut: QEMU SIGKILLed at the point, the guest rebooted on the same disks (qcow2 overlays of
-a base made once), ``snapkit recover``, then the oracle (vmtests/guest/faults_judge.py). The
+a base made once), ``snapkit recover``, then the oracle (vmtests/guest/faults/judge.py). The
 negative controls run inside the judge (a planted lost write, frozen mount, suspended device,
 zeroed superblock, changed tree must each be caught) and the run fails if one is not.
 """

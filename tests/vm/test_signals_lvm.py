@@ -2,7 +2,7 @@
 (issue 6, item 5): no device is left suspended, no filesystem frozen, no loop device leaked.
 
 Two ways in. Between steps, the flow's hook ``SNAPKIT_TEST_PAUSE_AT=[P:]N`` stops snapkit
-before step N and says so. Inside a step, ``vmtests/guest/sigwhen.py`` sends the signal the
+before step N and says so. Inside a step, ``vmtests/guest/faults/sigwhen.py`` sends the signal the
 moment the origin's ``/sys/block/dm-N/dm/suspended`` reads 1, i.e. while ``lvcreate`` or
 ``lvconvert`` holds it suspended (a window of tens of milliseconds: it needs a second vCPU).
 

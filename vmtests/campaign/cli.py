@@ -1,6 +1,6 @@
 """``vmtest run``, ``vmtest report merge`` and ``vmtest bench campaign``.
 
-``run`` is a pytest run of the campaign's parametrized tests (``-p vmtests.campaign.plugin``), so
+``run`` is a pytest run of the campaign's parametrized tests (``-p vmtests.campaign.plugin``),
 ``-n`` spreads scenarios over VMs with pytest-xdist and every scenario is also an ordinary test
 that can be run alone. The exit code comes from results.json, not from pytest: 0 only when every
 real scenario that ran passed and every negative control was caught.

@@ -1,6 +1,6 @@
 """The oracle's verdict: turn what the guest measured into pass, fail or caught.
 
-The checks themselves run in the guest (vmtests/guest/check.py and verify.py) right after the
+The checks themselves run in the guest (guest/check.py, guest/campaign/verify.py) right after the
 snapshot, because the snapshot device exists only there:
 
 - **fsck** of the bare snapshot device: ext4 ``e2fsck -fn``, xfs ``xfs_repair -n``, btrfs
@@ -16,7 +16,7 @@ snapshot, because the snapshot device exists only there:
   write that began after it ended is present; writes in the window are old or new, never torn.
   A write in flight to a new file region that reads back as zeros is counted apart, as a
   *hole*: allowed only for btrfs-native, whose point in time is a transaction commit, not a
-  freeze (``vmtests/guest/verify.py`` says why and what was measured); a failure elsewhere.
+  freeze (``vmtests/guest/campaign/verify.py`` says why and what was measured); a failure elsewhere.
 - **fio**: fio re-reads its acknowledged jobs on the snapshot with ``verify=crc32c``.
 - **merge**: after ``snapkit snapshot merge``, the origin's tree digest equals the snapshot's.
 
@@ -154,7 +154,7 @@ def skipped(scenario: Scenario, reason: str) -> Result:
 
 
 def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: str = "") -> Result:
-    """The verdict on one guest result (the JSON vmtests/guest/scenario.py printed)."""
+    """The verdict on one guest result (the JSON vmtests/guest/campaign/scenario.py printed)."""
     checks: dict[str, bool | None] = dict(raw.get("checks", {}))
     counts: dict[str, Any] = raw.get("counts") or {}
     errors = tuple(str(e) for e in raw.get("errors", ()))

@@ -76,7 +76,7 @@ class Scenario:
         return dataclasses.replace(self, seed=seed)
 
     def guest_spec(self) -> dict[str, Any]:
-        """What the guest runner (vmtests/guest/scenario.py) is told: plain JSON values."""
+        """What the guest runner (vmtests/guest/campaign/scenario.py) is told: plain JSON values."""
         return {
             "id": self.id,
             "fs": self.fs,

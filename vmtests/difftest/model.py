@@ -1,6 +1,6 @@
 """The model side of ``vmtest difftest``: snapkit's offline dm-snapshot model, driven by a history.
 
-It answers each operation with what the guest executor (``vmtests/guest/dmexec.py``) answers
+It answers each operation with what the guest executor (``vmtests.guest.difftest.dmexec``) answers
 for the kernel: a result word or digest, the status line of every dm device, and at check
 points the digests of every device and backing file. Everything the kernel would read back
 from disk, the model reads back from its bytes too: a reload or a merge builds the snapshot

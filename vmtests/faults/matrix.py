@@ -6,7 +6,7 @@ from the seed, for what has no steps of snapkit's own to pause at: one ``lvcreat
 ``lvconvert`` / ``lvremove`` / ``lvextend``, and the kernel's merge once it runs. Phases:
 create (on an empty origin), merge, discard and extend (of a snapshot taken beforehand).
 
-Pure: no VM, no I/O; ``faults_run.py`` executes, ``faults_report.py`` sums up.
+Pure: no VM, no I/O; ``run.py`` executes, ``report.py`` sums up.
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ class Runner:
     # -- bad inputs ------------------------------------------------------------------------
 
     def hostile(self, sample: int | None) -> dict[str, Any]:
-        """The bad-input judge (``vmtests/guest/hostile.py``) in one boot: every case, or a
+        """The bad-input judge (``vmtests/guest/faults/hostile.py``) in one boot: every case, or a
         seeded sample, plus its two negative controls."""
         from vmtests.vm.session import Session
 

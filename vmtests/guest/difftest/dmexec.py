@@ -12,7 +12,7 @@ writes are synced and their cache dropped, so what is observed is the devices, n
 cache (the origin's bytes change under its page cache when a merge runs).
 
 Request: ``{"origin_sectors", "ops": [op, ...], "checks": [op index, ...]}``, ops as
-``vmtests.difftest_ops`` encodes them; answer: ``{"obs": [observation, ...]}`` or
+``vmtests.difftest.ops`` encodes them; answer: ``{"obs": [observation, ...]}`` or
 ``{"error": text}``, one observation per op: its result, every device's status line, and for
 the op indexes in ``checks`` the digests of every device and backing file.
 """

@@ -23,7 +23,7 @@ file fsync'd, then its number appended to the ledger and fsync'd; niced, so the 
 under test gets the one vCPU first -- it still writes all along), and launch the operation in
 the background with flow's test hook pausing it before plan step N (``SNAPKIT_TEST_PAUSE_AT``).
 The host polls ``/tmp/op-<kid>.err`` for the pause line, or waits a seeded delay, and SIGKILLs
-QEMU. The judge is in ``faults_judge.py``. Prints one JSON object. Standard library only.
+QEMU. The judge is in ``judge.py``. Prints one JSON object. Standard library only.
 """
 
 from __future__ import annotations
