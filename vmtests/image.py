@@ -215,11 +215,24 @@ def check_host(host: HostFacts) -> None:
     for table in ("subuid", "subgid"):
         have = subid_count(getattr(host, table), host.user, host.euid)
         if have < SUBIDS_NEEDED:
+            start = free_subid_start(host.subuid + host.subgid)
+            ids = f"{start}-{start + SUBIDS_NEEDED - 1}"
             raise ImageError(
                 f"/etc/{table} grants {host.user} {have} ids, an unprivileged build needs "
-                f"{SUBIDS_NEEDED}: run 'sudo usermod --add-subuids 100000-165535 "
-                f"--add-subgids 100000-165535 {host.user}'"
+                f"{SUBIDS_NEEDED}: run 'sudo usermod --add-subuids {ids} --add-subgids {ids} "
+                f"{host.user}'"
             )
+
+
+def free_subid_start(tables: str) -> int:
+    """The first id above every range granted so far (and above 100000, useradd's floor), so
+    the range the hint suggests overlaps no other user's."""
+    ends = [100000]
+    for line in tables.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+            ends.append(int(fields[1]) + int(fields[2]))
+    return max(ends)
 
 
 def mmdebstrap_mode(euid: int) -> str:
