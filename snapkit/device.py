@@ -19,7 +19,6 @@ from snapkit.dm.naming import Role, parse_uuid, snapkit_name, uuid
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import RefusedError
 from snapkit.flow import Flow
-from snapkit.lock import origin_lock
 from snapkit.plan import Plan
 from snapkit.state import Prepared
 from snapkit.target import block_devnum, block_info, mounts_of, stable_id
@@ -77,7 +76,7 @@ def plan_prepare(flow: Flow, device: str, name: str) -> tuple[Plan, PrepareResul
 
 
 def prepare(flow: Flow, device: str, name: str, *, dry_run: bool = False) -> PrepareResult | str:
-    with origin_lock(device, operation=f"prepare {name}", lock_dir=flow.lock_path()):
+    with flow.lock(device, f"prepare {name}"):
         plan, result = plan_prepare(flow, device, name)
         if dry_run:
             return plan.render()
@@ -115,7 +114,7 @@ def plan_release(flow: Flow, name: str) -> Plan:
 
 
 def release(flow: Flow, name: str, *, dry_run: bool = False) -> str:
-    with origin_lock(f"/dev/mapper/{name}", operation=f"release {name}", lock_dir=flow.lock_path()):
+    with flow.lock(f"/dev/mapper/{name}", f"release {name}"):
         plan = plan_release(flow, name)
         if dry_run:
             return plan.render()

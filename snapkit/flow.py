@@ -23,16 +23,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from snapkit import layer
+from snapkit import freezing, layer
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
 from snapkit.errors import OperationError, RefusedError, SnapkitError, split_advice
+from snapkit.freezing import Outcome
 from snapkit.fs import snapshot_mount_options
-from snapkit.lock import DEFAULT_LOCK_DIR, origin_lock
+from snapkit.lock import origin_lock
 from snapkit.loopdev import LocalFiles, LosetupLoops
 from snapkit.methods import registry
 from snapkit.methods.base import (
@@ -46,8 +47,9 @@ from snapkit.methods.base import (
     State,
 )
 from snapkit.plan import Plan, PlanError, Step, apply
-from snapkit.run import SubprocessExecutor
-from snapkit.state import StateData, StateFile, reconcile, state_dir
+from snapkit.run import Completed, SubprocessExecutor
+from snapkit.settings import Settings
+from snapkit.state import StateData, StateFile, reconcile
 from snapkit.target import resolve
 
 PAUSE_ENV = "SNAPKIT_TEST_PAUSE_AT"
@@ -65,17 +67,21 @@ def real_host() -> Iterator[Host]:
 
 @dataclass
 class Flow:
+    """The verbs on one host. ``settings`` is resolved once (by default from the environment)
+    and names the state file and the lock directory every verb uses."""
+
     host: Host
-    state: StateFile = field(default_factory=StateFile)
-    lock_dir: Path | None = None
+    settings: Settings = field(default_factory=Settings.from_env)
     _plans_applied: int = 0
+
+    def __post_init__(self) -> None:
+        self.state = StateFile(self.settings.state_dir)
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def lock_path(self) -> Path:
-        if self.lock_dir is not None:
-            return self.lock_dir
-        return state_dir() / "locks" if os.environ.get("SNAPKIT_STATE_DIR") else DEFAULT_LOCK_DIR
+    def lock(self, origin: str, operation: str) -> AbstractContextManager[Path]:
+        """The origin's lock, in the one lock directory of :attr:`settings`."""
+        return origin_lock(origin, operation=operation, lock_dir=self.settings.lock_dir)
 
     def load(self) -> StateData:
         """The state file, with what the kernel shows under snapkit uuids added (and saved)."""
@@ -126,7 +132,7 @@ class Flow:
             cow_dir=cow_dir or self.state.directory / "cow", chunk_sectors=chunk_sectors,
             pre=pre, post=post, max_freeze=max_freeze, command=command,
         )  # fmt: skip
-        with origin_lock(str(target.device), operation=f"create {name}", lock_dir=self.lock_path()):
+        with self.lock(str(target.device), f"create {name}"):
             plan, record = impl.plan_create(req)
             if dry_run:
                 return _hooks_text(req.pre, plan.render(), req.post)
@@ -241,9 +247,7 @@ class Flow:
         argv += [over.device, str(directory)]
         s.append(Step(" ".join(argv), lambda: self._run_mount(argv, over.device, fstype)))
         title = f"mount {record.name} through a throwaway layer ({over.device})"
-        with origin_lock(
-            record.origin, operation=f"mount {record.name}", lock_dir=self.lock_path()
-        ):
+        with self.lock(record.origin, f"mount {record.name}"):
             self.apply_plan(Plan(title, tuple(s)))
             self.state.save(self.load().with_snapshot(layer.recorded(record, over)))
 
@@ -292,8 +296,7 @@ class Flow:
                 return status
             used = status.usage_percent or 0.0
             if used >= extend_at:
-                with origin_lock(record.origin, operation=f"extend {name}",
-                                 lock_dir=self.lock_path()):  # fmt: skip
+                with self.lock(record.origin, f"extend {name}"):  # fmt: skip
                     self.apply_plan(impl.plan_extend(record, extend_by))
                 grown = impl.status(record)
                 say(f"{name}: COW was {used:.2f}% full; grew it by {extend_by} bytes, "
@@ -311,7 +314,7 @@ class Flow:
     ) -> SnapshotStatus | str:  # fmt: skip
         record = self.record(name)
         impl = self.method(record.method)
-        with origin_lock(record.origin, operation=f"merge {name}", lock_dir=self.lock_path()):
+        with self.lock(record.origin, f"merge {name}"):
             return self._end(impl, record, "merge", wait, progress, dry_run)
 
     def discard(
@@ -319,7 +322,7 @@ class Flow:
     ) -> SnapshotStatus | str:
         record = self.record(name)
         impl = self.method(record.method)
-        with origin_lock(record.origin, operation=f"discard {name}", lock_dir=self.lock_path()):
+        with self.lock(record.origin, f"discard {name}"):
             return self._end(impl, record, "discard", True, None, dry_run, force=force)
 
     def _end(
@@ -450,6 +453,55 @@ class Flow:
 MERGE_OR_DISCARD = ("merge", "discard")
 
 
+@dataclass(frozen=True)
+class Frozen:
+    """What ``freeze`` did: the user's command's result, and how long the window was."""
+
+    mountpoint: Path
+    result: Completed
+    window: float | None
+
+
+def freeze(
+    spec: str,
+    command: Sequence[str],
+    *,
+    max_freeze: float,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+) -> Frozen | str:
+    """``snapkit freeze``: freeze the filesystem at ``spec``, run ``command``, thaw; the plan
+    text instead if ``dry_run``. No state is recorded and no device-mapper is opened, so this
+    verb needs no :class:`Flow`; it takes the origin's lock from the same :class:`Settings`,
+    so it excludes every other verb on that origin."""
+    from snapkit.methods.freeze import freeze_plan, unsuitable  # the flow loads no method
+
+    settings = settings or Settings.from_env()
+    target = resolve(spec)
+    reason = unsuitable(target)
+    if reason:
+        raise RefusedError(reason)
+    mountpoint = target.mountpoint or Path(spec)
+    outcome = Outcome()
+    plan = freeze_plan(
+        mountpoint,
+        command,
+        max_freeze,
+        executor=SubprocessExecutor(),
+        freezer=freezing.IoctlFreezer(),
+        watchdog=freezing.real_watchdog(mountpoint),
+        outcome=outcome,
+        fail_on_exit=False,
+        env={"SNAPKIT_MOUNTPOINT": str(mountpoint), "SNAPKIT_DEVICE": str(target.device)},
+    )
+    if dry_run:
+        return plan.render()
+    with origin_lock(str(target.device), operation="freeze", lock_dir=settings.lock_dir):
+        apply(plan)
+    assert outcome.result is not None  # the plan ran the command, or raised
+    return Frozen(mountpoint, outcome.result, outcome.window)
+
+
 def _mount_options(record: SnapshotRecord, fstype: str, rw: bool, read_only: bool) -> list[str]:
     recorded = [o for o in record.details.get("mount_options", "").split(",") if o]
     if recorded:
@@ -501,4 +553,4 @@ def _with_test_pause(plan: Plan, ordinal: int) -> Plan:
     return replace(plan, steps=tuple(steps))
 
 
-__all__ = ["PAUSE_ENV", "Flow", "real_host"]
+__all__ = ["PAUSE_ENV", "Flow", "Frozen", "freeze", "real_host"]

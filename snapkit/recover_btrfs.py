@@ -34,7 +34,6 @@ from pathlib import Path
 
 from snapkit.errors import OperationError
 from snapkit.flow import Flow
-from snapkit.lock import origin_lock
 from snapkit.methods import btrfs
 from snapkit.methods.base import SnapshotRecord
 from snapkit.methods.btrfs_merge import legacy_name, spare_name
@@ -73,8 +72,7 @@ def _settle(flow: Flow, record: SnapshotRecord, settled: Settled) -> None:
         settled.actions.append(f"{record.name}: not checked, {record.device} is not attached")
         return
     run = flow.host.run
-    with origin_lock(record.origin, operation=f"recover {record.name}",
-                     lock_dir=flow.lock_path()):  # fmt: skip
+    with flow.lock(record.origin, f"recover {record.name}"):  # fmt: skip
         _drop_stale_tops(run, record, settled)
         top = btrfs.TOP_ROOT / f"btrfs-{record.name}-{os.getpid()}"
         run.run(["mkdir", "-p", str(top)])

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from snapkit.flow import Flow
-from snapkit.lock import LockedError, origin_lock
+from snapkit.lock import LockedError
 from snapkit.lvm import Lvm
 from snapkit.methods.base import SnapshotRecord
 from snapkit.plan import Plan, Step
@@ -72,8 +72,7 @@ def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
 
     vg, name = record.details["vg"], record.details["lv"]
     try:
-        with origin_lock(record.origin, operation=f"recover {record.name}",
-                         lock_dir=flow.lock_path()):  # fmt: skip
+        with flow.lock(record.origin, f"recover {record.name}"):  # fmt: skip
             lvm = Lvm(flow.host.run)
             lv = lvm.get(vg, name)
             if lv is not None and (lv.is_snapshot or lv.is_thin_snapshot) and not lv.invalid:
@@ -93,8 +92,7 @@ def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
 def _settle_end(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
     vg, name, op = record.details["vg"], record.details["lv"], record.details["pending"]
     try:
-        with origin_lock(record.origin, operation=f"recover {record.name}",
-                         lock_dir=flow.lock_path()):  # fmt: skip
+        with flow.lock(record.origin, f"recover {record.name}"):  # fmt: skip
             lv = Lvm(flow.host.run).get(vg, name)
             snapshot = lv is not None and (lv.is_snapshot or lv.is_thin_snapshot)
             if lv is not None and snapshot and op == "merge":

@@ -38,7 +38,8 @@ from snapkit.methods.dmshared import merge_failed, merge_state, snapshot_state
 from snapkit.methods.lvm import LvmMethod
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
-from snapkit.state import StateData, StateFile
+from snapkit.settings import Settings
+from snapkit.state import StateData
 from tests.unit.test_method_dm import SIZE, World, created, make_world
 from tests.unit.test_method_lvm import FakeLvm, Lv
 from tests.unit.test_method_lvm import host as lvm_host
@@ -206,7 +207,9 @@ def test_a_failed_merge_restarts_from_snapshot_origin(tmp_path: Path) -> None:
 
 def _flow(tmp_path: Path) -> tuple[Flow, World]:
     world, _, record = _merge_failed_world(tmp_path)
-    flow = Flow(world.host, state=StateFile(world.cow_dir / "state"), lock_dir=world.cow_dir)
+    flow = Flow(
+        world.host, settings=Settings(state_dir=world.cow_dir / "state", lock_dir=world.cow_dir)
+    )
     flow.state.save(StateData(snapshots=(record,)))
     return flow, world
 
@@ -318,7 +321,7 @@ def test_lvm_merge_failed_is_one_line_then_restarts_by_reactivation(tmp_path: Pa
     fake.lvs["lv"] = Lv("lv")
     flow = Flow(
         Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
-        state=StateFile(tmp_path / "state"), lock_dir=tmp_path,
+        settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path),
     )  # fmt: skip
     method = LvmMethod(flow.host)
     plan, record = method.plan_create(lvm_request())

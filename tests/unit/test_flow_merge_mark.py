@@ -15,6 +15,7 @@ from snapkit.flow import Flow
 from snapkit.methods.base import State
 from snapkit.methods.dm import DmMethod
 from snapkit.plan import Plan, PlanError
+from snapkit.settings import Settings
 from snapkit.state import StateData, StateFile
 from tests.unit.test_method_dm import ORIGINAL, World, created, make_world
 
@@ -24,7 +25,9 @@ class PowerCut(BaseException):
 
 
 def _flow(world: World) -> Flow:
-    flow = Flow(world.host, state=StateFile(world.cow_dir / "state"), lock_dir=world.cow_dir)
+    flow = Flow(
+        world.host, settings=Settings(state_dir=world.cow_dir / "state", lock_dir=world.cow_dir)
+    )
     flow.state.save(StateData(snapshots=(world.records["s1"],)))
     return flow
 
@@ -55,7 +58,9 @@ def test_a_cut_at_any_step_of_the_merge_start_leaves_the_mark(tmp_path: Path, n:
     saved = StateFile(flow.state.directory).load().snapshot("s1")
     assert saved is not None and saved.details["pending"] == "merge", f"cut after {n} steps"
     # the same process (no reboot): the merge runs again and really rolls back
-    again = Flow(world.host, state=StateFile(flow.state.directory), lock_dir=world.cow_dir)
+    again = Flow(
+        world.host, settings=Settings(state_dir=flow.state.directory, lock_dir=world.cow_dir)
+    )
     if n < 4:  # the kernel never started: the status must not claim a merge to finish
         assert again.status("s1").state is State.ACTIVE
     seen: list[str] = []

@@ -18,7 +18,8 @@ from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotSt
 from snapkit.methods.dm_direct import DmDirectMethod
 from snapkit.plan import apply
 from snapkit.run import Completed
-from snapkit.state import StateData, StateFile
+from snapkit.settings import Settings
+from snapkit.state import StateData
 from tests.unit.test_method_dm import FakeRun, World, make_world
 
 
@@ -49,7 +50,7 @@ FREEZE = SnapshotRecord("s3", "freeze", "/dev/vdb", "", 0.0, {"command": "true"}
 def _flow(tmp_path: Path) -> tuple[Flow, Recorder]:
     run = Recorder()
     host = Host(dm=FakeDm(faults=Faults()), run=run, loops=None, files=None)  # type: ignore[arg-type]
-    flow = Flow(host, state=StateFile(tmp_path / "state"))
+    flow = Flow(host, settings=Settings.under(tmp_path / "state"))
     flow.state.save(StateData(snapshots=(BTRFS, LVM_XFS, FREEZE)))
     return flow, run
 
@@ -136,7 +137,9 @@ def _direct(tmp_path: Path, fs: str) -> tuple[Flow, World, MountRun]:
         CreateRequest(target, "s1", cow_dir=tmp_path)
     )
     apply(plan)
-    flow = Flow(world.host, state=StateFile(tmp_path / "state"), lock_dir=tmp_path / "locks")
+    flow = Flow(
+        world.host, settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path / "locks")
+    )
     flow.state.save(StateData(snapshots=(record,)))
     (tmp_path / "m").mkdir()
     return flow, world, run

@@ -78,7 +78,6 @@ class _MustNotRun:
         return ran
 
 
-@pytest.mark.xfail(strict=True, reason="cli/freeze.py locks in /run/snapkit/locks, not Flow's")
 def test_freeze_and_create_share_the_lock_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -86,9 +85,9 @@ def test_freeze_and_create_share_the_lock_dir(
     `snapshot create` on that origin, or the two interleave a freeze with a suspend."""
     from snapkit import flow, freezing, target
     from snapkit.cli import main
-    from snapkit.flow import Flow
     from snapkit.methods import freeze
     from snapkit.methods.base import Target
+    from snapkit.settings import Settings
 
     monkeypatch.setenv("SNAPKIT_STATE_DIR", str(tmp_path / "state"))
     origin = Target(Path("/dev/snapkit-test-origin"), tmp_path, "ext4", (7, 99))
@@ -97,7 +96,7 @@ def test_freeze_and_create_share_the_lock_dir(
     for module in (freeze, freezing):  # never freeze the test machine, whoever builds the plan
         monkeypatch.setattr(module, "IoctlFreezer", _MustNotRun)
         monkeypatch.setattr(module, "real_watchdog", lambda _mp: _MustNotRun())
-    flow_locks = Flow(host=None).lock_path()  # type: ignore[arg-type]
+    flow_locks = Settings.from_env().lock_dir  # what every Flow verb locks in
     with origin_lock(str(origin.device), operation="create s1", lock_dir=flow_locks):
         code = main(["freeze", str(tmp_path), "--", "true"])
     assert code == 1

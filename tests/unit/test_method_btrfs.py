@@ -30,7 +30,8 @@ from snapkit.methods.btrfs import BtrfsMethod
 from snapkit.plan import PlanError, apply
 from snapkit.recover import Recovery, recover
 from snapkit.run import Completed
-from snapkit.state import StateData, StateFile
+from snapkit.settings import Settings
+from snapkit.state import StateData
 from snapkit.target import Mount
 
 DEV = "/dev/vdb"
@@ -455,7 +456,7 @@ def crashed(world: World, tmp_path: Path, steps_done: int, *, power_cut: bool) -
             world.fake._apply(["umount", str(top)])
         shutil.rmtree(tmp_path / "run", ignore_errors=True)
     flow = Flow(SimpleNamespace(run=world.fake, dm=FakeDm(faults=Faults())),  # type: ignore[arg-type]
-                state=StateFile(tmp_path / "state"), lock_dir=tmp_path / "locks")  # fmt: skip
+                settings=Settings.under(tmp_path / "state"))  # fmt: skip
     flow.state.save(StateData(snapshots=(record,)))
     return flow
 
@@ -608,7 +609,7 @@ def test_recover_leaves_a_merge_that_holds_the_lock_alone(
     monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
     flow = crashed(world, tmp_path, 3, power_cut=False)  # a live merge, between its steps
     before = world.state()
-    lock = origin_lock(DEV, operation="merge s1", lock_dir=flow.lock_path())
+    lock = origin_lock(DEV, operation="merge s1", lock_dir=flow.settings.lock_dir)
     with lock, pytest.raises(PlanError, match="busy"):
         recover(flow)
     assert world.state() == before

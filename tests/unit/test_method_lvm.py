@@ -23,6 +23,7 @@ from snapkit.methods.lvm import LvmMethod
 from snapkit.methods.lvm_thin import LvmThinMethod
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
+from snapkit.settings import Settings
 
 
 @dataclass
@@ -226,12 +227,11 @@ def _flow(fake: FakeLvm, tmp_path: Path) -> Any:
     from snapkit.dm.fake import FakeDm
     from snapkit.flow import Flow
     from snapkit.methods.base import Host
-    from snapkit.state import StateData, StateFile
+    from snapkit.state import StateData
 
     flow = Flow(
         Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
-        state=StateFile(tmp_path / "state"),
-        lock_dir=tmp_path,
+        settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path),
     )
     plan, record = LvmMethod(flow.host).plan_create(request())
     apply(plan)

@@ -20,7 +20,8 @@ from snapkit.methods.dm_direct import DmDirectMethod
 from snapkit.plan import PlanError, Step, apply
 from snapkit.recover import plan_recover, recover
 from snapkit.recover_direct import holds_writes
-from snapkit.state import StateData, StateFile
+from snapkit.settings import Settings
+from snapkit.state import StateData
 from tests.unit.test_method_dm import BASE, ORIGINAL, FakeLoops, World, make_world
 
 
@@ -36,7 +37,7 @@ def _rebooted(world: World) -> Flow:
     dm = FakeDm(faults=Faults())
     dm.add_block_device("/dev/loop0", BASE)
     host = Host(dm=dm, run=world.run, loops=FakeLoops(dm, Faults()), files=world.files)
-    return Flow(host, state=StateFile(world.cow_dir / "state"))
+    return Flow(host, settings=Settings.under(world.cow_dir / "state"))
 
 
 def _kind(flow: Flow, name: str) -> type:
@@ -111,7 +112,7 @@ def test_a_mark_without_a_reboot_is_left_to_the_flow_to_restart(tmp_path: Path) 
     changes nothing itself and hands the record to the merge, which starts it."""
     world, data = _created(tmp_path)
     marked = DmMethod(world.host).mark_pending(data.snapshots[0], "merge")
-    flow = Flow(world.host, state=StateFile(world.cow_dir / "state"))
+    flow = Flow(world.host, settings=Settings.under(world.cow_dir / "state"))
     plan, result, _ = plan_recover(flow, StateData(snapshots=(marked,)))
     assert plan.steps == () and result.merging == ("s1",)
     assert DmMethod(world.host).started(marked) is False
@@ -311,7 +312,7 @@ def test_a_create_whose_cow_took_nothing_is_dropped_after_a_reboot(tmp_path: Pat
 
 def test_a_create_killed_after_the_switch_is_finished_in_place(tmp_path: Path) -> None:
     world, data = _cut_create(tmp_path, 8)  # no reboot: the origin is the snapshot target
-    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    flow = Flow(world.host, settings=Settings.under(tmp_path / "state"))
     plan, result, kept = plan_recover(flow, data)
     apply(plan)
     assert not result.dropped and kept.snapshots[0].details["pending"] == ""
@@ -324,7 +325,7 @@ def test_a_create_killed_inside_the_switch_is_undone(tmp_path: Path) -> None:
     table loaded. It is cleared and resumed as it was; the rest of the create goes."""
     world, data = _cut_create(tmp_path, 7)
     assert world.dm.info("data").suspended  # type: ignore[union-attr]
-    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    flow = Flow(world.host, settings=Settings.under(tmp_path / "state"))
     plan, result, kept = plan_recover(flow, data)
     apply(plan)
     assert result.dropped == ("s1",) and kept.snapshots == ()
@@ -338,7 +339,7 @@ def test_the_flow_records_a_dm_direct_create_before_its_plan(tmp_path: Path) -> 
     """So no crash can leave a COW with the origin's newest writes and no record; a clean
     rollback takes the mark away again."""
     world = make_world(tmp_path)
-    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    flow = Flow(world.host, settings=Settings.under(tmp_path / "state"))
     method = DmDirectMethod(world.host)
     plan, record = method.plan_create(world.request())
     seen: list[str] = []
@@ -346,7 +347,7 @@ def test_the_flow_records_a_dm_direct_create_before_its_plan(tmp_path: Path) -> 
     flow._apply_create(method, replace(plan, steps=(probe, *plan.steps)), record)
     assert seen == ["create"]
     world = make_world(tmp_path / "2")
-    flow = Flow(world.host, state=StateFile(tmp_path / "2" / "state"))
+    flow = Flow(world.host, settings=Settings.under(tmp_path / "2" / "state"))
     method = DmDirectMethod(world.host)
     plan, record = method.plan_create(world.request())
     world.faults.fail_at = len(world.faults.calls) + 5

@@ -13,7 +13,8 @@ from snapkit.errors import OperationError, RefusedError
 from snapkit.flow import Flow
 from snapkit.methods.dm import DmMethod
 from snapkit.plan import apply
-from snapkit.state import StateData, StateFile
+from snapkit.settings import Settings
+from snapkit.state import StateData
 from tests.unit.test_method_dm import SIZE, World, created, make_world
 
 COW_SECTORS = 1024  # a 512 KiB COW
@@ -45,7 +46,9 @@ def test_extend_grows_the_file_refreshes_the_loop_and_reloads_only_the_snapshot(
 
 
 def _flow(world: World) -> Flow:
-    flow = Flow(world.host, state=StateFile(world.cow_dir / "state"), lock_dir=world.cow_dir)
+    flow = Flow(
+        world.host, settings=Settings(state_dir=world.cow_dir / "state", lock_dir=world.cow_dir)
+    )
     flow.state.save(StateData(snapshots=(world.records["s1"],)))
     return flow
 
