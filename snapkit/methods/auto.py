@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, ClassVar
 
-from snapkit.errors import RefusedError
+from snapkit.errors import OperationError, RefusedError
 from snapkit.methods.base import (
     CreateRequest,
     Method,
@@ -75,7 +75,7 @@ class AutoMethod:
     def unsuitable(self, target: Target) -> str | None:
         try:
             self.choose(target, command=True)
-        except RefusedError as exc:
+        except (RefusedError, OperationError) as exc:
             return exc.message
         return None
 

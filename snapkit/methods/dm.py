@@ -22,7 +22,7 @@ from typing import ClassVar
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
-from snapkit.errors import RefusedError, split_advice
+from snapkit.errors import OperationError, RefusedError, split_advice
 from snapkit.freezing import guard_suspend
 from snapkit.loopdev import LoopSlot
 from snapkit.methods.base import (
@@ -61,7 +61,7 @@ class DmMethod:
     def unsuitable(self, target: Target) -> str | None:
         try:
             dm_origin(self.dm, target, want="linear|snapshot-origin")
-        except RefusedError as exc:
+        except (RefusedError, OperationError) as exc:  # a failed dm query: unsuitable too
             return str(exc)
         return None
 

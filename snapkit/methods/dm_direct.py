@@ -30,7 +30,7 @@ from typing import ClassVar
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, snapkit_name, uuid
 from snapkit.dm.table import Dev, DevNum, Linear, Snapshot, SnapshotMerge, Store, Table
-from snapkit.errors import RefusedError
+from snapkit.errors import OperationError, RefusedError
 from snapkit.freezing import guard_suspend
 from snapkit.layer import Layer, teardown
 from snapkit.layer import refuse_if_mounted as refuse_if_mounted_layer
@@ -76,7 +76,7 @@ class DmDirectMethod:
     def unsuitable(self, target: Target) -> str | None:
         try:
             dm_origin(self.dm, target, want="linear")
-        except RefusedError as exc:
+        except (RefusedError, OperationError) as exc:  # a failed dm query: unsuitable too
             return str(exc)
         return None
 

@@ -94,7 +94,7 @@ class LvmMethod:
     def unsuitable(self, target: Target) -> str | None:
         try:
             self._origin(target)
-        except RefusedError as exc:
+        except (RefusedError, OperationError) as exc:  # a failed lvs: unsuitable too
             return exc.message
         return None
 
