@@ -27,14 +27,15 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from snapkit import freezing, layer
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
 from snapkit.errors import OperationError, RefusedError, SnapkitError, split_advice
-from snapkit.freezing import Outcome
-from snapkit.fs import snapshot_mount_options
+from snapkit.host import freezing
+from snapkit.host.freezing import Outcome
+from snapkit.host.fs import snapshot_mount_options
+from snapkit.host.loopdev import LocalFiles, LosetupLoops
+from snapkit.host.target import resolve
 from snapkit.lock import origin_lock
-from snapkit.loopdev import LocalFiles, LosetupLoops
 from snapkit.methods import registry
 from snapkit.methods.base import (
     CreateRequest,
@@ -46,11 +47,11 @@ from snapkit.methods.base import (
     SnapshotStatus,
     State,
 )
+from snapkit.methods.dm import layer
 from snapkit.plan import Plan, PlanError, Step, apply
 from snapkit.run import Completed, SubprocessExecutor
 from snapkit.settings import Settings
 from snapkit.state import StateData, StateFile, reconcile
-from snapkit.target import resolve
 
 PAUSE_ENV = "SNAPKIT_TEST_PAUSE_AT"
 DM_METHODS = ("dm", "dm-direct")  # records whose device is snapkit's own dm device
@@ -205,8 +206,8 @@ class Flow:
         snapshot device (dm, lvm) takes the replay into its COW, as ``mount -o ro`` does for
         an LVM snapshot, which also leaves it checkable. A read-only one (dm-direct) cannot:
         xfs and btrfs, whose frozen copies keep a log, are mounted through a throwaway
-        writable layer (:mod:`snapkit.layer`); ext4, whose freeze leaves a clean journal,
-        gets :func:`snapkit.fs.snapshot_mount_options` (``noload``)."""
+        writable layer (:mod:`snapkit.methods.dm.layer`); ext4, whose freeze leaves a clean journal,
+        gets :func:`snapkit.host.fs.snapshot_mount_options` (``noload``)."""
         record = self.record(name)
         if not directory.is_dir():
             raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")

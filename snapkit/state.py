@@ -21,8 +21,8 @@ from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, parse_uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.errors import FormatError, RefusedError
+from snapkit.host.target import StableId
 from snapkit.methods.base import SnapshotRecord
-from snapkit.target import StableId
 
 STATE_FILE = "state.json"
 VERSION = 1

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from snapkit.bench_freeze import register as _register_freeze_window
+from snapkit.bench.freeze_window import register as _register_freeze_window
 from snapkit.cli.output import print_json
 
 _RAW = argparse.RawDescriptionHelpFormatter
@@ -38,7 +38,7 @@ def _register_cow(benches: Any) -> None:
 
 
 def _bench_cow(args: argparse.Namespace) -> int:
-    from snapkit.cow import bench
+    from snapkit.bench import cow as bench
 
     config = bench.BenchConfig(
         origin_bytes=args.origin_mib * bench.MIB,

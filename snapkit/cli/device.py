@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 from snapkit.cli.output import print_json
-from snapkit.device import prepare, release
 from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
+from snapkit.methods.dm.device import prepare, release
 
 
 def _prepare(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from snapkit.dm.control import DmControl
-from snapkit.loopdev import Files, Loops
+from snapkit.host.loopdev import Files, Loops
 from snapkit.plan import Plan
 from snapkit.run import Executor
 

@@ -20,11 +20,11 @@ from snapkit.methods.base import Host, Method
 Factory = Callable[[Host], Method]
 
 METHODS: dict[str, str] = {
-    "dm": "snapkit.methods.dm:DmMethod",
-    "dm-direct": "snapkit.methods.dm_direct:DmDirectMethod",
-    "lvm": "snapkit.methods.lvm:LvmMethod",
-    "lvm-thin": "snapkit.methods.lvm_thin:LvmThinMethod",
-    "btrfs": "snapkit.methods.btrfs:BtrfsMethod",
+    "dm": "snapkit.methods.dm.snapshot:DmMethod",
+    "dm-direct": "snapkit.methods.dm.direct:DmDirectMethod",
+    "lvm": "snapkit.methods.lvm.snapshot:LvmMethod",
+    "lvm-thin": "snapkit.methods.lvm.thin:LvmThinMethod",
+    "btrfs": "snapkit.methods.btrfs.snapshot:BtrfsMethod",
     "freeze": "snapkit.methods.freeze:FreezeMethod",
     "remount-ro": "snapkit.methods.remount:RemountMethod",
     "auto": "snapkit.methods.auto:AutoMethod",

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import RefusedError, UsageError
-from snapkit.loopdev import Files
+from snapkit.host.loopdev import Files
+from snapkit.host.target import mounts_of
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.dmshared import check_cow_dir
+from snapkit.methods.dm.shared import check_cow_dir
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
-from snapkit.target import mounts_of
 from snapkit.validate import dm_name
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
@@ -128,7 +128,7 @@ class RemountMethod:
     def plan_merge(self, record: SnapshotRecord) -> Plan:
         if not record.device:
             raise RefusedError(f"{record.name} was copied by a user command; snapkit cannot")
-        from snapkit.target import block_devnum
+        from snapkit.host.target import block_devnum
 
         dev = block_devnum(record.origin)
         mounted = mounts_of(dev) if dev is not None else ()

@@ -33,9 +33,9 @@ from snapkit.dm.status import (
 from snapkit.errors import CommandError, FormatError, OperationError
 from snapkit.flow import Flow
 from snapkit.methods.base import Host, SnapshotRecord, State
-from snapkit.methods.dm import DmMethod
-from snapkit.methods.dmshared import merge_failed, merge_state, snapshot_state
-from snapkit.methods.lvm import LvmMethod
+from snapkit.methods.dm.shared import merge_failed, merge_state, snapshot_state
+from snapkit.methods.dm.snapshot import DmMethod
+from snapkit.methods.lvm.snapshot import LvmMethod
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
 from snapkit.settings import Settings

@@ -13,7 +13,7 @@ import pytest
 
 from snapkit.flow import Flow
 from snapkit.methods.base import State
-from snapkit.methods.dm import DmMethod
+from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.plan import Plan, PlanError
 from snapkit.settings import Settings
 from snapkit.state import StateData, StateFile

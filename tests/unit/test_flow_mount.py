@@ -15,7 +15,7 @@ from snapkit.dm.fake import FakeDm, Faults
 from snapkit.errors import OperationError, RefusedError
 from snapkit.flow import Flow
 from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.dm_direct import DmDirectMethod
+from snapkit.methods.dm.direct import DmDirectMethod
 from snapkit.plan import apply
 from snapkit.run import Completed
 from snapkit.settings import Settings

@@ -83,8 +83,9 @@ def test_freeze_and_create_share_the_lock_dir(
 ) -> None:
     """With SNAPKIT_STATE_DIR set, `snapkit freeze` must take the same lock as the flow's
     `snapshot create` on that origin, or the two interleave a freeze with a suspend."""
-    from snapkit import flow, freezing, target
+    from snapkit import flow
     from snapkit.cli import main
+    from snapkit.host import freezing, target
     from snapkit.methods import freeze
     from snapkit.methods.base import Target
     from snapkit.settings import Settings

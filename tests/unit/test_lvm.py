@@ -7,7 +7,7 @@ import json
 import pytest
 
 from snapkit.errors import FormatError
-from snapkit.lvm import LVS_FIELDS, Lvm, lvs_argv, parse_lvs
+from snapkit.host.lvm import LVS_FIELDS, Lvm, lvs_argv, parse_lvs
 from snapkit.run import Completed
 
 # Recorded in the guest (lvm2 2.03.16): an origin with a classic snapshot, a thin pool with a

@@ -18,21 +18,22 @@ from typing import Any
 
 import pytest
 
-from snapkit import recover_btrfs
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import DevNum
 from snapkit.errors import CommandError, RefusedError
 from snapkit.flow import Flow
+from snapkit.host.target import Mount
 from snapkit.lock import origin_lock
-from snapkit.methods import btrfs, btrfs_merge
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
-from snapkit.methods.btrfs import BtrfsMethod
+from snapkit.methods.btrfs import merge as btrfs_merge
+from snapkit.methods.btrfs import recover as recover_btrfs
+from snapkit.methods.btrfs import snapshot as btrfs
+from snapkit.methods.btrfs.snapshot import BtrfsMethod
+from snapkit.methods.dm.recover import Recovery, recover
 from snapkit.plan import PlanError, apply
-from snapkit.recover import Recovery, recover
 from snapkit.run import Completed
 from snapkit.settings import Settings
 from snapkit.state import StateData
-from snapkit.target import Mount
 
 DEV = "/dev/vdb"
 

@@ -13,7 +13,7 @@ from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import CommandError, RefusedError, ValidationError
 from snapkit.methods.base import CreateRequest, Host, Method, SnapshotRecord, Target
-from snapkit.methods.dm import DmMethod
+from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.plan import Plan, PlanError, apply
 from snapkit.run import Completed
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from snapkit import layer
 from snapkit.dm.table import DevNum, Linear, Snapshot, Store, Table
 from snapkit.errors import RefusedError
-from snapkit.layer import Layer
 from snapkit.methods.base import CreateRequest, SnapshotRecord, Target
-from snapkit.methods.dm_direct import DmDirectMethod
+from snapkit.methods.dm import layer
+from snapkit.methods.dm.direct import DmDirectMethod
+from snapkit.methods.dm.layer import Layer
 from snapkit.plan import Plan, PlanError, apply
 from tests.unit.test_method_dm import BASE, ORIGINAL, World, make_world, walk_failures
 
@@ -116,7 +116,8 @@ def test_a_second_dm_direct_snapshot_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fs", ["xfs", "btrfs"])
 def test_a_fs_whose_copy_must_replay_a_log_is_taken(tmp_path: Path, fs: str) -> None:
-    """Its copy is mounted through a throwaway layer (snapkit.layer), so create accepts it."""
+    """Its copy is mounted through a throwaway layer (snapkit.methods.dm.layer), so create
+    accepts it."""
     world = make_world(tmp_path)
     target = Target(Path("/dev/mapper/data"), None, fs, (253, 0))
     assert DmDirectMethod(world.host).unsuitable(target) is None

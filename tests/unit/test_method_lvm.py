@@ -17,10 +17,10 @@ import pytest
 
 from snapkit.dm.fake import Faults
 from snapkit.errors import CommandError, RefusedError, UsageError
-from snapkit.lvm import LVS_FIELDS
+from snapkit.host.lvm import LVS_FIELDS
 from snapkit.methods.base import CreateRequest, State, Target
-from snapkit.methods.lvm import LvmMethod
-from snapkit.methods.lvm_thin import LvmThinMethod
+from snapkit.methods.lvm.snapshot import LvmMethod
+from snapkit.methods.lvm.thin import LvmThinMethod
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
 from snapkit.settings import Settings
@@ -361,7 +361,7 @@ def _marked(flow: Any) -> Any:
 
 
 def _settle(flow: Any) -> Any:
-    from snapkit.recover_lvm import plan_settle
+    from snapkit.methods.lvm.recover import plan_settle
 
     plan, settled = plan_settle(flow, flow.state.load())
     apply(plan)

@@ -18,13 +18,13 @@ import pytest
 from snapkit.dm.fake import Faults
 from snapkit.dm.table import DevNum
 from snapkit.errors import CommandError, RefusedError, UsageError
-from snapkit.loopdev import LocalFiles
+from snapkit.host.loopdev import LocalFiles
+from snapkit.host.target import Mount
 from snapkit.methods import remount
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
 from snapkit.methods.remount import RemountMethod
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
-from snapkit.target import Mount
 
 DEV, MP = "/dev/vdb", Path("/mnt/o")
 
@@ -90,7 +90,7 @@ def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(remount, "check_cow_dir", lambda cow_dir, target: None)
     mounted = [Mount(1, DevNum(254, 16), "/", MP, "ext4", DEV, "rw")]
     monkeypatch.setattr(remount, "mounts_of", lambda dev: tuple(mounted))
-    monkeypatch.setattr("snapkit.target.block_devnum", lambda path: DevNum(254, 16))
+    monkeypatch.setattr("snapkit.host.target.block_devnum", lambda path: DevNum(254, 16))
 
     def build(fail_at: int | None = None) -> tuple[FakeSystem, RemountMethod, list[Mount]]:
         fake = FakeSystem(Faults(fail_at), tmp_path)

@@ -13,13 +13,13 @@ import pytest
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.flow import Flow
-from snapkit.layer import Layer, recorded
 from snapkit.methods.base import CreateRequest, Host, Target
-from snapkit.methods.dm import DmMethod
-from snapkit.methods.dm_direct import DmDirectMethod
+from snapkit.methods.dm.direct import DmDirectMethod
+from snapkit.methods.dm.layer import Layer, recorded
+from snapkit.methods.dm.recover import plan_recover, recover
+from snapkit.methods.dm.recover_direct import holds_writes
+from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.plan import PlanError, Step, apply
-from snapkit.recover import plan_recover, recover
-from snapkit.recover_direct import holds_writes
 from snapkit.settings import Settings
 from snapkit.state import StateData
 from tests.unit.test_method_dm import BASE, ORIGINAL, FakeLoops, World, make_world

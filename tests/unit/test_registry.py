@@ -13,7 +13,7 @@ from snapkit.methods import registry
 
 PROBE = """
 import sys
-import snapkit.cli.snapshot, snapkit.flow, snapkit.recover
+import snapkit.cli.snapshot, snapkit.flow
 from snapkit.methods import registry
 {body}
 print(" ".join(sorted(m for m in sys.modules if m.startswith("snapkit.methods."))))
@@ -28,15 +28,15 @@ def _loaded(body: str) -> set[str]:
 
 def test_the_cli_and_flow_import_no_method() -> None:
     loaded = _loaded("")
-    assert loaded <= {"snapkit.methods.base", "snapkit.methods.registry",
-                      "snapkit.methods.dmshared"}, loaded  # fmt: skip
+    assert loaded <= {"snapkit.methods.base", "snapkit.methods.registry", "snapkit.methods.dm",
+                      "snapkit.methods.dm.shared", "snapkit.methods.dm.layer"}, loaded  # fmt: skip
 
 
 def test_asking_for_lvm_imports_lvm_only() -> None:
     loaded = _loaded("registry.factory('lvm')")
-    assert "snapkit.methods.lvm" in loaded
-    assert not loaded & {"snapkit.methods.btrfs", "snapkit.methods.freeze",
-                         "snapkit.methods.dm_direct", "snapkit.methods.auto"}, loaded  # fmt: skip
+    assert "snapkit.methods.lvm.snapshot" in loaded
+    assert not loaded & {"snapkit.methods.btrfs.snapshot", "snapkit.methods.freeze",
+                         "snapkit.methods.dm.direct", "snapkit.methods.auto"}, loaded  # fmt: skip
 
 
 @pytest.mark.parametrize("name", registry.names())

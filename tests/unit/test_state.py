@@ -9,7 +9,7 @@ import pytest
 
 from snapkit.errors import RefusedError
 from snapkit.methods.base import SnapshotRecord
-from snapkit.methods.dm import DmMethod
+from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.plan import apply
 from snapkit.state import Prepared, StateData, StateFile, parse, reconcile, render
 from tests.unit.test_method_dm import make_world

@@ -11,7 +11,7 @@ import pytest
 from snapkit.dm.status import SnapshotFailure, SnapshotUsage, StatusLine
 from snapkit.errors import OperationError, RefusedError
 from snapkit.flow import Flow
-from snapkit.methods.dm import DmMethod
+from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.plan import apply
 from snapkit.settings import Settings
 from snapkit.state import StateData

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from snapkit import watchdog
-from snapkit.watchdog import Watchdog, _Watch
+from snapkit.host import watchdog
+from snapkit.host.watchdog import Watchdog, _Watch
 
 
 @pytest.fixture

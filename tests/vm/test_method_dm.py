@@ -3,8 +3,8 @@
 xfs: a frozen xfs keeps a dirty log (measured on 6.1), so its snapshot is checked after the
 log is replayed (the read-only mount of the writable dm snapshot replays it). dm-direct's copy
 is the read-only base device, which cannot take a replay (xfs's log, btrfs's tree-log): its
-``snapshot mount`` goes through a throwaway writable layer (snapkit/layer.py), which merge and
-discard refuse to pull from under a mount and otherwise remove.
+``snapshot mount`` goes through a throwaway writable layer (snapkit/methods/dm/layer.py), which
+merge and discard refuse to pull from under a mount and otherwise remove.
 
 Each case: 1. create while a writer fsyncs files; 2. fsck the snapshot: clean; 3. mount the
 snapshot: every write acknowledged before create is there, none acknowledged after it; 4. merge:

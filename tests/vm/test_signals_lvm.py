@@ -6,7 +6,7 @@ before step N and says so. Inside a step, ``vmtests/guest/sigwhen.py`` sends the
 moment the origin's ``/sys/block/dm-N/dm/suspended`` reads 1, i.e. while ``lvcreate`` or
 ``lvconvert`` holds it suspended (a window of tens of milliseconds: it needs a second vCPU).
 
-Measured on the 6.1 guest, before the fix in snapkit/methods/lvm.py: a SIGTERM there made
+Measured on the 6.1 guest, before the fix in snapkit/methods/lvm/snapshot.py: a SIGTERM there made
 snapkit SIGKILL ``lvcreate`` mid-suspend, LVM's metadata was left half written
 (``s1 -wi-XX--X-``), the rollback failed, and the next create left the origin suspended for
 good; a SIGINT inside ``lvconvert --merge`` left four devices suspended. Now the command is let
@@ -16,7 +16,7 @@ undoes or stops.
 SIGKILL of snapkit itself cannot reach ``lvcreate``/``lvconvert`` (they run in their own
 sessions): they finish. Every lvm verb is recorded first (``pending create``/``merge``), so a
 SIGKILL leaves the mark, and each test then runs ``snapkit recover`` and checks what it
-settles (snapkit/recover_lvm.py): a create killed after ``lvcreate`` is a whole snapshot,
+settles (snapkit/methods/lvm/recover.py): a create killed after ``lvcreate`` is a whole snapshot,
 kept; one killed before it is undone and forgotten; a merge killed before ``lvconvert`` ran
 gets its mark cleared, the snapshot untouched; a merge LVM started goes on in the kernel and
 is left to it, and the record goes once LVM has merged. ``lvconvert`` itself may die with

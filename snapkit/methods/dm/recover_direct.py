@@ -1,9 +1,9 @@
 """``recover`` for dm-direct: its stack after a reboot, from the record and the COW file.
 
-Kept apart from :mod:`snapkit.recover` because dm-direct's stack is not the LVM way's: the
-origin itself is the ``snapshot`` target, its base device is the frozen copy (read-only), and
-its verbs are inverted (a pending ``merge`` rolls back to ``linear BASE``, a pending
-``discard`` merges the COW into BASE). What each case needs is said in recover's docstring.
+Kept apart from :mod:`snapkit.methods.dm.recover` because dm-direct's stack is not the LVM
+way's: the origin itself is the ``snapshot`` target, its base device is the frozen copy
+(read-only), and its verbs are inverted (a pending ``merge`` rolls back to ``linear BASE``, a
+pending ``discard`` merges the COW into BASE). What each case needs is said in recover's docstring.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from snapkit.dm.naming import Role, base_name, uuid
 from snapkit.dm.table import Dev, Linear, Snapshot, SnapshotMerge, Store, Table, parse_dev
 from snapkit.errors import CowFormatError
 from snapkit.flow import Flow
-from snapkit.layer import SUFFIX, Layer
-from snapkit.loopdev import LoopSlot
+from snapkit.host.loopdev import LoopSlot
+from snapkit.host.target import block_info
 from snapkit.methods.base import SnapshotRecord
-from snapkit.methods.dmshared import MAPPER, DmDetails, linear_of
+from snapkit.methods.dm.layer import SUFFIX, Layer
+from snapkit.methods.dm.shared import MAPPER, DmDetails, linear_of
 from snapkit.plan import Step
 from snapkit.state import StateData
-from snapkit.target import block_info
 from snapkit.validate import SECTOR
 
 

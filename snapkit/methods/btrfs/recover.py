@@ -2,7 +2,7 @@
 
 Nothing of a btrfs snapshot lives in kernel memory, so a reboot takes nothing away but the
 private top-level mount. What a crash can leave is on disk, and its names say what it is
-(:mod:`snapkit.methods.btrfs_merge`), so recover needs no mark in the state file (the flow
+(:mod:`snapkit.methods.btrfs.merge`), so recover needs no mark in the state file (the flow
 saves none for btrfs, whose merge is one plan):
 
 * ``ORIG.snapkit-new-NAME`` with a *lower* subvolume ID than ``ORIG``: the exchange happened,
@@ -34,13 +34,13 @@ from pathlib import Path
 
 from snapkit.errors import OperationError
 from snapkit.flow import Flow
-from snapkit.methods import btrfs
+from snapkit.host.target import block_devnum, mounts
 from snapkit.methods.base import SnapshotRecord
-from snapkit.methods.btrfs_merge import legacy_name, spare_name
+from snapkit.methods.btrfs import snapshot as btrfs
+from snapkit.methods.btrfs.merge import legacy_name, spare_name
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.state import StateData
-from snapkit.target import block_devnum, mounts
 
 
 @dataclass

@@ -13,7 +13,7 @@ It builds everything it needs in a throwaway VG on a loop device over a sparse f
 tmpfs in the guest) and removes it afterwards, so it must run as root where LVM and dm work:
 ``vmtest exec --mem 1G -- snapkit bench freeze-window --json``.
 
-The probe runs in its own process (``python3 -m snapkit.bench_freeze probe FILE``) so that
+The probe runs in its own process (``python3 -m snapkit.bench.freeze_window probe FILE``) so that
 snapkit's own work never holds it up; both read CLOCK_MONOTONIC, which is system-wide.
 """
 
@@ -98,7 +98,7 @@ def probe(path: str) -> int:
 def measure(method: str, probe_file: Path, argv: list[str]) -> Round:
     """Run ``argv`` once under the probe and cut the probe's record to the command's window."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "snapkit.bench_freeze", "probe", str(probe_file)],
+        [sys.executable, "-m", "snapkit.bench.freeze_window", "probe", str(probe_file)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
     )  # fmt: skip
@@ -281,4 +281,4 @@ def _handler(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "probe":
         sys.exit(probe(sys.argv[2]))
-    sys.exit("usage: python -m snapkit.bench_freeze probe FILE")
+    sys.exit("usage: python -m snapkit.bench.freeze_window probe FILE")

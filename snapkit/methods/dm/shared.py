@@ -23,9 +23,9 @@ from snapkit.dm.status import (
 )
 from snapkit.dm.table import Linear, Table, parse_table
 from snapkit.errors import RefusedError, ValidationError
+from snapkit.host.target import StableId, block_devnum, mounts, mounts_of, stable_id
 from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
 from snapkit.run import Executor
-from snapkit.target import StableId, block_devnum, mounts, mounts_of, stable_id
 from snapkit.validate import SECTOR
 
 DEFAULT_COW_FRACTION = 4  # a COW a quarter of the origin, when --cow-size is not given
@@ -226,7 +226,7 @@ def refuse_if_open(dm: DmControl, name: str, what: str) -> None:
 
 
 def refuse_if_mounted(target_dev: Path, op: str) -> None:
-    from snapkit.target import block_devnum
+    from snapkit.host.target import block_devnum
 
     dev = block_devnum(target_dev)
     found = mounts_of(dev, mounts()) if dev is not None else ()

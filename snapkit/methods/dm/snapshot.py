@@ -23,8 +23,8 @@ from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import OperationError, RefusedError, split_advice
-from snapkit.freezing import guard_suspend
-from snapkit.loopdev import LoopSlot
+from snapkit.host.freezing import guard_suspend
+from snapkit.host.loopdev import LoopSlot
 from snapkit.methods.base import (
     CreateRequest,
     Host,
@@ -33,7 +33,7 @@ from snapkit.methods.base import (
     State,
     Target,
 )
-from snapkit.methods.dmshared import (
+from snapkit.methods.dm.shared import (
     MAPPER,
     DmDetails,
     check_cow_dir,

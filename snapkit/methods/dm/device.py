@@ -19,9 +19,9 @@ from snapkit.dm.naming import Role, parse_uuid, snapkit_name, uuid
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import RefusedError
 from snapkit.flow import Flow
+from snapkit.host.target import block_devnum, block_info, mounts_of, stable_id
 from snapkit.plan import Plan
 from snapkit.state import Prepared
-from snapkit.target import block_devnum, block_info, mounts_of, stable_id
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ each operation; the user's mounts are never touched.
 
 Merge rolls the origin subvolume back by an atomic exchange, never by copying files: a
 writable snapshot of ``/.snapkit/NAME`` takes the origin's place in one ``renameat2`` (see
-:mod:`snapkit.methods.btrfs_merge`), so the origin exists at every instant; then the old origin
+:mod:`snapkit.methods.btrfs.merge`), so the origin exists at every instant; then the old origin
 and the snapshot are deleted. Deleting the old origin is the point of no return: before it the
 plan rolls back; from it on it only goes forward, and the error names the state (``ORIG`` holds
 the snapshot's content) and the way out (``discard``, which deletes the snapshot if it is still
@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import OperationError, RefusedError
+from snapkit.host.target import Mount, block_devnum, mounts, mounts_of
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.btrfs_merge import Exchange, Swap, exchange
+from snapkit.methods.btrfs.merge import Exchange, Swap, exchange
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
-from snapkit.target import Mount, block_devnum, mounts, mounts_of
 from snapkit.validate import dm_name
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way

@@ -22,7 +22,7 @@ takes the signal (it lasts about a second), and only then is the create undone: 
 always runs, even for a step that was under way, resuming the origin if it is suspended and
 removing the snapshot if LVM has it. A SIGKILL of snapkit cannot reach ``lvcreate`` (its own
 session): it finishes, and leaves a snapshot LV recorded as ``pending create`` (saved before
-lvcreate ran), which ``snapkit recover`` keeps (snapkit/recover_lvm.py).
+lvcreate ran), which ``snapkit recover`` keeps (snapkit/methods/lvm/recover.py).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.dm.status import SnapshotFailure, explain
 from snapkit.errors import CommandError, OperationError, RefusedError, UsageError
-from snapkit.freezing import guard_suspend
-from snapkit.lvm import LogicalVolume, Lvm
+from snapkit.host.freezing import guard_suspend
+from snapkit.host.lvm import LogicalVolume, Lvm
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import DEFAULT_TIMEOUT, Executor
@@ -56,7 +56,7 @@ MERGE_TIMEOUT = None  # a merge copies the whole COW back: as long as it takes
 class LvmMethod:
     name: ClassVar[str] = "lvm"
     # Saved as 'pending create' before lvcreate runs: a SIGKILL or power cut after it would
-    # otherwise leave an LV no record names (snapkit/recover_lvm.py settles the mark).
+    # otherwise leave an LV no record names (snapkit/methods/lvm/recover.py settles the mark).
     record_first: ClassVar[bool] = True
 
     def __init__(self, host: Host) -> None:

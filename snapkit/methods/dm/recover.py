@@ -25,15 +25,15 @@ is written only after a create's plan has run (``flow.create``), so:
   snapshot), then ``blockdev --setro BASE``. Its verbs are inverted (see the method), so a
   pending ``merge`` (roll back) loads the original ``linear`` table, and a pending ``discard``
   (keep the writes since) loads ``snapshot-merge BASE COW`` and needs the COW: both are then
-  finished by the flow. Its throwaway mount layer (``snapkit.layer``) does not survive a
+  finished by the flow. Its throwaway mount layer (``snapkit.methods.dm.layer``) does not survive a
   reboot: its loop and file are removed and the record forgets it;
 * a ``btrfs`` record keeps nothing in kernel memory; a merge a crash cut short is finished or
-  undone on disk, after the plan above (:mod:`snapkit.recover_btrfs`);
+  undone on disk, after the plan above (:mod:`snapkit.methods.btrfs.recover`);
 * ``lvm`` and ``lvm-thin`` keep their own metadata: LVM re-activates them (``vgchange -ay``,
   which also restarts a pending merge); a record whose LV is gone is dropped.
 
 Disks are found by what does not move across reboots (a loop's backing file, a disk's
-serial, a filesystem UUID: ``snapkit.target.StableId``), not by the kernel name and
+serial, a filesystem UUID: ``snapkit.host.target.StableId``), not by the kernel name and
 major:minor they had, which follow probe order. A disk that cannot be found is refused, before
 anything is changed.
 
@@ -51,14 +51,14 @@ from snapkit.dm.naming import Role, real_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
 from snapkit.flow import Flow
-from snapkit.layer import Layer, forgotten, teardown
-from snapkit.loopdev import LoopSlot
+from snapkit.host.loopdev import LoopSlot
+from snapkit.host.target import StableId, block_devnum, block_info, find_stable
 from snapkit.methods.base import SnapshotRecord
-from snapkit.methods.dmshared import MAPPER, DmDetails
+from snapkit.methods.dm.layer import Layer, forgotten, teardown
+from snapkit.methods.dm.recover_direct import origin_steps, orphan_layers, reassemble, settle_create
+from snapkit.methods.dm.shared import MAPPER, DmDetails
 from snapkit.plan import Plan, Step
-from snapkit.recover_direct import origin_steps, orphan_layers, reassemble, settle_create
 from snapkit.state import StateData
-from snapkit.target import StableId, block_devnum, block_info, find_stable
 
 DM_METHODS = ("dm", "dm-direct")
 LVM_METHODS = ("lvm", "lvm-thin")
@@ -191,7 +191,9 @@ def recover(flow: Flow, *, dry_run: bool = False, finish: bool = True) -> Recove
     data = flow.state.load()
     _activate_lvm(flow, data)
     plan, result, kept = plan_recover(flow, data)
-    from snapkit import recover_btrfs, recover_lvm  # only here: recover loads no method
+    # only here: recover loads no method
+    from snapkit.methods.btrfs import recover as recover_btrfs
+    from snapkit.methods.lvm import recover as recover_lvm
 
     settlers = [recover_lvm.plan_settle(flow, data), recover_btrfs.plan_settle(flow, data)]
     if dry_run:
@@ -305,7 +307,7 @@ def _activate_lvm(flow: Flow, data: StateData) -> None:
 
 
 def _lv_gone(flow: Flow, record: SnapshotRecord) -> bool:
-    from snapkit.lvm import Lvm
+    from snapkit.host.lvm import Lvm
 
     vg, lv = record.details.get("vg", ""), record.details.get("lv", "")
     return bool(vg and lv) and Lvm(flow.host.run).get(vg, lv) is None

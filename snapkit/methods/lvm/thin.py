@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from snapkit.errors import RefusedError
-from snapkit.lvm import LogicalVolume
+from snapkit.host.lvm import LogicalVolume
 from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State
-from snapkit.methods.lvm import LvmMethod, refuse_size
+from snapkit.methods.lvm.snapshot import LvmMethod, refuse_size
 from snapkit.plan import Plan, Step
 
 

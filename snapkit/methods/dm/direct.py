@@ -10,7 +10,7 @@ since a ``snapshot`` target has no offset parameter.
 
 A frozen xfs or btrfs leaves a log in the copy that a mount must replay, which a read-only
 device cannot take: ``snapshot mount`` puts a throwaway writable layer over the view for them
-(:mod:`snapkit.layer`). Merge, discard and finish remove it first, and refuse while it is
+(:mod:`snapkit.methods.dm.layer`). Merge, discard and finish remove it first, and refuse while it is
 mounted.
 
 The raw recipe's words are inverted with respect to snapkit's single meaning of the verbs:
@@ -31,12 +31,13 @@ from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, snapkit_name, uuid
 from snapkit.dm.table import Dev, DevNum, Linear, Snapshot, SnapshotMerge, Store, Table
 from snapkit.errors import OperationError, RefusedError
-from snapkit.freezing import guard_suspend
-from snapkit.layer import Layer, teardown
-from snapkit.layer import refuse_if_mounted as refuse_if_mounted_layer
-from snapkit.loopdev import LoopSlot
+from snapkit.host.freezing import guard_suspend
+from snapkit.host.loopdev import LoopSlot
+from snapkit.host.target import block_info
 from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.dmshared import (
+from snapkit.methods.dm.layer import Layer, teardown
+from snapkit.methods.dm.layer import refuse_if_mounted as refuse_if_mounted_layer
+from snapkit.methods.dm.shared import (
     MAPPER,
     DmDetails,
     check_cow_dir,
@@ -51,7 +52,6 @@ from snapkit.methods.dmshared import (
     snapshot_state,
 )
 from snapkit.plan import Plan, Step
-from snapkit.target import block_info
 from snapkit.validate import chunk_sectors
 
 

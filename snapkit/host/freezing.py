@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from snapkit import fs
 from snapkit.errors import OperationError, UsageError
+from snapkit.host import fs
 from snapkit.methods.base import Target
 from snapkit.plan import Step
 from snapkit.run import Completed
@@ -38,7 +38,7 @@ class IoctlFreezer:
 
 
 class Guard(Protocol):
-    """What the plan needs of a watchdog (:class:`snapkit.watchdog.Watchdog`)."""
+    """What the plan needs of a watchdog (:class:`snapkit.host.watchdog.Watchdog`)."""
 
     def start(self) -> None: ...
 
@@ -50,7 +50,7 @@ class Guard(Protocol):
 
 
 def real_watchdog(mountpoint: Path) -> Guard:
-    from snapkit.watchdog import Watchdog
+    from snapkit.host.watchdog import Watchdog
 
     return Watchdog(mountpoint)
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from snapkit.flow import Flow
+from snapkit.host.lvm import Lvm
 from snapkit.lock import LockedError
-from snapkit.lvm import Lvm
 from snapkit.methods.base import SnapshotRecord
+from snapkit.methods.btrfs.recover import Settled
 from snapkit.plan import Plan, Step
-from snapkit.recover_btrfs import Settled
 from snapkit.state import StateData
 
 LVM_METHODS = ("lvm", "lvm-thin")
@@ -68,7 +68,7 @@ def plan_settle(flow: Flow, data: StateData) -> tuple[Plan, Created]:
 
 
 def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
-    from snapkit.methods.lvm import LvmMethod  # recover loads no method at import
+    from snapkit.methods.lvm.snapshot import LvmMethod  # recover loads no method at import
 
     vg, name = record.details["vg"], record.details["lv"]
     try:

@@ -12,7 +12,7 @@ either the old origin or the snapshot's content there, never nothing.
 The spare keeps its name across the exchange, so its name alone does not say what it holds;
 its subvolume ID does: IDs only grow, and the spare is made after the origin, so ``ORIG`` with
 the higher ID means the exchange happened. ``snapkit recover`` reads it that way
-(:mod:`snapkit.recover_btrfs`). ``ORIG.snapkit-old-NAME`` is what the earlier, rename-based
+(:mod:`snapkit.methods.btrfs.recover`). ``ORIG.snapkit-old-NAME`` is what the earlier, rename-based
 merge left; recover still puts it back.
 
 The undos look at what is there rather than trust what the steps reported: once the old origin

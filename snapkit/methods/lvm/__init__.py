@@ -1,0 +1,2 @@
+"""The LVM methods: classic ``lvcreate -s`` snapshots and thin snapshots, and the recovery of
+a verb a crash cut short."""
