@@ -37,17 +37,9 @@ from snapkit.host.loopdev import LocalFiles, LosetupLoops
 from snapkit.host.target import resolve
 from snapkit.lock import origin_lock
 from snapkit.methods import registry
-from snapkit.methods.base import (
-    CreateRequest,
-    Extendable,
-    Host,
-    KernelMerge,
-    Method,
-    SnapshotRecord,
-    SnapshotStatus,
-    State,
-)
+from snapkit.methods.base import Extendable, Host, KernelMerge, Method
 from snapkit.methods.dm import layer
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State
 from snapkit.plan import Plan, PlanError, Step, apply
 from snapkit.run import Completed, SubprocessExecutor
 from snapkit.settings import Settings
@@ -157,7 +149,7 @@ class Flow:
         if not getattr(impl, "record_first", False):
             self.apply_plan(plan)
             return
-        creating = replace(record, details={**record.details, "pending": "create"})
+        creating = record.marked(Pending.CREATE)
         existed = self.state.path.exists()
         self.state.save(self.load().with_snapshot(creating))
         try:
@@ -194,7 +186,7 @@ class Flow:
         """The status; a merge its own tool finished (lvm) also drops the record here."""
         impl = self.method(record.method)
         status = impl.status(record)
-        done = status.state is State.MERGED and record.details.get("pending") in MERGE_OR_DISCARD
+        done = status.state is State.MERGED and record.pending in MERGE_OR_DISCARD
         if done and not isinstance(impl, KernelMerge):
             self.state.save(self.load().without_snapshot(record.name))
         return status
@@ -316,7 +308,7 @@ class Flow:
         record = self.record(name)
         impl = self.method(record.method)
         with self.lock(record.origin, f"merge {name}"):
-            return self._end(impl, record, "merge", wait, progress, dry_run)
+            return self._end(impl, record, Pending.MERGE, wait, progress, dry_run)
 
     def discard(
         self, name: str, *, force: bool = False, dry_run: bool = False
@@ -324,20 +316,20 @@ class Flow:
         record = self.record(name)
         impl = self.method(record.method)
         with self.lock(record.origin, f"discard {name}"):
-            return self._end(impl, record, "discard", True, None, dry_run, force=force)
+            return self._end(impl, record, Pending.DISCARD, True, None, dry_run, force=force)
 
     def _end(
-        self, impl: Method, record: SnapshotRecord, op: str, wait: bool,
+        self, impl: Method, record: SnapshotRecord, op: Pending, wait: bool,
         progress: Progress | None, dry_run: bool, *, force: bool = False,
     ) -> SnapshotStatus | str:  # fmt: skip
-        pending = record.details.get("pending", "")
-        if pending and pending != op:
+        pending = record.pending
+        if pending and pending is not op:
             # The mark may be all a killed snapkit left (lvm: even before LVM's command ran),
             # so the way out names recover, which settles every case: finishes the verb, drops
             # a done one, or clears an lvm merge that never started (then discard works).
             hint = "finish it: 'snapkit recover'"
-            if pending != "create":
-                waits = " --wait" if pending == "merge" else ""
+            if pending is not Pending.CREATE:
+                waits = " --wait" if pending is Pending.MERGE else ""
                 hint = (
                     f"finish it: 'snapkit snapshot {pending} {record.name}{waits}'; if snapkit "
                     "was killed or the machine crashed, 'snapkit recover' settles it first"
@@ -350,7 +342,9 @@ class Flow:
         start: Plan | None = None
         if not pending or not impl.started(record):
             start = (
-                impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
+                impl.plan_merge(record)
+                if op is Pending.MERGE
+                else impl.plan_discard(record, force=force)
             )
         if dry_run:
             text = start.render() if start else ""
@@ -367,17 +361,21 @@ class Flow:
         return replace(status, message=f"{op} done")
 
     def _end_plain(
-        self, impl: Method, record: SnapshotRecord, op: str, dry_run: bool, *, force: bool
+        self, impl: Method, record: SnapshotRecord, op: Pending, dry_run: bool, *, force: bool
     ) -> SnapshotStatus | str:
         """A method whose own tool merges (lvm): the merge may only be *scheduled* (LVM defers
         it while the origin is open), so the record stays, marked, while the method says
         MERGING, and is dropped once it says MERGED -- here or in a later status."""
-        if record.details.get("pending") == op:
+        if record.pending is op:
             status = impl.status(record)
             if status.state is State.MERGED:
                 self.state.save(self.load().without_snapshot(record.name))
                 return replace(status, message=f"{op} done")
-        start = impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
+        start = (
+            impl.plan_merge(record)
+            if op is Pending.MERGE
+            else impl.plan_discard(record, force=force)
+        )
         if dry_run:
             return start.render()
         # The mark first, as in _start, for a method whose verbs are LVM's commands (lvm,
@@ -385,7 +383,7 @@ class Flow:
         # or the record would call the merged-away LV gone (invalid), or LVM's half-removed
         # leftover an active snapshot. btrfs and remount-ro save none: recover reads the disk.
         marks = getattr(impl, "record_first", False)
-        marked = replace(record, details={**record.details, "pending": op})
+        marked = record.marked(op)
         if marks:
             self.state.save(self.load().with_snapshot(marked))
         try:
@@ -394,7 +392,7 @@ class Flow:
             if marks and not self._tool_started(impl, marked):
                 self.state.save(self.load().with_snapshot(record))
             raise
-        if marks and op == "merge" and (status := impl.status(marked)).state is State.MERGING:
+        if marks and op is Pending.MERGE and (status := impl.status(marked)).state is State.MERGING:
             return status
         self.state.save(self.load().without_snapshot(record.name))
         return SnapshotStatus(record, State.MERGED, None, 100.0, f"{op} done")
@@ -410,7 +408,7 @@ class Flow:
             return True
 
     def _start(
-        self, impl: KernelMerge, record: SnapshotRecord, start: Plan, op: str
+        self, impl: KernelMerge, record: SnapshotRecord, start: Plan, op: Pending
     ) -> SnapshotRecord:
         """Save the pending mark, then start. In this order because the start hands the origin
         to the kernel's merge, which has no undo: a crash after it with no mark on disk would
@@ -451,7 +449,7 @@ class Flow:
             ) from None
 
 
-MERGE_OR_DISCARD = ("merge", "discard")
+MERGE_OR_DISCARD = (Pending.MERGE, Pending.DISCARD)
 
 
 @dataclass(frozen=True)

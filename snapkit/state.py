@@ -22,7 +22,7 @@ from snapkit.dm.naming import Role, parse_uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.errors import FormatError, RefusedError
 from snapkit.host.target import StableId
-from snapkit.methods.base import SnapshotRecord
+from snapkit.model import SnapshotRecord
 
 STATE_FILE = "state.json"
 VERSION = 1

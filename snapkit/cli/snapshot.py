@@ -15,7 +15,7 @@ from snapkit.cli.output import print_fields, print_json
 from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
 from snapkit.methods import registry
-from snapkit.methods.base import SnapshotStatus
+from snapkit.model import SnapshotStatus
 from snapkit.validate import parse_chunk, parse_size
 
 VERBS_HELP = """\

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from snapkit.errors import OperationError, UsageError
 from snapkit.host import fs
-from snapkit.methods.base import Target
+from snapkit.model import Target
 from snapkit.plan import Step
 from snapkit.run import Completed
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from snapkit.dm.table import DevNum
 from snapkit.errors import RefusedError
-from snapkit.methods.base import Target
+from snapkit.model import Target
 from snapkit.run import Executor
 
 MOUNTINFO = Path("/proc/self/mountinfo")

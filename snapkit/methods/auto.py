@@ -20,13 +20,8 @@ import logging
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import OperationError, RefusedError
-from snapkit.methods.base import (
-    CreateRequest,
-    Method,
-    SnapshotRecord,
-    SnapshotStatus,
-    Target,
-)
+from snapkit.methods.base import Method
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, Target
 from snapkit.plan import Plan
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way

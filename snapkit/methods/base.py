@@ -1,75 +1,17 @@
-"""What every method shares: the request, the persistent record, the status, and the protocol.
-
-One meaning for every method, whatever the mechanism underneath:
-- ``merge`` rolls the origin back to the snapshot's content and removes the snapshot (as
-  ``lvconvert --merge`` does);
-- ``discard`` removes the snapshot and keeps the origin's current content.
+"""What every method implements: the :class:`Method` protocol, its typed capabilities, and the
+:class:`Host` seams a method acts through. The data they exchange lives in :mod:`snapkit.model`.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
 from snapkit.dm.control import DmControl
 from snapkit.host.loopdev import Files, Loops
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, Target
 from snapkit.plan import Plan
 from snapkit.run import Executor
-
-
-class State(enum.StrEnum):
-    ACTIVE = "active"
-    INVALID = "invalid"
-    OVERFLOW = "overflow"
-    MERGING = "merging"
-    MERGED = "merged"
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the user named, resolved: the block device, and where it is mounted if it is."""
-
-    device: Path
-    mountpoint: Path | None
-    fstype: str | None
-    devnum: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    target: Target
-    name: str
-    cow_size: int | None = None  # bytes; None: the method's default
-    cow_dir: Path | None = None
-    chunk_sectors: int = 8
-    pre: str | None = None
-    post: str | None = None
-    max_freeze: float = 10.0
-    command: tuple[str, ...] = ()  # the user's snapshot command, for the freeze method
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    """What snapkit created, as kept in the state file. ``details`` is method-specific."""
-
-    name: str
-    method: str
-    origin: str
-    device: str
-    created_at: float
-    details: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SnapshotStatus:
-    record: SnapshotRecord
-    state: State
-    usage_percent: float | None
-    merge_progress: float | None
-    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,8 +54,8 @@ class KernelMerge(Protocol):
 
     def plan_finish(self, record: SnapshotRecord) -> Plan: ...
 
-    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
-        """``record`` as it must be saved *before* ``operation`` ("merge"/"discard") starts,
+    def mark_pending(self, record: SnapshotRecord, operation: Pending) -> SnapshotRecord:
+        """``record`` as it must be saved *before* ``operation`` (merge or discard) starts,
         remembering what the status needs later (e.g. the COW usage the merge started from)."""
 
     def started(self, record: SnapshotRecord) -> bool:
@@ -132,13 +74,8 @@ class Extendable(Protocol):
 
 
 __all__ = [
-    "CreateRequest",
     "Extendable",
     "Host",
     "KernelMerge",
     "Method",
-    "SnapshotRecord",
-    "SnapshotStatus",
-    "State",
-    "Target",
 ]

@@ -36,7 +36,7 @@ from snapkit.host.freezing import (
     freeze_around,
     real_watchdog,
 )
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 

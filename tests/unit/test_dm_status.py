@@ -32,10 +32,11 @@ from snapkit.dm.status import (
 )
 from snapkit.errors import CommandError, FormatError, OperationError
 from snapkit.flow import Flow
-from snapkit.methods.base import Host, SnapshotRecord, State
+from snapkit.methods.base import Host
 from snapkit.methods.dm.shared import merge_failed, merge_state, snapshot_state
 from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.methods.lvm.snapshot import LvmMethod
+from snapkit.model import Pending, SnapshotRecord, State
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
 from snapkit.settings import Settings
@@ -171,7 +172,7 @@ def _merge_failed_world(tmp_path: Path) -> tuple[World, DmMethod, SnapshotRecord
     """A dm snapshot whose merge the kernel stopped with "Merge failed"."""
     world = make_world(tmp_path)
     method = DmMethod(world.host)
-    record = method.mark_pending(created(world), "merge")
+    record = method.mark_pending(created(world), Pending.MERGE)
     apply(method.plan_merge(record))
     merge = (StatusLine(0, SIZE, "snapshot-merge", SnapshotFailure.MERGE_FAILED),)
     world.dm.statuses["data"] = merge
@@ -254,7 +255,7 @@ def test_an_unreadable_cow_at_merge_start_leaves_a_merge_to_run_again(tmp_path: 
     stay: the snapshot is gone, the origin unchanged, and the pending mark says run it again."""
     world = make_world(tmp_path)
     method = DmMethod(world.host)
-    record = method.mark_pending(created(world), "merge")
+    record = method.mark_pending(created(world), Pending.MERGE)
     plan = method.plan_merge(record)
     world.dm.faults = _Unreadable()
     with pytest.raises(PlanError) as caught:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from snapkit.flow import Flow
-from snapkit.methods.base import State
 from snapkit.methods.dm.snapshot import DmMethod
+from snapkit.model import State
 from snapkit.plan import Plan, PlanError
 from snapkit.settings import Settings
 from snapkit.state import StateData, StateFile

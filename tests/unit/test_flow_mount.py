@@ -14,8 +14,9 @@ from snapkit.cli.snapshot import status_json
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.errors import OperationError, RefusedError
 from snapkit.flow import Flow
-from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.methods.base import Host
 from snapkit.methods.dm.direct import DmDirectMethod
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import apply
 from snapkit.run import Completed
 from snapkit.settings import Settings

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from snapkit.host.freezing import guard_suspend
-from snapkit.methods.base import Target
+from snapkit.model import Target
 from snapkit.plan import Plan, PlanError, Step, apply
 
 

@@ -87,7 +87,7 @@ def test_freeze_and_create_share_the_lock_dir(
     from snapkit.cli import main
     from snapkit.host import freezing, target
     from snapkit.methods import freeze
-    from snapkit.methods.base import Target
+    from snapkit.model import Target
     from snapkit.settings import Settings
 
     monkeypatch.setenv("SNAPKIT_STATE_DIR", str(tmp_path / "state"))

@@ -14,8 +14,9 @@ import pytest
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.errors import RefusedError
 from snapkit.methods.auto import AutoMethod
-from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, State, Target
+from snapkit.methods.base import Host
 from snapkit.methods.btrfs import snapshot as btrfs
+from snapkit.model import CreateRequest, SnapshotRecord, State, Target
 from snapkit.plan import PlanError, apply
 from tests.unit.test_method_dm import make_world
 from tests.unit.test_method_lvm import TARGET as LV_TARGET

@@ -24,12 +24,12 @@ from snapkit.errors import CommandError, RefusedError
 from snapkit.flow import Flow
 from snapkit.host.target import Mount
 from snapkit.lock import origin_lock
-from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
 from snapkit.methods.btrfs import merge as btrfs_merge
 from snapkit.methods.btrfs import recover as recover_btrfs
 from snapkit.methods.btrfs import snapshot as btrfs
 from snapkit.methods.btrfs.snapshot import BtrfsMethod
 from snapkit.methods.dm.recover import Recovery, recover
+from snapkit.model import CreateRequest, SnapshotRecord, State, Target
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
 from snapkit.settings import Settings

@@ -12,8 +12,9 @@ import pytest
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import CommandError, RefusedError, ValidationError
-from snapkit.methods.base import CreateRequest, Host, Method, SnapshotRecord, Target
+from snapkit.methods.base import Host, Method
 from snapkit.methods.dm.snapshot import DmMethod
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, Target
 from snapkit.plan import Plan, PlanError, apply
 from snapkit.run import Completed
 
@@ -324,6 +325,6 @@ def test_status_reads_usage_and_merge(tmp_path: Path) -> None:
     record = created(world)
     assert method.status(record).state.value == "active"
     assert method.status(record).usage_percent == 0.0
-    marked = method.mark_pending(record, "merge")
+    marked = method.mark_pending(record, Pending.MERGE)
     apply(method.plan_merge(record))
     assert method.status(marked).state.value == "merged"  # the fake merges at once

@@ -15,8 +15,8 @@ import pytest
 from snapkit.cli.freeze import split_command
 from snapkit.dm.fake import Faults
 from snapkit.errors import CommandError, OperationError, RefusedError, UsageError
-from snapkit.methods.base import CreateRequest, Target
 from snapkit.methods.freeze import FreezeMethod, Outcome, freeze_plan
+from snapkit.model import CreateRequest, Target
 from snapkit.plan import Interrupted, PlanError, apply
 from snapkit.run import CommandTimeout, Completed
 

@@ -18,9 +18,9 @@ import pytest
 from snapkit.dm.fake import Faults
 from snapkit.errors import CommandError, RefusedError, UsageError
 from snapkit.host.lvm import LVS_FIELDS
-from snapkit.methods.base import CreateRequest, State, Target
 from snapkit.methods.lvm.snapshot import LvmMethod
 from snapkit.methods.lvm.thin import LvmThinMethod
+from snapkit.model import CreateRequest, State, Target
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
 from snapkit.settings import Settings

@@ -21,8 +21,8 @@ from snapkit.errors import CommandError, RefusedError, UsageError
 from snapkit.host.loopdev import LocalFiles
 from snapkit.host.target import Mount
 from snapkit.methods import remount
-from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
 from snapkit.methods.remount import RemountMethod
+from snapkit.model import CreateRequest, SnapshotRecord, State, Target
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
 

@@ -13,12 +13,13 @@ import pytest
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.flow import Flow
-from snapkit.methods.base import CreateRequest, Host, Target
+from snapkit.methods.base import Host
 from snapkit.methods.dm.direct import DmDirectMethod
 from snapkit.methods.dm.layer import Layer, recorded
 from snapkit.methods.dm.recover import plan_recover, recover
 from snapkit.methods.dm.recover_direct import holds_writes
 from snapkit.methods.dm.snapshot import DmMethod
+from snapkit.model import CreateRequest, Pending, Target
 from snapkit.plan import PlanError, Step, apply
 from snapkit.settings import Settings
 from snapkit.state import StateData
@@ -99,7 +100,7 @@ def test_a_mark_whose_merge_never_started_merges_the_whole_cow(tmp_path: Path) -
     and a marked record. recover loads snapshot-merge: the merge runs from the beginning."""
     world, data = _created(tmp_path)
     record = data.snapshots[0]
-    marked = DmMethod(world.host).mark_pending(record, "merge")
+    marked = DmMethod(world.host).mark_pending(record, Pending.MERGE)
     flow = _rebooted(world)
     plan, result, kept = plan_recover(flow, StateData(snapshots=(marked,)))
     apply(plan)
@@ -111,7 +112,7 @@ def test_a_mark_without_a_reboot_is_left_to_the_flow_to_restart(tmp_path: Path) 
     """No reboot: the snapshot stack is still there and the kernel never started. recover
     changes nothing itself and hands the record to the merge, which starts it."""
     world, data = _created(tmp_path)
-    marked = DmMethod(world.host).mark_pending(data.snapshots[0], "merge")
+    marked = DmMethod(world.host).mark_pending(data.snapshots[0], Pending.MERGE)
     flow = Flow(world.host, settings=Settings.under(world.cow_dir / "state"))
     plan, result, _ = plan_recover(flow, StateData(snapshots=(marked,)))
     assert plan.steps == () and result.merging == ("s1",)
@@ -127,7 +128,7 @@ def _direct(tmp_path: Path, pending: str = "") -> tuple[World, StateData]:
     plan, record = method.plan_create(world.request())
     apply(plan)
     if pending:
-        record = method.mark_pending(record, pending)
+        record = method.mark_pending(record, Pending(pending))
         apply(method.plan_merge(record) if pending == "merge" else method.plan_discard(record))
     world.run.read_only.clear()  # blockdev --setro does not survive a reboot
     return world, StateData(snapshots=(record,))

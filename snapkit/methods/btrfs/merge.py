@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from snapkit.errors import OperationError, RefusedError
-from snapkit.methods.base import SnapshotRecord
+from snapkit.model import SnapshotRecord
 from snapkit.plan import Step
 
 AT_FDCWD = -100

@@ -35,9 +35,9 @@ from pathlib import Path
 from snapkit.errors import OperationError
 from snapkit.flow import Flow
 from snapkit.host.target import block_devnum, mounts
-from snapkit.methods.base import SnapshotRecord
 from snapkit.methods.btrfs import snapshot as btrfs
 from snapkit.methods.btrfs.merge import legacy_name, spare_name
+from snapkit.model import SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.state import StateData

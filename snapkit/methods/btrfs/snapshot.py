@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import OperationError, RefusedError
 from snapkit.host.target import Mount, block_devnum, mounts, mounts_of
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.methods.btrfs.merge import Exchange, Swap, exchange
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.validate import dm_name

@@ -34,7 +34,7 @@ from snapkit.errors import OperationError, RefusedError
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import block_info
-from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.methods.base import Host
 from snapkit.methods.dm.layer import Layer, teardown
 from snapkit.methods.dm.layer import refuse_if_mounted as refuse_if_mounted_layer
 from snapkit.methods.dm.shared import (
@@ -51,6 +51,7 @@ from snapkit.methods.dm.shared import (
     refuse_if_open,
     snapshot_state,
 )
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.validate import chunk_sectors
 
@@ -165,7 +166,7 @@ class DmDirectMethod:
         if kind == "snapshot-merge":
             health = merge_state(dm.status(d.origin_name), d.merge_from, record.name)
             return SnapshotStatus(record, health.state, None, health.percent, health.message)
-        if d.pending == "create":
+        if d.pending is Pending.CREATE:
             return SnapshotStatus(
                 record, State.INVALID, None, None,
                 "its create was cut short (or is running): 'snapkit recover' settles it",
@@ -256,7 +257,7 @@ class DmDirectMethod:
         )
         return self._start(record, f"discard {record.name} (merge its COW into {base})", merge)
 
-    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
+    def mark_pending(self, record: SnapshotRecord, operation: Pending) -> SnapshotRecord:
         return mark_pending(self.dm, record, operation, DmDetails.of(record).origin_name)
 
     def started(self, record: SnapshotRecord) -> bool:

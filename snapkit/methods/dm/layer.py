@@ -28,8 +28,9 @@ from snapkit.dm.table import DevNum, Snapshot, Store, Table
 from snapkit.errors import RefusedError
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import Mount, mounts_of
-from snapkit.methods.base import Host, SnapshotRecord
+from snapkit.methods.base import Host
 from snapkit.methods.dm.shared import DmDetails
+from snapkit.model import SnapshotRecord
 from snapkit.plan import Step
 from snapkit.validate import SECTOR, dm_name
 

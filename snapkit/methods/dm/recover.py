@@ -53,10 +53,10 @@ from snapkit.errors import RefusedError
 from snapkit.flow import Flow
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import StableId, block_devnum, block_info, find_stable
-from snapkit.methods.base import SnapshotRecord
 from snapkit.methods.dm.layer import Layer, forgotten, teardown
 from snapkit.methods.dm.recover_direct import origin_steps, orphan_layers, reassemble, settle_create
 from snapkit.methods.dm.shared import MAPPER, DmDetails
+from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
 
@@ -105,7 +105,7 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             if record != forgotten(record):
                 record = forgotten(record)
                 kept = kept.with_snapshot(record)
-        if record.method == "dm-direct" and d.pending == "create" and _usable(flow, record):
+        if record.method == "dm-direct" and d.pending is Pending.CREATE and _usable(flow, record):
             if dm.info(d.origin_name) is None:  # rebooted: the disk may have moved
                 record = _repointed(flow, record, d)
             settled, keep = settle_create(flow, record)
@@ -150,7 +150,7 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
                 steps.load(dm, real, _const(d.table), steps.table_text(d.table)),
                 steps.resume(dm, real),
             ]
-        if d.pending == "merge":
+        if d.pending is Pending.MERGE:
             merge = _cow_table(SnapshotMerge, size, real, slot, d.chunk)
             s += origin_steps(flow, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} "
                                f"{slot} P {d.chunk}")  # fmt: skip
@@ -209,7 +209,7 @@ def recover(flow: Flow, *, dry_run: bool = False, finish: bool = True) -> Recove
     if finish:
         for name in result.merging:
             record = kept.snapshot(name)
-            if record is not None and record.details.get("pending") == "discard":
+            if record is not None and record.pending is Pending.DISCARD:
                 flow.discard(name)  # dm-direct: its kernel merge keeps the origin's writes
             else:
                 flow.merge(name, wait=True)
@@ -233,7 +233,7 @@ def _usable(flow: Flow, record: SnapshotRecord) -> bool:
     if record.method not in DM_METHODS:
         return False
     d = DmDetails.of(record)
-    dropping = d.pending == "discard" and record.method == "dm"
+    dropping = d.pending is Pending.DISCARD and record.method == "dm"
     return not dropping and flow.host.files.exists(d.cow_file)
 
 

@@ -20,9 +20,9 @@ from snapkit.errors import CowFormatError
 from snapkit.flow import Flow
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import block_info
-from snapkit.methods.base import SnapshotRecord
 from snapkit.methods.dm.layer import SUFFIX, Layer
 from snapkit.methods.dm.shared import MAPPER, DmDetails, linear_of
+from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Step
 from snapkit.state import StateData
 from snapkit.validate import SECTOR
@@ -34,7 +34,7 @@ def reassemble(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], Snapshot
     dm, host = flow.host.dm, flow.host
     d = DmDetails.of(record)
     origin, size = d.origin_name, d.table.size
-    if d.pending == "merge":  # roll back: the original table is the whole of it
+    if d.pending is Pending.MERGE:  # roll back: the original table is the whole of it
         return origin_steps(flow, origin, lambda: d.table, steps.table_text(d.table)), record
     under = linear_of(d.table)
     s: list[Step] = []
@@ -51,14 +51,14 @@ def reassemble(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], Snapshot
     slot.device = found[0] if found else None
     if not found:
         s.append(steps.attach(host.loops, slot))
-    kind = SnapshotMerge if d.pending == "discard" else Snapshot
+    kind = SnapshotMerge if d.pending is Pending.DISCARD else Snapshot
 
     def table() -> Table:
         return Table.single(size, kind(base, str(slot.path), Store.PERSISTENT, d.chunk))
 
     kind_name = "snapshot-merge" if kind is SnapshotMerge else "snapshot"  # a property on each
     text = f"0 {size} {kind_name} {base} {slot} P {d.chunk}"
-    if d.pending == "discard":  # keep the writes since: the kernel merges them into BASE
+    if d.pending is Pending.DISCARD:  # keep the writes since: the kernel merges them into BASE
         return [*s, *origin_steps(flow, origin, table, text)], record
     if dm.info(record.name) is None:
         view = Table.single(size, Linear(base, 0))
@@ -79,7 +79,7 @@ def settle_create(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], Snaps
     (``None``), the origin as it was."""
     dm, host = flow.host.dm, flow.host
     d = DmDetails.of(record)
-    done = replace(record, details={**record.details, "pending": ""})
+    done = record.marked(None)
     info = dm.info(d.origin_name)
     table = dm.table(d.origin_name) if info else None
     if info is None and holds_writes(d.cow_file):

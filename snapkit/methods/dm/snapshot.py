@@ -25,14 +25,7 @@ from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Tab
 from snapkit.errors import OperationError, RefusedError, split_advice
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.loopdev import LoopSlot
-from snapkit.methods.base import (
-    CreateRequest,
-    Host,
-    SnapshotRecord,
-    SnapshotStatus,
-    State,
-    Target,
-)
+from snapkit.methods.base import Host
 from snapkit.methods.dm.shared import (
     MAPPER,
     DmDetails,
@@ -47,6 +40,7 @@ from snapkit.methods.dm.shared import (
     refuse_if_open,
     snapshot_state,
 )
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.validate import chunk_sectors
 
@@ -189,7 +183,7 @@ class DmMethod:
         # intact (nothing merges without snapshot-merge), so snapshot-merge can still load.
         # A snapshot device left with no table (a restore that failed) counts as gone.
         empty = dm.info(name) is not None and dm.table(name) is None
-        restart = d.pending == "merge" and (empty or dm.info(name) is None)
+        restart = d.pending is Pending.MERGE and (empty or dm.info(name) is None)
         health = snapshot_state(() if restart else dm.status(name), name)
         if health.usage is None and not restart:
             what, todo = split_advice(health.message)
@@ -233,7 +227,7 @@ class DmMethod:
 
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
         d = DmDetails.of(record)
-        if d.pending == "merge" and self.status(record).state is State.MERGING:
+        if d.pending is Pending.MERGE and self.status(record).state is State.MERGING:
             raise RefusedError(
                 f"{record.name} is being merged into {MAPPER}{d.origin_name}",
                 hint=f"wait for it: snapkit snapshot merge {record.name} --wait",
@@ -242,7 +236,7 @@ class DmMethod:
             refuse_if_open(self.dm, record.name, "the snapshot")
         return Plan(f"discard dm snapshot {record.name}", (steps.remove(self.dm, record.name),))
 
-    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
+    def mark_pending(self, record: SnapshotRecord, operation: Pending) -> SnapshotRecord:
         return mark_pending(self.dm, record, operation, record.name)
 
     def started(self, record: SnapshotRecord) -> bool:

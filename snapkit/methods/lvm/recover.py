@@ -24,14 +24,14 @@ own rollback does on SIGINT; 'snapshot merge' again starts it if it is still wan
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 
 from snapkit.flow import Flow
 from snapkit.host.lvm import Lvm
 from snapkit.lock import LockedError
-from snapkit.methods.base import SnapshotRecord
 from snapkit.methods.btrfs.recover import Settled
+from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
 
@@ -57,12 +57,12 @@ def plan_settle(flow: Flow, data: StateData) -> tuple[Plan, Created]:
         Step(f"settle the lvm create of {r.name} ({r.details['vg']}/{r.details['lv']})",
              partial(_settle, flow, r, settled))
         for r in data.snapshots
-        if r.method in LVM_METHODS and r.details.get("pending") == "create"
+        if r.method in LVM_METHODS and r.pending is Pending.CREATE
     ) + tuple(
-        Step(f"settle the lvm {r.details['pending']} of {r.name}",
+        Step(f"settle the lvm {r.pending} of {r.name}",
              partial(_settle_end, flow, r, settled))
         for r in data.snapshots
-        if r.method in LVM_METHODS and r.details.get("pending") in ("merge", "discard")
+        if r.method in LVM_METHODS and r.pending in (Pending.MERGE, Pending.DISCARD)
     )  # fmt: skip
     return Plan("settle lvm verbs a crash cut short", steps), settled
 
@@ -76,8 +76,7 @@ def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
             lvm = Lvm(flow.host.run)
             lv = lvm.get(vg, name)
             if lv is not None and (lv.is_snapshot or lv.is_thin_snapshot) and not lv.invalid:
-                details = {k: v for k, v in record.details.items() if k != "pending"}
-                settled.whole.append(replace(record, details=details))
+                settled.whole.append(record.unmarked())
                 settled.actions.append(f"{record.name}: the create had finished; kept")
                 return
             origin = lvm.get(vg, record.details["origin_lv"])
@@ -90,19 +89,18 @@ def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
 
 
 def _settle_end(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
-    vg, name, op = record.details["vg"], record.details["lv"], record.details["pending"]
+    vg, name, op = record.details["vg"], record.details["lv"], record.pending
     try:
         with flow.lock(record.origin, f"recover {record.name}"):  # fmt: skip
             lv = Lvm(flow.host.run).get(vg, name)
             snapshot = lv is not None and (lv.is_snapshot or lv.is_thin_snapshot)
-            if lv is not None and snapshot and op == "merge":
+            if lv is not None and snapshot and op is Pending.MERGE:
                 if lv.merging:
                     return  # LVM merges on; 'snapshot merge' or status finishes the record
                 # Killed after the mark and before lvconvert changed LVM's metadata: nothing
                 # merged. Clear the mark, as the flow's own rollback on SIGINT does; a stale
                 # one would refuse every later discard of an untouched snapshot.
-                details = {k: v for k, v in record.details.items() if k != "pending"}
-                settled.whole.append(replace(record, details=details))
+                settled.whole.append(record.unmarked())
                 settled.actions.append(f"{record.name}: the merge had not started; kept")
                 return
             if lv is not None and not lv.is_open:

@@ -38,7 +38,7 @@ from snapkit.dm.status import SnapshotFailure, explain
 from snapkit.errors import CommandError, OperationError, RefusedError, UsageError
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.lvm import LogicalVolume, Lvm
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import DEFAULT_TIMEOUT, Executor
 from snapkit.validate import lv_name
@@ -231,12 +231,14 @@ class LvmMethod:
 
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         lv = self._snapshot(record)
-        pending = record.details.get("pending", "")
-        if lv is None and pending in ("merge", "discard"):
+        pending = record.pending
+        if lv is None and pending in (Pending.MERGE, Pending.DISCARD):
             return SnapshotStatus(record, State.MERGED, None, 100.0, f"{pending} done")
         if lv is None:
             return SnapshotStatus(record, State.INVALID, None, None, _gone(record.name))
-        if pending in ("merge", "discard") and not (lv.is_snapshot or lv.is_thin_snapshot):
+        if pending in (Pending.MERGE, Pending.DISCARD) and not (
+            lv.is_snapshot or lv.is_thin_snapshot
+        ):
             # Seen after power cuts in LVM's own clean-up of a merge and of an lvremove: the
             # snapshot's name comes back as a plain LV holding the old COW. The verb was
             # done (the origin merged, or kept); the leftover is recover's to remove.

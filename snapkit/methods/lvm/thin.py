@@ -13,8 +13,8 @@ from typing import ClassVar
 
 from snapkit.errors import RefusedError
 from snapkit.host.lvm import LogicalVolume
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State
 from snapkit.methods.lvm.snapshot import LvmMethod, refuse_size
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State
 from snapkit.plan import Plan, Step
 
 
