@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from snapkit import recover
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
 from snapkit.errors import OperationError, RefusedError, SnapkitError, split_advice
@@ -37,16 +38,16 @@ from snapkit.host.loopdev import LocalFiles, LosetupLoops
 from snapkit.host.target import resolve
 from snapkit.lock import origin_lock
 from snapkit.methods import registry
-from snapkit.methods.base import Extendable, Host, KernelMerge, Method
-from snapkit.methods.dm import layer
+from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
+from snapkit.methods.dm import DM_METHODS, layer
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State
 from snapkit.plan import Plan, PlanError, Step, apply
+from snapkit.recover import Recovery
 from snapkit.run import Completed, SubprocessExecutor
 from snapkit.settings import Settings
 from snapkit.state import StateData, StateFile, reconcile
 
 PAUSE_ENV = "SNAPKIT_TEST_PAUSE_AT"
-DM_METHODS = ("dm", "dm-direct")  # records whose device is snapkit's own dm device
 POLL_SECONDS = 0.2
 Progress = Callable[[SnapshotStatus], None]
 
@@ -69,12 +70,13 @@ class Flow:
 
     def __post_init__(self) -> None:
         self.state = StateFile(self.settings.state_dir)
+        self.context = Context(self.host, self.settings)
 
     # -- plumbing -----------------------------------------------------------------------------
 
     def lock(self, origin: str, operation: str) -> AbstractContextManager[Path]:
         """The origin's lock, in the one lock directory of :attr:`settings`."""
-        return origin_lock(origin, operation=operation, lock_dir=self.settings.lock_dir)
+        return self.context.lock(origin, operation)
 
     def load(self) -> StateData:
         """The state file, with what the kernel shows under snapkit uuids added (and saved)."""
@@ -122,7 +124,7 @@ class Flow:
             )
         req = CreateRequest(
             target=target, name=name, cow_size=cow_size,
-            cow_dir=cow_dir or self.state.directory / "cow", chunk_sectors=chunk_sectors,
+            cow_dir=cow_dir or self.context.cow_dir, chunk_sectors=chunk_sectors,
             pre=pre, post=post, max_freeze=max_freeze, command=command,
         )  # fmt: skip
         with self.lock(str(target.device), f"create {name}"):
@@ -142,11 +144,11 @@ class Flow:
 
     def _apply_create(self, impl: Method, plan: Plan, record: SnapshotRecord) -> None:
         """Apply a create plan. A method whose COW takes the origin's *newest* writes once its
-        plan switches the origin (dm-direct: ``record_first``) is recorded as ``pending
+        plan switches the origin (dm-direct: ``records_first``) is recorded as ``pending
         create`` before the plan runs: a crash after the switch and before the record would
         leave a COW no record names, which recover removes as a create cut short -- and with
         it every write acknowledged since. A clean rollback takes the mark away again."""
-        if not getattr(impl, "record_first", False):
+        if not impl.records_first:
             self.apply_plan(plan)
             return
         creating = record.marked(Pending.CREATE)
@@ -299,6 +301,23 @@ class Flow:
                 return status
             time.sleep(interval)
 
+    # -- recover -------------------------------------------------------------------------------
+
+    def recover(self, *, dry_run: bool = False, finish: bool = True) -> Recovery | str:
+        """Run every method family's recovery (:mod:`snapkit.recover`), then (``finish``)
+        complete the merges it resumed: a dm-direct discard is its kernel merge, which keeps
+        the origin's writes, so it is finished as a discard."""
+        result = recover.run(self.context, self.state, self.apply_plan, dry_run=dry_run)
+        if isinstance(result, str) or not finish:
+            return result
+        for name in result.merging:
+            record = self.state.load().snapshot(name)
+            if record is not None and record.pending is Pending.DISCARD:
+                self.discard(name)
+            else:
+                self.merge(name, wait=True)
+        return result
+
     # -- merge and discard --------------------------------------------------------------------
 
     def merge(
@@ -379,10 +398,10 @@ class Flow:
         if dry_run:
             return start.render()
         # The mark first, as in _start, for a method whose verbs are LVM's commands (lvm,
-        # lvm-thin: record_first): a crash once lvconvert or lvremove has begun must find it,
+        # lvm-thin: records_first): a crash once lvconvert or lvremove has begun must find it,
         # or the record would call the merged-away LV gone (invalid), or LVM's half-removed
         # leftover an active snapshot. btrfs and remount-ro save none: recover reads the disk.
-        marks = getattr(impl, "record_first", False)
+        marks = impl.records_first
         marked = record.marked(op)
         if marks:
             self.state.save(self.load().with_snapshot(marked))

@@ -39,6 +39,7 @@ ORDER = (
 
 class AutoMethod:
     name: ClassVar[str] = "auto"
+    records_first: ClassVar[bool] = False
 
     def __init__(self, host: Host) -> None:
         self.host = host

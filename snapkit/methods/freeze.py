@@ -84,6 +84,7 @@ def freeze_plan(
 
 class FreezeMethod:
     name: ClassVar[str] = "freeze"
+    records_first: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ COPY_TIMEOUT = None  # a whole device: as long as it takes
 
 class RemountMethod:
     name: ClassVar[str] = "remount-ro"
+    records_first: ClassVar[bool] = False
 
     def __init__(self, host: Host) -> None:
         self.executor: Executor = host.run

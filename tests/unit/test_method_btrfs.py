@@ -28,9 +28,9 @@ from snapkit.methods.btrfs import merge as btrfs_merge
 from snapkit.methods.btrfs import recover as recover_btrfs
 from snapkit.methods.btrfs import snapshot as btrfs
 from snapkit.methods.btrfs.snapshot import BtrfsMethod
-from snapkit.methods.dm.recover import Recovery, recover
 from snapkit.model import CreateRequest, SnapshotRecord, State, Target
 from snapkit.plan import PlanError, apply
+from snapkit.recover import Recovery
 from snapkit.run import Completed
 from snapkit.settings import Settings
 from snapkit.state import StateData
@@ -493,12 +493,12 @@ def test_recover_settles_a_merge_cut_short_at_every_step(
     monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
     flow = crashed(world, tmp_path, steps_done, power_cut=power_cut)
     assert "data" in world.fake.subvols  # the exchange: the origin is never missing
-    result = recover(flow)
+    result = flow.recover()
     assert isinstance(result, Recovery)
     outcome = assert_settled(world, flow, tmp_path)
     assert outcome == ("merged" if steps_done >= 4 else "rolled back"), result
     assert ("s1" in result.dropped) == (outcome == "merged")
-    again = recover(flow)  # idempotent
+    again = flow.recover()  # idempotent
     assert isinstance(again, Recovery) and not again.actions and not again.dropped
     assert assert_settled(world, flow, tmp_path) == outcome
 
@@ -523,11 +523,11 @@ def test_a_recover_that_fails_at_any_command_can_be_run_again(
         flow = crashed(world, tmp_path / str(at), steps_done, power_cut=False)
         world.fake.faults = Faults(at)
         try:
-            recover(flow)
+            flow.recover()
         except PlanError:
             assert "data" in world.fake.subvols, world.fake.subvols
             world.fake.faults = Faults()
-            recover(flow)
+            flow.recover()
             assert_settled(world, flow, tmp_path / str(at))
             at += 1
             continue
@@ -548,7 +548,7 @@ def test_negative_control_a_recover_blind_to_the_merge_keeps_a_record_of_a_merge
     world = make_world()
     monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
     flow = crashed(world, tmp_path, steps_done, power_cut=True)
-    recover(flow)
+    flow.recover()
     assert world.fake.subvols["data"] == "live"
     with pytest.raises(AssertionError):
         assert_settled(world, flow, tmp_path)
@@ -574,7 +574,7 @@ def test_recover_puts_back_the_origin_the_rename_based_merge_left_missing(
     """What the merge before the exchange left after a power cut between its rename and its
     snapshot: no origin, its content under ``data.snapkit-old-s1``."""
     world, flow = _left_by_the_rename_merge(make_world, tmp_path, monkeypatch)
-    result = recover(flow)
+    result = flow.recover()
     assert assert_settled(world, flow, tmp_path) == "rolled back"
     assert isinstance(result, Recovery)
     assert "s1: renamed data.snapkit-old-s1 back to data" in result.actions
@@ -593,11 +593,11 @@ def test_recover_finishes_the_rename_based_merge_only_beside_a_copy_of_the_snaps
         fake.parents["data"] = fake.parents[".snapkit/s1"].replace(
             "256", str(fake.ids[".snapkit/s1"])
         )
-        recover(flow)
+        flow.recover()
         assert assert_settled(world, flow, tmp_path) == "merged"
         return
     with pytest.raises(PlanError, match="not a copy of s1") as caught:
-        recover(flow)
+        flow.recover()
     assert "data.snapkit-old-s1" in fake.subvols and fake.subvols["data"] == "new"
     assert "keep the one you want" in str(caught.value)
 
@@ -612,7 +612,7 @@ def test_recover_leaves_a_merge_that_holds_the_lock_alone(
     before = world.state()
     lock = origin_lock(DEV, operation="merge s1", lock_dir=flow.settings.lock_dir)
     with lock, pytest.raises(PlanError, match="busy"):
-        recover(flow)
+        flow.recover()
     assert world.state() == before
 
 
@@ -623,6 +623,6 @@ def test_recover_dry_run_lists_the_settle_step_and_changes_nothing(
     world = make_world()
     flow = crashed(world, tmp_path, 4, power_cut=True)
     before = world.state()
-    text = recover(flow, dry_run=True)
+    text = flow.recover(dry_run=True)
     assert isinstance(text, str) and "settle btrfs snapshot s1 of data on /dev/vdb" in text
     assert world.state() == before

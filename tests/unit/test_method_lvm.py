@@ -363,7 +363,7 @@ def _marked(flow: Any) -> Any:
 def _settle(flow: Any) -> Any:
     from snapkit.methods.lvm.recover import plan_settle
 
-    plan, settled = plan_settle(flow, flow.state.load())
+    plan, settled = plan_settle(flow.context, flow.state.load())
     apply(plan)
     flow.state.save(settled.kept(flow.state.load()))
     return settled

@@ -16,14 +16,22 @@ from snapkit.flow import Flow
 from snapkit.methods.base import Host
 from snapkit.methods.dm.direct import DmDirectMethod
 from snapkit.methods.dm.layer import Layer, recorded
-from snapkit.methods.dm.recover import plan_recover, recover
+from snapkit.methods.dm.recover import DmRecovery
 from snapkit.methods.dm.recover_direct import holds_writes
 from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.model import CreateRequest, Pending, Target
-from snapkit.plan import PlanError, Step, apply
+from snapkit.plan import Plan, PlanError, Step, apply
+from snapkit.recover import Recovery
 from snapkit.settings import Settings
 from snapkit.state import StateData
 from tests.unit.test_method_dm import BASE, ORIGINAL, FakeLoops, World, make_world
+
+
+def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData]:
+    """The dm family's recovery alone: its plan, what it reports, the state it would save."""
+    plan, done = DmRecovery(flow.context).plan_recover(data)
+    reported = Recovery(tuple(done.actions), tuple(done.dropped), tuple(done.merging))
+    return plan, reported, done.kept(data)
 
 
 def _created(tmp_path: Path) -> tuple[World, StateData]:
@@ -189,7 +197,7 @@ def test_recover_finishes_a_pending_dm_direct_discard(tmp_path: Path) -> None:
     flow = _rebooted(world)
     flow.lock_dir = tmp_path / "locks"
     flow.state.save(data)
-    done = recover(flow)
+    done = flow.recover()
     assert not isinstance(done, str) and done.merging == ("s1",)
     assert flow.host.dm.table("data") == ORIGINAL and set(flow.host.dm.list_devices()) == {"data"}
     assert not world.files.files and flow.state.load().snapshots == ()

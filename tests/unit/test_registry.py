@@ -13,7 +13,7 @@ from snapkit.methods import registry
 
 PROBE = """
 import sys
-import snapkit.cli.snapshot, snapkit.flow
+import snapkit.cli.snapshot, snapkit.cli.recover, snapkit.flow, snapkit.recover
 from snapkit.methods import registry
 {body}
 print(" ".join(sorted(m for m in sys.modules if m.startswith("snapkit.methods."))))

@@ -12,11 +12,10 @@ import snapkit.host.target
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import RefusedError
 from snapkit.host.target import StableId, find_stable, stable_id
-from snapkit.methods.dm.recover import plan_recover
 from snapkit.methods.dm.shared import DmDetails
 from snapkit.plan import apply
 from snapkit.state import Prepared, StateData, parse, render
-from tests.unit.test_recover import _created, _rebooted
+from tests.unit.test_recover import _created, _rebooted, plan_recover
 
 
 def fake_sysfs(root: Path, disks: dict[str, tuple[str, str]]) -> Path:

@@ -54,6 +54,7 @@ SUBVOL_ROOT_INODE = 256  # BTRFS_FIRST_FREE_OBJECTID: the root directory of ever
 
 class BtrfsMethod:
     name: ClassVar[str] = "btrfs"
+    records_first: ClassVar[bool] = False
 
     def __init__(
         self, host: Host, *, top_root: Path = TOP_ROOT, exchange: Exchange = exchange

@@ -68,7 +68,7 @@ class DmDirectMethod:
     # Once the origin is switched, its newest writes live in the COW only: the flow records
     # the snapshot (pending create) before the plan runs, so recover never takes the COW for
     # the leftover of a create cut short.
-    record_first: ClassVar[bool] = True
+    records_first: ClassVar[bool] = True
 
     def __init__(self, host: Host) -> None:
         self.host = host

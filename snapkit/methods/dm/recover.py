@@ -1,10 +1,9 @@
-"""``snapkit recover``: after a crash or reboot, bring what the state file says back to a known
-state -- every snapshot present and usable, or cleanly absent; every merge under way resumed.
+"""``recover`` for dm and dm-direct: re-assemble their stacks after a crash or a reboot.
 
 Why it is needed: device-mapper tables live in kernel memory, so a power cut takes away the
 prepared linear devices, ``-real``, the snapshot devices and the loops -- while the COW files,
-which hold the snapshot's exceptions on disk (persistent store ``P``), survive. The state file
-is written only after a create's plan has run (``flow.create``), so:
+which hold the snapshot's exceptions on disk (persistent store ``P``), survive. A dm record is
+written only after a create's plan has run (``Flow.create``), so:
 
 * a record with its COW file is a complete snapshot: its stack is re-assembled as the create
   left it (``-real`` with the original table, origin as ``snapshot-origin``, the snapshot over
@@ -25,12 +24,9 @@ is written only after a create's plan has run (``flow.create``), so:
   snapshot), then ``blockdev --setro BASE``. Its verbs are inverted (see the method), so a
   pending ``merge`` (roll back) loads the original ``linear`` table, and a pending ``discard``
   (keep the writes since) loads ``snapshot-merge BASE COW`` and needs the COW: both are then
-  finished by the flow. Its throwaway mount layer (``snapkit.methods.dm.layer``) does not survive a
-  reboot: its loop and file are removed and the record forgets it;
-* a ``btrfs`` record keeps nothing in kernel memory; a merge a crash cut short is finished or
-  undone on disk, after the plan above (:mod:`snapkit.methods.btrfs.recover`);
-* ``lvm`` and ``lvm-thin`` keep their own metadata: LVM re-activates them (``vgchange -ay``,
-  which also restarts a pending merge); a record whose LV is gone is dropped.
+  finished by the flow. Its throwaway mount layer (:mod:`snapkit.methods.dm.layer`) does not
+  survive a reboot: its loop and file are removed and the record forgets it
+  (:mod:`snapkit.methods.dm.recover_direct`).
 
 Disks are found by what does not move across reboots (a loop's backing file, a disk's
 serial, a filesystem UUID: ``snapkit.host.target.StableId``), not by the kernel name and
@@ -43,16 +39,17 @@ Idempotent: what is already there is left alone, so running it twice changes not
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
-from snapkit.flow import Flow
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import StableId, block_devnum, block_info, find_stable
+from snapkit.methods.base import Context, Recovered
+from snapkit.methods.dm import DM_METHODS
 from snapkit.methods.dm.layer import Layer, forgotten, teardown
 from snapkit.methods.dm.recover_direct import origin_steps, orphan_layers, reassemble, settle_create
 from snapkit.methods.dm.shared import MAPPER, DmDetails
@@ -60,35 +57,36 @@ from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
 
-DM_METHODS = ("dm", "dm-direct")
-LVM_METHODS = ("lvm", "lvm-thin")
+
+class DmRecovery:
+    """dm and dm-direct: re-assemble their stacks and the prepared devices under them."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def activate(self, data: StateData) -> None:
+        """Nothing: device-mapper keeps nothing of its own across a reboot."""
+
+    def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
+        return plan_recover(self.ctx, data)
 
 
-@dataclass(frozen=True)
-class Recovery:
-    """What recover did (or, with ``--dry-run``, would do), one line per action."""
-
-    actions: tuple[str, ...]
-    dropped: tuple[str, ...]  # records removed: their snapshot is cleanly absent
-    merging: tuple[str, ...]  # resumed: 'snapshot merge NAME --wait' (dm-direct discard: discard)
-
-
-def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData]:
-    """The plan that re-assembles ``data``, what it means, and the state to save after it."""
-    dm, host = flow.host.dm, flow.host
+def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
+    """The plan that re-assembles ``data``, and what it means (its actions are the plan's
+    steps, known up front)."""
+    dm, host = ctx.host.dm, ctx.host
     s: list[Step] = []
-    dropped: list[str] = []
-    merging: list[str] = []
-    kept = data
+    done = Recovered()
+    dropped, merging = done.dropped, done.merging
     stacked: set[str] = set()  # origins whose -real and snapshot-origin are planned already
     origins: list[Step] = []  # their snapshot-origin loads, kept for after every snapshot
     for prepared in data.devices:
         if dm.info(prepared.name) is not None:
             continue
         users = [r for r in data.snapshots if _dm_origin(r) == prepared.name]
-        if any(_usable(flow, r) for r in users):
+        if any(_usable(ctx, r) for r in users):
             continue  # the snapshot stack below creates it with the right table
-        table = _linear_over(prepared.device, prepared.ident, flow, prepared.name)
+        table = _linear_over(prepared.device, prepared.ident, ctx, prepared.name)
         if table is None:
             continue
         s += [
@@ -97,43 +95,43 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             steps.resume(dm, prepared.name),
         ]
     for record in data.snapshots:
-        if record.method in LVM_METHODS or record.method not in DM_METHODS:
+        if record.method not in DM_METHODS:
             continue
         d = DmDetails.of(record)
         if record.method == "dm-direct" and dm.info(Layer.of(record).name) is None:
             s += teardown(host, Layer.of(record))  # the layer is gone with the reboot
             if record != forgotten(record):
                 record = forgotten(record)
-                kept = kept.with_snapshot(record)
-        if record.method == "dm-direct" and d.pending is Pending.CREATE and _usable(flow, record):
+                done.saved.append(record)
+        if record.method == "dm-direct" and d.pending is Pending.CREATE and _usable(ctx, record):
             if dm.info(d.origin_name) is None:  # rebooted: the disk may have moved
-                record = _repointed(flow, record, d)
-            settled, keep = settle_create(flow, record)
+                record = _repointed(ctx, record, d)
+            settled, keep = settle_create(ctx, record)
             s += settled
             if keep is None:
-                kept = kept.without_snapshot(record.name)
+                done.gone.append(record.name)
                 dropped.append(record.name)
             else:
-                kept = kept.with_snapshot(keep)
+                done.saved.append(keep)
             continue
-        if not _usable(flow, record):
+        if not _usable(ctx, record):
             s.append(steps.detach_all(host.loops, d.cow_file))
             if host.files.exists(d.cow_file):
                 s.append(steps.unlink(host.files, d.cow_file))
-            kept = kept.without_snapshot(record.name)
+            done.gone.append(record.name)
             dropped.append(record.name)
             continue
         if dm.info(d.origin_name) is not None and (dm.info(record.name) is not None or d.pending):
             if d.pending:
                 merging.append(record.name)  # no reboot: the flow (re)starts and finishes it
             continue  # already assembled
-        if (repointed := _repointed(flow, record, d)) != record:
+        if (repointed := _repointed(ctx, record, d)) != record:
             record, d = repointed, DmDetails.of(repointed)
-            kept = kept.with_snapshot(record)
+            done.saved.append(record)
         if record.method == "dm-direct":
-            direct, rebased = reassemble(flow, record)
+            direct, rebased = reassemble(ctx, record)
             s += direct
-            kept = kept if rebased == record else kept.with_snapshot(rebased)
+            done.saved += [] if rebased == record else [rebased]
             merging += [record.name] if d.pending else []
             continue
         slot = LoopSlot(d.cow_file)
@@ -152,7 +150,7 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             ]
         if d.pending is Pending.MERGE:
             merge = _cow_table(SnapshotMerge, size, real, slot, d.chunk)
-            s += origin_steps(flow, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} "
+            s += origin_steps(ctx, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} "
                                f"{slot} P {d.chunk}")  # fmt: skip
             merging.append(record.name)
         else:
@@ -164,7 +162,7 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
             ]
             if d.origin_name not in stacked:
                 origin = Table.single(size, SnapshotOrigin(MAPPER + real))
-                origins += origin_steps(flow, d.origin_name, _const(origin),
+                origins += origin_steps(ctx, d.origin_name, _const(origin),
                                         steps.table_text(origin))  # fmt: skip
         stacked.add(d.origin_name)
     # Only now the origins: a snapshot-origin sizes its I/O split to its snapshots' chunk when
@@ -172,48 +170,14 @@ def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData
     # and a later 64 KiB write to the origin COWs only its first chunk: the snapshot silently
     # shows new data in the rest. So every snapshot of an origin is live before it resumes.
     s += origins
-    for layer in orphan_layers(flow, data):
+    for layer in orphan_layers(ctx, data):
         s += teardown(host, layer)
-    for orphan in _orphan_cows(flow, data):
+    for orphan in _orphan_cows(ctx, data):
         s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
         dropped.append(orphan.name)
-    for record in data.snapshots:
-        if record.method in LVM_METHODS and _lv_gone(flow, record):
-            kept = kept.without_snapshot(record.name)
-            dropped.append(record.name)
     plan = Plan("recover snapkit's devices after a crash or reboot", tuple(s))
-    actions = tuple(step.description for step in s)
-    return plan, Recovery(actions, tuple(dropped), tuple(merging)), kept
-
-
-def recover(flow: Flow, *, dry_run: bool = False, finish: bool = True) -> Recovery | str:
-    """Re-assemble, drop what a crash cut short, and (``finish``) complete resumed merges."""
-    data = flow.state.load()
-    _activate_lvm(flow, data)
-    plan, result, kept = plan_recover(flow, data)
-    # only here: recover loads no method
-    from snapkit.methods.btrfs import recover as recover_btrfs
-    from snapkit.methods.lvm import recover as recover_lvm
-
-    settlers = [recover_lvm.plan_settle(flow, data), recover_btrfs.plan_settle(flow, data)]
-    if dry_run:
-        return plan.render() + "".join(p.render() for p, _ in settlers if p.steps)
-    flow.apply_plan(plan)
-    flow.state.save(kept)
-    for settle, settled in settlers:
-        if settle.steps:
-            flow.apply_plan(settle)
-            flow.state.save(settled.kept(flow.state.load()))
-            result = replace(result, actions=(*result.actions, *settled.actions),
-                             dropped=(*result.dropped, *settled.gone))  # fmt: skip
-    if finish:
-        for name in result.merging:
-            record = kept.snapshot(name)
-            if record is not None and record.pending is Pending.DISCARD:
-                flow.discard(name)  # dm-direct: its kernel merge keeps the origin's writes
-            else:
-                flow.merge(name, wait=True)
-    return result
+    done.actions += [step.description for step in s]
+    return plan, done
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -227,18 +191,18 @@ def _dm_origin(record: SnapshotRecord) -> str:
     return record.details.get("origin_name", "") if record.method in DM_METHODS else ""
 
 
-def _usable(flow: Flow, record: SnapshotRecord) -> bool:
+def _usable(ctx: Context, record: SnapshotRecord) -> bool:
     """A dm record whose COW file survived; a pending dm discard needs nothing more (a
     dm-direct one does: its COW holds the writes it keeps)."""
     if record.method not in DM_METHODS:
         return False
     d = DmDetails.of(record)
     dropping = d.pending is Pending.DISCARD and record.method == "dm"
-    return not dropping and flow.host.files.exists(d.cow_file)
+    return not dropping and ctx.host.files.exists(d.cow_file)
 
 
-def _moved(flow: Flow, ident: StableId, whose: str) -> DevNum:
-    dev = find_stable(ident, flow.host.run)
+def _moved(ctx: Context, ident: StableId, whose: str) -> DevNum:
+    dev = find_stable(ident, ctx.host.run)
     if dev is None:
         raise RefusedError(
             f"the disk under {whose} ({ident}) is not attached",
@@ -247,31 +211,31 @@ def _moved(flow: Flow, ident: StableId, whose: str) -> DevNum:
     return dev
 
 
-def _repointed(flow: Flow, record: SnapshotRecord, d: DmDetails) -> SnapshotRecord:
+def _repointed(ctx: Context, record: SnapshotRecord, d: DmDetails) -> SnapshotRecord:
     """``record`` with its original table pointed at its disk's number now."""
-    original = _found_again(flow, record, d)
+    original = _found_again(ctx, record, d)
     if original == d.table:
         return record
     fixed = DmDetails(**{**vars(d), "table": original})
     return replace(record, details={**record.details, **fixed.to_strings()})
 
 
-def _found_again(flow: Flow, record: SnapshotRecord, d: DmDetails) -> Table:
+def _found_again(ctx: Context, record: SnapshotRecord, d: DmDetails) -> Table:
     """The origin's original table, pointed at its disk's number *now*: after a reboot the
     recorded major:minor may name another disk."""
     target = d.table.lines[0].target
     if d.table_id is None or not isinstance(target, Linear):
         return d.table
-    dev = _moved(flow, d.table_id, f"snapshot {record.name}")
+    dev = _moved(ctx, d.table_id, f"snapshot {record.name}")
     return Table.single(d.table.size, Linear(dev, target.offset))
 
 
 def _linear_over(
-    device: str, ident: StableId | None = None, flow: Flow | None = None, name: str = ""
+    device: str, ident: StableId | None = None, ctx: Context | None = None, name: str = ""
 ) -> Table | None:
     dev = block_devnum(device)
-    if ident is not None and flow is not None:
-        dev = _moved(flow, ident, f"/dev/mapper/{name}")
+    if ident is not None and ctx is not None:
+        dev = _moved(ctx, ident, f"/dev/mapper/{name}")
     info = block_info(dev) if dev is not None else None
     if dev is None or info is None:
         return None
@@ -289,9 +253,9 @@ def _cow_table(
     return table
 
 
-def _orphan_cows(flow: Flow, data: StateData) -> list[Path]:
+def _orphan_cows(ctx: Context, data: StateData) -> list[Path]:
     """COW files in snapkit's own COW directory that no record names: creates cut short."""
-    cow_dir = flow.state.directory / "cow"
+    cow_dir = ctx.cow_dir
     named = {r.details.get("cow_file", "") for r in data.snapshots}
     try:
         found = sorted(cow_dir.glob("*.cow"))
@@ -300,17 +264,4 @@ def _orphan_cows(flow: Flow, data: StateData) -> list[Path]:
     return [p for p in found if str(p) not in named]
 
 
-def _activate_lvm(flow: Flow, data: StateData) -> None:
-    vgs = sorted({r.details.get("vg", "") for r in data.snapshots if r.method in LVM_METHODS})
-    for vg in filter(None, vgs):
-        flow.host.run.run(["vgchange", "-ay", vg], check=False, timeout=None)
-
-
-def _lv_gone(flow: Flow, record: SnapshotRecord) -> bool:
-    from snapkit.host.lvm import Lvm
-
-    vg, lv = record.details.get("vg", ""), record.details.get("lv", "")
-    return bool(vg and lv) and Lvm(flow.host.run).get(vg, lv) is None
-
-
-__all__ = ["Recovery", "plan_recover", "recover"]
+__all__ = ["DmRecovery", "plan_recover"]

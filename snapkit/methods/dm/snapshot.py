@@ -47,6 +47,7 @@ from snapkit.validate import chunk_sectors
 
 class DmMethod:
     name: ClassVar[str] = "dm"
+    records_first: ClassVar[bool] = False
 
     def __init__(self, host: Host) -> None:
         self.host = host

@@ -57,7 +57,7 @@ class LvmMethod:
     name: ClassVar[str] = "lvm"
     # Saved as 'pending create' before lvcreate runs: a SIGKILL or power cut after it would
     # otherwise leave an LV no record names (snapkit/methods/lvm/recover.py settles the mark).
-    record_first: ClassVar[bool] = True
+    records_first: ClassVar[bool] = True
 
     def __init__(self, host: Host) -> None:
         self.executor: Executor = host.run
