@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snapkit import recover
 from snapkit.dm.control import IoctlDm
@@ -35,7 +36,7 @@ from snapkit.host import freezing
 from snapkit.host.freezing import Outcome
 from snapkit.host.fs import snapshot_mount_options
 from snapkit.host.loopdev import LocalFiles, LosetupLoops
-from snapkit.host.target import resolve
+from snapkit.host.target import block_devnum, resolve, stable_id
 from snapkit.lock import origin_lock
 from snapkit.methods import registry
 from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
@@ -45,7 +46,10 @@ from snapkit.plan import Plan, PlanError, Step, apply
 from snapkit.recover import Recovery
 from snapkit.run import Completed, SubprocessExecutor
 from snapkit.settings import Settings
-from snapkit.state import StateData, StateFile, reconcile
+from snapkit.state import Prepared, StateData, StateFile, reconcile
+
+if TYPE_CHECKING:  # annotations only: the module loads when its verb runs
+    from snapkit.methods.dm.device import PrepareResult
 
 PAUSE_ENV = "SNAPKIT_TEST_PAUSE_AT"
 POLL_SECONDS = 0.2
@@ -300,6 +304,36 @@ class Flow:
             if once:
                 return status
             time.sleep(interval)
+
+    # -- device prepare and release ---------------------------------------------------------
+
+    def prepare(self, device: str, name: str, *, dry_run: bool = False) -> PrepareResult | str:
+        """Put the plain ``device`` under ``/dev/mapper/NAME`` for the dm methods, and record
+        it with what finds its disk again after a reboot (:mod:`snapkit.methods.dm.device`)."""
+        from snapkit.methods.dm.device import plan_prepare  # only this verb needs it
+
+        with self.lock(device, f"prepare {name}"):
+            plan, result = plan_prepare(self.host, self.load(), device, name)
+            if dry_run:
+                return plan.render()
+            dev = block_devnum(device)
+            ident = stable_id(dev, self.host.run) if dev is not None else None
+            self.apply_plan(plan)
+            self.state.save(self.load().with_device(Prepared(name, str(result.under), ident)))
+            return result
+
+    def release(self, name: str, *, dry_run: bool = False) -> str:
+        """Remove the prepared ``/dev/mapper/NAME``; the device it was over (to mount again)."""
+        from snapkit.methods.dm.device import plan_release  # only this verb needs it
+
+        with self.lock(f"/dev/mapper/{name}", f"release {name}"):
+            plan = plan_release(self.host, name)
+            if dry_run:
+                return plan.render()
+            record = self.load().device(name)
+            self.apply_plan(plan)
+            self.state.save(self.load().without_device(name))
+            return record.device if record else ""
 
     # -- recover -------------------------------------------------------------------------------
 

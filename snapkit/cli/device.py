@@ -9,12 +9,11 @@ from typing import Any
 from snapkit.cli.output import print_json
 from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
-from snapkit.methods.dm.device import prepare, release
 
 
 def _prepare(args: argparse.Namespace) -> int:
     with real_host() as host:
-        result = prepare(Flow(host), args.device, args.name, dry_run=args.dry_run)
+        result = Flow(host).prepare(args.device, args.name, dry_run=args.dry_run)
     if isinstance(result, str):
         sys.stdout.write(result)
         return 0
@@ -37,7 +36,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     with real_host() as host:
-        result = release(Flow(host), args.name, dry_run=args.dry_run)
+        result = Flow(host).release(args.name, dry_run=args.dry_run)
     if args.dry_run:
         sys.stdout.write(result)
     elif args.json:
