@@ -6,8 +6,8 @@ filesystem under test and records every latency. Meanwhile one snapshot is taken
 stall is the longest latency of a write that overlapped the command; the p99 of those writes says
 how much the rest of the command disturbs I/O. Rounds are repeated and the median reported, and
 each method is compared with ``lvcreate -s``, which suspends and resumes inside one process with
-its tables preloaded (NOTES.md section 2). Goal: ``dm`` stalls writers
-at most 0.5x as long as ``lvcreate -s``.
+its tables preloaded (BENCHMARKS.md has the figures). Goal: ``dm`` stalls writers at most 0.5x
+as long as ``lvcreate -s``.
 
 It builds everything it needs in a throwaway VG on a loop device over a sparse file (in $TMPDIR,
 tmpfs in the guest) and removes it afterwards, so it must run as root where LVM and dm work:
@@ -19,7 +19,6 @@ snapkit's own work never holds it up; both read CLOCK_MONOTONIC, which is system
 
 from __future__ import annotations
 
-import argparse
 import mmap
 import os
 import select
@@ -245,37 +244,6 @@ def as_dict(results: list[Summary]) -> dict[str, Any]:
     dm = next((s for s in results if s.method == "dm"), None)
     goal = None if dm is None else dm.max_ms / base <= GOAL
     return {"methods": methods, "goal": f"dm <= {GOAL}x lvcreate -s", "goal_met": goal}
-
-
-# --- CLI --------------------------------------------------------------------------------------
-
-
-def register(benches: Any) -> None:
-    p = benches.add_parser(
-        "freeze-window",
-        help="how long snapshot create stalls a writer, per method",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--rounds", type=int, default=3, help="rounds per method (default 3)")
-    p.set_defaults(handler=_handler)
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from snapkit.cli.output import print_json
-
-    results = run(args.rounds, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    data = as_dict(results)
-    if args.json:
-        print_json(data)
-        return 0
-    print(f"{'method':<12} {'longest':>10} {'p99':>9} {'command':>9} {'vs lvcreate -s':>15}")
-    for name, m in data["methods"].items():
-        print(f"{name:<12} {m['longest_stall_ms']:>7.1f} ms {m['p99_ms']:>6.1f} ms "
-              f"{m['command_s']:>7.2f} s {m['ratio_to_lvcreate']:>14.2f}x")  # fmt: skip
-    print(f"goal ({data['goal']}): {'met' if data['goal_met'] else 'MISSED'}")
-    return 0
 
 
 if __name__ == "__main__":

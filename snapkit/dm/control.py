@@ -3,8 +3,9 @@
 It speaks the dm ioctl directly rather than running ``dmsetup``. The reason is the suspend
 window: a writer on the origin stalls from the suspend to the resume, and two ``dmsetup``
 processes inside that window were measured at 87-95 ms of stall against 43-60 ms for the whole
-of ``lvcreate -s`` (NOTES.md section 2). With the ioctl, tables are loaded before the suspend and
-the suspend and resumes are three syscalls from one process, with nothing spawned in between.
+of ``lvcreate -s`` (BENCHMARKS.md, "freeze window", has the current figures). With the
+ioctl, tables are loaded before the suspend and the suspend and resumes are three syscalls
+from one process, with nothing spawned in between.
 
 :class:`DmControl` is the seam: methods take one, :class:`IoctlDm` is the real one, and
 ``snapkit.dm.fake.FakeDm`` models the kernel's rules in memory for tests.

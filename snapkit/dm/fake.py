@@ -247,7 +247,8 @@ class FakeDm:
 
 
 def _default_status(line: Line) -> TargetStatus:
-    """A fresh persistent snapshot reports 2 chunks used, both metadata (NOTES.md section 4)."""
+    """A fresh persistent snapshot reports 2 chunks used, both metadata: the header (chunk 0)
+    and the first exception area (chunk 1), as :mod:`snapkit.cow.store` lays them out."""
     t = line.target
     if isinstance(t, Snapshot | SnapshotMerge):
         used = 2 * t.chunk_sectors

@@ -75,7 +75,8 @@ def make_world(tmp_path: Path, fail_at: int | None = None) -> World:
 
 
 def dm_snapshot_plan(w: World) -> Plan:
-    """The LVM way of NOTES.md section 3, as a dm method would build it."""
+    """What ``lvcreate -s`` builds (snapkit.methods.dm.snapshot: "the LVM way"), as a dm method
+    would build it."""
     dm, cow = w.dm, w.dir / "data.cow"
     loop: dict[str, str] = {}
 

@@ -1,7 +1,7 @@
 """``dm``: raw device-mapper snapshots the LVM way, for a filesystem not on LVM.
 
 The origin must be a dm ``linear`` device (``snapkit device prepare`` makes one). Create builds
-what ``lvcreate -s`` builds (NOTES.md section 3, "The LVM way"): ``ORIGIN-real`` with the
+what ``lvcreate -s`` builds (call it "the LVM way"): ``ORIGIN-real`` with the
 origin's table, a COW on a loop device over a sparse file, the ``snapshot`` device, and the
 origin reloaded as ``snapshot-origin`` -- all tables loaded first, then one suspend of the
 origin (which freezes its filesystem), the snapshot resumed, the origin resumed: three ioctls
