@@ -106,11 +106,20 @@ class Flow:
     # -- create -------------------------------------------------------------------------------
 
     def create(
-        self, target_spec: str, *, name: str, method: str = registry.DEFAULT_METHOD,
-        cow_size: int | None = None, cow_dir: Path | None = None, chunk_sectors: int = 8,
-        pre: str | None = None, post: str | None = None, max_freeze: float = 10.0,
-        dry_run: bool = False, command: tuple[str, ...] = (),
-    ) -> SnapshotStatus | str:  # fmt: skip
+        self,
+        target_spec: str,
+        *,
+        name: str,
+        method: str = registry.DEFAULT_METHOD,
+        cow_size: int | None = None,
+        cow_dir: Path | None = None,
+        chunk_sectors: int = 8,
+        pre: str | None = None,
+        post: str | None = None,
+        max_freeze: float = 10.0,
+        dry_run: bool = False,
+        command: tuple[str, ...] = (),
+    ) -> SnapshotStatus | str:
         """Create snapshot ``name`` of ``target_spec``; the plan text instead if ``dry_run``.
         ``command`` is the user's snapshot command (freeze, remount-ro, auto's fallback)."""
         snapkit_name(name)
@@ -127,10 +136,16 @@ class Flow:
                 hint=f"fix that, or choose another --method ({others})",
             )
         req = CreateRequest(
-            target=target, name=name, cow_size=cow_size,
-            cow_dir=cow_dir or self.context.cow_dir, chunk_sectors=chunk_sectors,
-            pre=pre, post=post, max_freeze=max_freeze, command=command,
-        )  # fmt: skip
+            target=target,
+            name=name,
+            cow_size=cow_size,
+            cow_dir=cow_dir or self.context.cow_dir,
+            chunk_sectors=chunk_sectors,
+            pre=pre,
+            post=post,
+            max_freeze=max_freeze,
+            command=command,
+        )
         with self.lock(str(target.device), f"create {name}"):
             plan, record = impl.plan_create(req)
             if dry_run:
@@ -240,8 +255,12 @@ class Flow:
         over = layer.Layer.of(record)
         s = [] if self.host.dm.info(over.name) is not None else layer.build(self.host, over)
         if fstype == "btrfs":  # the copy shares the origin's fsid: drop stale registrations
-            s.append(Step("btrfs device scan --forget", lambda: self.host.run.run(
-                ["btrfs", "device", "scan", "--forget"], check=False)))  # fmt: skip
+            s.append(
+                Step(
+                    "btrfs device scan --forget",
+                    lambda: self.host.run.run(["btrfs", "device", "scan", "--forget"], check=False),
+                )
+            )
         argv = ["mount", "-t", fstype, "-o", ",".join(_mount_options(record, fstype, False, False))]
         argv += [over.device, str(directory)]
         s.append(Step(" ".join(argv), lambda: self._run_mount(argv, over.device, fstype)))
@@ -262,9 +281,15 @@ class Flow:
     # -- watch: grow a COW before it overflows ---------------------------------------------
 
     def watch(
-        self, name: str, *, extend_at: float, extend_by: int, interval: float = 1.0,
-        once: bool = False, report: Callable[[str], None] | None = None,
-    ) -> SnapshotStatus:  # fmt: skip
+        self,
+        name: str,
+        *,
+        extend_at: float,
+        extend_by: int,
+        interval: float = 1.0,
+        once: bool = False,
+        report: Callable[[str], None] | None = None,
+    ) -> SnapshotStatus:
         """Poll the snapshot's COW usage and grow the COW by ``extend_by`` bytes whenever it
         reaches ``extend_at`` percent, as dmeventd's autoextend does for LVM. A COW that fills
         invalidates the snapshot for good, so that is an error, in plain words. Returns when
@@ -295,11 +320,13 @@ class Flow:
                 return status
             used = status.usage_percent or 0.0
             if used >= extend_at:
-                with self.lock(record.origin, f"extend {name}"):  # fmt: skip
+                with self.lock(record.origin, f"extend {name}"):
                     self.apply_plan(impl.plan_extend(record, extend_by))
                 grown = impl.status(record)
-                say(f"{name}: COW was {used:.2f}% full; grew it by {extend_by} bytes, "
-                    f"now {grown.usage_percent or 0.0:.2f}% full")  # fmt: skip
+                say(
+                    f"{name}: COW was {used:.2f}% full; grew it by {extend_by} bytes, "
+                    f"now {grown.usage_percent or 0.0:.2f}% full"
+                )
                 status = grown
             if once:
                 return status
@@ -355,9 +382,13 @@ class Flow:
     # -- merge and discard --------------------------------------------------------------------
 
     def merge(
-        self, name: str, *, wait: bool = False, progress: Progress | None = None,
+        self,
+        name: str,
+        *,
+        wait: bool = False,
+        progress: Progress | None = None,
         dry_run: bool = False,
-    ) -> SnapshotStatus | str:  # fmt: skip
+    ) -> SnapshotStatus | str:
         record = self.record(name)
         impl = self.method(record.method)
         with self.lock(record.origin, f"merge {name}"):
@@ -372,9 +403,16 @@ class Flow:
             return self._end(impl, record, Pending.DISCARD, True, None, dry_run, force=force)
 
     def _end(
-        self, impl: Method, record: SnapshotRecord, op: Pending, wait: bool,
-        progress: Progress | None, dry_run: bool, *, force: bool = False,
-    ) -> SnapshotStatus | str:  # fmt: skip
+        self,
+        impl: Method,
+        record: SnapshotRecord,
+        op: Pending,
+        wait: bool,
+        progress: Progress | None,
+        dry_run: bool,
+        *,
+        force: bool = False,
+    ) -> SnapshotStatus | str:
         pending = record.pending
         if pending and pending is not op:
             # The mark may be all a killed snapkit left (lvm: even before LVM's command ran),

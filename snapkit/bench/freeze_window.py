@@ -98,9 +98,11 @@ def measure(method: str, probe_file: Path, argv: list[str]) -> Round:
     """Run ``argv`` once under the probe and cut the probe's record to the command's window."""
     child = subprocess.Popen(
         [sys.executable, "-m", "snapkit.bench.freeze_window", "probe", str(probe_file)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
-    )  # fmt: skip
+    )
     assert child.stdin is not None and child.stdout is not None
     if child.stdout.readline().strip() != "ready":
         raise RuntimeError("the probe did not start")
@@ -183,30 +185,63 @@ def run(rounds: int, log: Any) -> list[Summary]:
         cow = str(work / "cow")
         os.mkdir(cow)
         cases = [
-            Case("lvcreate -s", str(lv_mp),
-                 ["lvcreate", "-q", "-y", "-s", "-L", "64M", "-n", "s", f"{VG}/lv"],
-                 ["lvremove", "-q", "-f", f"{VG}/s"]),
-            Case("dm", str(dm_mp),
-                 _snapkit("snapshot", "create", str(dm_mp), "--name", "s", "--method", "dm",
-                          "--cow-size", "64M", "--cow-dir", cow),
-                 _snapkit("snapshot", "discard", "s")),
-            Case("dm-direct", str(dm_mp),
-                 _snapkit("snapshot", "create", str(dm_mp), "--name", "s", "--method",
-                          "dm-direct", "--cow-size", "64M", "--cow-dir", cow),
-                 _snapkit("snapshot", "discard", "s")),
+            Case(
+                "lvcreate -s",
+                str(lv_mp),
+                ["lvcreate", "-q", "-y", "-s", "-L", "64M", "-n", "s", f"{VG}/lv"],
+                ["lvremove", "-q", "-f", f"{VG}/s"],
+            ),
+            Case(
+                "dm",
+                str(dm_mp),
+                _snapkit(
+                    "snapshot",
+                    "create",
+                    str(dm_mp),
+                    "--name",
+                    "s",
+                    "--method",
+                    "dm",
+                    "--cow-size",
+                    "64M",
+                    "--cow-dir",
+                    cow,
+                ),
+                _snapkit("snapshot", "discard", "s"),
+            ),
+            Case(
+                "dm-direct",
+                str(dm_mp),
+                _snapkit(
+                    "snapshot",
+                    "create",
+                    str(dm_mp),
+                    "--name",
+                    "s",
+                    "--method",
+                    "dm-direct",
+                    "--cow-size",
+                    "64M",
+                    "--cow-dir",
+                    cow,
+                ),
+                _snapkit("snapshot", "discard", "s"),
+            ),
             Case("freeze", str(lv_mp), _snapkit("freeze", str(lv_mp), "--", "true"), []),
             # The floors: the filesystem freeze alone (what every suspend with lockfs costs),
             # then the same after a sync, to see how much of it is flushing dirty data.
             Case("FIFREEZE+FITHAW", str(lv_mp), _floor(lv_mp, sync=False), []),
             Case("sync, FIFREEZE+FITHAW", str(lv_mp), _floor(lv_mp, sync=True), []),
-        ]  # fmt: skip
+        ]
         results = []
         for case in cases:
             done = []
             for n in range(rounds):
                 r = measure(case.name, Path(case.mountpoint) / "probe", case.create)
-                log(f"{case.name} round {n + 1}: longest {r.max_ms:.1f} ms, p99 {r.p99_ms:.1f} "
-                    f"ms, {r.seconds:.2f} s, {r.writes} writes")  # fmt: skip
+                log(
+                    f"{case.name} round {n + 1}: longest {r.max_ms:.1f} ms, p99 {r.p99_ms:.1f} "
+                    f"ms, {r.seconds:.2f} s, {r.writes} writes"
+                )
                 done.append(r)
                 if case.cleanup:
                     run_command(case.cleanup, env=_ENV)
@@ -234,13 +269,17 @@ def as_dict(results: list[Summary]) -> dict[str, Any]:
             "command_s": round(s.seconds, 3),
             "ratio_to_lvcreate": round(s.max_ms / base, 3),
             "rounds": [
-                {"longest_stall_ms": round(r.max_ms, 2), "p99_ms": round(r.p99_ms, 2),
-                 "command_s": round(r.seconds, 3), "writes": r.writes}
+                {
+                    "longest_stall_ms": round(r.max_ms, 2),
+                    "p99_ms": round(r.p99_ms, 2),
+                    "command_s": round(r.seconds, 3),
+                    "writes": r.writes,
+                }
                 for r in s.rounds
             ],
         }
         for s in results
-    }  # fmt: skip
+    }
     dm = next((s for s in results if s.method == "dm"), None)
     goal = None if dm is None else dm.max_ms / base <= GOAL
     return {"methods": methods, "goal": f"dm <= {GOAL}x lvcreate -s", "goal_met": goal}

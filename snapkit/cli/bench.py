@@ -87,8 +87,10 @@ def _bench_freeze_window(args: argparse.Namespace) -> int:
         return 0
     print(f"{'method':<12} {'longest':>10} {'p99':>9} {'command':>9} {'vs lvcreate -s':>15}")
     for name, m in data["methods"].items():
-        print(f"{name:<12} {m['longest_stall_ms']:>7.1f} ms {m['p99_ms']:>6.1f} ms "
-              f"{m['command_s']:>7.2f} s {m['ratio_to_lvcreate']:>14.2f}x")  # fmt: skip
+        print(
+            f"{name:<12} {m['longest_stall_ms']:>7.1f} ms {m['p99_ms']:>6.1f} ms "
+            f"{m['command_s']:>7.2f} s {m['ratio_to_lvcreate']:>14.2f}x"
+        )
     print(f"goal ({data['goal']}): {'met' if data['goal_met'] else 'MISSED'}")
     return 0
 

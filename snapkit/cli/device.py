@@ -18,11 +18,16 @@ def _prepare(args: argparse.Namespace) -> int:
         sys.stdout.write(result)
         return 0
     if args.json:
-        print_json({
-            "name": result.name, "device": str(result.device), "under": str(result.under),
-            "size_sectors": result.size_sectors, "partition_start": result.partition_start,
-            "mount_instead_of": args.device,
-        })  # fmt: skip
+        print_json(
+            {
+                "name": result.name,
+                "device": str(result.device),
+                "under": str(result.under),
+                "size_sectors": result.size_sectors,
+                "partition_start": result.partition_start,
+                "mount_instead_of": args.device,
+            }
+        )
         return 0
     where = f" (a partition starting at sector {result.partition_start})"
     print(

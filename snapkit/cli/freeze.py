@@ -25,9 +25,12 @@ frozen filesystem (it would hang until the watchdog thaws). Its output is printe
 
 def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--max-freeze", type=float, default=10.0, metavar="SEC",
+        "--max-freeze",
+        type=float,
+        default=10.0,
+        metavar="SEC",
         help="thaw after SEC seconds whatever happens, and kill CMD (default 10)",
-    )  # fmt: skip
+    )
     p.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
 
 

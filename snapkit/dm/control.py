@@ -121,9 +121,11 @@ class IoctlDm:
             self._fd = os.open(control, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             raise DmError(
-                "open", str(control), exc.errno or errno.EIO,
+                "open",
+                str(control),
+                exc.errno or errno.EIO,
                 hint="run as root with device-mapper loaded (modprobe dm-mod)",
-            ) from None  # fmt: skip
+            ) from None
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -137,9 +139,15 @@ class IoctlDm:
         self.close()
 
     def _call(
-        self, cmd: Cmd, name: str = "", *, flags: Flag = NO_FLAGS, payload: bytes = b"",
-        target_count: int = 0, uuid: str = "",
-    ) -> bytearray:  # fmt: skip
+        self,
+        cmd: Cmd,
+        name: str = "",
+        *,
+        flags: Flag = NO_FLAGS,
+        payload: bytes = b"",
+        target_count: int = 0,
+        uuid: str = "",
+    ) -> bytearray:
         """One ioctl; grows the buffer and retries while the kernel says it was too small."""
         size = ioctl.DEFAULT_BUFFER
         while True:
@@ -187,9 +195,12 @@ class IoctlDm:
         flags = Flag.READONLY if read_only else NO_FLAGS
         payload = ioctl.pack_targets(_specs(table))
         reply = self._call(
-            Cmd.TABLE_LOAD, existing(name), flags=flags, payload=payload,
+            Cmd.TABLE_LOAD,
+            existing(name),
+            flags=flags,
+            payload=payload,
             target_count=len(table.lines),
-        )  # fmt: skip
+        )
         return _info(ioctl.unpack_header(reply))
 
     def clear(self, name: str) -> DeviceInfo:

@@ -131,9 +131,13 @@ def set_ro(run: Executor, device: Callable[[], str], text: str, ro: bool) -> Ste
 
 
 def wait_merged(
-    dm: DmControl, name: str, *, progress: Progress | None = None, poll: float = 0.2,
+    dm: DmControl,
+    name: str,
+    *,
+    progress: Progress | None = None,
+    poll: float = 0.2,
     timeout: float | None = None,
-) -> SnapshotUsage:  # fmt: skip
+) -> SnapshotUsage:
     """Poll ``name``'s snapshot-merge status until X == Z (every exception copied back)."""
     first: SnapshotUsage | None = None
     deadline = None if timeout is None else time.monotonic() + timeout

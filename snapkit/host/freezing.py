@@ -105,15 +105,24 @@ def freeze_around(
             )
 
     return (
-        Step(f"start the watchdog for {mountpoint}", watchdog.start, watchdog.abandon,
-             "stop the watchdog (it thaws if armed)", must_undo=True),
-        Step(f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
-             do_freeze, lambda: freezer.thaw(mountpoint), f"thaw {mountpoint}",
-             must_undo=True),
+        Step(
+            f"start the watchdog for {mountpoint}",
+            watchdog.start,
+            watchdog.abandon,
+            "stop the watchdog (it thaws if armed)",
+            must_undo=True,
+        ),
+        Step(
+            f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
+            do_freeze,
+            lambda: freezer.thaw(mountpoint),
+            f"thaw {mountpoint}",
+            must_undo=True,
+        ),
         *inner,
         Step(f"thaw {mountpoint} (FITHAW)", do_thaw),
         Step("stop the watchdog", do_stop),
-    )  # fmt: skip
+    )
 
 
 def guard_suspend(

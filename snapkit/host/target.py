@@ -204,8 +204,9 @@ def stable_id(
     if serial:
         return StableId("serial", serial, part)
     if run is not None:
-        found = run.run(["blkid", "-o", "value", "-s", "UUID", f"/dev/{node.resolve().name}"],
-                        check=False)  # fmt: skip
+        found = run.run(
+            ["blkid", "-o", "value", "-s", "UUID", f"/dev/{node.resolve().name}"], check=False
+        )
         if found.ok and found.stdout.strip():
             return StableId("uuid", found.stdout.strip())
     return None

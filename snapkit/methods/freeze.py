@@ -129,9 +129,12 @@ class FreezeMethod:
 
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         return SnapshotStatus(
-            record, State.ACTIVE, None, None,
+            record,
+            State.ACTIVE,
+            None,
+            None,
             f"taken outside this machine by: {record.details.get('command', '?')}",
-        )  # fmt: skip
+        )
 
     def plan_merge(self, record: SnapshotRecord) -> Plan:
         raise RefusedError(

@@ -138,15 +138,23 @@ class RemountMethod:
                 f"{record.origin} is mounted at {mounted[0].mountpoint}",
                 hint="umount it first; snapkit never unmounts your filesystem",
             )
-        dd = ["dd", f"if={record.device}", f"of={record.origin}", "bs=1M", "conv=fsync",
-              "status=none"]  # fmt: skip
+        dd = [
+            "dd",
+            f"if={record.device}",
+            f"of={record.origin}",
+            "bs=1M",
+            "conv=fsync",
+            "status=none",
+        ]
         rm = ["rm", "-f", record.device]
         run = self.executor.run
         return Plan(
             f"copy {record.device} back onto {record.origin}",
-            (Step(" ".join(dd), lambda: run(dd, timeout=COPY_TIMEOUT)),
-             Step(" ".join(rm), lambda: run(rm))),
-        )  # fmt: skip
+            (
+                Step(" ".join(dd), lambda: run(dd, timeout=COPY_TIMEOUT)),
+                Step(" ".join(rm), lambda: run(rm)),
+            ),
+        )
 
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
         if not record.device:

@@ -99,9 +99,14 @@ def test_thin_pool() -> None:
     text = "0 409600 thin-pool 1 279/4096 1024/3200 - rw discard_passdown queue_if_no_space - 1024"
     status = parse_status_line(text).status
     assert status == ThinPoolStatus(
-        1, 279, 4096, 1024, 3200, "rw",
+        1,
+        279,
+        4096,
+        1024,
+        3200,
+        "rw",
         rest=("discard_passdown", "queue_if_no_space", "-", "1024"),
-    )  # fmt: skip
+    )
     assert parse_status_line("0 8 thin-pool Fail").status == ThinPoolStatus(
         0, 0, 0, 0, 0, "fail", failed=True
     )
@@ -323,7 +328,7 @@ def test_lvm_merge_failed_is_one_line_then_restarts_by_reactivation(tmp_path: Pa
     flow = Flow(
         Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
         settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path),
-    )  # fmt: skip
+    )
     method = LvmMethod(flow.host)
     plan, record = method.plan_create(lvm_request())
     apply(plan)
@@ -338,8 +343,9 @@ def test_lvm_merge_failed_is_one_line_then_restarts_by_reactivation(tmp_path: Pa
     # still broken: the restart says the same, and keeps the record
     restart = method.plan_merge(record)
     assert [s.description.split(" (")[0] for s in restart.steps] == [
-        "lvchange -an vg/lv", "lvchange -ay vg/lv",
-    ]  # fmt: skip
+        "lvchange -an vg/lv",
+        "lvchange -ay vg/lv",
+    ]
     with pytest.raises(PlanError, match="Merge failed: "):
         flow.merge("s1")
     assert flow.status("s1").state is State.INVALID

@@ -82,10 +82,20 @@ def test_seeded_cuts_wait_for_their_command() -> None:
 
 
 def _cut(ok: bool = True, **over: Any) -> dict[str, Any]:
-    r: dict[str, Any] = {"id": "x", "fs": "ext4", "method": "dm", "phase": "create", "ok": ok,
-                         "problems": [] if ok else ["boom"], "acked_checked": 10,
-                         "acked_lost": 0, "suspended": [], "frozen": [], "snapshot": "active",
-                         "seconds": 10.0}  # fmt: skip
+    r: dict[str, Any] = {
+        "id": "x",
+        "fs": "ext4",
+        "method": "dm",
+        "phase": "create",
+        "ok": ok,
+        "problems": [] if ok else ["boom"],
+        "acked_checked": 10,
+        "acked_lost": 0,
+        "suspended": [],
+        "frozen": [],
+        "snapshot": "active",
+        "seconds": 10.0,
+    }
     r.update(over)
     return r
 
@@ -131,8 +141,11 @@ def test_summary_catches_each_planted_fault(planted: dict[str, Any], bad: dict[s
 def test_acceptance_says_which_bar_a_run_missed() -> None:
     f = faults_report.summary([_cut()] * 3, {**BAD, "tried": 10, "refused_cleanly": 10}, 2000.0)
     missed = [k for k, v in f["acceptance"].items() if not v]
-    assert missed == ["create+merge cuts >= 60", "bad inputs >= 30, all refused cleanly",
-                      "run time <= 15 min"]  # fmt: skip
+    assert missed == [
+        "create+merge cuts >= 60",
+        "bad inputs >= 30, all refused cleanly",
+        "run time <= 15 min",
+    ]
     assert "MISSED run time" in faults_report.table(f)
 
 

@@ -29,22 +29,39 @@ class Recorder:
         self.calls: list[list[str]] = []
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         self.calls.append(list(argv))
         return Completed(tuple(argv), 0, "", "", 0.0)
 
 
 BTRFS = SnapshotRecord(
-    "s1", "btrfs", "/dev/vdb", "/dev/vdb", 0.0,
-    {"subvol": ".snapkit/s1", "origin_subvol": "data", "mountpoint": "/mnt/o",
-     "mount_options": "ro,subvol=.snapkit/s1"},
-)  # fmt: skip
+    "s1",
+    "btrfs",
+    "/dev/vdb",
+    "/dev/vdb",
+    0.0,
+    {
+        "subvol": ".snapkit/s1",
+        "origin_subvol": "data",
+        "mountpoint": "/mnt/o",
+        "mount_options": "ro,subvol=.snapkit/s1",
+    },
+)
 LVM_XFS = SnapshotRecord(
-    "s2", "lvm", "/dev/mapper/vg-lv", "/dev/mapper/vg-s2", 0.0,
+    "s2",
+    "lvm",
+    "/dev/mapper/vg-lv",
+    "/dev/mapper/vg-s2",
+    0.0,
     {"vg": "vg", "lv": "s2", "origin_lv": "lv", "fstype": "xfs"},
-)  # fmt: skip
+)
 FREEZE = SnapshotRecord("s3", "freeze", "/dev/vdb", "", 0.0, {"command": "true"})
 
 
@@ -97,12 +114,14 @@ def test_a_read_only_copy_gets_the_no_replay_options(tmp_path: Path) -> None:
     dm.create("v1", uuid="SNAPKIT-v1-view")
     dm.load("v1", Table.single(2048, Linear(DevNum(7, 0), 0)), read_only=True)
     dm.resume("v1")
-    view = SnapshotRecord("v1", "dm-direct", "/dev/mapper/data", "/dev/mapper/v1", 0.0,
-                          {"fstype": "ext4"})  # fmt: skip
+    view = SnapshotRecord(
+        "v1", "dm-direct", "/dev/mapper/data", "/dev/mapper/v1", 0.0, {"fstype": "ext4"}
+    )
     flow.state.save(flow.state.load().with_snapshot(view))
     flow.mount("v1", tmp_path)
-    assert run.calls == [["mount", "-t", "ext4", "-o", "ro,noload", "/dev/mapper/v1",
-                          str(tmp_path)]]  # fmt: skip
+    assert run.calls == [
+        ["mount", "-t", "ext4", "-o", "ro,noload", "/dev/mapper/v1", str(tmp_path)]
+    ]
 
 
 # -- dm-direct on xfs and btrfs: mounted through a throwaway writable layer -------------------
@@ -116,9 +135,14 @@ class MountRun(FakeRun):
         self.calls: list[list[str]] = []
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         if args[0] not in ("mount", "btrfs"):
             return super().run(args, check=check, timeout=timeout, input=input, env=env)

@@ -69,14 +69,20 @@ class FakeBtrfs:
             (top / sub).mkdir(parents=True, exist_ok=True)
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         self.calls.append(args)
         if args[:3] == ["btrfs", "subvolume", "list"]:
-            out = "".join(f"ID {n + 256} gen 9 top level 5 path {p}\n"
-                          for n, p in enumerate(self.subvols))  # fmt: skip
+            out = "".join(
+                f"ID {n + 256} gen 9 top level 5 path {p}\n" for n, p in enumerate(self.subvols)
+            )
             return Completed(tuple(args), 0, out, "", 0.0)
         if args[:3] in (["btrfs", "inspect-internal", "rootid"], ["btrfs", "subvolume", "show"]):
             rel = self._rel(args[3])
@@ -219,9 +225,12 @@ def test_create_succeeds(make_world: Any) -> None:
     apply(plan)
     assert world.fake.subvols == {"data": "live", ".snapkit/s1": "live"}
     assert world.fake.tops == set() and len(world.fake.faults.calls) == CREATE_STEPS
-    assert record.details == {"subvol": ".snapkit/s1", "origin_subvol": "data",
-                              "mountpoint": str(world.target.mountpoint),
-                              "mount_options": "ro,subvol=.snapkit/s1"}  # fmt: skip
+    assert record.details == {
+        "subvol": ".snapkit/s1",
+        "origin_subvol": "data",
+        "mountpoint": str(world.target.mountpoint),
+        "mount_options": "ro,subvol=.snapkit/s1",
+    }
     assert world.method.status(record).state is State.ACTIVE
 
 
@@ -290,8 +299,9 @@ def test_merge_is_refused_while_the_origin_is_mounted(make_world: Any) -> None:
 
 def test_merge_of_the_top_level_is_refused(make_world: Any) -> None:
     world = make_world()
-    world.user_mounts[0] = Mount(1, DevNum(254, 16), "/", world.target.mountpoint, "btrfs",
-                                 DEV, "rw")  # fmt: skip
+    world.user_mounts[0] = Mount(
+        1, DevNum(254, 16), "/", world.target.mountpoint, "btrfs", DEV, "rw"
+    )
     record = created(world)
     assert record.details["origin_subvol"] == ""
     with pytest.raises(RefusedError, match="top-level"):
@@ -386,8 +396,9 @@ def test_negative_control_undos_that_trust_the_steps_tell_the_wrong_story(
 def test_merge_is_refused_while_the_snapshot_is_mounted(make_world: Any) -> None:
     world = make_world()
     record = created(world)
-    world.user_mounts[0] = Mount(1, DevNum(254, 16), "/.snapkit/s1", Path("/mnt/s"), "btrfs",
-                                 DEV, "ro")  # fmt: skip
+    world.user_mounts[0] = Mount(
+        1, DevNum(254, 16), "/.snapkit/s1", Path("/mnt/s"), "btrfs", DEV, "ro"
+    )
     with pytest.raises(RefusedError, match=r"snapshot \.snapkit/s1 is mounted at /mnt/s"):
         world.method.plan_merge(record)
 
@@ -456,8 +467,10 @@ def crashed(world: World, tmp_path: Path, steps_done: int, *, power_cut: bool) -
         for top in list(world.fake.tops):
             world.fake._apply(["umount", str(top)])
         shutil.rmtree(tmp_path / "run", ignore_errors=True)
-    flow = Flow(SimpleNamespace(run=world.fake, dm=FakeDm(faults=Faults())),  # type: ignore[arg-type]
-                settings=Settings.under(tmp_path / "state"))  # fmt: skip
+    flow = Flow(
+        SimpleNamespace(run=world.fake, dm=FakeDm(faults=Faults())),  # type: ignore[arg-type]
+        settings=Settings.under(tmp_path / "state"),
+    )
     flow.state.save(StateData(snapshots=(record,)))
     return flow
 
@@ -484,9 +497,12 @@ def assert_settled(world: World, flow: Flow, tmp_path: Path) -> str:
 @pytest.mark.parametrize("power_cut", [False, True], ids=["sigkill", "power-cut"])
 @pytest.mark.parametrize("steps_done", range(MERGE_STEPS + 1))
 def test_recover_settles_a_merge_cut_short_at_every_step(
-    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps_done: int,
+    make_world: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    steps_done: int,
     power_cut: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Cut before the exchange (step 4): the merge is undone. From the exchange on: finished."""
     recovering(monkeypatch, tmp_path)
     world = make_world()
@@ -504,8 +520,7 @@ def test_recover_settles_a_merge_cut_short_at_every_step(
 
 
 def world_mounts(world: World) -> tuple[Mount, ...]:
-    return tuple(Mount(9, DevNum(254, 16), "/", top, "btrfs", DEV, "rw")
-                 for top in world.fake.tops)  # fmt: skip
+    return tuple(Mount(9, DevNum(254, 16), "/", top, "btrfs", DEV, "rw") for top in world.fake.tops)
 
 
 @pytest.mark.parametrize("steps_done", [3, 4, 5])
@@ -517,8 +532,9 @@ def test_a_recover_that_fails_at_any_command_can_be_run_again(
     while True:
         world = make_world()
         if not world.user_mounts:  # the fixture's list, which the crash before emptied
-            world.user_mounts.append(Mount(1, DevNum(254, 16), "/data", world.target.mountpoint,
-                                           "btrfs", DEV, "rw"))  # fmt: skip
+            world.user_mounts.append(
+                Mount(1, DevNum(254, 16), "/data", world.target.mountpoint, "btrfs", DEV, "rw")
+            )
         monkeypatch.setattr(recover_btrfs, "mounts", lambda w=world: world_mounts(w))
         flow = crashed(world, tmp_path / str(at), steps_done, power_cut=False)
         world.fake.faults = Faults(at)

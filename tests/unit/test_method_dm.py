@@ -90,9 +90,14 @@ class FakeRun:
         self.read_only: set[str] = set()
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         if args[0] == "blkid":  # a read at plan time, not a side effect: no UUID known
             return Completed(tuple(args), 2, "", "", 0.0)

@@ -51,26 +51,39 @@ class FakeLvm:
     def report(self) -> str:
         rows = []
         for n, lv in enumerate(self.lvs.values()):
-            first = ("S" if lv.merging else "s") if lv.origin and not lv.thin else (
-                "V" if lv.thin else "-")  # fmt: skip
+            first = (
+                ("S" if lv.merging else "s")
+                if lv.origin and not lv.thin
+                else ("V" if lv.thin else "-")
+            )
             attr = f"{first}wi-{'a' if lv.active else '-'}{'o' if lv.is_open else '-'}----"
             row = dict.fromkeys(LVS_FIELDS, "")
             row.update(
-                lv_name=f"[{lv.name}]" if lv.merging else lv.name, vg_name="vg",
-                origin=lv.origin, segtype="thin" if lv.thin else "linear", lv_attr=attr,
-                lv_size=str(100 << 20), lv_merging="merging" if lv.merging else "",
-                pool_lv="pool" if lv.thin else "", lv_dm_path=f"/dev/mapper/vg-{lv.name}",
+                lv_name=f"[{lv.name}]" if lv.merging else lv.name,
+                vg_name="vg",
+                origin=lv.origin,
+                segtype="thin" if lv.thin else "linear",
+                lv_attr=attr,
+                lv_size=str(100 << 20),
+                lv_merging="merging" if lv.merging else "",
+                pool_lv="pool" if lv.thin else "",
+                lv_dm_path=f"/dev/mapper/vg-{lv.name}",
                 lv_kernel_major="253" if lv.active else "-1",
                 lv_kernel_minor=str(n) if lv.active else "-1",
                 data_percent="1.50" if lv.origin else "",
-            )  # fmt: skip
+            )
             rows.append(row)
         return json.dumps({"report": [{"lv": rows}]})
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         self.calls.append(args)
         out = ""
@@ -138,8 +151,10 @@ def test_create_succeeds(method: type[LvmMethod], thin: bool, steps: int) -> Non
     assert method(host(fake)).status(record).state is State.ACTIVE
 
 
-@pytest.mark.parametrize(("method", "thin", "at"), [(LvmMethod, False, 0), (LvmThinMethod, True, 0),
-                                                     (LvmThinMethod, True, 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "thin", "at"),
+    [(LvmMethod, False, 0), (LvmThinMethod, True, 0), (LvmThinMethod, True, 1)],
+)
 def test_a_failure_at_every_step_leaves_lvm_as_it_was(
     method: type[LvmMethod], thin: bool, at: int
 ) -> None:
@@ -341,8 +356,11 @@ def test_a_merge_whose_clean_up_was_cut_short_is_merged_and_names_the_leftover(
     fake = world(is_open=False)
     flow = _flow(fake, tmp_path)
     record = flow.state.load().snapshots[0]
-    flow.state.save(flow.state.load().with_snapshot(
-        replace(record, details={**record.details, "pending": "merge"})))  # fmt: skip
+    flow.state.save(
+        flow.state.load().with_snapshot(
+            replace(record, details={**record.details, "pending": "merge"})
+        )
+    )
     fake.lvs["s1"] = Lv("s1")  # no origin: a plain LV now
     status = flow.status("s1")
     assert status.state is State.MERGED and "left vg/s1" in status.message

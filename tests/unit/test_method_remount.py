@@ -50,9 +50,14 @@ class FakeSystem:
         )
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         self.ran.append((args, env))
         if self.faults.should_fail(" ".join(args)):
@@ -117,8 +122,10 @@ def test_create_copies_while_read_only_and_ends_read_write(make: Any) -> None:
     fake, method, _ = make()
     plan, record = method.plan_create(request(fake))
     assert [s.description for s in plan.steps] == [
-        "mount -o remount,ro /mnt/o", f"cp --sparse=always {DEV} {fake.cow_dir}/s1.img",
-        "mount -o remount,rw /mnt/o"]  # fmt: skip
+        "mount -o remount,ro /mnt/o",
+        f"cp --sparse=always {DEV} {fake.cow_dir}/s1.img",
+        "mount -o remount,rw /mnt/o",
+    ]
     apply(plan)
     assert fake.mode == "rw" and fake.images == {f"{fake.cow_dir}/s1.img": "v1"}
     assert record.device == f"{fake.cow_dir}/s1.img" and record.origin == DEV

@@ -36,9 +36,22 @@ def test_exit_code_is_zero_only_when_everything_that_ran_is_ok() -> None:
 def test_write_all_produces_the_three_files(tmp_path: Path) -> None:
     report.write_all(tmp_path, results())
     rows = json.loads((tmp_path / "results.json").read_text())
-    required = {"id", "fs", "method", "workload", "control", "verdict", "fsck_ok",
-                "acked_writes_checked", "acked_writes_lost", "torn", "freeze_window_ms",
-                "duration_s", "seed", "repro"}  # fmt: skip
+    required = {
+        "id",
+        "fs",
+        "method",
+        "workload",
+        "control",
+        "verdict",
+        "fsck_ok",
+        "acked_writes_checked",
+        "acked_writes_lost",
+        "torn",
+        "freeze_window_ms",
+        "duration_s",
+        "seed",
+        "repro",
+    }
     assert all(required <= set(r) for r in rows)
     assert {r["verdict"] for r in rows} == {"pass", "caught", "skipped"}
     suite = ET.fromstring((tmp_path / "junit.xml").read_bytes())

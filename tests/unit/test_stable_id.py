@@ -40,8 +40,10 @@ def fake_sysfs(root: Path, disks: dict[str, tuple[str, str]]) -> Path:
 
 
 def test_serial_partition_and_loop_identities(tmp_path: Path) -> None:
-    sys_block = fake_sysfs(tmp_path, {"254:0": ("vda", "disk0"), "254:1": ("vda1", ""),
-                                      "7:0": ("loop0", "loop:/var/img")})  # fmt: skip
+    sys_block = fake_sysfs(
+        tmp_path,
+        {"254:0": ("vda", "disk0"), "254:1": ("vda1", ""), "7:0": ("loop0", "loop:/var/img")},
+    )
     assert stable_id(DevNum(254, 0), sys_block=sys_block) == StableId("serial", "disk0")
     part = stable_id(DevNum(254, 1), sys_block=sys_block)
     assert part == StableId("serial", "disk0", 1) and str(part) == "serial:disk0#1"

@@ -60,8 +60,21 @@ def test_lifecycle(vm: Session, method: str, fs: str) -> None:
     # 1. create while the writer runs
     writer = start_writer(vm)
     before = ledger(vm)
-    created = snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", method,
-                      "--cow-dir", COW_DIR, "--cow-size", "128M", "--json")  # fmt: skip
+    created = snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        "s1",
+        "--method",
+        method,
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "128M",
+        "--json",
+    )
     after = ledger(vm)
     assert json.loads(created.stdout)["state"] == "active"
     wait_ledger(vm, after + 5)
@@ -113,8 +126,20 @@ def test_lifecycle(vm: Session, method: str, fs: str) -> None:
     assert manifest(vm, "/mnt/o") == snap
 
     # 5. discard: keeps the current content, the original table is back, nothing leaks
-    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s2", "--method", method,
-            "--cow-dir", COW_DIR, "--cow-size", "64M")  # fmt: skip
+    snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        "s2",
+        "--method",
+        method,
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "64M",
+    )
     vm.sh("echo kept > /mnt/o/after && sync")
     snapkit(vm, "snapshot", "discard", "s2")
     assert vm.sh("cat /mnt/o/after").stdout == b"kept\n"

@@ -106,8 +106,12 @@ def inside_suspend(vm: Session, args: list[str], signum: int, tries: int = 4) ->
     """Run snapkit and send ``signum`` while the origin is suspended; retried until it fired
     (returns the last run's report; the caller undoes what a run that did not fire made)."""
     env = " ".join(f"{k}={v}" for k, v in ENV.items())
-    argv = ["sh", "-c", f"exec env {env} python3 {SIGWHEN} vg-lv {signum} 300 -- snapkit "
-            f"{' '.join(args)} 2>/tmp/err >/tmp/out"]  # fmt: skip
+    argv = [
+        "sh",
+        "-c",
+        f"exec env {env} python3 {SIGWHEN} vg-lv {signum} 300 -- snapkit "
+        f"{' '.join(args)} 2>/tmp/err >/tmp/out",
+    ]
     report: dict[str, object] = {}
     for _ in range(tries):
         vm.run(argv, timeout=400, check=True)
@@ -149,8 +153,14 @@ def test_sigint_and_sigterm_between_every_create_step(vm: Session) -> None:
 def test_signal_inside_lvcreates_suspend_undoes_it(vm_factory, signum: int) -> None:  # type: ignore[no-untyped-def]
     vm = vm_factory(cpus=2)
     make_vg(vm)
-    vm.spawn(["sh", "-c", "while :; do dd if=/dev/urandom of=/mnt/o/w bs=64k count=2 "
-              "conv=fsync 2>/dev/null; done"])  # fmt: skip
+    vm.spawn(
+        [
+            "sh",
+            "-c",
+            "while :; do dd if=/dev/urandom of=/mnt/o/w bs=64k count=2 "
+            "conv=fsync 2>/dev/null; done",
+        ]
+    )
     before = fingerprint(vm).split("# mounts")[0]
     for _ in range(3):
         report = inside_suspend(vm, CREATE, signum)
@@ -260,8 +270,10 @@ def test_signal_inside_lvconverts_suspend_leaves_nothing_suspended(vm_factory, s
     recovered = snapkit(vm, "recover").stdout.decode()  # at once: LVM's merge is left to it
     unblocked_devices(vm)
     deadline = time.monotonic() + 120  # the kernel merges on
-    while not re.search(rb"snapshot-merge (\d+)/\d+ \1$|^$", vm.sh(
-        "dmsetup status vg-lv | grep snapshot-merge || true").stdout.strip()):  # fmt: skip
+    while not re.search(
+        rb"snapshot-merge (\d+)/\d+ \1$|^$",
+        vm.sh("dmsetup status vg-lv | grep snapshot-merge || true").stdout.strip(),
+    ):
         assert time.monotonic() < deadline, vm.sh("lvs -a vg; dmsetup status").stdout
         time.sleep(1)
     if b"s1" in vm.sh("lvs -a --noheadings -o lv_name vg").stdout:

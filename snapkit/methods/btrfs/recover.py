@@ -59,10 +59,13 @@ def plan_settle(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     """One step per btrfs record; empty without one."""
     settled = Recovered()
     steps = tuple(
-        Step(f"settle btrfs snapshot {r.name} of {r.details['origin_subvol'] or '/'} on "
-             f"{r.device}", partial(_settle, ctx, r, settled))
-        for r in data.snapshots if r.method == "btrfs"
-    )  # fmt: skip
+        Step(
+            f"settle btrfs snapshot {r.name} of {r.details['origin_subvol'] or '/'} on {r.device}",
+            partial(_settle, ctx, r, settled),
+        )
+        for r in data.snapshots
+        if r.method == "btrfs"
+    )
     return Plan("settle btrfs merges a crash cut short", steps), settled
 
 
@@ -71,7 +74,7 @@ def _settle(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
         settled.actions.append(f"{record.name}: not checked, {record.device} is not attached")
         return
     run = ctx.host.run
-    with ctx.lock(record.origin, f"recover {record.name}"):  # fmt: skip
+    with ctx.lock(record.origin, f"recover {record.name}"):
         _drop_stale_tops(run, record, settled)
         top = btrfs.TOP_ROOT / f"btrfs-{record.name}-{os.getpid()}"
         run.run(["mkdir", "-p", str(top)])

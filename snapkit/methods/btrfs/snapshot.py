@@ -89,21 +89,35 @@ class BtrfsMethod:
         stops at an undo it cannot do still unmounts and removes it."""
         mount = _mount_top_argv(device, top)
         return (
-            Step(f"mkdir -p {top}", lambda: self._run("mkdir", "-p", str(top)),
-                 lambda: self._quiet("rmdir", str(top)), f"rmdir {top}", must_undo=True),
-            Step(" ".join(mount), lambda: self._run(*mount),
-                 lambda: self._quiet("umount", str(top)), f"umount {top}", must_undo=True),
-        )  # fmt: skip
+            Step(
+                f"mkdir -p {top}",
+                lambda: self._run("mkdir", "-p", str(top)),
+                lambda: self._quiet("rmdir", str(top)),
+                f"rmdir {top}",
+                must_undo=True,
+            ),
+            Step(
+                " ".join(mount),
+                lambda: self._run(*mount),
+                lambda: self._quiet("umount", str(top)),
+                f"umount {top}",
+                must_undo=True,
+            ),
+        )
 
     def _close_top(self, device: str, top: Path) -> tuple[Step, ...]:
         """umount and rmdir. Undoing the umount mounts the top level again, so that the undos
         before it (delete the new snapshot) still find what they remove."""
         mount = _mount_top_argv(device, top)
         return (
-            Step(f"umount {top}", lambda: self._run("umount", str(top)),
-                 lambda: self._run(*mount), f"mount {top} again"),
+            Step(
+                f"umount {top}",
+                lambda: self._run("umount", str(top)),
+                lambda: self._run(*mount),
+                f"mount {top} again",
+            ),
             Step(f"rmdir {top}", lambda: self._run("rmdir", str(top))),
-        )  # fmt: skip
+        )
 
     def _delete_if_there(self, path: Path) -> None:
         """Idempotent, so that a merge or discard that failed after it can be run again."""
@@ -132,10 +146,14 @@ class BtrfsMethod:
 
         steps = (
             *self._open_top(device, top),
-            Step(f"btrfs subvolume snapshot -r {target.mountpoint} {snap}", snapshot,
-                 lambda: self._delete_if_there(snap), f"btrfs subvolume delete {snap}"),
+            Step(
+                f"btrfs subvolume snapshot -r {target.mountpoint} {snap}",
+                snapshot,
+                lambda: self._delete_if_there(snap),
+                f"btrfs subvolume delete {snap}",
+            ),
             *self._close_top(device, top),
-        )  # fmt: skip
+        )
         subvol = f"{SNAP_DIR}/{name}"
         record = SnapshotRecord(
             name=name,
@@ -157,11 +175,15 @@ class BtrfsMethod:
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         seen = _any_mount(record.device)
         if seen is None:
-            return SnapshotStatus(record, State.ACTIVE, None, None,
-                                  "filesystem not mounted: not checked")  # fmt: skip
+            return SnapshotStatus(
+                record, State.ACTIVE, None, None, "filesystem not mounted: not checked"
+            )
         listing = self.executor.run(["btrfs", "subvolume", "list", "-a", str(seen)]).stdout
-        paths = {line.rsplit(" path ", 1)[-1].removeprefix("<FS_TREE>/")
-                 for line in listing.splitlines() if " path " in line}  # fmt: skip
+        paths = {
+            line.rsplit(" path ", 1)[-1].removeprefix("<FS_TREE>/")
+            for line in listing.splitlines()
+            if " path " in line
+        }
         if record.details["subvol"] not in paths:
             return SnapshotStatus(record, State.INVALID, None, None, "the subvolume is gone")
         return SnapshotStatus(record, State.ACTIVE, None, None)
@@ -175,8 +197,9 @@ class BtrfsMethod:
                 f"{record.details['mount_options']})",
             )
         for held, what in ((origin, "origin subvolume"), (subvol, "snapshot")):
-            mounted = [m.mountpoint for m in _mounts_of_device(record.device)
-                       if m.root.strip("/") == held]  # fmt: skip
+            mounted = [
+                m.mountpoint for m in _mounts_of_device(record.device) if m.root.strip("/") == held
+            ]
             if mounted:
                 raise RefusedError(
                     f"the {what} {held} is mounted at {mounted[0]}",

@@ -135,9 +135,14 @@ class DmDirectMethod:
         s += guard_suspend(request.target, swap, request.max_freeze)  # btrfs: see freezing.py
         s.append(steps.set_ro(self.host.run, lambda: base_path, base_path, True))
         details = DmDetails(
-            origin, table, cow, chunk, request.target.fstype or "", base=str(base),
+            origin,
+            table,
+            cow,
+            chunk,
+            request.target.fstype or "",
+            base=str(base),
             table_id=disk_ident(table, self.host.run),
-        )  # fmt: skip
+        )
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
         )
@@ -168,22 +173,31 @@ class DmDirectMethod:
             return SnapshotStatus(record, health.state, None, health.percent, health.message)
         if d.pending is Pending.CREATE:
             return SnapshotStatus(
-                record, State.INVALID, None, None,
+                record,
+                State.INVALID,
+                None,
+                None,
                 "its create was cut short (or is running): 'snapkit recover' settles it",
-            )  # fmt: skip
+            )
         if d.pending and kind == "snapshot":
             return SnapshotStatus(
-                record, State.ACTIVE, None, None,
+                record,
+                State.ACTIVE,
+                None,
+                None,
                 f"{d.pending} not started yet: run 'snapkit snapshot {d.pending} "
                 f"{record.name}' again",
-            )  # fmt: skip
+            )
         if d.pending:
             return SnapshotStatus(record, State.MERGED, None, 100.0, f"{d.pending} to finish")
         if kind != "snapshot":
             return SnapshotStatus(
-                record, State.INVALID, None, None,
+                record,
+                State.INVALID,
+                None,
+                None,
                 f"{MAPPER}{d.origin_name} is no longer a snapshot (rebooted?); discard it",
-            )  # fmt: skip
+            )
         health = snapshot_state(dm.status(d.origin_name), record.name)
         return SnapshotStatus(record, health.state, health.percent, None, health.message)
 

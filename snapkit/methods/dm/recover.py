@@ -150,8 +150,9 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
             ]
         if d.pending is Pending.MERGE:
             merge = _cow_table(SnapshotMerge, size, real, slot, d.chunk)
-            s += origin_steps(ctx, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} "
-                               f"{slot} P {d.chunk}")  # fmt: skip
+            s += origin_steps(
+                ctx, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} {slot} P {d.chunk}"
+            )
             merging.append(record.name)
         else:
             snap = _cow_table(Snapshot, size, real, slot, d.chunk)
@@ -162,8 +163,9 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
             ]
             if d.origin_name not in stacked:
                 origin = Table.single(size, SnapshotOrigin(MAPPER + real))
-                origins += origin_steps(ctx, d.origin_name, _const(origin),
-                                        steps.table_text(origin))  # fmt: skip
+                origins += origin_steps(
+                    ctx, d.origin_name, _const(origin), steps.table_text(origin)
+                )
         stacked.add(d.origin_name)
     # Only now the origins: a snapshot-origin sizes its I/O split to its snapshots' chunk when
     # it is resumed. Resumed before its snapshot exists (measured on 6.1), it splits nothing,

@@ -193,10 +193,12 @@ def merge_state(lines: tuple[object, ...], merge_from: int, name: str = "NAME") 
     if not isinstance(status, SnapshotUsage):
         word = status.value.lower() if isinstance(status, SnapshotFailure) else "gone"
         return Health(
-            State.INVALID, None, None,
+            State.INVALID,
+            None,
+            None,
             f"{word}: the kernel dropped the COW during the merge (see dmesg); the origin may "
             "be partly rolled back and the rest of the snapshot is lost",
-        )  # fmt: skip
+        )
     if status.merge_done:
         return Health(State.MERGED, 100.0, status)
     first = SnapshotUsage(max(merge_from, status.allocated), status.total, status.metadata)

@@ -114,9 +114,13 @@ class DmMethod:
         swap = [steps.suspend(dm, origin), steps.resume(dm, name), steps.resume(dm, origin)]
         s += guard_suspend(request.target, swap, request.max_freeze)
         details = DmDetails(
-            origin, original, cow, chunk, request.target.fstype or "",
+            origin,
+            original,
+            cow,
+            chunk,
+            request.target.fstype or "",
             table_id=disk_ident(original, self.host.run),
-        )  # fmt: skip
+        )
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
         )
@@ -153,16 +157,22 @@ class DmMethod:
                 return SnapshotStatus(record, health.state, None, health.percent, health.message)
             if not self.started(record):
                 return SnapshotStatus(
-                    record, State.ACTIVE, None, None,
+                    record,
+                    State.ACTIVE,
+                    None,
+                    None,
                     f"{d.pending} not started yet: run 'snapkit snapshot {d.pending} "
                     f"{record.name}' again",
-                )  # fmt: skip
+                )
             return SnapshotStatus(record, State.MERGED, None, 100.0, f"{d.pending} to finish")
         if dm.info(record.name) is None:
             return SnapshotStatus(
-                record, State.INVALID, None, None,
+                record,
+                State.INVALID,
+                None,
+                None,
                 "its dm devices are gone (rebooted?); discard it to free the COW file",
-            )  # fmt: skip
+            )
         health = snapshot_state(dm.status(record.name), record.name)
         return SnapshotStatus(record, health.state, health.percent, None, health.message)
 
@@ -344,8 +354,9 @@ class DmMethod:
             table = self.dm.table(name)
             target = table.lines[0].target if table else None
             if isinstance(target, Snapshot) and str(target.origin) in (
-                str(real.dev), MAPPER + real_name(origin),
-            ):  # fmt: skip
+                str(real.dev),
+                MAPPER + real_name(origin),
+            ):
                 found.append(name)
         return found
 

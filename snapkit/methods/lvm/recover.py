@@ -66,16 +66,17 @@ def plan_settle(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     """One step per marked lvm record; empty without one."""
     settled = Recovered()
     steps = tuple(
-        Step(f"settle the lvm create of {r.name} ({r.details['vg']}/{r.details['lv']})",
-             partial(_settle, ctx, r, settled))
+        Step(
+            f"settle the lvm create of {r.name} ({r.details['vg']}/{r.details['lv']})",
+            partial(_settle, ctx, r, settled),
+        )
         for r in data.snapshots
         if r.method in LVM_METHODS and r.pending is Pending.CREATE
     ) + tuple(
-        Step(f"settle the lvm {r.pending} of {r.name}",
-             partial(_settle_end, ctx, r, settled))
+        Step(f"settle the lvm {r.pending} of {r.name}", partial(_settle_end, ctx, r, settled))
         for r in data.snapshots
         if r.method in LVM_METHODS and r.pending in (Pending.MERGE, Pending.DISCARD)
-    )  # fmt: skip
+    )
     return Plan("settle lvm verbs a crash cut short", steps), settled
 
 
@@ -84,7 +85,7 @@ def _settle(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
 
     vg, name = record.details["vg"], record.details["lv"]
     try:
-        with ctx.lock(record.origin, f"recover {record.name}"):  # fmt: skip
+        with ctx.lock(record.origin, f"recover {record.name}"):
             lvm = Lvm(ctx.host.run)
             lv = lvm.get(vg, name)
             if lv is not None and (lv.is_snapshot or lv.is_thin_snapshot) and not lv.invalid:
@@ -103,7 +104,7 @@ def _settle(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
 def _settle_end(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
     vg, name, op = record.details["vg"], record.details["lv"], record.pending
     try:
-        with ctx.lock(record.origin, f"recover {record.name}"):  # fmt: skip
+        with ctx.lock(record.origin, f"recover {record.name}"):
             lv = Lvm(ctx.host.run).get(vg, name)
             snapshot = lv is not None and (lv.is_snapshot or lv.is_thin_snapshot)
             if lv is not None and snapshot and op is Pending.MERGE:

@@ -103,8 +103,18 @@ class LvmMethod:
     def _create_argv(self, request: CreateRequest, origin: LogicalVolume, name: str) -> list[str]:
         size = request.cow_size or max(origin.size // DEFAULT_COW_FRACTION, MIN_COW)
         chunk_kib = request.chunk_sectors // 2
-        return ["lvcreate", "-y", "-s", "-n", name, "-L", f"{size}b", "-c", f"{chunk_kib}k",
-                origin.full_name]  # fmt: skip
+        return [
+            "lvcreate",
+            "-y",
+            "-s",
+            "-n",
+            name,
+            "-L",
+            f"{size}b",
+            "-c",
+            f"{chunk_kib}k",
+            origin.full_name,
+        ]
 
     def _extra_create_steps(self, vg: str, name: str) -> tuple[Step, ...]:
         return ()
@@ -242,9 +252,14 @@ class LvmMethod:
             # Seen after power cuts in LVM's own clean-up of a merge and of an lvremove: the
             # snapshot's name comes back as a plain LV holding the old COW. The verb was
             # done (the origin merged, or kept); the leftover is recover's to remove.
-            return SnapshotStatus(record, State.MERGED, None, 100.0,
+            return SnapshotStatus(
+                record,
+                State.MERGED,
+                None,
+                100.0,
                 f"{pending} done; LVM's clean-up was cut short and left {lv.full_name}, no "
-                "longer a snapshot (the old COW): 'snapkit recover' removes it")  # fmt: skip
+                "longer a snapshot (the old COW): 'snapkit recover' removes it",
+            )
         usage = lv.data_percent
         if _merge_failed(lv):
             return SnapshotStatus(record, State.INVALID, usage, None, self._failed_words(record))
@@ -289,11 +304,14 @@ class LvmMethod:
             def schedule() -> None:
                 self._to_the_end(argv)
                 # Said to the user, not logged: it is the one thing they must do next.
-                print(f"snapkit: merge of {record.name} deferred, {origin.name} is open: {hint}",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"snapkit: merge of {record.name} deferred, {origin.name} is open: {hint}",
+                    file=sys.stderr,
+                )
 
-            return Plan(title, (Step(f"{' '.join(argv)} (deferred: origin open; {hint})",
-                                     schedule),))  # fmt: skip
+            return Plan(
+                title, (Step(f"{' '.join(argv)} (deferred: origin open; {hint})", schedule),)
+            )
         return Plan(title, (Step(" ".join(argv), lambda: self._merging(argv, record)),))
 
     def _failed_words(self, record: SnapshotRecord) -> str:
@@ -317,8 +335,9 @@ class LvmMethod:
         of lvconvert that must not be killed is over."""
         origin = record.details["origin_dm"]
         table = self.executor.run(["dmsetup", "table", origin], check=False).stdout
-        info = self.executor.run(["dmsetup", "info", "-c", "--noheadings", "-o", "name,suspended"],
-                                 check=False).stdout  # fmt: skip
+        info = self.executor.run(
+            ["dmsetup", "info", "-c", "--noheadings", "-o", "name,suspended"], check=False
+        ).stdout
         prefix = _mangle(record.details["vg"]) + "-"
         suspended = [ln for ln in info.splitlines() if ln.startswith(prefix) and "Suspended" in ln]
         return " snapshot-merge " in table and not suspended

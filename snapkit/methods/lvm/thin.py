@@ -34,9 +34,13 @@ class LvmThinMethod(LvmMethod):
         on = ["lvchange", "-ay", "-K", f"{vg}/{name}"]
         off = ["lvchange", "-an", f"{vg}/{name}"]
         return (
-            Step(" ".join(on), lambda: self.executor.run(on),
-                 lambda: self.executor.run(off), " ".join(off)),
-        )  # fmt: skip
+            Step(
+                " ".join(on),
+                lambda: self.executor.run(on),
+                lambda: self.executor.run(off),
+                " ".join(off),
+            ),
+        )
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
         refuse_size(request, self.name)
