@@ -41,10 +41,7 @@ from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
 from snapkit.settings import Settings
 from snapkit.state import StateData
-from tests.unit.test_method_dm import SIZE, World, created, make_world
-from tests.unit.test_method_lvm import FakeLvm, Lv
-from tests.unit.test_method_lvm import host as lvm_host
-from tests.unit.test_method_lvm import request as lvm_request
+from tests.unit.fakes import SIZE, FakeLvm, Lv, World, created, lvm_host, lvm_request, make_world
 
 
 def test_fresh_snapshot() -> None:

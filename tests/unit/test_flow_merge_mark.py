@@ -17,7 +17,7 @@ from snapkit.model import State
 from snapkit.plan import Plan, PlanError
 from snapkit.settings import Settings
 from snapkit.state import StateData, StateFile
-from tests.unit.test_method_dm import ORIGINAL, World, created, make_world
+from tests.unit.fakes import ORIGINAL, World, created, make_world
 
 
 class PowerCut(BaseException):

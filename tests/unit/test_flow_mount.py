@@ -21,7 +21,7 @@ from snapkit.plan import apply
 from snapkit.run import Completed
 from snapkit.settings import Settings
 from snapkit.state import StateData
-from tests.unit.test_method_dm import FakeRun, World, make_world
+from tests.unit.fakes import FakeRun, World, make_world
 
 
 class Recorder:

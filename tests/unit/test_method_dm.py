@@ -3,190 +3,25 @@ system exactly as it was; the finish plan converges when re-run after any failur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from snapkit.dm.fake import FakeDm, Faults
-from snapkit.dm.table import DevNum, Linear, Table
-from snapkit.errors import CommandError, RefusedError, ValidationError
-from snapkit.methods.base import Host, Method
+from snapkit.dm.table import Linear, Table
+from snapkit.errors import RefusedError, ValidationError
 from snapkit.methods.dm.snapshot import DmMethod
-from snapkit.model import CreateRequest, Pending, SnapshotRecord, Target
+from snapkit.model import Pending, SnapshotRecord, Target
 from snapkit.plan import Plan, PlanError, apply
-from snapkit.run import Completed
-
-BASE = DevNum(7, 0)
-SIZE = 2048
-ORIGINAL = Table.single(SIZE, Linear(BASE, 0))
-
-
-class FakeLoops:
-    """Loop devices as the kernel keeps them: by backing file; detach of a busy one is fine."""
-
-    def __init__(self, dm: FakeDm, faults: Faults) -> None:
-        self.dm, self.faults = dm, faults
-        self.attached: dict[Path, Path] = {}
-        self._minor = 0
-
-    def _tick(self, what: str) -> None:
-        if self.faults.should_fail(what):
-            raise CommandError(["losetup"], 1, f"injected failure of {what}")
-
-    def attach(self, backing: Path) -> Path:
-        self._tick(f"losetup attach {backing}")
-        self._minor += 1
-        dev = Path(f"/dev/loop{self._minor}")
-        self.attached[dev] = backing
-        self.dm.add_block_device(str(dev), DevNum(7, self._minor))
-        return dev
-
-    def detach(self, device: Path) -> None:
-        self._tick(f"losetup detach {device}")
-        del self.attached[device]
-        del self.dm.block_devices[str(device)]
-
-    def find(self, backing: Path) -> tuple[Path, ...]:
-        return tuple(d for d, b in self.attached.items() if b == backing)
-
-    def refresh(self, device: Path) -> None:
-        self._tick(f"losetup refresh {device}")
-
-
-class FakeFiles:
-    def __init__(self, faults: Faults) -> None:
-        self.faults = faults
-        self.files: dict[Path, int] = {}
-
-    def _tick(self, what: str) -> None:
-        if self.faults.should_fail(what):
-            raise OSError(5, f"injected failure of {what}")
-
-    def create_sparse(self, path: Path, size: int) -> None:
-        self._tick(f"create {path}")
-        if path in self.files:
-            raise FileExistsError(path)
-        self.files[path] = size
-
-    def grow(self, path: Path, size: int) -> None:
-        self._tick(f"grow {path}")
-        self.files[path] = max(size, self.files[path])
-
-    def unlink(self, path: Path) -> None:
-        self._tick(f"unlink {path}")
-        self.files.pop(path, None)
-
-    def exists(self, path: Path) -> bool:
-        return path in self.files
-
-
-class FakeRun:
-    """An executor for ``blockdev --setro/--setrw``: tracks the read-only flag per device."""
-
-    def __init__(self, faults: Faults) -> None:
-        self.faults = faults
-        self.read_only: set[str] = set()
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        args = list(argv)
-        if args[0] == "blkid":  # a read at plan time, not a side effect: no UUID known
-            return Completed(tuple(args), 2, "", "", 0.0)
-        if self.faults.should_fail(" ".join(args)):
-            raise CommandError(args, 1, "injected failure")
-        if args[:2] == ["blockdev", "--setro"]:
-            self.read_only.add(args[2])
-        elif args[:2] == ["blockdev", "--setrw"]:
-            self.read_only.discard(args[2])
-        else:
-            raise AssertionError(f"unexpected command {args}")
-        return Completed(tuple(args), 0, "", "", 0.0)
-
-
-@dataclass
-class World:
-    dm: FakeDm
-    faults: Faults
-    loops: FakeLoops
-    files: FakeFiles
-    run: FakeRun
-    host: Host
-    cow_dir: Path
-    records: dict[str, SnapshotRecord] = field(default_factory=dict)
-
-    def state(self) -> object:
-        """Everything observable. A device that an undo re-creates gets a new minor, as in
-        the kernel; snapkit's tables name its own devices by path, so minors are left out."""
-        return (
-            {name: replace(d, dev=None) for name, d in self.dm.state().items()},
-            dict(self.dm.block_devices),
-            dict(self.loops.attached),
-            dict(self.files.files),
-            set(self.run.read_only),
-        )
-
-    def target(self) -> Target:
-        return Target(Path("/dev/mapper/data"), None, "ext4", (253, 0))
-
-    def request(self, name: str = "s1", **kw: object) -> CreateRequest:
-        return CreateRequest(self.target(), name, cow_dir=self.cow_dir, **kw)  # type: ignore[arg-type]
-
-
-def make_world(tmp_path: Path, fail_at: int | None = None) -> World:
-    faults = Faults(fail_at)
-    dm = FakeDm(faults=Faults())  # set up without faults, then share the counter
-    dm.add_block_device("/dev/loop0", BASE)
-    dm.create("data", uuid="SNAPKIT-data-origin")
-    dm.load("data", ORIGINAL)
-    dm.resume("data")
-    dm.faults = faults
-    loops, files, run = FakeLoops(dm, faults), FakeFiles(faults), FakeRun(faults)
-    host = Host(dm=dm, run=run, loops=loops, files=files)
-    return World(dm, faults, loops, files, run, host, tmp_path)
-
-
-def count_calls(build: Callable[[World], Plan], world: World) -> int:
-    before = len(world.faults.calls)
-    apply(build(world))
-    return len(world.faults.calls) - before
-
-
-def walk_failures(
-    tmp_path: Path,
-    setup: Callable[[World], object],
-    build: Callable[[World], Plan],
-    method: Callable[[Host], Method],
-) -> int:
-    """Fail the N-th side effect of ``build``'s plan for every N; the world must be unchanged."""
-    probe = make_world(tmp_path)
-    setup(probe)
-    total = count_calls(build, probe)
-    assert total > 3
-    for n in range(total):
-        world = make_world(tmp_path)
-        setup(world)
-        before = world.state()
-        world.faults.fail_at = len(world.faults.calls) + n
-        with pytest.raises(PlanError):
-            apply(build(world))
-        assert world.state() == before, f"failure at side effect {n} left a change"
-    return total
-
-
-def created(world: World, name: str = "s1") -> SnapshotRecord:
-    plan, record = DmMethod(world.host).plan_create(world.request(name))
-    apply(plan)
-    world.records[name] = record
-    return record
+from tests.unit.fakes import (
+    BASE,
+    ORIGINAL,
+    SIZE,
+    World,
+    created,
+    make_world,
+    walk_failures,
+)
 
 
 def test_create_builds_the_lvm_way(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from snapkit.methods.dm.direct import DmDirectMethod
 from snapkit.methods.dm.layer import Layer
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, Target
 from snapkit.plan import Plan, PlanError, apply
-from tests.unit.test_method_dm import BASE, ORIGINAL, World, make_world, walk_failures
+from tests.unit.fakes import BASE, ORIGINAL, World, make_world, walk_failures
 
 
 def created(world: World, name: str = "s1") -> SnapshotRecord:

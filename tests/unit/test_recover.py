@@ -24,7 +24,7 @@ from snapkit.plan import Plan, PlanError, Step, apply
 from snapkit.recover import Recovery
 from snapkit.settings import Settings
 from snapkit.state import StateData
-from tests.unit.test_method_dm import BASE, ORIGINAL, FakeLoops, World, make_world
+from tests.unit.fakes import BASE, ORIGINAL, FakeLoops, World, make_world
 
 
 def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData]:

@@ -12,7 +12,7 @@ from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.model import SnapshotRecord
 from snapkit.plan import apply
 from snapkit.state import Prepared, StateData, StateFile, parse, reconcile, render
-from tests.unit.test_method_dm import make_world
+from tests.unit.fakes import make_world
 
 RECORD = SnapshotRecord("s1", "dm", "/dev/mapper/data", "/dev/mapper/s1", 1.5, {"k": "v"})
 
