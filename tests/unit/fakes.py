@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from snapkit.dm.fake import FakeDm, Faults
+from snapkit.dm.status import SnapshotFailure, StatusLine
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import CommandError
 from snapkit.host.lvm import LVS_FIELDS
 from snapkit.methods.base import Host, Method
 from snapkit.methods.dm.snapshot import DmMethod
-from snapkit.model import CreateRequest, SnapshotRecord, Target
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, Target
 from snapkit.plan import Plan, PlanError, apply
 from snapkit.run import Completed
 
@@ -197,6 +198,17 @@ def created(world: World, name: str = "s1") -> SnapshotRecord:
     apply(plan)
     world.records[name] = record
     return record
+
+
+def merge_failed_world(tmp_path: Path) -> tuple[World, DmMethod, SnapshotRecord]:
+    """A dm snapshot whose merge the kernel stopped with "Merge failed"."""
+    world = make_world(tmp_path)
+    method = DmMethod(world.host)
+    record = method.mark_pending(created(world), Pending.MERGE)
+    apply(method.plan_merge(record))
+    merge = (StatusLine(0, SIZE, "snapshot-merge", SnapshotFailure.MERGE_FAILED),)
+    world.dm.statuses["data"] = merge
+    return world, method, record
 
 
 # -- LVM --------------------------------------------------------------------------------------

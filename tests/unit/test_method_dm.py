@@ -3,15 +3,22 @@ system exactly as it was; the finish plan converges when re-run after any failur
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from snapkit.dm.status import (
+    SnapshotFailure,
+    SnapshotUsage,
+    StatusLine,
+)
 from snapkit.dm.table import Linear, Table
 from snapkit.errors import RefusedError, ValidationError
+from snapkit.methods.dm.shared import merge_failed, merge_state, snapshot_state
 from snapkit.methods.dm.snapshot import DmMethod
-from snapkit.model import Pending, SnapshotRecord, Target
+from snapkit.model import Pending, SnapshotRecord, State, Target
 from snapkit.plan import Plan, PlanError, apply
 from tests.unit.fakes import (
     BASE,
@@ -20,6 +27,7 @@ from tests.unit.fakes import (
     World,
     created,
     make_world,
+    merge_failed_world,
     walk_failures,
 )
 
@@ -168,3 +176,80 @@ def test_status_reads_usage_and_merge(tmp_path: Path) -> None:
     marked = method.mark_pending(record, Pending.MERGE)
     apply(method.plan_merge(record))
     assert method.status(marked).state.value == "merged"  # the fake merges at once
+
+
+def _snap(status: SnapshotUsage | SnapshotFailure, kind: str = "snapshot") -> tuple[StatusLine]:
+    return (StatusLine(0, 2048, kind, status),)
+
+
+def test_a_live_snapshot_has_no_words() -> None:
+    health = snapshot_state(_snap(SnapshotUsage(24, 1024, 16)), "s1")
+    assert (health.state, health.message) == (State.ACTIVE, "")
+    assert health.usage == SnapshotUsage(24, 1024, 16) and health.percent == 2.34
+
+
+@pytest.mark.parametrize(
+    ("word", "state", "says"),
+    [
+        (SnapshotFailure.INVALID, State.INVALID, r"^invalid: .*COW filled up, or an I/O error"),
+        (SnapshotFailure.OVERFLOW, State.OVERFLOW, r"^overflow: the COW is full"),
+    ],
+)
+def test_a_dropped_snapshot_is_said_in_plain_words(
+    word: SnapshotFailure, state: State, says: str
+) -> None:
+    health = snapshot_state(_snap(word), "s1")
+    assert health.state is state and health.usage is None
+    assert re.search(says, health.message), health.message
+    assert "the origin is intact" in health.message
+    assert health.message.endswith("snapkit snapshot discard s1")
+
+
+def test_a_failed_merge_says_merge_failed_and_what_to_do() -> None:
+    lines = _snap(SnapshotFailure.MERGE_FAILED, "snapshot-merge")
+    health = merge_state(lines, 400, "s1")
+    assert health.state is State.INVALID and health.percent is None
+    assert health.message.startswith("Merge failed: ")
+    assert "nothing is lost" in health.message
+    assert health.message.endswith("run 'snapkit snapshot merge s1 --wait' again")
+    assert merge_failed(lines)
+    # negative controls: a merge under way, and an invalid COW, are not a failed merge
+    assert not merge_failed(_snap(SnapshotUsage(100, 1024, 16), "snapshot-merge"))
+    assert not merge_failed(_snap(SnapshotFailure.INVALID, "snapshot-merge"))
+    assert merge_state(_snap(SnapshotFailure.INVALID, "snapshot-merge"), 400).message.startswith(
+        "invalid: the kernel dropped the COW during the merge"
+    )
+
+
+def test_merge_progress_is_unchanged() -> None:
+    health = merge_state(_snap(SnapshotUsage(208, 1024, 16), "snapshot-merge"), 400, "s1")
+    assert (health.state, health.percent, health.message) == (State.MERGING, 50.0, "")
+    done = merge_state(_snap(SnapshotUsage(16, 1024, 16), "snapshot-merge"), 400, "s1")
+    assert (done.state, done.percent) == (State.MERGED, 100.0)
+
+
+def test_dm_status_and_started_after_a_failed_merge(tmp_path: Path) -> None:
+    world, method, record = merge_failed_world(tmp_path)
+    status = method.status(record)
+    assert status.state is State.INVALID and status.message.startswith("Merge failed")
+    assert not method.started(record)  # so that running merge again starts it afresh
+    del world.dm.statuses["data"]
+    assert method.started(record)  # negative control: a merge under way has started
+
+
+def test_a_failed_merge_restarts_from_snapshot_origin(tmp_path: Path) -> None:
+    """The kernel refuses to reload the same snapshot-merge ("A snapshot is already merging"):
+    the restart puts snapshot-origin back first, then loads a fresh snapshot-merge."""
+    world, method, record = merge_failed_world(tmp_path)
+    plan = method.plan_merge(record)
+    loads = [s.description for s in plan.steps if s.description.startswith("dmsetup load data")]
+    assert [" snapshot-origin " in t for t in loads] == [True, False], loads
+    assert " snapshot-merge " in loads[1]
+    del world.dm.statuses["data"]
+    before = len(world.faults.calls)
+    apply(plan)
+    calls = world.faults.calls[before:]
+    assert calls.count("dm suspend data") == 2 and calls.count("dm resume data") == 2, calls
+    table = world.dm.table("data")
+    assert table is not None and table.lines[0].target.type_name == "snapshot-merge"
+    assert not any(d.suspended for d in world.dm.state().values())

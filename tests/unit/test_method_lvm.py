@@ -6,22 +6,37 @@ the snapshot's metadata, so the undo must resume the origin *and* remove the sna
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from snapkit.dm.fake import Faults
+from snapkit.dm.fake import FakeDm, Faults
 from snapkit.errors import CommandError, RefusedError, UsageError
+from snapkit.flow import Flow
+from snapkit.methods.base import Host
 from snapkit.methods.lvm.snapshot import LvmMethod
 from snapkit.methods.lvm.thin import LvmThinMethod
 from snapkit.model import State, Target
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
 from snapkit.settings import Settings
-from tests.unit.fakes import LV_TARGET, FakeLvm, Lv, lvm_host, lvm_request, lvm_world
+from snapkit.state import StateData
+from tests.unit.fakes import (
+    LV_TARGET,
+    FakeLvm,
+    Lv,
+    lvm_host,
+    lvm_request,
+    lvm_world,
+)
 
 
 @pytest.mark.parametrize(
@@ -379,8 +394,11 @@ def test_recover_clears_a_merge_mark_lvm_never_saw(tmp_path: Path) -> None:
     flow = _flow(fake, tmp_path)
     unmarked = flow.state.load()
     record = unmarked.snapshots[0]
-    flow.state.save(flow.state.load().with_snapshot(
-        replace(record, details={**record.details, "pending": "merge"})))  # fmt: skip
+    flow.state.save(
+        flow.state.load().with_snapshot(
+            replace(record, details={**record.details, "pending": "merge"})
+        )
+    )
     lvm_before = fake.state()
     with pytest.raises(RefusedError) as refused:
         flow.discard("s1", force=True)
@@ -412,3 +430,110 @@ def test_a_verb_refused_for_another_under_way_names_the_way_out(tmp_path: Path) 
         assert error.message == f"a {pending} of s1 is under way, or was cut short", error
         assert error.hint is not None and error.hint.startswith(f"finish it: {finish}"), error
         assert "'snapkit recover'" in error.hint and "\n" not in str(error), error
+
+
+@dataclass
+class _FailingMergeLvm(FakeLvm):
+    """lvm2 whose merge the kernel stops while ``broken``: lvconvert (and a later activation)
+    exit 5 saying "Merge failed", as measured, and lv_attr's 5th letter reads ``m``."""
+
+    broken: bool = True
+    failed: set[str] = field(default_factory=set)
+
+    def report(self) -> str:
+        data = json.loads(super().report())
+        for row in data["report"][0]["lv"]:
+            if row["lv_name"].strip("[]") in self.failed:
+                row["lv_attr"] = row["lv_attr"][:4] + "m" + row["lv_attr"][5:]
+        return json.dumps(data)
+
+    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
+        args = list(argv)
+        if args[:2] == ["lvconvert", "--merge"] and self.broken:
+            self.calls.append(args)
+            name = args[-1].split("/")[1]
+            self.lvs[name].merging = True
+            self.failed.add(name)
+            raise CommandError(args, 5, LVM_MERGE_FAILED)
+        if args[:2] == ["lvchange", "-ay"] and self.failed:
+            self.calls.append(args)
+            if self.broken:
+                raise CommandError(args, 5, LVM_MERGE_FAILED)
+            for name in self.failed:
+                del self.lvs[name]  # merged this time
+            self.failed.clear()
+            return Completed(tuple(args), 0, "", "", 0.0)
+        return super().run(argv, **kw)
+
+
+LVM_MERGE_FAILED = (
+    "/run/lvm/lvmpolld.socket: connect failed: No such file or directory\n"
+    "  WARNING: Failed to connect to lvmpolld. Proceeding with polling without using lvmpolld.\n"
+    "  vg/lv: Merge failed. Retry merge or inspect manually.\n"
+)
+
+
+def test_lvm_merge_failed_is_one_line_then_restarts_by_reactivation(tmp_path: Path) -> None:
+    """Measured on 6.1: ``lvchange --refresh`` leaves a failed merge failed; ``-an`` then
+    ``-ay`` of the origin merges again and waits for it."""
+    fake = _FailingMergeLvm(Faults())
+    fake.lvs["lv"] = Lv("lv")
+    flow = Flow(
+        Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
+        settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path),
+    )
+    method = LvmMethod(flow.host)
+    plan, record = method.plan_create(lvm_request())
+    apply(plan)
+    flow.state.save(StateData(snapshots=(record,)))
+    with pytest.raises(PlanError) as caught:
+        flow.merge("s1")
+    said = str(caught.value)
+    assert "\n" not in said and "Merge failed: " in said, said
+    assert "run 'snapkit snapshot merge s1' again" in said and "lvmpolld" not in said
+    status = flow.status("s1")
+    assert status.state is State.INVALID and status.message.startswith("Merge failed: ")
+    # still broken: the restart says the same, and keeps the record
+    restart = method.plan_merge(record)
+    assert [s.description.split(" (")[0] for s in restart.steps] == [
+        "lvchange -an vg/lv",
+        "lvchange -ay vg/lv",
+    ]
+    with pytest.raises(PlanError, match="Merge failed: "):
+        flow.merge("s1")
+    assert flow.status("s1").state is State.INVALID
+    fake.broken = False  # the device is fixed
+    assert flow.merge("s1").state is State.MERGED  # type: ignore[union-attr]
+    assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
+    assert ["lvchange", "--refresh", "vg/lv"] not in fake.calls
+
+
+class _SlowLvm(FakeLvm):
+    """lvcreate that takes a while, as inside its suspend; records when it ended."""
+
+    ended: float = 0.0
+
+    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
+        if argv[0] == "lvcreate":
+            time.sleep(0.4)
+            result = super().run(argv, **kw)
+            self.ended = time.monotonic()
+            return result
+        return super().run(argv, **kw)
+
+
+def test_sigterm_during_lvcreate_lets_it_finish_then_undoes_it() -> None:
+    """Measured on 6.1: killing lvcreate inside its suspend corrupts LVM's metadata. A real
+    SIGTERM arrives 0.1 s into a 0.4 s lvcreate: the plan must wait for it, then undo it."""
+    fake = _SlowLvm(Faults())
+    fake.lvs["lv"] = Lv("lv", is_open=True)
+    plan, _ = LvmMethod(lvm_host(fake)).plan_create(lvm_request())
+    before = fake.state()
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(PlanError) as caught:
+        apply(plan)
+    timer.join()
+    assert caught.value.exit_code == 128 + signal.SIGTERM
+    assert fake.ended and [c[0] for c in fake.calls].count("lvremove") == 1  # finished, undone
+    assert fake.state() == before
