@@ -142,9 +142,8 @@ def _snapkit(*args: str) -> list[str]:
 
 def _floor(mountpoint: Path, *, sync: bool) -> list[str]:
     code = (
-        "import os, sys; from pathlib import Path; from snapkit import fs; p = Path(sys.argv[1]); "
-        + ("os.sync(); " if sync else "")
-        + "fs.freeze(p); fs.thaw(p)"
+        "import os, sys; from pathlib import Path; from snapkit.host import fs; "
+        "p = Path(sys.argv[1]); " + ("os.sync(); " if sync else "") + "fs.freeze(p); fs.thaw(p)"
     )
     return [sys.executable, "-c", code, str(mountpoint)]
 
