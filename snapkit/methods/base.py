@@ -126,6 +126,17 @@ class Recovered:
         return data
 
 
+class FamilyRecovery:
+    """What every family's :class:`Recoverable` shares: its :class:`Context`, and nothing to
+    activate unless the family's own tools keep something across a reboot."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def activate(self, data: StateData) -> None:
+        """Nothing: the family keeps nothing of its own that needs bringing back first."""
+
+
 class Recoverable(Protocol):
     """A method family that can bring what a crash or a reboot left back to a known state:
     every snapshot present and usable or cleanly absent, every verb cut short settled.
@@ -142,6 +153,7 @@ class Recoverable(Protocol):
 __all__ = [
     "Context",
     "Extendable",
+    "FamilyRecovery",
     "Host",
     "KernelMerge",
     "Method",

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from snapkit.errors import OperationError
 from snapkit.host.target import block_devnum, mounts
-from snapkit.methods.base import Context, Recovered
+from snapkit.methods.base import Context, FamilyRecovery, Recovered
 from snapkit.methods.btrfs import snapshot as btrfs
 from snapkit.methods.btrfs.merge import legacy_name, spare_name
 from snapkit.model import SnapshotRecord
@@ -42,14 +42,9 @@ from snapkit.run import Executor
 from snapkit.state import StateData
 
 
-class BtrfsRecovery:
-    """btrfs: nothing lives in kernel memory; a merge a crash cut short is settled on disk."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    def activate(self, data: StateData) -> None:
-        """Nothing: a btrfs snapshot is a subvolume, there as soon as the disk is."""
+class BtrfsRecovery(FamilyRecovery):
+    """btrfs: nothing lives in kernel memory (a snapshot is a subvolume, there as soon as the
+    disk is); a merge a crash cut short is settled on disk."""
 
     def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
         return plan_settle(self.ctx, data)

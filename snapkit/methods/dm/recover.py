@@ -48,7 +48,7 @@ from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOr
 from snapkit.errors import RefusedError
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import StableId, block_devnum, block_info, find_stable
-from snapkit.methods.base import Context, Recovered
+from snapkit.methods.base import Context, FamilyRecovery, Recovered
 from snapkit.methods.dm import DM_METHODS
 from snapkit.methods.dm.layer import Layer, forgotten, teardown
 from snapkit.methods.dm.recover_direct import origin_steps, orphan_layers, reassemble, settle_create
@@ -58,14 +58,9 @@ from snapkit.plan import Plan, Step
 from snapkit.state import StateData
 
 
-class DmRecovery:
-    """dm and dm-direct: re-assemble their stacks and the prepared devices under them."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    def activate(self, data: StateData) -> None:
-        """Nothing: device-mapper keeps nothing of its own across a reboot."""
+class DmRecovery(FamilyRecovery):
+    """dm and dm-direct: re-assemble their stacks and the prepared devices under them
+    (device-mapper keeps nothing across a reboot, so there is nothing to activate)."""
 
     def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
         return plan_recover(self.ctx, data)

@@ -28,19 +28,16 @@ from functools import partial
 
 from snapkit.host.lvm import Lvm
 from snapkit.lock import LockedError
-from snapkit.methods.base import Context, Recovered
+from snapkit.methods.base import Context, FamilyRecovery, Recovered
 from snapkit.methods.lvm import LVM_METHODS
 from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
 
 
-class LvmRecovery:
+class LvmRecovery(FamilyRecovery):
     """lvm and lvm-thin: LVM re-activates their LVs; snapkit settles its marked verbs and
     drops the records whose LV is gone."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     def activate(self, data: StateData) -> None:
         """``vgchange -ay`` each recorded VG (which also restarts a merge LVM had scheduled),
