@@ -92,9 +92,11 @@ def test_freeze_and_create_share_the_lock_dir(
 
     monkeypatch.setenv("SNAPKIT_STATE_DIR", str(tmp_path / "state"))
     origin = Target(Path("/dev/snapkit-test-origin"), tmp_path, "ext4", (7, 99))
-    for module in (target, flow):  # resolved in cli/freeze.py today, in the flow after
+    # Patched wherever the verb could resolve or freeze (flow.freeze today; cli/freeze.py did
+    # it itself before), so a regression fails this test instead of freezing the test machine.
+    for module in (target, flow):
         monkeypatch.setattr(module, "resolve", lambda _spec: origin)
-    for module in (freeze, freezing):  # never freeze the test machine, whoever builds the plan
+    for module in (freeze, freezing):
         monkeypatch.setattr(module, "IoctlFreezer", _MustNotRun)
         monkeypatch.setattr(module, "real_watchdog", lambda _mp: _MustNotRun())
     flow_locks = Settings.from_env().lock_dir  # what every Flow verb locks in
