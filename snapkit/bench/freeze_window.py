@@ -101,7 +101,7 @@ def measure(method: str, probe_file: Path, argv: list[str]) -> Round:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
     )
     assert child.stdin is not None and child.stdout is not None
     if child.stdout.readline().strip() != "ready":
@@ -129,7 +129,7 @@ def measure(method: str, probe_file: Path, argv: list[str]) -> Round:
 # --- the scenario -----------------------------------------------------------------------------
 
 
-_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # holds snapkit/
 
 
 def _sh(*argv: str) -> str:

@@ -35,7 +35,7 @@ from snapkit.errors import OperationError
 from snapkit.host.fs import thaw_fd
 
 READY_TIMEOUT = 60.0  # Python start-up under TCG emulation alone takes ~1.6 s
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds snapkit/
 
 
 class Watchdog:
