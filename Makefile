@@ -71,6 +71,7 @@ lint: venv
 	$(BIN)/ruff check snapkit vmtests tests
 	$(BIN)/ruff format --check snapkit vmtests tests
 	$(BIN)/mypy --strict snapkit vmtests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info report results

@@ -1,18 +1,34 @@
-"""The one root of every error snapkit raises on purpose.
+"""The one root of every error snapkit raises on purpose, and the tree a caller branches on.
 
-Errors carry data, so that callers can act on them and the CLI can render them::
+The first split is what a caller most needs to know: did anything change?
 
-    SnapkitError                     root; ``str()`` is one line saying what is wrong
-    ├── UsageError                   the request itself is malformed      (exit 2)
-    └── RefusedError                 a well-formed request that must not run (exit 1)
-        ├── FormatError              bytes that are not what they claim to be
-        │   └── CowFormatError       a COW store the kernel would not load
-        ├── ValidationError          a name, path or size that fails a safety rule
-        └── OperationError           a step that was tried and failed
-            └── CommandError         an external command exited non-zero
+* :class:`RefusedError`: snapkit said no *before* changing anything: run it again once the
+  reason is fixed;
+* :class:`OperationError`: snapkit tried, and a step failed partway: the plan undid what it
+  had done (a :class:`~snapkit.plan.PlanError` says whether its rollback was complete).
 
-Every error has an optional ``hint``: how to fix it. The CLI prints ``message`` and then the
-hint on the same line, so a refusal is always one line.
+Every class, with the module it lives in (the ones outside this module are specialisations that
+need that module's data)::
+
+    SnapkitError                 root; message, hint; str() is one line    errors
+    ├── UsageError               the request itself is malformed (exit 2)   errors
+    ├── RefusedError             nothing changed (exit 1)                   errors
+    │   ├── FormatError          bytes that are not what they claim to be   errors
+    │   │   └── CowFormatError   a COW store the kernel would not load      errors
+    │   ├── ValidationError      a name, path or size fails a safety rule   errors
+    │   └── LockedError          another operation holds the origin         lock
+    └── OperationError           tried, failed partway, undone (exit 1)     errors
+        ├── CommandError         an external command exited non-zero        errors
+        │   └── CommandTimeout   ... or ran past its timeout and was killed run
+        ├── DmError              the kernel refused a dm ioctl (errno)      dm.control
+        ├── SnapshotIOError      the EIO of an invalid or full snapshot     cow.model
+        ├── PlanError            a plan failed; how far its rollback got    plan
+        ├── Interrupted          a signal arrived while a plan ran          plan
+        └── PlanTimeout          a plan ran past its deadline               plan
+
+Errors carry data as attributes, so callers act on them and the CLI renders them: every one
+has ``message`` and an optional ``hint`` (how to fix it), and ``exit_code``. The CLI prints
+``message`` and then the hint on the same line, so a refusal is always one line.
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ from __future__ import annotations
 class SnapkitError(Exception):
     """Root of snapkit's errors. ``exit_code`` is what the CLI returns for it."""
 
-    exit_code = 1
+    exit_code: int = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -48,7 +64,7 @@ class UsageError(SnapkitError):
 
 
 class RefusedError(SnapkitError):
-    """A well-formed request that snapkit refuses or could not carry out."""
+    """A well-formed request that snapkit refused before it changed anything."""
 
 
 class FormatError(RefusedError):
@@ -63,8 +79,9 @@ class ValidationError(RefusedError):
     """A name, path or size that fails a safety rule (for example, it could inject into a table)."""
 
 
-class OperationError(RefusedError):
-    """A step that was attempted and failed."""
+class OperationError(SnapkitError):
+    """A step that was attempted and failed; what was done before it has been undone (or, for
+    a :class:`~snapkit.plan.PlanError`, its ``undo_failures`` say what was not)."""
 
 
 class CommandError(OperationError):

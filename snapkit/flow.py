@@ -23,35 +23,35 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from snapkit import layer
+from snapkit import recover
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
 from snapkit.errors import OperationError, RefusedError, SnapkitError, split_advice
-from snapkit.fs import snapshot_mount_options
-from snapkit.lock import DEFAULT_LOCK_DIR, origin_lock
-from snapkit.loopdev import LocalFiles, LosetupLoops
+from snapkit.host import freezing
+from snapkit.host.freezing import Outcome
+from snapkit.host.fs import snapshot_mount_options
+from snapkit.host.loopdev import LocalFiles, LosetupLoops
+from snapkit.host.target import block_devnum, resolve, stable_id
+from snapkit.lock import origin_lock
 from snapkit.methods import registry
-from snapkit.methods.base import (
-    CreateRequest,
-    Extendable,
-    Host,
-    KernelMerge,
-    Method,
-    SnapshotRecord,
-    SnapshotStatus,
-    State,
-)
+from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
+from snapkit.methods.dm import DM_METHODS, layer
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State
 from snapkit.plan import Plan, PlanError, Step, apply
-from snapkit.run import SubprocessExecutor
-from snapkit.state import StateData, StateFile, reconcile, state_dir
-from snapkit.target import resolve
+from snapkit.recover import Recovery
+from snapkit.run import Completed, SubprocessExecutor
+from snapkit.settings import Settings
+from snapkit.state import Prepared, StateData, StateFile, reconcile
+
+if TYPE_CHECKING:  # annotations only: the module loads when its verb runs
+    from snapkit.methods.dm.device import PrepareResult
 
 PAUSE_ENV = "SNAPKIT_TEST_PAUSE_AT"
-DM_METHODS = ("dm", "dm-direct")  # records whose device is snapkit's own dm device
 POLL_SECONDS = 0.2
 Progress = Callable[[SnapshotStatus], None]
 
@@ -65,17 +65,22 @@ def real_host() -> Iterator[Host]:
 
 @dataclass
 class Flow:
+    """The verbs on one host. ``settings`` is resolved once (by default from the environment)
+    and names the state file and the lock directory every verb uses."""
+
     host: Host
-    state: StateFile = field(default_factory=StateFile)
-    lock_dir: Path | None = None
+    settings: Settings = field(default_factory=Settings.from_env)
     _plans_applied: int = 0
+
+    def __post_init__(self) -> None:
+        self.state = StateFile(self.settings.state_dir)
+        self.context = Context(self.host, self.settings)
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def lock_path(self) -> Path:
-        if self.lock_dir is not None:
-            return self.lock_dir
-        return state_dir() / "locks" if os.environ.get("SNAPKIT_STATE_DIR") else DEFAULT_LOCK_DIR
+    def lock(self, origin: str, operation: str) -> AbstractContextManager[Path]:
+        """The origin's lock, in the one lock directory of :attr:`settings`."""
+        return self.context.lock(origin, operation)
 
     def load(self) -> StateData:
         """The state file, with what the kernel shows under snapkit uuids added (and saved)."""
@@ -101,11 +106,20 @@ class Flow:
     # -- create -------------------------------------------------------------------------------
 
     def create(
-        self, target_spec: str, *, name: str, method: str = registry.DEFAULT_METHOD,
-        cow_size: int | None = None, cow_dir: Path | None = None, chunk_sectors: int = 8,
-        pre: str | None = None, post: str | None = None, max_freeze: float = 10.0,
-        dry_run: bool = False, command: tuple[str, ...] = (),
-    ) -> SnapshotStatus | str:  # fmt: skip
+        self,
+        target_spec: str,
+        *,
+        name: str,
+        method: str = registry.DEFAULT_METHOD,
+        cow_size: int | None = None,
+        cow_dir: Path | None = None,
+        chunk_sectors: int = 8,
+        pre: str | None = None,
+        post: str | None = None,
+        max_freeze: float = 10.0,
+        dry_run: bool = False,
+        command: tuple[str, ...] = (),
+    ) -> SnapshotStatus | str:
         """Create snapshot ``name`` of ``target_spec``; the plan text instead if ``dry_run``.
         ``command`` is the user's snapshot command (freeze, remount-ro, auto's fallback)."""
         snapkit_name(name)
@@ -122,11 +136,17 @@ class Flow:
                 hint=f"fix that, or choose another --method ({others})",
             )
         req = CreateRequest(
-            target=target, name=name, cow_size=cow_size,
-            cow_dir=cow_dir or self.state.directory / "cow", chunk_sectors=chunk_sectors,
-            pre=pre, post=post, max_freeze=max_freeze, command=command,
-        )  # fmt: skip
-        with origin_lock(str(target.device), operation=f"create {name}", lock_dir=self.lock_path()):
+            target=target,
+            name=name,
+            cow_size=cow_size,
+            cow_dir=cow_dir or self.context.cow_dir,
+            chunk_sectors=chunk_sectors,
+            pre=pre,
+            post=post,
+            max_freeze=max_freeze,
+            command=command,
+        )
+        with self.lock(str(target.device), f"create {name}"):
             plan, record = impl.plan_create(req)
             if dry_run:
                 return _hooks_text(req.pre, plan.render(), req.post)
@@ -143,14 +163,14 @@ class Flow:
 
     def _apply_create(self, impl: Method, plan: Plan, record: SnapshotRecord) -> None:
         """Apply a create plan. A method whose COW takes the origin's *newest* writes once its
-        plan switches the origin (dm-direct: ``record_first``) is recorded as ``pending
+        plan switches the origin (dm-direct: ``records_first``) is recorded as ``pending
         create`` before the plan runs: a crash after the switch and before the record would
         leave a COW no record names, which recover removes as a create cut short -- and with
         it every write acknowledged since. A clean rollback takes the mark away again."""
-        if not getattr(impl, "record_first", False):
+        if not impl.records_first:
             self.apply_plan(plan)
             return
-        creating = replace(record, details={**record.details, "pending": "create"})
+        creating = record.marked(Pending.CREATE)
         existed = self.state.path.exists()
         self.state.save(self.load().with_snapshot(creating))
         try:
@@ -187,7 +207,7 @@ class Flow:
         """The status; a merge its own tool finished (lvm) also drops the record here."""
         impl = self.method(record.method)
         status = impl.status(record)
-        done = status.state is State.MERGED and record.details.get("pending") in MERGE_OR_DISCARD
+        done = status.state is State.MERGED and record.pending in MERGE_OR_DISCARD
         if done and not isinstance(impl, KernelMerge):
             self.state.save(self.load().without_snapshot(record.name))
         return status
@@ -199,8 +219,8 @@ class Flow:
         snapshot device (dm, lvm) takes the replay into its COW, as ``mount -o ro`` does for
         an LVM snapshot, which also leaves it checkable. A read-only one (dm-direct) cannot:
         xfs and btrfs, whose frozen copies keep a log, are mounted through a throwaway
-        writable layer (:mod:`snapkit.layer`); ext4, whose freeze leaves a clean journal,
-        gets :func:`snapkit.fs.snapshot_mount_options` (``noload``)."""
+        writable layer (:mod:`snapkit.methods.dm.layer`); ext4, whose freeze leaves a clean journal,
+        gets :func:`snapkit.host.fs.snapshot_mount_options` (``noload``)."""
         record = self.record(name)
         if not directory.is_dir():
             raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")
@@ -235,15 +255,17 @@ class Flow:
         over = layer.Layer.of(record)
         s = [] if self.host.dm.info(over.name) is not None else layer.build(self.host, over)
         if fstype == "btrfs":  # the copy shares the origin's fsid: drop stale registrations
-            s.append(Step("btrfs device scan --forget", lambda: self.host.run.run(
-                ["btrfs", "device", "scan", "--forget"], check=False)))  # fmt: skip
+            s.append(
+                Step(
+                    "btrfs device scan --forget",
+                    lambda: self.host.run.run(["btrfs", "device", "scan", "--forget"], check=False),
+                )
+            )
         argv = ["mount", "-t", fstype, "-o", ",".join(_mount_options(record, fstype, False, False))]
         argv += [over.device, str(directory)]
         s.append(Step(" ".join(argv), lambda: self._run_mount(argv, over.device, fstype)))
         title = f"mount {record.name} through a throwaway layer ({over.device})"
-        with origin_lock(
-            record.origin, operation=f"mount {record.name}", lock_dir=self.lock_path()
-        ):
+        with self.lock(record.origin, f"mount {record.name}"):
             self.apply_plan(Plan(title, tuple(s)))
             self.state.save(self.load().with_snapshot(layer.recorded(record, over)))
 
@@ -259,9 +281,15 @@ class Flow:
     # -- watch: grow a COW before it overflows ---------------------------------------------
 
     def watch(
-        self, name: str, *, extend_at: float, extend_by: int, interval: float = 1.0,
-        once: bool = False, report: Callable[[str], None] | None = None,
-    ) -> SnapshotStatus:  # fmt: skip
+        self,
+        name: str,
+        *,
+        extend_at: float,
+        extend_by: int,
+        interval: float = 1.0,
+        once: bool = False,
+        report: Callable[[str], None] | None = None,
+    ) -> SnapshotStatus:
         """Poll the snapshot's COW usage and grow the COW by ``extend_by`` bytes whenever it
         reaches ``extend_at`` percent, as dmeventd's autoextend does for LVM. A COW that fills
         invalidates the snapshot for good, so that is an error, in plain words. Returns when
@@ -292,48 +320,107 @@ class Flow:
                 return status
             used = status.usage_percent or 0.0
             if used >= extend_at:
-                with origin_lock(record.origin, operation=f"extend {name}",
-                                 lock_dir=self.lock_path()):  # fmt: skip
+                with self.lock(record.origin, f"extend {name}"):
                     self.apply_plan(impl.plan_extend(record, extend_by))
                 grown = impl.status(record)
-                say(f"{name}: COW was {used:.2f}% full; grew it by {extend_by} bytes, "
-                    f"now {grown.usage_percent or 0.0:.2f}% full")  # fmt: skip
+                say(
+                    f"{name}: COW was {used:.2f}% full; grew it by {extend_by} bytes, "
+                    f"now {grown.usage_percent or 0.0:.2f}% full"
+                )
                 status = grown
             if once:
                 return status
             time.sleep(interval)
 
+    # -- device prepare and release ---------------------------------------------------------
+
+    def prepare(self, device: str, name: str, *, dry_run: bool = False) -> PrepareResult | str:
+        """Put the plain ``device`` under ``/dev/mapper/NAME`` for the dm methods, and record
+        it with what finds its disk again after a reboot (:mod:`snapkit.methods.dm.device`)."""
+        from snapkit.methods.dm.device import plan_prepare  # only this verb needs it
+
+        with self.lock(device, f"prepare {name}"):
+            plan, result = plan_prepare(self.host, self.load(), device, name)
+            if dry_run:
+                return plan.render()
+            dev = block_devnum(device)
+            ident = stable_id(dev, self.host.run) if dev is not None else None
+            self.apply_plan(plan)
+            self.state.save(self.load().with_device(Prepared(name, str(result.under), ident)))
+            return result
+
+    def release(self, name: str, *, dry_run: bool = False) -> str:
+        """Remove the prepared ``/dev/mapper/NAME``; the device it was over (to mount again)."""
+        from snapkit.methods.dm.device import plan_release  # only this verb needs it
+
+        with self.lock(f"/dev/mapper/{name}", f"release {name}"):
+            plan = plan_release(self.host, name)
+            if dry_run:
+                return plan.render()
+            record = self.load().device(name)
+            self.apply_plan(plan)
+            self.state.save(self.load().without_device(name))
+            return record.device if record else ""
+
+    # -- recover -------------------------------------------------------------------------------
+
+    def recover(self, *, dry_run: bool = False, finish: bool = True) -> Recovery | str:
+        """Run every method family's recovery (:mod:`snapkit.recover`), then (``finish``)
+        complete the merges it resumed: a dm-direct discard is its kernel merge, which keeps
+        the origin's writes, so it is finished as a discard."""
+        result = recover.run(self.context, self.state, self.apply_plan, dry_run=dry_run)
+        if isinstance(result, str) or not finish:
+            return result
+        for name in result.merging:
+            record = self.state.load().snapshot(name)
+            if record is not None and record.pending is Pending.DISCARD:
+                self.discard(name)
+            else:
+                self.merge(name, wait=True)
+        return result
+
     # -- merge and discard --------------------------------------------------------------------
 
     def merge(
-        self, name: str, *, wait: bool = False, progress: Progress | None = None,
+        self,
+        name: str,
+        *,
+        wait: bool = False,
+        progress: Progress | None = None,
         dry_run: bool = False,
-    ) -> SnapshotStatus | str:  # fmt: skip
+    ) -> SnapshotStatus | str:
         record = self.record(name)
         impl = self.method(record.method)
-        with origin_lock(record.origin, operation=f"merge {name}", lock_dir=self.lock_path()):
-            return self._end(impl, record, "merge", wait, progress, dry_run)
+        with self.lock(record.origin, f"merge {name}"):
+            return self._end(impl, record, Pending.MERGE, wait, progress, dry_run)
 
     def discard(
         self, name: str, *, force: bool = False, dry_run: bool = False
     ) -> SnapshotStatus | str:
         record = self.record(name)
         impl = self.method(record.method)
-        with origin_lock(record.origin, operation=f"discard {name}", lock_dir=self.lock_path()):
-            return self._end(impl, record, "discard", True, None, dry_run, force=force)
+        with self.lock(record.origin, f"discard {name}"):
+            return self._end(impl, record, Pending.DISCARD, True, None, dry_run, force=force)
 
     def _end(
-        self, impl: Method, record: SnapshotRecord, op: str, wait: bool,
-        progress: Progress | None, dry_run: bool, *, force: bool = False,
-    ) -> SnapshotStatus | str:  # fmt: skip
-        pending = record.details.get("pending", "")
-        if pending and pending != op:
+        self,
+        impl: Method,
+        record: SnapshotRecord,
+        op: Pending,
+        wait: bool,
+        progress: Progress | None,
+        dry_run: bool,
+        *,
+        force: bool = False,
+    ) -> SnapshotStatus | str:
+        pending = record.pending
+        if pending and pending is not op:
             # The mark may be all a killed snapkit left (lvm: even before LVM's command ran),
             # so the way out names recover, which settles every case: finishes the verb, drops
             # a done one, or clears an lvm merge that never started (then discard works).
             hint = "finish it: 'snapkit recover'"
-            if pending != "create":
-                waits = " --wait" if pending == "merge" else ""
+            if pending is not Pending.CREATE:
+                waits = " --wait" if pending is Pending.MERGE else ""
                 hint = (
                     f"finish it: 'snapkit snapshot {pending} {record.name}{waits}'; if snapkit "
                     "was killed or the machine crashed, 'snapkit recover' settles it first"
@@ -346,7 +433,9 @@ class Flow:
         start: Plan | None = None
         if not pending or not impl.started(record):
             start = (
-                impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
+                impl.plan_merge(record)
+                if op is Pending.MERGE
+                else impl.plan_discard(record, force=force)
             )
         if dry_run:
             text = start.render() if start else ""
@@ -363,25 +452,29 @@ class Flow:
         return replace(status, message=f"{op} done")
 
     def _end_plain(
-        self, impl: Method, record: SnapshotRecord, op: str, dry_run: bool, *, force: bool
+        self, impl: Method, record: SnapshotRecord, op: Pending, dry_run: bool, *, force: bool
     ) -> SnapshotStatus | str:
         """A method whose own tool merges (lvm): the merge may only be *scheduled* (LVM defers
         it while the origin is open), so the record stays, marked, while the method says
         MERGING, and is dropped once it says MERGED -- here or in a later status."""
-        if record.details.get("pending") == op:
+        if record.pending is op:
             status = impl.status(record)
             if status.state is State.MERGED:
                 self.state.save(self.load().without_snapshot(record.name))
                 return replace(status, message=f"{op} done")
-        start = impl.plan_merge(record) if op == "merge" else impl.plan_discard(record, force=force)
+        start = (
+            impl.plan_merge(record)
+            if op is Pending.MERGE
+            else impl.plan_discard(record, force=force)
+        )
         if dry_run:
             return start.render()
         # The mark first, as in _start, for a method whose verbs are LVM's commands (lvm,
-        # lvm-thin: record_first): a crash once lvconvert or lvremove has begun must find it,
+        # lvm-thin: records_first): a crash once lvconvert or lvremove has begun must find it,
         # or the record would call the merged-away LV gone (invalid), or LVM's half-removed
         # leftover an active snapshot. btrfs and remount-ro save none: recover reads the disk.
-        marks = getattr(impl, "record_first", False)
-        marked = replace(record, details={**record.details, "pending": op})
+        marks = impl.records_first
+        marked = record.marked(op)
         if marks:
             self.state.save(self.load().with_snapshot(marked))
         try:
@@ -390,7 +483,7 @@ class Flow:
             if marks and not self._tool_started(impl, marked):
                 self.state.save(self.load().with_snapshot(record))
             raise
-        if marks and op == "merge" and (status := impl.status(marked)).state is State.MERGING:
+        if marks and op is Pending.MERGE and (status := impl.status(marked)).state is State.MERGING:
             return status
         self.state.save(self.load().without_snapshot(record.name))
         return SnapshotStatus(record, State.MERGED, None, 100.0, f"{op} done")
@@ -406,7 +499,7 @@ class Flow:
             return True
 
     def _start(
-        self, impl: KernelMerge, record: SnapshotRecord, start: Plan, op: str
+        self, impl: KernelMerge, record: SnapshotRecord, start: Plan, op: Pending
     ) -> SnapshotRecord:
         """Save the pending mark, then start. In this order because the start hands the origin
         to the kernel's merge, which has no undo: a crash after it with no mark on disk would
@@ -447,7 +540,56 @@ class Flow:
             ) from None
 
 
-MERGE_OR_DISCARD = ("merge", "discard")
+MERGE_OR_DISCARD = (Pending.MERGE, Pending.DISCARD)
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """What ``freeze`` did: the user's command's result, and how long the window was."""
+
+    mountpoint: Path
+    result: Completed
+    window: float | None
+
+
+def freeze(
+    spec: str,
+    command: Sequence[str],
+    *,
+    max_freeze: float,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+) -> Frozen | str:
+    """``snapkit freeze``: freeze the filesystem at ``spec``, run ``command``, thaw; the plan
+    text instead if ``dry_run``. No state is recorded and no device-mapper is opened, so this
+    verb needs no :class:`Flow`; it takes the origin's lock from the same :class:`Settings`,
+    so it excludes every other verb on that origin."""
+    from snapkit.methods.freeze import freeze_plan, unsuitable  # the flow loads no method
+
+    settings = settings or Settings.from_env()
+    target = resolve(spec)
+    reason = unsuitable(target)
+    if reason:
+        raise RefusedError(reason)
+    mountpoint = target.mountpoint or Path(spec)
+    outcome = Outcome()
+    plan = freeze_plan(
+        mountpoint,
+        command,
+        max_freeze,
+        executor=SubprocessExecutor(),
+        freezer=freezing.IoctlFreezer(),
+        watchdog=freezing.real_watchdog(mountpoint),
+        outcome=outcome,
+        fail_on_exit=False,
+        env={"SNAPKIT_MOUNTPOINT": str(mountpoint), "SNAPKIT_DEVICE": str(target.device)},
+    )
+    if dry_run:
+        return plan.render()
+    with origin_lock(str(target.device), operation="freeze", lock_dir=settings.lock_dir):
+        apply(plan)
+    assert outcome.result is not None  # the plan ran the command, or raised
+    return Frozen(mountpoint, outcome.result, outcome.window)
 
 
 def _mount_options(record: SnapshotRecord, fstype: str, rw: bool, read_only: bool) -> list[str]:
@@ -501,4 +643,4 @@ def _with_test_pause(plan: Plan, ordinal: int) -> Plan:
     return replace(plan, steps=tuple(steps))
 
 
-__all__ = ["PAUSE_ENV", "Flow", "real_host"]
+__all__ = ["PAUSE_ENV", "Flow", "Frozen", "freeze", "real_host"]

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from snapkit.errors import RefusedError
 
-DEFAULT_LOCK_DIR = Path("/run/snapkit/locks")
 _SAFE = re.compile(r"[^A-Za-z0-9+_.-]")
 
 
@@ -43,9 +42,7 @@ def lock_key(origin: str) -> str:
 
 
 @contextmanager
-def origin_lock(
-    origin: str, *, operation: str, lock_dir: Path = DEFAULT_LOCK_DIR
-) -> Iterator[Path]:
+def origin_lock(origin: str, *, operation: str, lock_dir: Path) -> Iterator[Path]:
     """Hold the lock for ``origin`` for the ``with`` block, or raise LockedError at once."""
     lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = lock_dir / f"{lock_key(origin)}.lock"
@@ -69,4 +66,4 @@ def origin_lock(
         os.close(fd)  # closing drops the flock
 
 
-__all__ = ["DEFAULT_LOCK_DIR", "LockedError", "lock_key", "origin_lock"]
+__all__ = ["LockedError", "lock_key", "origin_lock"]

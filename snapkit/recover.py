@@ -1,67 +1,32 @@
 """``snapkit recover``: after a crash or reboot, bring what the state file says back to a known
-state -- every snapshot present and usable, or cleanly absent; every merge under way resumed.
+state -- every snapshot present and usable, or cleanly absent; every verb cut short settled.
 
-Why it is needed: device-mapper tables live in kernel memory, so a power cut takes away the
-prepared linear devices, ``-real``, the snapshot devices and the loops -- while the COW files,
-which hold the snapshot's exceptions on disk (persistent store ``P``), survive. The state file
-is written only after a create's plan has run (``flow.create``), so:
+Each method family knows what a crash leaves of its own snapshots, so this module only runs
+the families the registry lists (:data:`snapkit.methods.registry.RECOVERIES`), in its order,
+through the :class:`~snapkit.methods.base.Recoverable` protocol:
 
-* a record with its COW file is a complete snapshot: its stack is re-assembled as the create
-  left it (``-real`` with the original table, origin as ``snapshot-origin``, the snapshot over
-  a fresh loop on the COW file); the kernel reloads the exceptions from the COW;
-* a record marked ``pending merge`` gets ``snapshot-merge`` loaded into the origin: the kernel
-  resumes the merge from what is left on disk (merged batches were zeroed there), and
-  ``merge --wait`` finishes it. The mark is saved *before* the merge starts, so it may also
-  mean "the kernel never started": the COW is then whole, and ``snapshot-merge`` merges it
-  from the beginning -- merging a COW onto its own origin is idempotent, so both are safe.
-  Without a reboot (the devices still there), the flow restarts a merge that never started;
-* a record marked ``pending discard`` needs nothing from its COW: it is freed and dropped;
-* a ``*.cow`` file that no record names is what a create cut short left: removed, so the
-  snapshot is cleanly absent; the origin lost nothing (the suspend/resume never completed, or
-  the snapshot simply never got recorded);
-* a ``dm-direct`` record comes back as its create left it: the base device (or the
-  intermediate ``-base`` for an origin at an offset), the read-only view over it, the origin
-  as ``snapshot BASE COW P`` (the kernel reloads the exceptions, i.e. the writes since the
-  snapshot), then ``blockdev --setro BASE``. Its verbs are inverted (see the method), so a
-  pending ``merge`` (roll back) loads the original ``linear`` table, and a pending ``discard``
-  (keep the writes since) loads ``snapshot-merge BASE COW`` and needs the COW: both are then
-  finished by the flow. Its throwaway mount layer (``snapkit.layer``) does not survive a
-  reboot: its loop and file are removed and the record forgets it;
-* a ``btrfs`` record keeps nothing in kernel memory; a merge a crash cut short is finished or
-  undone on disk, after the plan above (:mod:`snapkit.recover_btrfs`);
-* ``lvm`` and ``lvm-thin`` keep their own metadata: LVM re-activates them (``vgchange -ay``,
-  which also restarts a pending merge); a record whose LV is gone is dropped.
+1. every family's ``activate`` first (LVM's ``vgchange -ay``): a dm snapshot's origin may be
+   an LV, and must be there before device-mapper's plan looks for it;
+2. every family's plan is built before any runs, so ``--dry-run`` shows them all;
+3. each plan is applied and the state saved after it, so a crash in a later family's plan
+   keeps what the earlier ones settled. The first family's plan (device-mapper's, which
+   re-assembles the devices) is applied and saved even when empty, so it is always plan 1
+   for ``SNAPKIT_TEST_PAUSE_AT`` and a dry run always prints its title.
 
-Disks are found by what does not move across reboots (a loop's backing file, a disk's
-serial, a filesystem UUID: ``snapkit.target.StableId``), not by the kernel name and
-major:minor they had, which follow probe order. A disk that cannot be found is refused, before
-anything is changed.
-
-Idempotent: what is already there is left alone, so running it twice changes nothing.
+What each family does, and why it is safe, is in its own ``recover`` module
+(``snapkit/methods/*/recover.py``). The merges recover resumes are finished by the flow
+(:meth:`snapkit.flow.Flow.recover`). Idempotent: running it twice changes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
-from snapkit.dm import steps
-from snapkit.dm.naming import Role, real_name, uuid
-from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
-from snapkit.errors import RefusedError
-from snapkit.flow import Flow
-from snapkit.layer import Layer, forgotten, teardown
-from snapkit.loopdev import LoopSlot
-from snapkit.methods.base import SnapshotRecord
-from snapkit.methods.dmshared import MAPPER, DmDetails
-from snapkit.plan import Plan, Step
-from snapkit.recover_direct import origin_steps, orphan_layers, reassemble, settle_create
-from snapkit.state import StateData
-from snapkit.target import StableId, block_devnum, block_info, find_stable
-
-DM_METHODS = ("dm", "dm-direct")
-LVM_METHODS = ("lvm", "lvm-thin")
+from snapkit.methods import registry
+from snapkit.methods.base import Context
+from snapkit.plan import Plan
+from snapkit.state import StateFile
 
 
 @dataclass(frozen=True)
@@ -73,242 +38,28 @@ class Recovery:
     merging: tuple[str, ...]  # resumed: 'snapshot merge NAME --wait' (dm-direct discard: discard)
 
 
-def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData]:
-    """The plan that re-assembles ``data``, what it means, and the state to save after it."""
-    dm, host = flow.host.dm, flow.host
-    s: list[Step] = []
+def run(
+    ctx: Context, state: StateFile, apply: Callable[[Plan], None], *, dry_run: bool = False
+) -> Recovery | str:
+    """Run every family's recovery; the plans' text instead if ``dry_run``."""
+    data = state.load()
+    families = registry.recoveries(ctx)
+    for family in families:
+        family.activate(data)
+    parts = [family.plan_recover(data) for family in families]
+    if dry_run:
+        return "".join(plan.render() for i, (plan, _) in enumerate(parts) if i == 0 or plan.steps)
+    actions: list[str] = []
     dropped: list[str] = []
     merging: list[str] = []
-    kept = data
-    stacked: set[str] = set()  # origins whose -real and snapshot-origin are planned already
-    origins: list[Step] = []  # their snapshot-origin loads, kept for after every snapshot
-    for prepared in data.devices:
-        if dm.info(prepared.name) is not None:
-            continue
-        users = [r for r in data.snapshots if _dm_origin(r) == prepared.name]
-        if any(_usable(flow, r) for r in users):
-            continue  # the snapshot stack below creates it with the right table
-        table = _linear_over(prepared.device, prepared.ident, flow, prepared.name)
-        if table is None:
-            continue
-        s += [
-            steps.create(dm, prepared.name, uuid(prepared.name, Role.ORIGIN)),
-            steps.load(dm, prepared.name, _const(table), steps.table_text(table)),
-            steps.resume(dm, prepared.name),
-        ]
-    for record in data.snapshots:
-        if record.method in LVM_METHODS or record.method not in DM_METHODS:
-            continue
-        d = DmDetails.of(record)
-        if record.method == "dm-direct" and dm.info(Layer.of(record).name) is None:
-            s += teardown(host, Layer.of(record))  # the layer is gone with the reboot
-            if record != forgotten(record):
-                record = forgotten(record)
-                kept = kept.with_snapshot(record)
-        if record.method == "dm-direct" and d.pending == "create" and _usable(flow, record):
-            if dm.info(d.origin_name) is None:  # rebooted: the disk may have moved
-                record = _repointed(flow, record, d)
-            settled, keep = settle_create(flow, record)
-            s += settled
-            if keep is None:
-                kept = kept.without_snapshot(record.name)
-                dropped.append(record.name)
-            else:
-                kept = kept.with_snapshot(keep)
-            continue
-        if not _usable(flow, record):
-            s.append(steps.detach_all(host.loops, d.cow_file))
-            if host.files.exists(d.cow_file):
-                s.append(steps.unlink(host.files, d.cow_file))
-            kept = kept.without_snapshot(record.name)
-            dropped.append(record.name)
-            continue
-        if dm.info(d.origin_name) is not None and (dm.info(record.name) is not None or d.pending):
-            if d.pending:
-                merging.append(record.name)  # no reboot: the flow (re)starts and finishes it
-            continue  # already assembled
-        if (repointed := _repointed(flow, record, d)) != record:
-            record, d = repointed, DmDetails.of(repointed)
-            kept = kept.with_snapshot(record)
-        if record.method == "dm-direct":
-            direct, rebased = reassemble(flow, record)
-            s += direct
-            kept = kept if rebased == record else kept.with_snapshot(rebased)
-            merging += [record.name] if d.pending else []
-            continue
-        slot = LoopSlot(d.cow_file)
-        loops = host.loops.find(d.cow_file)
-        if loops:
-            slot.device = loops[0]
-        else:
-            s.append(steps.attach(host.loops, slot))
-        real = real_name(d.origin_name)
-        size = d.table.size
-        if d.origin_name not in stacked and dm.info(real) is None:
-            s += [
-                steps.create(dm, real, uuid(d.origin_name, Role.REAL)),
-                steps.load(dm, real, _const(d.table), steps.table_text(d.table)),
-                steps.resume(dm, real),
-            ]
-        if d.pending == "merge":
-            merge = _cow_table(SnapshotMerge, size, real, slot, d.chunk)
-            s += origin_steps(flow, d.origin_name, merge, f"snapshot-merge {MAPPER}{real} "
-                               f"{slot} P {d.chunk}")  # fmt: skip
-            merging.append(record.name)
-        else:
-            snap = _cow_table(Snapshot, size, real, slot, d.chunk)
-            s += [
-                steps.create(dm, record.name, uuid(record.name, Role.SNAP)),
-                steps.load(dm, record.name, snap, f"snapshot {MAPPER}{real} {slot} P {d.chunk}"),
-                steps.resume(dm, record.name),
-            ]
-            if d.origin_name not in stacked:
-                origin = Table.single(size, SnapshotOrigin(MAPPER + real))
-                origins += origin_steps(flow, d.origin_name, _const(origin),
-                                        steps.table_text(origin))  # fmt: skip
-        stacked.add(d.origin_name)
-    # Only now the origins: a snapshot-origin sizes its I/O split to its snapshots' chunk when
-    # it is resumed. Resumed before its snapshot exists (measured on 6.1), it splits nothing,
-    # and a later 64 KiB write to the origin COWs only its first chunk: the snapshot silently
-    # shows new data in the rest. So every snapshot of an origin is live before it resumes.
-    s += origins
-    for layer in orphan_layers(flow, data):
-        s += teardown(host, layer)
-    for orphan in _orphan_cows(flow, data):
-        s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
-        dropped.append(orphan.name)
-    for record in data.snapshots:
-        if record.method in LVM_METHODS and _lv_gone(flow, record):
-            kept = kept.without_snapshot(record.name)
-            dropped.append(record.name)
-    plan = Plan("recover snapkit's devices after a crash or reboot", tuple(s))
-    actions = tuple(step.description for step in s)
-    return plan, Recovery(actions, tuple(dropped), tuple(merging)), kept
+    for i, (plan, done) in enumerate(parts):
+        if i == 0 or plan.steps:
+            apply(plan)
+        state.save(done.kept(state.load()))
+        actions += done.actions
+        dropped += done.dropped
+        merging += done.merging
+    return Recovery(tuple(actions), tuple(dropped), tuple(merging))
 
 
-def recover(flow: Flow, *, dry_run: bool = False, finish: bool = True) -> Recovery | str:
-    """Re-assemble, drop what a crash cut short, and (``finish``) complete resumed merges."""
-    data = flow.state.load()
-    _activate_lvm(flow, data)
-    plan, result, kept = plan_recover(flow, data)
-    from snapkit import recover_btrfs, recover_lvm  # only here: recover loads no method
-
-    settlers = [recover_lvm.plan_settle(flow, data), recover_btrfs.plan_settle(flow, data)]
-    if dry_run:
-        return plan.render() + "".join(p.render() for p, _ in settlers if p.steps)
-    flow.apply_plan(plan)
-    flow.state.save(kept)
-    for settle, settled in settlers:
-        if settle.steps:
-            flow.apply_plan(settle)
-            flow.state.save(settled.kept(flow.state.load()))
-            result = replace(result, actions=(*result.actions, *settled.actions),
-                             dropped=(*result.dropped, *settled.gone))  # fmt: skip
-    if finish:
-        for name in result.merging:
-            record = kept.snapshot(name)
-            if record is not None and record.details.get("pending") == "discard":
-                flow.discard(name)  # dm-direct: its kernel merge keeps the origin's writes
-            else:
-                flow.merge(name, wait=True)
-    return result
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def _const(table: Table) -> Callable[[], Table]:
-    return lambda: table
-
-
-def _dm_origin(record: SnapshotRecord) -> str:
-    return record.details.get("origin_name", "") if record.method in DM_METHODS else ""
-
-
-def _usable(flow: Flow, record: SnapshotRecord) -> bool:
-    """A dm record whose COW file survived; a pending dm discard needs nothing more (a
-    dm-direct one does: its COW holds the writes it keeps)."""
-    if record.method not in DM_METHODS:
-        return False
-    d = DmDetails.of(record)
-    dropping = d.pending == "discard" and record.method == "dm"
-    return not dropping and flow.host.files.exists(d.cow_file)
-
-
-def _moved(flow: Flow, ident: StableId, whose: str) -> DevNum:
-    dev = find_stable(ident, flow.host.run)
-    if dev is None:
-        raise RefusedError(
-            f"the disk under {whose} ({ident}) is not attached",
-            hint="attach it and run 'snapkit recover' again; nothing was changed",
-        )
-    return dev
-
-
-def _repointed(flow: Flow, record: SnapshotRecord, d: DmDetails) -> SnapshotRecord:
-    """``record`` with its original table pointed at its disk's number now."""
-    original = _found_again(flow, record, d)
-    if original == d.table:
-        return record
-    fixed = DmDetails(**{**vars(d), "table": original})
-    return replace(record, details={**record.details, **fixed.to_strings()})
-
-
-def _found_again(flow: Flow, record: SnapshotRecord, d: DmDetails) -> Table:
-    """The origin's original table, pointed at its disk's number *now*: after a reboot the
-    recorded major:minor may name another disk."""
-    target = d.table.lines[0].target
-    if d.table_id is None or not isinstance(target, Linear):
-        return d.table
-    dev = _moved(flow, d.table_id, f"snapshot {record.name}")
-    return Table.single(d.table.size, Linear(dev, target.offset))
-
-
-def _linear_over(
-    device: str, ident: StableId | None = None, flow: Flow | None = None, name: str = ""
-) -> Table | None:
-    dev = block_devnum(device)
-    if ident is not None and flow is not None:
-        dev = _moved(flow, ident, f"/dev/mapper/{name}")
-    info = block_info(dev) if dev is not None else None
-    if dev is None or info is None:
-        return None
-    return Table.single(info.size_sectors, Linear(DevNum(dev.major, dev.minor), 0))
-
-
-def _cow_table(
-    kind: type[Snapshot] | type[SnapshotMerge], size: int, real: str, slot: LoopSlot, chunk: int
-) -> Callable[[], Table]:
-    """The table, built when its step runs: the loop device is known only then."""
-
-    def table() -> Table:
-        return Table.single(size, kind(MAPPER + real, str(slot.path), Store.PERSISTENT, chunk))
-
-    return table
-
-
-def _orphan_cows(flow: Flow, data: StateData) -> list[Path]:
-    """COW files in snapkit's own COW directory that no record names: creates cut short."""
-    cow_dir = flow.state.directory / "cow"
-    named = {r.details.get("cow_file", "") for r in data.snapshots}
-    try:
-        found = sorted(cow_dir.glob("*.cow"))
-    except OSError:
-        return []
-    return [p for p in found if str(p) not in named]
-
-
-def _activate_lvm(flow: Flow, data: StateData) -> None:
-    vgs = sorted({r.details.get("vg", "") for r in data.snapshots if r.method in LVM_METHODS})
-    for vg in filter(None, vgs):
-        flow.host.run.run(["vgchange", "-ay", vg], check=False, timeout=None)
-
-
-def _lv_gone(flow: Flow, record: SnapshotRecord) -> bool:
-    from snapkit.lvm import Lvm
-
-    vg, lv = record.details.get("vg", ""), record.details.get("lv", "")
-    return bool(vg and lv) and Lvm(flow.host.run).get(vg, lv) is None
-
-
-__all__ = ["Recovery", "plan_recover", "recover"]
+__all__ = ["Recovery", "run"]

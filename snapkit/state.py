@@ -21,16 +21,11 @@ from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, parse_uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.errors import FormatError, RefusedError
-from snapkit.methods.base import SnapshotRecord
-from snapkit.target import StableId
+from snapkit.host.target import StableId
+from snapkit.model import SnapshotRecord
 
-DEFAULT_STATE_DIR = Path("/var/lib/snapkit")
 STATE_FILE = "state.json"
 VERSION = 1
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("SNAPKIT_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 @dataclass(frozen=True)
@@ -120,8 +115,8 @@ def render(data: StateData) -> str:
 
 
 class StateFile:
-    def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory or state_dir()
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.path = self.directory / STATE_FILE
 
     def load(self) -> StateData:
@@ -258,12 +253,10 @@ def _rebuilt(
 
 
 __all__ = [
-    "DEFAULT_STATE_DIR",
     "Prepared",
     "StateData",
     "StateFile",
     "parse",
     "reconcile",
     "render",
-    "state_dir",
 ]

@@ -31,9 +31,24 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9+_.\-]+")
 _RESERVED_DM = frozenset({".", "..", "control"})
 _LV_RESERVED_PREFIXES = ("snapshot", "pvmove")
 _LV_RESERVED_PARTS = (
-    "_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_imeta", "_iorig", "_mimage", "_mlog",
-    "_pmspare", "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig",
-)  # fmt: skip
+    "_cdata",
+    "_cmeta",
+    "_corig",
+    "_cpool",
+    "_cvol",
+    "_imeta",
+    "_iorig",
+    "_mimage",
+    "_mlog",
+    "_pmspare",
+    "_rimage",
+    "_rmeta",
+    "_tdata",
+    "_tmeta",
+    "_vdata",
+    "_vorigin",
+    "_wcorig",
+)
 
 _UNITS = {
     "s": SECTOR,

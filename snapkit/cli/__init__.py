@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from snapkit import __version__
 from snapkit.errors import SnapkitError
+from snapkit.settings import Settings
 
 # Command groups, in the order their help is shown: name -> (module, one-line summary). Each
 # module exposes register(subparsers). Only the chosen group's module is imported: under TCG
@@ -66,13 +66,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         if argv is not None and name != chosen:
             sub.add_parser(name, help=summary)  # listed in --help, not imported
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # the group is not written yet: leave it out
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
@@ -86,7 +80,7 @@ def dispatch(
     Shared with the ``vmtest`` command, so both CLIs treat usage, refusals, Ctrl-C and closed
     pipes the same way. An error's ``exit_code`` attribute, when it has one, wins over 1.
     """
-    if os.environ.get("SNAPKIT_DEBUG"):
+    if Settings.from_env().debug:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from snapkit.bench_freeze import register as _register_freeze_window
 from snapkit.cli.output import print_json
 
 _RAW = argparse.RawDescriptionHelpFormatter
@@ -38,7 +37,7 @@ def _register_cow(benches: Any) -> None:
 
 
 def _bench_cow(args: argparse.Namespace) -> int:
-    from snapkit.cow import bench
+    from snapkit.bench import cow as bench
 
     config = bench.BenchConfig(
         origin_bytes=args.origin_mib * bench.MIB,
@@ -59,6 +58,40 @@ def _bench_cow(args: argparse.Namespace) -> int:
         verdict = "" if t.ok is None else ("  goal met" if t.ok else "  GOAL MISSED")
         goal = f"  ({t.goal})" if t.goal else ""
         print(f"{t.name:<14} {t.seconds:8.3f} s {result.ratio(t.seconds):6.2f}x{goal}{verdict}")
+    return 0
+
+
+def _register_freeze_window(benches: Any) -> None:
+    from snapkit.bench import freeze_window
+
+    p = benches.add_parser(
+        "freeze-window",
+        help="how long snapshot create stalls a writer, per method",
+        description=freeze_window.__doc__,
+        formatter_class=_RAW,
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per method (default 3)")
+    p.set_defaults(handler=_bench_freeze_window)
+
+
+def _bench_freeze_window(args: argparse.Namespace) -> int:
+    from snapkit.bench import freeze_window
+
+    results = freeze_window.run(
+        args.rounds, log=lambda msg: print(msg, file=sys.stderr, flush=True)
+    )
+    data = freeze_window.as_dict(results)
+    if args.json:
+        print_json(data)
+        return 0
+    print(f"{'method':<12} {'longest':>10} {'p99':>9} {'command':>9} {'vs lvcreate -s':>15}")
+    for name, m in data["methods"].items():
+        print(
+            f"{name:<12} {m['longest_stall_ms']:>7.1f} ms {m['p99_ms']:>6.1f} ms "
+            f"{m['command_s']:>7.2f} s {m['ratio_to_lvcreate']:>14.2f}x"
+        )
+    print(f"goal ({data['goal']}): {'met' if data['goal_met'] else 'MISSED'}")
     return 0
 
 

@@ -7,23 +7,27 @@ import sys
 from typing import Any
 
 from snapkit.cli.output import print_json
-from snapkit.device import prepare, release
 from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
 
 
 def _prepare(args: argparse.Namespace) -> int:
     with real_host() as host:
-        result = prepare(Flow(host), args.device, args.name, dry_run=args.dry_run)
+        result = Flow(host).prepare(args.device, args.name, dry_run=args.dry_run)
     if isinstance(result, str):
         sys.stdout.write(result)
         return 0
     if args.json:
-        print_json({
-            "name": result.name, "device": str(result.device), "under": str(result.under),
-            "size_sectors": result.size_sectors, "partition_start": result.partition_start,
-            "mount_instead_of": args.device,
-        })  # fmt: skip
+        print_json(
+            {
+                "name": result.name,
+                "device": str(result.device),
+                "under": str(result.under),
+                "size_sectors": result.size_sectors,
+                "partition_start": result.partition_start,
+                "mount_instead_of": args.device,
+            }
+        )
         return 0
     where = f" (a partition starting at sector {result.partition_start})"
     print(
@@ -37,7 +41,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     with real_host() as host:
-        result = release(Flow(host), args.name, dry_run=args.dry_run)
+        result = Flow(host).release(args.name, dry_run=args.dry_run)
     if args.dry_run:
         sys.stdout.write(result)
     elif args.json:

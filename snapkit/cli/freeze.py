@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from snapkit.errors import RefusedError, UsageError
+from snapkit.errors import UsageError
 
 _EPILOG = """\
 examples:
@@ -26,9 +25,12 @@ frozen filesystem (it would hang until the watchdog thaws). Its output is printe
 
 def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--max-freeze", type=float, default=10.0, metavar="SEC",
+        "--max-freeze",
+        type=float,
+        default=10.0,
+        metavar="SEC",
         help="thaw after SEC seconds whatever happens, and kill CMD (default 10)",
-    )  # fmt: skip
+    )
     p.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
 
 
@@ -70,44 +72,20 @@ def split_command(args: argparse.Namespace) -> tuple[argparse.Namespace, list[st
 
 
 def _freeze(args: argparse.Namespace) -> int:
-    from snapkit.lock import origin_lock
-    from snapkit.methods.freeze import IoctlFreezer, Outcome, freeze_plan, real_watchdog, unsuitable
-    from snapkit.plan import apply
-    from snapkit.run import SubprocessExecutor
-    from snapkit.target import resolve
+    from snapkit.flow import freeze
 
     args, command = split_command(args)
     if not command:
         raise UsageError("no command to run while frozen", hint="give it after '--'")
-    target = resolve(args.mountpoint)
-    reason = unsuitable(target)
-    if reason:
-        raise RefusedError(reason)
-    mountpoint = target.mountpoint or Path(args.mountpoint)
-    outcome = Outcome()
-    plan = freeze_plan(
-        mountpoint,
-        command,
-        args.max_freeze,
-        executor=SubprocessExecutor(),
-        freezer=IoctlFreezer(),
-        watchdog=real_watchdog(mountpoint),
-        outcome=outcome,
-        fail_on_exit=False,
-        env={"SNAPKIT_MOUNTPOINT": str(mountpoint), "SNAPKIT_DEVICE": str(target.device)},
-    )
-    if args.dry_run:
-        print(plan.render(), end="")
+    frozen = freeze(args.mountpoint, command, max_freeze=args.max_freeze, dry_run=args.dry_run)
+    if isinstance(frozen, str):
+        print(frozen, end="")
         return 0
-    with origin_lock(str(target.device), operation="freeze"):
-        apply(plan)
-    result = outcome.result
-    assert result is not None
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
-    if outcome.window is not None:
-        print(f"snapkit: {mountpoint} was frozen for {outcome.window:.3f} s", file=sys.stderr)
-    return result.returncode
+    sys.stdout.write(frozen.result.stdout)
+    sys.stderr.write(frozen.result.stderr)
+    if frozen.window is not None:
+        print(f"snapkit: {frozen.mountpoint} was frozen for {frozen.window:.3f} s", file=sys.stderr)
+    return frozen.result.returncode
 
 
 __all__ = ["register", "split_command"]

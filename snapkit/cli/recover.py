@@ -1,6 +1,6 @@
 """``snapkit recover``: after a crash or a reboot, re-assemble snapkit's devices from the state
-file, drop what a crash cut short, and finish merges that were under way (snapkit/recover.py
-says why each case is safe)."""
+file, drop what a crash cut short, and finish merges that were under way
+(snapkit/recover.py and each family's snapkit/methods/*/recover.py say why each is safe)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ from snapkit.flow import Flow, real_host
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from snapkit.recover import recover
-
     with real_host() as host:
-        result = recover(Flow(host), dry_run=args.dry_run, finish=not args.no_finish)
+        result = Flow(host).recover(dry_run=args.dry_run, finish=not args.no_finish)
     if isinstance(result, str):
         sys.stdout.write(result)
         return 0

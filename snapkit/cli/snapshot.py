@@ -15,7 +15,7 @@ from snapkit.cli.output import print_fields, print_json
 from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
 from snapkit.methods import registry
-from snapkit.methods.base import SnapshotStatus
+from snapkit.model import SnapshotStatus
 from snapkit.validate import parse_chunk, parse_size
 
 VERBS_HELP = """\
@@ -124,11 +124,18 @@ def _create(args: argparse.Namespace) -> int:
     command = _command(args)
     with real_host() as host:
         result = Flow(host).create(
-            args.target, name=args.name, method=args.method, cow_size=_size(args.cow_size),
+            args.target,
+            name=args.name,
+            method=args.method,
+            cow_size=_size(args.cow_size),
             cow_dir=Path(args.cow_dir) if args.cow_dir else None,
-            chunk_sectors=parse_chunk(args.chunk_size), pre=args.pre, post=args.post,
-            max_freeze=args.max_freeze, dry_run=args.dry_run, command=command,
-        )  # fmt: skip
+            chunk_sectors=parse_chunk(args.chunk_size),
+            pre=args.pre,
+            post=args.post,
+            max_freeze=args.max_freeze,
+            dry_run=args.dry_run,
+            command=command,
+        )
     if isinstance(result, str):
         sys.stdout.write(result)
     else:
@@ -191,9 +198,13 @@ def _watch(args: argparse.Namespace) -> int:
     by = parse_size(args.extend_by)
     with real_host() as host:
         status = Flow(host).watch(
-            args.name, extend_at=args.extend_at, extend_by=by, interval=args.interval,
-            once=args.once, report=lambda line: print(line, flush=True),
-        )  # fmt: skip
+            args.name,
+            extend_at=args.extend_at,
+            extend_by=by,
+            interval=args.interval,
+            once=args.once,
+            report=lambda line: print(line, flush=True),
+        )
     _print_status(status, args.json)
     return 0
 
@@ -206,16 +217,22 @@ def _mount(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "snapshot", help="create and manage snapshots of live filesystems",
+        "snapshot",
+        help="create and manage snapshots of live filesystems",
         description="Create and manage snapshots of live filesystems.\n\n" + VERBS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(title="verbs", metavar="VERB", parser_class=type(parser))
     parser.set_defaults(handler=lambda _a: _usage(parser))
 
-    p = sub.add_parser("create", help="take a snapshot", description=VERBS_HELP,
-                       epilog=CREATE_EPILOG, usage="%(prog)s [options] TARGET [-- CMD...]",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "create",
+        help="take a snapshot",
+        description=VERBS_HELP,
+        epilog=CREATE_EPILOG,
+        usage="%(prog)s [options] TARGET [-- CMD...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.__class__ = _with_command(type(p))
     p.add_argument("target", metavar="TARGET", help="a mount point or a block device")
     p.add_argument("--name", required=True)
@@ -226,8 +243,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pre", metavar="CMD", help="run before the freeze (sh -c)")
     p.add_argument("--post", metavar="CMD", help="run after the thaw, even on failure (sh -c)")
     p.add_argument("--command", metavar="CMD", help="the snapshot command, one string for sh -c")
-    p.add_argument("--max-freeze", metavar="SEC", type=_seconds, default=10.0,
-                   help="longest the filesystem may stay frozen (default 10)")  # fmt: skip
+    p.add_argument(
+        "--max-freeze",
+        metavar="SEC",
+        type=_seconds,
+        default=10.0,
+        help="longest the filesystem may stay frozen (default 10)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_create)
@@ -241,17 +263,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_status)
 
-    p = sub.add_parser("merge", help="roll the origin back to the snapshot", description=VERBS_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "merge",
+        help="roll the origin back to the snapshot",
+        description=VERBS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--wait", action="store_true", help="wait for the kernel and finish the merge")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_merge)
 
-    p = sub.add_parser("discard", help="remove the snapshot, keep the origin",
-                       description=VERBS_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "discard",
+        help="remove the snapshot, keep the origin",
+        description=VERBS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--force", action="store_true", help="even if the snapshot is in use")
     p.add_argument("--dry-run", action="store_true")
@@ -259,19 +288,30 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_discard)
 
     p = sub.add_parser(
-        "watch", help="grow the snapshot's COW before it overflows (dm, lvm)",
+        "watch",
+        help="grow the snapshot's COW before it overflows (dm, lvm)",
         description="Poll the COW usage of snapshot NAME and grow its COW by --extend-by each "
         "time it reaches --extend-at percent, as dmeventd's autoextend does (dm: the sparse "
         "COW file, 'losetup -c', a reload of the snapshot device only; lvm: lvextend). A COW "
         "that fills invalidates the snapshot for good: watch then says so and exits 1. It "
         "returns when the snapshot is merged or discarded, or after one look with --once.",
-    )  # fmt: skip
+    )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--extend-at", metavar="PCT", type=_percent, required=True,
-                   help="grow when the COW is this full, in percent (e.g. 70)")  # fmt: skip
+    p.add_argument(
+        "--extend-at",
+        metavar="PCT",
+        type=_percent,
+        required=True,
+        help="grow when the COW is this full, in percent (e.g. 70)",
+    )
     p.add_argument("--extend-by", metavar="SIZE", required=True, help="grow by this, e.g. 64M")
-    p.add_argument("--interval", metavar="SEC", type=_seconds, default=1.0,
-                   help="seconds between looks (default 1)")  # fmt: skip
+    p.add_argument(
+        "--interval",
+        metavar="SEC",
+        type=_seconds,
+        default=1.0,
+        help="seconds between looks (default 1)",
+    )
     p.add_argument("--once", action="store_true", help="look (and grow) once, then exit")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_watch)

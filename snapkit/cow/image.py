@@ -21,7 +21,13 @@ from snapkit.cow.format import (
     check_chunk_sectors,
 )
 from snapkit.cow.store import PersistentStore, Usage, scan_areas
-from snapkit.errors import CowFormatError, OperationError, RefusedError, ValidationError
+from snapkit.errors import (
+    CowFormatError,
+    OperationError,
+    RefusedError,
+    SnapkitError,
+    ValidationError,
+)
 
 
 def open_device(path: str, *, writable: bool = False) -> FileDevice:
@@ -99,7 +105,7 @@ def open_pair(
     origin = open_device(origin_path, writable=writable)
     try:
         cow = open_device(cow_path, writable=writable)
-    except RefusedError:
+    except SnapkitError:
         origin.close()
         raise
     try:

@@ -3,8 +3,9 @@
 It speaks the dm ioctl directly rather than running ``dmsetup``. The reason is the suspend
 window: a writer on the origin stalls from the suspend to the resume, and two ``dmsetup``
 processes inside that window were measured at 87-95 ms of stall against 43-60 ms for the whole
-of ``lvcreate -s`` (NOTES.md section 2). With the ioctl, tables are loaded before the suspend and
-the suspend and resumes are three syscalls from one process, with nothing spawned in between.
+of ``lvcreate -s`` (BENCHMARKS.md, "freeze window", has the current figures). With the
+ioctl, tables are loaded before the suspend and the suspend and resumes are three syscalls
+from one process, with nothing spawned in between.
 
 :class:`DmControl` is the seam: methods take one, :class:`IoctlDm` is the real one, and
 ``snapkit.dm.fake.FakeDm`` models the kernel's rules in memory for tests.
@@ -120,9 +121,11 @@ class IoctlDm:
             self._fd = os.open(control, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             raise DmError(
-                "open", str(control), exc.errno or errno.EIO,
+                "open",
+                str(control),
+                exc.errno or errno.EIO,
                 hint="run as root with device-mapper loaded (modprobe dm-mod)",
-            ) from None  # fmt: skip
+            ) from None
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -136,9 +139,15 @@ class IoctlDm:
         self.close()
 
     def _call(
-        self, cmd: Cmd, name: str = "", *, flags: Flag = NO_FLAGS, payload: bytes = b"",
-        target_count: int = 0, uuid: str = "",
-    ) -> bytearray:  # fmt: skip
+        self,
+        cmd: Cmd,
+        name: str = "",
+        *,
+        flags: Flag = NO_FLAGS,
+        payload: bytes = b"",
+        target_count: int = 0,
+        uuid: str = "",
+    ) -> bytearray:
         """One ioctl; grows the buffer and retries while the kernel says it was too small."""
         size = ioctl.DEFAULT_BUFFER
         while True:
@@ -186,9 +195,12 @@ class IoctlDm:
         flags = Flag.READONLY if read_only else NO_FLAGS
         payload = ioctl.pack_targets(_specs(table))
         reply = self._call(
-            Cmd.TABLE_LOAD, existing(name), flags=flags, payload=payload,
+            Cmd.TABLE_LOAD,
+            existing(name),
+            flags=flags,
+            payload=payload,
             target_count=len(table.lines),
-        )  # fmt: skip
+        )
         return _info(ioctl.unpack_header(reply))
 
     def clear(self, name: str) -> DeviceInfo:

@@ -239,15 +239,22 @@ class FakeDm:
     def _info(self, d: _Dev) -> DeviceInfo:
         active = d.active
         return DeviceInfo(
-            name=d.name, uuid=d.uuid, dev=d.dev, open_count=self._open_count(d), event_nr=0,
-            suspended=d.suspended, read_only=d.active_ro, active_table=active is not None,
+            name=d.name,
+            uuid=d.uuid,
+            dev=d.dev,
+            open_count=self._open_count(d),
+            event_nr=0,
+            suspended=d.suspended,
+            read_only=d.active_ro,
+            active_table=active is not None,
             inactive_table=d.inactive is not None,
             target_count=len(active.lines) if active is not None else 0,
-        )  # fmt: skip
+        )
 
 
 def _default_status(line: Line) -> TargetStatus:
-    """A fresh persistent snapshot reports 2 chunks used, both metadata (NOTES.md section 4)."""
+    """A fresh persistent snapshot reports 2 chunks used, both metadata: the header (chunk 0)
+    and the first exception area (chunk 1), as :mod:`snapkit.cow.store` lays them out."""
     t = line.target
     if isinstance(t, Snapshot | SnapshotMerge):
         used = 2 * t.chunk_sectors

@@ -137,10 +137,19 @@ def _read_cstr(buf: bytes | bytearray, offset: int, end: int) -> str:
 
 def pack_header(h: Header) -> bytes:
     return HEADER.pack(
-        *h.version, h.data_size, h.data_start, h.target_count, h.open_count, int(h.flags),
-        h.event_nr, 0, h.dev, _cstr(h.name, NAME_LEN, "dm name"),
-        _cstr(h.uuid, UUID_LEN, "dm uuid"), b"",
-    )  # fmt: skip
+        *h.version,
+        h.data_size,
+        h.data_start,
+        h.target_count,
+        h.open_count,
+        int(h.flags),
+        h.event_nr,
+        0,
+        h.dev,
+        _cstr(h.name, NAME_LEN, "dm name"),
+        _cstr(h.uuid, UUID_LEN, "dm uuid"),
+        b"",
+    )
 
 
 def unpack_header(buf: bytes | bytearray) -> Header:
@@ -150,18 +159,34 @@ def unpack_header(buf: bytes | bytearray) -> Header:
         HEADER.unpack_from(buf)
     )
     return Header(
-        (v0, v1, v2), size, start, count, open_count, Flag(flags), event_nr, dev,
-        _read_cstr(name, 0, NAME_LEN), _read_cstr(uuid, 0, UUID_LEN),
-    )  # fmt: skip
+        (v0, v1, v2),
+        size,
+        start,
+        count,
+        open_count,
+        Flag(flags),
+        event_nr,
+        dev,
+        _read_cstr(name, 0, NAME_LEN),
+        _read_cstr(uuid, 0, UUID_LEN),
+    )
 
 
 def build(header: Header, payload: bytes = b"", *, size: int = DEFAULT_BUFFER) -> bytearray:
     """A request buffer: ``header`` (its data_size/data_start filled in) then ``payload``."""
     total = _align(max(size, HEADER.size + len(payload)))
     fixed = Header(
-        header.version, total, HEADER.size, header.target_count, 0, header.flags,
-        header.event_nr, header.dev, header.name, header.uuid,
-    )  # fmt: skip
+        header.version,
+        total,
+        HEADER.size,
+        header.target_count,
+        0,
+        header.flags,
+        header.event_nr,
+        header.dev,
+        header.name,
+        header.uuid,
+    )
     buf = bytearray(total)
     buf[: HEADER.size] = pack_header(fixed)
     buf[HEADER.size : HEADER.size + len(payload)] = payload

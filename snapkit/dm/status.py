@@ -161,9 +161,14 @@ def parse_thin_pool_status(params: str) -> ThinPoolStatus:
         meta_used, meta_total = (int(v) for v in words[1].split("/"))
         data_used, data_total = (int(v) for v in words[2].split("/"))
         return ThinPoolStatus(
-            int(words[0]), meta_used, meta_total, data_used, data_total, words[4],
+            int(words[0]),
+            meta_used,
+            meta_total,
+            data_used,
+            data_total,
+            words[4],
             rest=tuple(words[5:]),
-        )  # fmt: skip
+        )
     except (IndexError, ValueError):
         raise FormatError(f"thin-pool status {params!r} is not in the kernel's form") from None
 

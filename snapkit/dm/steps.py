@@ -2,7 +2,7 @@
 
 The descriptions are what ``--dry-run`` prints, so they name the exact ioctl (as the dmsetup
 command that does the same) or command. Devices whose name is only known while the plan runs
-(loop devices) are :class:`~snapkit.loopdev.LoopSlot` values and print as ``<loop of FILE>``.
+(loop devices) are :class:`~snapkit.host.loopdev.LoopSlot` values and print as ``<loop of FILE>``.
 
 Undos that resume a device are ``must_undo``: a device left suspended hangs every writer.
 """
@@ -17,7 +17,7 @@ from snapkit.dm.control import DmControl, resume_unchanged
 from snapkit.dm.status import SnapshotUsage
 from snapkit.dm.table import Table
 from snapkit.errors import OperationError
-from snapkit.loopdev import Files, Loops, LoopSlot
+from snapkit.host.loopdev import Files, Loops, LoopSlot
 from snapkit.plan import Step
 from snapkit.run import Executor
 
@@ -131,9 +131,13 @@ def set_ro(run: Executor, device: Callable[[], str], text: str, ro: bool) -> Ste
 
 
 def wait_merged(
-    dm: DmControl, name: str, *, progress: Progress | None = None, poll: float = 0.2,
+    dm: DmControl,
+    name: str,
+    *,
+    progress: Progress | None = None,
+    poll: float = 0.2,
     timeout: float | None = None,
-) -> SnapshotUsage:  # fmt: skip
+) -> SnapshotUsage:
     """Poll ``name``'s snapshot-merge status until X == Z (every exception copied back)."""
     first: SnapshotUsage | None = None
     deadline = None if timeout is None else time.monotonic() + timeout

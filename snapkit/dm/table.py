@@ -367,9 +367,17 @@ def check_type_name(name: str) -> str:
 _PARSERS: dict[str, Callable[[list[str]], Target]] = {
     cls.TYPE: cls.from_args
     for cls in (
-        Linear, SnapshotOrigin, Snapshot, SnapshotMerge, Thin, ThinPool, Flakey, Error, Zero,
+        Linear,
+        SnapshotOrigin,
+        Snapshot,
+        SnapshotMerge,
+        Thin,
+        ThinPool,
+        Flakey,
+        Error,
+        Zero,
     )
-}  # fmt: skip
+}
 
 
 def parse_target(type_name: str, params: str) -> Target:

@@ -19,14 +19,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, ClassVar
 
-from snapkit.errors import RefusedError
-from snapkit.methods.base import (
-    CreateRequest,
-    Method,
-    SnapshotRecord,
-    SnapshotStatus,
-    Target,
-)
+from snapkit.errors import OperationError, RefusedError
+from snapkit.methods.base import Method
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, Target
 from snapkit.plan import Plan
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
@@ -44,6 +39,7 @@ ORDER = (
 
 class AutoMethod:
     name: ClassVar[str] = "auto"
+    records_first: ClassVar[bool] = False
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -75,7 +71,7 @@ class AutoMethod:
     def unsuitable(self, target: Target) -> str | None:
         try:
             self.choose(target, command=True)
-        except RefusedError as exc:
+        except (RefusedError, OperationError) as exc:
             return exc.message
         return None
 

@@ -1,75 +1,22 @@
-"""What every method shares: the request, the persistent record, the status, and the protocol.
-
-One meaning for every method, whatever the mechanism underneath:
-- ``merge`` rolls the origin back to the snapshot's content and removes the snapshot (as
-  ``lvconvert --merge`` does);
-- ``discard`` removes the snapshot and keeps the origin's current content.
+"""What every method implements: the :class:`Method` protocol, its typed capabilities, and the
+:class:`Host` seams a method acts through. The data they exchange lives in :mod:`snapkit.model`.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from snapkit.dm.control import DmControl
-from snapkit.loopdev import Files, Loops
+from snapkit.host.loopdev import Files, Loops
+from snapkit.lock import origin_lock
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, Target
 from snapkit.plan import Plan
 from snapkit.run import Executor
-
-
-class State(enum.StrEnum):
-    ACTIVE = "active"
-    INVALID = "invalid"
-    OVERFLOW = "overflow"
-    MERGING = "merging"
-    MERGED = "merged"
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the user named, resolved: the block device, and where it is mounted if it is."""
-
-    device: Path
-    mountpoint: Path | None
-    fstype: str | None
-    devnum: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    target: Target
-    name: str
-    cow_size: int | None = None  # bytes; None: the method's default
-    cow_dir: Path | None = None
-    chunk_sectors: int = 8
-    pre: str | None = None
-    post: str | None = None
-    max_freeze: float = 10.0
-    command: tuple[str, ...] = ()  # the user's snapshot command, for the freeze method
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    """What snapkit created, as kept in the state file. ``details`` is method-specific."""
-
-    name: str
-    method: str
-    origin: str
-    device: str
-    created_at: float
-    details: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SnapshotStatus:
-    record: SnapshotRecord
-    state: State
-    usage_percent: float | None
-    merge_progress: float | None
-    message: str = ""
+from snapkit.settings import Settings
+from snapkit.state import StateData
 
 
 @dataclass(frozen=True)
@@ -87,6 +34,10 @@ class Method(Protocol):
     """A way of taking snapshots. Plans are built from validated input and touch nothing."""
 
     name: ClassVar[str]
+    records_first: ClassVar[bool]
+    """Whether the flow saves the record, marked ``pending``, *before* each verb's plan runs:
+    for a method whose plan leaves something no record would name if cut short (dm-direct's
+    COW holding the origin's newest writes, LVM's own LVs), so recover finds and settles it."""
 
     def unsuitable(self, target: Target) -> str | None:
         """Why this method cannot snapshot ``target``, or None if it can."""
@@ -112,8 +63,8 @@ class KernelMerge(Protocol):
 
     def plan_finish(self, record: SnapshotRecord) -> Plan: ...
 
-    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
-        """``record`` as it must be saved *before* ``operation`` ("merge"/"discard") starts,
+    def mark_pending(self, record: SnapshotRecord, operation: Pending) -> SnapshotRecord:
+        """``record`` as it must be saved *before* ``operation`` (merge or discard) starts,
         remembering what the status needs later (e.g. the COW usage the merge started from)."""
 
     def started(self, record: SnapshotRecord) -> bool:
@@ -131,14 +82,81 @@ class Extendable(Protocol):
     def plan_extend(self, record: SnapshotRecord, by_bytes: int) -> Plan: ...
 
 
+@dataclass(frozen=True)
+class Context:
+    """What a method's recovery acts on: the host's seams, and the :class:`Settings` that name
+    the lock and COW directories. Recoveries sit below the flow, so they get this instead of
+    a ``Flow``; the flow holds one too, so both lock in the same place."""
+
+    host: Host
+    settings: Settings
+
+    def lock(self, origin: str, operation: str) -> AbstractContextManager[Path]:
+        """The origin's lock, in the one lock directory."""
+        return origin_lock(origin, operation=operation, lock_dir=self.settings.lock_dir)
+
+    @property
+    def cow_dir(self) -> Path:
+        """Where snapkit keeps the COW files (and layer files) it creates."""
+        return self.settings.state_dir / "cow"
+
+
+@dataclass
+class Recovered:
+    """What one family's recovery did, or would do. Filled in as its plan runs where what is
+    on disk is seen only then (btrfs, lvm), or up front where the plan says it all (dm)."""
+
+    actions: list[str] = field(default_factory=list)  # one line per thing done
+    dropped: list[str] = field(default_factory=list)  # reported as cleanly absent
+    merging: list[str] = field(default_factory=list)  # resumed: the flow finishes them
+    saved: list[SnapshotRecord] = field(default_factory=list)  # records to save as they are
+    gone: list[str] = field(default_factory=list)  # records to remove from the state
+
+    def drop(self, name: str) -> None:
+        """The record ``name`` goes: its snapshot is cleanly absent, and recover says so."""
+        self.gone.append(name)
+        self.dropped.append(name)
+
+    def kept(self, data: StateData) -> StateData:
+        """``data`` as it must be saved once the plan has run."""
+        for record in self.saved:
+            data = data.with_snapshot(record)
+        for name in self.gone:
+            data = data.without_snapshot(name)
+        return data
+
+
+class FamilyRecovery:
+    """What every family's :class:`Recoverable` shares: its :class:`Context`, and nothing to
+    activate unless the family's own tools keep something across a reboot."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def activate(self, data: StateData) -> None:
+        """Nothing: the family keeps nothing of its own that needs bringing back first."""
+
+
+class Recoverable(Protocol):
+    """A method family that can bring what a crash or a reboot left back to a known state:
+    every snapshot present and usable or cleanly absent, every verb cut short settled.
+    :mod:`snapkit.recover` runs each family listed in the registry, in its order."""
+
+    def activate(self, data: StateData) -> None:
+        """Bring back what the family's own tools keep (LVM's ``vgchange -ay``), before any
+        family plans: another family's devices may sit on it."""
+
+    def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
+        """The plan that settles the family's records in ``data``, and what it does."""
+
+
 __all__ = [
-    "CreateRequest",
+    "Context",
     "Extendable",
+    "FamilyRecovery",
     "Host",
     "KernelMerge",
     "Method",
-    "SnapshotRecord",
-    "SnapshotStatus",
-    "State",
-    "Target",
+    "Recoverable",
+    "Recovered",
 ]

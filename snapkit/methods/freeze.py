@@ -11,8 +11,8 @@ Nothing may stay frozen. Three layers make sure of it:
 1. the plan: the thaw is a ``must_undo`` of the freeze, so a failing command, SIGINT, SIGTERM
    or the plan's timeout all thaw;
 2. the command's own timeout is what remains of ``--max-freeze``, so a hung command is killed;
-3. the watchdog (:mod:`snapkit.watchdog`), a separate process started *before* the freeze, thaws
-   at the deadline or at once when snapkit dies without saying "done" (SIGKILL, OOM).
+3. the watchdog (:mod:`snapkit.host.watchdog`), a separate process started *before* the
+   freeze, thaws at the deadline or at once when snapkit dies without saying "done" (SIGKILL, OOM).
 
 Application hooks run outside the window: the shared flow runs ``--pre`` before the plan (so
 before the watchdog and the freeze) and ``--post`` after it, on failure too; the plan itself
@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from snapkit import fs
 from snapkit.errors import RefusedError, UsageError
-from snapkit.freezing import (
+from snapkit.host import fs
+from snapkit.host.freezing import (
     Freezer,
     Guard,
     IoctlFreezer,
@@ -36,7 +36,7 @@ from snapkit.freezing import (
     freeze_around,
     real_watchdog,
 )
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 
@@ -84,6 +84,7 @@ def freeze_plan(
 
 class FreezeMethod:
     name: ClassVar[str] = "freeze"
+    records_first: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -128,9 +129,12 @@ class FreezeMethod:
 
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         return SnapshotStatus(
-            record, State.ACTIVE, None, None,
+            record,
+            State.ACTIVE,
+            None,
+            None,
             f"taken outside this machine by: {record.details.get('command', '?')}",
-        )  # fmt: skip
+        )
 
     def plan_merge(self, record: SnapshotRecord) -> Plan:
         raise RefusedError(

@@ -15,22 +15,30 @@ from collections.abc import Callable
 from typing import cast
 
 from snapkit.errors import UsageError
-from snapkit.methods.base import Host, Method
+from snapkit.methods.base import Context, Host, Method, Recoverable
 
 Factory = Callable[[Host], Method]
 
 METHODS: dict[str, str] = {
-    "dm": "snapkit.methods.dm:DmMethod",
-    "dm-direct": "snapkit.methods.dm_direct:DmDirectMethod",
-    "lvm": "snapkit.methods.lvm:LvmMethod",
-    "lvm-thin": "snapkit.methods.lvm_thin:LvmThinMethod",
-    "btrfs": "snapkit.methods.btrfs:BtrfsMethod",
+    "dm": "snapkit.methods.dm.snapshot:DmMethod",
+    "dm-direct": "snapkit.methods.dm.direct:DmDirectMethod",
+    "lvm": "snapkit.methods.lvm.snapshot:LvmMethod",
+    "lvm-thin": "snapkit.methods.lvm.thin:LvmThinMethod",
+    "btrfs": "snapkit.methods.btrfs.snapshot:BtrfsMethod",
     "freeze": "snapkit.methods.freeze:FreezeMethod",
     "remount-ro": "snapkit.methods.remount:RemountMethod",
     "auto": "snapkit.methods.auto:AutoMethod",
 }
 
 DEFAULT_METHOD = "auto"
+
+# Each method family's recovery (``module:Class``, constructed with a Context), in the order
+# recover runs them: device-mapper first, as it re-assembles the devices the others may sit on.
+RECOVERIES: tuple[str, ...] = (
+    "snapkit.methods.dm.recover:DmRecovery",
+    "snapkit.methods.lvm.recover:LvmRecovery",
+    "snapkit.methods.btrfs.recover:BtrfsRecovery",
+)
 
 
 def names() -> tuple[str, ...]:
@@ -56,4 +64,22 @@ def get(name: str, host: Host) -> Method:
     return factory(name)(host)
 
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Factory", "factory", "get", "names"]
+def recoveries(ctx: Context) -> list[Recoverable]:
+    """Every family's recovery, importing their modules now (recover needs them all)."""
+    found = []
+    for where in RECOVERIES:
+        module, _, cls = where.partition(":")
+        found.append(cast(Recoverable, getattr(importlib.import_module(module), cls)(ctx)))
+    return found
+
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "RECOVERIES",
+    "Factory",
+    "factory",
+    "get",
+    "names",
+    "recoveries",
+]

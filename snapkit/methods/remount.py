@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import RefusedError, UsageError
-from snapkit.loopdev import Files
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.dmshared import check_cow_dir
+from snapkit.host.loopdev import Files
+from snapkit.host.target import mounts_of
+from snapkit.methods.dm.shared import check_cow_dir
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
-from snapkit.target import mounts_of
 from snapkit.validate import dm_name
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
@@ -44,6 +44,7 @@ COPY_TIMEOUT = None  # a whole device: as long as it takes
 
 class RemountMethod:
     name: ClassVar[str] = "remount-ro"
+    records_first: ClassVar[bool] = False
 
     def __init__(self, host: Host) -> None:
         self.executor: Executor = host.run
@@ -128,7 +129,7 @@ class RemountMethod:
     def plan_merge(self, record: SnapshotRecord) -> Plan:
         if not record.device:
             raise RefusedError(f"{record.name} was copied by a user command; snapkit cannot")
-        from snapkit.target import block_devnum
+        from snapkit.host.target import block_devnum
 
         dev = block_devnum(record.origin)
         mounted = mounts_of(dev) if dev is not None else ()
@@ -137,15 +138,23 @@ class RemountMethod:
                 f"{record.origin} is mounted at {mounted[0].mountpoint}",
                 hint="umount it first; snapkit never unmounts your filesystem",
             )
-        dd = ["dd", f"if={record.device}", f"of={record.origin}", "bs=1M", "conv=fsync",
-              "status=none"]  # fmt: skip
+        dd = [
+            "dd",
+            f"if={record.device}",
+            f"of={record.origin}",
+            "bs=1M",
+            "conv=fsync",
+            "status=none",
+        ]
         rm = ["rm", "-f", record.device]
         run = self.executor.run
         return Plan(
             f"copy {record.device} back onto {record.origin}",
-            (Step(" ".join(dd), lambda: run(dd, timeout=COPY_TIMEOUT)),
-             Step(" ".join(rm), lambda: run(rm))),
-        )  # fmt: skip
+            (
+                Step(" ".join(dd), lambda: run(dd, timeout=COPY_TIMEOUT)),
+                Step(" ".join(rm), lambda: run(rm)),
+            ),
+        )
 
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
         if not record.device:

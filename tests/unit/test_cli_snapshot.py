@@ -86,9 +86,24 @@ def test_create_takes_the_snapshot_command_after_a_double_dash(
 ) -> None:
     seen = _captured_create(
         monkeypatch,
-        ["snapshot", "create", "/mnt", "--name", "x", "--method", "freeze", "--pre", "true",
-         "--", "sh", "-c", "dd if=$SNAPKIT_DEVICE of=/tmp/c bs=1M", "--name", "y"],
-    )  # fmt: skip
+        [
+            "snapshot",
+            "create",
+            "/mnt",
+            "--name",
+            "x",
+            "--method",
+            "freeze",
+            "--pre",
+            "true",
+            "--",
+            "sh",
+            "-c",
+            "dd if=$SNAPKIT_DEVICE of=/tmp/c bs=1M",
+            "--name",
+            "y",
+        ],
+    )
     assert seen["target"] == "/mnt" and seen["name"] == "x" and seen["method"] == "freeze"
     assert seen["pre"] == "true"
     assert seen["command"] == ("sh", "-c", "dd if=$SNAPKIT_DEVICE of=/tmp/c bs=1M", "--name", "y")

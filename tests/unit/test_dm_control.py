@@ -41,10 +41,14 @@ class Kernel:
             else:
                 payload = spec
         reply = Header(
-            version=(4, 47, 0), data_size=header.data_size, target_count=1 if payload else 0,
-            open_count=0, flags=flags | Flag.ACTIVE_PRESENT, dev=ioctl.encode_dev(253, 4),
+            version=(4, 47, 0),
+            data_size=header.data_size,
+            target_count=1 if payload else 0,
+            open_count=0,
+            flags=flags | Flag.ACTIVE_PRESENT,
+            dev=ioctl.encode_dev(253, 4),
             name=header.name,
-        )  # fmt: skip
+        )
         buf[:312] = ioctl.pack_header(reply)
         buf[312 : 312 + len(payload)] = payload
         return 0

@@ -34,14 +34,33 @@ def test_sizes_and_requests() -> None:
 
 def test_header_bytes() -> None:
     header = Header(
-        version=(4, 0, 0), data_size=16384, data_start=312, target_count=2, open_count=-1,
-        flags=Flag.SUSPEND | Flag.SKIP_LOCKFS, event_nr=7, dev=0xFD03, name="vg-lv", uuid="U",
-    )  # fmt: skip
+        version=(4, 0, 0),
+        data_size=16384,
+        data_start=312,
+        target_count=2,
+        open_count=-1,
+        flags=Flag.SUSPEND | Flag.SKIP_LOCKFS,
+        event_nr=7,
+        dev=0xFD03,
+        name="vg-lv",
+        uuid="U",
+    )
     expected = (
-        u32(4) + u32(0) + u32(0) + u32(16384) + u32(312) + u32(2)
-        + (-1).to_bytes(4, ORDER, signed=True) + u32(2 | 1024) + u32(7) + u32(0)
-        + u64(0xFD03) + b"vg-lv".ljust(128, b"\0") + b"U".ljust(129, b"\0") + bytes(7)
-    )  # fmt: skip
+        u32(4)
+        + u32(0)
+        + u32(0)
+        + u32(16384)
+        + u32(312)
+        + u32(2)
+        + (-1).to_bytes(4, ORDER, signed=True)
+        + u32(2 | 1024)
+        + u32(7)
+        + u32(0)
+        + u64(0xFD03)
+        + b"vg-lv".ljust(128, b"\0")
+        + b"U".ljust(129, b"\0")
+        + bytes(7)
+    )
     packed = ioctl.pack_header(header)
     assert len(packed) == 312
     assert packed == expected
@@ -72,9 +91,19 @@ def test_pack_targets_next_counts_from_the_current_spec() -> None:
     )
     first_params = b"7:0 0\0".ljust(8, b"\0")
     expected = (
-        u64(0) + u64(100) + u32(0) + u32(40 + 8) + b"linear".ljust(16, b"\0") + first_params
-        + u64(100) + u64(8) + u32(0) + u32(40 + 8) + b"error".ljust(16, b"\0") + bytes(8)
-    )  # fmt: skip
+        u64(0)
+        + u64(100)
+        + u32(0)
+        + u32(40 + 8)
+        + b"linear".ljust(16, b"\0")
+        + first_params
+        + u64(100)
+        + u64(8)
+        + u32(0)
+        + u32(40 + 8)
+        + b"error".ljust(16, b"\0")
+        + bytes(8)
+    )
     assert payload == expected
 
 

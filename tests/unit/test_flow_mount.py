@@ -14,12 +14,14 @@ from snapkit.cli.snapshot import status_json
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.errors import OperationError, RefusedError
 from snapkit.flow import Flow
-from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.dm_direct import DmDirectMethod
+from snapkit.methods.base import Host
+from snapkit.methods.dm.direct import DmDirectMethod
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import apply
 from snapkit.run import Completed
-from snapkit.state import StateData, StateFile
-from tests.unit.test_method_dm import FakeRun, World, make_world
+from snapkit.settings import Settings
+from snapkit.state import StateData
+from tests.unit.fakes import FakeRun, World, make_world
 
 
 class Recorder:
@@ -27,29 +29,46 @@ class Recorder:
         self.calls: list[list[str]] = []
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         self.calls.append(list(argv))
         return Completed(tuple(argv), 0, "", "", 0.0)
 
 
 BTRFS = SnapshotRecord(
-    "s1", "btrfs", "/dev/vdb", "/dev/vdb", 0.0,
-    {"subvol": ".snapkit/s1", "origin_subvol": "data", "mountpoint": "/mnt/o",
-     "mount_options": "ro,subvol=.snapkit/s1"},
-)  # fmt: skip
+    "s1",
+    "btrfs",
+    "/dev/vdb",
+    "/dev/vdb",
+    0.0,
+    {
+        "subvol": ".snapkit/s1",
+        "origin_subvol": "data",
+        "mountpoint": "/mnt/o",
+        "mount_options": "ro,subvol=.snapkit/s1",
+    },
+)
 LVM_XFS = SnapshotRecord(
-    "s2", "lvm", "/dev/mapper/vg-lv", "/dev/mapper/vg-s2", 0.0,
+    "s2",
+    "lvm",
+    "/dev/mapper/vg-lv",
+    "/dev/mapper/vg-s2",
+    0.0,
     {"vg": "vg", "lv": "s2", "origin_lv": "lv", "fstype": "xfs"},
-)  # fmt: skip
+)
 FREEZE = SnapshotRecord("s3", "freeze", "/dev/vdb", "", 0.0, {"command": "true"})
 
 
 def _flow(tmp_path: Path) -> tuple[Flow, Recorder]:
     run = Recorder()
     host = Host(dm=FakeDm(faults=Faults()), run=run, loops=None, files=None)  # type: ignore[arg-type]
-    flow = Flow(host, state=StateFile(tmp_path / "state"))
+    flow = Flow(host, settings=Settings.under(tmp_path / "state"))
     flow.state.save(StateData(snapshots=(BTRFS, LVM_XFS, FREEZE)))
     return flow, run
 
@@ -95,12 +114,14 @@ def test_a_read_only_copy_gets_the_no_replay_options(tmp_path: Path) -> None:
     dm.create("v1", uuid="SNAPKIT-v1-view")
     dm.load("v1", Table.single(2048, Linear(DevNum(7, 0), 0)), read_only=True)
     dm.resume("v1")
-    view = SnapshotRecord("v1", "dm-direct", "/dev/mapper/data", "/dev/mapper/v1", 0.0,
-                          {"fstype": "ext4"})  # fmt: skip
+    view = SnapshotRecord(
+        "v1", "dm-direct", "/dev/mapper/data", "/dev/mapper/v1", 0.0, {"fstype": "ext4"}
+    )
     flow.state.save(flow.state.load().with_snapshot(view))
     flow.mount("v1", tmp_path)
-    assert run.calls == [["mount", "-t", "ext4", "-o", "ro,noload", "/dev/mapper/v1",
-                          str(tmp_path)]]  # fmt: skip
+    assert run.calls == [
+        ["mount", "-t", "ext4", "-o", "ro,noload", "/dev/mapper/v1", str(tmp_path)]
+    ]
 
 
 # -- dm-direct on xfs and btrfs: mounted through a throwaway writable layer -------------------
@@ -114,9 +135,14 @@ class MountRun(FakeRun):
         self.calls: list[list[str]] = []
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         if args[0] not in ("mount", "btrfs"):
             return super().run(args, check=check, timeout=timeout, input=input, env=env)
@@ -136,7 +162,9 @@ def _direct(tmp_path: Path, fs: str) -> tuple[Flow, World, MountRun]:
         CreateRequest(target, "s1", cow_dir=tmp_path)
     )
     apply(plan)
-    flow = Flow(world.host, state=StateFile(tmp_path / "state"), lock_dir=tmp_path / "locks")
+    flow = Flow(
+        world.host, settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path / "locks")
+    )
     flow.state.save(StateData(snapshots=(record,)))
     (tmp_path / "m").mkdir()
     return flow, world, run

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from snapkit import fs
 from snapkit.errors import OperationError, RefusedError
+from snapkit.host import fs
 
 
 def test_ioctl_numbers_are_the_kernels() -> None:

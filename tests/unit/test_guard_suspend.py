@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from snapkit.freezing import guard_suspend
-from snapkit.methods.base import Target
+from snapkit.host.freezing import guard_suspend
+from snapkit.model import Target
 from snapkit.plan import Plan, PlanError, Step, apply
 
 
@@ -70,11 +70,13 @@ def test_a_failing_suspend_still_thaws(negative_control: bool) -> None:
     def fail() -> None:
         raise RuntimeError("suspend failed")
 
-    steps = guard_suspend(target("btrfs"), (Step("suspend", fail),), 10, freezer=freezer,
-                          watchdog=Watchdog)  # fmt: skip
+    steps = guard_suspend(
+        target("btrfs"), (Step("suspend", fail),), 10, freezer=freezer, watchdog=Watchdog
+    )
     if negative_control:  # without the freeze step's undo, the checker must see a frozen fs
-        steps = tuple(Step(s.description, s.do) if "FIFREEZE" in s.description else s
-                      for s in steps)  # fmt: skip
+        steps = tuple(
+            Step(s.description, s.do) if "FIFREEZE" in s.description else s for s in steps
+        )
     with pytest.raises(PlanError):
         apply(Plan("t", steps))
     assert (freezer.frozen == set()) is not negative_control

@@ -66,3 +66,41 @@ def test_block_devices_share_a_key_by_number() -> None:
         pytest.skip("no block device node here")
     st = os.stat(devs[0])
     assert lock_key(devs[0]) == f"block-{os.major(st.st_rdev)}-{os.minor(st.st_rdev)}"
+
+
+class _MustNotRun:
+    """A freezer and watchdog that fail the test if the freeze gets past the lock."""
+
+    def __getattr__(self, name: str) -> object:
+        def ran(*_args: object) -> None:
+            raise AssertionError(f"the freeze ran ({name}) while the origin was locked")
+
+        return ran
+
+
+def test_freeze_and_create_share_the_lock_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With SNAPKIT_STATE_DIR set, `snapkit freeze` must take the same lock as the flow's
+    `snapshot create` on that origin, or the two interleave a freeze with a suspend."""
+    from snapkit import flow
+    from snapkit.cli import main
+    from snapkit.host import freezing, target
+    from snapkit.methods import freeze
+    from snapkit.model import Target
+    from snapkit.settings import Settings
+
+    monkeypatch.setenv("SNAPKIT_STATE_DIR", str(tmp_path / "state"))
+    origin = Target(Path("/dev/snapkit-test-origin"), tmp_path, "ext4", (7, 99))
+    # Patched wherever the verb could resolve or freeze (flow.freeze today; cli/freeze.py did
+    # it itself before), so a regression fails this test instead of freezing the test machine.
+    for module in (target, flow):
+        monkeypatch.setattr(module, "resolve", lambda _spec: origin)
+    for module in (freeze, freezing):
+        monkeypatch.setattr(module, "IoctlFreezer", _MustNotRun)
+        monkeypatch.setattr(module, "real_watchdog", lambda _mp: _MustNotRun())
+    flow_locks = Settings.from_env().lock_dir  # what every Flow verb locks in
+    with origin_lock(str(origin.device), operation="create s1", lock_dir=flow_locks):
+        code = main(["freeze", str(tmp_path), "--", "true"])
+    assert code == 1
+    assert "is busy: pid" in capsys.readouterr().err

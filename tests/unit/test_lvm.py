@@ -7,7 +7,7 @@ import json
 import pytest
 
 from snapkit.errors import FormatError
-from snapkit.lvm import LVS_FIELDS, Lvm, lvs_argv, parse_lvs
+from snapkit.host.lvm import LVS_FIELDS, Lvm, lvs_argv, parse_lvs
 from snapkit.run import Completed
 
 # Recorded in the guest (lvm2 2.03.16): an origin with a classic snapshot, a thin pool with a
@@ -19,29 +19,95 @@ def row(**kw: str) -> dict[str, str]:
     return {**ROW, **kw}
 
 
-REPORT = json.dumps({"report": [{"lv": [
-    row(lv_name="lv", vg_name="vg", lv_attr="owi-aos---", lv_size="104857600", segtype="linear",
-        lv_path="/dev/vg/lv", lv_dm_path="/dev/mapper/vg-lv", lv_kernel_major="253",
-        lv_kernel_minor="0"),
-    row(lv_name="snap", vg_name="vg", origin="lv", lv_attr="swi-a-s---", data_percent="2.60",
-        lv_size="20971520", segtype="linear", lv_kernel_major="253", lv_kernel_minor="3",
-        lv_dm_path="/dev/mapper/vg-snap"),
-    row(lv_name="[snap2]", vg_name="vg", origin="lv", lv_attr="Swi-a-s---", lv_merging="merging",
-        data_percent="1.00", lv_size="20971520", segtype="linear", lv_kernel_major="253",
-        lv_kernel_minor="4"),
-    row(lv_name="tlv", vg_name="vg", pool_lv="pool", lv_attr="Vwi-a-tz--", segtype="thin",
-        lv_size="209715200", data_percent="0.00", lv_kernel_major="253", lv_kernel_minor="8"),
-    row(lv_name="tsnap", vg_name="vg", origin="tlv", pool_lv="pool", lv_attr="Vwi---tz-k",
-        segtype="thin", lv_size="209715200", lv_kernel_major="-1", lv_kernel_minor="-1"),
-    row(lv_name="bad", vg_name="vg", origin="lv", lv_attr="swi-I-s---", segtype="linear",
-        lv_size="1048576", data_percent="100.00", lv_kernel_major="253", lv_kernel_minor="9"),
-]}]})  # fmt: skip
+REPORT = json.dumps(
+    {
+        "report": [
+            {
+                "lv": [
+                    row(
+                        lv_name="lv",
+                        vg_name="vg",
+                        lv_attr="owi-aos---",
+                        lv_size="104857600",
+                        segtype="linear",
+                        lv_path="/dev/vg/lv",
+                        lv_dm_path="/dev/mapper/vg-lv",
+                        lv_kernel_major="253",
+                        lv_kernel_minor="0",
+                    ),
+                    row(
+                        lv_name="snap",
+                        vg_name="vg",
+                        origin="lv",
+                        lv_attr="swi-a-s---",
+                        data_percent="2.60",
+                        lv_size="20971520",
+                        segtype="linear",
+                        lv_kernel_major="253",
+                        lv_kernel_minor="3",
+                        lv_dm_path="/dev/mapper/vg-snap",
+                    ),
+                    row(
+                        lv_name="[snap2]",
+                        vg_name="vg",
+                        origin="lv",
+                        lv_attr="Swi-a-s---",
+                        lv_merging="merging",
+                        data_percent="1.00",
+                        lv_size="20971520",
+                        segtype="linear",
+                        lv_kernel_major="253",
+                        lv_kernel_minor="4",
+                    ),
+                    row(
+                        lv_name="tlv",
+                        vg_name="vg",
+                        pool_lv="pool",
+                        lv_attr="Vwi-a-tz--",
+                        segtype="thin",
+                        lv_size="209715200",
+                        data_percent="0.00",
+                        lv_kernel_major="253",
+                        lv_kernel_minor="8",
+                    ),
+                    row(
+                        lv_name="tsnap",
+                        vg_name="vg",
+                        origin="tlv",
+                        pool_lv="pool",
+                        lv_attr="Vwi---tz-k",
+                        segtype="thin",
+                        lv_size="209715200",
+                        lv_kernel_major="-1",
+                        lv_kernel_minor="-1",
+                    ),
+                    row(
+                        lv_name="bad",
+                        vg_name="vg",
+                        origin="lv",
+                        lv_attr="swi-I-s---",
+                        segtype="linear",
+                        lv_size="1048576",
+                        data_percent="100.00",
+                        lv_kernel_major="253",
+                        lv_kernel_minor="9",
+                    ),
+                ]
+            }
+        ]
+    }
+)
 
 
 def test_parse_fields() -> None:
     lv, snap, merging, tlv, tsnap, bad = parse_lvs(REPORT)
     assert (lv.full_name, lv.size, lv.devnum, lv.origin, lv.is_open) == (
-        "vg/lv", 104857600, (253, 0), None, True)  # fmt: skip
+        "vg/lv",
+        104857600,
+        (253, 0),
+        None,
+        True,
+    )
     assert not lv.is_snapshot and not lv.is_thin
     assert snap.is_snapshot and snap.origin == "lv" and snap.data_percent == 2.6
     assert not snap.is_open and not snap.merging and not snap.invalid

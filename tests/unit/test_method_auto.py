@@ -13,13 +13,12 @@ import pytest
 
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.errors import RefusedError
-from snapkit.methods import btrfs
 from snapkit.methods.auto import AutoMethod
-from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, State, Target
+from snapkit.methods.base import Host
+from snapkit.methods.btrfs import snapshot as btrfs
+from snapkit.model import CreateRequest, SnapshotRecord, State, Target
 from snapkit.plan import PlanError, apply
-from tests.unit.test_method_dm import make_world
-from tests.unit.test_method_lvm import TARGET as LV_TARGET
-from tests.unit.test_method_lvm import FakeLvm, world
+from tests.unit.fakes import LV_TARGET, FakeLvm, lvm_world, make_world
 
 
 def lvm_host(fake: FakeLvm) -> Any:
@@ -36,11 +35,11 @@ def chosen(host: Any, target: Target, command: bool = False) -> tuple[str, str]:
 
 
 def test_an_lv_gets_lvm() -> None:
-    assert chosen(lvm_host(world()), LV_TARGET) == ("lvm", "it is an LVM logical volume")
+    assert chosen(lvm_host(lvm_world()), LV_TARGET) == ("lvm", "it is an LVM logical volume")
 
 
 def test_a_thin_lv_gets_lvm_thin() -> None:
-    assert chosen(lvm_host(world(thin=True)), LV_TARGET) == ("lvm-thin", "it is a thin LV")
+    assert chosen(lvm_host(lvm_world(thin=True)), LV_TARGET) == ("lvm-thin", "it is a thin LV")
 
 
 def test_a_btrfs_subvolume_gets_btrfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +81,7 @@ def test_with_a_command_anything_freezable_gets_freeze() -> None:
 
 
 def test_the_plan_prints_the_choice_and_the_reason() -> None:
-    fake = world()
+    fake = lvm_world()
     plan, record = AutoMethod(lvm_host(fake)).plan_create(CreateRequest(LV_TARGET, "s1"))
     assert "[auto: lvm, because it is an LVM logical volume]" in plan.render()
     assert record.method == "lvm"  # status, merge and discard go straight to lvm
@@ -97,7 +96,7 @@ def test_the_plan_prints_the_choice_and_the_reason() -> None:
 def test_a_failure_at_every_step_of_the_chosen_plan_leaves_lvm_as_it_was(
     thin: bool, at: int
 ) -> None:
-    fake = world(thin, fail_at=None)
+    fake = lvm_world(thin, fail_at=None)
     auto = AutoMethod(lvm_host(fake))
     plan, _ = auto.plan_create(CreateRequest(LV_TARGET, "s1"))  # lvs runs before the fault
     before = fake.state()

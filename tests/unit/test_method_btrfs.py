@@ -18,20 +18,22 @@ from typing import Any
 
 import pytest
 
-from snapkit import recover_btrfs
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import DevNum
 from snapkit.errors import CommandError, RefusedError
 from snapkit.flow import Flow
+from snapkit.host.target import Mount
 from snapkit.lock import origin_lock
-from snapkit.methods import btrfs, btrfs_merge
-from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
-from snapkit.methods.btrfs import BtrfsMethod
+from snapkit.methods.btrfs import merge as btrfs_merge
+from snapkit.methods.btrfs import recover as recover_btrfs
+from snapkit.methods.btrfs import snapshot as btrfs
+from snapkit.methods.btrfs.snapshot import BtrfsMethod
+from snapkit.model import CreateRequest, SnapshotRecord, State, Target
 from snapkit.plan import PlanError, apply
-from snapkit.recover import Recovery, recover
+from snapkit.recover import Recovery
 from snapkit.run import Completed
-from snapkit.state import StateData, StateFile
-from snapkit.target import Mount
+from snapkit.settings import Settings
+from snapkit.state import StateData
 
 DEV = "/dev/vdb"
 
@@ -67,14 +69,20 @@ class FakeBtrfs:
             (top / sub).mkdir(parents=True, exist_ok=True)
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         self.calls.append(args)
         if args[:3] == ["btrfs", "subvolume", "list"]:
-            out = "".join(f"ID {n + 256} gen 9 top level 5 path {p}\n"
-                          for n, p in enumerate(self.subvols))  # fmt: skip
+            out = "".join(
+                f"ID {n + 256} gen 9 top level 5 path {p}\n" for n, p in enumerate(self.subvols)
+            )
             return Completed(tuple(args), 0, out, "", 0.0)
         if args[:3] in (["btrfs", "inspect-internal", "rootid"], ["btrfs", "subvolume", "show"]):
             rel = self._rel(args[3])
@@ -217,9 +225,12 @@ def test_create_succeeds(make_world: Any) -> None:
     apply(plan)
     assert world.fake.subvols == {"data": "live", ".snapkit/s1": "live"}
     assert world.fake.tops == set() and len(world.fake.faults.calls) == CREATE_STEPS
-    assert record.details == {"subvol": ".snapkit/s1", "origin_subvol": "data",
-                              "mountpoint": str(world.target.mountpoint),
-                              "mount_options": "ro,subvol=.snapkit/s1"}  # fmt: skip
+    assert record.details == {
+        "subvol": ".snapkit/s1",
+        "origin_subvol": "data",
+        "mountpoint": str(world.target.mountpoint),
+        "mount_options": "ro,subvol=.snapkit/s1",
+    }
     assert world.method.status(record).state is State.ACTIVE
 
 
@@ -288,8 +299,9 @@ def test_merge_is_refused_while_the_origin_is_mounted(make_world: Any) -> None:
 
 def test_merge_of_the_top_level_is_refused(make_world: Any) -> None:
     world = make_world()
-    world.user_mounts[0] = Mount(1, DevNum(254, 16), "/", world.target.mountpoint, "btrfs",
-                                 DEV, "rw")  # fmt: skip
+    world.user_mounts[0] = Mount(
+        1, DevNum(254, 16), "/", world.target.mountpoint, "btrfs", DEV, "rw"
+    )
     record = created(world)
     assert record.details["origin_subvol"] == ""
     with pytest.raises(RefusedError, match="top-level"):
@@ -384,8 +396,9 @@ def test_negative_control_undos_that_trust_the_steps_tell_the_wrong_story(
 def test_merge_is_refused_while_the_snapshot_is_mounted(make_world: Any) -> None:
     world = make_world()
     record = created(world)
-    world.user_mounts[0] = Mount(1, DevNum(254, 16), "/.snapkit/s1", Path("/mnt/s"), "btrfs",
-                                 DEV, "ro")  # fmt: skip
+    world.user_mounts[0] = Mount(
+        1, DevNum(254, 16), "/.snapkit/s1", Path("/mnt/s"), "btrfs", DEV, "ro"
+    )
     with pytest.raises(RefusedError, match=r"snapshot \.snapkit/s1 is mounted at /mnt/s"):
         world.method.plan_merge(record)
 
@@ -454,8 +467,10 @@ def crashed(world: World, tmp_path: Path, steps_done: int, *, power_cut: bool) -
         for top in list(world.fake.tops):
             world.fake._apply(["umount", str(top)])
         shutil.rmtree(tmp_path / "run", ignore_errors=True)
-    flow = Flow(SimpleNamespace(run=world.fake, dm=FakeDm(faults=Faults())),  # type: ignore[arg-type]
-                state=StateFile(tmp_path / "state"), lock_dir=tmp_path / "locks")  # fmt: skip
+    flow = Flow(
+        SimpleNamespace(run=world.fake, dm=FakeDm(faults=Faults())),  # type: ignore[arg-type]
+        settings=Settings.under(tmp_path / "state"),
+    )
     flow.state.save(StateData(snapshots=(record,)))
     return flow
 
@@ -482,28 +497,30 @@ def assert_settled(world: World, flow: Flow, tmp_path: Path) -> str:
 @pytest.mark.parametrize("power_cut", [False, True], ids=["sigkill", "power-cut"])
 @pytest.mark.parametrize("steps_done", range(MERGE_STEPS + 1))
 def test_recover_settles_a_merge_cut_short_at_every_step(
-    make_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps_done: int,
+    make_world: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    steps_done: int,
     power_cut: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Cut before the exchange (step 4): the merge is undone. From the exchange on: finished."""
     recovering(monkeypatch, tmp_path)
     world = make_world()
     monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
     flow = crashed(world, tmp_path, steps_done, power_cut=power_cut)
     assert "data" in world.fake.subvols  # the exchange: the origin is never missing
-    result = recover(flow)
+    result = flow.recover()
     assert isinstance(result, Recovery)
     outcome = assert_settled(world, flow, tmp_path)
     assert outcome == ("merged" if steps_done >= 4 else "rolled back"), result
     assert ("s1" in result.dropped) == (outcome == "merged")
-    again = recover(flow)  # idempotent
+    again = flow.recover()  # idempotent
     assert isinstance(again, Recovery) and not again.actions and not again.dropped
     assert assert_settled(world, flow, tmp_path) == outcome
 
 
 def world_mounts(world: World) -> tuple[Mount, ...]:
-    return tuple(Mount(9, DevNum(254, 16), "/", top, "btrfs", DEV, "rw")
-                 for top in world.fake.tops)  # fmt: skip
+    return tuple(Mount(9, DevNum(254, 16), "/", top, "btrfs", DEV, "rw") for top in world.fake.tops)
 
 
 @pytest.mark.parametrize("steps_done", [3, 4, 5])
@@ -515,17 +532,18 @@ def test_a_recover_that_fails_at_any_command_can_be_run_again(
     while True:
         world = make_world()
         if not world.user_mounts:  # the fixture's list, which the crash before emptied
-            world.user_mounts.append(Mount(1, DevNum(254, 16), "/data", world.target.mountpoint,
-                                           "btrfs", DEV, "rw"))  # fmt: skip
+            world.user_mounts.append(
+                Mount(1, DevNum(254, 16), "/data", world.target.mountpoint, "btrfs", DEV, "rw")
+            )
         monkeypatch.setattr(recover_btrfs, "mounts", lambda w=world: world_mounts(w))
         flow = crashed(world, tmp_path / str(at), steps_done, power_cut=False)
         world.fake.faults = Faults(at)
         try:
-            recover(flow)
+            flow.recover()
         except PlanError:
             assert "data" in world.fake.subvols, world.fake.subvols
             world.fake.faults = Faults()
-            recover(flow)
+            flow.recover()
             assert_settled(world, flow, tmp_path / str(at))
             at += 1
             continue
@@ -546,7 +564,7 @@ def test_negative_control_a_recover_blind_to_the_merge_keeps_a_record_of_a_merge
     world = make_world()
     monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
     flow = crashed(world, tmp_path, steps_done, power_cut=True)
-    recover(flow)
+    flow.recover()
     assert world.fake.subvols["data"] == "live"
     with pytest.raises(AssertionError):
         assert_settled(world, flow, tmp_path)
@@ -572,7 +590,7 @@ def test_recover_puts_back_the_origin_the_rename_based_merge_left_missing(
     """What the merge before the exchange left after a power cut between its rename and its
     snapshot: no origin, its content under ``data.snapkit-old-s1``."""
     world, flow = _left_by_the_rename_merge(make_world, tmp_path, monkeypatch)
-    result = recover(flow)
+    result = flow.recover()
     assert assert_settled(world, flow, tmp_path) == "rolled back"
     assert isinstance(result, Recovery)
     assert "s1: renamed data.snapkit-old-s1 back to data" in result.actions
@@ -591,11 +609,11 @@ def test_recover_finishes_the_rename_based_merge_only_beside_a_copy_of_the_snaps
         fake.parents["data"] = fake.parents[".snapkit/s1"].replace(
             "256", str(fake.ids[".snapkit/s1"])
         )
-        recover(flow)
+        flow.recover()
         assert assert_settled(world, flow, tmp_path) == "merged"
         return
     with pytest.raises(PlanError, match="not a copy of s1") as caught:
-        recover(flow)
+        flow.recover()
     assert "data.snapkit-old-s1" in fake.subvols and fake.subvols["data"] == "new"
     assert "keep the one you want" in str(caught.value)
 
@@ -608,9 +626,9 @@ def test_recover_leaves_a_merge_that_holds_the_lock_alone(
     monkeypatch.setattr(recover_btrfs, "mounts", lambda: world_mounts(world))
     flow = crashed(world, tmp_path, 3, power_cut=False)  # a live merge, between its steps
     before = world.state()
-    lock = origin_lock(DEV, operation="merge s1", lock_dir=flow.lock_path())
+    lock = origin_lock(DEV, operation="merge s1", lock_dir=flow.settings.lock_dir)
     with lock, pytest.raises(PlanError, match="busy"):
-        recover(flow)
+        flow.recover()
     assert world.state() == before
 
 
@@ -621,6 +639,6 @@ def test_recover_dry_run_lists_the_settle_step_and_changes_nothing(
     world = make_world()
     flow = crashed(world, tmp_path, 4, power_cut=True)
     before = world.state()
-    text = recover(flow, dry_run=True)
+    text = flow.recover(dry_run=True)
     assert isinstance(text, str) and "settle btrfs snapshot s1 of data on /dev/vdb" in text
     assert world.state() == before

@@ -3,184 +3,33 @@ system exactly as it was; the finish plan converges when re-run after any failur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from snapkit.dm.fake import FakeDm, Faults
-from snapkit.dm.table import DevNum, Linear, Table
-from snapkit.errors import CommandError, RefusedError, ValidationError
-from snapkit.methods.base import CreateRequest, Host, Method, SnapshotRecord, Target
-from snapkit.methods.dm import DmMethod
+from snapkit.dm.status import (
+    SnapshotFailure,
+    SnapshotUsage,
+    StatusLine,
+)
+from snapkit.dm.table import Linear, Table
+from snapkit.errors import RefusedError, ValidationError
+from snapkit.methods.dm.shared import merge_failed, merge_state, snapshot_state
+from snapkit.methods.dm.snapshot import DmMethod
+from snapkit.model import Pending, SnapshotRecord, State, Target
 from snapkit.plan import Plan, PlanError, apply
-from snapkit.run import Completed
-
-BASE = DevNum(7, 0)
-SIZE = 2048
-ORIGINAL = Table.single(SIZE, Linear(BASE, 0))
-
-
-class FakeLoops:
-    """Loop devices as the kernel keeps them: by backing file; detach of a busy one is fine."""
-
-    def __init__(self, dm: FakeDm, faults: Faults) -> None:
-        self.dm, self.faults = dm, faults
-        self.attached: dict[Path, Path] = {}
-        self._minor = 0
-
-    def _tick(self, what: str) -> None:
-        if self.faults.should_fail(what):
-            raise CommandError(["losetup"], 1, f"injected failure of {what}")
-
-    def attach(self, backing: Path) -> Path:
-        self._tick(f"losetup attach {backing}")
-        self._minor += 1
-        dev = Path(f"/dev/loop{self._minor}")
-        self.attached[dev] = backing
-        self.dm.add_block_device(str(dev), DevNum(7, self._minor))
-        return dev
-
-    def detach(self, device: Path) -> None:
-        self._tick(f"losetup detach {device}")
-        del self.attached[device]
-        del self.dm.block_devices[str(device)]
-
-    def find(self, backing: Path) -> tuple[Path, ...]:
-        return tuple(d for d, b in self.attached.items() if b == backing)
-
-    def refresh(self, device: Path) -> None:
-        self._tick(f"losetup refresh {device}")
-
-
-class FakeFiles:
-    def __init__(self, faults: Faults) -> None:
-        self.faults = faults
-        self.files: dict[Path, int] = {}
-
-    def _tick(self, what: str) -> None:
-        if self.faults.should_fail(what):
-            raise OSError(5, f"injected failure of {what}")
-
-    def create_sparse(self, path: Path, size: int) -> None:
-        self._tick(f"create {path}")
-        if path in self.files:
-            raise FileExistsError(path)
-        self.files[path] = size
-
-    def grow(self, path: Path, size: int) -> None:
-        self._tick(f"grow {path}")
-        self.files[path] = max(size, self.files[path])
-
-    def unlink(self, path: Path) -> None:
-        self._tick(f"unlink {path}")
-        self.files.pop(path, None)
-
-    def exists(self, path: Path) -> bool:
-        return path in self.files
-
-
-class FakeRun:
-    """An executor for ``blockdev --setro/--setrw``: tracks the read-only flag per device."""
-
-    def __init__(self, faults: Faults) -> None:
-        self.faults = faults
-        self.read_only: set[str] = set()
-
-    def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
-        args = list(argv)
-        if args[0] == "blkid":  # a read at plan time, not a side effect: no UUID known
-            return Completed(tuple(args), 2, "", "", 0.0)
-        if self.faults.should_fail(" ".join(args)):
-            raise CommandError(args, 1, "injected failure")
-        if args[:2] == ["blockdev", "--setro"]:
-            self.read_only.add(args[2])
-        elif args[:2] == ["blockdev", "--setrw"]:
-            self.read_only.discard(args[2])
-        else:
-            raise AssertionError(f"unexpected command {args}")
-        return Completed(tuple(args), 0, "", "", 0.0)
-
-
-@dataclass
-class World:
-    dm: FakeDm
-    faults: Faults
-    loops: FakeLoops
-    files: FakeFiles
-    run: FakeRun
-    host: Host
-    cow_dir: Path
-    records: dict[str, SnapshotRecord] = field(default_factory=dict)
-
-    def state(self) -> object:
-        """Everything observable. A device that an undo re-creates gets a new minor, as in
-        the kernel; snapkit's tables name its own devices by path, so minors are left out."""
-        return (
-            {name: replace(d, dev=None) for name, d in self.dm.state().items()},
-            dict(self.dm.block_devices),
-            dict(self.loops.attached),
-            dict(self.files.files),
-            set(self.run.read_only),
-        )
-
-    def target(self) -> Target:
-        return Target(Path("/dev/mapper/data"), None, "ext4", (253, 0))
-
-    def request(self, name: str = "s1", **kw: object) -> CreateRequest:
-        return CreateRequest(self.target(), name, cow_dir=self.cow_dir, **kw)  # type: ignore[arg-type]
-
-
-def make_world(tmp_path: Path, fail_at: int | None = None) -> World:
-    faults = Faults(fail_at)
-    dm = FakeDm(faults=Faults())  # set up without faults, then share the counter
-    dm.add_block_device("/dev/loop0", BASE)
-    dm.create("data", uuid="SNAPKIT-data-origin")
-    dm.load("data", ORIGINAL)
-    dm.resume("data")
-    dm.faults = faults
-    loops, files, run = FakeLoops(dm, faults), FakeFiles(faults), FakeRun(faults)
-    host = Host(dm=dm, run=run, loops=loops, files=files)
-    return World(dm, faults, loops, files, run, host, tmp_path)
-
-
-def count_calls(build: Callable[[World], Plan], world: World) -> int:
-    before = len(world.faults.calls)
-    apply(build(world))
-    return len(world.faults.calls) - before
-
-
-def walk_failures(
-    tmp_path: Path,
-    setup: Callable[[World], object],
-    build: Callable[[World], Plan],
-    method: Callable[[Host], Method],
-) -> int:
-    """Fail the N-th side effect of ``build``'s plan for every N; the world must be unchanged."""
-    probe = make_world(tmp_path)
-    setup(probe)
-    total = count_calls(build, probe)
-    assert total > 3
-    for n in range(total):
-        world = make_world(tmp_path)
-        setup(world)
-        before = world.state()
-        world.faults.fail_at = len(world.faults.calls) + n
-        with pytest.raises(PlanError):
-            apply(build(world))
-        assert world.state() == before, f"failure at side effect {n} left a change"
-    return total
-
-
-def created(world: World, name: str = "s1") -> SnapshotRecord:
-    plan, record = DmMethod(world.host).plan_create(world.request(name))
-    apply(plan)
-    world.records[name] = record
-    return record
+from tests.unit.fakes import (
+    BASE,
+    ORIGINAL,
+    SIZE,
+    World,
+    created,
+    make_world,
+    merge_failed_world,
+    walk_failures,
+)
 
 
 def test_create_builds_the_lvm_way(tmp_path: Path) -> None:
@@ -324,6 +173,83 @@ def test_status_reads_usage_and_merge(tmp_path: Path) -> None:
     record = created(world)
     assert method.status(record).state.value == "active"
     assert method.status(record).usage_percent == 0.0
-    marked = method.mark_pending(record, "merge")
+    marked = method.mark_pending(record, Pending.MERGE)
     apply(method.plan_merge(record))
     assert method.status(marked).state.value == "merged"  # the fake merges at once
+
+
+def _snap(status: SnapshotUsage | SnapshotFailure, kind: str = "snapshot") -> tuple[StatusLine]:
+    return (StatusLine(0, 2048, kind, status),)
+
+
+def test_a_live_snapshot_has_no_words() -> None:
+    health = snapshot_state(_snap(SnapshotUsage(24, 1024, 16)), "s1")
+    assert (health.state, health.message) == (State.ACTIVE, "")
+    assert health.usage == SnapshotUsage(24, 1024, 16) and health.percent == 2.34
+
+
+@pytest.mark.parametrize(
+    ("word", "state", "says"),
+    [
+        (SnapshotFailure.INVALID, State.INVALID, r"^invalid: .*COW filled up, or an I/O error"),
+        (SnapshotFailure.OVERFLOW, State.OVERFLOW, r"^overflow: the COW is full"),
+    ],
+)
+def test_a_dropped_snapshot_is_said_in_plain_words(
+    word: SnapshotFailure, state: State, says: str
+) -> None:
+    health = snapshot_state(_snap(word), "s1")
+    assert health.state is state and health.usage is None
+    assert re.search(says, health.message), health.message
+    assert "the origin is intact" in health.message
+    assert health.message.endswith("snapkit snapshot discard s1")
+
+
+def test_a_failed_merge_says_merge_failed_and_what_to_do() -> None:
+    lines = _snap(SnapshotFailure.MERGE_FAILED, "snapshot-merge")
+    health = merge_state(lines, 400, "s1")
+    assert health.state is State.INVALID and health.percent is None
+    assert health.message.startswith("Merge failed: ")
+    assert "nothing is lost" in health.message
+    assert health.message.endswith("run 'snapkit snapshot merge s1 --wait' again")
+    assert merge_failed(lines)
+    # negative controls: a merge under way, and an invalid COW, are not a failed merge
+    assert not merge_failed(_snap(SnapshotUsage(100, 1024, 16), "snapshot-merge"))
+    assert not merge_failed(_snap(SnapshotFailure.INVALID, "snapshot-merge"))
+    assert merge_state(_snap(SnapshotFailure.INVALID, "snapshot-merge"), 400).message.startswith(
+        "invalid: the kernel dropped the COW during the merge"
+    )
+
+
+def test_merge_progress_is_unchanged() -> None:
+    health = merge_state(_snap(SnapshotUsage(208, 1024, 16), "snapshot-merge"), 400, "s1")
+    assert (health.state, health.percent, health.message) == (State.MERGING, 50.0, "")
+    done = merge_state(_snap(SnapshotUsage(16, 1024, 16), "snapshot-merge"), 400, "s1")
+    assert (done.state, done.percent) == (State.MERGED, 100.0)
+
+
+def test_dm_status_and_started_after_a_failed_merge(tmp_path: Path) -> None:
+    world, method, record = merge_failed_world(tmp_path)
+    status = method.status(record)
+    assert status.state is State.INVALID and status.message.startswith("Merge failed")
+    assert not method.started(record)  # so that running merge again starts it afresh
+    del world.dm.statuses["data"]
+    assert method.started(record)  # negative control: a merge under way has started
+
+
+def test_a_failed_merge_restarts_from_snapshot_origin(tmp_path: Path) -> None:
+    """The kernel refuses to reload the same snapshot-merge ("A snapshot is already merging"):
+    the restart puts snapshot-origin back first, then loads a fresh snapshot-merge."""
+    world, method, record = merge_failed_world(tmp_path)
+    plan = method.plan_merge(record)
+    loads = [s.description for s in plan.steps if s.description.startswith("dmsetup load data")]
+    assert [" snapshot-origin " in t for t in loads] == [True, False], loads
+    assert " snapshot-merge " in loads[1]
+    del world.dm.statuses["data"]
+    before = len(world.faults.calls)
+    apply(plan)
+    calls = world.faults.calls[before:]
+    assert calls.count("dm suspend data") == 2 and calls.count("dm resume data") == 2, calls
+    table = world.dm.table("data")
+    assert table is not None and table.lines[0].target.type_name == "snapshot-merge"
+    assert not any(d.suspended for d in world.dm.state().values())

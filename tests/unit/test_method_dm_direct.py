@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from snapkit import layer
 from snapkit.dm.table import DevNum, Linear, Snapshot, Store, Table
 from snapkit.errors import RefusedError
-from snapkit.layer import Layer
-from snapkit.methods.base import CreateRequest, SnapshotRecord, Target
-from snapkit.methods.dm_direct import DmDirectMethod
+from snapkit.methods.dm import layer
+from snapkit.methods.dm.direct import DmDirectMethod
+from snapkit.methods.dm.layer import Layer
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, Target
 from snapkit.plan import Plan, PlanError, apply
-from tests.unit.test_method_dm import BASE, ORIGINAL, World, make_world, walk_failures
+from tests.unit.fakes import BASE, ORIGINAL, World, make_world, walk_failures
 
 
 def created(world: World, name: str = "s1") -> SnapshotRecord:
@@ -66,7 +66,7 @@ def test_finish_leaves_the_original_linear_table(tmp_path: Path, op: str) -> Non
         record = created(world)
         start = method.plan_merge(record) if op == "merge" else method.plan_discard(record)
         apply(start)
-        marked = method.mark_pending(record, op)
+        marked = method.mark_pending(record, Pending(op))
         assert method.status(marked).state.value == "merged"
         world.faults.fail_at = len(world.faults.calls) + n
         try:
@@ -116,7 +116,8 @@ def test_a_second_dm_direct_snapshot_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fs", ["xfs", "btrfs"])
 def test_a_fs_whose_copy_must_replay_a_log_is_taken(tmp_path: Path, fs: str) -> None:
-    """Its copy is mounted through a throwaway layer (snapkit.layer), so create accepts it."""
+    """Its copy is mounted through a throwaway layer (snapkit.methods.dm.layer), so create
+    accepts it."""
     world = make_world(tmp_path)
     target = Target(Path("/dev/mapper/data"), None, fs, (253, 0))
     assert DmDirectMethod(world.host).unsuitable(target) is None
@@ -219,7 +220,7 @@ def test_finish_removes_a_layer_left_behind(tmp_path: Path, op: str) -> None:
     world = make_world(tmp_path)
     method = DmDirectMethod(world.host)
     record = created(world)
-    marked = method.mark_pending(record, op)
+    marked = method.mark_pending(record, Pending(op))
     apply(method.plan_merge(record) if op == "merge" else method.plan_discard(record))
     leftover = Layer.of(record)
     world.files.create_sparse(leftover.cow_file, 4096)

@@ -15,8 +15,8 @@ import pytest
 from snapkit.cli.freeze import split_command
 from snapkit.dm.fake import Faults
 from snapkit.errors import CommandError, OperationError, RefusedError, UsageError
-from snapkit.methods.base import CreateRequest, Target
 from snapkit.methods.freeze import FreezeMethod, Outcome, freeze_plan
+from snapkit.model import CreateRequest, Target
 from snapkit.plan import Interrupted, PlanError, apply
 from snapkit.run import CommandTimeout, Completed
 
@@ -67,9 +67,14 @@ class World:
 
     # Executor
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         self.ran.append(list(argv))
         assert self.frozen, "the command must run while frozen"
         self._maybe_fail("command")
@@ -81,8 +86,16 @@ class World:
 
 
 def plan(w: World, outcome: Outcome | None = None, **kw: Any) -> Any:
-    return freeze_plan(MP, ["snap", "it"], 5.0, executor=w, freezer=w, watchdog=w,
-                       outcome=outcome or Outcome(), **kw)  # fmt: skip
+    return freeze_plan(
+        MP,
+        ["snap", "it"],
+        5.0,
+        executor=w,
+        freezer=w,
+        watchdog=w,
+        outcome=outcome or Outcome(),
+        **kw,
+    )
 
 
 SIDE_EFFECTS = 4  # watchdog start, freeze, command, watchdog stop

@@ -7,144 +7,61 @@ the snapshot's metadata, so the undo must resume the origin *and* remove the sna
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from snapkit.dm.fake import Faults
+from snapkit.dm.fake import FakeDm, Faults
 from snapkit.errors import CommandError, RefusedError, UsageError
-from snapkit.lvm import LVS_FIELDS
-from snapkit.methods.base import CreateRequest, State, Target
-from snapkit.methods.lvm import LvmMethod
-from snapkit.methods.lvm_thin import LvmThinMethod
+from snapkit.flow import Flow
+from snapkit.methods.base import Host
+from snapkit.methods.lvm.snapshot import LvmMethod
+from snapkit.methods.lvm.thin import LvmThinMethod
+from snapkit.model import State, Target
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
-
-
-@dataclass
-class Lv:
-    name: str
-    origin: str = ""
-    thin: bool = False
-    active: bool = True
-    merging: bool = False
-    is_open: bool = False
-
-
-@dataclass
-class FakeLvm:
-    """Just enough of lvm2 and dmsetup for the plans: LVs, activation, suspension, merges."""
-
-    faults: Faults
-    lvs: dict[str, Lv] = field(default_factory=dict)
-    suspended: set[str] = field(default_factory=set)
-    calls: list[list[str]] = field(default_factory=list)
-
-    def state(self) -> object:
-        return (sorted((k, repr(v)) for k, v in self.lvs.items()), sorted(self.suspended))
-
-    def report(self) -> str:
-        rows = []
-        for n, lv in enumerate(self.lvs.values()):
-            first = ("S" if lv.merging else "s") if lv.origin and not lv.thin else (
-                "V" if lv.thin else "-")  # fmt: skip
-            attr = f"{first}wi-{'a' if lv.active else '-'}{'o' if lv.is_open else '-'}----"
-            row = dict.fromkeys(LVS_FIELDS, "")
-            row.update(
-                lv_name=f"[{lv.name}]" if lv.merging else lv.name, vg_name="vg",
-                origin=lv.origin, segtype="thin" if lv.thin else "linear", lv_attr=attr,
-                lv_size=str(100 << 20), lv_merging="merging" if lv.merging else "",
-                pool_lv="pool" if lv.thin else "", lv_dm_path=f"/dev/mapper/vg-{lv.name}",
-                lv_kernel_major="253" if lv.active else "-1",
-                lv_kernel_minor=str(n) if lv.active else "-1",
-                data_percent="1.50" if lv.origin else "",
-            )  # fmt: skip
-            rows.append(row)
-        return json.dumps({"report": [{"lv": rows}]})
-
-    def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
-        args = list(argv)
-        self.calls.append(args)
-        out = ""
-        if args[0] == "lvs":
-            out = self.report()
-        elif args[:2] == ["dmsetup", "info"]:
-            out = "Suspended" if args[-1].removeprefix("vg-") in self.suspended else "Active"
-        elif self.faults.should_fail(" ".join(args)):
-            if args[0] == "lvcreate":  # killed inside: origin suspended, snapshot half made
-                origin = args[-1].split("/")[1]
-                self.suspended.add(origin)
-                self.lvs[args[args.index("-n") + 1]] = Lv(args[args.index("-n") + 1], origin)
-            raise CommandError(args, 5, "injected failure")
-        elif args[0] == "lvcreate":
-            origin = self.lvs[args[-1].split("/")[1]]
-            name = args[args.index("-n") + 1]
-            self.lvs[name] = Lv(name, origin.name, thin=origin.thin, active=not origin.thin)
-        elif args[:2] == ["dmsetup", "resume"]:
-            self.suspended.discard(args[-1].removeprefix("vg-"))
-        elif args[0] == "lvremove":
-            del self.lvs[args[-1].split("/")[1]]
-        elif args[0] == "lvchange" and args[1] in ("-ay", "-an"):
-            self.lvs[args[-1].split("/")[1]].active = args[1] == "-ay"
-        elif args[:2] == ["lvconvert", "--merge"]:
-            snap = self.lvs[args[-1].split("/")[1]]
-            snap.merging = True
-            if not self.lvs[snap.origin].is_open:
-                del self.lvs[snap.name]
-        elif args[:2] == ["lvchange", "--refresh"]:
-            for lv in list(self.lvs.values()):
-                if lv.merging and lv.origin == args[-1].split("/")[1]:
-                    del self.lvs[lv.name]
-        else:
-            raise AssertionError(f"unexpected command {args}")
-        return Completed(tuple(args), 0, out, "", 0.0)
-
-
-def host(fake: FakeLvm) -> Any:
-    return SimpleNamespace(run=fake, dm=None, loops=None, files=None)
-
-
-def world(thin: bool = False, fail_at: int | None = None, is_open: bool = True) -> FakeLvm:
-    fake = FakeLvm(Faults(fail_at))
-    fake.lvs["lv"] = Lv("lv", thin=thin, is_open=is_open)
-    return fake
-
-
-TARGET = Target(Path("/dev/mapper/vg-lv"), Path("/mnt/o"), "ext4", (253, 0))
-
-
-def request(**kw: Any) -> CreateRequest:
-    return CreateRequest(**{"target": TARGET, "name": "s1", **kw})
+from snapkit.settings import Settings
+from snapkit.state import StateData
+from tests.unit.fakes import (
+    LV_TARGET,
+    FakeLvm,
+    Lv,
+    lvm_host,
+    lvm_request,
+    lvm_world,
+)
 
 
 @pytest.mark.parametrize(
     ("method", "thin", "steps"), [(LvmMethod, False, 1), (LvmThinMethod, True, 2)]
 )
 def test_create_succeeds(method: type[LvmMethod], thin: bool, steps: int) -> None:
-    fake = world(thin)
-    plan, record = method(host(fake)).plan_create(request())
+    fake = lvm_world(thin)
+    plan, record = method(lvm_host(fake)).plan_create(lvm_request())
     assert len(plan.steps) == steps
     apply(plan)
     assert fake.lvs["s1"].origin == "lv" and fake.lvs["s1"].active
     assert record.device == "/dev/mapper/vg-s1" and record.details["origin_lv"] == "lv"
-    assert method(host(fake)).status(record).state is State.ACTIVE
+    assert method(lvm_host(fake)).status(record).state is State.ACTIVE
 
 
-@pytest.mark.parametrize(("method", "thin", "at"), [(LvmMethod, False, 0), (LvmThinMethod, True, 0),
-                                                     (LvmThinMethod, True, 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "thin", "at"),
+    [(LvmMethod, False, 0), (LvmThinMethod, True, 0), (LvmThinMethod, True, 1)],
+)
 def test_a_failure_at_every_step_leaves_lvm_as_it_was(
     method: type[LvmMethod], thin: bool, at: int
 ) -> None:
-    fake = world(thin, fail_at=at)
+    fake = lvm_world(thin, fail_at=at)
     before = fake.state()
-    plan, _ = method(host(fake)).plan_create(request())
+    plan, _ = method(lvm_host(fake)).plan_create(lvm_request())
     with pytest.raises(PlanError) as caught:
         apply(plan)
     assert fake.state() == before
@@ -152,36 +69,38 @@ def test_a_failure_at_every_step_leaves_lvm_as_it_was(
 
 
 def test_negative_control_without_the_undo_the_origin_stays_suspended() -> None:
-    fake = world(fail_at=0)
-    plan, _ = LvmMethod(host(fake)).plan_create(request())
+    fake = lvm_world(fail_at=0)
+    plan, _ = LvmMethod(lvm_host(fake)).plan_create(lvm_request())
     with pytest.raises(CommandError):
         plan.steps[0].do()
     assert fake.suspended == {"lv"}  # what the undo is there to fix
 
 
 def test_thin_origin_is_refused_by_lvm_and_linear_by_thin() -> None:
-    assert "lvm-thin" in (LvmMethod(host(world(thin=True))).unsuitable(TARGET) or "")
-    assert "not a thin LV" in (LvmThinMethod(host(world())).unsuitable(TARGET) or "")
+    assert "lvm-thin" in (LvmMethod(lvm_host(lvm_world(thin=True))).unsuitable(LV_TARGET) or "")
+    assert "not a thin LV" in (LvmThinMethod(lvm_host(lvm_world())).unsuitable(LV_TARGET) or "")
     not_lv = Target(Path("/dev/vda"), None, None, (254, 0))
-    assert "not an active logical volume" in (LvmMethod(host(world())).unsuitable(not_lv) or "")
+    assert "not an active logical volume" in (
+        LvmMethod(lvm_host(lvm_world())).unsuitable(not_lv) or ""
+    )
 
 
 def test_thin_takes_no_size() -> None:
     with pytest.raises(UsageError):
-        LvmThinMethod(host(world(thin=True))).plan_create(request(cow_size=1 << 20))
+        LvmThinMethod(lvm_host(lvm_world(thin=True))).plan_create(lvm_request(cow_size=1 << 20))
 
 
 def test_existing_name_is_refused() -> None:
-    fake = world()
+    fake = lvm_world()
     fake.lvs["s1"] = Lv("s1", "lv")
     with pytest.raises(RefusedError, match="exists"):
-        LvmMethod(host(fake)).plan_create(request())
+        LvmMethod(lvm_host(fake)).plan_create(lvm_request())
 
 
 def test_deferred_merge_then_refresh() -> None:
-    fake = world(is_open=True)
-    method = LvmMethod(host(fake))
-    plan, record = method.plan_create(request())
+    fake = lvm_world(is_open=True)
+    method = LvmMethod(lvm_host(fake))
+    plan, record = method.plan_create(lvm_request())
     apply(plan)
     merge = method.plan_merge(record)
     assert "deferred" in merge.steps[0].description
@@ -201,18 +120,18 @@ def test_deferred_merge_then_refresh() -> None:
 
 
 def test_merge_of_a_closed_origin_runs_at_once() -> None:
-    fake = world(is_open=False)
-    method = LvmMethod(host(fake))
-    plan, record = method.plan_create(request())
+    fake = lvm_world(is_open=False)
+    method = LvmMethod(lvm_host(fake))
+    plan, record = method.plan_create(lvm_request())
     apply(plan)
     apply(method.plan_merge(record))
     assert "s1" not in fake.lvs
 
 
 def test_discard() -> None:
-    fake = world()
-    method = LvmMethod(host(fake))
-    plan, record = method.plan_create(request())
+    fake = lvm_world()
+    method = LvmMethod(lvm_host(fake))
+    plan, record = method.plan_create(lvm_request())
     apply(plan)
     apply(method.plan_discard(record))
     assert "s1" not in fake.lvs
@@ -226,14 +145,13 @@ def _flow(fake: FakeLvm, tmp_path: Path) -> Any:
     from snapkit.dm.fake import FakeDm
     from snapkit.flow import Flow
     from snapkit.methods.base import Host
-    from snapkit.state import StateData, StateFile
+    from snapkit.state import StateData
 
     flow = Flow(
         Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
-        state=StateFile(tmp_path / "state"),
-        lock_dir=tmp_path,
+        settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path),
     )
-    plan, record = LvmMethod(flow.host).plan_create(request())
+    plan, record = LvmMethod(flow.host).plan_create(lvm_request())
     apply(plan)
     flow.state.save(StateData(snapshots=(record,)))
     return flow
@@ -242,7 +160,7 @@ def _flow(fake: FakeLvm, tmp_path: Path) -> Any:
 def test_flow_keeps_a_deferred_merge_until_lvm_has_finished(tmp_path: Path) -> None:
     """Issue 4, item 3: a merge LVM only scheduled is reported as merging, with the next
     step, and the record stays; once LVM has merged, status says merged and drops it."""
-    fake = world(is_open=True)
+    fake = lvm_world(is_open=True)
     flow = _flow(fake, tmp_path)
     status = flow.merge("s1")
     assert status.state is State.MERGING
@@ -258,7 +176,7 @@ def test_flow_keeps_a_deferred_merge_until_lvm_has_finished(tmp_path: Path) -> N
 
 
 def test_flow_merge_again_finishes_a_deferred_merge(tmp_path: Path) -> None:
-    fake = world(is_open=True)
+    fake = lvm_world(is_open=True)
     flow = _flow(fake, tmp_path)
     flow.merge("s1")
     fake.lvs["lv"].is_open = False
@@ -268,7 +186,7 @@ def test_flow_merge_again_finishes_a_deferred_merge(tmp_path: Path) -> None:
 
 
 def test_flow_merge_of_a_closed_origin_is_done_at_once(tmp_path: Path) -> None:
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     assert flow.merge("s1").state is State.MERGED
     assert flow.state.load().snapshots == ()
@@ -277,7 +195,7 @@ def test_flow_merge_of_a_closed_origin_is_done_at_once(tmp_path: Path) -> None:
 def test_flow_saves_the_merge_mark_before_lvconvert_runs(tmp_path: Path) -> None:
     """A power cut while lvconvert merges must find the record marked: without the mark, the
     merged-away snapshot LV reads as gone, i.e. invalid, and discard --force forgets it."""
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     seen: list[str] = []
     run = fake.run
@@ -293,11 +211,11 @@ def test_flow_saves_the_merge_mark_before_lvconvert_runs(tmp_path: Path) -> None
 
 
 def test_flow_merge_refused_by_lvconvert_leaves_the_record_unmarked(tmp_path: Path) -> None:
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     before = flow.state.load()
     fake.faults = Faults(0)  # the next command fails: lvconvert refuses, nothing merges
-    with pytest.raises(RefusedError):
+    with pytest.raises(PlanError, match="everything done before it was undone"):
         flow.merge("s1")
     assert flow.state.load() == before
 
@@ -326,7 +244,7 @@ def test_the_create_undo_drops_lvcreates_inactive_table_before_resuming() -> Non
     fake = _CutInSuspend(Faults(0))
     fake.lvs["lv"] = Lv("lv", is_open=True)
     fake.inactive, fake.broken = {"vg-lv"}, False  # type: ignore[attr-defined]
-    plan, _ = LvmMethod(host(fake)).plan_create(request())
+    plan, _ = LvmMethod(lvm_host(fake)).plan_create(lvm_request())
     with pytest.raises(PlanError):
         apply(plan)
     assert not fake.broken and not fake.suspended  # type: ignore[attr-defined]
@@ -338,16 +256,19 @@ def test_a_merge_whose_clean_up_was_cut_short_is_merged_and_names_the_leftover(
 ) -> None:
     """Faults run, ext4-lvm-merge-t2068ms: after the reboot the origin was merged and the
     snapshot's name came back as a plain LV holding the COW; snapkit called it active."""
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     record = flow.state.load().snapshots[0]
-    flow.state.save(flow.state.load().with_snapshot(
-        replace(record, details={**record.details, "pending": "merge"})))  # fmt: skip
+    flow.state.save(
+        flow.state.load().with_snapshot(
+            replace(record, details={**record.details, "pending": "merge"})
+        )
+    )
     fake.lvs["s1"] = Lv("s1")  # no origin: a plain LV now
     status = flow.status("s1")
     assert status.state is State.MERGED and "left vg/s1" in status.message
     assert flow.state.load().snapshots == ()
-    unmarked = world(is_open=False)
+    unmarked = lvm_world(is_open=False)
     flow = _flow(unmarked, tmp_path / "control")  # the control: no merge mark, no such claim
     unmarked.lvs["s1"] = Lv("s1")
     assert flow.status("s1").state is not State.MERGED
@@ -361,16 +282,16 @@ def _marked(flow: Any) -> Any:
 
 
 def _settle(flow: Any) -> Any:
-    from snapkit.recover_lvm import plan_settle
+    from snapkit.methods.lvm.recover import plan_settle
 
-    plan, settled = plan_settle(flow, flow.state.load())
+    plan, settled = plan_settle(flow.context, flow.state.load())
     apply(plan)
     flow.state.save(settled.kept(flow.state.load()))
     return settled
 
 
 def test_flow_saves_the_create_mark_before_lvcreate_runs(tmp_path: Path) -> None:
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)  # s1 exists; take a second snapshot through the flow
     seen: list[object] = []
     run = fake.run
@@ -384,14 +305,14 @@ def test_flow_saves_the_create_mark_before_lvcreate_runs(tmp_path: Path) -> None
     from snapkit.flow import Flow
 
     impl = LvmMethod(flow.host)
-    plan, record = impl.plan_create(request(name="s2"))
+    plan, record = impl.plan_create(lvm_request(name="s2"))
     Flow._apply_create(flow, impl, plan, record)
     assert seen == [[None, "create"]]  # s1 as it was, s2 marked before lvcreate ran
 
 
 def test_recover_keeps_a_create_that_had_finished(tmp_path: Path) -> None:
     """snapkit SIGKILLed after lvcreate returned: the LV is a whole snapshot; keep it."""
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     _marked(flow)
     settled = _settle(flow)
@@ -402,7 +323,7 @@ def test_recover_keeps_a_create_that_had_finished(tmp_path: Path) -> None:
 
 def test_recover_undoes_a_create_cut_inside_lvcreate(tmp_path: Path) -> None:
     """A power cut or SIGKILL inside lvcreate's suspend: a half-made LV, the origin suspended."""
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     _marked(flow)
     fake.lvs["s1"] = Lv("s1")  # half made: not a snapshot
@@ -417,7 +338,7 @@ def test_flow_marks_a_discard_before_lvremove_and_recover_removes_lvms_leftover(
 ) -> None:
     """Faults run, ext4-lvm-discard-t327ms: a power cut inside lvremove brought the snapshot's
     name back as a plain LV holding the COW, and snapkit called it an active snapshot."""
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     seen: list[object] = []
     run = fake.run
@@ -441,7 +362,7 @@ def test_flow_marks_a_discard_before_lvremove_and_recover_removes_lvms_leftover(
 
 
 def test_recover_leaves_a_merge_lvm_is_still_running(tmp_path: Path) -> None:
-    fake = world(is_open=True)  # LVM defers the merge: the snapshot LV stays, merging
+    fake = lvm_world(is_open=True)  # LVM defers the merge: the snapshot LV stays, merging
     flow = _flow(fake, tmp_path)
     assert flow.merge("s1").state is State.MERGING
     assert _settle(flow).gone == [] and "s1" in fake.lvs
@@ -453,11 +374,11 @@ def test_a_failed_create_leaves_no_state_file_where_there_was_none(tmp_path: Pat
     file: a refused or failed create changes nothing (the signal tests fingerprint it)."""
     from snapkit.flow import Flow
 
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     flow.state.path.unlink()
     impl = LvmMethod(flow.host)
-    plan, record = impl.plan_create(request(name="s2"))
+    plan, record = impl.plan_create(lvm_request(name="s2"))
     fake.faults = Faults(0)  # lvcreate, the first command that changes anything, fails
     with pytest.raises(PlanError):
         Flow._apply_create(flow, impl, plan, record)
@@ -469,12 +390,15 @@ def test_recover_clears_a_merge_mark_lvm_never_saw(tmp_path: Path) -> None:
     tests' pause before step 1): the snapshot LV is whole and not merging. The stale mark
     refused every discard; recover clears it, as the flow's SIGINT rollback does, and keeps
     the snapshot untouched. (The control, a merge LVM runs, is the test above.)"""
-    fake = world(is_open=True)
+    fake = lvm_world(is_open=True)
     flow = _flow(fake, tmp_path)
     unmarked = flow.state.load()
     record = unmarked.snapshots[0]
-    flow.state.save(flow.state.load().with_snapshot(
-        replace(record, details={**record.details, "pending": "merge"})))  # fmt: skip
+    flow.state.save(
+        flow.state.load().with_snapshot(
+            replace(record, details={**record.details, "pending": "merge"})
+        )
+    )
     lvm_before = fake.state()
     with pytest.raises(RefusedError) as refused:
         flow.discard("s1", force=True)
@@ -490,7 +414,7 @@ def test_recover_clears_a_merge_mark_lvm_never_saw(tmp_path: Path) -> None:
 def test_a_verb_refused_for_another_under_way_names_the_way_out(tmp_path: Path) -> None:
     """The refusal is one line (message + hint) naming both ways out: finishing the verb,
     and 'snapkit recover' for a mark a killed snapkit left behind."""
-    fake = world(is_open=False)
+    fake = lvm_world(is_open=False)
     flow = _flow(fake, tmp_path)
     record = flow.state.load().snapshots[0]
     for pending, op, finish in (
@@ -506,3 +430,110 @@ def test_a_verb_refused_for_another_under_way_names_the_way_out(tmp_path: Path) 
         assert error.message == f"a {pending} of s1 is under way, or was cut short", error
         assert error.hint is not None and error.hint.startswith(f"finish it: {finish}"), error
         assert "'snapkit recover'" in error.hint and "\n" not in str(error), error
+
+
+@dataclass
+class _FailingMergeLvm(FakeLvm):
+    """lvm2 whose merge the kernel stops while ``broken``: lvconvert (and a later activation)
+    exit 5 saying "Merge failed", as measured, and lv_attr's 5th letter reads ``m``."""
+
+    broken: bool = True
+    failed: set[str] = field(default_factory=set)
+
+    def report(self) -> str:
+        data = json.loads(super().report())
+        for row in data["report"][0]["lv"]:
+            if row["lv_name"].strip("[]") in self.failed:
+                row["lv_attr"] = row["lv_attr"][:4] + "m" + row["lv_attr"][5:]
+        return json.dumps(data)
+
+    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
+        args = list(argv)
+        if args[:2] == ["lvconvert", "--merge"] and self.broken:
+            self.calls.append(args)
+            name = args[-1].split("/")[1]
+            self.lvs[name].merging = True
+            self.failed.add(name)
+            raise CommandError(args, 5, LVM_MERGE_FAILED)
+        if args[:2] == ["lvchange", "-ay"] and self.failed:
+            self.calls.append(args)
+            if self.broken:
+                raise CommandError(args, 5, LVM_MERGE_FAILED)
+            for name in self.failed:
+                del self.lvs[name]  # merged this time
+            self.failed.clear()
+            return Completed(tuple(args), 0, "", "", 0.0)
+        return super().run(argv, **kw)
+
+
+LVM_MERGE_FAILED = (
+    "/run/lvm/lvmpolld.socket: connect failed: No such file or directory\n"
+    "  WARNING: Failed to connect to lvmpolld. Proceeding with polling without using lvmpolld.\n"
+    "  vg/lv: Merge failed. Retry merge or inspect manually.\n"
+)
+
+
+def test_lvm_merge_failed_is_one_line_then_restarts_by_reactivation(tmp_path: Path) -> None:
+    """Measured on 6.1: ``lvchange --refresh`` leaves a failed merge failed; ``-an`` then
+    ``-ay`` of the origin merges again and waits for it."""
+    fake = _FailingMergeLvm(Faults())
+    fake.lvs["lv"] = Lv("lv")
+    flow = Flow(
+        Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
+        settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path),
+    )
+    method = LvmMethod(flow.host)
+    plan, record = method.plan_create(lvm_request())
+    apply(plan)
+    flow.state.save(StateData(snapshots=(record,)))
+    with pytest.raises(PlanError) as caught:
+        flow.merge("s1")
+    said = str(caught.value)
+    assert "\n" not in said and "Merge failed: " in said, said
+    assert "run 'snapkit snapshot merge s1' again" in said and "lvmpolld" not in said
+    status = flow.status("s1")
+    assert status.state is State.INVALID and status.message.startswith("Merge failed: ")
+    # still broken: the restart says the same, and keeps the record
+    restart = method.plan_merge(record)
+    assert [s.description.split(" (")[0] for s in restart.steps] == [
+        "lvchange -an vg/lv",
+        "lvchange -ay vg/lv",
+    ]
+    with pytest.raises(PlanError, match="Merge failed: "):
+        flow.merge("s1")
+    assert flow.status("s1").state is State.INVALID
+    fake.broken = False  # the device is fixed
+    assert flow.merge("s1").state is State.MERGED  # type: ignore[union-attr]
+    assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
+    assert ["lvchange", "--refresh", "vg/lv"] not in fake.calls
+
+
+class _SlowLvm(FakeLvm):
+    """lvcreate that takes a while, as inside its suspend; records when it ended."""
+
+    ended: float = 0.0
+
+    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
+        if argv[0] == "lvcreate":
+            time.sleep(0.4)
+            result = super().run(argv, **kw)
+            self.ended = time.monotonic()
+            return result
+        return super().run(argv, **kw)
+
+
+def test_sigterm_during_lvcreate_lets_it_finish_then_undoes_it() -> None:
+    """Measured on 6.1: killing lvcreate inside its suspend corrupts LVM's metadata. A real
+    SIGTERM arrives 0.1 s into a 0.4 s lvcreate: the plan must wait for it, then undo it."""
+    fake = _SlowLvm(Faults())
+    fake.lvs["lv"] = Lv("lv", is_open=True)
+    plan, _ = LvmMethod(lvm_host(fake)).plan_create(lvm_request())
+    before = fake.state()
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(PlanError) as caught:
+        apply(plan)
+    timer.join()
+    assert caught.value.exit_code == 128 + signal.SIGTERM
+    assert fake.ended and [c[0] for c in fake.calls].count("lvremove") == 1  # finished, undone
+    assert fake.state() == before

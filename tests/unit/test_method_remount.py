@@ -18,13 +18,13 @@ import pytest
 from snapkit.dm.fake import Faults
 from snapkit.dm.table import DevNum
 from snapkit.errors import CommandError, RefusedError, UsageError
-from snapkit.loopdev import LocalFiles
+from snapkit.host.loopdev import LocalFiles
+from snapkit.host.target import Mount
 from snapkit.methods import remount
-from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
 from snapkit.methods.remount import RemountMethod
+from snapkit.model import CreateRequest, SnapshotRecord, State, Target
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
-from snapkit.target import Mount
 
 DEV, MP = "/dev/vdb", Path("/mnt/o")
 
@@ -50,9 +50,14 @@ class FakeSystem:
         )
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         self.ran.append((args, env))
         if self.faults.should_fail(" ".join(args)):
@@ -90,7 +95,7 @@ def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(remount, "check_cow_dir", lambda cow_dir, target: None)
     mounted = [Mount(1, DevNum(254, 16), "/", MP, "ext4", DEV, "rw")]
     monkeypatch.setattr(remount, "mounts_of", lambda dev: tuple(mounted))
-    monkeypatch.setattr("snapkit.target.block_devnum", lambda path: DevNum(254, 16))
+    monkeypatch.setattr("snapkit.host.target.block_devnum", lambda path: DevNum(254, 16))
 
     def build(fail_at: int | None = None) -> tuple[FakeSystem, RemountMethod, list[Mount]]:
         fake = FakeSystem(Faults(fail_at), tmp_path)
@@ -117,8 +122,10 @@ def test_create_copies_while_read_only_and_ends_read_write(make: Any) -> None:
     fake, method, _ = make()
     plan, record = method.plan_create(request(fake))
     assert [s.description for s in plan.steps] == [
-        "mount -o remount,ro /mnt/o", f"cp --sparse=always {DEV} {fake.cow_dir}/s1.img",
-        "mount -o remount,rw /mnt/o"]  # fmt: skip
+        "mount -o remount,ro /mnt/o",
+        f"cp --sparse=always {DEV} {fake.cow_dir}/s1.img",
+        "mount -o remount,rw /mnt/o",
+    ]
     apply(plan)
     assert fake.mode == "rw" and fake.images == {f"{fake.cow_dir}/s1.img": "v1"}
     assert record.device == f"{fake.cow_dir}/s1.img" and record.origin == DEV

@@ -29,9 +29,14 @@ class FakeLosetup:
         self.attached: dict[str, str] = {}
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-        input: str | None = None, env: Mapping[str, str] | None = None,
-    ) -> Completed:  # fmt: skip
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         args = list(argv)
         if self.faults.should_fail(" ".join(args)):
             raise CommandError(args, 1, "losetup: injected failure")
@@ -75,7 +80,8 @@ def make_world(tmp_path: Path, fail_at: int | None = None) -> World:
 
 
 def dm_snapshot_plan(w: World) -> Plan:
-    """The LVM way of NOTES.md section 3, as a dm method would build it."""
+    """What ``lvcreate -s`` builds (snapkit.methods.dm.snapshot: "the LVM way"), as a dm method
+    would build it."""
     dm, cow = w.dm, w.dir / "data.cow"
     loop: dict[str, str] = {}
 
@@ -96,27 +102,56 @@ def dm_snapshot_plan(w: World) -> Plan:
         "snapshot data as data-snap",
         (
             Step("create COW file", make_cow, cow.unlink, "delete COW file"),
-            Step("attach COW loop", attach,
-                 lambda: w.loop.run(["losetup", "-d", loop["dev"]]), "detach COW loop"),
-            Step("create data-real", lambda: dm.create("data-real"),
-                 lambda: dm.remove("data-real"), "remove data-real"),
+            Step(
+                "attach COW loop",
+                attach,
+                lambda: w.loop.run(["losetup", "-d", loop["dev"]]),
+                "detach COW loop",
+            ),
+            Step(
+                "create data-real",
+                lambda: dm.create("data-real"),
+                lambda: dm.remove("data-real"),
+                "remove data-real",
+            ),
             Step("load data-real", lambda: dm.load("data-real", ORIGIN_TABLE)),
             Step("resume data-real", lambda: dm.resume("data-real")),
-            Step("create data-snap", lambda: dm.create("data-snap"),
-                 lambda: dm.remove("data-snap"), "remove data-snap"),
-            Step("load data-snap", lambda: dm.load("data-snap", Table.single(
-                2048, Snapshot(real_dev(), loop["dev"], Store.PERSISTENT, 8)))),
-            Step("load snapshot-origin into data",
-                 lambda: dm.load("data", Table.single(2048, SnapshotOrigin(real_dev()))),
-                 lambda: dm.clear("data"), "clear data's inactive table"),
-            Step("suspend data", lambda: dm.suspend("data"),
-                 lambda: resume_unchanged(dm, "data"), "resume data unchanged", must_undo=True),
+            Step(
+                "create data-snap",
+                lambda: dm.create("data-snap"),
+                lambda: dm.remove("data-snap"),
+                "remove data-snap",
+            ),
+            Step(
+                "load data-snap",
+                lambda: dm.load(
+                    "data-snap",
+                    Table.single(2048, Snapshot(real_dev(), loop["dev"], Store.PERSISTENT, 8)),
+                ),
+            ),
+            Step(
+                "load snapshot-origin into data",
+                lambda: dm.load("data", Table.single(2048, SnapshotOrigin(real_dev()))),
+                lambda: dm.clear("data"),
+                "clear data's inactive table",
+            ),
+            Step(
+                "suspend data",
+                lambda: dm.suspend("data"),
+                lambda: resume_unchanged(dm, "data"),
+                "resume data unchanged",
+                must_undo=True,
+            ),
             Step("resume data-snap", lambda: dm.resume("data-snap")),
-            Step("resume data", lambda: dm.resume("data"),
-                 lambda: (dm.load("data", ORIGIN_TABLE), dm.resume("data")),
-                 "reload data's original table", must_undo=True),
+            Step(
+                "resume data",
+                lambda: dm.resume("data"),
+                lambda: (dm.load("data", ORIGIN_TABLE), dm.resume("data")),
+                "reload data's original table",
+                must_undo=True,
+            ),
         ),
-    )  # fmt: skip
+    )
 
 
 SIDE_EFFECTS = 11  # one faultable call per step of the plan
@@ -186,8 +221,9 @@ def test_must_undo_runs_for_the_step_under_way(tmp_path: Path) -> None:
     def suspend_then_fail() -> None:
         raise OSError("ioctl interrupted mid-way")
 
-    plan = Plan("p", (Step("suspend", suspend_then_fail, lambda: undone.append("resume"),
-                           must_undo=True),))  # fmt: skip
+    plan = Plan(
+        "p", (Step("suspend", suspend_then_fail, lambda: undone.append("resume"), must_undo=True),)
+    )
     with pytest.raises(PlanError):
         apply(plan)
     assert undone == ["resume"]
@@ -223,7 +259,7 @@ def test_signals_during_rollback_are_deferred(tmp_path: Path) -> None:
             Step("b", lambda: None, undo_b),
             Step("c", lambda: (_ for _ in ()).throw(RuntimeError("c failed"))),
         ),
-    )  # fmt: skip
+    )
     with pytest.raises(PlanError):
         apply(plan)
     assert done == ["b", "a"]
@@ -231,8 +267,10 @@ def test_signals_during_rollback_are_deferred(tmp_path: Path) -> None:
 
 def test_timeout_rolls_back(tmp_path: Path) -> None:
     undone = []
-    plan = Plan("p", (Step("a", lambda: None, lambda: undone.append("a")),
-                      Step("slow", lambda: time.sleep(5))))  # fmt: skip
+    plan = Plan(
+        "p",
+        (Step("a", lambda: None, lambda: undone.append("a")), Step("slow", lambda: time.sleep(5))),
+    )
     start = time.monotonic()
     with pytest.raises(PlanError) as info:
         apply(plan, timeout=0.2)

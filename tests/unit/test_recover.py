@@ -13,15 +13,25 @@ import pytest
 from snapkit.dm.fake import FakeDm, Faults
 from snapkit.dm.table import Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.flow import Flow
-from snapkit.layer import Layer, recorded
-from snapkit.methods.base import CreateRequest, Host, Target
-from snapkit.methods.dm import DmMethod
-from snapkit.methods.dm_direct import DmDirectMethod
-from snapkit.plan import PlanError, Step, apply
-from snapkit.recover import plan_recover, recover
-from snapkit.recover_direct import holds_writes
-from snapkit.state import StateData, StateFile
-from tests.unit.test_method_dm import BASE, ORIGINAL, FakeLoops, World, make_world
+from snapkit.methods.base import Host
+from snapkit.methods.dm.direct import DmDirectMethod
+from snapkit.methods.dm.layer import Layer, recorded
+from snapkit.methods.dm.recover import DmRecovery
+from snapkit.methods.dm.recover_direct import holds_writes
+from snapkit.methods.dm.snapshot import DmMethod
+from snapkit.model import CreateRequest, Pending, Target
+from snapkit.plan import Plan, PlanError, Step, apply
+from snapkit.recover import Recovery
+from snapkit.settings import Settings
+from snapkit.state import StateData
+from tests.unit.fakes import BASE, ORIGINAL, FakeLoops, World, make_world
+
+
+def plan_recover(flow: Flow, data: StateData) -> tuple[Plan, Recovery, StateData]:
+    """The dm family's recovery alone: its plan, what it reports, the state it would save."""
+    plan, done = DmRecovery(flow.context).plan_recover(data)
+    reported = Recovery(tuple(done.actions), tuple(done.dropped), tuple(done.merging))
+    return plan, reported, done.kept(data)
 
 
 def _created(tmp_path: Path) -> tuple[World, StateData]:
@@ -36,7 +46,7 @@ def _rebooted(world: World) -> Flow:
     dm = FakeDm(faults=Faults())
     dm.add_block_device("/dev/loop0", BASE)
     host = Host(dm=dm, run=world.run, loops=FakeLoops(dm, Faults()), files=world.files)
-    return Flow(host, state=StateFile(world.cow_dir / "state"))
+    return Flow(host, settings=Settings.under(world.cow_dir / "state"))
 
 
 def _kind(flow: Flow, name: str) -> type:
@@ -98,7 +108,7 @@ def test_a_mark_whose_merge_never_started_merges_the_whole_cow(tmp_path: Path) -
     and a marked record. recover loads snapshot-merge: the merge runs from the beginning."""
     world, data = _created(tmp_path)
     record = data.snapshots[0]
-    marked = DmMethod(world.host).mark_pending(record, "merge")
+    marked = DmMethod(world.host).mark_pending(record, Pending.MERGE)
     flow = _rebooted(world)
     plan, result, kept = plan_recover(flow, StateData(snapshots=(marked,)))
     apply(plan)
@@ -110,8 +120,8 @@ def test_a_mark_without_a_reboot_is_left_to_the_flow_to_restart(tmp_path: Path) 
     """No reboot: the snapshot stack is still there and the kernel never started. recover
     changes nothing itself and hands the record to the merge, which starts it."""
     world, data = _created(tmp_path)
-    marked = DmMethod(world.host).mark_pending(data.snapshots[0], "merge")
-    flow = Flow(world.host, state=StateFile(world.cow_dir / "state"))
+    marked = DmMethod(world.host).mark_pending(data.snapshots[0], Pending.MERGE)
+    flow = Flow(world.host, settings=Settings.under(world.cow_dir / "state"))
     plan, result, _ = plan_recover(flow, StateData(snapshots=(marked,)))
     assert plan.steps == () and result.merging == ("s1",)
     assert DmMethod(world.host).started(marked) is False
@@ -126,7 +136,7 @@ def _direct(tmp_path: Path, pending: str = "") -> tuple[World, StateData]:
     plan, record = method.plan_create(world.request())
     apply(plan)
     if pending:
-        record = method.mark_pending(record, pending)
+        record = method.mark_pending(record, Pending(pending))
         apply(method.plan_merge(record) if pending == "merge" else method.plan_discard(record))
     world.run.read_only.clear()  # blockdev --setro does not survive a reboot
     return world, StateData(snapshots=(record,))
@@ -187,7 +197,7 @@ def test_recover_finishes_a_pending_dm_direct_discard(tmp_path: Path) -> None:
     flow = _rebooted(world)
     flow.lock_dir = tmp_path / "locks"
     flow.state.save(data)
-    done = recover(flow)
+    done = flow.recover()
     assert not isinstance(done, str) and done.merging == ("s1",)
     assert flow.host.dm.table("data") == ORIGINAL and set(flow.host.dm.list_devices()) == {"data"}
     assert not world.files.files and flow.state.load().snapshots == ()
@@ -311,7 +321,7 @@ def test_a_create_whose_cow_took_nothing_is_dropped_after_a_reboot(tmp_path: Pat
 
 def test_a_create_killed_after_the_switch_is_finished_in_place(tmp_path: Path) -> None:
     world, data = _cut_create(tmp_path, 8)  # no reboot: the origin is the snapshot target
-    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    flow = Flow(world.host, settings=Settings.under(tmp_path / "state"))
     plan, result, kept = plan_recover(flow, data)
     apply(plan)
     assert not result.dropped and kept.snapshots[0].details["pending"] == ""
@@ -324,7 +334,7 @@ def test_a_create_killed_inside_the_switch_is_undone(tmp_path: Path) -> None:
     table loaded. It is cleared and resumed as it was; the rest of the create goes."""
     world, data = _cut_create(tmp_path, 7)
     assert world.dm.info("data").suspended  # type: ignore[union-attr]
-    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    flow = Flow(world.host, settings=Settings.under(tmp_path / "state"))
     plan, result, kept = plan_recover(flow, data)
     apply(plan)
     assert result.dropped == ("s1",) and kept.snapshots == ()
@@ -338,7 +348,7 @@ def test_the_flow_records_a_dm_direct_create_before_its_plan(tmp_path: Path) -> 
     """So no crash can leave a COW with the origin's newest writes and no record; a clean
     rollback takes the mark away again."""
     world = make_world(tmp_path)
-    flow = Flow(world.host, state=StateFile(tmp_path / "state"))
+    flow = Flow(world.host, settings=Settings.under(tmp_path / "state"))
     method = DmDirectMethod(world.host)
     plan, record = method.plan_create(world.request())
     seen: list[str] = []
@@ -346,7 +356,7 @@ def test_the_flow_records_a_dm_direct_create_before_its_plan(tmp_path: Path) -> 
     flow._apply_create(method, replace(plan, steps=(probe, *plan.steps)), record)
     assert seen == ["create"]
     world = make_world(tmp_path / "2")
-    flow = Flow(world.host, state=StateFile(tmp_path / "2" / "state"))
+    flow = Flow(world.host, settings=Settings.under(tmp_path / "2" / "state"))
     method = DmDirectMethod(world.host)
     plan, record = method.plan_create(world.request())
     world.faults.fail_at = len(world.faults.calls) + 5

@@ -13,7 +13,7 @@ from snapkit.methods import registry
 
 PROBE = """
 import sys
-import snapkit.cli.snapshot, snapkit.flow, snapkit.recover
+import snapkit.cli.snapshot, snapkit.cli.recover, snapkit.flow, snapkit.recover
 from snapkit.methods import registry
 {body}
 print(" ".join(sorted(m for m in sys.modules if m.startswith("snapkit.methods."))))
@@ -21,22 +21,32 @@ print(" ".join(sorted(m for m in sys.modules if m.startswith("snapkit.methods.")
 
 
 def _loaded(body: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", PROBE.format(body=body)], check=True,
-                         capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(body=body)], check=True, capture_output=True, text=True
+    ).stdout
     return set(out.split())
 
 
 def test_the_cli_and_flow_import_no_method() -> None:
     loaded = _loaded("")
-    assert loaded <= {"snapkit.methods.base", "snapkit.methods.registry",
-                      "snapkit.methods.dmshared"}, loaded  # fmt: skip
+    assert loaded <= {
+        "snapkit.methods.base",
+        "snapkit.methods.registry",
+        "snapkit.methods.dm",
+        "snapkit.methods.dm.shared",
+        "snapkit.methods.dm.layer",
+    }, loaded
 
 
 def test_asking_for_lvm_imports_lvm_only() -> None:
     loaded = _loaded("registry.factory('lvm')")
-    assert "snapkit.methods.lvm" in loaded
-    assert not loaded & {"snapkit.methods.btrfs", "snapkit.methods.freeze",
-                         "snapkit.methods.dm_direct", "snapkit.methods.auto"}, loaded  # fmt: skip
+    assert "snapkit.methods.lvm.snapshot" in loaded
+    assert not loaded & {
+        "snapkit.methods.btrfs.snapshot",
+        "snapkit.methods.freeze",
+        "snapkit.methods.dm.direct",
+        "snapkit.methods.auto",
+    }, loaded
 
 
 @pytest.mark.parametrize("name", registry.names())

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import snapkit.target
+import snapkit.host.target
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import RefusedError
-from snapkit.methods.dmshared import DmDetails
+from snapkit.host.target import StableId, find_stable, stable_id
+from snapkit.methods.dm.shared import DmDetails
 from snapkit.plan import apply
-from snapkit.recover import plan_recover
 from snapkit.state import Prepared, StateData, parse, render
-from snapkit.target import StableId, find_stable, stable_id
-from tests.unit.test_recover import _created, _rebooted
+from tests.unit.test_recover import _created, _rebooted, plan_recover
 
 
 def fake_sysfs(root: Path, disks: dict[str, tuple[str, str]]) -> Path:
@@ -41,8 +40,10 @@ def fake_sysfs(root: Path, disks: dict[str, tuple[str, str]]) -> Path:
 
 
 def test_serial_partition_and_loop_identities(tmp_path: Path) -> None:
-    sys_block = fake_sysfs(tmp_path, {"254:0": ("vda", "disk0"), "254:1": ("vda1", ""),
-                                      "7:0": ("loop0", "loop:/var/img")})  # fmt: skip
+    sys_block = fake_sysfs(
+        tmp_path,
+        {"254:0": ("vda", "disk0"), "254:1": ("vda1", ""), "7:0": ("loop0", "loop:/var/img")},
+    )
     assert stable_id(DevNum(254, 0), sys_block=sys_block) == StableId("serial", "disk0")
     part = stable_id(DevNum(254, 1), sys_block=sys_block)
     assert part == StableId("serial", "disk0", 1) and str(part) == "serial:disk0#1"
@@ -82,7 +83,7 @@ def test_recover_maps_the_disk_where_it_is_now(
     world, data = _recorded_on(tmp_path, "disk1")
     # after the reboot, 7:0 is another disk; disk1 came up as 7:9
     sys_block = fake_sysfs(tmp_path / "sys", {"7:0": ("vdx", "other"), "7:9": ("vdy", "disk1")})
-    monkeypatch.setattr(snapkit.target, "SYS_BLOCK", sys_block)
+    monkeypatch.setattr(snapkit.host.target, "SYS_BLOCK", sys_block)
     flow = _rebooted(world)  # type: ignore[arg-type]
     flow.host.dm.add_block_device("/dev/vdy", DevNum(7, 9))  # type: ignore[attr-defined]
     plan, _, kept = plan_recover(flow, data)
@@ -97,7 +98,7 @@ def test_recover_refuses_a_disk_it_cannot_find(
 ) -> None:
     world, data = _recorded_on(tmp_path, "disk1")
     sys_block = fake_sysfs(tmp_path / "sys", {"7:0": ("vdx", "other")})
-    monkeypatch.setattr(snapkit.target, "SYS_BLOCK", sys_block)
+    monkeypatch.setattr(snapkit.host.target, "SYS_BLOCK", sys_block)
     flow = _rebooted(world)  # type: ignore[arg-type]
     with pytest.raises(RefusedError, match=r"serial:disk1\) is not attached"):
         plan_recover(flow, data)

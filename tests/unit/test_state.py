@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from snapkit.errors import RefusedError
-from snapkit.methods.base import SnapshotRecord
-from snapkit.methods.dm import DmMethod
+from snapkit.methods.dm.snapshot import DmMethod
+from snapkit.model import SnapshotRecord
 from snapkit.plan import apply
 from snapkit.state import Prepared, StateData, StateFile, parse, reconcile, render
-from tests.unit.test_method_dm import make_world
+from tests.unit.fakes import make_world
 
 RECORD = SnapshotRecord("s1", "dm", "/dev/mapper/data", "/dev/mapper/s1", 1.5, {"k": "v"})
 

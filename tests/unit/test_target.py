@@ -8,7 +8,7 @@ import pytest
 
 from snapkit.dm.table import DevNum
 from snapkit.errors import RefusedError
-from snapkit.target import mount_devnum, parse_mountinfo, resolve
+from snapkit.host.target import mount_devnum, parse_mountinfo, resolve
 
 MOUNTINFO = (
     "22 1 253:0 / /mnt/my\\040data rw,relatime shared:1 - ext4 /dev/mapper/data rw\n"

@@ -93,9 +93,16 @@ def test_parse_size(text: str, size: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "says"),
-    [("64", "cannot read"), ("M", "cannot read"), ("-1M", "cannot read"), ("0M", "zero"),
-     ("1.1b", "whole number"), ("1X", "cannot read"), ("1e3M", "cannot read")],
-)  # fmt: skip
+    [
+        ("64", "cannot read"),
+        ("M", "cannot read"),
+        ("-1M", "cannot read"),
+        ("0M", "zero"),
+        ("1.1b", "whole number"),
+        ("1X", "cannot read"),
+        ("1e3M", "cannot read"),
+    ],
+)
 def test_parse_size_refusals(text: str, says: str) -> None:
     with pytest.raises(ValidationError, match=says):
         parse_size(text)

@@ -11,10 +11,11 @@ import pytest
 from snapkit.dm.status import SnapshotFailure, SnapshotUsage, StatusLine
 from snapkit.errors import OperationError, RefusedError
 from snapkit.flow import Flow
-from snapkit.methods.dm import DmMethod
+from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.plan import apply
-from snapkit.state import StateData, StateFile
-from tests.unit.test_method_dm import SIZE, World, created, make_world
+from snapkit.settings import Settings
+from snapkit.state import StateData
+from tests.unit.fakes import SIZE, World, created, make_world
 
 COW_SECTORS = 1024  # a 512 KiB COW
 
@@ -45,7 +46,9 @@ def test_extend_grows_the_file_refreshes_the_loop_and_reloads_only_the_snapshot(
 
 
 def _flow(world: World) -> Flow:
-    flow = Flow(world.host, state=StateFile(world.cow_dir / "state"), lock_dir=world.cow_dir)
+    flow = Flow(
+        world.host, settings=Settings(state_dir=world.cow_dir / "state", lock_dir=world.cow_dir)
+    )
     flow.state.save(StateData(snapshots=(world.records["s1"],)))
     return flow
 
@@ -93,11 +96,12 @@ def test_watch_refuses_a_method_without_a_cow(tmp_path: Path) -> None:
 
 
 def test_lvm_extends_with_lvextend() -> None:
-    from tests.unit.test_method_lvm import LvmMethod, host, request, world
+    from snapkit.methods.lvm.snapshot import LvmMethod
+    from tests.unit.fakes import lvm_host, lvm_request, lvm_world
 
-    fake = world()
-    method = LvmMethod(host(fake))
-    plan, record = method.plan_create(request())
+    fake = lvm_world()
+    method = LvmMethod(lvm_host(fake))
+    plan, record = method.plan_create(lvm_request())
     apply(plan)
     extend = method.plan_extend(record, 32 << 20)
     assert [s.description for s in extend.steps] == ["lvextend -q -L +33554432b vg/s1"]

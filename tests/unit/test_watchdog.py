@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from snapkit import watchdog
-from snapkit.watchdog import Watchdog, _Watch
+from snapkit.host import watchdog
+from snapkit.host.watchdog import Watchdog, _Watch
 
 
 @pytest.fixture
@@ -100,3 +100,13 @@ def test_the_process_thaws_at_the_deadline(tmp_path: Path) -> None:
     dog.arm(time.monotonic() + 0.1)
     time.sleep(0.6)
     assert dog.stop() is True  # it tried (tmp_path is not frozen: EINVAL or EPERM, reported)
+
+
+def test_the_helpers_pythonpath_holds_the_snapkit_package() -> None:
+    """The watchdog runs as ``python -m snapkit.host.watchdog`` with PYTHONPATH set to the
+    folder holding snapkit/ (a guest has no installed snapkit): moving the module deeper
+    must move that folder too, or the watchdog dies before saying "ready"."""
+    from snapkit.bench import freeze_window
+
+    assert (watchdog._PACKAGE_ROOT / "snapkit" / "host" / "watchdog.py").is_file()
+    assert (Path(freeze_window._ENV["PYTHONPATH"]) / "snapkit" / "bench").is_dir()

@@ -24,9 +24,11 @@ def _mbr() -> bytes:
 @pytest.mark.parametrize("method", ["dm", "dm-direct"])
 def test_a_partition_at_an_offset(vm: Session, method: str) -> None:
     vm.put("/tmp/mbr", _mbr())
-    vm.sh(f"mkdir -p /mnt/o /mnt/s {COW_DIR}; truncate -s 80M /tmp/disk.img; "
-          "dd if=/tmp/mbr of=/tmp/disk.img conv=notrunc 2>/dev/null; "
-          "/sbin/losetup -P -f /tmp/disk.img; test -b /dev/loop0p1")  # fmt: skip
+    vm.sh(
+        f"mkdir -p /mnt/o /mnt/s {COW_DIR}; truncate -s 80M /tmp/disk.img; "
+        "dd if=/tmp/mbr of=/tmp/disk.img conv=notrunc 2>/dev/null; "
+        "/sbin/losetup -P -f /tmp/disk.img; test -b /dev/loop0p1"
+    )
     assert vm.sh("cat /sys/class/block/loop0p1/start").stdout == b"2048\n"
     out = snapkit(vm, "device", "prepare", "/dev/loop0p1", "--name", "part").stdout.decode()
     assert "partition starting at sector 2048" in out and "mount /dev/mapper/part" in out
@@ -35,8 +37,20 @@ def test_a_partition_at_an_offset(vm: Session, method: str) -> None:
     vm.sh("/sbin/mkfs.ext4 -q -F /dev/mapper/part")
     mount(vm, "ext4", "/dev/mapper/part", "/mnt/o")
     vm.sh("echo one > /mnt/o/a && sync")
-    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s", "--method", method,
-            "--cow-dir", COW_DIR, "--cow-size", "16M")  # fmt: skip
+    snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        "s",
+        "--method",
+        method,
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "16M",
+    )
     vm.sh("echo two > /mnt/o/a && sync")
     umount(vm, "/mnt/o")
     snap = json.loads(snapkit(vm, "snapshot", "merge", "s", "--wait", "--json").stdout)

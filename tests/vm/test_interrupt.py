@@ -53,12 +53,24 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 def start_exec(workdir: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [str(VMTEST), "exec", "--accel", "tcg", "--mem", "512M", "--keep", str(workdir),
-         "--", "sh", "-c", "echo up; exec sleep 60"],
+        [
+            str(VMTEST),
+            "exec",
+            "--accel",
+            "tcg",
+            "--mem",
+            "512M",
+            "--keep",
+            str(workdir),
+            "--",
+            "sh",
+            "-c",
+            "echo up; exec sleep 60",
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert read_line(proc, 60) == b"up\n"
     assert qemu_pids(str(workdir)), "QEMU should be running while the command runs"
     return proc
@@ -94,13 +106,25 @@ def test_interrupting_a_pytest_run_ends_its_vm(tmp_path: Path, signum: int) -> N
     up = tmp_path / "vm-up"
     artifacts = tmp_path / "artifacts"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--vm-accel", "tcg",
-         "--vm-mem", "512", f"--vm-artifacts={artifacts}", str(tmp_path / "test_inner.py")],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--vm-accel",
+            "tcg",
+            "--vm-mem",
+            "512",
+            f"--vm-artifacts={artifacts}",
+            str(tmp_path / "test_inner.py"),
+        ],
         cwd=tmp_path,
         env={**os.environ, "VM_UP": str(up)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 60
         while not up.exists():

@@ -60,8 +60,19 @@ dmsetup create cowdev --table "0 $(blockdev --getsz $L1) linear $L1 0"
 /sbin/mkfs.ext4 -q /dev/mapper/data; /bin/mount /dev/mapper/data /mnt/o
 """
 LOOPS = {"lower": "/dev/loop0", "cowdev": "/dev/loop1"}
-CREATE = ["snapshot", "create", "/mnt/o", "--name", "s1", "--method", "dm", "--cow-dir", COW_DIR,
-          "--cow-size", "16M"]  # fmt: skip
+CREATE = [
+    "snapshot",
+    "create",
+    "/mnt/o",
+    "--name",
+    "s1",
+    "--method",
+    "dm",
+    "--cow-dir",
+    COW_DIR,
+    "--cow-size",
+    "16M",
+]
 CHANGE = (
     "for i in $(seq 1 8); do dd if=/dev/urandom of=/mnt/o/f$i bs=64k count={n} conv=fsync "
     "2>/dev/null; done"
@@ -168,8 +179,18 @@ def test_cow_error_while_the_snapshot_lives(vm: Session) -> None:
     message = str(shown["message"])
     assert message.startswith("invalid: ") and "I/O error" in message, message
     assert "the origin is intact" in message and "snapkit snapshot discard s1" in message
-    watched = snapkit(vm, "snapshot", "watch", "s1", "--extend-at", "50", "--extend-by", "8M",
-                      "--once", check=False)  # fmt: skip
+    watched = snapkit(
+        vm,
+        "snapshot",
+        "watch",
+        "s1",
+        "--extend-at",
+        "50",
+        "--extend-by",
+        "8M",
+        "--once",
+        check=False,
+    )
     assert watched.returncode == 1 and b"is lost, the origin is intact" in watched.stderr
     check_files(vm, "/mnt/o/w", ledger(vm))
     nothing_suspended(vm)
@@ -192,8 +213,10 @@ def test_cow_error_then_discard_once_the_cow_filesystem_is_repaired(vm: Session)
     first = snapkit(vm, "snapshot", "discard", "s1", check=False)
     if first.returncode != 0:  # seen both ways: it depends on when ext4 commits its journal
         assert len(first.stderr.splitlines()) == 1, first.stderr
-        vm.sh(f"/bin/umount {COW_DIR}; /sbin/e2fsck -fy /dev/mapper/cowdev >/dev/null || "
-              f"[ $? -le 2 ]; /bin/mount -o noatime /dev/mapper/cowdev {COW_DIR}")  # fmt: skip
+        vm.sh(
+            f"/bin/umount {COW_DIR}; /sbin/e2fsck -fy /dev/mapper/cowdev >/dev/null || "
+            f"[ $? -le 2 ]; /bin/mount -o noatime /dev/mapper/cowdev {COW_DIR}"
+        )
         snapkit(vm, "snapshot", "discard", "s1")
     assert snapkit(vm, "snapshot", "list").stdout.strip() == b""
     nothing_left(vm)

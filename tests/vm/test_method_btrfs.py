@@ -21,10 +21,12 @@ DEV = "/dev/loop0"
 
 
 def setup(vm: Session) -> None:
-    vm.sh("truncate -s 400M /tmp/b.img; /sbin/losetup /dev/loop0 /tmp/b.img; mkfs.btrfs -q -f "
-          f"{DEV}; mkdir -p /mnt/top /mnt/o /mnt/s; mount {DEV} /mnt/top; "
-          "btrfs -q subvolume create /mnt/top/data; umount /mnt/top; "
-          f"mount -o subvol=data {DEV} /mnt/o; echo before > /mnt/o/marker; sync")  # fmt: skip
+    vm.sh(
+        "truncate -s 400M /tmp/b.img; /sbin/losetup /dev/loop0 /tmp/b.img; mkfs.btrfs -q -f "
+        f"{DEV}; mkdir -p /mnt/top /mnt/o /mnt/s; mount {DEV} /mnt/top; "
+        "btrfs -q subvolume create /mnt/top/data; umount /mnt/top; "
+        f"mount -o subvol=data {DEV} /mnt/o; echo before > /mnt/o/marker; sync"
+    )
 
 
 def test_btrfs_lifecycle(vm: Session) -> None:
@@ -58,8 +60,10 @@ def test_btrfs_lifecycle(vm: Session) -> None:
 
 
 def test_top_level_origin_refuses_merge(vm: Session) -> None:
-    vm.sh(f"truncate -s 300M /tmp/b.img; /sbin/losetup /dev/loop0 /tmp/b.img; mkfs.btrfs -q -f "
-          f"{DEV}; mkdir -p /mnt/o; mount {DEV} /mnt/o")  # fmt: skip
+    vm.sh(
+        f"truncate -s 300M /tmp/b.img; /sbin/losetup /dev/loop0 /tmp/b.img; mkfs.btrfs -q -f "
+        f"{DEV}; mkdir -p /mnt/o; mount {DEV} /mnt/o"
+    )
     snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", "btrfs")
     vm.sh("umount /mnt/o")
     refused = vm.run(["snapkit", "snapshot", "merge", "s1"])
@@ -70,8 +74,13 @@ def interrupted_merge(vm: Session, before_step: int) -> tuple[int, str]:
     """``snapshot merge s1`` stopped by SIGINT just before its step ``before_step`` (the test
     pause of snapkit/flow.py): the exit code and the one line on stderr."""
     vm.run(["rm", "-f", "/tmp/err"], check=True)
-    proc = vm.spawn(["sh", "-c", f"exec env SNAPKIT_TEST_PAUSE_AT={before_step} "
-                     "snapkit snapshot merge s1 2>/tmp/err"])  # fmt: skip
+    proc = vm.spawn(
+        [
+            "sh",
+            "-c",
+            f"exec env SNAPKIT_TEST_PAUSE_AT={before_step} snapkit snapshot merge s1 2>/tmp/err",
+        ]
+    )
     deadline = time.monotonic() + 120
     while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
         assert time.monotonic() < deadline, vm.get("/tmp/err")
@@ -136,8 +145,14 @@ def _cut_merge_before(vm: Session, step: int) -> None:
     """Start ``snapshot merge s1``, let it pause before plan step ``step``, make what it did so
     far durable (``sync`` commits the btrfs transaction: without it the cut could also land
     before the last steps, which the unit tests cover), and pull the plug."""
-    vm.spawn(["sh", "-c", f"SNAPKIT_TEST_PAUSE_AT={step} SNAPKIT_STATE_DIR=/keep/state "
-              "snapkit snapshot merge s1 2>/tmp/err"])  # fmt: skip
+    vm.spawn(
+        [
+            "sh",
+            "-c",
+            f"SNAPKIT_TEST_PAUSE_AT={step} SNAPKIT_STATE_DIR=/keep/state "
+            "snapkit snapshot merge s1 2>/tmp/err",
+        ]
+    )
     deadline = time.monotonic() + 120
     while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
         assert time.monotonic() < deadline, vm.run(["cat", "/tmp/err"]).stdout
@@ -150,11 +165,11 @@ def _recovered(vm: Session) -> tuple[str, str]:
     """After the reboot: ``snapkit recover``'s output, and the origin's marker."""
     out = _sh(vm, f"{KEEP}; snapkit recover")
     assert _sh(vm, "snapkit recover") == "nothing to recover\n", out  # idempotent
-    listing = _sh(vm, "mount -o subvolid=5 /dev/vmtest/btr /mnt/o; btrfs subvolume list /mnt/o; "
-                  "umount /mnt/o")  # fmt: skip
+    listing = _sh(
+        vm, "mount -o subvolid=5 /dev/vmtest/btr /mnt/o; btrfs subvolume list /mnt/o; umount /mnt/o"
+    )
     assert "snapkit-" not in listing, listing  # no spare left
-    found = _sh(vm, "mount -o subvol=data /dev/vmtest/btr /mnt/o; cat /mnt/o/marker; "
-                "umount /mnt/o")  # fmt: skip
+    found = _sh(vm, "mount -o subvol=data /dev/vmtest/btr /mnt/o; cat /mnt/o/marker; umount /mnt/o")
     check = vm.run(["btrfs", "check", "--readonly", "/dev/vmtest/btr"], timeout=300)
     assert check.returncode == 0, check.stderr.decode()
     return out, found.strip()
@@ -173,14 +188,19 @@ def test_a_power_cut_merge_is_settled_by_recover(
 
     folder = vm_artifacts / "disks"
     folder.mkdir(parents=True, exist_ok=True)
-    disks = [Disk(make_disk(folder / "btr.raw", 256 << 20), "btr"),
-             Disk(make_disk(folder / "keep.raw", 32 << 20), "keep")]  # fmt: skip
+    disks = [
+        Disk(make_disk(folder / "btr.raw", 256 << 20), "btr"),
+        Disk(make_disk(folder / "keep.raw", 32 << 20), "keep"),
+    ]
     first = vm_factory(disks=disks, name="created")
-    _sh(first, f"mkfs.ext4 -q -F /dev/vmtest/keep; {KEEP}; mkfs.btrfs -q -f /dev/vmtest/btr; "
+    _sh(
+        first,
+        f"mkfs.ext4 -q -F /dev/vmtest/keep; {KEEP}; mkfs.btrfs -q -f /dev/vmtest/btr; "
         "mount /dev/vmtest/btr /mnt/o; btrfs -q subvolume create /mnt/o/data; umount /mnt/o; "
         "mount -o subvol=data /dev/vmtest/btr /mnt/o; echo before > /mnt/o/marker; "
         "snapkit snapshot create /mnt/o --name s1 --method btrfs; "
-        "echo after > /mnt/o/marker; sync; umount /mnt/o")  # fmt: skip
+        "echo after > /mnt/o/marker; sync; umount /mnt/o",
+    )
     plan = _sh(first, "snapkit snapshot merge s1 --dry-run")
     assert re.search(r"4\. exchange .*RENAME_EXCHANGE", plan), plan
     _cut_merge_before(first, 4)

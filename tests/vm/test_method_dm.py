@@ -3,8 +3,8 @@
 xfs: a frozen xfs keeps a dirty log (measured on 6.1), so its snapshot is checked after the
 log is replayed (the read-only mount of the writable dm snapshot replays it). dm-direct's copy
 is the read-only base device, which cannot take a replay (xfs's log, btrfs's tree-log): its
-``snapshot mount`` goes through a throwaway writable layer (snapkit/layer.py), which merge and
-discard refuse to pull from under a mount and otherwise remove.
+``snapshot mount`` goes through a throwaway writable layer (snapkit/methods/dm/layer.py), which
+merge and discard refuse to pull from under a mount and otherwise remove.
 
 Each case: 1. create while a writer fsyncs files; 2. fsck the snapshot: clean; 3. mount the
 snapshot: every write acknowledged before create is there, none acknowledged after it; 4. merge:
@@ -60,8 +60,21 @@ def test_lifecycle(vm: Session, method: str, fs: str) -> None:
     # 1. create while the writer runs
     writer = start_writer(vm)
     before = ledger(vm)
-    created = snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", method,
-                      "--cow-dir", COW_DIR, "--cow-size", "128M", "--json")  # fmt: skip
+    created = snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        "s1",
+        "--method",
+        method,
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "128M",
+        "--json",
+    )
     after = ledger(vm)
     assert json.loads(created.stdout)["state"] == "active"
     wait_ledger(vm, after + 5)
@@ -113,8 +126,20 @@ def test_lifecycle(vm: Session, method: str, fs: str) -> None:
     assert manifest(vm, "/mnt/o") == snap
 
     # 5. discard: keeps the current content, the original table is back, nothing leaks
-    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s2", "--method", method,
-            "--cow-dir", COW_DIR, "--cow-size", "64M")  # fmt: skip
+    snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        "s2",
+        "--method",
+        method,
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "64M",
+    )
     vm.sh("echo kept > /mnt/o/after && sync")
     snapkit(vm, "snapshot", "discard", "s2")
     assert vm.sh("cat /mnt/o/after").stdout == b"kept\n"

@@ -62,8 +62,20 @@ def test_layer_mount_and_discard(vm: Session, fs: str) -> None:
     vm.sh("echo before > /mnt/o/marker && sync")
     writer = start_writer(vm)
     before = ledger(vm)
-    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", "dm-direct",
-            "--cow-dir", COW_DIR, "--cow-size", "64M")  # fmt: skip
+    snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        "s1",
+        "--method",
+        "dm-direct",
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "64M",
+    )
     stop_writer(vm, writer)
     vm.sh("echo after > /mnt/o/marker && sync")
     if fs == "btrfs":  # 6.1 refuses a same-fsid copy beside its mounted origin
@@ -103,8 +115,14 @@ def _start_steps(vm: Session) -> int:
 
 def _cut_after_the_discard_started(vm: Session) -> None:
     pause = f"1:{_start_steps(vm) + 1}"  # after the start's last step, before the wait
-    vm.spawn(["sh", "-c", f"SNAPKIT_TEST_PAUSE_AT={pause} SNAPKIT_STATE_DIR=/keep/state "
-              "snapkit snapshot discard s1 2>/tmp/err"])  # fmt: skip
+    vm.spawn(
+        [
+            "sh",
+            "-c",
+            f"SNAPKIT_TEST_PAUSE_AT={pause} SNAPKIT_STATE_DIR=/keep/state "
+            "snapkit snapshot discard s1 2>/tmp/err",
+        ]
+    )
     deadline = time.monotonic() + 120
     while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
         assert time.monotonic() < deadline, vm.run(["cat", "/tmp/err"]).stdout

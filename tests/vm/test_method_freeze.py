@@ -38,8 +38,21 @@ def test_freeze_copy_is_consistent(vm: Session, fs: str) -> None:
     loop_fs(vm, fs)
     writer = start_writer(vm)
     time.sleep(1)
-    result = vm.run(["snapkit", "freeze", "/mnt/o", "--max-freeze", "30", "--",
-                     "cp", "--sparse=always", DEV, "/tmp/copy.img"], timeout=120)  # fmt: skip
+    result = vm.run(
+        [
+            "snapkit",
+            "freeze",
+            "/mnt/o",
+            "--max-freeze",
+            "30",
+            "--",
+            "cp",
+            "--sparse=always",
+            DEV,
+            "/tmp/copy.img",
+        ],
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert b"was frozen for" in result.stderr
     vm.sh("echo after > /mnt/o/marker; sync")
@@ -64,8 +77,9 @@ def test_exit_code_and_output_are_the_commands(vm: Session) -> None:
 def test_sigkill_of_snapkit_the_watchdog_thaws(vm: Session) -> None:
     loop_fs(vm, "ext4")
     max_freeze = 8.0
-    proc = vm.spawn(["snapkit", "freeze", "/mnt/o", "--max-freeze", str(max_freeze), "--",
-                     "sleep", "120"])  # fmt: skip
+    proc = vm.spawn(
+        ["snapkit", "freeze", "/mnt/o", "--max-freeze", str(max_freeze), "--", "sleep", "120"]
+    )
     wait_for(vm, ["pgrep", "-x", "sleep"], "the freeze")
     frozen_at = time.monotonic()
     blocked = vm.spawn(["sh", "-c", "echo x > /mnt/o/blocked && sync /mnt/o/blocked"])
@@ -81,8 +95,9 @@ def test_sigkill_of_snapkit_the_watchdog_thaws(vm: Session) -> None:
 def test_a_hung_snapkit_is_thawed_at_the_deadline(vm: Session) -> None:
     loop_fs(vm, "xfs")
     max_freeze = 3.0
-    proc = vm.spawn(["snapkit", "freeze", "/mnt/o", "--max-freeze", str(max_freeze), "--",
-                     "sleep", "120"])  # fmt: skip
+    proc = vm.spawn(
+        ["snapkit", "freeze", "/mnt/o", "--max-freeze", str(max_freeze), "--", "sleep", "120"]
+    )
     wait_for(vm, ["pgrep", "-x", "sleep"], "the freeze")
     proc.signal(signal.SIGSTOP)  # hung: alive, pipe open, never says done
     frozen_at = time.monotonic()
@@ -116,10 +131,26 @@ def test_snapshot_create_method_freeze_runs_the_command(vm: Session) -> None:
     writer = start_writer(vm)
     time.sleep(1)
     hooks = "--pre", "echo pre >> /tmp/order", "--post", "echo post >> /tmp/order"
-    result = vm.run(["snapkit", "snapshot", "create", "/mnt/o", "--name", "x", "--method",
-                     "freeze", "--max-freeze", "60", *hooks, "--", "sh", "-c",
-                     "echo cmd >> /tmp/order; dd if=$SNAPKIT_DEVICE of=/tmp/copy.img bs=1M"],
-                    timeout=180)  # fmt: skip
+    result = vm.run(
+        [
+            "snapkit",
+            "snapshot",
+            "create",
+            "/mnt/o",
+            "--name",
+            "x",
+            "--method",
+            "freeze",
+            "--max-freeze",
+            "60",
+            *hooks,
+            "--",
+            "sh",
+            "-c",
+            "echo cmd >> /tmp/order; dd if=$SNAPKIT_DEVICE of=/tmp/copy.img bs=1M",
+        ],
+        timeout=180,
+    )
     stop_writer(writer)
     assert result.returncode == 0, result.stderr.decode()
     assert vm.get("/tmp/order") == b"pre\ncmd\npost\n"
@@ -129,8 +160,22 @@ def test_snapshot_create_method_freeze_runs_the_command(vm: Session) -> None:
     assert "x\tfreeze\t" in listed
     # the string form, and --post even when the command fails
     post = "echo post2 >> /tmp/order"
-    failed = vm.run(["snapkit", "snapshot", "create", "/mnt/o", "--name", "y", "--method",
-                     "freeze", "--post", post, "--command", "exit 3"])  # fmt: skip
+    failed = vm.run(
+        [
+            "snapkit",
+            "snapshot",
+            "create",
+            "/mnt/o",
+            "--name",
+            "y",
+            "--method",
+            "freeze",
+            "--post",
+            post,
+            "--command",
+            "exit 3",
+        ]
+    )
     assert failed.returncode == 1 and b"exit 3" in failed.stderr, failed.stderr
     assert vm.get("/tmp/order").endswith(b"post2\n")
     vm.sh("echo still > /mnt/o/w; sync")  # thawed

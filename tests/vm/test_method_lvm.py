@@ -31,13 +31,17 @@ PV_SIZE = "1200M"
 
 
 def make_vg(vm: Session) -> None:
-    vm.sh(f"truncate -s {PV_SIZE} /tmp/pv.img; L=$(/sbin/losetup --show -f /tmp/pv.img); "
-          "pvcreate -q $L; vgcreate -q vg $L")  # fmt: skip
+    vm.sh(
+        f"truncate -s {PV_SIZE} /tmp/pv.img; L=$(/sbin/losetup --show -f /tmp/pv.img); "
+        "pvcreate -q $L; vgcreate -q vg $L"
+    )
 
 
 def make_fs(vm: Session, fs: str, device: str, mp: str = "/mnt/o") -> None:
-    vm.sh(f"{MKFS[fs]} {device}; mkdir -p {mp} /mnt/s; mount {device} {mp}; "
-          f"echo before > {mp}/marker; sync")  # fmt: skip
+    vm.sh(
+        f"{MKFS[fs]} {device}; mkdir -p {mp} /mnt/s; mount {device} {mp}; "
+        f"echo before > {mp}/marker; sync"
+    )
 
 
 def start_writer(vm: Session, mp: str = "/mnt/o"):  # type: ignore[no-untyped-def]
@@ -151,8 +155,9 @@ def test_auto_picks_lvm_and_says_why(vm: Session) -> None:
     make_vg(vm)
     vm.sh("lvcreate -q -L 100M -n lv vg")
     make_fs(vm, "ext4", "/dev/vg/lv")
-    plan = snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s", "--method", "auto",
-                   "--dry-run").stdout.decode()  # fmt: skip
+    plan = snapkit(
+        vm, "snapshot", "create", "/mnt/o", "--name", "s", "--method", "auto", "--dry-run"
+    ).stdout.decode()
     assert "lvcreate" in plan and "auto: lvm, because it is an LVM logical volume" in plan
 
 

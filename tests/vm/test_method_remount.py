@@ -47,18 +47,29 @@ while not stop.exists():
     time.sleep(0.3)
 print(refused)
 """
-CREATE = ("snapshot", "create", "/mnt/o", "--name", "s", "--method", "remount-ro",
-          "--cow-dir", "/tmp/cow")  # fmt: skip
+CREATE = (
+    "snapshot",
+    "create",
+    "/mnt/o",
+    "--name",
+    "s",
+    "--method",
+    "remount-ro",
+    "--cow-dir",
+    "/tmp/cow",
+)
 
 
 SIZE = {"xfs": "320M"}  # mkfs.xfs refuses less than 300 MB; the others get 256 MiB
 
 
 def setup(vm: Session, fs: str) -> None:
-    vm.sh(f"modprobe {fs} 2>/dev/null || true; mkdir -p /mnt/o /mnt/s /tmp/cow; "
-          f"truncate -s {SIZE.get(fs, '256M')} /tmp/o.img; /sbin/losetup {DEV} /tmp/o.img; "
-          f"{MKFS[fs]} {DEV} >/dev/null; mount -t {fs} {DEV} /mnt/o; "
-          "echo before > /mnt/o/marker; sync")  # fmt: skip
+    vm.sh(
+        f"modprobe {fs} 2>/dev/null || true; mkdir -p /mnt/o /mnt/s /tmp/cow; "
+        f"truncate -s {SIZE.get(fs, '256M')} /tmp/o.img; /sbin/losetup {DEV} /tmp/o.img; "
+        f"{MKFS[fs]} {DEV} >/dev/null; mount -t {fs} {DEV} /mnt/o; "
+        "echo before > /mnt/o/marker; sync"
+    )
 
 
 def read_only(vm: Session, mp: str = "/mnt/o") -> bool:
@@ -74,8 +85,7 @@ def create_under_writer(vm: Session) -> tuple[int, int, dict[str, str]]:
         before = ledger(vm)
         listed = manifest(vm, "/mnt/o/w")
         taken = {k: v for k, v in listed.items() if int(k[1:]) <= before}
-        result = vm.run(["snapkit", *CREATE], env={"SNAPKIT_STATE_DIR": "/tmp/state"},
-                        timeout=300)  # fmt: skip
+        result = vm.run(["snapkit", *CREATE], env={"SNAPKIT_STATE_DIR": "/tmp/state"}, timeout=300)
         after = ledger(vm)
         if result.returncode == 0:
             return before, after, taken

@@ -35,8 +35,18 @@ def status(vm: Session, name: str = "s1") -> dict[str, object]:
 
 
 def watch_once(vm: Session, name: str = "s1"):  # type: ignore[no-untyped-def]
-    return snapkit(vm, "snapshot", "watch", name, "--extend-at", "50", "--extend-by", "32M",
-                   "--once", check=False)  # fmt: skip
+    return snapkit(
+        vm,
+        "snapshot",
+        "watch",
+        name,
+        "--extend-at",
+        "50",
+        "--extend-by",
+        "32M",
+        "--once",
+        check=False,
+    )
 
 
 def test_po_overflow_is_said_in_plain_words_and_reads_still_work(vm: Session) -> None:
@@ -44,14 +54,29 @@ def test_po_overflow_is_said_in_plain_words_and_reads_still_work(vm: Session) ->
     # Unmounted before the create, not after: ext4's lazy inode-table init writes to the
     # origin in the background, and a CI run saw it fill this 1M COW before the umount.
     umount(vm, "/mnt/o")
-    snapkit(vm, "snapshot", "create", "/dev/mapper/data", "--name", "s1", "--method", "dm",
-            "--cow-dir", COW_DIR, "--cow-size", "1M")  # fmt: skip
+    snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/dev/mapper/data",
+        "--name",
+        "s1",
+        "--method",
+        "dm",
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "1M",
+    )
     # the same snapshot, its table reloaded with the overflow-tolerant store
-    vm.sh("T=$(dmsetup table s1 | sed 's/ P 8$/ PO 8/'); dmsetup load s1 --table \"$T\"; "
-          "dmsetup suspend s1; dmsetup resume s1; dmsetup table s1 | grep -q ' PO 8$'")  # fmt: skip
+    vm.sh(
+        "T=$(dmsetup table s1 | sed 's/ P 8$/ PO 8/'); dmsetup load s1 --table \"$T\"; "
+        "dmsetup suspend s1; dmsetup resume s1; dmsetup table s1 | grep -q ' PO 8$'"
+    )
     assert status(vm)["state"] == "active"  # the negative control: not full yet
-    filled = vm.run(["dd", "if=/dev/urandom", "of=/dev/mapper/s1", "bs=64k", "count=32",
-                     "oflag=direct"])  # fmt: skip
+    filled = vm.run(
+        ["dd", "if=/dev/urandom", "of=/dev/mapper/s1", "bs=64k", "count=32", "oflag=direct"]
+    )
     assert filled.returncode != 0, "a 2M write fitted in a 1M COW"
     assert vm.sh("dmsetup status s1").stdout.split()[3:] == [b"Overflow"]
     shown = status(vm)
@@ -73,8 +98,20 @@ def test_po_overflow_is_said_in_plain_words_and_reads_still_work(vm: Session) ->
 @pytest.mark.slow
 def test_p_overflow_under_a_writer_is_said_in_plain_words(vm: Session) -> None:
     setup_origin(vm, "ext4", size="160M")
-    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", "dm",
-            "--cow-dir", COW_DIR, "--cow-size", "8M")  # fmt: skip
+    snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        "s1",
+        "--method",
+        "dm",
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "8M",
+    )
     vm.sh(MB_WRITES.format(n=16, mp="/mnt/o", tag="a"), timeout=600)
     assert "Unable to allocate exception" in vm.sh("dmesg").stdout.decode(errors="replace")
     shown = status(vm)
@@ -102,8 +139,9 @@ def _lv_attr(vm: Session, name: str) -> str:
 def test_lvm_overflow_is_said_and_watch_prevents_it(vm: Session) -> None:
     vm.sh(LVM_VG)
     # without watch: an 8M COW under 16 MiB of new data
-    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", "lvm",
-            "--cow-size", "8M")  # fmt: skip
+    snapkit(
+        vm, "snapshot", "create", "/mnt/o", "--name", "s1", "--method", "lvm", "--cow-size", "8M"
+    )
     vm.sh(MB_WRITES.format(n=16, mp="/mnt/o", tag="a"), timeout=600)
     assert _lv_attr(vm, "s1")[4] == "I", _lv_attr(vm, "s1")
     shown = status(vm)
@@ -112,12 +150,18 @@ def test_lvm_overflow_is_said_and_watch_prevents_it(vm: Session) -> None:
     assert told.returncode == 1 and b"filled up" in told.stderr, told.stderr
     snapkit(vm, "snapshot", "discard", "s1")
     # with watch: the same load, the same COW
-    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", "s2", "--method", "lvm",
-            "--cow-size", "8M")  # fmt: skip
+    snapkit(
+        vm, "snapshot", "create", "/mnt/o", "--name", "s2", "--method", "lvm", "--cow-size", "8M"
+    )
     env = " ".join(f"{k}={v}" for k, v in ENV.items())
     args = "--extend-at 50 --extend-by 32M --interval 0.2"
-    proc = vm.spawn(["sh", "-c", f"exec env {env} snapkit snapshot watch s2 {args} "
-                     ">/tmp/watch.out 2>/tmp/watch.err"])  # fmt: skip
+    proc = vm.spawn(
+        [
+            "sh",
+            "-c",
+            f"exec env {env} snapkit snapshot watch s2 {args} >/tmp/watch.out 2>/tmp/watch.err",
+        ]
+    )
     vm.sh(MB_WRITES.format(n=16, mp="/mnt/o", tag="b"), timeout=600)
     assert status(vm, "s2")["state"] == "active", vm.get("/tmp/watch.err")
     assert _lv_attr(vm, "s2")[4] == "a"

@@ -29,8 +29,9 @@ SLICE = ("ext4-dm-create-p1s10", "ext4-dm-merge-p1s5", "ext4-dm-merge-p1s1")
 @pytest.mark.vm
 def test_a_seeded_slice_of_the_faults_matrix_holds(vm_accel: Any, vm_artifacts: Path) -> None:
     report = vm_artifacts / "faults"
-    code = run_matrix(Options(ids=SLICE, seed=6, workers=1, report=report,
-                              accel=str(vm_accel), bad_inputs=0))  # fmt: skip
+    code = run_matrix(
+        Options(ids=SLICE, seed=6, workers=1, report=report, accel=str(vm_accel), bad_inputs=0)
+    )
     doc = json.loads((report / "results.json").read_text())
     f = doc["summary"]
     assert code == 0, f["failures"]
@@ -125,7 +126,7 @@ dd if=/dev/mapper/s1 bs=64k skip=512 count=16 iflag=direct status=none | sha256s
         "dmsetup suspend data; dmsetup resume data",
     ],
     ids=["as-recovered", "control-resumed-again"],
-)  # fmt: skip
+)
 def test_a_snapshot_recover_rebuilt_keeps_every_chunk_of_a_multi_chunk_write(
     resume: str, vm_factory: Callable[..., Any], vm_artifacts: Path
 ) -> None:
@@ -134,8 +135,10 @@ def test_a_snapshot_recover_rebuilt_keeps_every_chunk_of_a_multi_chunk_write(
 
     folder = vm_artifacts / "disks"
     folder.mkdir(parents=True, exist_ok=True)
-    disks = [Disk(make_disk(folder / "origin.raw", 96 << 20), "origin"),
-             Disk(make_disk(folder / "keep.raw", 64 << 20), "keep")]  # fmt: skip
+    disks = [
+        Disk(make_disk(folder / "origin.raw", 96 << 20), "origin"),
+        Disk(make_disk(folder / "keep.raw", 64 << 20), "keep"),
+    ]
     first = vm_factory(disks=disks, name="before")
     before = first.sh(BOUNDARY_SETUP).stdout.splitlines()[-1]
     first.power_cut()

@@ -25,8 +25,7 @@ from workload import (
 
 from vmtests.vm.session import Session
 
-CREATE = ["snapshot", "create", "/mnt/o", "--name", "s1", "--cow-dir", COW_DIR,
-          "--cow-size", "32M"]  # fmt: skip
+CREATE = ["snapshot", "create", "/mnt/o", "--name", "s1", "--cow-dir", COW_DIR, "--cow-size", "32M"]
 
 
 def _steps(text: str) -> int:

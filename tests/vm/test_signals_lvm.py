@@ -6,7 +6,7 @@ before step N and says so. Inside a step, ``vmtests/guest/faults/sigwhen.py`` se
 moment the origin's ``/sys/block/dm-N/dm/suspended`` reads 1, i.e. while ``lvcreate`` or
 ``lvconvert`` holds it suspended (a window of tens of milliseconds: it needs a second vCPU).
 
-Measured on the 6.1 guest, before the fix in snapkit/methods/lvm.py: a SIGTERM there made
+Measured on the 6.1 guest, before the fix in snapkit/methods/lvm/snapshot.py: a SIGTERM there made
 snapkit SIGKILL ``lvcreate`` mid-suspend, LVM's metadata was left half written
 (``s1 -wi-XX--X-``), the rollback failed, and the next create left the origin suspended for
 good; a SIGINT inside ``lvconvert --merge`` left four devices suspended. Now the command is let
@@ -16,7 +16,7 @@ undoes or stops.
 SIGKILL of snapkit itself cannot reach ``lvcreate``/``lvconvert`` (they run in their own
 sessions): they finish. Every lvm verb is recorded first (``pending create``/``merge``), so a
 SIGKILL leaves the mark, and each test then runs ``snapkit recover`` and checks what it
-settles (snapkit/recover_lvm.py): a create killed after ``lvcreate`` is a whole snapshot,
+settles (snapkit/methods/lvm/recover.py): a create killed after ``lvcreate`` is a whole snapshot,
 kept; one killed before it is undone and forgotten; a merge killed before ``lvconvert`` ran
 gets its mark cleared, the snapshot untouched; a merge LVM started goes on in the kernel and
 is left to it, and the record goes once LVM has merged. ``lvconvert`` itself may die with
@@ -108,8 +108,12 @@ def inside_suspend(vm: Session, args: list[str], signum: int, tries: int = 4) ->
     """Run snapkit and send ``signum`` while the origin is suspended; retried until it fired
     (returns the last run's report; the caller undoes what a run that did not fire made)."""
     env = " ".join(f"{k}={v}" for k, v in ENV.items())
-    argv = ["sh", "-c", f"exec env {env} {SIGWHEN} vg-lv {signum} 300 -- snapkit "
-            f"{' '.join(args)} 2>/tmp/err >/tmp/out"]  # fmt: skip
+    argv = [
+        "sh",
+        "-c",
+        f"exec env {env} {SIGWHEN} vg-lv {signum} 300 -- snapkit "
+        f"{' '.join(args)} 2>/tmp/err >/tmp/out",
+    ]
     report: dict[str, object] = {}
     for _ in range(tries):
         vm.run(argv, timeout=400, check=True)
@@ -151,8 +155,14 @@ def test_sigint_and_sigterm_between_every_create_step(vm: Session) -> None:
 def test_signal_inside_lvcreates_suspend_undoes_it(vm_factory, signum: int) -> None:  # type: ignore[no-untyped-def]
     vm = vm_factory(cpus=2)
     make_vg(vm)
-    vm.spawn(["sh", "-c", "while :; do dd if=/dev/urandom of=/mnt/o/w bs=64k count=2 "
-              "conv=fsync 2>/dev/null; done"])  # fmt: skip
+    vm.spawn(
+        [
+            "sh",
+            "-c",
+            "while :; do dd if=/dev/urandom of=/mnt/o/w bs=64k count=2 "
+            "conv=fsync 2>/dev/null; done",
+        ]
+    )
     before = fingerprint(vm).split("# mounts")[0]
     for _ in range(3):
         report = inside_suspend(vm, CREATE, signum)
@@ -262,8 +272,10 @@ def test_signal_inside_lvconverts_suspend_leaves_nothing_suspended(vm_factory, s
     recovered = snapkit(vm, "recover").stdout.decode()  # at once: LVM's merge is left to it
     unblocked_devices(vm)
     deadline = time.monotonic() + 120  # the kernel merges on
-    while not re.search(rb"snapshot-merge (\d+)/\d+ \1$|^$", vm.sh(
-        "dmsetup status vg-lv | grep snapshot-merge || true").stdout.strip()):  # fmt: skip
+    while not re.search(
+        rb"snapshot-merge (\d+)/\d+ \1$|^$",
+        vm.sh("dmsetup status vg-lv | grep snapshot-merge || true").stdout.strip(),
+    ):
         assert time.monotonic() < deadline, vm.sh("lvs -a vg; dmsetup status").stdout
         time.sleep(1)
     if b"s1" in vm.sh("lvs -a --noheadings -o lv_name vg").stdout:

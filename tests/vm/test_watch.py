@@ -20,8 +20,20 @@ COW_SECTORS = (8 << 20) // 512
 
 
 def _create(vm: Session, name: str) -> None:
-    snapkit(vm, "snapshot", "create", "/mnt/o", "--name", name, "--method", "dm",
-            "--cow-dir", COW_DIR, "--cow-size", "8M")  # fmt: skip
+    snapkit(
+        vm,
+        "snapshot",
+        "create",
+        "/mnt/o",
+        "--name",
+        name,
+        "--method",
+        "dm",
+        "--cow-dir",
+        COW_DIR,
+        "--cow-size",
+        "8M",
+    )
 
 
 def _state(vm: Session, name: str) -> str:
@@ -41,8 +53,18 @@ def test_watch_keeps_a_small_cow_from_overflowing(vm: Session) -> None:
     _create(vm, "s1")
     vm.sh(WRITE.format(tag="a"), timeout=600)
     assert _state(vm, "s1") == "invalid"
-    told = snapkit(vm, "snapshot", "watch", "s1", "--extend-at", "50", "--extend-by", "32M",
-                   "--once", check=False)  # fmt: skip
+    told = snapkit(
+        vm,
+        "snapshot",
+        "watch",
+        "s1",
+        "--extend-at",
+        "50",
+        "--extend-by",
+        "32M",
+        "--once",
+        check=False,
+    )
     assert told.returncode == 1 and b"is lost" in told.stderr, told.stderr
     snapkit(vm, "snapshot", "discard", "s1", "--force")
     # with watch

@@ -37,8 +37,10 @@ class Origin:
 def snapkit(vm: Session, *args: str, check: bool = True, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     result = vm.run(["snapkit", *args], env={**ENV, **(env or {})}, timeout=300)
     if check and result.returncode != 0:
-        raise AssertionError(f"snapkit {' '.join(args)} exited {result.returncode}: "
-                             f"{result.stderr.decode(errors='replace')}")  # fmt: skip
+        raise AssertionError(
+            f"snapkit {' '.join(args)} exited {result.returncode}: "
+            f"{result.stderr.decode(errors='replace')}"
+        )
     return result
 
 

@@ -153,7 +153,8 @@ def _remove(folder: Path) -> None:
 # -- the host: what an unprivileged build needs --------------------------------------------------
 
 SUBIDS_NEEDED = 65536  # mmdebstrap's unshare mode maps a full 16-bit id range into the guest
-TOOLS = {"mmdebstrap": "mmdebstrap", "sqfstar": "squashfs-tools", "lz4": "lz4"}
+# Not lz4: without it the build still works, it boots the bzImage (see _extract_vmlinux).
+TOOLS = {"mmdebstrap": "mmdebstrap", "sqfstar": "squashfs-tools"}
 UNPRIVILEGED_TOOLS = {"newuidmap": "uidmap", "newgidmap": "uidmap", "unshare": "util-linux"}
 
 
@@ -170,14 +171,18 @@ class HostFacts:
     @classmethod
     def current(cls) -> HostFacts:
         euid = os.geteuid()
-        tools = {**TOOLS, **(UNPRIVILEGED_TOOLS if euid != 0 else {})}
         return cls(
             euid=euid,
             user=pwd.getpwuid(euid).pw_name,
             subuid=_read_or_empty(Path("/etc/subuid")),
             subgid=_read_or_empty(Path("/etc/subgid")),
-            missing_tools=frozenset(t for t in tools if shutil.which(t) is None),
+            missing_tools=frozenset(t for t in needed_tools(euid) if shutil.which(t) is None),
         )
+
+
+def needed_tools(euid: int) -> dict[str, str]:
+    """The tools a build runs, each with the Debian package that has it."""
+    return {**TOOLS, **(UNPRIVILEGED_TOOLS if euid != 0 else {})}
 
 
 def _read_or_empty(path: Path) -> str:
@@ -187,14 +192,19 @@ def _read_or_empty(path: Path) -> str:
         return ""
 
 
-def subid_count(table: str, user: str, uid: int) -> int:
-    """How many subordinate ids /etc/subuid (or subgid) grants this user, by name or by uid."""
-    total = 0
+def _subid_ranges(table: str) -> list[tuple[str, int, int]]:
+    """(owner, first id, count) per well-formed line of /etc/subuid or /etc/subgid."""
+    ranges = []
     for line in table.splitlines():
         fields = line.strip().split(":")
-        if len(fields) == 3 and fields[0] in (user, str(uid)) and fields[2].isdigit():
-            total += int(fields[2])
-    return total
+        if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+            ranges.append((fields[0], int(fields[1]), int(fields[2])))
+    return ranges
+
+
+def subid_count(table: str, user: str, uid: int) -> int:
+    """How many subordinate ids /etc/subuid (or subgid) grants this user, by name or by uid."""
+    return sum(count for owner, _, count in _subid_ranges(table) if owner in (user, str(uid)))
 
 
 def check_host(host: HostFacts) -> None:
@@ -202,7 +212,7 @@ def check_host(host: HostFacts) -> None:
 
     As root mmdebstrap builds in root mode; anyone else gets its unshare mode, where the guest's
     root is a subordinate uid: that needs newuidmap/newgidmap and /etc/subuid and /etc/subgid."""
-    tools = {**TOOLS, **(UNPRIVILEGED_TOOLS if host.euid != 0 else {})}
+    tools = needed_tools(host.euid)
     missing = sorted(host.missing_tools & tools.keys())
     if missing:
         packages = " ".join(sorted({tools[t] for t in missing}))
@@ -215,11 +225,19 @@ def check_host(host: HostFacts) -> None:
     for table in ("subuid", "subgid"):
         have = subid_count(getattr(host, table), host.user, host.euid)
         if have < SUBIDS_NEEDED:
+            start = free_subid_start(host.subuid + host.subgid)
+            ids = f"{start}-{start + SUBIDS_NEEDED - 1}"
             raise ImageError(
                 f"/etc/{table} grants {host.user} {have} ids, an unprivileged build needs "
-                f"{SUBIDS_NEEDED}: run 'sudo usermod --add-subuids 100000-165535 "
-                f"--add-subgids 100000-165535 {host.user}'"
+                f"{SUBIDS_NEEDED}: run 'sudo usermod --add-subuids {ids} --add-subgids {ids} "
+                f"{host.user}'"
             )
+
+
+def free_subid_start(tables: str) -> int:
+    """The first id above every range granted so far (and above 100000, useradd's floor), so
+    the range the hint suggests overlaps no other user's."""
+    return max([100000, *(first + count for _, first, count in _subid_ranges(tables))])
 
 
 def mmdebstrap_mode(euid: int) -> str:

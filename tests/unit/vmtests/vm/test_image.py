@@ -365,3 +365,10 @@ def test_sqfstar_runs_as_root_of_its_own_namespace_for_a_user(tmp_path: Path) ->
         "--map-root-user",
         *as_root,
     ]
+
+
+def test_the_suggested_range_overlaps_no_granted_one() -> None:
+    assert image.free_subid_start("") == 100000
+    assert image.free_subid_start("bob:100000:65536\ncarol:165536:65536\n") == 231072
+    with pytest.raises(image.ImageError, match=r"--add-subuids 165536-231071 "):
+        image.check_host(_host(subuid="bob:100000:65536\n"))

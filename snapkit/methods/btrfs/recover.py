@@ -2,7 +2,7 @@
 
 Nothing of a btrfs snapshot lives in kernel memory, so a reboot takes nothing away but the
 private top-level mount. What a crash can leave is on disk, and its names say what it is
-(:mod:`snapkit.methods.btrfs_merge`), so recover needs no mark in the state file (the flow
+(:mod:`snapkit.methods.btrfs.merge`), so recover needs no mark in the state file (the flow
 saves none for btrfs, whose merge is one plan):
 
 * ``ORIG.snapkit-new-NAME`` with a *lower* subvolume ID than ``ORIG``: the exchange happened,
@@ -28,53 +28,48 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from snapkit.errors import OperationError
-from snapkit.flow import Flow
-from snapkit.lock import origin_lock
-from snapkit.methods import btrfs
-from snapkit.methods.base import SnapshotRecord
-from snapkit.methods.btrfs_merge import legacy_name, spare_name
+from snapkit.host.target import block_devnum, mounts
+from snapkit.methods.base import Context, FamilyRecovery, Recovered
+from snapkit.methods.btrfs import snapshot as btrfs
+from snapkit.methods.btrfs.merge import legacy_name, spare_name
+from snapkit.model import SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.state import StateData
-from snapkit.target import block_devnum, mounts
 
 
-@dataclass
-class Settled:
-    """What the steps did, filled in as they run: what is on disk is seen only then."""
+class BtrfsRecovery(FamilyRecovery):
+    """btrfs: nothing lives in kernel memory (a snapshot is a subvolume, there as soon as the
+    disk is); a merge a crash cut short is settled on disk."""
 
-    actions: list[str] = field(default_factory=list)
-    gone: list[str] = field(default_factory=list)  # records dropped: the snapshot is gone
-
-    def kept(self, data: StateData) -> StateData:
-        for name in self.gone:
-            data = data.without_snapshot(name)
-        return data
+    def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
+        return plan_settle(self.ctx, data)
 
 
-def plan_settle(flow: Flow, data: StateData) -> tuple[Plan, Settled]:
+def plan_settle(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     """One step per btrfs record; empty without one."""
-    settled = Settled()
+    settled = Recovered()
     steps = tuple(
-        Step(f"settle btrfs snapshot {r.name} of {r.details['origin_subvol'] or '/'} on "
-             f"{r.device}", partial(_settle, flow, r, settled))
-        for r in data.snapshots if r.method == "btrfs"
-    )  # fmt: skip
+        Step(
+            f"settle btrfs snapshot {r.name} of {r.details['origin_subvol'] or '/'} on {r.device}",
+            partial(_settle, ctx, r, settled),
+        )
+        for r in data.snapshots
+        if r.method == "btrfs"
+    )
     return Plan("settle btrfs merges a crash cut short", steps), settled
 
 
-def _settle(flow: Flow, record: SnapshotRecord, settled: Settled) -> None:
+def _settle(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
     if block_devnum(record.device) is None:
         settled.actions.append(f"{record.name}: not checked, {record.device} is not attached")
         return
-    run = flow.host.run
-    with origin_lock(record.origin, operation=f"recover {record.name}",
-                     lock_dir=flow.lock_path()):  # fmt: skip
+    run = ctx.host.run
+    with ctx.lock(record.origin, f"recover {record.name}"):
         _drop_stale_tops(run, record, settled)
         top = btrfs.TOP_ROOT / f"btrfs-{record.name}-{os.getpid()}"
         run.run(["mkdir", "-p", str(top)])
@@ -88,7 +83,7 @@ def _settle(flow: Flow, record: SnapshotRecord, settled: Settled) -> None:
             run.run(["rmdir", str(top)])
 
 
-def _drop_stale_tops(run: Executor, record: SnapshotRecord, settled: Settled) -> None:
+def _drop_stale_tops(run: Executor, record: SnapshotRecord, settled: Recovered) -> None:
     """The private mounts of a snapkit that was killed: under the lock, none is in use."""
     pattern = re.compile(rf"btrfs-{re.escape(record.name)}-\d+")
     try:
@@ -103,7 +98,7 @@ def _drop_stale_tops(run: Executor, record: SnapshotRecord, settled: Settled) ->
         settled.actions.append(f"{record.name}: removed the private mount {top} left behind")
 
 
-def _look(run: Executor, top: Path, record: SnapshotRecord, settled: Settled) -> None:
+def _look(run: Executor, top: Path, record: SnapshotRecord, settled: Recovered) -> None:
     origin, name = record.details["origin_subvol"], record.name
     current, snap = top / origin, top / record.details["subvol"]
     spare, legacy = top / spare_name(origin, name), top / legacy_name(origin, name)
@@ -136,11 +131,11 @@ def _look(run: Executor, top: Path, record: SnapshotRecord, settled: Settled) ->
     elif origin and os.path.lexists(current):
         merged = _copy_of(run, current, snap)
     if not os.path.lexists(snap):
-        settled.gone.append(name)
+        settled.drop(name)
         return
     if merged:
         delete(snap, "the merge consumes it")
-        settled.gone.append(name)
+        settled.drop(name)
 
 
 def _rootid(run: Executor, path: Path) -> int:
@@ -165,4 +160,4 @@ def _show(run: Executor, path: Path) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-__all__ = ["Settled", "plan_settle"]
+__all__ = ["BtrfsRecovery", "plan_settle"]

@@ -69,7 +69,7 @@ class LocalFiles:
 
     def create_sparse(self, path: Path, size: int) -> None:
         # O_EXCL: never take over a file someone else made; a sparse file reads as zeros, so
-        # the kernel sees magic 0 at chunk 0 and starts a fresh store (NOTES.md section 4).
+        # the kernel sees magic 0 at chunk 0 and starts a fresh store (snapkit.cow.format.Header).
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

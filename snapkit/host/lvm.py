@@ -23,9 +23,20 @@ from snapkit.errors import CommandError, FormatError
 from snapkit.run import Executor
 
 LVS_FIELDS = (
-    "lv_name", "vg_name", "origin", "pool_lv", "segtype", "lv_attr", "lv_size",
-    "data_percent", "lv_merging", "lv_path", "lv_dm_path", "lv_kernel_major", "lv_kernel_minor",
-)  # fmt: skip
+    "lv_name",
+    "vg_name",
+    "origin",
+    "pool_lv",
+    "segtype",
+    "lv_attr",
+    "lv_size",
+    "data_percent",
+    "lv_merging",
+    "lv_path",
+    "lv_dm_path",
+    "lv_kernel_major",
+    "lv_kernel_minor",
+)
 
 
 @dataclass(frozen=True)
@@ -123,9 +134,17 @@ def parse_lvs(text: str) -> tuple[LogicalVolume, ...]:
 
 def lvs_argv(names: Iterable[str] = ()) -> list[str]:
     return [
-        "lvs", "--reportformat", "json", "--all", "--units", "b", "--nosuffix",
-        "-o", ",".join(LVS_FIELDS), *names,
-    ]  # fmt: skip
+        "lvs",
+        "--reportformat",
+        "json",
+        "--all",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        ",".join(LVS_FIELDS),
+        *names,
+    ]
 
 
 class Lvm:

@@ -22,7 +22,7 @@ takes the signal (it lasts about a second), and only then is the create undone: 
 always runs, even for a step that was under way, resuming the origin if it is suspended and
 removing the snapshot if LVM has it. A SIGKILL of snapkit cannot reach ``lvcreate`` (its own
 session): it finishes, and leaves a snapshot LV recorded as ``pending create`` (saved before
-lvcreate ran), which ``snapkit recover`` keeps (snapkit/recover_lvm.py).
+lvcreate ran), which ``snapkit recover`` keeps (snapkit/methods/lvm/recover.py).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.dm.status import SnapshotFailure, explain
 from snapkit.errors import CommandError, OperationError, RefusedError, UsageError
-from snapkit.freezing import guard_suspend
-from snapkit.lvm import LogicalVolume, Lvm
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.host.freezing import guard_suspend
+from snapkit.host.lvm import LogicalVolume, Lvm
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import DEFAULT_TIMEOUT, Executor
 from snapkit.validate import lv_name
@@ -56,8 +56,8 @@ MERGE_TIMEOUT = None  # a merge copies the whole COW back: as long as it takes
 class LvmMethod:
     name: ClassVar[str] = "lvm"
     # Saved as 'pending create' before lvcreate runs: a SIGKILL or power cut after it would
-    # otherwise leave an LV no record names (snapkit/recover_lvm.py settles the mark).
-    record_first: ClassVar[bool] = True
+    # otherwise leave an LV no record names (snapkit/methods/lvm/recover.py settles the mark).
+    records_first: ClassVar[bool] = True
 
     def __init__(self, host: Host) -> None:
         self.executor: Executor = host.run
@@ -94,7 +94,7 @@ class LvmMethod:
     def unsuitable(self, target: Target) -> str | None:
         try:
             self._origin(target)
-        except RefusedError as exc:
+        except (RefusedError, OperationError) as exc:  # a failed lvs: unsuitable too
             return exc.message
         return None
 
@@ -103,8 +103,18 @@ class LvmMethod:
     def _create_argv(self, request: CreateRequest, origin: LogicalVolume, name: str) -> list[str]:
         size = request.cow_size or max(origin.size // DEFAULT_COW_FRACTION, MIN_COW)
         chunk_kib = request.chunk_sectors // 2
-        return ["lvcreate", "-y", "-s", "-n", name, "-L", f"{size}b", "-c", f"{chunk_kib}k",
-                origin.full_name]  # fmt: skip
+        return [
+            "lvcreate",
+            "-y",
+            "-s",
+            "-n",
+            name,
+            "-L",
+            f"{size}b",
+            "-c",
+            f"{chunk_kib}k",
+            origin.full_name,
+        ]
 
     def _extra_create_steps(self, vg: str, name: str) -> tuple[Step, ...]:
         return ()
@@ -231,18 +241,25 @@ class LvmMethod:
 
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         lv = self._snapshot(record)
-        pending = record.details.get("pending", "")
-        if lv is None and pending in ("merge", "discard"):
+        pending = record.pending
+        if lv is None and pending in (Pending.MERGE, Pending.DISCARD):
             return SnapshotStatus(record, State.MERGED, None, 100.0, f"{pending} done")
         if lv is None:
             return SnapshotStatus(record, State.INVALID, None, None, _gone(record.name))
-        if pending in ("merge", "discard") and not (lv.is_snapshot or lv.is_thin_snapshot):
+        if pending in (Pending.MERGE, Pending.DISCARD) and not (
+            lv.is_snapshot or lv.is_thin_snapshot
+        ):
             # Seen after power cuts in LVM's own clean-up of a merge and of an lvremove: the
             # snapshot's name comes back as a plain LV holding the old COW. The verb was
             # done (the origin merged, or kept); the leftover is recover's to remove.
-            return SnapshotStatus(record, State.MERGED, None, 100.0,
+            return SnapshotStatus(
+                record,
+                State.MERGED,
+                None,
+                100.0,
                 f"{pending} done; LVM's clean-up was cut short and left {lv.full_name}, no "
-                "longer a snapshot (the old COW): 'snapkit recover' removes it")  # fmt: skip
+                "longer a snapshot (the old COW): 'snapkit recover' removes it",
+            )
         usage = lv.data_percent
         if _merge_failed(lv):
             return SnapshotStatus(record, State.INVALID, usage, None, self._failed_words(record))
@@ -287,11 +304,14 @@ class LvmMethod:
             def schedule() -> None:
                 self._to_the_end(argv)
                 # Said to the user, not logged: it is the one thing they must do next.
-                print(f"snapkit: merge of {record.name} deferred, {origin.name} is open: {hint}",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"snapkit: merge of {record.name} deferred, {origin.name} is open: {hint}",
+                    file=sys.stderr,
+                )
 
-            return Plan(title, (Step(f"{' '.join(argv)} (deferred: origin open; {hint})",
-                                     schedule),))  # fmt: skip
+            return Plan(
+                title, (Step(f"{' '.join(argv)} (deferred: origin open; {hint})", schedule),)
+            )
         return Plan(title, (Step(" ".join(argv), lambda: self._merging(argv, record)),))
 
     def _failed_words(self, record: SnapshotRecord) -> str:
@@ -315,8 +335,9 @@ class LvmMethod:
         of lvconvert that must not be killed is over."""
         origin = record.details["origin_dm"]
         table = self.executor.run(["dmsetup", "table", origin], check=False).stdout
-        info = self.executor.run(["dmsetup", "info", "-c", "--noheadings", "-o", "name,suspended"],
-                                 check=False).stdout  # fmt: skip
+        info = self.executor.run(
+            ["dmsetup", "info", "-c", "--noheadings", "-o", "name,suspended"], check=False
+        ).stdout
         prefix = _mangle(record.details["vg"]) + "-"
         suspended = [ln for ln in info.splitlines() if ln.startswith(prefix) and "Suspended" in ln]
         return " snapshot-merge " in table and not suspended

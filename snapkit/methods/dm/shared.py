@@ -23,9 +23,9 @@ from snapkit.dm.status import (
 )
 from snapkit.dm.table import Linear, Table, parse_table
 from snapkit.errors import RefusedError, ValidationError
-from snapkit.methods.base import CreateRequest, SnapshotRecord, State, Target
+from snapkit.host.target import StableId, block_devnum, mounts, mounts_of, stable_id
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, State, Target
 from snapkit.run import Executor
-from snapkit.target import StableId, block_devnum, mounts, mounts_of, stable_id
 from snapkit.validate import SECTOR
 
 DEFAULT_COW_FRACTION = 4  # a COW a quarter of the origin, when --cow-size is not given
@@ -41,7 +41,7 @@ class DmDetails:
     cow_file: Path
     chunk: int
     fstype: str = ""
-    pending: str = ""  # "merge" or "discard" once the kernel side of one has started
+    pending: Pending | None = None  # once the kernel side of a merge or discard has started
     merge_from: int = 0  # allocated sectors when the merge started, for its progress
     base: str = ""  # dm-direct: the device that holds the frozen copy
     table_id: StableId | None = None  # what ``table``'s device is, found again after a reboot
@@ -53,7 +53,7 @@ class DmDetails:
             "cow_file": str(self.cow_file),
             "chunk": str(self.chunk),
             "fstype": self.fstype,
-            "pending": self.pending,
+            "pending": self.pending.value if self.pending else "",
             "merge_from": str(self.merge_from),
             "base": self.base,
             "table_id": str(self.table_id or ""),
@@ -69,7 +69,7 @@ class DmDetails:
                 cow_file=Path(d["cow_file"]),
                 chunk=int(d["chunk"]),
                 fstype=d.get("fstype", ""),
-                pending=d.get("pending", ""),
+                pending=record.pending,
                 merge_from=int(d.get("merge_from", "0") or 0),
                 base=d.get("base", ""),
                 table_id=StableId.parse(d.get("table_id", "")),
@@ -80,7 +80,7 @@ class DmDetails:
                 hint="discard it with --force",
             ) from None
 
-    def with_pending(self, pending: str, merge_from: int = 0) -> DmDetails:
+    def with_pending(self, pending: Pending, merge_from: int = 0) -> DmDetails:
         return replace(self, pending=pending, merge_from=merge_from)
 
 
@@ -193,10 +193,12 @@ def merge_state(lines: tuple[object, ...], merge_from: int, name: str = "NAME") 
     if not isinstance(status, SnapshotUsage):
         word = status.value.lower() if isinstance(status, SnapshotFailure) else "gone"
         return Health(
-            State.INVALID, None, None,
+            State.INVALID,
+            None,
+            None,
             f"{word}: the kernel dropped the COW during the merge (see dmesg); the origin may "
             "be partly rolled back and the rest of the snapshot is lost",
-        )  # fmt: skip
+        )
     if status.merge_done:
         return Health(State.MERGED, 100.0, status)
     first = SnapshotUsage(max(merge_from, status.allocated), status.total, status.metadata)
@@ -226,7 +228,7 @@ def refuse_if_open(dm: DmControl, name: str, what: str) -> None:
 
 
 def refuse_if_mounted(target_dev: Path, op: str) -> None:
-    from snapkit.target import block_devnum
+    from snapkit.host.target import block_devnum
 
     dev = block_devnum(target_dev)
     found = mounts_of(dev, mounts()) if dev is not None else ()
@@ -266,7 +268,7 @@ __all__ = [
 
 
 def mark_pending(
-    dm: DmControl, record: SnapshotRecord, operation: str, status_of: str
+    dm: DmControl, record: SnapshotRecord, operation: Pending, status_of: str
 ) -> SnapshotRecord:
     """The record with ``pending`` set and the COW usage now, the 0 % point of the merge."""
     d = DmDetails.of(record)

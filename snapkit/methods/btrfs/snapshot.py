@@ -8,7 +8,7 @@ each operation; the user's mounts are never touched.
 
 Merge rolls the origin subvolume back by an atomic exchange, never by copying files: a
 writable snapshot of ``/.snapkit/NAME`` takes the origin's place in one ``renameat2`` (see
-:mod:`snapkit.methods.btrfs_merge`), so the origin exists at every instant; then the old origin
+:mod:`snapkit.methods.btrfs.merge`), so the origin exists at every instant; then the old origin
 and the snapshot are deleted. Deleting the old origin is the point of no return: before it the
 plan rolls back; from it on it only goes forward, and the error names the state (``ORIG`` holds
 the snapshot's content) and the way out (``discard``, which deletes the snapshot if it is still
@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import OperationError, RefusedError
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.btrfs_merge import Exchange, Swap, exchange
+from snapkit.host.target import Mount, block_devnum, mounts, mounts_of
+from snapkit.methods.btrfs.merge import Exchange, Swap, exchange
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
-from snapkit.target import Mount, block_devnum, mounts, mounts_of
 from snapkit.validate import dm_name
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
@@ -54,6 +54,7 @@ SUBVOL_ROOT_INODE = 256  # BTRFS_FIRST_FREE_OBJECTID: the root directory of ever
 
 class BtrfsMethod:
     name: ClassVar[str] = "btrfs"
+    records_first: ClassVar[bool] = False
 
     def __init__(
         self, host: Host, *, top_root: Path = TOP_ROOT, exchange: Exchange = exchange
@@ -88,21 +89,35 @@ class BtrfsMethod:
         stops at an undo it cannot do still unmounts and removes it."""
         mount = _mount_top_argv(device, top)
         return (
-            Step(f"mkdir -p {top}", lambda: self._run("mkdir", "-p", str(top)),
-                 lambda: self._quiet("rmdir", str(top)), f"rmdir {top}", must_undo=True),
-            Step(" ".join(mount), lambda: self._run(*mount),
-                 lambda: self._quiet("umount", str(top)), f"umount {top}", must_undo=True),
-        )  # fmt: skip
+            Step(
+                f"mkdir -p {top}",
+                lambda: self._run("mkdir", "-p", str(top)),
+                lambda: self._quiet("rmdir", str(top)),
+                f"rmdir {top}",
+                must_undo=True,
+            ),
+            Step(
+                " ".join(mount),
+                lambda: self._run(*mount),
+                lambda: self._quiet("umount", str(top)),
+                f"umount {top}",
+                must_undo=True,
+            ),
+        )
 
     def _close_top(self, device: str, top: Path) -> tuple[Step, ...]:
         """umount and rmdir. Undoing the umount mounts the top level again, so that the undos
         before it (delete the new snapshot) still find what they remove."""
         mount = _mount_top_argv(device, top)
         return (
-            Step(f"umount {top}", lambda: self._run("umount", str(top)),
-                 lambda: self._run(*mount), f"mount {top} again"),
+            Step(
+                f"umount {top}",
+                lambda: self._run("umount", str(top)),
+                lambda: self._run(*mount),
+                f"mount {top} again",
+            ),
             Step(f"rmdir {top}", lambda: self._run("rmdir", str(top))),
-        )  # fmt: skip
+        )
 
     def _delete_if_there(self, path: Path) -> None:
         """Idempotent, so that a merge or discard that failed after it can be run again."""
@@ -131,10 +146,14 @@ class BtrfsMethod:
 
         steps = (
             *self._open_top(device, top),
-            Step(f"btrfs subvolume snapshot -r {target.mountpoint} {snap}", snapshot,
-                 lambda: self._delete_if_there(snap), f"btrfs subvolume delete {snap}"),
+            Step(
+                f"btrfs subvolume snapshot -r {target.mountpoint} {snap}",
+                snapshot,
+                lambda: self._delete_if_there(snap),
+                f"btrfs subvolume delete {snap}",
+            ),
             *self._close_top(device, top),
-        )  # fmt: skip
+        )
         subvol = f"{SNAP_DIR}/{name}"
         record = SnapshotRecord(
             name=name,
@@ -156,11 +175,15 @@ class BtrfsMethod:
     def status(self, record: SnapshotRecord) -> SnapshotStatus:
         seen = _any_mount(record.device)
         if seen is None:
-            return SnapshotStatus(record, State.ACTIVE, None, None,
-                                  "filesystem not mounted: not checked")  # fmt: skip
+            return SnapshotStatus(
+                record, State.ACTIVE, None, None, "filesystem not mounted: not checked"
+            )
         listing = self.executor.run(["btrfs", "subvolume", "list", "-a", str(seen)]).stdout
-        paths = {line.rsplit(" path ", 1)[-1].removeprefix("<FS_TREE>/")
-                 for line in listing.splitlines() if " path " in line}  # fmt: skip
+        paths = {
+            line.rsplit(" path ", 1)[-1].removeprefix("<FS_TREE>/")
+            for line in listing.splitlines()
+            if " path " in line
+        }
         if record.details["subvol"] not in paths:
             return SnapshotStatus(record, State.INVALID, None, None, "the subvolume is gone")
         return SnapshotStatus(record, State.ACTIVE, None, None)
@@ -174,8 +197,9 @@ class BtrfsMethod:
                 f"{record.details['mount_options']})",
             )
         for held, what in ((origin, "origin subvolume"), (subvol, "snapshot")):
-            mounted = [m.mountpoint for m in _mounts_of_device(record.device)
-                       if m.root.strip("/") == held]  # fmt: skip
+            mounted = [
+                m.mountpoint for m in _mounts_of_device(record.device) if m.root.strip("/") == held
+            ]
             if mounted:
                 raise RefusedError(
                     f"the {what} {held} is mounted at {mounted[0]}",

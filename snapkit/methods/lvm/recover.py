@@ -1,7 +1,7 @@
 """``recover`` for lvm and lvm-thin: settle a create that a SIGKILL or a power cut cut short.
 
 An lvm record is saved as ``pending create`` before ``lvcreate -s`` runs
-(``LvmMethod.record_first``), because LVM, not snapkit, owns what a create leaves: snapkit
+(``LvmMethod.records_first``), because LVM, not snapkit, owns what a create leaves: snapkit
 killed once lvcreate had finished would otherwise leave a snapshot LV no record names, and
 one killed (or a power cut) inside lvcreate's suspend a half-made LV and, without a reboot, a
 suspended origin. So, per marked record, under its origin's lock (a create still running
@@ -24,100 +24,106 @@ own rollback does on SIGINT; 'snapshot merge' again starts it if it is still wan
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from functools import partial
 
-from snapkit.flow import Flow
-from snapkit.lock import LockedError, origin_lock
-from snapkit.lvm import Lvm
-from snapkit.methods.base import SnapshotRecord
+from snapkit.host.lvm import Lvm
+from snapkit.lock import LockedError
+from snapkit.methods.base import Context, FamilyRecovery, Recovered
+from snapkit.methods.lvm import LVM_METHODS
+from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
-from snapkit.recover_btrfs import Settled
 from snapkit.state import StateData
 
-LVM_METHODS = ("lvm", "lvm-thin")
+
+class LvmRecovery(FamilyRecovery):
+    """lvm and lvm-thin: LVM re-activates their LVs; snapkit settles its marked verbs and
+    drops the records whose LV is gone."""
+
+    def activate(self, data: StateData) -> None:
+        """``vgchange -ay`` each recorded VG (which also restarts a merge LVM had scheduled),
+        before anything is planned: a dm snapshot's origin may be one of these LVs."""
+        vgs = sorted({r.details.get("vg", "") for r in data.snapshots if r.method in LVM_METHODS})
+        for vg in filter(None, vgs):
+            self.ctx.host.run.run(["vgchange", "-ay", vg], check=False, timeout=None)
+
+    def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
+        plan, settled = plan_settle(self.ctx, data)
+        gone = [r.name for r in data.snapshots if r.method in LVM_METHODS and _lv_gone(self.ctx, r)]
+        for name in gone:
+            settled.drop(name)  # before what the plan finds, as recover has always listed them
+        return plan, settled
 
 
-@dataclass
-class Created(Settled):
-    """Settled, plus the records whose create turned out whole: their mark is cleared."""
-
-    whole: list[SnapshotRecord] = field(default_factory=list)
-
-    def kept(self, data: StateData) -> StateData:
-        for record in self.whole:
-            data = data.with_snapshot(record)
-        return super().kept(data)
+def _lv_gone(ctx: Context, record: SnapshotRecord) -> bool:
+    vg, lv = record.details.get("vg", ""), record.details.get("lv", "")
+    return bool(vg and lv) and Lvm(ctx.host.run).get(vg, lv) is None
 
 
-def plan_settle(flow: Flow, data: StateData) -> tuple[Plan, Created]:
+def plan_settle(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     """One step per marked lvm record; empty without one."""
-    settled = Created()
+    settled = Recovered()
     steps = tuple(
-        Step(f"settle the lvm create of {r.name} ({r.details['vg']}/{r.details['lv']})",
-             partial(_settle, flow, r, settled))
+        Step(
+            f"settle the lvm create of {r.name} ({r.details['vg']}/{r.details['lv']})",
+            partial(_settle, ctx, r, settled),
+        )
         for r in data.snapshots
-        if r.method in LVM_METHODS and r.details.get("pending") == "create"
+        if r.method in LVM_METHODS and r.pending is Pending.CREATE
     ) + tuple(
-        Step(f"settle the lvm {r.details['pending']} of {r.name}",
-             partial(_settle_end, flow, r, settled))
+        Step(f"settle the lvm {r.pending} of {r.name}", partial(_settle_end, ctx, r, settled))
         for r in data.snapshots
-        if r.method in LVM_METHODS and r.details.get("pending") in ("merge", "discard")
-    )  # fmt: skip
+        if r.method in LVM_METHODS and r.pending in (Pending.MERGE, Pending.DISCARD)
+    )
     return Plan("settle lvm verbs a crash cut short", steps), settled
 
 
-def _settle(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
-    from snapkit.methods.lvm import LvmMethod  # recover loads no method at import
+def _settle(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
+    from snapkit.methods.lvm.snapshot import LvmMethod  # recover loads no method at import
 
     vg, name = record.details["vg"], record.details["lv"]
     try:
-        with origin_lock(record.origin, operation=f"recover {record.name}",
-                         lock_dir=flow.lock_path()):  # fmt: skip
-            lvm = Lvm(flow.host.run)
+        with ctx.lock(record.origin, f"recover {record.name}"):
+            lvm = Lvm(ctx.host.run)
             lv = lvm.get(vg, name)
             if lv is not None and (lv.is_snapshot or lv.is_thin_snapshot) and not lv.invalid:
-                details = {k: v for k, v in record.details.items() if k != "pending"}
-                settled.whole.append(replace(record, details=details))
+                settled.saved.append(record.unmarked())
                 settled.actions.append(f"{record.name}: the create had finished; kept")
                 return
             origin = lvm.get(vg, record.details["origin_lv"])
             if origin is not None:
-                LvmMethod(flow.host).undo_create(origin, name)
-            settled.gone.append(record.name)
+                LvmMethod(ctx.host).undo_create(origin, name)
+            settled.drop(record.name)
             settled.actions.append(f"{record.name}: the create was cut short; undone")
     except LockedError as exc:
         settled.actions.append(f"{record.name}: not settled, {exc}")
 
 
-def _settle_end(flow: Flow, record: SnapshotRecord, settled: Created) -> None:
-    vg, name, op = record.details["vg"], record.details["lv"], record.details["pending"]
+def _settle_end(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
+    vg, name, op = record.details["vg"], record.details["lv"], record.pending
     try:
-        with origin_lock(record.origin, operation=f"recover {record.name}",
-                         lock_dir=flow.lock_path()):  # fmt: skip
-            lv = Lvm(flow.host.run).get(vg, name)
+        with ctx.lock(record.origin, f"recover {record.name}"):
+            lv = Lvm(ctx.host.run).get(vg, name)
             snapshot = lv is not None and (lv.is_snapshot or lv.is_thin_snapshot)
-            if lv is not None and snapshot and op == "merge":
+            if lv is not None and snapshot and op is Pending.MERGE:
                 if lv.merging:
                     return  # LVM merges on; 'snapshot merge' or status finishes the record
                 # Killed after the mark and before lvconvert changed LVM's metadata: nothing
                 # merged. Clear the mark, as the flow's own rollback on SIGINT does; a stale
                 # one would refuse every later discard of an untouched snapshot.
-                details = {k: v for k, v in record.details.items() if k != "pending"}
-                settled.whole.append(replace(record, details=details))
+                settled.saved.append(record.unmarked())
                 settled.actions.append(f"{record.name}: the merge had not started; kept")
                 return
             if lv is not None and not lv.is_open:
-                flow.host.run.run(["lvremove", "-f", "-y", lv.full_name])
+                ctx.host.run.run(["lvremove", "-f", "-y", lv.full_name])
                 what = "the discard" if snapshot else "LVM's leftover of the old COW"
                 settled.actions.append(f"{record.name}: removed {lv.full_name}, {what}")
             elif lv is not None:
                 settled.actions.append(f"{record.name}: {lv.full_name} is open; left as it is")
                 return
-            settled.gone.append(record.name)
+            settled.drop(record.name)
             settled.actions.append(f"{record.name}: the {op} had finished")
     except LockedError as exc:
         settled.actions.append(f"{record.name}: not settled, {exc}")
 
 
-__all__ = ["Created", "plan_settle"]
+__all__ = ["LvmRecovery", "plan_settle"]

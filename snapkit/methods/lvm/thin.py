@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from snapkit.errors import RefusedError
-from snapkit.lvm import LogicalVolume
-from snapkit.methods.base import CreateRequest, SnapshotRecord, SnapshotStatus, State
-from snapkit.methods.lvm import LvmMethod, refuse_size
+from snapkit.host.lvm import LogicalVolume
+from snapkit.methods.lvm.snapshot import LvmMethod, refuse_size
+from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State
 from snapkit.plan import Plan, Step
 
 
@@ -34,9 +34,13 @@ class LvmThinMethod(LvmMethod):
         on = ["lvchange", "-ay", "-K", f"{vg}/{name}"]
         off = ["lvchange", "-an", f"{vg}/{name}"]
         return (
-            Step(" ".join(on), lambda: self.executor.run(on),
-                 lambda: self.executor.run(off), " ".join(off)),
-        )  # fmt: skip
+            Step(
+                " ".join(on),
+                lambda: self.executor.run(on),
+                lambda: self.executor.run(off),
+                " ".join(off),
+            ),
+        )
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
         refuse_size(request, self.name)

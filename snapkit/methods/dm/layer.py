@@ -26,11 +26,12 @@ from snapkit.dm.control import DmControl
 from snapkit.dm.naming import UUID_PREFIX
 from snapkit.dm.table import DevNum, Snapshot, Store, Table
 from snapkit.errors import RefusedError
-from snapkit.loopdev import LoopSlot
-from snapkit.methods.base import Host, SnapshotRecord
-from snapkit.methods.dmshared import DmDetails
+from snapkit.host.loopdev import LoopSlot
+from snapkit.host.target import Mount, mounts_of
+from snapkit.methods.base import Host
+from snapkit.methods.dm.shared import DmDetails
+from snapkit.model import SnapshotRecord
 from snapkit.plan import Step
-from snapkit.target import Mount, mounts_of
 from snapkit.validate import SECTOR, dm_name
 
 # Filesystems whose frozen copy keeps a log that a mount must replay (see the docstring).

@@ -18,11 +18,10 @@ from snapkit.dm import steps
 from snapkit.dm.naming import Role, parse_uuid, snapkit_name, uuid
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import RefusedError
-from snapkit.flow import Flow
-from snapkit.lock import origin_lock
+from snapkit.host.target import block_devnum, block_info, mounts_of
+from snapkit.methods.base import Host
 from snapkit.plan import Plan
-from snapkit.state import Prepared
-from snapkit.target import block_devnum, block_info, mounts_of, stable_id
+from snapkit.state import StateData
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,9 @@ class PrepareResult:
     partition_start: int | None
 
 
-def plan_prepare(flow: Flow, device: str, name: str) -> tuple[Plan, PrepareResult]:
+def plan_prepare(host: Host, data: StateData, device: str, name: str) -> tuple[Plan, PrepareResult]:
+    """The plan that puts ``device`` under ``/dev/mapper/NAME``, refused before anything
+    changes if the name is taken (by a dm device, or in ``data``) or the device is in use."""
     snapkit_name(name, what="device name")
     dev = block_devnum(device)
     info = block_info(dev) if dev is not None else None
@@ -42,8 +43,8 @@ def plan_prepare(flow: Flow, device: str, name: str) -> tuple[Plan, PrepareResul
         raise RefusedError(
             f"{device} is not a block device", hint="give e.g. /dev/vdb or /dev/loop0"
         )
-    dm = flow.host.dm
-    if dm.info(name) is not None or flow.load().device(name) is not None:
+    dm = host.dm
+    if dm.info(name) is not None or data.device(name) is not None:
         raise RefusedError(f"the name {name!r} is already in use", hint="choose another --name")
     if info.dm_name is not None:
         raise RefusedError(
@@ -76,20 +77,10 @@ def plan_prepare(flow: Flow, device: str, name: str) -> tuple[Plan, PrepareResul
     )
 
 
-def prepare(flow: Flow, device: str, name: str, *, dry_run: bool = False) -> PrepareResult | str:
-    with origin_lock(device, operation=f"prepare {name}", lock_dir=flow.lock_path()):
-        plan, result = plan_prepare(flow, device, name)
-        if dry_run:
-            return plan.render()
-        dev = block_devnum(device)
-        ident = stable_id(dev, flow.host.run) if dev is not None else None
-        flow.apply_plan(plan)
-        flow.state.save(flow.load().with_device(Prepared(name, str(result.under), ident)))
-        return result
-
-
-def plan_release(flow: Flow, name: str) -> Plan:
-    dm = flow.host.dm
+def plan_release(host: Host, name: str) -> Plan:
+    """The plan that removes the prepared ``/dev/mapper/NAME`` (its undo puts it back),
+    refused while it has snapshots or is open."""
+    dm = host.dm
     info = dm.info(name)
     parsed = parse_uuid(info.uuid) if info else None
     if info is None or parsed != (name, Role.ORIGIN):
@@ -114,15 +105,4 @@ def plan_release(flow: Flow, name: str) -> Plan:
     return Plan(f"release /dev/mapper/{name}", (steps.remove(dm, name, restore),))
 
 
-def release(flow: Flow, name: str, *, dry_run: bool = False) -> str:
-    with origin_lock(f"/dev/mapper/{name}", operation=f"release {name}", lock_dir=flow.lock_path()):
-        plan = plan_release(flow, name)
-        if dry_run:
-            return plan.render()
-        record = flow.load().device(name)
-        flow.apply_plan(plan)
-        flow.state.save(flow.load().without_device(name))
-        return record.device if record else ""
-
-
-__all__ = ["plan_prepare", "plan_release", "prepare", "release"]
+__all__ = ["PrepareResult", "plan_prepare", "plan_release"]

@@ -12,7 +12,7 @@ either the old origin or the snapshot's content there, never nothing.
 The spare keeps its name across the exchange, so its name alone does not say what it holds;
 its subvolume ID does: IDs only grow, and the spare is made after the origin, so ``ORIG`` with
 the higher ID means the exchange happened. ``snapkit recover`` reads it that way
-(:mod:`snapkit.recover_btrfs`). ``ORIG.snapkit-old-NAME`` is what the earlier, rename-based
+(:mod:`snapkit.methods.btrfs.recover`). ``ORIG.snapkit-old-NAME`` is what the earlier, rename-based
 merge left; recover still puts it back.
 
 The undos look at what is there rather than trust what the steps reported: once the old origin
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from snapkit.errors import OperationError, RefusedError
-from snapkit.methods.base import SnapshotRecord
+from snapkit.model import SnapshotRecord
 from snapkit.plan import Step
 
 AT_FDCWD = -100
@@ -64,9 +64,13 @@ class Swap:
     mount ``top``, present from before the first of these steps to after the last."""
 
     def __init__(
-        self, run: Run, swap: Exchange, delete: Callable[[Path], None], top: Path,
+        self,
+        run: Run,
+        swap: Exchange,
+        delete: Callable[[Path], None],
+        top: Path,
         record: SnapshotRecord,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.run, self.swap, self.delete = run, swap, delete
         self.origin, self.name = record.details["origin_subvol"], record.name
         self.subvol = record.details["subvol"]
@@ -78,22 +82,34 @@ class Swap:
     def steps(self) -> tuple[Step, ...]:
         cur, spare, snap = self.current, self.spare, self.snap
         return (
-            Step(f"btrfs subvolume snapshot {snap} {spare}", self.snapshot, self.unsnapshot,
-                 f"btrfs subvolume delete {spare}, unless it holds the old origin"),
-            Step(f"exchange {cur} and {spare} (renameat2 RENAME_EXCHANGE)", self.exchange,
-                 self.exchange_back, f"exchange them back, while {spare} exists"),
-            Step(f"btrfs subvolume delete {spare}, the old origin (the point of no return)",
-                 self.commit),
+            Step(
+                f"btrfs subvolume snapshot {snap} {spare}",
+                self.snapshot,
+                self.unsnapshot,
+                f"btrfs subvolume delete {spare}, unless it holds the old origin",
+            ),
+            Step(
+                f"exchange {cur} and {spare} (renameat2 RENAME_EXCHANGE)",
+                self.exchange,
+                self.exchange_back,
+                f"exchange them back, while {spare} exists",
+            ),
+            Step(
+                f"btrfs subvolume delete {spare}, the old origin (the point of no return)",
+                self.commit,
+            ),
             Step(f"btrfs subvolume delete {snap}", lambda: self.delete(snap)),
-        )  # fmt: skip
+        )
 
     def _past_no_return(self) -> bool:
         return self.committed or (self.swapped and not os.path.lexists(self.spare))
 
     def snapshot(self) -> None:
         if not os.path.lexists(self.snap):
-            raise RefusedError(f"the snapshot subvolume {self.subvol} is gone",
-                               hint=f"forget it: snapkit snapshot discard {self.name}")  # fmt: skip
+            raise RefusedError(
+                f"the snapshot subvolume {self.subvol} is gone",
+                hint=f"forget it: snapkit snapshot discard {self.name}",
+            )
         for left in (self.spare, self.legacy):
             if os.path.lexists(left):
                 raise RefusedError(
@@ -111,8 +127,10 @@ class Swap:
         try:
             self.swap(self.current, self.spare)
         except OSError as exc:  # atomic: nothing was exchanged
-            raise OperationError(f"exchange {self.current} and {self.spare}: {exc.strerror}",
-                                 hint="see dmesg for the kernel's reason") from exc  # fmt: skip
+            raise OperationError(
+                f"exchange {self.current} and {self.spare}: {exc.strerror}",
+                hint="see dmesg for the kernel's reason",
+            ) from exc
         self.swapped = True
 
     def exchange_back(self) -> None:

@@ -10,7 +10,7 @@ since a ``snapshot`` target has no offset parameter.
 
 A frozen xfs or btrfs leaves a log in the copy that a mount must replay, which a read-only
 device cannot take: ``snapshot mount`` puts a throwaway writable layer over the view for them
-(:mod:`snapkit.layer`). Merge, discard and finish remove it first, and refuse while it is
+(:mod:`snapkit.methods.dm.layer`). Merge, discard and finish remove it first, and refuse while it is
 mounted.
 
 The raw recipe's words are inverted with respect to snapkit's single meaning of the verbs:
@@ -30,13 +30,14 @@ from typing import ClassVar
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, snapkit_name, uuid
 from snapkit.dm.table import Dev, DevNum, Linear, Snapshot, SnapshotMerge, Store, Table
-from snapkit.errors import RefusedError
-from snapkit.freezing import guard_suspend
-from snapkit.layer import Layer, teardown
-from snapkit.layer import refuse_if_mounted as refuse_if_mounted_layer
-from snapkit.loopdev import LoopSlot
-from snapkit.methods.base import CreateRequest, Host, SnapshotRecord, SnapshotStatus, State, Target
-from snapkit.methods.dmshared import (
+from snapkit.errors import OperationError, RefusedError
+from snapkit.host.freezing import guard_suspend
+from snapkit.host.loopdev import LoopSlot
+from snapkit.host.target import block_info
+from snapkit.methods.base import Host
+from snapkit.methods.dm.layer import Layer, teardown
+from snapkit.methods.dm.layer import refuse_if_mounted as refuse_if_mounted_layer
+from snapkit.methods.dm.shared import (
     MAPPER,
     DmDetails,
     check_cow_dir,
@@ -50,8 +51,8 @@ from snapkit.methods.dmshared import (
     refuse_if_open,
     snapshot_state,
 )
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
-from snapkit.target import block_info
 from snapkit.validate import chunk_sectors
 
 
@@ -67,7 +68,7 @@ class DmDirectMethod:
     # Once the origin is switched, its newest writes live in the COW only: the flow records
     # the snapshot (pending create) before the plan runs, so recover never takes the COW for
     # the leftover of a create cut short.
-    record_first: ClassVar[bool] = True
+    records_first: ClassVar[bool] = True
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -76,7 +77,7 @@ class DmDirectMethod:
     def unsuitable(self, target: Target) -> str | None:
         try:
             dm_origin(self.dm, target, want="linear")
-        except RefusedError as exc:
+        except (RefusedError, OperationError) as exc:  # a failed dm query: unsuitable too
             return str(exc)
         return None
 
@@ -134,9 +135,14 @@ class DmDirectMethod:
         s += guard_suspend(request.target, swap, request.max_freeze)  # btrfs: see freezing.py
         s.append(steps.set_ro(self.host.run, lambda: base_path, base_path, True))
         details = DmDetails(
-            origin, table, cow, chunk, request.target.fstype or "", base=str(base),
+            origin,
+            table,
+            cow,
+            chunk,
+            request.target.fstype or "",
+            base=str(base),
             table_id=disk_ident(table, self.host.run),
-        )  # fmt: skip
+        )
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
         )
@@ -165,24 +171,33 @@ class DmDirectMethod:
         if kind == "snapshot-merge":
             health = merge_state(dm.status(d.origin_name), d.merge_from, record.name)
             return SnapshotStatus(record, health.state, None, health.percent, health.message)
-        if d.pending == "create":
+        if d.pending is Pending.CREATE:
             return SnapshotStatus(
-                record, State.INVALID, None, None,
+                record,
+                State.INVALID,
+                None,
+                None,
                 "its create was cut short (or is running): 'snapkit recover' settles it",
-            )  # fmt: skip
+            )
         if d.pending and kind == "snapshot":
             return SnapshotStatus(
-                record, State.ACTIVE, None, None,
+                record,
+                State.ACTIVE,
+                None,
+                None,
                 f"{d.pending} not started yet: run 'snapkit snapshot {d.pending} "
                 f"{record.name}' again",
-            )  # fmt: skip
+            )
         if d.pending:
             return SnapshotStatus(record, State.MERGED, None, 100.0, f"{d.pending} to finish")
         if kind != "snapshot":
             return SnapshotStatus(
-                record, State.INVALID, None, None,
+                record,
+                State.INVALID,
+                None,
+                None,
                 f"{MAPPER}{d.origin_name} is no longer a snapshot (rebooted?); discard it",
-            )  # fmt: skip
+            )
         health = snapshot_state(dm.status(d.origin_name), record.name)
         return SnapshotStatus(record, health.state, health.percent, None, health.message)
 
@@ -256,7 +271,7 @@ class DmDirectMethod:
         )
         return self._start(record, f"discard {record.name} (merge its COW into {base})", merge)
 
-    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
+    def mark_pending(self, record: SnapshotRecord, operation: Pending) -> SnapshotRecord:
         return mark_pending(self.dm, record, operation, DmDetails.of(record).origin_name)
 
     def started(self, record: SnapshotRecord) -> bool:

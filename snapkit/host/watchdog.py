@@ -32,10 +32,10 @@ from pathlib import Path
 from types import FrameType
 
 from snapkit.errors import OperationError
-from snapkit.fs import thaw_fd
+from snapkit.host.fs import thaw_fd
 
 READY_TIMEOUT = 60.0  # Python start-up under TCG emulation alone takes ~1.6 s
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds snapkit/
 
 
 class Watchdog:
@@ -50,7 +50,7 @@ class Watchdog:
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(_PACKAGE_ROOT))
         self.proc = subprocess.Popen(  # a helper that outlives a step: not a run() command
-            [self.python, "-m", "snapkit.watchdog", str(self.mountpoint)],
+            [self.python, "-m", "snapkit.host.watchdog", str(self.mountpoint)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -177,7 +177,7 @@ class _Watch:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m snapkit.watchdog MOUNTPOINT", file=sys.stderr)
+        print("usage: python -m snapkit.host.watchdog MOUNTPOINT", file=sys.stderr)
         return 2
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)

@@ -1,7 +1,7 @@
 """``dm``: raw device-mapper snapshots the LVM way, for a filesystem not on LVM.
 
 The origin must be a dm ``linear`` device (``snapkit device prepare`` makes one). Create builds
-what ``lvcreate -s`` builds (NOTES.md section 3, "The LVM way"): ``ORIGIN-real`` with the
+what ``lvcreate -s`` builds (call it "the LVM way"): ``ORIGIN-real`` with the
 origin's table, a COW on a loop device over a sparse file, the ``snapshot`` device, and the
 origin reloaded as ``snapshot-origin`` -- all tables loaded first, then one suspend of the
 origin (which freezes its filesystem), the snapshot resumed, the origin resumed: three ioctls
@@ -22,18 +22,11 @@ from typing import ClassVar
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
-from snapkit.errors import RefusedError, split_advice
-from snapkit.freezing import guard_suspend
-from snapkit.loopdev import LoopSlot
-from snapkit.methods.base import (
-    CreateRequest,
-    Host,
-    SnapshotRecord,
-    SnapshotStatus,
-    State,
-    Target,
-)
-from snapkit.methods.dmshared import (
+from snapkit.errors import OperationError, RefusedError, split_advice
+from snapkit.host.freezing import guard_suspend
+from snapkit.host.loopdev import LoopSlot
+from snapkit.methods.base import Host
+from snapkit.methods.dm.shared import (
     MAPPER,
     DmDetails,
     check_cow_dir,
@@ -47,12 +40,14 @@ from snapkit.methods.dmshared import (
     refuse_if_open,
     snapshot_state,
 )
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.validate import chunk_sectors
 
 
 class DmMethod:
     name: ClassVar[str] = "dm"
+    records_first: ClassVar[bool] = False
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -61,7 +56,7 @@ class DmMethod:
     def unsuitable(self, target: Target) -> str | None:
         try:
             dm_origin(self.dm, target, want="linear|snapshot-origin")
-        except RefusedError as exc:
+        except (RefusedError, OperationError) as exc:  # a failed dm query: unsuitable too
             return str(exc)
         return None
 
@@ -119,9 +114,13 @@ class DmMethod:
         swap = [steps.suspend(dm, origin), steps.resume(dm, name), steps.resume(dm, origin)]
         s += guard_suspend(request.target, swap, request.max_freeze)
         details = DmDetails(
-            origin, original, cow, chunk, request.target.fstype or "",
+            origin,
+            original,
+            cow,
+            chunk,
+            request.target.fstype or "",
             table_id=disk_ident(original, self.host.run),
-        )  # fmt: skip
+        )
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
         )
@@ -158,16 +157,22 @@ class DmMethod:
                 return SnapshotStatus(record, health.state, None, health.percent, health.message)
             if not self.started(record):
                 return SnapshotStatus(
-                    record, State.ACTIVE, None, None,
+                    record,
+                    State.ACTIVE,
+                    None,
+                    None,
                     f"{d.pending} not started yet: run 'snapkit snapshot {d.pending} "
                     f"{record.name}' again",
-                )  # fmt: skip
+                )
             return SnapshotStatus(record, State.MERGED, None, 100.0, f"{d.pending} to finish")
         if dm.info(record.name) is None:
             return SnapshotStatus(
-                record, State.INVALID, None, None,
+                record,
+                State.INVALID,
+                None,
+                None,
                 "its dm devices are gone (rebooted?); discard it to free the COW file",
-            )  # fmt: skip
+            )
         health = snapshot_state(dm.status(record.name), record.name)
         return SnapshotStatus(record, health.state, health.percent, None, health.message)
 
@@ -189,7 +194,7 @@ class DmMethod:
         # intact (nothing merges without snapshot-merge), so snapshot-merge can still load.
         # A snapshot device left with no table (a restore that failed) counts as gone.
         empty = dm.info(name) is not None and dm.table(name) is None
-        restart = d.pending == "merge" and (empty or dm.info(name) is None)
+        restart = d.pending is Pending.MERGE and (empty or dm.info(name) is None)
         health = snapshot_state(() if restart else dm.status(name), name)
         if health.usage is None and not restart:
             what, todo = split_advice(health.message)
@@ -233,7 +238,7 @@ class DmMethod:
 
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
         d = DmDetails.of(record)
-        if d.pending == "merge" and self.status(record).state is State.MERGING:
+        if d.pending is Pending.MERGE and self.status(record).state is State.MERGING:
             raise RefusedError(
                 f"{record.name} is being merged into {MAPPER}{d.origin_name}",
                 hint=f"wait for it: snapkit snapshot merge {record.name} --wait",
@@ -242,7 +247,7 @@ class DmMethod:
             refuse_if_open(self.dm, record.name, "the snapshot")
         return Plan(f"discard dm snapshot {record.name}", (steps.remove(self.dm, record.name),))
 
-    def mark_pending(self, record: SnapshotRecord, operation: str) -> SnapshotRecord:
+    def mark_pending(self, record: SnapshotRecord, operation: Pending) -> SnapshotRecord:
         return mark_pending(self.dm, record, operation, record.name)
 
     def started(self, record: SnapshotRecord) -> bool:
@@ -349,8 +354,9 @@ class DmMethod:
             table = self.dm.table(name)
             target = table.lines[0].target if table else None
             if isinstance(target, Snapshot) and str(target.origin) in (
-                str(real.dev), MAPPER + real_name(origin),
-            ):  # fmt: skip
+                str(real.dev),
+                MAPPER + real_name(origin),
+            ):
                 found.append(name)
         return found
 

@@ -1,9 +1,9 @@
 """``recover`` for dm-direct: its stack after a reboot, from the record and the COW file.
 
-Kept apart from :mod:`snapkit.recover` because dm-direct's stack is not the LVM way's: the
-origin itself is the ``snapshot`` target, its base device is the frozen copy (read-only), and
-its verbs are inverted (a pending ``merge`` rolls back to ``linear BASE``, a pending
-``discard`` merges the COW into BASE). What each case needs is said in recover's docstring.
+Kept apart from :mod:`snapkit.methods.dm.recover` because dm-direct's stack is not the LVM
+way's: the origin itself is the ``snapshot`` target, its base device is the frozen copy
+(read-only), and its verbs are inverted (a pending ``merge`` rolls back to ``linear BASE``, a
+pending ``discard`` merges the COW into BASE). What each case needs is said in recover's docstring.
 """
 
 from __future__ import annotations
@@ -17,25 +17,25 @@ from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, uuid
 from snapkit.dm.table import Dev, Linear, Snapshot, SnapshotMerge, Store, Table, parse_dev
 from snapkit.errors import CowFormatError
-from snapkit.flow import Flow
-from snapkit.layer import SUFFIX, Layer
-from snapkit.loopdev import LoopSlot
-from snapkit.methods.base import SnapshotRecord
-from snapkit.methods.dmshared import MAPPER, DmDetails, linear_of
+from snapkit.host.loopdev import LoopSlot
+from snapkit.host.target import block_info
+from snapkit.methods.base import Context
+from snapkit.methods.dm.layer import SUFFIX, Layer
+from snapkit.methods.dm.shared import MAPPER, DmDetails, linear_of
+from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Step
 from snapkit.state import StateData
-from snapkit.target import block_info
 from snapkit.validate import SECTOR
 
 
-def reassemble(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], SnapshotRecord]:
+def reassemble(ctx: Context, record: SnapshotRecord) -> tuple[list[Step], SnapshotRecord]:
     """The steps that bring ``record``'s stack back, and the record with its base device as
     it is named now (``record``'s table is already pointed at the disk's number now)."""
-    dm, host = flow.host.dm, flow.host
+    dm, host = ctx.host.dm, ctx.host
     d = DmDetails.of(record)
     origin, size = d.origin_name, d.table.size
-    if d.pending == "merge":  # roll back: the original table is the whole of it
-        return origin_steps(flow, origin, lambda: d.table, steps.table_text(d.table)), record
+    if d.pending is Pending.MERGE:  # roll back: the original table is the whole of it
+        return origin_steps(ctx, origin, lambda: d.table, steps.table_text(d.table)), record
     under = linear_of(d.table)
     s: list[Step] = []
     base: Dev = under.device
@@ -44,57 +44,57 @@ def reassemble(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], Snapshot
         base = MAPPER + inter
         if dm.info(inter) is None:
             part = Table.single(size, Linear(under.device, under.offset))
-            s += _device(flow, inter, uuid(record.name, Role.BASE), part)
+            s += _device(ctx, inter, uuid(record.name, Role.BASE), part)
     record = replace(record, details={**record.details, "base": str(base)})
     slot = LoopSlot(d.cow_file)
     found = host.loops.find(d.cow_file)
     slot.device = found[0] if found else None
     if not found:
         s.append(steps.attach(host.loops, slot))
-    kind = SnapshotMerge if d.pending == "discard" else Snapshot
+    kind = SnapshotMerge if d.pending is Pending.DISCARD else Snapshot
 
     def table() -> Table:
         return Table.single(size, kind(base, str(slot.path), Store.PERSISTENT, d.chunk))
 
     kind_name = "snapshot-merge" if kind is SnapshotMerge else "snapshot"  # a property on each
     text = f"0 {size} {kind_name} {base} {slot} P {d.chunk}"
-    if d.pending == "discard":  # keep the writes since: the kernel merges them into BASE
-        return [*s, *origin_steps(flow, origin, table, text)], record
+    if d.pending is Pending.DISCARD:  # keep the writes since: the kernel merges them into BASE
+        return [*s, *origin_steps(ctx, origin, table, text)], record
     if dm.info(record.name) is None:
         view = Table.single(size, Linear(base, 0))
-        s += _device(flow, record.name, uuid(record.name, Role.VIEW), view, ro=True)
+        s += _device(ctx, record.name, uuid(record.name, Role.VIEW), view, ro=True)
     path = _path(base)
     s += [
-        *origin_steps(flow, origin, table, text),
+        *origin_steps(ctx, origin, table, text),
         steps.set_ro(host.run, lambda: path, path, True),
     ]
     return s, record
 
 
-def settle_create(flow: Flow, record: SnapshotRecord) -> tuple[list[Step], SnapshotRecord | None]:
+def settle_create(ctx: Context, record: SnapshotRecord) -> tuple[list[Step], SnapshotRecord | None]:
     """A create cut short (``pending create``, saved before its plan ran; ``record``'s table
     already points at the disk's number now). The origin's writes since the switch live in
     the COW only, so: switched (its table, or after a reboot a COW holding an exception) ->
     finish the stack and keep the snapshot; never switched -> undo the rest and drop it
     (``None``), the origin as it was."""
-    dm, host = flow.host.dm, flow.host
+    dm, host = ctx.host.dm, ctx.host
     d = DmDetails.of(record)
-    done = replace(record, details={**record.details, "pending": ""})
+    done = record.marked(None)
     info = dm.info(d.origin_name)
     table = dm.table(d.origin_name) if info else None
     if info is None and holds_writes(d.cow_file):
-        return reassemble(flow, done)
+        return reassemble(ctx, done)
     if table is not None and table.lines[0].target.type_name == "snapshot":
         base = parse_dev(d.base)
         s: list[Step] = []
         if dm.info(record.name) is None:
             view = Table.single(d.table.size, Linear(base, 0))
-            s += _device(flow, record.name, uuid(record.name, Role.VIEW), view, ro=True)
+            s += _device(ctx, record.name, uuid(record.name, Role.VIEW), view, ro=True)
         path = _path(base)
         return [*s, steps.set_ro(host.run, lambda: path, path, True)], done
     s = []
     if info is None:
-        s += origin_steps(flow, d.origin_name, lambda: d.table, steps.table_text(d.table))
+        s += origin_steps(ctx, d.origin_name, lambda: d.table, steps.table_text(d.table))
     else:  # killed inside the switch: the loaded table must not be swapped in later
         if info.inactive_table:
             s.append(Step(f"dmsetup clear {d.origin_name}", lambda: dm.clear(d.origin_name)))
@@ -127,15 +127,15 @@ def holds_writes(cow: Path) -> bool:
     return len(first) < ENTRY_SIZE or int.from_bytes(first[8:16], "little") != 0
 
 
-def origin_steps(flow: Flow, name: str, table: Callable[[], Table], text: str) -> list[Step]:
+def origin_steps(ctx: Context, name: str, table: Callable[[], Table], text: str) -> list[Step]:
     """Load ``table`` into the prepared origin ``name``, creating it if the reboot took it."""
-    dm = flow.host.dm
+    dm = ctx.host.dm
     s = [] if dm.info(name) is not None else [steps.create(dm, name, uuid(name, Role.ORIGIN))]
     return [*s, steps.load(dm, name, table, text), steps.resume(dm, name)]
 
 
-def _device(flow: Flow, name: str, dm_uuid: str, table: Table, *, ro: bool = False) -> list[Step]:
-    dm = flow.host.dm
+def _device(ctx: Context, name: str, dm_uuid: str, table: Table, *, ro: bool = False) -> list[Step]:
+    dm = ctx.host.dm
     return [
         steps.create(dm, name, dm_uuid),
         steps.load(dm, name, lambda: table, steps.table_text(table), ro=ro),
@@ -150,16 +150,16 @@ def _path(dev: Dev) -> str:
     return str(info.path) if info else f"/dev/block/{dev}"
 
 
-def orphan_layers(flow: Flow, data: StateData) -> list[Layer]:
+def orphan_layers(ctx: Context, data: StateData) -> list[Layer]:
     """Layer files in snapkit's COW directory whose snapshot no record names any more."""
-    cow_dir = flow.state.directory / "cow"
+    cow_dir = ctx.cow_dir
     named = {r.name for r in data.snapshots}
     try:
         found = sorted(cow_dir.glob(f"*{SUFFIX}"))
     except OSError:
         return []
     layers = [Layer(p.stem, "", p, 0) for p in found if p.stem not in named]
-    return [x for x in layers if flow.host.dm.info(x.name) is None]
+    return [x for x in layers if ctx.host.dm.info(x.name) is None]
 
 
 __all__ = ["holds_writes", "origin_steps", "orphan_layers", "reassemble", "settle_create"]

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from snapkit import fs
 from snapkit.errors import OperationError, UsageError
-from snapkit.methods.base import Target
+from snapkit.host import fs
+from snapkit.model import Target
 from snapkit.plan import Step
 from snapkit.run import Completed
 
@@ -38,7 +38,7 @@ class IoctlFreezer:
 
 
 class Guard(Protocol):
-    """What the plan needs of a watchdog (:class:`snapkit.watchdog.Watchdog`)."""
+    """What the plan needs of a watchdog (:class:`snapkit.host.watchdog.Watchdog`)."""
 
     def start(self) -> None: ...
 
@@ -50,7 +50,7 @@ class Guard(Protocol):
 
 
 def real_watchdog(mountpoint: Path) -> Guard:
-    from snapkit.watchdog import Watchdog
+    from snapkit.host.watchdog import Watchdog
 
     return Watchdog(mountpoint)
 
@@ -105,15 +105,24 @@ def freeze_around(
             )
 
     return (
-        Step(f"start the watchdog for {mountpoint}", watchdog.start, watchdog.abandon,
-             "stop the watchdog (it thaws if armed)", must_undo=True),
-        Step(f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
-             do_freeze, lambda: freezer.thaw(mountpoint), f"thaw {mountpoint}",
-             must_undo=True),
+        Step(
+            f"start the watchdog for {mountpoint}",
+            watchdog.start,
+            watchdog.abandon,
+            "stop the watchdog (it thaws if armed)",
+            must_undo=True,
+        ),
+        Step(
+            f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
+            do_freeze,
+            lambda: freezer.thaw(mountpoint),
+            f"thaw {mountpoint}",
+            must_undo=True,
+        ),
         *inner,
         Step(f"thaw {mountpoint} (FITHAW)", do_thaw),
         Step("stop the watchdog", do_stop),
-    )  # fmt: skip
+    )
 
 
 def guard_suspend(

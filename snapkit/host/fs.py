@@ -1,5 +1,5 @@
 """Filesystems: FIFREEZE/FITHAW, and what each filesystem needs to be checked and mounted as a
-snapshot. (The mount table is parsed in :mod:`snapkit.target`.) This module imports nothing
+snapshot. (The mount table is parsed in :mod:`snapkit.host.target`.) This module imports nothing
 heavy: the freeze watchdog loads it, and its start-up time is paid before every freeze.
 
 Snapshot mount options: a snapshot taken of a mounted filesystem looks, to the filesystem, like a

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from snapkit.dm.table import DevNum
 from snapkit.errors import RefusedError
-from snapkit.methods.base import Target
+from snapkit.model import Target
 from snapkit.run import Executor
 
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -204,8 +204,9 @@ def stable_id(
     if serial:
         return StableId("serial", serial, part)
     if run is not None:
-        found = run.run(["blkid", "-o", "value", "-s", "UUID", f"/dev/{node.resolve().name}"],
-                        check=False)  # fmt: skip
+        found = run.run(
+            ["blkid", "-o", "value", "-s", "UUID", f"/dev/{node.resolve().name}"], check=False
+        )
         if found.ok and found.stdout.strip():
             return StableId("uuid", found.stdout.strip())
     return None

@@ -6,20 +6,19 @@ filesystem under test and records every latency. Meanwhile one snapshot is taken
 stall is the longest latency of a write that overlapped the command; the p99 of those writes says
 how much the rest of the command disturbs I/O. Rounds are repeated and the median reported, and
 each method is compared with ``lvcreate -s``, which suspends and resumes inside one process with
-its tables preloaded (NOTES.md section 2). Goal: ``dm`` stalls writers
-at most 0.5x as long as ``lvcreate -s``.
+its tables preloaded (BENCHMARKS.md has the figures). Goal: ``dm`` stalls writers at most 0.5x
+as long as ``lvcreate -s``.
 
 It builds everything it needs in a throwaway VG on a loop device over a sparse file (in $TMPDIR,
 tmpfs in the guest) and removes it afterwards, so it must run as root where LVM and dm work:
 ``vmtest exec --mem 1G -- snapkit bench freeze-window --json``.
 
-The probe runs in its own process (``python3 -m snapkit.bench_freeze probe FILE``) so that
+The probe runs in its own process (``python3 -m snapkit.bench.freeze_window probe FILE``) so that
 snapkit's own work never holds it up; both read CLOCK_MONOTONIC, which is system-wide.
 """
 
 from __future__ import annotations
 
-import argparse
 import mmap
 import os
 import select
@@ -98,10 +97,12 @@ def probe(path: str) -> int:
 def measure(method: str, probe_file: Path, argv: list[str]) -> Round:
     """Run ``argv`` once under the probe and cut the probe's record to the command's window."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "snapkit.bench_freeze", "probe", str(probe_file)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
-    )  # fmt: skip
+        [sys.executable, "-m", "snapkit.bench.freeze_window", "probe", str(probe_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+    )
     assert child.stdin is not None and child.stdout is not None
     if child.stdout.readline().strip() != "ready":
         raise RuntimeError("the probe did not start")
@@ -128,7 +129,7 @@ def measure(method: str, probe_file: Path, argv: list[str]) -> Round:
 # --- the scenario -----------------------------------------------------------------------------
 
 
-_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # holds snapkit/
 
 
 def _sh(*argv: str) -> str:
@@ -141,9 +142,8 @@ def _snapkit(*args: str) -> list[str]:
 
 def _floor(mountpoint: Path, *, sync: bool) -> list[str]:
     code = (
-        "import os, sys; from pathlib import Path; from snapkit import fs; p = Path(sys.argv[1]); "
-        + ("os.sync(); " if sync else "")
-        + "fs.freeze(p); fs.thaw(p)"
+        "import os, sys; from pathlib import Path; from snapkit.host import fs; "
+        "p = Path(sys.argv[1]); " + ("os.sync(); " if sync else "") + "fs.freeze(p); fs.thaw(p)"
     )
     return [sys.executable, "-c", code, str(mountpoint)]
 
@@ -184,30 +184,63 @@ def run(rounds: int, log: Any) -> list[Summary]:
         cow = str(work / "cow")
         os.mkdir(cow)
         cases = [
-            Case("lvcreate -s", str(lv_mp),
-                 ["lvcreate", "-q", "-y", "-s", "-L", "64M", "-n", "s", f"{VG}/lv"],
-                 ["lvremove", "-q", "-f", f"{VG}/s"]),
-            Case("dm", str(dm_mp),
-                 _snapkit("snapshot", "create", str(dm_mp), "--name", "s", "--method", "dm",
-                          "--cow-size", "64M", "--cow-dir", cow),
-                 _snapkit("snapshot", "discard", "s")),
-            Case("dm-direct", str(dm_mp),
-                 _snapkit("snapshot", "create", str(dm_mp), "--name", "s", "--method",
-                          "dm-direct", "--cow-size", "64M", "--cow-dir", cow),
-                 _snapkit("snapshot", "discard", "s")),
+            Case(
+                "lvcreate -s",
+                str(lv_mp),
+                ["lvcreate", "-q", "-y", "-s", "-L", "64M", "-n", "s", f"{VG}/lv"],
+                ["lvremove", "-q", "-f", f"{VG}/s"],
+            ),
+            Case(
+                "dm",
+                str(dm_mp),
+                _snapkit(
+                    "snapshot",
+                    "create",
+                    str(dm_mp),
+                    "--name",
+                    "s",
+                    "--method",
+                    "dm",
+                    "--cow-size",
+                    "64M",
+                    "--cow-dir",
+                    cow,
+                ),
+                _snapkit("snapshot", "discard", "s"),
+            ),
+            Case(
+                "dm-direct",
+                str(dm_mp),
+                _snapkit(
+                    "snapshot",
+                    "create",
+                    str(dm_mp),
+                    "--name",
+                    "s",
+                    "--method",
+                    "dm-direct",
+                    "--cow-size",
+                    "64M",
+                    "--cow-dir",
+                    cow,
+                ),
+                _snapkit("snapshot", "discard", "s"),
+            ),
             Case("freeze", str(lv_mp), _snapkit("freeze", str(lv_mp), "--", "true"), []),
             # The floors: the filesystem freeze alone (what every suspend with lockfs costs),
             # then the same after a sync, to see how much of it is flushing dirty data.
             Case("FIFREEZE+FITHAW", str(lv_mp), _floor(lv_mp, sync=False), []),
             Case("sync, FIFREEZE+FITHAW", str(lv_mp), _floor(lv_mp, sync=True), []),
-        ]  # fmt: skip
+        ]
         results = []
         for case in cases:
             done = []
             for n in range(rounds):
                 r = measure(case.name, Path(case.mountpoint) / "probe", case.create)
-                log(f"{case.name} round {n + 1}: longest {r.max_ms:.1f} ms, p99 {r.p99_ms:.1f} "
-                    f"ms, {r.seconds:.2f} s, {r.writes} writes")  # fmt: skip
+                log(
+                    f"{case.name} round {n + 1}: longest {r.max_ms:.1f} ms, p99 {r.p99_ms:.1f} "
+                    f"ms, {r.seconds:.2f} s, {r.writes} writes"
+                )
                 done.append(r)
                 if case.cleanup:
                     run_command(case.cleanup, env=_ENV)
@@ -235,50 +268,23 @@ def as_dict(results: list[Summary]) -> dict[str, Any]:
             "command_s": round(s.seconds, 3),
             "ratio_to_lvcreate": round(s.max_ms / base, 3),
             "rounds": [
-                {"longest_stall_ms": round(r.max_ms, 2), "p99_ms": round(r.p99_ms, 2),
-                 "command_s": round(r.seconds, 3), "writes": r.writes}
+                {
+                    "longest_stall_ms": round(r.max_ms, 2),
+                    "p99_ms": round(r.p99_ms, 2),
+                    "command_s": round(r.seconds, 3),
+                    "writes": r.writes,
+                }
                 for r in s.rounds
             ],
         }
         for s in results
-    }  # fmt: skip
+    }
     dm = next((s for s in results if s.method == "dm"), None)
     goal = None if dm is None else dm.max_ms / base <= GOAL
     return {"methods": methods, "goal": f"dm <= {GOAL}x lvcreate -s", "goal_met": goal}
 
 
-# --- CLI --------------------------------------------------------------------------------------
-
-
-def register(benches: Any) -> None:
-    p = benches.add_parser(
-        "freeze-window",
-        help="how long snapshot create stalls a writer, per method",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--rounds", type=int, default=3, help="rounds per method (default 3)")
-    p.set_defaults(handler=_handler)
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from snapkit.cli.output import print_json
-
-    results = run(args.rounds, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    data = as_dict(results)
-    if args.json:
-        print_json(data)
-        return 0
-    print(f"{'method':<12} {'longest':>10} {'p99':>9} {'command':>9} {'vs lvcreate -s':>15}")
-    for name, m in data["methods"].items():
-        print(f"{name:<12} {m['longest_stall_ms']:>7.1f} ms {m['p99_ms']:>6.1f} ms "
-              f"{m['command_s']:>7.2f} s {m['ratio_to_lvcreate']:>14.2f}x")  # fmt: skip
-    print(f"goal ({data['goal']}): {'met' if data['goal_met'] else 'MISSED'}")
-    return 0
-
-
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "probe":
         sys.exit(probe(sys.argv[2]))
-    sys.exit("usage: python -m snapkit.bench_freeze probe FILE")
+    sys.exit("usage: python -m snapkit.bench.freeze_window probe FILE")

@@ -1,0 +1,1 @@
+"""Measurements of snapkit: the COW model against a plain copy, the freeze window."""

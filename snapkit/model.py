@@ -1,0 +1,107 @@
+"""The domain every layer shares: what the user named, what they asked for, what snapkit
+created and how it stands now.
+
+Plain data with no behaviour that touches the system, so that the lowest layers (the state
+file, target resolution, freezing) can speak of a :class:`Target` or a
+:class:`SnapshotRecord` without importing the methods that produce them. This module imports
+nothing from snapkit.
+
+One meaning for every method, whatever the mechanism underneath:
+
+- ``merge`` rolls the origin back to the snapshot's content and removes the snapshot (as
+  ``lvconvert --merge`` does);
+- ``discard`` removes the snapshot and keeps the origin's current content.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+class Pending(enum.StrEnum):
+    """A verb saved in the state file *before* it ran, so that a crash in the middle of it is
+    found and settled (``recover``, or the verb run again). Kept in ``details["pending"]`` as
+    its value: the state file holds the same strings it always did."""
+
+    CREATE = "create"
+    MERGE = "merge"
+    DISCARD = "discard"
+
+
+class State(enum.StrEnum):
+    ACTIVE = "active"
+    INVALID = "invalid"
+    OVERFLOW = "overflow"
+    MERGING = "merging"
+    MERGED = "merged"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the user named, resolved: the block device, and where it is mounted if it is."""
+
+    device: Path
+    mountpoint: Path | None
+    fstype: str | None
+    devnum: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    target: Target
+    name: str
+    cow_size: int | None = None  # bytes; None: the method's default
+    cow_dir: Path | None = None
+    chunk_sectors: int = 8
+    pre: str | None = None
+    post: str | None = None
+    max_freeze: float = 10.0
+    command: tuple[str, ...] = ()  # the user's snapshot command, for the freeze method
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """What snapkit created, as kept in the state file. ``details`` is method-specific."""
+
+    name: str
+    method: str
+    origin: str
+    device: str
+    created_at: float
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> Pending | None:
+        """The verb marked before it ran and not settled yet, or None."""
+        value = self.details.get("pending", "")
+        return Pending(value) if value else None
+
+    def marked(self, pending: Pending | None) -> SnapshotRecord:
+        """This record with ``pending`` saved (None: an empty mark, as a dm record keeps)."""
+        return replace(self, details={**self.details, "pending": pending.value if pending else ""})
+
+    def unmarked(self) -> SnapshotRecord:
+        """This record with no ``pending`` key at all (as an lvm record is saved)."""
+        return replace(self, details={k: v for k, v in self.details.items() if k != "pending"})
+
+
+@dataclass(frozen=True)
+class SnapshotStatus:
+    record: SnapshotRecord
+    state: State
+    usage_percent: float | None
+    merge_progress: float | None
+    message: str = ""
+
+
+__all__ = [
+    "CreateRequest",
+    "Pending",
+    "SnapshotRecord",
+    "SnapshotStatus",
+    "State",
+    "Target",
+]
