@@ -16,37 +16,11 @@ import time
 import pytest
 from workload import FSCK, MKFS, check_files, fingerprint, ledger, manifest, snapkit, wait_ledger
 
+from vmtests import guest
 from vmtests.vm.session import Session
 
 DEV = "/dev/loop0"
 IMAGE = "/tmp/cow/s.img"
-# writer.py's files and pattern, at the pace of the brief, surviving EROFS in the window.
-SLOW_WRITER = """
-import os, sys, time
-sys.path.insert(0, "/src")
-from vmtests.guest.writer import pattern, _fsync_dir
-from pathlib import Path
-d, ledger, stop = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-d.mkdir(parents=True, exist_ok=True)
-n, refused = 0, 0
-while not stop.exists():
-    try:
-        fd = os.open(d / f"f{n + 1}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, pattern(n + 1))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(d)
-    except OSError:
-        refused += 1
-    else:
-        n += 1
-        with open(ledger, "a") as log:
-            log.write(f"{n}\\n")
-    time.sleep(0.3)
-print(refused)
-"""
 CREATE = (
     "snapshot",
     "create",
@@ -104,8 +78,9 @@ def mount_copy(vm: Session, fs: str) -> None:
 @pytest.mark.parametrize("fs", ["ext4", "xfs", "btrfs"])
 def test_remount_ro_lifecycle(vm: Session, fs: str) -> None:
     setup(vm, fs)
-    vm.put("/tmp/slow_writer.py", SLOW_WRITER.encode(), 0o644)
-    writer = vm.spawn(["python3", "/tmp/slow_writer.py", "/mnt/o/w", "/tmp/ledger", "/tmp/stop"])
+    # writer.py under remount-ro's documented refusal (EROFS in the window), at an idle pace
+    argv = ["write", "/mnt/o/w", "/tmp/ledger", "/tmp/stop", "remount-ro", "0.3"]
+    writer = vm.spawn(guest.command("writer", *argv))
     wait_ledger(vm, 3)
     before, after, taken = create_under_writer(vm)
     assert not read_only(vm), "the filesystem was left read-only"

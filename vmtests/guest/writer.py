@@ -1,11 +1,13 @@
 """A minimal guest-side writer and manifest, for the raw dm method tests (stdlib only).
 
-``writer.py write DIR LEDGER STOPFILE [METHOD]``: writes ``DIR/f<N>`` (N = 1, 2, ...), each
-16 KiB of a pattern derived from N, fsyncs the file and the directory, and only then appends
-``N`` to LEDGER (fsync'd too). So every number in LEDGER is a write the kernel acknowledged as
-durable. Stops when STOPFILE exists. A write that METHOD documents as refused (refusal.py, e.g.
-EROFS under remount-ro) is not ledgered and ``f<N>`` is written again (the same bytes); any
-other error ends the writer.
+``writer.py write DIR LEDGER STOPFILE [METHOD [PACE]]``: writes ``DIR/f<N>`` (N = 1, 2, ...),
+each 16 KiB of a pattern derived from N, fsyncs the file and the directory, and only then
+appends ``N`` to LEDGER (fsync'd too). So every number in LEDGER is a write the kernel
+acknowledged as durable. Stops when STOPFILE exists. A write that METHOD documents as refused
+(refusal.py, e.g. EROFS under remount-ro) is not ledgered and ``f<N>`` is written again (the
+same bytes); any other error ends the writer. PACE (seconds, default 0) is slept between
+writes: remount-ro's own refusal (EBUSY) comes while a file is open for writing, so a test of
+it writes at an idle pace, as the campaign's writers do.
 
 ``writer.py manifest DIR``: prints ``{relative path: sha256}`` of every regular file as JSON, so
 two trees can be compared from the host.
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script in the guest
@@ -66,7 +69,9 @@ class Numbers:
         os.close(self.fd)
 
 
-def write(directory: Path, ledger: Path, stop: Path, rule: Rule | None = None) -> int:
+def write(
+    directory: Path, ledger: Path, stop: Path, rule: Rule | None = None, pace: float = 0.0
+) -> int:
     rule = rule or Rule("")  # no method: no refusal is documented
     directory.mkdir(parents=True, exist_ok=True)
     log = Numbers(ledger)
@@ -82,6 +87,7 @@ def write(directory: Path, ledger: Path, stop: Path, rule: Rule | None = None) -
                 os.close(fd)
 
         rule.operate(log, f"f{n}", str(n), effect, lambda _: _fsync_dir(directory))
+        time.sleep(pace)
     log.close()
     return 0
 
@@ -110,9 +116,10 @@ def check(directory: Path, count: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["write"] and len(argv) in (4, 5):
-        rule = Rule(argv[4]) if len(argv) == 5 else None
-        return write(Path(argv[1]), Path(argv[2]), Path(argv[3]), rule)
+    if argv[:1] == ["write"] and len(argv) in (4, 5, 6):
+        rule = Rule(argv[4]) if len(argv) >= 5 else None
+        pace = float(argv[5]) if len(argv) == 6 else 0.0
+        return write(Path(argv[1]), Path(argv[2]), Path(argv[3]), rule, pace)
     if argv[:1] == ["manifest"] and len(argv) == 2:
         print(json.dumps(manifest(Path(argv[1]))))
         return 0
