@@ -2,6 +2,7 @@
 
     VmError                  root: the VM layer could not do its job (message, console_tail)
     ├── ImageError           the guest image cannot be built or is not there (recipe)
+    │   └── KernelError      a kernel (spec, file or modules tree) is refused before any boot
     ├── BootError            QEMU refused to start, or the guest never became ready
     ├── PanicError           the guest kernel panicked; console_tail holds the panic
     ├── LostVMError          QEMU vanished mid-conversation: killed, crashed, out of memory
@@ -40,6 +41,10 @@ class ImageError(VmError):
         self.recipe = recipe
 
 
+class KernelError(ImageError):
+    """A kernel the harness cannot use; the one-line message says what is wrong and the fix."""
+
+
 class BootError(VmError):
     pass
 
@@ -68,6 +73,7 @@ __all__ = [
     "BootError",
     "ChannelError",
     "ImageError",
+    "KernelError",
     "LostVMError",
     "PanicError",
     "VmError",
