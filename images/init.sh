@@ -37,9 +37,9 @@ link_disks() {
         d=${s%/serial}
         ln -sf "/dev/${d##*/}" "/dev/vmtest/$serial"
     done
-    [ -e /dev/vmtest/vmtest-root ]
+    [ -e /dev/vmtest/vmtest-root ] && [ -e /dev/vmtest/vmtest-modules ]
 }
-wait_for 1000 link_disks || fail "no disk with serial vmtest-root"
+wait_for 1000 link_disks || fail "no disks with serials vmtest-root and vmtest-modules"
 
 mkdir -p /lower /rw /newroot
 mount -t squashfs -o ro /dev/vmtest/vmtest-root /lower || fail "mount the squashfs root"
@@ -48,6 +48,12 @@ mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot \
     || fail "mount overlay"
 cp -a /src /vmtest /newroot/ || fail "copy per-boot files"
+# The kernel layer's modules tree is a read-only disk of its own, so one userland serves
+# every kernel; mkdir goes to the overlay's tmpfs upper layer.
+read -r kver </proc/sys/kernel/osrelease
+mkdir -p "/newroot/lib/modules/$kver"
+mount -t squashfs -o ro /dev/vmtest/vmtest-modules "/newroot/lib/modules/$kver" \
+    || fail "mount the modules of $kver"
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mkdir -p /newroot/run/lock /dev/pts /dev/shm

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmtests.vm.errors import ImageError, VmError
+from vmtests.vm.kernel.spec import add_options as spec_options
 
 if TYPE_CHECKING:
     from vmtests.vm.image import Image
@@ -54,6 +55,7 @@ def _mem_mib(text: str) -> int:
 
 
 def _add_vm_options(p: argparse.ArgumentParser) -> None:
+    spec_options(p)
     p.add_argument(
         "--mem",
         type=_mem_mib,
@@ -99,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     ib = isub.add_parser("build", help="build the guest image from Debian packages (cached)")
     ib.add_argument("--force", action="store_true", help="rebuild even if cached")
     ib.add_argument("--json", action="store_true", help="print the image paths as JSON")
+    spec_options(ib)
     ib.set_defaults(handler=cmd_image_build)
     ip = isub.add_parser("path", help="print where the cached image is")
+    spec_options(ip)
     ip.set_defaults(handler=cmd_image_path)
 
     ex = sub.add_parser(
@@ -124,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--runs", type=int, default=5)
     bb.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     bb.add_argument("--json", action="store_true")
+    spec_options(bb)
     bb.set_defaults(handler=cmd_bench_boot)
     from vmtests.difftest import cli as cli_difftest  # difftest: model against kernel
 
@@ -138,16 +143,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``vmtest run``: the faults matrix has a runner of its own; any other is the campaign."""
     if args.matrix == "faults":
         from vmtests.faults.cli import cmd_run as run
+
+        if args.kernel:
+            os.environ["VMTEST_KERNEL"] = args.kernel  # the faults runner boots $VMTEST_KERNEL
     else:
         from vmtests.campaign.cli import cmd_run as run
     return run(args)
 
 
-def _image() -> Image:
-    from vmtests.vm import image
+def _image(args: argparse.Namespace) -> Image:
+    """The image for the command's --kernel (built on a miss; refusals in one line)."""
+    from vmtests.vm import guest_image
 
     try:
-        return image.find()
+        return guest_image.prepare(args.kernel, modules=args.modules)
     except ImageError as exc:
         raise SystemExit(f"vmtest: {exc}") from None
 
@@ -155,11 +164,12 @@ def _image() -> Image:
 def cmd_image_build(args: argparse.Namespace) -> int:
     import time
 
-    from vmtests.vm import image
+    from vmtests.vm import guest_image, image
 
     t0 = time.monotonic()
     try:
-        img, built = image.build(force=args.force)
+        _root, built = image.build(force=args.force)
+        img = guest_image.prepare(args.kernel, modules=args.modules)
     except ImageError as exc:
         print(f"vmtest: image build failed: {exc}", file=sys.stderr)
         return 1
@@ -170,20 +180,21 @@ def cmd_image_build(args: argparse.Namespace) -> int:
                 {
                     "path": str(img.root),
                     "recipe": img.recipe_hash,
+                    "kernel_layer": str(img.layer.root),
+                    "kernel": img.release,
                     "built": built,
                     "seconds": round(took, 3),
                 }
             )
         )
-    elif built:
-        print(f"built guest image {img.recipe_hash} in {took:.0f} s: {img.root}")
     else:
-        print(f"guest image {img.recipe_hash} is up to date, nothing to do: {img.root}")
+        what = "built" if built else "up to date:"
+        print(f"guest image {img.key} {what} ({took:.0f} s), kernel {img.release}: {img.root}")
     return 0
 
 
 def cmd_image_path(args: argparse.Namespace) -> int:
-    print(_image().root)
+    print(_image(args).root)
     return 0
 
 
@@ -199,7 +210,7 @@ def _disks(sizes: Sequence[int], folder: Path) -> list[Disk]:
 def _run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
     from vmtests.vm import accel, execute
 
-    img = _image()
+    img = _image(args)
     chosen = accel.choose(args.accel, img)
     with tempfile.TemporaryDirectory(prefix="vmtest-") as tmp:
         work = args.keep or Path(tmp)
@@ -271,7 +282,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     from vmtests.vm import accel, execute
 
-    img = _image()
+    img = _image(args)
     chosen = accel.choose(args.accel, img)
     samples: list[float] = []
     for i in range(args.runs):
@@ -281,6 +292,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"run {i + 1}/{args.runs}: {r.seconds:.3f} s", file=sys.stderr)
     summary = {
+        "kernel": {"spec": str(img.layer.spec), "release": img.release},
         "runs": len(samples),
         "accel": str(chosen),
         "median_s": round(statistics.median(samples), 3),
@@ -292,7 +304,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"boot to command ({summary['accel']}): median {summary['median_s']} s, "
+            f"boot to command ({summary['accel']}, {img.release}): median {summary['median_s']} s, "
             f"min {summary['min_s']} s, max {summary['max_s']} s over {summary['runs']} runs"
         )
     return 0

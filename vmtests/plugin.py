@@ -48,6 +48,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="accelerator: auto uses KVM only if a probe boot proves it works",
     )
     group.addoption(
+        "--vm-kernel",
+        default=None,
+        metavar="SPEC",
+        help="the guests' kernel: debian:SUITE[/FLAVOUR] or a PATH (default $VMTEST_KERNEL, "
+        "else the recipe's suite)",
+    )
+    group.addoption(
+        "--vm-modules", default=None, metavar="DIR", help="with --vm-kernel PATH: its modules"
+    )
+    group.addoption(
         "--vm-mem", default=1024, type=int, metavar="MIB", help="guest memory in MiB (default 1024)"
     )
     group.addoption(
@@ -143,12 +153,19 @@ def _point_latest(run: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def vm_image() -> Image:
-    from vmtests.vm import image
-    from vmtests.vm.errors import ImageError
+def vm_image(request: pytest.FixtureRequest) -> Image:
+    from vmtests.vm import guest_image
+    from vmtests.vm.errors import ImageError, KernelError
 
+    modules = request.config.getoption("--vm-modules")
     try:
-        return image.find()
+        return guest_image.prepare(
+            request.config.getoption("--vm-kernel"),
+            modules=Path(modules) if modules else None,
+            build_userland=False,
+        )
+    except KernelError:
+        raise  # a refused kernel is the user's error, not a missing image
     except ImageError as exc:
         pytest.skip(str(exc))
 

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from vmtests.vm.kernel import spec
+
 EPILOG = """\
 examples:
   vmtest difftest --examples 200 --seed 1 --json
@@ -37,6 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    spec.add_options(p)
     p.set_defaults(handler=cmd_difftest)
 
 
@@ -60,15 +63,15 @@ def cmd_difftest(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        with difftest.booted(args.accel) as executor:
+        with difftest.booted(args.accel, kernel=args.kernel, modules=args.modules) as executor:
             outcome = difftest.run_history(executor, history)
         return _render_replay(outcome, args.json)
-    with difftest.booted(args.accel) as executor:
+    with difftest.booted(args.accel, kernel=args.kernel, modules=args.modules) as executor:
         report = difftest.search(executor, args.examples, args.seed)
     if report.found is not None:
         report.reproducer = difftest.write_reproducer(report.found, args.out)
     if args.json:
-        print(json.dumps(report.to_json()))
+        print(json.dumps({**report.to_json(), "kernel": executor.kernel}))
     else:
         print(render(report))
     return 1 if report.found is not None else 0

@@ -38,8 +38,11 @@ class ExecutorError(RuntimeError):
 class GuestExecutor:
     """The guest side: one ``dmexec.py`` process, a JSON line each way per history."""
 
-    def __init__(self, session: Session, timeout: float = 86400.0) -> None:
+    def __init__(
+        self, session: Session, timeout: float = 86400.0, kernel: dict[str, str] | None = None
+    ) -> None:
         self.session = session
+        self.kernel = kernel or {}  # spec and release of the guest's kernel, for the report
         self.proc = session.channel.spawn(EXECUTOR, stdin=True, timeout=timeout)
         self._buf = bytearray()
         self._err = bytearray()
@@ -291,20 +294,26 @@ def write_reproducer(outcome: Outcome, folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def booted(accel: str = "auto", workdir: Path | None = None) -> Iterator[GuestExecutor]:
+def booted(
+    accel: str = "auto",
+    workdir: Path | None = None,
+    *,
+    kernel: str | None = None,
+    modules: Path | None = None,
+) -> Iterator[GuestExecutor]:
     """One guest and its executor for a whole run; the guest goes when the block ends."""
     import tempfile
 
     from vmtests.vm import accel as accel_mod
-    from vmtests.vm import image
+    from vmtests.vm import guest_image
 
-    img = image.find()
+    img = guest_image.prepare(kernel, modules=modules)
     with contextlib.ExitStack() as stack:
         folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dt-")))
         session = stack.enter_context(
             Session(img, folder, accel=accel_mod.choose(accel, img), memory_mib=1024)
         )
-        yield GuestExecutor(session)
+        yield GuestExecutor(session, kernel={"spec": img.layer.spec, "release": img.release})
 
 
 __all__ = [

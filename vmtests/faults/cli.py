@@ -40,14 +40,14 @@ class Options:
 
 def run_matrix(opts: Options) -> int:
     from vmtests.vm import accel as accel_mod
-    from vmtests.vm import image as image_mod
+    from vmtests.vm import guest_image
 
     try:
         chosen = faults.choose(opts.cuts, opts.seed, ids=opts.ids, methods=opts.methods)
     except ValueError as exc:
         print(f"vmtest run: {exc}", file=sys.stderr)
         return 2
-    img = image_mod.find()
+    img = guest_image.prepare(None)  # $VMTEST_KERNEL, set from `vmtest run --kernel`
     out = sys.stderr if opts.json else sys.stdout  # --json: stdout holds the JSON alone
 
     def say(text: str) -> None:

@@ -14,8 +14,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from vmtests.vm.cache import cache_dir
 from vmtests.vm.errors import VmError
-from vmtests.vm.image import Image, cache_dir
+from vmtests.vm.image import Image
 from vmtests.vm.qemu import Accel
 
 PROBE_TIMEOUT_S = 8.0
@@ -24,7 +25,7 @@ CHOICES = ("auto", "kvm", "tcg")
 
 def _cache_key(image: Image) -> str:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return f"{boot_id}:{image.recipe_hash}"
+    return f"{boot_id}:{image.key}"
 
 
 def _kvm_usable_now(image: Image) -> bool:

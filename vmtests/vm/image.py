@@ -1,17 +1,23 @@
-"""Build and cache the guest image: a kernel, a small busybox initramfs and a squashfs root.
+"""Build and cache the guest's userland: a squashfs root, a busybox initramfs part, depmod.
 
-The image is keyed by a content hash of the recipe files that shape it (``HASHED_FILES`` in
-``images/``) plus ``RECIPE_VERSION`` (bumped when this builder changes what it produces). The init
-script and the guest environment are not part of the image: they travel in the per-boot archive
-with the working tree, so editing them needs no rebuild. It is cached under
-``$SNAPKIT_IMAGE_CACHE`` or the XDG cache directory. A cached image is complete by construction:
-a build happens in a temporary folder that is renamed into place only at the end, under a
-lock, so parallel test workers and interrupted builds never see half an image.
+One userland serves every kernel: a boot is this userland plus a kernel layer
+(``vmtests.vm.kernel.layer``), so adding a kernel never rebuilds it. It is keyed by a content
+hash of the recipe files that shape it (``HASHED_FILES`` in ``images/``: the packages and the
+Debian suite) plus ``RECIPE_VERSION`` (bumped when this builder changes what it produces). The
+mirror is not in the key: it is where the packages come from, not what they are. The init
+script and the guest environment travel in the per-boot archive, so editing them needs no
+rebuild. The userland holds:
+
+    root.squashfs   the root, no kernel in it (each kernel brings its modules on a disk)
+    busybox.cpio    the initramfs's static busybox and its applet links
+    manifest.txt    'package TAB version' of every installed package
+    tools/          the root's own kmod as depmod, with its libraries and ld.so: every layer's
+                    module indexes are written by the kmod that reads them in the guest, on any
+                    host, with nothing of the host's (which may have no kmod at all)
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import posixpath
@@ -21,44 +27,45 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from vmtests.vm import cpio
+from vmtests.vm import cache, cpio
+from vmtests.vm.cache import SOURCE_DATE_EPOCH, Say, cache_dir
 from vmtests.vm.errors import ImageError
+from vmtests.vm.kernel import debian
+from vmtests.vm.kernel.layer import Layer
 
-RECIPE_VERSION = "3"  # 3: squashfs by sqfstar from the tar (any user builds it, root-owned)
+# 4: no kernel in the userland (kernel layers), the suite and mirror from the recipe, tools/
+RECIPE_VERSION = "4"
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "images"
-SOURCE_DATE_EPOCH = 1700000000  # fixed timestamps make the artefacts reproducible
-
-Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Image:
-    """A built guest image. Paths are inside the cache; nothing here is ever modified."""
+    """A bootable guest: the userland ``root`` and a kernel ``layer``, both in the cache and
+    never modified (except the layer's one-time probe verdict)."""
 
     root: Path
+    layer: Layer
 
     @property
     def kernel(self) -> Path:
-        """The uncompressed ELF kernel when the build extracted one, else the bzImage.
+        return self.layer.kernel
 
-        QEMU boots an ELF kernel through its PVH entry point: no firmware real-mode set-up and
-        no in-guest decompression, which saves about 0.4 s of every TCG boot."""
-        elf = self.root / "vmlinux"
-        return elf if elf.exists() else self.root / "vmlinuz"
-
-    @property
-    def initramfs(self) -> Path:
-        return self.root / "initramfs.cpio"
+    def initramfs_bytes(self) -> bytes:
+        """The base initramfs: busybox, then the layer's modules (concatenated archives)."""
+        return (self.root / "busybox.cpio").read_bytes() + self.layer.modules_cpio.read_bytes()
 
     @property
     def rootfs(self) -> Path:
         return self.root / "root.squashfs"
+
+    @property
+    def modules_disk(self) -> Path:
+        return self.layer.modules_squashfs
 
     @property
     def manifest(self) -> Path:
@@ -66,88 +73,91 @@ class Image:
 
     @property
     def recipe_hash(self) -> str:
+        """The userland's key."""
         return self.root.name
 
+    @property
+    def key(self) -> str:
+        """The whole guest's key: userland and kernel layer."""
+        return f"{self.recipe_hash}+{self.layer.key}"
 
-def cache_dir() -> Path:
-    explicit = os.environ.get("SNAPKIT_IMAGE_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "snapkit" / "images"
+    @property
+    def release(self) -> str:
+        """The kernel's ``uname -r``, known without a boot."""
+        return self.layer.release
 
 
-HASHED_FILES = ("packages.txt", "initramfs-modules.txt")
+HASHED_FILES = ("packages.txt", "debian-suite.txt")
 
 
 def recipe_hash(recipe: Path = RECIPE_DIR) -> str:
-    """Hash the recipe files that shape the image, by name and content."""
+    """Hash the recipe files that shape the userland, by name and content."""
     h = hashlib.sha256(f"recipe-version {RECIPE_VERSION}\n".encode())
     for name in HASHED_FILES:
         h.update(name.encode() + b"\0" + (recipe / name).read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
-def _read_list(path: Path) -> list[str]:
+def read_list(path: Path) -> list[str]:
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
     return [line for line in lines if line]
 
 
-def find(recipe: Path = RECIPE_DIR) -> Image:
-    """The cached image for the current recipe, or an error that says how to build it."""
-    image = Image(cache_dir() / recipe_hash(recipe))
-    if not image.rootfs.exists():
+def suite(recipe: Path = RECIPE_DIR) -> str:
+    """The recipe's Debian suite: the userland's, and the default kernel's."""
+    names = read_list(recipe / "debian-suite.txt")
+    if len(names) != 1:
+        raise ImageError(f"{recipe / 'debian-suite.txt'} must name one Debian suite")
+    return names[0]
+
+
+def find_userland(recipe: Path = RECIPE_DIR) -> Path:
+    """The cached userland for the current recipe, or an error that says how to build it."""
+    root = cache_dir() / recipe_hash(recipe)
+    if not (root / "root.squashfs").exists():
         raise ImageError(
-            f"no guest image for recipe {image.recipe_hash}: run 'vmtest image build'",
-            recipe=image.recipe_hash,
+            f"no guest image for recipe {root.name}: run 'vmtest image build'", recipe=root.name
         )
-    return image
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    return root
 
 
 def build(
     *, force: bool = False, say: Say | None = None, recipe: Path = RECIPE_DIR
-) -> tuple[Image, bool]:
-    """Return the image, building it first if the cache has none. The flag says if it was built.
+) -> tuple[Path, bool]:
+    """Return the userland, building it first if the cache has none. The flag says if it was built.
 
     Every failure is an ImageError: the builder's own files are plain files of the caller, so
     the temporary folder is always removed, and if even that fails the message says which."""
     say = say or (lambda msg: print(msg, file=sys.stderr))
     final = cache_dir() / recipe_hash(recipe)
-    image = Image(final)
-    with _locked(cache_dir() / ".lock"):
-        if image.rootfs.exists() and not force:
-            return image, False
+    with cache.locked(cache_dir() / ".lock"):
+        if (final / "root.squashfs").exists() and not force:
+            say(f"userland {final.name} is cached: reused")
+            return final, False
         check_host(HostFacts.current())
-        work = final.with_name(final.name + f".tmp-{os.getpid()}")
-        _remove(work)
-        work.mkdir(parents=True)
         try:
-            _build_into(work, recipe, say)
-            if final.exists():
-                shutil.rmtree(final)
-            work.rename(final)
+            with cache.entry(final) as work:
+                _build_into(work, recipe, say)
         except (OSError, tarfile.TarError, subprocess.SubprocessError) as exc:
             raise ImageError(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            _remove(work)
-    return image, True
+    return final, True
 
 
-def _remove(folder: Path) -> None:
-    try:
-        shutil.rmtree(folder)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise ImageError(f"cannot remove {folder} ({exc.strerror}): remove it by hand") from exc
+def depmod_with(userland: Path) -> Callable[[Path, str], None]:
+    """``depmod -b STAGING RELEASE`` by the userland's own kmod, through its own ld.so."""
+    tools = userland / "tools"
+
+    def depmod(staging: Path, release: str) -> None:
+        if (tools / "depmod").exists():
+            argv = [str(tools / "ld.so"), "--library-path", str(tools / "lib"),
+                    str(tools / "depmod")]  # fmt: skip
+        elif shutil.which("depmod"):
+            argv = ["depmod"]  # a userland from before tools/ existed: the host's kmod
+        else:
+            raise ImageError("no depmod: rebuild the image ('vmtest image build --force')")
+        cache.run([*argv, "-b", str(staging), release], lambda _m: None)
+
+    return depmod
 
 
 # -- the host: what an unprivileged build needs --------------------------------------------------
@@ -248,41 +258,21 @@ def mmdebstrap_mode(euid: int) -> str:
 # -- the build -----------------------------------------------------------------------------------
 
 
-def _run(argv: list[str], say: Say, **kwargs: object) -> None:
-    _show(argv, say)
-    proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
-    if proc.returncode != 0:
-        raise ImageError(_failed(argv[0], proc.returncode, proc.stderr or proc.stdout))
-
-
-def _show(argv: list[str], say: Say) -> None:
-    say("  $ " + " ".join(argv[:6]) + (" ..." if len(argv) > 6 else ""))
-
-
-def _env() -> dict[str, str]:
-    """The build's environment: fixed timestamps, and no .pyc written as a side effect of an import.
-
-    Maintainer scripts import Python modules (py3compile imports debpython) and may cache them
-    as timestamp .pyc files before py3compile writes its own (hash-based under
-    SOURCE_DATE_EPOCH); which one wins differed between root and unshare mode."""
-    return {
-        **os.environ,
-        "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH),
-        "LC_ALL": "C",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-
-
-def _failed(tool: str, code: int, output: str) -> str:
-    tail = "\n".join(output.strip().splitlines()[-15:])
-    return f"{tool} failed (exit {code}):\n{tail}"
-
-
-def _suite() -> str:
-    for line in Path("/etc/os-release").read_text().splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip('"')
-    return "bookworm"
+def mmdebstrap_argv(suite_name: str, mirrors: debian.Mirrors, packages: list[str], out: Path,
+                    euid: int) -> list[str]:  # fmt: skip
+    """mmdebstrap's command line: the suite and its sources are the recipe's, never the host's."""
+    return [
+        "mmdebstrap",
+        "--variant=essential",
+        f"--mode={mmdebstrap_mode(euid)}",
+        "--format=tar",
+        "--quiet",
+        "--include=" + ",".join(packages),
+        *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
+        suite_name,
+        str(out),
+        *debian.sources(suite_name, mirrors),
+    ]
 
 
 def _build_into(work: Path, recipe: Path, say: Say) -> None:
@@ -292,37 +282,25 @@ def _build_into(work: Path, recipe: Path, say: Say) -> None:
     mode writes root-owned members, where a directory would be owned by subordinate uids that
     the user can neither read nor delete. Intermediates live in ``scratch``, removed at the end."""
     t0 = time.monotonic()
-    packages = _read_list(recipe / "packages.txt")
+    packages = read_list(recipe / "packages.txt")
     scratch = work / "scratch"
     scratch.mkdir()
     root_tar = scratch / "root.tar"
-    say(f"building guest image {work.name.split('.')[0]} from {len(packages)} Debian packages")
-    # No mirror argument: mmdebstrap then uses this machine's own apt sources.
-    _run(
-        [
-            "mmdebstrap",
-            "--variant=essential",
-            f"--mode={mmdebstrap_mode(os.geteuid())}",
-            "--format=tar",
-            "--quiet",
-            "--include=" + ",".join(packages),
-            *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
-            _suite(),
-            str(root_tar),
-        ],
-        say,
+    suite_name, mirrors = suite(recipe), debian.mirrors()
+    say(
+        f"building userland {work.name.split('.')[0]}: {len(packages)} packages from "
+        f"{suite_name} ({mirrors.main}, from the {mirrors.source})"
     )
+    cache.run(mmdebstrap_argv(suite_name, mirrors, packages, root_tar, os.geteuid()), say)
     say(f"  root tar ready in {time.monotonic() - t0:.0f} s")
     with tarfile.open(root_tar) as tar:
         root = RootTar(tar)
         (work / "manifest.txt").write_text(manifest(root.read("var/lib/dpkg/status").decode()))
-        kver = root.kernel_version()
-        (work / "vmlinuz").write_bytes(root.read(f"boot/vmlinuz-{kver}"))
-        _extract_vmlinux(work / "vmlinuz", work / "vmlinux", say)
-        (work / "initramfs.cpio").write_bytes(_initramfs(root, kver, recipe, scratch))
+        (work / "busybox.cpio").write_bytes(_busybox_cpio(root, scratch))
+        _depmod_tools(root, work / "tools")
         _squashfs(root, work / "root.squashfs", scratch, say)
     shutil.rmtree(scratch)
-    say(f"guest image built in {time.monotonic() - t0:.0f} s: kernel {kver}")
+    say(f"userland built in {time.monotonic() - t0:.0f} s")
 
 
 DPKG_EXCLUDES = (
@@ -393,12 +371,6 @@ class RootTar:
             if p.startswith(prefix) and "/" not in p[len(prefix) :]
         )
 
-    def kernel_version(self) -> str:
-        versions = self.listdir("lib/modules")
-        if len(versions) != 1:
-            raise ImageError(f"expected one kernel in the guest, found {versions}")
-        return versions[0]
-
     def copy_members(self, keep: Callable[[str], bool], out: IO[bytes]) -> None:
         """Write a tar of the kept members, each byte for byte as mmdebstrap wrote it.
 
@@ -453,10 +425,12 @@ def sqfstar_argv(out: Path, euid: int) -> list[str]:
 def _squashfs(root: RootTar, out: Path, scratch: Path, say: Say) -> None:
     """The squashfs from the tar (sqfstar: owners and modes from the tar, not from the disk)."""
     argv = sqfstar_argv(out, os.geteuid())
-    _show(argv, say)
+    cache.show(argv, say)
     log = scratch / "sqfstar.log"
     with log.open("w") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=err, stderr=err, env=_env())
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=err, stderr=err, env=cache.build_env()
+        )
         assert proc.stdin is not None
         try:
             with proc.stdin:
@@ -466,64 +440,12 @@ def _squashfs(root: RootTar, out: Path, scratch: Path, say: Say) -> None:
         finally:
             code = proc.wait()
     if code != 0:
-        raise ImageError(_failed("sqfstar", code, log.read_text()))
+        raise ImageError(cache.failed("sqfstar", code, log.read_text()))
 
 
-_LZ4_LEGACY_MAGIC = bytes.fromhex("02214c18")
-_XEN_PVH_NOTE = b"Xen\0"
-
-
-def _extract_vmlinux(bzimage: Path, out: Path, say: Say) -> None:
-    """Unpack the ELF kernel from an LZ4 bzImage, as the kernel's scripts/extract-vmlinux does.
-
-    Best effort: if the payload is not LZ4, ``lz4`` is missing, or the result is not an ELF with
-    a Xen/PVH note, the bzImage is used and the boot is only slower."""
-    data = bzimage.read_bytes()
-    start = data.find(_LZ4_LEGACY_MAGIC)
-    if start < 0 or shutil.which("lz4") is None:
-        say("  no LZ4 payload or no lz4 tool: booting the bzImage")
-        return
-    proc = subprocess.run(["lz4", "-dc"], input=data[start:], capture_output=True, check=False)
-    elf = proc.stdout  # lz4 complains about the bytes after the frame; the output is whole
-    if elf[:4] != b"\x7fELF" or _XEN_PVH_NOTE not in elf[: 1 << 26]:
-        say("  the extracted kernel is not a PVH-capable ELF: booting the bzImage")
-        return
-    out.write_bytes(elf)
-
-
-def module_load_order(modules_dep: str, wanted: list[str]) -> list[str]:
-    """The .ko files to insmod, dependencies first, as modules.dep names them (relative paths)."""
-    deps: dict[str, list[str]] = {}
-    for line in modules_dep.splitlines():
-        mod, _, rest = line.partition(":")
-        deps[mod] = rest.split()
-    by_name = {posixpath.basename(m).removesuffix(".ko").replace("-", "_"): m for m in deps}
-    order: list[str] = []
-
-    def visit(mod: str) -> None:
-        if mod in order:
-            return
-        for dep in reversed(deps[mod]):
-            visit(dep)
-        order.append(mod)
-
-    for name in wanted:
-        key = name.replace("-", "_")
-        if key not in by_name:
-            raise ImageError(f"module {name} is not in this kernel (built in, or misspelt?)")
-        visit(by_name[key])
-    return order
-
-
-def _initramfs(root: RootTar, kver: str, recipe: Path, scratch: Path) -> bytes:
-    """The boot initramfs: static busybox, its applet links and the modules the root needs."""
-    modules_dir = f"lib/modules/{kver}"
-    modules = module_load_order(
-        root.read(f"{modules_dir}/modules.dep").decode(),
-        _read_list(recipe / "initramfs-modules.txt"),
-    )
-    names = [posixpath.basename(m) for m in modules]
-    order = "".join(n.removesuffix(".ko") + "\n" for n in names)
+def _busybox_cpio(root: RootTar, scratch: Path) -> bytes:
+    """The initramfs's userland part: static busybox and its applet links (no modules: those
+    are the kernel layer's)."""
     busybox = scratch / "busybox"
     busybox.write_bytes(root.read("bin/busybox"))
     busybox.chmod(0o755)
@@ -533,12 +455,24 @@ def _initramfs(root: RootTar, kver: str, recipe: Path, scratch: Path) -> bytes:
     entries += [
         cpio.Entry.symlink(f"bin/{a}", "busybox") for a in applets.stdout.split() if a != "busybox"
     ]
-    entries += [
-        cpio.Entry.file(f"lib/modules/{n}", root.read(f"{modules_dir}/{m}"))
-        for n, m in zip(names, modules, strict=True)
-    ]
-    entries.append(cpio.Entry.file("lib/modules/load-order", order.encode()))
     return cpio.archive(entries, mtime=SOURCE_DATE_EPOCH)
+
+
+# kmod and what it links (kmod 30: libkmod, liblzma, libzstd, libcrypto, libc) plus the loader
+DEPMOD_LIBS = ("libkmod.so.2", "liblzma.so.5", "libzstd.so.1", "libcrypto.so.3", "libc.so.6")
+LIB_DIR = "usr/lib/x86_64-linux-gnu"
+
+
+def _depmod_tools(root: RootTar, out: Path) -> None:
+    """Copy the root's kmod (as ``depmod``: kmod picks its verb from its name), its libraries
+    and ld.so, so every layer's indexes are written by the guest's own kmod."""
+    (out / "lib").mkdir(parents=True)
+    (out / "depmod").write_bytes(root.read("usr/bin/kmod"))
+    (out / "ld.so").write_bytes(root.read(f"{LIB_DIR}/ld-linux-x86-64.so.2"))
+    for name in DEPMOD_LIBS:
+        (out / "lib" / name).write_bytes(root.read(f"{LIB_DIR}/{name}"))
+    for f in (out / "depmod", out / "ld.so"):
+        f.chmod(0o755)
 
 
 __all__ = [
@@ -548,9 +482,12 @@ __all__ = [
     "build",
     "cache_dir",
     "check_host",
-    "find",
+    "depmod_with",
+    "find_userland",
     "in_squashfs",
     "manifest",
-    "module_load_order",
+    "mmdebstrap_argv",
+    "read_list",
     "recipe_hash",
+    "suite",
 ]

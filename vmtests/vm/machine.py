@@ -24,10 +24,11 @@ from types import TracebackType
 from vmtests.vm import payload as payload_mod
 from vmtests.vm.errors import BootError, LostVMError, PanicError, VmError, VmTimeout
 from vmtests.vm.image import Image
+from vmtests.vm.kernel.layer import MODULES_SERIAL
 from vmtests.vm.qemu import Accel, Disk, Port, VmConfig, command_line
 
 _PANIC_MARKERS = ("Kernel panic - not syncing", "vmtest-init: FATAL", "vmtest-stage2: FATAL")
-ROOT_SERIAL = "vmtest-root"
+ROOT_SERIAL = "vmtest-root"  # the disks every boot has come first; MODULES_SERIAL follows
 _EXIT_GRACE_S = 2.0  # how long a QEMU whose channel closed gets to finish exiting
 
 
@@ -90,6 +91,7 @@ class Machine:
 
     def config(self, initrd: Path, sockets: dict[str, Path]) -> VmConfig:
         root = Disk(self.image.rootfs, ROOT_SERIAL, readonly=True)
+        mods = Disk(self.image.modules_disk, MODULES_SERIAL, readonly=True)
         return VmConfig(
             kernel=self.image.kernel,
             initrd=initrd,
@@ -98,7 +100,7 @@ class Machine:
             memory_mib=self.memory_mib,
             cpus=self.cpus,
             machine=self.machine,
-            disks=(root, *self.disks),
+            disks=(root, mods, *self.disks),
             ports=tuple(Port(name, path) for name, path in sockets.items()),
             tsc_khz=host_tsc_khz(),
         )
@@ -106,7 +108,7 @@ class Machine:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         initrd = self.workdir / "initrd.img"
-        initrd.write_bytes(self.image.initramfs.read_bytes() + payload_mod.build(self.payload))
+        initrd.write_bytes(self.image.initramfs_bytes() + payload_mod.build(self.payload))
         # Socket paths are limited to ~108 bytes, so they live in a short private folder.
         self._sockdir = tempfile.mkdtemp(prefix="vmt-")
         listeners: dict[str, socket.socket] = {}

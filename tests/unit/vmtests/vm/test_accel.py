@@ -12,6 +12,7 @@ import pytest
 from vmtests.vm import accel, execute
 from vmtests.vm.errors import BootError, VmTimeout
 from vmtests.vm.image import Image, cache_dir
+from vmtests.vm.kernel.layer import Layer
 from vmtests.vm.qemu import Accel
 
 
@@ -19,7 +20,7 @@ from vmtests.vm.qemu import Accel
 def image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Image:
     monkeypatch.setenv("SNAPKIT_IMAGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("VMTEST_ACCEL", raising=False)
-    return Image(tmp_path / "cache" / "0123456789abcdef")
+    return Image(tmp_path / "cache" / "0123456789abcdef", Layer(tmp_path / "cache" / "kernel-fe"))
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_auto_verdict_is_cached_per_boot_id(
 
 def test_cache_key_is_this_boot_and_this_image(image: Image) -> None:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    assert accel._cache_key(image) == f"{boot_id}:0123456789abcdef"
+    assert accel._cache_key(image) == f"{boot_id}:0123456789abcdef+fe"  # userland + kernel
 
 
 def test_a_corrupt_cache_is_ignored(

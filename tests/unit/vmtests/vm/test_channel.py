@@ -17,6 +17,7 @@ import pytest
 from vmtests.vm.channel import Channel, CommandFailed
 from vmtests.vm.errors import ChannelError, LostVMError, PanicError, VmTimeout
 from vmtests.vm.image import Image
+from vmtests.vm.kernel.layer import Layer
 from vmtests.vm.machine import Machine
 from vmtests.vm.payload import Mode, Payload
 
@@ -173,7 +174,9 @@ def test_sending_on_a_dead_link_is_explained(link: tuple[Channel, Agent, Explain
 
 @pytest.fixture
 def machine(tmp_path: Path) -> Iterator[Machine]:
-    m = Machine(Image(tmp_path / "image"), Payload(Mode.AGENT), tmp_path / "work")
+    m = Machine(
+        Image(tmp_path / "image", Layer(tmp_path / "layer")), Payload(Mode.AGENT), tmp_path / "work"
+    )
     m.workdir.mkdir()
     yield m
     m.close()
