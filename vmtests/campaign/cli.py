@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vmtests.vm.kernel import spec
+
 TREE = Path(__file__).resolve().parents[2]
 TESTS = TREE / "tests" / "campaign" / "test_matrix.py"
 
@@ -95,6 +97,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--report", type=Path, default=Path("report"), help="(default: report)")
     p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    spec.add_options(p)
+    p.add_argument(
+        "--kernels",
+        metavar="SPEC,...",
+        help="run the matrix once per kernel (e.g. debian:bookworm,debian:trixie); the ids "
+        "then carry each kernel's release and the report compares the kernels",
+    )
     p.add_argument("--no-live", action="store_true", help="plain lines instead of a live table")
 
 
@@ -120,6 +129,10 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
         "--vm-accel",
         args.accel,
     ]
+    if getattr(args, "kernel", None):
+        argv += ["--vm-kernel", args.kernel]
+    if getattr(args, "modules", None):
+        argv += ["--vm-modules", str(args.modules)]
     for sid in args.scenario:
         argv += ["--scenario", sid]
     if args.seed is not None:
@@ -157,8 +170,37 @@ def _pytest(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``vmtest run`` of a campaign matrix (quick or full)."""
-    return _pytest(args)
+    """``vmtest run`` of a campaign matrix (quick or full), once per kernel with --kernels."""
+    if not getattr(args, "kernels", None):
+        return _pytest(args)
+    return _run_kernels(args)
+
+
+def _run_kernels(args: argparse.Namespace) -> int:
+    """One run per kernel into REPORT/kernels/<slug>, then one merged report in REPORT.
+
+    Every layer is prepared up front, so a refused kernel stops the run before any scenario."""
+    from vmtests.campaign import campaign_kernels, report
+    from vmtests.vm import guest_image
+    from vmtests.vm.errors import ImageError
+
+    try:
+        specs = spec.split_list(args.kernels)
+        images = [guest_image.prepare(s) for s in specs]
+    except ImageError as exc:
+        print(f"vmtest run: {exc}", file=sys.stderr)
+        return 1
+    merged = []
+    for text, img in zip(specs, images, strict=True):
+        sub = args.report / "kernels" / campaign_kernels.slug(img.layer.spec)
+        print(f"== kernel {img.layer.spec}: {img.release} -> {sub}", flush=True)
+        one = argparse.Namespace(**{**vars(args), "kernel": text, "modules": None, "report": sub})
+        _pytest(one)
+        if (sub / "results.json").exists():
+            kernel = {"spec": img.layer.spec, "release": img.release}
+            merged += campaign_kernels.tagged(report.load(sub), kernel, several=len(specs) > 1)
+    report.write_all(args.report, merged)
+    return report.exit_code(merged)
 
 
 def cmd_report_merge(args: argparse.Namespace) -> int:

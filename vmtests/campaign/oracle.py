@@ -86,6 +86,7 @@ class Result:
     checks: dict[str, bool | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
     artifacts: str = ""
+    kernel: dict[str, str] = field(default_factory=dict)  # {"spec": ..., "release": uname -r}
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

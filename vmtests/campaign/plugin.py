@@ -10,6 +10,7 @@ The collector is handed the scenario list here, so it never reaches back into th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,8 @@ def campaign_run(
             result = oracle.skipped(scenario, reason)
         else:
             result = run_harnessed(scenario, vm_image, vm_accel, folder / scenario.id)
+        kernel = {"spec": vm_image.layer.spec, "release": vm_image.release}
+        result = dataclasses.replace(result, kernel=kernel)
         request.node.user_properties.append((RESULT_KEY, json.dumps(result.to_json())))
         return result
 

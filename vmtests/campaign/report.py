@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from vmtests.campaign.campaign_kernels import base_id, releases
 from vmtests.campaign.oracle import Result, Verdict
 from vmtests.campaign.scenarios import FILESYSTEMS, METHODS
 
@@ -101,6 +102,9 @@ def junit(results: Sequence[Result]) -> bytes:
             suite, "testcase", classname=f"campaign.{r.fs}", name=r.id, time=f"{r.duration_s:.2f}"
         )
         props = ET.SubElement(case, "properties")
+        if r.kernel:
+            ET.SubElement(props, "property", name="kernel", value=r.kernel.get("spec", ""))
+            ET.SubElement(props, "property", name="uname_r", value=r.kernel.get("release", ""))
         for key in (
             "verdict",
             "seed",
@@ -148,6 +152,32 @@ def grid(results: Sequence[Result]) -> str:
             cells.append("<td>" + " ".join(_badge(r, f"#{r.id}") for r in here) + "</td>")
         body.append(f"<tr><th>{html.escape(key)}</th>{''.join(cells)}</tr>")
     return f"<table class='grid'><tr><th></th>{head}</tr>{''.join(body)}</table>"
+
+
+def kernel_table(results: Sequence[Result]) -> str:
+    """One row per scenario, one column per kernel: a verdict that differs between kernels
+    shows at a glance (the row is marked). Empty with fewer than two kernels."""
+    kernels = releases(results)
+    if len(kernels) < 2:
+        return ""
+    cells: dict[str, dict[str, Result]] = {}
+    for r in results:
+        cells.setdefault(base_id(r.id), {})[r.kernel.get("release", "")] = r
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in kernels)
+    body = []
+    for sid in sorted(cells):
+        row = cells[sid]
+        verdicts = {str(row[k].verdict) for k in kernels if k in row}
+        mark = " style='outline:3px solid #c53030'" if len(verdicts) > 1 else ""
+        tds = "".join(
+            f"<td>{_badge(row[k], '#' + html.escape(row[k].id))}</td>" if k in row else "<td></td>"
+            for k in kernels
+        )
+        body.append(f"<tr{mark}><th>{html.escape(sid)}</th>{tds}</tr>")
+    return (
+        "<h2>Kernels</h2><p>A row outlined in red has different verdicts on different "
+        f"kernels.</p><table class='grid'><tr><th></th>{head}</tr>{''.join(body)}</table>"
+    )
 
 
 def freeze_plot(results: Sequence[Result], width: int = 640) -> str:
@@ -244,7 +274,7 @@ def html_report(results: Sequence[Result], folder: Path) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>snapkit campaign"
         f"</title><style>{style}</style></head><body><h1>snapkit consistency campaign: "
-        f"{verdict}</h1><p>{summary}</p><h2>Matrix</h2>{grid(results)}"
+        f"{verdict}</h1><p>{summary}</p>{kernel_table(results)}<h2>Matrix</h2>{grid(results)}"
         f"<h2>Freeze window per method</h2><p>Longest gap between acknowledged writes "
         f"during the snapshot command (ms).</p>{freeze_plot(results)}"
         f"<h2>Scenarios</h2>{''.join(_details(r, folder) for r in results)}"

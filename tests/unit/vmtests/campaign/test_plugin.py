@@ -38,7 +38,10 @@ def fake_run(scenario, image, accel, folder, *, keep_all=False):
 
 @pytest.fixture(scope="session")
 def vm_image():
-    return "image"
+    from types import SimpleNamespace
+
+    layer = SimpleNamespace(spec="debian:bookworm/cloud-amd64")
+    return SimpleNamespace(layer=layer, release="6.1.0-57-cloud-amd64")
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +89,8 @@ def test_results_reach_the_collector_and_the_report(campaign: pytest.Pytester) -
         "xfs-lvm-fio": "lost",
         "ext4-dm-writer": "pass",
     }
+    # one kernel: ids unchanged (replayable), every row names the kernel it ran on
+    assert {r["kernel"]["release"] for r in rows} == {"6.1.0-57-cloud-amd64"}
     suite = ET.fromstring((campaign.path / "rep" / "junit.xml").read_bytes())
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "0", "1")
     assert (campaign.path / "rep" / "report.html").exists()

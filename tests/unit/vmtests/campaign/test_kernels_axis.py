@@ -1,0 +1,49 @@
+"""Kernels as a campaign axis: ids, the kernel in every row, the report's comparison."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from vmtests.campaign import campaign_kernels, oracle, report, scenarios
+
+GOOD = {"checks": {"fsck": True}, "counts": {"acked_checked": 3}, "attempts": 1}
+
+
+def _results() -> list[oracle.Result]:
+    picked = scenarios.select("quick", ids=["ext4-dm-writer"], seed=None, shard_spec=None)
+    return [oracle.judge(s, GOOD, 1.0) for s in picked]
+
+
+def test_one_kernel_keeps_the_ids_replayable() -> None:
+    rows = campaign_kernels.tagged(_results(), {"spec": "debian:bookworm", "release": "6.1"},
+                                   several=False)  # fmt: skip
+    assert [r.id for r in rows] == ["ext4-dm-writer"]
+    assert rows[0].kernel == {"spec": "debian:bookworm", "release": "6.1"}
+
+
+def test_several_kernels_put_the_release_in_every_id_and_in_every_output(tmp_path: Path) -> None:
+    a = campaign_kernels.tagged(_results(), {"spec": "debian:bookworm", "release": "6.1.0-57"},
+                                several=True)  # fmt: skip
+    b = campaign_kernels.tagged(_results(), {"spec": "debian:trixie", "release": "6.12.118"},
+                                several=True)  # fmt: skip
+    a = [oracle.Result(**{**r.__dict__, "verdict": oracle.Verdict.PASS}) for r in a]
+    b = [oracle.Result(**{**r.__dict__, "verdict": oracle.Verdict.FAIL}) for r in b]
+    report.write_all(tmp_path, a + b)
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["id"] for r in rows) == ["ext4-dm-writer@6.1.0-57", "ext4-dm-writer@6.12.118"]
+    assert {r["kernel"]["release"] for r in rows} == {"6.1.0-57", "6.12.118"}
+    assert campaign_kernels.base_id(rows[0]["id"]) == "ext4-dm-writer"
+    suite = ET.fromstring((tmp_path / "junit.xml").read_bytes())
+    assert {p.get("value") for p in suite.iter("property") if p.get("name") == "uname_r"} == {
+        "6.1.0-57",
+        "6.12.118",
+    }
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>Kernels</h2>" in page and "<th>6.12.118</th>" in page
+    assert "outline:3px solid" in page  # the verdicts differ: the row is marked
+
+
+def test_one_kernel_has_no_comparison_table() -> None:
+    assert report.kernel_table(_results()) == ""
