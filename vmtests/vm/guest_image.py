@@ -45,11 +45,20 @@ def prepare(
     if not isinstance(spec, spec_mod.DebianKernel | spec_mod.UserKernel):
         spec = spec_for(spec, modules)
     if build_userland:
-        userland, _ = image.build(say=say)
+        userland, built = image.build(say=say)
     else:
-        userland = image.find_userland()
+        userland, built = image.find_userland(), False
     wanted = image.read_list(image.RECIPE_DIR / "initramfs-modules.txt")
-    layer, _ = layer_mod.ensure(spec, wanted, image.depmod_with(userland), say)
+    said: list[str] = [] if built else [f"userland {userland.name} is cached: reused"]
+
+    def layer_say(msg: str) -> None:
+        """Says the userland's reuse when a layer is built (and only then: a cache hit is quiet,
+        so ``vmtest exec``'s stderr is the command's own)."""
+        while said:
+            say(said.pop())
+        say(msg)
+
+    layer, _ = layer_mod.ensure(spec, wanted, image.depmod_with(userland), layer_say)
     img = image.Image(userland, layer)
     if not layer.probed:
         _probe(img, say)

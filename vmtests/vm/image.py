@@ -132,7 +132,6 @@ def build(
     final = cache_dir() / recipe_hash(recipe)
     with cache.locked(cache_dir() / ".lock"):
         if (final / "root.squashfs").exists() and not force:
-            say(f"userland {final.name} is cached: reused")
             return final, False
         check_host(HostFacts.current())
         try:
