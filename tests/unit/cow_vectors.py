@@ -1,7 +1,11 @@
 """The real-kernel dm-snapshot vectors, unpacked once per test run, and the checkers.
 
-The checkers are plain functions returning bool so that the negative-control tests can prove
-they really fail on a corrupted vector. Vectors are never copied into the repository.
+The vectors are the project's own (``tests/data/kernel-vectors/KERNEL``, recorded by
+``vmtests/guest/vectors/record.py`` on each kernel; see the README there), one set per kernel,
+and every test runs on each: a vector is named ``KERNEL/NAME``. A missing set is an error
+at collection, never a skip: a test that silently skips is no test. The checkers are plain
+functions returning bool so that the negative-control tests can prove they really fail on a
+corrupted vector.
 """
 
 from __future__ import annotations
@@ -17,47 +21,55 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from snapkit.cli import main
 from snapkit.cow.device import MemDevice
 from snapkit.cow.model import Origin
 
-VECTORS = Path(os.environ.get("SNAPKIT_COW_VECTORS", "/work/shared/vectors/kernel-6.1"))
+DATA = Path(
+    os.environ.get("SNAPKIT_COW_VECTORS", Path(__file__).parents[1] / "data" / "kernel-vectors")
+)
+KERNELS = ("6.1", "6.12")  # Debian's bookworm and trixie cloud kernels
 
 
+@functools.cache
 def manifest() -> list[dict[str, Any]]:
-    path = VECTORS / "manifest.json"
-    if not path.exists():
-        return []
-    entries: list[dict[str, Any]] = json.loads(path.read_text())
+    """Every kernel's vectors, each with ``id`` (KERNEL/NAME) and ``kernel`` added."""
+    entries: list[dict[str, Any]] = []
+    for kernel in KERNELS:
+        path = DATA / kernel / "manifest.json"
+        if not path.exists() or not (DATA / kernel / "vectors.tar.xz").exists():
+            raise FileNotFoundError(f"the kernel vectors for {kernel} are missing from {DATA}")
+        for v in json.loads(path.read_text()):
+            entries.append({**v, "kernel": kernel, "id": f"{kernel}/{v['name']}"})
     return entries
 
 
 def names(*need: str) -> list[str]:
-    """Vector names having all the given manifest fields (for parametrize)."""
-    return [v["name"] for v in manifest() if all(k in v for k in need)]
+    """Vector ids (KERNEL/NAME) having all the given manifest fields (for parametrize)."""
+    return [v["id"] for v in manifest() if all(k in v for k in need)]
 
 
-def vector(name: str) -> dict[str, Any]:
-    return next(v for v in manifest() if v["name"] == name)
+def vector(vid: str) -> dict[str, Any]:
+    return next(v for v in manifest() if v["id"] == vid)
 
 
 @functools.cache
 def unpacked() -> Path:
-    tarball = VECTORS / "vectors.tar.xz"
-    if not tarball.exists():
-        pytest.skip(f"kernel vectors not found at {VECTORS}")
+    """A folder with each kernel's vectors under KERNEL/, so ``unpacked() / f"{id}.cow"``."""
     where = Path(tempfile.mkdtemp(prefix="snapkit-cow-vectors-"))
     atexit.register(shutil.rmtree, where, True)
-    subprocess.run(["tar", "-xJSf", str(tarball), "-C", str(where)], check=True)
+    for kernel in KERNELS:
+        (where / kernel).mkdir()
+        tarball = DATA / kernel / "vectors.tar.xz"
+        subprocess.run(["tar", "-xJSf", str(tarball), "-C", str(where / kernel)], check=True)
     return where
 
 
-def copy(name: str, suffix: str, dest: Path) -> Path:
+def copy(vid: str, suffix: str, dest: Path) -> Path:
     """A private, writable copy of one vector file."""
-    target = dest / f"{name}{suffix}"
-    shutil.copyfile(unpacked() / f"{name}{suffix}", target)
+    target = dest / f"{vid}{suffix}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(unpacked() / f"{vid}{suffix}", target)
     return target
 
 
@@ -85,7 +97,7 @@ def merge_matches(origin: Path, cow: Path, vec: dict[str, Any]) -> bool:
     """The merge checker: merged origin hash and COW bytes equal to the kernel's."""
     if main(["cow", "merge", "--origin", str(origin), "--cow", str(cow)]):
         return False
-    kernel_cow = unpacked() / f"{vec['name']}.cow-after-merge"
+    kernel_cow = unpacked() / f"{vec['id']}.cow-after-merge"
     return (
         sha256_file(origin) == vec["merged_origin_sha256"]
         and cow.read_bytes() == kernel_cow.read_bytes()

@@ -1,4 +1,6 @@
-"""snapkit against the bytes a real 6.1 kernel wrote: export, inspect, merge, resume."""
+"""snapkit against the bytes real kernels wrote (6.1 and 6.12): export, inspect, merge, resume.
+
+Every test runs on each kernel's vectors (ids KERNEL/NAME, see tests/unit/cow_vectors.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from snapkit.cow.device import MemDevice
 from snapkit.cow.image import inspect
 from snapkit.cow.model import Origin
 from tests.unit.cow_vectors import (
+    KERNELS,
     copy,
     export_matches,
+    manifest,
     merge_matches,
     names,
     replay,
@@ -181,3 +185,31 @@ def test_negative_control_flipped_data_byte_fails_merge_check(name: str, tmp_pat
     raw[at] ^= 0xFF
     cow.write_bytes(raw)
     assert not merge_matches(origin, cow, vec)
+
+
+def test_missing_vectors_fail_instead_of_skipping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tests.unit.cow_vectors as cv
+
+    monkeypatch.setattr(cv, "DATA", tmp_path)
+    cv.manifest.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match=r"kernel vectors for 6\.1 are missing"):
+            cv.manifest()
+    finally:
+        cv.manifest.cache_clear()
+
+
+def test_every_kernel_has_every_vector() -> None:
+    by_kernel = {k: sorted(v["name"] for v in manifest() if v["kernel"] == k) for k in KERNELS}
+    assert (
+        by_kernel["6.1"]
+        == by_kernel["6.12"]
+        == [
+            "s1-c8-origin",
+            "s2-c32-mixed",
+            "s3-c8-overflow",
+            "s4-c8-midmerge",
+        ]
+    )
