@@ -162,7 +162,7 @@ def depmod_with(userland: Path) -> Callable[[Path, str], None]:
 # -- the host: what an unprivileged build needs --------------------------------------------------
 
 SUBIDS_NEEDED = 65536  # mmdebstrap's unshare mode maps a full 16-bit id range into the guest
-# Not lz4: without it the build still works, it boots the bzImage (see _extract_vmlinux).
+# Not lz4 or zstd: without them a kernel layer keeps the bzImage (vm/kernel/layer.py).
 TOOLS = {"mmdebstrap": "mmdebstrap", "sqfstar": "squashfs-tools"}
 UNPRIVILEGED_TOOLS = {"newuidmap": "uidmap", "newgidmap": "uidmap", "unshare": "util-linux"}
 
