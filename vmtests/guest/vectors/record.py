@@ -1,7 +1,8 @@
 """Record dm-snapshot vectors from the running kernel: the offline model's ground truth.
 
-Run in a guest with a scratch disk (``vmtest exec --kernel SPEC --disk 256M --keep DIR --
-python3 GUEST/vectors/record.py /dev/vmtest/disk0``); it writes a tar (members
+Run in a guest with a scratch disk (``vmtest exec --kernel SPEC --disk 256M --keep DIR --``
+and the argv of ``guest.command("vectors.record", "/dev/vmtest/disk0")``; the command line is
+in tests/data/kernel-vectors/README.md); it writes a tar (members
 as the README of ``tests/data/kernel-vectors`` lists, the manifest as ``manifest.json``) onto
 that disk, which the host reads with ``tar -xf DIR/disk0.raw`` and compresses (xz under TCG
 costs minutes). Not to stdout: ``vmtest exec`` powers off once the command's status is sent,
