@@ -1,6 +1,8 @@
-"""The fakes unit tests share: one device-mapper world (FakeDm, loop devices, files and
-commands sharing one fault counter, so a failure can be injected at every step of a plan) and
-one LVM (FakeLvm, answering lvs/lvcreate/lvconvert/lvremove as LVM does).
+"""The fakes unit tests share: the executor seam (FakeExecutor, on which each fake of commands
+builds, and Recorder, which records every command and answers all alike), one device-mapper
+world (FakeDm, loop devices, files and commands sharing one fault counter, so a failure can be
+injected at every step of a plan) and one LVM (FakeLvm, answering
+lvs/lvcreate/lvconvert/lvremove as LVM does).
 
 Test modules import their fakes from here, never from each other.
 """
@@ -26,6 +28,58 @@ from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, Target
 from snapkit.plan import Plan, PlanError, apply
 from snapkit.run import Completed
+
+# -- executors --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The keywords of one ``Executor.run`` call, for a fake that looks at them."""
+
+    check: bool = True
+    timeout: float | None = None
+    input: str | None = None
+    env: Mapping[str, str] | None = None
+
+
+class FakeExecutor:
+    """The Executor seam (``snapkit.run.Executor``) for fakes, its signature written once:
+    ``run`` hands the argv as a list and the keywords as RunOptions to ``answer``."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
+        return self.answer(list(argv), RunOptions(check, timeout, input, env))
+
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
+        raise NotImplementedError
+
+
+def completed(args: Sequence[str], out: str = "", returncode: int = 0, err: str = "") -> Completed:
+    """What a command that ran gives back (no time taken)."""
+    return Completed(tuple(args), returncode, out, err, 0.0)
+
+
+class Recorder(FakeExecutor):
+    """Records every argv in ``calls`` and answers each with ``stdout`` and ``returncode``; a
+    non-zero returncode raises CommandError (with ``stderr``) where the caller checks."""
+
+    def __init__(self, stdout: str = "", returncode: int = 0, stderr: str = "") -> None:
+        self.stdout, self.returncode, self.stderr = stdout, returncode, stderr
+        self.calls: list[list[str]] = []
+
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
+        self.calls.append(args)
+        if self.returncode and opts.check:
+            raise CommandError(args, self.returncode, self.stderr)
+        return completed(args, self.stdout, self.returncode)
+
 
 # -- device-mapper ----------------------------------------------------------------------------
 
@@ -93,25 +147,16 @@ class FakeFiles:
         return path in self.files
 
 
-class FakeRun:
+class FakeRun(FakeExecutor):
     """An executor for ``blockdev --setro/--setrw``: tracks the read-only flag per device."""
 
     def __init__(self, faults: Faults) -> None:
         self.faults = faults
         self.read_only: set[str] = set()
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        args = list(argv)
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
         if args[0] == "blkid":  # a read at plan time, not a side effect: no UUID known
-            return Completed(tuple(args), 2, "", "", 0.0)
+            return completed(args, returncode=2)
         if self.faults.should_fail(" ".join(args)):
             raise CommandError(args, 1, "injected failure")
         if args[:2] == ["blockdev", "--setro"]:
@@ -120,7 +165,7 @@ class FakeRun:
             self.read_only.discard(args[2])
         else:
             raise AssertionError(f"unexpected command {args}")
-        return Completed(tuple(args), 0, "", "", 0.0)
+        return completed(args)
 
 
 @dataclass
@@ -225,7 +270,7 @@ class Lv:
 
 
 @dataclass
-class FakeLvm:
+class FakeLvm(FakeExecutor):
     """Just enough of lvm2 and dmsetup for the plans: LVs, activation, suspension, merges."""
 
     faults: Faults
@@ -263,16 +308,7 @@ class FakeLvm:
             rows.append(row)
         return json.dumps({"report": [{"lv": rows}]})
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        args = list(argv)
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
         self.calls.append(args)
         out = ""
         if args[0] == "lvs":
@@ -306,7 +342,7 @@ class FakeLvm:
                     del self.lvs[lv.name]
         else:
             raise AssertionError(f"unexpected command {args}")
-        return Completed(tuple(args), 0, out, "", 0.0)
+        return completed(args, out)
 
 
 def lvm_host(fake: FakeLvm) -> Any:

@@ -5,7 +5,6 @@ layer, built all-or-nothing and recorded."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,25 +20,7 @@ from snapkit.plan import apply
 from snapkit.run import Completed
 from snapkit.settings import Settings
 from snapkit.state import StateData
-from tests.unit.fakes import FakeRun, World, make_world
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        self.calls.append(list(argv))
-        return Completed(tuple(argv), 0, "", "", 0.0)
-
+from tests.unit.fakes import FakeRun, Recorder, RunOptions, World, completed, make_world
 
 BTRFS = SnapshotRecord(
     "s1",
@@ -134,22 +115,13 @@ class MountRun(FakeRun):
         super().__init__(faults)
         self.calls: list[list[str]] = []
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        args = list(argv)
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
         if args[0] not in ("mount", "btrfs"):
-            return super().run(args, check=check, timeout=timeout, input=input, env=env)
+            return super().answer(args, opts)
         if self.faults.should_fail(" ".join(args)):
-            return Completed(tuple(args), 32, "", "mount: injected failure\n", 0.0)
+            return completed(args, returncode=32, err="mount: injected failure\n")
         self.calls.append(args)
-        return Completed(tuple(args), 0, "", "", 0.0)
+        return completed(args)
 
 
 def _direct(tmp_path: Path, fs: str) -> tuple[Flow, World, MountRun]:
