@@ -8,7 +8,7 @@ import pytest
 
 from snapkit.errors import FormatError
 from snapkit.host.lvm import LVS_FIELDS, Lvm, lvs_argv, parse_lvs
-from snapkit.run import Completed
+from tests.unit.fakes import Recorder
 
 # Recorded in the guest (lvm2 2.03.16): an origin with a classic snapshot, a thin pool with a
 # thin LV and its (skip-activation, inactive) thin snapshot, and a merge pending on the origin.
@@ -134,22 +134,12 @@ def test_argv_asks_for_bytes_and_every_field() -> None:
     assert argv[-1] == "vg"
 
 
-class Recorded:
-    def __init__(self, stdout: str, returncode: int = 0) -> None:
-        self.stdout, self.returncode = stdout, returncode
-        self.calls: list[list[str]] = []
-
-    def run(self, argv, *, check=True, timeout=None, input=None, env=None):  # type: ignore[no-untyped-def]
-        from snapkit.errors import CommandError
-
-        self.calls.append(list(argv))
-        if self.returncode and check:
-            raise CommandError(list(argv), self.returncode, "  Volume group not found")
-        return Completed(tuple(argv), self.returncode, self.stdout, "", 0.0)
+def recorded(stdout: str, returncode: int = 0) -> Recorder:
+    return Recorder(stdout, returncode, stderr="  Volume group not found")
 
 
 def test_lookups() -> None:
-    lvm = Lvm(Recorded(REPORT))
+    lvm = Lvm(recorded(REPORT))
     assert lvm.get("vg", "snap2") is not None  # found also while hidden as [snap2]
     assert lvm.get("vg", "nope") is None
     found = lvm.by_devnum((253, 8))
@@ -158,6 +148,6 @@ def test_lookups() -> None:
 
 
 def test_no_lvm_means_no_lv() -> None:
-    lvm = Lvm(Recorded("", returncode=5))
+    lvm = Lvm(recorded("", returncode=5))
     assert lvm.by_devnum((253, 0)) is None
     assert lvm.get("vg", "lv") is None

@@ -10,7 +10,6 @@ create leaves behind is shared by every snapshot and is not counted as a change.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,12 +33,13 @@ from snapkit.recover import Recovery
 from snapkit.run import Completed
 from snapkit.settings import Settings
 from snapkit.state import StateData
+from tests.unit.fakes import FakeExecutor, RunOptions, completed
 
 DEV = "/dev/vdb"
 
 
 @dataclass
-class FakeBtrfs:
+class FakeBtrfs(FakeExecutor):
     """One btrfs filesystem on DEV: subvolumes by path from the top level, and the private
     top-level mounts snapkit makes (the user's mounts are given to the test separately)."""
 
@@ -68,22 +68,13 @@ class FakeBtrfs:
         for sub in self.subvols:
             (top / sub).mkdir(parents=True, exist_ok=True)
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        args = list(argv)
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
         self.calls.append(args)
         if args[:3] == ["btrfs", "subvolume", "list"]:
             out = "".join(
                 f"ID {n + 256} gen 9 top level 5 path {p}\n" for n, p in enumerate(self.subvols)
             )
-            return Completed(tuple(args), 0, out, "", 0.0)
+            return completed(args, out)
         if args[:3] in (["btrfs", "inspect-internal", "rootid"], ["btrfs", "subvolume", "show"]):
             rel = self._rel(args[3])
             if rel not in self.ids:
@@ -91,15 +82,15 @@ class FakeBtrfs:
             parent = self.parents.get(rel)
             shown = f"\tUUID: \tu{self.ids[rel]}\n\tParent UUID: \t{parent or '-'}\n"
             out = f"{self.ids[rel]}\n" if args[1] == "inspect-internal" else shown
-            return Completed(tuple(args), 0, out, "", 0.0)
+            return completed(args, out)
         injected = self.faults.should_fail(" ".join(args))
         done = self._apply(args) if not injected or self.late else False
         failed = injected or not done
         if failed:
-            if check:
+            if opts.check:
                 raise CommandError(args, 1, "injected failure")
-            return Completed(tuple(args), 1, "", "failed", 0.0)
-        return Completed(tuple(args), 0, "", "", 0.0)
+            return completed(args, returncode=1, err="failed")
+        return completed(args)
 
     def exchange(self, a: Path, b: Path) -> None:
         """renameat2(RENAME_EXCHANGE): both names swap at once, or nothing happens."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,11 +18,12 @@ from snapkit.methods.freeze import FreezeMethod, Outcome, freeze_plan
 from snapkit.model import CreateRequest, Target
 from snapkit.plan import Interrupted, PlanError, apply
 from snapkit.run import CommandTimeout, Completed
+from tests.unit.fakes import FakeExecutor, RunOptions, completed
 
 MP = Path("/mnt/o")
 
 
-class World:
+class World(FakeExecutor):
     """Freezer, watchdog and executor sharing one fault counter."""
 
     def __init__(self, fail_at: int | None = None, rc: int = 0, hang: bool = False) -> None:
@@ -66,23 +66,15 @@ class World:
         self.dog = "off"
 
     # Executor
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        self.ran.append(list(argv))
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
+        self.ran.append(args)
         assert self.frozen, "the command must run while frozen"
         self._maybe_fail("command")
         if self.hang:
-            raise CommandTimeout(list(argv), timeout or 0)
-        if check and self.rc:
-            raise CommandError(list(argv), self.rc, "boom")
-        return Completed(tuple(argv), self.rc, "out", "", 0.0)
+            raise CommandTimeout(args, opts.timeout or 0)
+        if opts.check and self.rc:
+            raise CommandError(args, self.rc, "boom")
+        return completed(args, "out", self.rc)
 
 
 def plan(w: World, outcome: Outcome | None = None, **kw: Any) -> Any:

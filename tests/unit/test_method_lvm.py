@@ -33,6 +33,8 @@ from tests.unit.fakes import (
     LV_TARGET,
     FakeLvm,
     Lv,
+    RunOptions,
+    completed,
     lvm_host,
     lvm_request,
     lvm_world,
@@ -224,20 +226,19 @@ class _CutInSuspend(FakeLvm):
     """lvcreate killed inside its suspend, as measured in a guest: the origin suspended with
     lvcreate's snapshot-origin table still *inactive* over a -real device with no table."""
 
-    def run(self, argv: Sequence[str], **kw: Any) -> Completed:  # type: ignore[override]
-        args = list(argv)
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
         if args[:2] == ["dmsetup", "info"] and "suspended,tables_loaded" in args:
             self.calls.append(args)
             live = "Both" if "vg-lv" in self.inactive else "Live"
             state = "Suspended" if "lv" in self.suspended else "Active"
-            return Completed(tuple(args), 0, f"{state}:{live}", "", 0.0)
+            return completed(args, f"{state}:{live}")
         if args[:2] == ["dmsetup", "clear"]:
             self.calls.append(args)
             self.inactive.discard(args[-1])
-            return Completed(tuple(args), 0, "", "", 0.0)
+            return completed(args)
         if args[:2] == ["dmsetup", "resume"] and args[-1] in self.inactive:
             self.broken = True  # the snapshot-origin table swapped in: every I/O fails
-        return super().run(argv, **kw)
+        return super().answer(args, opts)
 
 
 def test_the_create_undo_drops_lvcreates_inactive_table_before_resuming() -> None:
@@ -447,8 +448,7 @@ class _FailingMergeLvm(FakeLvm):
                 row["lv_attr"] = row["lv_attr"][:4] + "m" + row["lv_attr"][5:]
         return json.dumps(data)
 
-    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
-        args = list(argv)
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
         if args[:2] == ["lvconvert", "--merge"] and self.broken:
             self.calls.append(args)
             name = args[-1].split("/")[1]
@@ -462,8 +462,8 @@ class _FailingMergeLvm(FakeLvm):
             for name in self.failed:
                 del self.lvs[name]  # merged this time
             self.failed.clear()
-            return Completed(tuple(args), 0, "", "", 0.0)
-        return super().run(argv, **kw)
+            return completed(args)
+        return super().answer(args, opts)
 
 
 LVM_MERGE_FAILED = (
@@ -513,13 +513,13 @@ class _SlowLvm(FakeLvm):
 
     ended: float = 0.0
 
-    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
-        if argv[0] == "lvcreate":
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
+        if args[0] == "lvcreate":
             time.sleep(0.4)
-            result = super().run(argv, **kw)
+            result = super().answer(args, opts)
             self.ended = time.monotonic()
             return result
-        return super().run(argv, **kw)
+        return super().answer(args, opts)
 
 
 def test_sigterm_during_lvcreate_lets_it_finish_then_undoes_it() -> None:

@@ -7,7 +7,7 @@ a partial image behind, as cp does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,12 +25,13 @@ from snapkit.methods.remount import RemountMethod
 from snapkit.model import CreateRequest, SnapshotRecord, State, Target
 from snapkit.plan import PlanError, apply
 from snapkit.run import Completed
+from tests.unit.fakes import FakeExecutor, RunOptions, completed
 
 DEV, MP = "/dev/vdb", Path("/mnt/o")
 
 
 @dataclass
-class FakeSystem:
+class FakeSystem(FakeExecutor):
     """One mounted filesystem (its mode and content) and the image files snapkit writes."""
 
     faults: Faults
@@ -49,17 +50,8 @@ class FakeSystem:
             sorted(p.name for p in self.cow_dir.iterdir()),
         )
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        args = list(argv)
-        self.ran.append((args, env))
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
+        self.ran.append((args, opts.env))
         if self.faults.should_fail(" ".join(args)):
             if args[0] == "cp":  # died part-way, as on a full --cow-dir
                 self._write(args[-1], "partial")
@@ -82,7 +74,7 @@ class FakeSystem:
             assert self.mode == "ro", "the user's command must run while read-only"
         else:
             raise AssertionError(f"unexpected command {args}")
-        return Completed(tuple(args), 0, "", "", 0.0)
+        return completed(args)
 
     def _write(self, path: str, content: str) -> None:
         self.images[path] = content

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,27 +16,19 @@ from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotOrigin, Store, Ta
 from snapkit.errors import CommandError
 from snapkit.plan import Interrupted, Plan, PlanError, PlanTimeout, Step, apply
 from snapkit.run import Completed
+from tests.unit.fakes import FakeExecutor, RunOptions, completed
 
 ORIGIN_TABLE = Table.single(2048, Linear(DevNum(7, 0), 0))
 
 
-class FakeLosetup:
+class FakeLosetup(FakeExecutor):
     """An Executor that understands `losetup --show -f FILE` and `losetup -d DEV`."""
 
     def __init__(self, dm: FakeDm, faults: Faults) -> None:
         self.dm, self.faults = dm, faults
         self.attached: dict[str, str] = {}
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = None,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Completed:
-        args = list(argv)
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
         if self.faults.should_fail(" ".join(args)):
             raise CommandError(args, 1, "losetup: injected failure")
         if args[:3] == ["losetup", "--show", "-f"]:
@@ -45,11 +36,11 @@ class FakeLosetup:
             dev = f"/dev/loop{minor}"
             self.attached[dev] = args[3]
             self.dm.add_block_device(dev, DevNum(7, minor))
-            return Completed(tuple(args), 0, dev + "\n", "", 0.0)
+            return completed(args, dev + "\n")
         if args[:2] == ["losetup", "-d"]:
             del self.attached[args[2]]
             del self.dm.block_devices[args[2]]
-            return Completed(tuple(args), 0, "", "", 0.0)
+            return completed(args)
         raise AssertionError(f"unexpected command {args}")
 
 
