@@ -37,24 +37,20 @@ def _boots(monkeypatch: pytest.MonkeyPatch, verdicts: dict[str, bool]) -> list[s
     return tried
 
 
-def test_a_kernel_that_boots_through_pvh_keeps_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("pvh_boots", "tried", "kernel"),
+    [(True, ["vmlinux"], "vmlinux"), (False, ["vmlinux", "vmlinuz"], "vmlinuz")],
+    ids=["pvh-boots-keeps-it", "pvh-panic-falls-back-to-the-bzimage-for-good"],
+)
+def test_the_probe_keeps_pvh_if_it_boots_else_the_bzimage_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pvh_boots: bool, tried: list[str], kernel: str
 ) -> None:
     img = _image(tmp_path)
-    tried = _boots(monkeypatch, {"vmlinux": True, "vmlinuz": True})
+    booted = _boots(monkeypatch, {"vmlinux": pvh_boots, "vmlinuz": True})
     guest_image._probe(img, lambda _m: None)
-    assert tried == ["vmlinux"] and img.kernel.name == "vmlinux"
-    assert json.loads((img.layer.root / "boot.json").read_text()) == {"pvh": True}
-
-
-def test_a_pvh_panic_falls_back_to_the_bzimage_for_good(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    img = _image(tmp_path)
-    tried = _boots(monkeypatch, {"vmlinux": False, "vmlinuz": True})
-    guest_image._probe(img, lambda _m: None)
-    assert tried == ["vmlinux", "vmlinuz"]
-    assert img.kernel.name == "vmlinuz" and img.layer.probed  # no probe at the next boot
+    assert booted == tried and img.kernel.name == kernel
+    assert img.layer.probed  # no probe at the next boot
+    assert json.loads((img.layer.root / "boot.json").read_text()) == {"pvh": pvh_boots}
 
 
 def test_a_kernel_that_boots_neither_way_is_refused_and_probed_again(
