@@ -4,6 +4,8 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from vmtests.campaign import oracle, report
 from vmtests.campaign.oracle import Verdict
 from vmtests.campaign.scenarios import Scenario
@@ -74,42 +76,43 @@ def test_merge_combines_shards_and_copies_artifacts(tmp_path: Path) -> None:
     assert 'href="scenarios/' in (out / "report.html").read_text()
 
 
-def test_a_harness_error_is_named_in_the_note_and_junit_calls_it_an_error(tmp_path: Path) -> None:
-    crash = oracle.harness_error(Scenario("xfs", "lvm", "fio"), TypeError("bad keyword"), 2.0)
-    rows = [*results(), crash]
+@pytest.mark.parametrize(
+    ("row", "verdict", "message", "in_page", "in_table"),
+    [
+        pytest.param(
+            oracle.harness_error(Scenario("xfs", "lvm", "fio"), TypeError("bad keyword"), 2.0),
+            Verdict.ERROR,  # distinct from fail in results.json
+            "harness error: TypeError: bad keyword",
+            "error",
+            "harness error: TypeError: bad keyword",
+            id="harness-error-named-in-the-note",
+        ),
+        pytest.param(
+            oracle.lost_vm(Scenario("xfs", "lvm", "fio"), 2.0, "VM lost: QEMU was killed"),
+            Verdict.LOST,
+            "VM lost: QEMU was killed",
+            ">lost</span>",
+            "lost ",
+            id="lost-vm-lost-in-every-output",
+        ),
+    ],
+)
+def test_a_harness_error_or_lost_vm_is_a_junit_error_not_a_failure(
+    tmp_path: Path, row: oracle.Result, verdict: Verdict, message: str, in_page: str, in_table: str
+) -> None:
+    rows = [*results(), row]
     assert report.exit_code(rows) == 1
     report.write_all(tmp_path, rows)
-    saved = {r.id: r for r in report.load(tmp_path)}
-    assert saved[crash.id].verdict is Verdict.ERROR  # distinct from fail in results.json
+    assert {r.id: r for r in report.load(tmp_path)}[row.id].verdict is verdict
     suite = ET.fromstring((tmp_path / "junit.xml").read_bytes())
     assert suite.get("errors") == "1" and suite.get("failures") == "0"
-    case = next(c for c in suite.iter("testcase") if c.get("name") == crash.id)
+    case = next(c for c in suite.iter("testcase") if c.get("name") == row.id)
     error = case.find("error")
-    assert error is not None and error.get("message") == "harness error: TypeError: bad keyword"
+    assert error is not None and error.get("message") == message
     assert case.find("failure") is None
+    assert in_page in (tmp_path / "report.html").read_text()
     from rich.console import Console
 
     console = Console(width=240, record=True)
     console.print(report.summary_table(rows))
-    assert "harness error: TypeError: bad keyword" in console.export_text()
-    assert "error" in (tmp_path / "report.html").read_text()
-
-
-def test_a_lost_vm_is_lost_in_every_output_not_a_failure(tmp_path: Path) -> None:
-    lost = oracle.lost_vm(Scenario("xfs", "lvm", "fio"), 2.0, "VM lost: QEMU was killed")
-    rows = [*results(), lost]
-    assert report.exit_code(rows) == 1
-    report.write_all(tmp_path, rows)
-    assert {r.id: r for r in report.load(tmp_path)}[lost.id].verdict is Verdict.LOST
-    suite = ET.fromstring((tmp_path / "junit.xml").read_bytes())
-    assert suite.get("errors") == "1" and suite.get("failures") == "0"
-    case = next(c for c in suite.iter("testcase") if c.get("name") == lost.id)
-    error = case.find("error")
-    assert error is not None and error.get("message") == "VM lost: QEMU was killed"
-    assert case.find("failure") is None
-    assert ">lost</span>" in (tmp_path / "report.html").read_text()
-    from rich.console import Console
-
-    console = Console(width=240, record=True)
-    console.print(report.summary_table(rows))
-    assert "lost " in console.export_text()
+    assert in_table in console.export_text()
