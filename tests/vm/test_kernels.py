@@ -58,8 +58,19 @@ def test_a_second_debian_kernel_boots_and_the_default_is_unchanged(trixie: Image
 
 def test_a_user_build_tree_boots_with_its_modules(trixie: Image, tmp_path: Path) -> None:
     tree, mods = _user_tree(trixie, tmp_path)
-    r = vmtest("exec", "--accel", "tcg", "--kernel", str(tree), "--modules", str(mods), "--",
-               "sh", "-c", "uname -r; modprobe dm_thin_pool && echo thin-ok")  # fmt: skip
+    r = vmtest(
+        "exec",
+        "--accel",
+        "tcg",
+        "--kernel",
+        str(tree),
+        "--modules",
+        str(mods),
+        "--",
+        "sh",
+        "-c",
+        "uname -r; modprobe dm_thin_pool && echo thin-ok",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [trixie.release, "thin-ok"]
 

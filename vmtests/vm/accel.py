@@ -1,7 +1,8 @@
 """Choosing the accelerator: KVM only when it is proven to boot this kernel.
 
 On some hosts /dev/kvm opens and KVM_CREATE_VM succeeds, yet a stock kernel under KVM spins
-forever (a paravirtual nested KVM: see NOTES.md §1). So ``auto`` boots a real probe guest under
+forever (a paravirtual nested KVM: seen on the project's own build machines, where a stock
+Debian kernel under KVM printed nothing for minutes). So ``auto`` boots a real probe guest under
 KVM and accepts KVM only if that guest runs a command within a few seconds; otherwise TCG. The
 verdict is cached per host boot, QEMU binary and image, since the probe costs seconds.
 """

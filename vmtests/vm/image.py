@@ -148,8 +148,12 @@ def depmod_with(userland: Path) -> Callable[[Path, str], None]:
 
     def depmod(staging: Path, release: str) -> None:
         if (tools / "depmod").exists():
-            argv = [str(tools / "ld.so"), "--library-path", str(tools / "lib"),
-                    str(tools / "depmod")]  # fmt: skip
+            argv = [
+                str(tools / "ld.so"),
+                "--library-path",
+                str(tools / "lib"),
+                str(tools / "depmod"),
+            ]
         elif shutil.which("depmod"):
             argv = ["depmod"]  # a userland from before tools/ existed: the host's kmod
         else:
@@ -257,8 +261,9 @@ def mmdebstrap_mode(euid: int) -> str:
 # -- the build -----------------------------------------------------------------------------------
 
 
-def mmdebstrap_argv(suite_name: str, mirrors: debian.Mirrors, packages: list[str], out: Path,
-                    euid: int) -> list[str]:  # fmt: skip
+def mmdebstrap_argv(
+    suite_name: str, mirrors: debian.Mirrors, packages: list[str], out: Path, euid: int
+) -> list[str]:
     """mmdebstrap's command line: the suite and its sources are the recipe's, never the host's."""
     return [
         "mmdebstrap",

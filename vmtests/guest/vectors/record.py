@@ -138,8 +138,15 @@ def record(spec: tuple[str, int, int, int, int, bool, bool], out: Path) -> dict[
         count = rng.choice(LENGTHS)
         first = rng.randrange(0, osize - count)
         dev = f"/dev/mapper/{org if target == 'org' else snap}"
-        writes.append([target, first, count, generation,
-                       write(dev, first, pattern(name, generation, first, count))])  # fmt: skip
+        writes.append(
+            [
+                target,
+                first,
+                count,
+                generation,
+                write(dev, first, pattern(name, generation, first, count)),
+            ]
+        )
     vec["status_before_remove"] = status(snap)
     vec["snapshot_view_sha256"] = sha_of(f"/dev/mapper/{snap}")
     vec["origin_view_sha256"] = sha_of(f"/dev/mapper/{org}")

@@ -135,12 +135,24 @@ def modules_cpio(moddir: Path, wanted: list[str]) -> tuple[bytes, list[str]]:
 
 def _squashfs(moddir: Path, out: Path, say: cache.Say) -> None:
     cache.run(
-        ["mksquashfs", str(moddir), str(out), "-comp", "lz4", "-all-root", "-noappend",
-         "-quiet", "-no-progress", "-mkfs-time", str(cache.SOURCE_DATE_EPOCH),
-         "-all-time", str(cache.SOURCE_DATE_EPOCH)],
+        [
+            "mksquashfs",
+            str(moddir),
+            str(out),
+            "-comp",
+            "lz4",
+            "-all-root",
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-mkfs-time",
+            str(cache.SOURCE_DATE_EPOCH),
+            "-all-time",
+            str(cache.SOURCE_DATE_EPOCH),
+        ],
         say,
         epoch=False,  # -all-time, not a clamp: a user's modules have their build's mtimes
-    )  # fmt: skip
+    )
 
 
 def _finish(
@@ -198,9 +210,15 @@ def build_debian(
     names = _finish(work, staging, release, bz, None, wanted, depmod, say)
     shutil.copyfile(staging / "boot" / f"config-{release}", work / "config")
     _write_manifest(
-        work, spec=str(spec), package=package, deb=deb.name, sha256=_sha256(deb),
-        release=release, initramfs_modules=names, mirror=m.main,
-    )  # fmt: skip
+        work,
+        spec=str(spec),
+        package=package,
+        deb=deb.name,
+        sha256=_sha256(deb),
+        release=release,
+        initramfs_modules=names,
+        mirror=m.main,
+    )
     shutil.rmtree(work / "scratch")
 
 
@@ -227,9 +245,12 @@ def build_user(
     if resolved.config is not None:
         (work / "config").write_text(resolved.config)
     _write_manifest(
-        work, spec=str(spec), release=resolved.release, initramfs_modules=names,
+        work,
+        spec=str(spec),
+        release=resolved.release,
+        initramfs_modules=names,
         kernel=str(resolved.bzimage or resolved.vmlinux),
-    )  # fmt: skip
+    )
     shutil.rmtree(staging)
 
 

@@ -17,8 +17,16 @@ from vmtests.vm.kernel.files import MODULE_SUFFIXES, module_name, module_release
 # What the harness cannot boot or test without, as kmod names. dm-snapshot.ko carries the
 # snapshot, snapshot-origin and snapshot-merge targets alike (6.1 and 6.12), so 'merge' needs
 # no name of its own.
-NEEDED = ("virtio_mmio", "virtio_blk", "virtio_console", "squashfs", "overlay", "dm_mod",
-          "dm_snapshot", "loop")  # fmt: skip
+NEEDED = (
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "squashfs",
+    "overlay",
+    "dm_mod",
+    "dm_snapshot",
+    "loop",
+)
 
 # The same needs as .config symbols, checked when a user's tree has a .config; the values say
 # why. SQUASHFS_LZ4: the guest root is an lz4 squashfs; BINFMT_SCRIPT: the init is a script.

@@ -17,17 +17,20 @@ def _results() -> list[oracle.Result]:
 
 
 def test_one_kernel_keeps_the_ids_replayable() -> None:
-    rows = campaign_kernels.tagged(_results(), {"spec": "debian:bookworm", "release": "6.1"},
-                                   several=False)  # fmt: skip
+    rows = campaign_kernels.tagged(
+        _results(), {"spec": "debian:bookworm", "release": "6.1"}, several=False
+    )
     assert [r.id for r in rows] == ["ext4-dm-writer"]
     assert rows[0].kernel == {"spec": "debian:bookworm", "release": "6.1"}
 
 
 def test_several_kernels_put_the_release_in_every_id_and_in_every_output(tmp_path: Path) -> None:
-    a = campaign_kernels.tagged(_results(), {"spec": "debian:bookworm", "release": "6.1.0-57"},
-                                several=True)  # fmt: skip
-    b = campaign_kernels.tagged(_results(), {"spec": "debian:trixie", "release": "6.12.118"},
-                                several=True)  # fmt: skip
+    a = campaign_kernels.tagged(
+        _results(), {"spec": "debian:bookworm", "release": "6.1.0-57"}, several=True
+    )
+    b = campaign_kernels.tagged(
+        _results(), {"spec": "debian:trixie", "release": "6.12.118"}, several=True
+    )
     a = [oracle.Result(**{**r.__dict__, "verdict": oracle.Verdict.PASS}) for r in a]
     b = [oracle.Result(**{**r.__dict__, "verdict": oracle.Verdict.FAIL}) for r in b]
     report.write_all(tmp_path, a + b)

@@ -27,8 +27,9 @@ def elf(sections: dict[str, tuple[int, bytes]]) -> bytes:
     for name_off, sh_type, off, size in placed:
         body += struct.pack("<IIQQQQIIQQ", name_off, sh_type, 0, 0, off, size, 0, 0, 1, 0)
     head = b"\x7fELF" + bytes([2, 1, 1]) + b"\0" * 9
-    head += struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64,
-                        len(placed) + 1, len(placed))  # fmt: skip
+    head += struct.pack(
+        "<HHIQQQIHHHHHH", 2, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, len(placed) + 1, len(placed)
+    )
     body[:64] = head
     return bytes(body)
 

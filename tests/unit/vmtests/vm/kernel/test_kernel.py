@@ -140,8 +140,16 @@ def test_a_config_lacking_a_need_is_named() -> None:
 
 # -- a user's tree ------------------------------------------------------------------------------
 
-NEEDED = ["dm_mod", "dm_snapshot", "loop", "squashfs", "overlay", "virtio_blk", "virtio_mmio",
-          "virtio_console"]  # fmt: skip
+NEEDED = [
+    "dm_mod",
+    "dm_snapshot",
+    "loop",
+    "squashfs",
+    "overlay",
+    "virtio_blk",
+    "virtio_mmio",
+    "virtio_console",
+]
 
 
 def _tree(tmp_path: Path, release: str) -> Path:
