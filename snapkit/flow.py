@@ -302,6 +302,9 @@ class Flow:
                 f"{name} ({record.method}) has no COW snapkit can grow",
                 hint="watch is for --method dm and lvm snapshots",
             )
+        # A long-running watch says once that it is on guard, so that a script (or a person)
+        # starting writes behind it knows from when on the COW is being watched.
+        announce = not once
         while True:
             found = self.load().snapshot(name)
             if found is None:
@@ -319,6 +322,12 @@ class Flow:
             if status.state is not State.ACTIVE:
                 return status
             used = status.usage_percent or 0.0
+            if announce:
+                say(
+                    f"watching {name}: COW {used:.2f}% full; grows by {extend_by} bytes at "
+                    f"{extend_at:g}%, looked at every {interval:g} s"
+                )
+                announce = False
             if used >= extend_at:
                 with self.lock(record.origin, f"extend {name}"):
                     self.apply_plan(impl.plan_extend(record, extend_by))

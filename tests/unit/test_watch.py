@@ -67,6 +67,22 @@ def test_watch_extends_at_the_threshold_and_not_below(tmp_path: Path) -> None:
     assert world.files.files[tmp_path / "s1.cow"] == COW_SECTORS * 512 + (1 << 20)
 
 
+def test_a_long_watch_says_once_that_it_is_on_guard(tmp_path: Path) -> None:
+    """Scripts wait for this line before writing; a --once look says nothing of the kind."""
+    world = make_world(tmp_path)
+    created(world)
+    flow = _flow(world)
+    said: list[str] = []
+    _usage(world, 400)  # 39 %
+    kept = flow.load()
+    looks = iter([kept, kept, StateData(snapshots=())])  # the record, one look, then gone
+    flow.load = lambda: next(looks)  # type: ignore[method-assign]
+    flow.watch("s1", extend_at=50, extend_by=1 << 20, interval=0, report=said.append)
+    assert said == [
+        "watching s1: COW 39.06% full; grows by 1048576 bytes at 50%, looked at every 0 s"
+    ]
+
+
 @pytest.mark.parametrize("failure", [SnapshotFailure.INVALID, SnapshotFailure.OVERFLOW])
 def test_watch_reports_an_overflowed_snapshot_in_plain_words(
     tmp_path: Path, failure: SnapshotFailure

@@ -20,7 +20,7 @@ import json
 import signal
 
 import pytest
-from workload import COW_DIR, ENV, fsck, setup_origin, snapkit, umount
+from workload import COW_DIR, ENV, fsck, setup_origin, snapkit, umount, wait_said
 
 from vmtests.vm.session import Session
 
@@ -162,6 +162,7 @@ def test_lvm_overflow_is_said_and_watch_prevents_it(vm: Session) -> None:
             f"exec env {env} snapkit snapshot watch s2 {args} >/tmp/watch.out 2>/tmp/watch.err",
         ]
     )
+    wait_said(vm, "/tmp/watch.out", b"watching s2")  # on guard before the writes
     vm.sh(MB_WRITES.format(n=16, mp="/mnt/o", tag="b"), timeout=600)
     assert status(vm, "s2")["state"] == "active", vm.get("/tmp/watch.err")
     assert _lv_attr(vm, "s2")[4] == "a"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import signal
 
-from workload import COW_DIR, ENV, setup_origin, snapkit
+from workload import COW_DIR, ENV, setup_origin, snapkit, wait_said
 
 from vmtests.vm.session import Session
 
@@ -74,6 +74,7 @@ def test_watch_keeps_a_small_cow_from_overflowing(vm: Session) -> None:
     args = "--extend-at 50 --extend-by 32M --interval 0.2"
     out = ">/tmp/watch.out 2>/tmp/watch.err"
     watch = vm.spawn(["sh", "-c", f"exec env {env} snapkit snapshot watch s2 {args} {out}"])
+    wait_said(vm, "/tmp/watch.out", b"watching s2")  # on guard before the writes
     vm.sh(WRITE.format(tag="b"), timeout=600)
     assert _state(vm, "s2") == "active", vm.get("/tmp/watch.err")
     assert _cow_total(vm, "s2") > COW_SECTORS

@@ -90,6 +90,16 @@ def wait_ledger(vm: Session, count: int, timeout: float = 120.0) -> int:
     return n
 
 
+def wait_said(vm: Session, path: str, text: bytes, timeout: float = 120.0) -> None:
+    """Wait until a background command has written ``text`` into ``path`` (its output file):
+    on a loaded TCG host its start-up alone can take many seconds."""
+    deadline = time.monotonic() + timeout
+    while text not in vm.run(["sh", "-c", f"cat {shlex.quote(path)} 2>/dev/null"]).stdout:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never said {text!r}")
+        time.sleep(0.2)
+
+
 def stop_writer(vm: Session, proc: Process) -> int:
     vm.sh("touch /tmp/stop")
     result = proc.wait(120)
