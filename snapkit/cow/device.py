@@ -7,8 +7,15 @@ file and on a few kilobytes in a hypothesis test. Reads past the end come back s
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import stat
+import struct
+from collections.abc import Callable
 from typing import Protocol
+
+BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t): a block device's size in bytes
 
 
 class BlockDevice(Protocol):
@@ -56,13 +63,47 @@ class MemDevice:
         return None
 
 
-class FileDevice:
-    """A device backed by an open file; its size is fixed when opened, like a loop device."""
+def block_device_bytes(fd: int) -> int:
+    """The kernel's size of an open block device: its inode's st_size is 0, so ask BLKGETSIZE64."""
+    raw = fcntl.ioctl(fd, BLKGETSIZE64, bytes(8))
+    size: int = struct.unpack("=Q", raw)[0]
+    return size
 
-    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
+
+def device_bytes(
+    fd: int, st: os.stat_result, block_bytes: Callable[[int], int] = block_device_bytes
+) -> int:
+    """How many bytes a reader of ``fd`` sees: st_size for a file, the ioctl for a block device.
+
+    ``block_bytes`` is a seam, so the choice is testable without a block device.
+    """
+    if stat.S_ISBLK(st.st_mode):
+        return block_bytes(fd)
+    return st.st_size
+
+
+class FileDevice:
+    """A device backed by an open file or block device; its size is fixed when opened, like a
+    loop device's. A directory is refused here (IsADirectoryError), since a read-only open of one
+    succeeds and would only fail at the first read."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        writable: bool = False,
+        block_bytes: Callable[[int], int] = block_device_bytes,
+    ) -> None:
         self.path = os.fspath(path)
         self.fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
-        self._size = os.fstat(self.fd).st_size
+        try:
+            st = os.fstat(self.fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
+            self._size = device_bytes(self.fd, st, block_bytes)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.writable = writable
 
     @property
@@ -113,4 +154,11 @@ class FileDevice:
         self.close()
 
 
-__all__ = ["BlockDevice", "FileDevice", "MemDevice"]
+__all__ = [
+    "BLKGETSIZE64",
+    "BlockDevice",
+    "FileDevice",
+    "MemDevice",
+    "block_device_bytes",
+    "device_bytes",
+]

@@ -154,6 +154,12 @@ class PersistentStore:
         header.check()
         chunk = header.chunk_sectors if not header.is_new else table_chunk_sectors
         geometry = Geometry(check_chunk_sectors(chunk), cow_sectors)
+        if dev.size < geometry.chunk_bytes:
+            # Say what it is: a cut-off file, not a store of "0 sectors".
+            raise CowFormatError(
+                f"COW is truncated: {dev.size} bytes, too short for its header chunk of "
+                f"{geometry.chunk_bytes} bytes"
+            )
         geometry.check_size()
         if header.is_new:
             # The header's other fields are meaningless until initialise() writes them.
