@@ -13,9 +13,10 @@ from typing import Any
 
 from snapkit.cli.output import print_fields, print_json
 from snapkit.cow.export import export
-from snapkit.cow.format import DEFAULT_CHUNK_SECTORS
+from snapkit.cow.format import DEFAULT_CHUNK_SECTORS, check_chunk_sectors
 from snapkit.cow.image import diff, format_cow, inspect
 from snapkit.cow.merge import merge
+from snapkit.errors import CowFormatError
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
@@ -34,10 +35,21 @@ examples:
 """
 
 
+def _chunk_sectors(text: str) -> int:
+    """argparse type for a chunk size: a bad one is a usage error (exit 2), checked by the same
+    rule the store applies to a header's chunk size."""
+    try:
+        return check_chunk_sectors(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid chunk size: {text!r}") from None
+    except CowFormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_chunk_hint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--table-chunk-sectors",
-        type=int,
+        type=_chunk_sectors,
         default=DEFAULT_CHUNK_SECTORS,
         metavar="N",
         help="chunk size the dm table would give; used only for a new (zeroed) COW, since "
@@ -73,8 +85,10 @@ def register(subparsers: Any) -> None:
         help="write the point-in-time image the snapshot device shows",
         description="Write the bytes a read of the whole snapshot device returns: the origin "
         "with every exception chunk taken from the COW. Streams in large blocks, keeps holes "
-        "in a regular-file output. Refuses an invalid snapshot and an output that is one of "
-        "the inputs.",
+        "in a regular-file output. A file is written beside OUT and renamed into place only "
+        "when complete, so a failed export leaves an existing OUT as it was. Refuses an "
+        "invalid snapshot, an output that is one of the inputs, and an existing OUT without "
+        "--force.",
         epilog="examples:\n  snapkit cow export --origin lv.img --cow cow.img --output snap.img\n"
         "  snapkit cow export --origin lv.img --cow cow.img --output - | sha256sum",
         formatter_class=_RAW,
@@ -82,6 +96,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--origin", required=True, help="origin image or device")
     p.add_argument("--cow", required=True, help="COW image or device")
     p.add_argument("--output", required=True, metavar="OUT", help="output file, or - for stdout")
+    p.add_argument(
+        "--force", action="store_true", help="replace OUT if it exists (a device is written over)"
+    )
     _add_chunk_hint(p)
     p.set_defaults(handler=_export)
 
@@ -129,7 +146,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("cow", metavar="COW", help="COW image or device (first chunk zeroed)")
     p.add_argument(
-        "--chunk-sectors", type=int, required=True, metavar="N", help="power of two, e.g. 8"
+        "--chunk-sectors",
+        type=_chunk_sectors,
+        required=True,
+        metavar="N",
+        help="power of two, e.g. 8",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing snapshot store")
     p.set_defaults(handler=_format)
@@ -162,7 +183,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    result = export(args.origin, args.cow, args.output, args.table_chunk_sectors)
+    result = export(args.origin, args.cow, args.output, args.table_chunk_sectors, force=args.force)
     if args.output != "-":
         print(f"exported {result.size} bytes to {args.output}", file=sys.stderr)
     return 0

@@ -8,15 +8,18 @@ not written to a regular-file output, so a sparse origin gives a sparse image.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from snapkit.cow.format import DEFAULT_CHUNK_SECTORS, SECTOR_SIZE
-from snapkit.cow.image import device_sectors, file_identity, is_regular, open_pair
+from snapkit.cow.image import Pair, device_sectors, file_identity, open_pair
 from snapkit.cow.store import PersistentStore
-from snapkit.errors import OperationError, ValidationError
+from snapkit.errors import OperationError, RefusedError, ValidationError
 
 BLOCK_BYTES = 8 << 20
 SEGMENT_BYTES = 64 << 10  # hole granularity where the origin is partly sparse
@@ -104,53 +107,106 @@ def export(
     cow_path: str,
     output: str,
     table_chunk_sectors: int = DEFAULT_CHUNK_SECTORS,
+    *,
+    force: bool = False,
 ) -> ExportResult:
-    """Refuses (and writes nothing) for an invalid snapshot or an output that is an input."""
+    """Refuses (and writes nothing) for an invalid snapshot or an output that is an input.
+
+    A file output is written beside itself under a temporary name and renamed over ``output``
+    only once it is complete and fsync'd, so a failure part way (a full disk, a read error,
+    Ctrl-C) leaves whatever was at ``output`` byte for byte as it was. Replacing an existing
+    file needs ``force``. An existing device output (a block device, /dev/null) cannot be
+    renamed over: it is written in place, and also only with ``force``.
+    """
     with open_pair(origin_path, cow_path, table_chunk_sectors=table_chunk_sectors) as pair:
         inputs = {file_identity(os.fstat(pair.origin.fd)), file_identity(os.fstat(pair.cow.fd))}
+        size = device_sectors(pair.origin) * SECTOR_SIZE
         if output == "-":
-            out_fd, close_out = sys.stdout.fileno(), False
+            out_fd = sys.stdout.fileno()
             if file_identity(os.fstat(out_fd)) in inputs:
                 raise ValidationError("standard output is the origin or the COW itself")
             if os.isatty(out_fd):
                 raise ValidationError(
                     "refusing to write an image to a terminal", hint="redirect it to a file"
                 )
-        else:
-            try:
-                if file_identity(os.stat(output)) in inputs:
-                    raise ValidationError(f"output {output} is the origin or the COW itself")
-            except FileNotFoundError:
-                pass
-            try:
-                out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            except OSError as exc:
-                raise OperationError(f"cannot create {output}: {exc.strerror}") from exc
-            close_out = True
+            return _guarded(lambda: _stream(pair, out_fd, size, sparse=False, sequential=True))
+        target = os.path.realpath(output)  # through a symlink: replace the file it names
         try:
-            size = device_sectors(pair.origin) * SECTOR_SIZE
-            sequential = output == "-"
-            sparse = not sequential and is_regular(out_fd)
-            return _stream(
-                pair.origin.fd, pair.cow.fd, pair.store, out_fd, size, sparse, sequential
-            )
-        except OSError as exc:
-            raise OperationError(f"export failed: {exc.strerror or exc}") from exc
-        finally:
-            if close_out:
-                os.close(out_fd)
+            existing: os.stat_result | None = os.stat(target)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None:
+            if file_identity(existing) in inputs:
+                raise ValidationError(f"output {output} is the origin or the COW itself")
+            if stat.S_ISDIR(existing.st_mode):
+                raise RefusedError(
+                    f"output {output} is a directory", hint="name the image file to write"
+                )
+            if not force:
+                raise RefusedError(f"output {output} exists", hint="pass --force to replace it")
+            if not stat.S_ISREG(existing.st_mode):
+                return _export_in_place(pair, output, size)
+        mode = stat.S_IMODE(existing.st_mode) if existing is not None else None
+        return _export_beside(pair, output, target, size, mode)
 
 
-def _stream(
-    origin_fd: int,
-    cow_fd: int,
-    store: PersistentStore,
-    out_fd: int,
-    size: int,
-    sparse: bool,
-    sequential: bool,
+def _guarded(run: Callable[[], ExportResult]) -> ExportResult:
+    """An OS error while streaming becomes one OperationError line."""
+    try:
+        return run()
+    except OSError as exc:
+        raise OperationError(f"export failed: {exc.strerror or exc}") from exc
+
+
+def _export_in_place(pair: Pair, output: str, size: int) -> ExportResult:
+    """A device output: written where it is, from the start, every byte (no holes to skip)."""
+    try:
+        out_fd = os.open(output, os.O_WRONLY)
+    except OSError as exc:
+        raise OperationError(f"cannot open {output}: {exc.strerror}") from exc
+    try:
+        return _guarded(lambda: _stream(pair, out_fd, size, sparse=False, sequential=False))
+    finally:
+        os.close(out_fd)
+
+
+def _export_beside(
+    pair: Pair, output: str, target: str, size: int, mode: int | None
 ) -> ExportResult:
+    """Write a temporary file in ``target``'s folder, then rename it over ``target``; a file
+    replaced keeps its permission bits, as it did when it was truncated and rewritten."""
+    folder, name = os.path.split(target)
+    while True:
+        temp = os.path.join(folder, f".{name}.snapkit-{secrets.token_hex(4)}.tmp")
+        try:
+            out_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OperationError(f"cannot create {output}: {exc.strerror}") from exc
+
+    def write_and_rename() -> ExportResult:
+        try:
+            if mode is not None:
+                os.fchmod(out_fd, mode)
+            result = _stream(pair, out_fd, size, sparse=True, sequential=False)
+        finally:
+            os.close(out_fd)
+        os.replace(temp, target)
+        return result
+
+    try:
+        return _guarded(write_and_rename)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _stream(pair: Pair, out_fd: int, size: int, *, sparse: bool, sequential: bool) -> ExportResult:
     """Holes are skipped only in a regular file, which ftruncate has made read as zeros."""
+    origin_fd, cow_fd, store = pair.origin.fd, pair.cow.fd, pair.store
     csb = store.geometry.chunk_bytes
     block = max(BLOCK_BYTES, csb)
     if sparse:

@@ -8,7 +8,6 @@ files (export, merge) either refuse cleanly or run to the end. Files are compare
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 
 from snapkit.cow.device import FileDevice
@@ -34,6 +33,11 @@ def open_device(path: str, *, writable: bool = False) -> FileDevice:
     """Open an image or block device, turning OS errors into one-line refusals."""
     try:
         return FileDevice(path, writable=writable)
+    except IsADirectoryError as exc:
+        raise RefusedError(
+            f"{path} is a directory, not an image or a block device",
+            hint="name the image file or the device itself",
+        ) from exc
     except OSError as exc:
         raise OperationError(f"cannot open {path}: {exc.strerror}") from exc
 
@@ -212,10 +216,6 @@ def diff(
         return cs, runs
 
 
-def is_regular(fd: int) -> bool:
-    return stat.S_ISREG(os.fstat(fd).st_mode)
-
-
 __all__ = [
     "Inspection",
     "Pair",
@@ -226,7 +226,6 @@ __all__ = [
     "file_identity",
     "format_cow",
     "inspect",
-    "is_regular",
     "load_store",
     "open_device",
     "open_pair",

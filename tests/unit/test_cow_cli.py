@@ -70,7 +70,9 @@ def test_format_makes_a_store_the_kernel_sees_as_new(tmp_path: Path) -> None:
 def test_format_refuses_bad_sizes_and_existing_stores(tmp_path: Path) -> None:
     cow = tmp_path / "cow.img"
     cow.write_bytes(bytes(16 * CSB))
-    assert main(["cow", "format", str(cow), "--chunk-sectors", "12"]) == 1
+    with pytest.raises(SystemExit) as usage:  # a bad chunk size is a usage error (issue 16)
+        main(["cow", "format", str(cow), "--chunk-sectors", "12"])
+    assert usage.value.code == 2
     assert main(["cow", "format", str(cow), "--chunk-sectors", "64"]) == 1  # < 3 chunks
     _origin, store = _pair(tmp_path)
     before = sha256_file(store)
