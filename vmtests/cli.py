@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snapkit import __version__
 from vmtests.vm.errors import ImageError, VmError
 from vmtests.vm.kernel.spec import add_options as spec_options
 
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # The harness ships in the snapkit package, so its version is snapkit's.
+    parser.add_argument("--version", action="version", version=f"vmtest {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     image = sub.add_parser("image", help="build or locate the guest image")
