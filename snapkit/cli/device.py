@@ -54,7 +54,11 @@ def _release(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "device", help="wrap a plain block device in dm linear for the dm methods, and undo it"
+        "device",
+        help="wrap a plain block device in dm linear for the dm methods, and undo it",
+        description="The dm and dm-direct methods snapshot a device-mapper device. 'device "
+        "prepare' wraps a plain disk, partition or loop device in one, once (an unmount and a "
+        "remount); 'device release' unwraps it.",
     )
     sub = parser.add_subparsers(title="verbs", metavar="VERB", parser_class=type(parser))
     parser.set_defaults(handler=_usage)

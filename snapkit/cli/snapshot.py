@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,18 @@ def status_json(s: SnapshotStatus) -> dict[str, Any]:
     }
 
 
+def local_time(epoch: float) -> str:
+    """A record's epoch seconds as people read them: local time, to the second, with the zone.
+    --json keeps the number, which programs compare and sort."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+
+
 def _print_status(s: SnapshotStatus, as_json: bool) -> None:
     if as_json:
         print_json(status_json(s))
         return
     fields = [(k, v) for k, v in status_json(s).items() if v not in (None, "") and k != "details"]
+    fields = [(k, local_time(v) if k == "created_at" else v) for k, v in fields]
     mount = s.record.details.get("mount_options")
     fields += [("mount_options", mount)] if mount else []
     print_fields(fields)
@@ -79,6 +87,22 @@ def _seconds(text: str) -> float:
 def _size(text: str | None) -> int | None:
     return parse_size(text) if text is not None else None
 
+
+CREATE_HELP = """\
+Take a point-in-time snapshot of TARGET, a mounted filesystem or a block device, and record
+it under NAME for status, mount, merge and discard. --method chooses how; auto takes the first
+that suits TARGET: lvm-thin, lvm, btrfs, dm (a device from 'snapkit device prepare'), then
+freeze around a snapshot command. Every step has an undo, so a failure leaves nothing frozen,
+suspended or half made.
+"""
+
+COW_SIZE_HELP = (
+    "how much change the snapshot can hold, e.g. 256M. dm, dm-direct: the size of the sparse "
+    "COW file (default a quarter of the origin; rounded up to whole chunks, at least three); "
+    "lvm: the snapshot LV's size, lvcreate -L (default a fifth of the origin, at least 16M); "
+    "lvm-thin refuses it (the thin pool holds the changes); btrfs, freeze and remount-ro do "
+    "not use it"
+)
 
 CREATE_EPILOG = """\
 The snapshot command (for --method freeze, remount-ro, and auto when it falls back to freeze):
@@ -228,16 +252,25 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser(
         "create",
         help="take a snapshot",
-        description=VERBS_HELP,
+        description=CREATE_HELP,
         epilog=CREATE_EPILOG,
-        usage="%(prog)s [options] TARGET [-- CMD...]",
+        usage="%(prog)s TARGET --name NAME [options] [-- CMD...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.__class__ = _with_command(type(p))
     p.add_argument("target", metavar="TARGET", help="a mount point or a block device")
-    p.add_argument("--name", required=True)
-    p.add_argument("--method", default=registry.DEFAULT_METHOD, choices=registry.names())
-    p.add_argument("--cow-size", metavar="SIZE", help="COW size, e.g. 256M (default: origin/4)")
+    p.add_argument(
+        "--name",
+        required=True,
+        help="what to call the snapshot in later commands: letters, digits, + _ . -",
+    )
+    p.add_argument(
+        "--method",
+        default=registry.DEFAULT_METHOD,
+        choices=registry.names(),
+        help="how to take it (default: %(default)s)",
+    )
+    p.add_argument("--cow-size", metavar="SIZE", help=COW_SIZE_HELP)
     p.add_argument("--cow-dir", metavar="DIR", help="where the COW file goes (not on TARGET)")
     p.add_argument("--chunk-size", metavar="SIZE", default="4K", help="4K..512K (default 4K)")
     p.add_argument("--pre", metavar="CMD", help="run before the freeze (sh -c)")
@@ -254,11 +287,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_create)
 
-    p = sub.add_parser("list", help="list snapkit's snapshots")
+    p = sub.add_parser(
+        "list",
+        help="list snapkit's snapshots",
+        description="List every snapshot snapkit recorded, one per line: name, method, state, "
+        "COW usage and origin (tab-separated; --json for every field).",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_list)
 
-    p = sub.add_parser("status", help="state, COW usage and merge progress of one snapshot")
+    p = sub.add_parser(
+        "status",
+        help="state, COW usage and merge progress of one snapshot",
+        description="Show snapshot NAME as the kernel sees it now: its state, how full its COW "
+        "is, merge progress, its device and origin, and when it was created (local time; "
+        "--json gives the epoch seconds).",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_status)
@@ -316,7 +360,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_watch)
 
-    p = sub.add_parser("mount", help="mount the snapshot (read-only unless --rw)")
+    p = sub.add_parser(
+        "mount",
+        help="mount the snapshot (read-only unless --rw)",
+        description="Mount snapshot NAME's point-in-time view on DIR, read-only unless --rw. "
+        "A dm-direct copy of an xfs or btrfs origin is mounted through a throwaway writable "
+        "layer, so the log replay a mount needs never writes the copy itself.",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--rw", action="store_true")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from snapkit.cli import main
+from snapkit.model import SnapshotRecord, SnapshotStatus, State
 
 
 @pytest.mark.parametrize(
@@ -131,3 +132,83 @@ def test_create_help_documents_the_command(capsys: pytest.CaptureFixture[str]) -
         main(["snapshot", "create", "--help"])
     out = capsys.readouterr().out
     assert "-- CMD" in out and "--command" in out and "SNAPKIT_DEVICE" in out
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_create_help_opens_with_what_create_does(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _help(["snapshot", "create"], capsys)
+    usage, _, rest = out.partition("\n\n")
+    assert usage == "usage: snapkit snapshot create TARGET --name NAME [options] [-- CMD...]"
+    assert rest.startswith("Take a point-in-time snapshot of TARGET")
+    assert "roll the origin back" not in out  # the merge/discard glossary lives with them
+    assert "--name NAME           what to call the snapshot" in out
+    assert "(default: auto)" in out
+
+
+def test_cow_size_help_states_each_methods_real_default() -> None:
+    """The numbers in the help are the ones the methods use, and every method is named."""
+    from snapkit.cli.snapshot import COW_SIZE_HELP
+    from snapkit.methods import registry
+    from snapkit.methods.dm import shared
+    from snapkit.methods.lvm import snapshot as lvm
+
+    words = {4: "a quarter", 5: "a fifth"}
+    dm_default = f"sparse COW file (default {words[shared.DEFAULT_COW_FRACTION]} of the origin"
+    lvm_default = f"lvcreate -L (default {words[lvm.DEFAULT_COW_FRACTION]} of the origin, at least"
+    assert dm_default in COW_SIZE_HELP
+    assert f"{lvm_default} {lvm.MIN_COW >> 20}M)" in COW_SIZE_HELP
+    assert "origin/4" not in COW_SIZE_HELP
+    for name in registry.names():
+        assert name in COW_SIZE_HELP or name == "auto"
+
+
+@pytest.mark.parametrize(
+    ("argv", "opening"),
+    [
+        (["snapshot", "list"], "List every snapshot snapkit recorded"),
+        (["snapshot", "status"], "Show snapshot NAME as the kernel sees it now"),
+        (["snapshot", "mount"], "Mount snapshot NAME's point-in-time view on DIR"),
+        (["device"], "The dm and dm-direct methods snapshot a device-mapper device"),
+    ],
+)
+def test_verbs_have_a_description(
+    argv: list[str], opening: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _help(argv, capsys)
+    assert out.split("\n\n")[1].replace("\n", " ").startswith(opening)
+
+
+def _status_with_created_at(epoch: float) -> SnapshotStatus:
+    record = SnapshotRecord(
+        name="s1", method="dm", origin="/srv", device="/dev/mapper/s1", created_at=epoch
+    )
+    return SnapshotStatus(record, State.ACTIVE, usage_percent=1.5, merge_progress=None)
+
+
+def test_text_status_prints_created_at_as_local_time(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from snapkit.cli import snapshot as cli
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        status = _status_with_created_at(1796282052.7164145)
+        cli._print_status(status, as_json=False)
+        text = capsys.readouterr().out
+        cli._print_status(status, as_json=True)
+        doc = capsys.readouterr().out
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert "\ncreated_at:    2026-12-03 07:14:12 UTC\n" in text
+    assert "1796282052" not in text
+    assert '"created_at": 1796282052.7164145' in doc  # the control: --json keeps the number
