@@ -30,7 +30,7 @@ from typing import ClassVar
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, snapkit_name, uuid
 from snapkit.dm.table import Dev, DevNum, Linear, Snapshot, SnapshotMerge, Store, Table
-from snapkit.errors import OperationError, RefusedError
+from snapkit.errors import RefusedError
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import block_info
@@ -47,6 +47,7 @@ from snapkit.methods.dm.shared import (
     linear_of,
     mark_pending,
     merge_state,
+    origin_refusal,
     refuse_if_mounted,
     refuse_if_open,
     snapshot_state,
@@ -75,11 +76,7 @@ class DmDirectMethod:
         self.dm = host.dm
 
     def unsuitable(self, target: Target) -> str | None:
-        try:
-            dm_origin(self.dm, target, want="linear")
-        except (RefusedError, OperationError) as exc:  # a failed dm query: unsuitable too
-            return str(exc)
-        return None
+        return origin_refusal(self.dm, target, want="linear")
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
         dm, name = self.dm, snapkit_name(request.name)

@@ -22,7 +22,7 @@ from snapkit.dm.status import (
     merge_progress,
 )
 from snapkit.dm.table import Linear, Table, parse_table
-from snapkit.errors import RefusedError, ValidationError
+from snapkit.errors import OperationError, RefusedError, ValidationError
 from snapkit.host.target import StableId, block_devnum, mounts, mounts_of, stable_id
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, State, Target
 from snapkit.run import Executor
@@ -87,6 +87,16 @@ class DmDetails:
 def origin_name(target: Target) -> str | None:
     text = str(target.device)
     return text[len(MAPPER) :] if text.startswith(MAPPER) else None
+
+
+def origin_refusal(dm: DmControl, target: Target, *, want: str) -> str | None:
+    """Why ``target`` cannot be a dm origin of the ``want`` table kinds, or None: the one
+    ``unsuitable`` of dm and dm-direct (a failed dm query makes it unsuitable too)."""
+    try:
+        dm_origin(dm, target, want=want)
+    except (RefusedError, OperationError) as exc:
+        return str(exc)
+    return None
 
 
 def dm_origin(dm: DmControl, target: Target, *, want: str) -> tuple[str, Table]:

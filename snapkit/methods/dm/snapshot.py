@@ -22,7 +22,7 @@ from typing import ClassVar
 from snapkit.dm import steps
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
-from snapkit.errors import OperationError, RefusedError, split_advice
+from snapkit.errors import RefusedError, split_advice
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.loopdev import LoopSlot
 from snapkit.methods.base import Host
@@ -36,6 +36,7 @@ from snapkit.methods.dm.shared import (
     mark_pending,
     merge_failed,
     merge_state,
+    origin_refusal,
     refuse_if_mounted,
     refuse_if_open,
     snapshot_state,
@@ -54,11 +55,7 @@ class DmMethod:
         self.dm = host.dm
 
     def unsuitable(self, target: Target) -> str | None:
-        try:
-            dm_origin(self.dm, target, want="linear|snapshot-origin")
-        except (RefusedError, OperationError) as exc:  # a failed dm query: unsuitable too
-            return str(exc)
-        return None
+        return origin_refusal(self.dm, target, want="linear|snapshot-origin")
 
     # -- create -------------------------------------------------------------------------------
 
