@@ -109,7 +109,9 @@ def _info(header: Header) -> DeviceInfo:
 
 
 def _specs(table: Table) -> list[TargetSpec]:
-    return [TargetSpec(t.start, t.length, t.target.type_name, t.target.params()) for t in table]
+    return [
+        TargetSpec(t.start, t.length, t.target.type_name, t.target.kernel_params()) for t in table
+    ]
 
 
 class IoctlDm:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from snapkit.dm.control import DeviceInfo, DmError, existing
 from snapkit.dm.status import NoStatus, RawStatus, SnapshotUsage, StatusLine, TargetStatus
 from snapkit.dm.table import (
+    Crypt,
     Dev,
     DevNum,
     Flakey,
@@ -87,7 +88,7 @@ def _devices(table: Table) -> set[Dev]:
     found: set[Dev] = set()
     for line in table:
         t = line.target
-        if isinstance(t, Linear | SnapshotOrigin | Flakey):
+        if isinstance(t, Linear | SnapshotOrigin | Flakey | Crypt):
             found.add(t.device)
         elif isinstance(t, Snapshot | SnapshotMerge):
             found |= {t.origin, t.cow}

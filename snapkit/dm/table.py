@@ -99,6 +99,45 @@ class Target(ABC):
     @abstractmethod
     def params(self) -> str: ...
 
+    def kernel_params(self) -> str:
+        """The parameters as loaded into the kernel. The same as :meth:`params`, except for a
+        target holding a secret (:class:`Crypt`), whose ``params`` never shows it."""
+        return self.params()
+
+
+class Secret:
+    """Key material read from a kernel table. Its ``str`` and ``repr`` are a placeholder, so
+    a table formatted for a log line, an error, ``--json`` or the state file never carries
+    the key; only :meth:`reveal` (used by the ioctl that loads a table) gives it out."""
+
+    __slots__ = ("_value", "label")
+
+    def __init__(self, value: str, label: str = "the key") -> None:
+        self._value = value
+        self.label = label
+
+    def reveal(self) -> str:
+        return self._value
+
+    def labelled(self, label: str) -> Secret:
+        """The same key, shown as ``<label>`` (e.g. ``key of crypthome``)."""
+        return Secret(self._value, label)
+
+    def __str__(self) -> str:
+        return f"<{self.label}>"
+
+    def __repr__(self) -> str:
+        return f"Secret(<{self.label}>)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", len(self._value)))
+
+    def __reduce__(self) -> str | tuple[object, ...]:  # no pickling a key into a file
+        raise TypeError("a Secret is not serialisable")
+
 
 class Store(Enum):
     """The exception store of a snapshot: persistent, persistent with overflow, or transient."""
@@ -332,6 +371,64 @@ class Zero(_Typed):
 
 
 @dataclass(frozen=True)
+class Crypt(_Typed):
+    """dm-crypt: ``<cipher> <key> <iv_offset> <device> <offset> [<#opt> <opt>...]``.
+
+    The key is a :class:`Secret`: it may be hex key bytes, ``-`` (no key), or a kernel
+    keyring reference ``:<size>:<type>:<description>``. Formatting the table (``params``)
+    shows ``<key>``; only :meth:`kernel_params` gives the key, for the ioctl that loads the
+    table, so the key moves from one kernel table to another inside one process."""
+
+    TYPE: ClassVar[str] = "crypt"
+    cipher: str
+    key: Secret
+    iv_offset: int
+    device: Dev
+    offset: int
+    features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        table_token(self.cipher, what="crypt cipher")
+        _check_dev(self.device)
+        _check_uints(iv_offset=self.iv_offset, offset=self.offset)
+        _check_words(self.features, self.TYPE)
+        key = self.key.reveal()
+        if not key or any(c.isspace() or not c.isprintable() for c in key):
+            raise ValidationError("a crypt key must be one printable word")
+
+    def _text(self, key: str) -> str:
+        text = f"{self.cipher} {key} {self.iv_offset} {self.device} {self.offset}"
+        if self.features:
+            text += f" {len(self.features)} " + " ".join(self.features)
+        return text
+
+    def params(self) -> str:
+        return self._text(str(self.key))
+
+    def kernel_params(self) -> str:
+        return self._text(self.key.reveal())
+
+    @property
+    def in_keyring(self) -> bool:
+        """The key is a reference into the kernel keyring (LUKS2's default), not the bytes:
+        another process may not be able to load it."""
+        return self.key.reveal().startswith(":")
+
+    @classmethod
+    def from_args(cls, args: list[str]) -> Crypt:
+        if len(args) < 5:
+            raise FormatError(f"crypt takes at least 5 parameters, got {len(args)}")
+        return cls(
+            args[0],
+            Secret(args[1]),
+            _uint(args[2], "iv offset"),
+            parse_dev(args[3]),
+            _uint(args[4], "offset"),
+            _counted(args[5:], cls.TYPE),
+        )
+
+
+@dataclass(frozen=True)
 class Raw(Target):
     """A target snapkit does not model; its parameters are kept byte for byte."""
 
@@ -376,6 +473,7 @@ _PARSERS: dict[str, Callable[[list[str]], Target]] = {
         Flakey,
         Error,
         Zero,
+        Crypt,
     )
 }
 
@@ -401,6 +499,9 @@ class Line:
 
     def format(self) -> str:
         return f"{self.start} {self.length} {self.target.type_name} {self.target.params()}"
+
+    def kernel_format(self) -> str:
+        return f"{self.start} {self.length} {self.target.type_name} {self.target.kernel_params()}"
 
 
 def split_line(line: str) -> tuple[int, int, str, str]:
@@ -456,6 +557,7 @@ def parse_table(text: str) -> Table:
 
 
 __all__ = [
+    "Crypt",
     "Dev",
     "DevNum",
     "Error",
@@ -463,6 +565,7 @@ __all__ = [
     "Line",
     "Linear",
     "Raw",
+    "Secret",
     "Snapshot",
     "SnapshotMerge",
     "SnapshotOrigin",
