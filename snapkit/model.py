@@ -60,6 +60,9 @@ class CreateRequest:
     post: str | None = None
     max_freeze: float = 10.0
     command: tuple[str, ...] = ()  # the user's snapshot command, for the freeze method
+    # The filesystem is on a layer above the target and snapkit froze it (a stacked origin,
+    # snapkit.methods.stack): suspend the target without lockfs.
+    frozen_above: bool = False
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,14 @@ def load(
     )
 
 
-def suspend(dm: DmControl, name: str) -> Step:
-    """Suspend with lockfs (freezes a mounted filesystem); undo resumes the old table."""
+def suspend(dm: DmControl, name: str, *, lockfs: bool = True) -> Step:
+    """Suspend with lockfs (freezes a mounted filesystem); undo resumes the old table.
+    ``lockfs=False`` when snapkit already froze the filesystem above (a stacked origin): on
+    6.1 a lockfs suspend of a frozen filesystem's device fails with EBUSY."""
+    flag = "" if lockfs else " --nolockfs"
     return Step(
-        f"dmsetup suspend {name}",
-        lambda: dm.suspend(name),
+        f"dmsetup suspend{flag} {name}",
+        lambda: dm.suspend(name, lockfs=lockfs),
         lambda: resume_unchanged(dm, name),
         f"dmsetup clear {name}; dmsetup resume {name}",
         must_undo=True,

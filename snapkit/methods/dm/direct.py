@@ -128,7 +128,8 @@ class DmDirectMethod:
             f"linear table into {origin}",
             lambda: self._fold_back(origin, table, base, slot, chunk, base_path),
         )
-        swap = [steps.suspend(dm, origin), steps.resume(dm, origin, fold_back)]
+        lockfs = not request.frozen_above
+        swap = [steps.suspend(dm, origin, lockfs=lockfs), steps.resume(dm, origin, fold_back)]
         s += guard_suspend(request.target, swap, request.max_freeze)  # btrfs: see freezing.py
         s.append(steps.set_ro(self.host.run, lambda: base_path, base_path, True))
         details = DmDetails(

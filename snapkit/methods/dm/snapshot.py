@@ -108,7 +108,12 @@ class DmMethod:
         ]
         if first:
             s.append(steps.load(dm, origin, lambda: origin_table, steps.table_text(origin_table)))
-        swap = [steps.suspend(dm, origin), steps.resume(dm, name), steps.resume(dm, origin)]
+        lockfs = not request.frozen_above
+        swap = [
+            steps.suspend(dm, origin, lockfs=lockfs),
+            steps.resume(dm, name),
+            steps.resume(dm, origin),
+        ]
         s += guard_suspend(request.target, swap, request.max_freeze)
         details = DmDetails(
             origin,
