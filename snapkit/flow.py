@@ -41,7 +41,8 @@ from snapkit.lock import origin_lock
 from snapkit.methods import registry
 from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
 from snapkit.methods.dm import DM_METHODS, layer
-from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State
+from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY
+from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, PlanError, Step, apply
 from snapkit.recover import Recovery
 from snapkit.run import Completed, SubprocessExecutor
@@ -99,6 +100,26 @@ class Flow:
     def method(self, name: str) -> Method:
         return registry.get(name, self.host)
 
+    def method_of(self, record: SnapshotRecord) -> Method:
+        """The method that made ``record``; for a stacked origin (a filesystem on dm-crypt
+        over an LV or a prepared device), that method wrapped in its stack."""
+        impl = self.method(record.method)
+        if not record.details.get(STACK_KEY):
+            return impl
+        from snapkit.methods.stack.method import for_record  # only stacked records need it
+
+        return for_record(impl, self.host, record)
+
+    def _for_target(self, impl: Method, target: Target) -> Method:
+        """``impl`` for ``target``: wrapped in the device stack when the filesystem sits on
+        pass-through layers (crypt, linear) over what a block-level method snapshots."""
+        if impl.name not in BLOCK_METHODS or target.device.parent != Path("/dev/mapper"):
+            return impl
+        from snapkit.host.stack import resolve_stack
+        from snapkit.methods.stack.method import wrap
+
+        return wrap(impl, self.host, target, resolve_stack(target, self.host.dm))
+
     def apply_plan(self, plan: Plan, timeout: float | None = None) -> None:
         self._plans_applied += 1
         apply(_with_test_pause(plan, self._plans_applied), timeout=timeout)
@@ -123,8 +144,8 @@ class Flow:
         """Create snapshot ``name`` of ``target_spec``; the plan text instead if ``dry_run``.
         ``command`` is the user's snapshot command (freeze, remount-ro, auto's fallback)."""
         snapkit_name(name)
-        impl = self.method(method)
         target = resolve(target_spec)
+        impl = self._for_target(self.method(method), target)
         data = self.load()
         if data.snapshot(name) is not None or self.host.dm.info(name) is not None:
             raise RefusedError(f"the name {name!r} is already in use", hint="choose another --name")
@@ -205,7 +226,7 @@ class Flow:
 
     def _observed(self, record: SnapshotRecord) -> SnapshotStatus:
         """The status; a merge its own tool finished (lvm) also drops the record here."""
-        impl = self.method(record.method)
+        impl = self.method_of(record)
         status = impl.status(record)
         done = status.state is State.MERGED and record.pending in MERGE_OR_DISCARD
         if done and not isinstance(impl, KernelMerge):
@@ -222,6 +243,10 @@ class Flow:
         writable layer (:mod:`snapkit.methods.dm.layer`); ext4, whose freeze leaves a clean journal,
         gets :func:`snapkit.host.fs.snapshot_mount_options` (``noload``)."""
         record = self.record(name)
+        if record.details.get(STACK_KEY):  # mount the top of the rebuilt stack (plaintext)
+            from snapkit.methods.stack.method import shown
+
+            record = shown(record)
         if not directory.is_dir():
             raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")
         if not record.device:
@@ -296,7 +321,7 @@ class Flow:
         the snapshot is merged or gone from the state file, or after one look if ``once``."""
         say = report or (lambda _text: None)
         record = self.record(name)
-        impl = self.method(record.method)
+        impl = self.method_of(record)
         if not isinstance(impl, Extendable):
             raise RefusedError(
                 f"{name} ({record.method}) has no COW snapkit can grow",
@@ -399,7 +424,7 @@ class Flow:
         dry_run: bool = False,
     ) -> SnapshotStatus | str:
         record = self.record(name)
-        impl = self.method(record.method)
+        impl = self.method_of(record)
         with self.lock(record.origin, f"merge {name}"):
             return self._end(impl, record, Pending.MERGE, wait, progress, dry_run)
 
@@ -407,7 +432,7 @@ class Flow:
         self, name: str, *, force: bool = False, dry_run: bool = False
     ) -> SnapshotStatus | str:
         record = self.record(name)
-        impl = self.method(record.method)
+        impl = self.method_of(record)
         with self.lock(record.origin, f"discard {name}"):
             return self._end(impl, record, Pending.DISCARD, True, None, dry_run, force=force)
 

@@ -16,7 +16,8 @@ from snapkit.cli.output import print_fields, print_json
 from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
 from snapkit.methods import registry
-from snapkit.model import SnapshotStatus
+from snapkit.methods.stack import STACK_KEY
+from snapkit.model import SnapshotRecord, SnapshotStatus
 from snapkit.validate import parse_chunk, parse_size
 
 VERBS_HELP = """\
@@ -45,7 +46,17 @@ def status_json(s: SnapshotStatus) -> dict[str, Any]:
         "created_at": r.created_at,
         "cow_file": r.details.get("cow_file"),
         "details": dict(r.details),  # method-specific: btrfs subvol, lvm vg/lv, mount options
+        **_layers(r),
     }
+
+
+def _layers(r: SnapshotRecord) -> dict[str, Any]:
+    """A stacked snapshot's ``layers``, bottom first (the key shown as ``<key of NAME>``)."""
+    if not r.details.get(STACK_KEY):
+        return {}
+    from snapkit.methods.stack.method import info_of
+
+    return {"layers": info_of(r).layers()}
 
 
 def local_time(epoch: float) -> str:

@@ -8,7 +8,9 @@ contain ``-``.
 
 Roles: ``origin`` (a device made by ``device prepare``), ``real`` (the origin's old table, the
 LVM way), ``snap`` (a snapshot device, the LVM way), ``view`` (the read-only view of a
-``dm-direct`` snapshot), ``base`` (an intermediate linear device).
+``dm-direct`` snapshot), ``base`` (an intermediate linear device), ``upper`` (a layer rebuilt
+over a snapshot of a stacked filesystem, e.g. its crypt mapping) and ``park`` (the zero device
+an origin's crypt mapping holds on to while the device under it merges).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Role(enum.StrEnum):
     SNAP = "snap"
     VIEW = "view"
     BASE = "base"
+    UPPER = "upper"
+    PARK = "park"
 
 
 def snapkit_name(name: str, *, what: str = "snapshot name") -> str:

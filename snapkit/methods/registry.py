@@ -38,6 +38,8 @@ RECOVERIES: tuple[str, ...] = (
     "snapkit.methods.dm.recover:DmRecovery",
     "snapkit.methods.lvm.recover:LvmRecovery",
     "snapkit.methods.btrfs.recover:BtrfsRecovery",
+    # last: the layers over a stacked snapshot sit on what dm and lvm re-assembled
+    "snapkit.methods.stack.recover:StackRecovery",
 )
 
 
