@@ -182,7 +182,7 @@ def apply(plan: Plan, *, timeout: float | None = None) -> Applied:
                 log.error("step %d failed: %s", index + 1, exc)
                 if step.must_undo:
                     done.append(step)
-                failures, skipped = _rollback(done)
+                failures, skipped = rollback(done)
                 raise PlanError(plan, index, exc, failures, skipped) from exc
             done.append(step)
             timings.append((step.description, time.monotonic() - start))
@@ -192,7 +192,9 @@ def apply(plan: Plan, *, timeout: float | None = None) -> Applied:
     return Applied(tuple(timings))
 
 
-def _rollback(done: list[Step]) -> tuple[tuple[tuple[str, BaseException], ...], tuple[str, ...]]:
+def rollback(done: list[Step]) -> tuple[tuple[tuple[str, BaseException], ...], tuple[str, ...]]:
+    """Undo ``done`` in reverse; after a failed undo only the must-run ones still run.
+    Returns the undos that failed and the ones skipped."""
     failures: list[tuple[str, BaseException]] = []
     skipped: list[str] = []
     for step in reversed(done):
@@ -210,4 +212,13 @@ def _rollback(done: list[Step]) -> tuple[tuple[tuple[str, BaseException], ...], 
     return tuple(failures), tuple(skipped)
 
 
-__all__ = ["Applied", "Interrupted", "Plan", "PlanError", "PlanTimeout", "Step", "apply"]
+__all__ = [
+    "Applied",
+    "Interrupted",
+    "Plan",
+    "PlanError",
+    "PlanTimeout",
+    "Step",
+    "apply",
+    "rollback",
+]

@@ -67,7 +67,7 @@ def open_crypt(vm: Session, under: str, key: str) -> None:
     vm.sh(
         f"modprobe dm-crypt; S=$(blockdev --getsz {under}); "
         f"dmsetup create crypthome --uuid {UUID} "
-        f"--table \"0 $S crypt {CIPHER} {key} 0 {under} 0\"; "
+        f'--table "0 $S crypt {CIPHER} {key} 0 {under} 0"; '
         "mkfs.ext4 -q /dev/mapper/crypthome; mkdir -p /mnt/h /mnt/s " + COW_DIR + "; "
         "mount /dev/mapper/crypthome /mnt/h; echo seed > /mnt/h/seed; sync"
     )
@@ -185,8 +185,8 @@ def test_lvm_on_luks_the_pv_on_crypt_keeps_working(vm: Session) -> None:
     key = secrets.token_hex(32)
     vm.sh(
         "modprobe dm-crypt; truncate -s 700M /tmp/pv.img; L=$(/sbin/losetup --show -f "
-        f"/tmp/pv.img); dmsetup create cryptpv --table \"0 $(blockdev --getsz $L) crypt "
-        f"{CIPHER} {key} 0 $L 0\"; pvcreate -q /dev/mapper/cryptpv; "
+        f'/tmp/pv.img); dmsetup create cryptpv --table "0 $(blockdev --getsz $L) crypt '
+        f'{CIPHER} {key} 0 $L 0"; pvcreate -q /dev/mapper/cryptpv; '
         "vgcreate -q vg /dev/mapper/cryptpv; lvcreate -q -y -L 300M -n home vg; "
         "mkfs.ext4 -q /dev/vg/home; mkdir -p /mnt/h /mnt/s; mount /dev/vg/home /mnt/h"
     )

@@ -36,7 +36,7 @@ from snapkit.methods.base import Extendable, KernelMerge, Method
 from snapkit.methods.stack import STACK_KEY
 from snapkit.methods.stack import layers as L
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, Target
-from snapkit.plan import Plan, Step
+from snapkit.plan import Plan, Step, rollback
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
     from snapkit.methods.base import Host
@@ -88,15 +88,19 @@ class Deferred:
             try:
                 step.do()
             except BaseException:
+                if step.must_undo:  # as plan.apply: a resume or thaw runs even if cut short
+                    self.done.append(step)
                 self.undo()
                 raise
             self.done.append(step)
 
     def undo(self) -> None:
-        while self.done:
-            step = self.done.pop()
-            if step.undo is not None:
-                step.undo()
+        """Every undo in reverse, as :func:`snapkit.plan.rollback` does; the first failure
+        is raised at the end."""
+        failures, _skipped = rollback(self.done)
+        self.done.clear()
+        if failures:
+            raise failures[0][1]
 
 
 class StackedMethod:
@@ -152,11 +156,22 @@ class StackedMethod:
                 raise RefusedError(
                     f"a dm device named {name} already exists", hint="choose another --name"
                 )
-        inner_steps: tuple[Step, ...] = plan.steps
+        # One step: the inner plan's last step commits it (a resumed swap has no undo of its
+        # own), so a later failure (building the layers over it) discards what it made.
+        made, ran = record, Deferred(lambda: plan)
+        listing = "; ".join(step.description for step in plan.steps)
+        inner_steps: tuple[Step, ...] = (
+            Step(
+                f"{plan.title}: {listing}",
+                ran.do,
+                lambda: self._unmake(made),
+                f"discard {record.name} ({record.method}) again",
+            ),
+        )
         if top.mountpoint is not None:
             inner_steps = freeze_around(
                 top.mountpoint,
-                plan.steps,
+                inner_steps,
                 request.max_freeze,
                 freezer=IoctlFreezer(),
                 watchdog=real_watchdog(top.mountpoint),
@@ -169,6 +184,15 @@ class StackedMethod:
         )
         record = replace(record, details={**record.details, STACK_KEY: info.to_text()})
         return Plan(title, (*inner_steps, *build)), record
+
+    def _unmake(self, record: SnapshotRecord) -> None:
+        """Discard the inner snapshot just made, as the flow would: for a method whose
+        discard the kernel finishes (dm), its start and then its finish."""
+        inner = self.inner
+        Deferred(lambda: inner.plan_discard(record, force=True)).do()
+        if isinstance(inner, KernelMerge):
+            marked = inner.mark_pending(record, Pending.DISCARD)
+            Deferred(lambda: inner.plan_finish(marked)).do()
 
     def _read_only(self, record: SnapshotRecord) -> bool:
         """dm-direct's copy is a read-only device; a layer over it must be loaded read-only."""
@@ -234,8 +258,15 @@ class StackedMethod:
         self._refuse_open(record, "discard", origin=False)
         info = info_of(record)
         remove = L.remove_steps(self.host.dm, info, read_only=self._read_only(record))
-        inner = self.inner.plan_discard(record, force=force)
-        return Plan(f"{inner.title}, its layers first", (*remove, *inner.steps))
+        # Planned once the layers are gone: the inner method refuses a snapshot held open.
+        deferred = Deferred(lambda: self.inner.plan_discard(record, force=force))
+        discard = Step(
+            f"discard {record.name} ({record.method}) of {info.base}",
+            deferred.do,
+            deferred.undo,
+            "undo the discard's steps",
+        )
+        return Plan(f"discard {record.name} of {info.top}, its layers first", (*remove, discard))
 
 
 class StackedKernelMerge(StackedMethod):
