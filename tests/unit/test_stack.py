@@ -185,6 +185,12 @@ def test_merge_parks_the_origin_layer_and_moves_it_back(tmp_path: Path) -> None:
     world, method, request = _stacked_world(tmp_path)
     plan, record = method.plan_create(request)
     apply(plan)
+    from snapkit.methods.base import KernelMerge
+    from snapkit.model import Pending
+
+    assert isinstance(method, KernelMerge)  # dm: the flow starts, waits, finishes
+    marked = method.mark_pending(record, Pending.MERGE)
+    assert marked.details[STACK_KEY] == record.details[STACK_KEY]  # the mark keeps the stack
     merge = method.plan_merge(record)
     text = merge.render()
     assert "over /dev/mapper/s1-park" in text and "dmsetup remove s1-crypt" in text

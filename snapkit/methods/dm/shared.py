@@ -287,4 +287,4 @@ def mark_pending(
     lines = dm.status(status_of) if dm.info(status_of) else ()
     usage = snapshot_state(lines).usage
     marked = d.with_pending(operation, usage.allocated if usage else 0)
-    return replace(record, details=marked.to_strings())
+    return replace(record, details={**record.details, **marked.to_strings()})
