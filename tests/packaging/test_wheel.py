@@ -10,6 +10,7 @@ outside the checkout and without PYTHONPATH, so nothing can be imported from her
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -90,6 +91,25 @@ def test_the_venv_imports_the_installed_package_with_its_recipe(installed: Insta
     assert Path(module).is_relative_to(installed.venv)
     assert (Path(recipe) / "packages.txt").is_file() and Path(recipe).is_relative_to(installed.venv)
     assert checkout == "False"
+
+
+def test_the_installed_snapkit_has_its_units_and_names_itself_in_them(
+    installed: Installed,
+) -> None:
+    """The unit files are package data: install-units works from the wheel, and its
+    ExecStart is the venv's own snapkit."""
+    proc = installed.run(
+        "snapkit", "install-units", "--dry-run", "--json", "--dir", str(installed.cwd / "units")
+    )
+    _check(proc)
+    doc = json.loads(proc.stdout)
+    exe = installed.venv / "bin" / "snapkit"
+    assert doc["snapkit"] == str(exe)
+    assert [u["name"] for u in doc["units"]] == [
+        "snapkit-recover.service",
+        "snapkit-watch@.service",
+    ]
+    assert f"ExecStart={exe} recover\n" in doc["units"][0]["text"]
 
 
 @pytest.mark.vm
