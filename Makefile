@@ -11,8 +11,9 @@ BIN := $(VENV)/bin
 PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,python3)
 # uidmap: a normal user's image build (mmdebstrap's unshare mode); python3-venv: Debian's venv.
 # lz4/zstd: a kernel layer extracts the PVH vmlinux (6.1 cloud: lz4, 6.12: zstd) for faster boots.
+# systemd: its systemd-analyze verifies the units snapkit ships (tests/unit/test_units.py).
 HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools cpio busybox-static lz4 \
-                 zstd util-linux e2fsprogs xfsprogs btrfs-progs uidmap python3-venv
+                 zstd util-linux e2fsprogs xfsprogs btrfs-progs uidmap python3-venv systemd
 PYTEST_WORKERS ?= 2
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 

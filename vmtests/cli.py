@@ -33,8 +33,10 @@ examples:
   vmtest shell                                an interactive shell in a throwaway VM
   vmtest bench boot --runs 5 --json           boot-to-command time
 
-Inside the guest the working tree is at /src, 'snapkit' is on PATH, and extra disks appear
-as /dev/vmtest/disk0, disk1, ... (by serial, whatever their vdX name).
+Inside the guest /src holds the snapkit this vmtest runs ('snapkit' is on PATH): the working
+tree when vmtest runs from a checkout (pip install -e), the installed package otherwise; --tree
+DIR ships another working tree. Extra disks appear as /dev/vmtest/disk0, disk1, ... (by serial,
+whatever their vdX name).
 """
 
 
@@ -85,6 +87,23 @@ def _add_vm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep console log, QEMU argv and disks in DIR"
     )
+    p.add_argument(
+        "--tree",
+        type=_tree,
+        default=None,
+        metavar="DIR",
+        help="ship DIR's snapkit/ and vmtests/ to the guest (a checkout); default: the ones "
+        "this vmtest runs",
+    )
+
+
+def _tree(text: str) -> Path:
+    from vmtests.vm.payload import check_tree
+
+    try:
+        return check_tree(Path(text).resolve())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +230,7 @@ def _disks(sizes: Sequence[int], folder: Path) -> list[Disk]:
 
 
 def _run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
-    from vmtests.vm import accel, execute
+    from vmtests.vm import accel, execute, payload
 
     img = _image(args)
     chosen = accel.choose(args.accel, img)
@@ -232,6 +251,7 @@ def _run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
                 cpus=args.cpus,
                 disks=disks,
                 timeout=args.timeout,
+                tree=args.tree or payload.TREE,
             )
         except VmError as exc:
             print(f"vmtest: {exc}", file=sys.stderr)

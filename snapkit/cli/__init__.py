@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "device": ("snapkit.cli.device", "wrap a plain block device for the dm method, or unwrap it"),
     "freeze": ("snapkit.cli.freeze", "freeze a filesystem around a command; a watchdog thaws"),
     "recover": ("snapkit.cli.recover", "after a crash or reboot: re-assemble, clean up, resume"),
+    "install-units": ("snapkit.cli.units", "install the systemd units: recover at boot, watch"),
     "cow": ("snapkit.cli.cow", "dm-snapshot COW files offline: inspect, export, merge, diff"),
     "bench": ("snapkit.cli.bench", "measure snapkit: the COW model, the freeze window"),
 }

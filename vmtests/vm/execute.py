@@ -20,7 +20,7 @@ from typing import Any
 
 from vmtests.vm.image import Image
 from vmtests.vm.machine import Machine
-from vmtests.vm.payload import Mode, Payload, command_argv
+from vmtests.vm.payload import TREE, Mode, Payload, command_argv
 from vmtests.vm.qemu import Accel, Disk
 
 Sink = Callable[[bytes], None]
@@ -67,9 +67,12 @@ def run(
     cpus: int = 1,
     disks: Sequence[Disk] = (),
     timeout: float = 600.0,
+    tree: Path = TREE,
 ) -> ExecResult:
-    """Boot, run ``argv``, relay its streams, and return its exit code once QEMU has ended."""
-    payload = Payload(Mode.EXEC, command_argv(argv))
+    """Boot, run ``argv``, relay its streams, and return its exit code once QEMU has ended.
+
+    ``tree`` is the folder whose snapkit/ and vmtests/ the guest runs (vmtests.vm.payload)."""
+    payload = Payload(Mode.EXEC, command_argv(argv), tree=tree)
     with Machine(
         image, payload, workdir, accel=accel, memory_mib=memory_mib, cpus=cpus, disks=disks
     ) as vm:

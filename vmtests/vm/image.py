@@ -2,11 +2,11 @@
 
 One userland serves every kernel: a boot is this userland plus a kernel layer
 (``vmtests.vm.kernel.layer``), so adding a kernel never rebuilds it. It is keyed by a content
-hash of the recipe files that shape it (``HASHED_FILES`` in ``images/``: the packages and the
-Debian suite) plus ``RECIPE_VERSION`` (bumped when this builder changes what it produces). The
-mirror is not in the key: it is where the packages come from, not what they are. The init
-script and the guest environment travel in the per-boot archive, so editing them needs no
-rebuild. The userland holds:
+hash of the recipe files that shape it (``HASHED_FILES`` in ``vmtests/images/``: the packages
+and the Debian suite) plus ``RECIPE_VERSION`` (bumped when this builder changes what it
+produces). The mirror is not in the key: it is where the packages come from, not what they are.
+The init script and the guest environment travel in the per-boot archive, so editing them needs
+no rebuild. The userland holds:
 
     root.squashfs   the root, no kernel in it (each kernel brings its modules on a disk)
     busybox.cpio    the initramfs's static busybox and its applet links
@@ -40,7 +40,8 @@ from vmtests.vm.kernel.layer import Layer
 
 # 4: no kernel in the userland (kernel layers), the suite and mirror from the recipe, tools/
 RECIPE_VERSION = "4"
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "images"
+# Package data (pyproject.toml), so an installed harness builds the same image as a checkout.
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "images"
 
 
 @dataclass(frozen=True)

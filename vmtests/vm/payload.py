@@ -1,8 +1,16 @@
-"""The per-boot initramfs archive: the working tree, the init, and what this boot must do.
+"""The per-boot initramfs archive: snapkit's files, the init, and what this boot must do.
 
 It is appended to the cached base initramfs (the kernel unpacks concatenated archives, later
 members winning), so the guest always runs the current ``snapkit/`` and ``vmtests/guest/``
 without an image rebuild. Building it takes milliseconds.
+
+Which files: a *tree* is a folder that holds ``snapkit/`` and ``vmtests/`` (with
+``vmtests/guest/`` and the recipe ``vmtests/images/``). The default is the folder the running
+harness was imported from, so the guest runs the very snapkit the host runs, with no guessing:
+in a checkout (``pip install -e``, as ``make venv`` does) that is the working tree, so the test
+suite tests the checkout; in a ``pip install 'snapkit[harness]'`` it is the installed package's
+``site-packages``. ``is_checkout`` tells the two apart by the ``pyproject.toml`` beside a
+checkout, for messages only. ``vmtest exec --tree DIR`` ships another tree.
 
 The command to run travels as one file per argument, never as a string, so no argument is
 re-split or unquoted on the way in, whatever bytes it holds.
@@ -27,7 +35,8 @@ from pathlib import Path
 
 from vmtests.vm import cpio
 
-TREE = Path(__file__).resolve().parents[2]
+TREE = Path(__file__).resolve().parents[2]  # the folder holding this vmtests/ (and snapkit/)
+_NEEDED = ("snapkit/__init__.py", "vmtests/guest/stage2.sh", "vmtests/images/init.sh")
 _SKIP = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 _SNAPKIT_WRAPPER = b'#!/bin/sh\nexec python3 -S -m snapkit "$@"\n'  # -S: no site, stdlib only
 
@@ -47,14 +56,32 @@ class Payload:
     argv: tuple[str, ...] = ()
     hostname: str = "vmtest"
     env: dict[str, str] = field(default_factory=dict)
+    tree: Path = TREE  # where snapkit/ and vmtests/ come from (see the module's docstring)
 
     @property
     def ports(self) -> tuple[str, ...]:
         return EXEC_PORTS if self.mode is Mode.EXEC else AGENT_PORTS
 
 
-def _guest_env(extra: dict[str, str]) -> bytes:
-    base = (TREE / "images" / "guest.env").read_text()
+def check_tree(tree: Path) -> Path:
+    """``tree`` if it holds what a boot ships, else a one-line error naming what is missing."""
+    for needed in _NEEDED:
+        if not (tree / needed).is_file():
+            raise ValueError(
+                f"{tree} is not a snapkit tree: it has no {needed} (give the folder that "
+                "holds snapkit/ and vmtests/: a checkout, or an installed site-packages)"
+            )
+    return tree
+
+
+def is_checkout(tree: Path) -> bool:
+    """Whether ``tree`` is a source checkout (its pyproject.toml beside snapkit/), not an
+    installed package: only for saying which one a guest runs."""
+    return (tree / "pyproject.toml").is_file()
+
+
+def _guest_env(tree: Path, extra: dict[str, str]) -> bytes:
+    base = (tree / "vmtests" / "images" / "guest.env").read_text()
     for key, value in extra.items():
         if not key.isidentifier() or "\n" in value or "'" in value:
             raise ValueError(f"guest environment {key}={value!r} cannot be passed safely")
@@ -87,7 +114,8 @@ def with_bytecode(entries: list[cpio.Entry]) -> list[cpio.Entry]:
     return out
 
 
-def build(payload: Payload, tree: Path = TREE) -> bytes:
+def build(payload: Payload) -> bytes:
+    tree = check_tree(payload.tree)
     e = cpio.Entry
     python = [
         *cpio.tree(tree / "snapkit", "src/snapkit", skip=_SKIP),
@@ -95,10 +123,10 @@ def build(payload: Payload, tree: Path = TREE) -> bytes:
         e.file("src/vmtests/__init__.py", b""),
     ]
     entries = [
-        e.file("init", (tree / "images" / "init.sh").read_bytes(), 0o755),
+        e.file("init", (tree / "vmtests" / "images" / "init.sh").read_bytes(), 0o755),
         *with_bytecode(python),
         e.file("src/bin/snapkit", _SNAPKIT_WRAPPER, 0o755),
-        e.file("vmtest/env", _guest_env(payload.env)),
+        e.file("vmtest/env", _guest_env(tree, payload.env)),
         e.file("vmtest/mode", f"{payload.mode}\n".encode()),
         e.file("vmtest/hostname", f"{payload.hostname}\n".encode()),
         e.file("vmtest/ports", (" ".join(payload.ports) + "\n").encode()),
@@ -118,4 +146,14 @@ def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
     return tuple(argv)
 
 
-__all__ = ["AGENT_PORTS", "EXEC_PORTS", "Mode", "Payload", "build", "command_argv"]
+__all__ = [
+    "AGENT_PORTS",
+    "EXEC_PORTS",
+    "TREE",
+    "Mode",
+    "Payload",
+    "build",
+    "check_tree",
+    "command_argv",
+    "is_checkout",
+]

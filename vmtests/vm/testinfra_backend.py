@@ -2,9 +2,9 @@
 ``host.mount_point``, ``host.package`` and friends on a throwaway VM.
 
 testinfra's modules build shell command strings, so each one runs as ``sh -c STRING`` through
-``Session.run``. The guest's locale is pinned to UTF-8 (images/guest.env), so the encoding is
-declared rather than probed: the stock probe starts Python in the guest, which costs over a
-second under TCG for every new host.
+``Session.run``. The guest's locale is pinned to UTF-8 (vmtests/images/guest.env), so the
+encoding is declared rather than probed: the stock probe starts Python in the guest, which
+costs over a second under TCG for every new host.
 """
 
 from __future__ import annotations

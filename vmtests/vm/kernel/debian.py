@@ -1,7 +1,7 @@
 """Debian as the recipe names it: the suite, the mirror, and kernel packages fetched from it.
 
 The image must not depend on the host's distribution: the suite is in the recipe
-(``images/debian-suite.txt``) and the mirror comes from ``$VMTEST_DEBIAN_MIRROR`` (and
+(``vmtests/images/debian-suite.txt``) and the mirror comes from ``$VMTEST_DEBIAN_MIRROR`` (and
 ``$VMTEST_DEBIAN_SECURITY_MIRROR``). Only when they are unset do the host's apt sources serve,
 and then only to *find* a mirror, never to choose the suite. A kernel .deb is fetched with
 ``apt-get download`` and a private apt state: no root, no host apt state; apt is on every host

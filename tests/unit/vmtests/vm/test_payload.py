@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from tests.unit.vmtests.vm.test_cpio import read_newc
@@ -107,3 +110,54 @@ def test_command_argv_refuses_nul_and_empty() -> None:
         payload.command_argv(["echo", "a\0b"])
     with pytest.raises(ValueError, match="no command"):
         payload.command_argv([])
+
+
+def test_the_default_tree_is_this_checkout_so_the_suite_tests_it() -> None:
+    """Run from a checkout (make venv installs it editable), a guest runs the working tree."""
+    checkout = Path(__file__).resolve().parents[4]
+    assert checkout == payload.TREE and payload.is_checkout(payload.TREE)
+    archive = files(Payload(Mode.EXEC, ("true",)))
+    here = (checkout / "snapkit" / "__init__.py").read_bytes()
+    assert archive["src/snapkit/__init__.py"] == here
+    assert archive["init"] == (checkout / "vmtests" / "images" / "init.sh").read_bytes()
+
+
+def _copy_tree(dest: Path) -> Path:
+    """An installed-package layout: snapkit/ and vmtests/ side by side, no pyproject.toml."""
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(payload.TREE / "snapkit", dest / "snapkit", ignore=skip)
+    shutil.copytree(payload.TREE / "vmtests", dest / "vmtests", ignore=skip)
+    return dest
+
+
+def test_another_tree_ships_its_own_files(tmp_path: Path) -> None:
+    tree = _copy_tree(tmp_path)
+    (tree / "snapkit" / "marker.py").write_text("MARK = 1\n")
+    archive = files(Payload(Mode.EXEC, ("true",), tree=tree))
+    assert archive["src/snapkit/marker.py"] == b"MARK = 1\n"
+    assert not payload.is_checkout(tree)
+    assert "src/snapkit/marker.py" not in files(Payload(Mode.EXEC, ("true",)))  # the control
+
+
+@pytest.mark.parametrize(
+    "missing", ["snapkit/__init__.py", "vmtests/guest/stage2.sh", "vmtests/images/init.sh"]
+)
+def test_a_folder_that_is_not_a_tree_is_refused_naming_what_is_missing(
+    tmp_path: Path, missing: str
+) -> None:
+    tree = _copy_tree(tmp_path)
+    (tree / missing).unlink()
+    with pytest.raises(ValueError, match=f"is not a snapkit tree: it has no {missing} "):
+        payload.build(Payload(Mode.EXEC, ("true",), tree=tree))
+
+
+def test_vmtest_tree_option_refuses_a_bad_folder_as_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmtests.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["exec", "--tree", str(tmp_path), "--", "true"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "--tree: " in last and "is not a snapkit tree: it has no snapkit/__init__.py" in last
