@@ -5,14 +5,18 @@ staying cheap."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import snapkit
 from snapkit import api, errors
+from snapkit.cli import main
 from snapkit.dm.status import SnapshotUsage, StatusLine
 from snapkit.flow import Flow
 from snapkit.host.target import Mount
@@ -317,3 +321,47 @@ def test_umount_of_a_dm_direct_copy_removes_its_layer(
     done = snap.umount(view)
     assert done.layer == "/dev/mapper/s1-layer" and done.mountpoints == (view,)
     assert world.state() == before and "layer" not in flow.record("s1").details
+
+
+# -- the CLI over it --------------------------------------------------------------------------
+
+
+def _cli(world: World, monkeypatch: pytest.MonkeyPatch) -> Flow:
+    import snapkit.cli.snapshot as cli
+
+    flow = _flow(world)
+
+    @contextmanager
+    def host() -> Iterator[Host]:
+        yield world.host
+
+    monkeypatch.setattr(cli, "real_host", host)
+    monkeypatch.setattr(cli, "Flow", lambda _host: flow)
+    return flow
+
+
+def test_cli_umount_json_and_text(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = _cli(world, monkeypatch)
+    snapkit.create("/mnt/o", name="s1", method="dm", cow_dir=world.cow_dir, flow=flow)
+    view = _dir(world, "view")
+    assert main(["snapshot", "mount", "s1", str(view)]) == 0
+    assert main(["snapshot", "umount", "s1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"name": "s1", "unmounted": [str(view)], "layer_removed": None}
+    assert main(["snapshot", "mount", "s1", str(view)]) == 0
+    assert main(["snapshot", "umount", "s1", str(view)]) == 0
+    assert capsys.readouterr().out == f"unmounted s1 from {view}\n"
+
+
+def test_cli_umount_refusal_is_one_line_with_a_hint(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = _cli(world, monkeypatch)
+    snapkit.create("/mnt/o", name="s1", method="dm", cow_dir=world.cow_dir, flow=flow)
+    assert main(["snapshot", "umount", "s1"]) == 1
+    err = capsys.readouterr().err
+    assert err == "snapkit: error: snapshot s1 is not mounted (nothing to unmount)\n"
+    assert main(["snapshot", "umount", "nope", "--json"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
