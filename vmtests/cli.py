@@ -143,7 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``vmtest run``: the faults matrix has a runner of its own; any other is the campaign."""
+    """``vmtest run``: the faults matrix has a runner of its own; any other is the campaign.
+    An option of the other runner would be ignored without a word: it is refused instead."""
+    from vmtests.campaign.cli import inapplicable
+
+    refused = inapplicable(args)
+    if refused:
+        print(f"vmtest run: error: {refused} (see 'vmtest run --help')", file=sys.stderr)
+        return 2
     if args.matrix == "faults":
         from vmtests.faults.cli import cmd_run as run
 
