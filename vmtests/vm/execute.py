@@ -66,9 +66,10 @@ def run(
     memory_mib: int = 1024,
     cpus: int = 1,
     disks: Sequence[Disk] = (),
-    timeout: float = 600.0,
+    timeout: float | None = 600.0,
 ) -> ExecResult:
-    """Boot, run ``argv``, relay its streams, and return its exit code once QEMU has ended."""
+    """Boot, run ``argv``, relay its streams, and return its exit code once QEMU has ended;
+    after ``timeout`` seconds QEMU is killed (None: never, for an interactive shell)."""
     payload = Payload(Mode.EXEC, command_argv(argv))
     with Machine(
         image, payload, workdir, accel=accel, memory_mib=memory_mib, cpus=cpus, disks=disks

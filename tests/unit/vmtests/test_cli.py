@@ -1,5 +1,5 @@
 """`vmtest run` shows its options in three groups and refuses one the chosen matrix would
-ignore (exit 2, one line)."""
+ignore (exit 2, one line), and `vmtest shell` has no time limit unless asked for one."""
 
 from __future__ import annotations
 
@@ -64,3 +64,10 @@ def test_the_faults_runner_fills_in_its_own_defaults(monkeypatch: pytest.MonkeyP
     assert seen[0].methods == matrix.METHODS and seen[0].cuts == faults_cli.FULL_RUN_CUTS
     assert cli.main(["run", "--matrix", "faults", "--methods", "dm,lvm", "--cuts", "4"]) == 0
     assert seen[1].methods == ("dm", "lvm") and seen[1].cuts == 4
+
+
+def test_shell_has_no_time_limit_unless_asked() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["shell"]).timeout is None
+    assert parser.parse_args(["shell", "--timeout", "30"]).timeout == 30.0
+    assert parser.parse_args(["exec", "--", "true"]).timeout == 600.0  # a command keeps one
