@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them 
         snapshot,
     )
 
+# snapkit.api.__all__ and __version__: written out rather than imported, so that `import
+# snapkit` does not load the API (tests/unit/test_api.py checks that the lists agree).
 __all__ = [
     "OperationError",
     "Progress",

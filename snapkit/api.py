@@ -162,7 +162,8 @@ class Snapshot:
     def discard(self, *, force: bool = ..., dry_run: bool) -> SnapshotStatus | str: ...
     def discard(self, *, force: bool = False, dry_run: bool = False) -> SnapshotStatus | str:
         """Remove the snapshot and keep the origin's current content. Refused while the
-        snapshot is mounted, unless ``force`` (which the kernel may still refuse).
+        snapshot is open (mounted: :meth:`umount` first); ``force`` skips that check (the
+        kernel may still refuse) and forgets a record whose LVM snapshot is already gone.
         ``dry_run``: the exact steps, as text, and nothing changed."""
         with _opened(self._flow) as flow:
             result = flow.discard(self.name, force=force, dry_run=dry_run)
