@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING
 from snapkit import recover
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
+from snapkit.dm.table import DevNum
 from snapkit.errors import OperationError, RefusedError, SnapkitError, split_advice
 from snapkit.host import freezing
 from snapkit.host.freezing import Outcome
 from snapkit.host.fs import snapshot_mount_options
 from snapkit.host.loopdev import LocalFiles, LosetupLoops
-from snapkit.host.target import block_devnum, resolve, stable_id
+from snapkit.host.target import Mount, block_devnum, mount_devnum, mounts, resolve, stable_id
 from snapkit.lock import origin_lock
 from snapkit.methods import registry
 from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
@@ -71,6 +72,7 @@ class Flow:
 
     host: Host
     settings: Settings = field(default_factory=Settings.from_env)
+    mount_table: Callable[[], tuple[Mount, ...]] = mounts  # the seam unit tests replace
     _plans_applied: int = 0
 
     def __post_init__(self) -> None:
@@ -297,11 +299,73 @@ class Flow:
     def _run_mount(self, argv: Sequence[str], device: str, fstype: str = "") -> None:
         result = self.host.run.run(argv, check=False)
         if not result.ok:
-            first = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[0]
+            first = _first_line(result)
             hint = "see dmesg for the kernel's reason"
             if fstype == "btrfs":
                 hint += "; this kernel may refuse a btrfs copy while its origin is mounted"
             raise OperationError(f"mount {device} failed: {first}", hint=hint)
+
+    def umount(self, name: str, directory: Path | None = None) -> Unmounted:
+        """Unmount what :meth:`mount` mounted: every mount of the snapshot's view (only the
+        one on ``directory`` if given) and, once nothing is mounted from it, the throwaway
+        layer a read-only copy was mounted through, so the next mount builds a fresh one and
+        merge and discard have nothing to pull away. The mounts are read from the kernel's
+        table, not recorded: one made by hand, or by a snapkit that was killed, is found too.
+        The umounts run one by one (a filesystem cannot be put back as it was, so there is
+        nothing to undo); the layer's removal is a plan whose undo rebuilds it, unmounted, as
+        the next mount would take it."""
+        record = self.record(name)
+        if not record.device:
+            raise RefusedError(
+                f"{name} was taken by an external command ({record.method}): "
+                "snapkit mounted nothing of it"
+            )
+        where = directory.resolve() if directory is not None else None
+        over = layer.Layer.of(record) if record.method == "dm-direct" else None
+        built = over if over is not None and self.host.dm.info(over.name) is not None else None
+        found = self._mounts_of(record, built.name if built else None)
+        chosen = [m for m in found if where is None or m.mountpoint == where]
+        if not chosen:
+            on = f" on {where}" if where is not None else ""
+            mounted = ", ".join(str(m.mountpoint) for m in found)
+            raise RefusedError(
+                f"snapshot {name} is not mounted{on}",
+                hint=f"it is mounted on {mounted}" if mounted else "nothing to unmount",
+            )
+        with self.lock(record.origin, f"umount {name}"):
+            for m in sorted(chosen, key=lambda m: -m.mount_id):  # the newest first
+                self._run_umount(m.mountpoint)
+            if built is None or len(chosen) < len(found):
+                return Unmounted(name, tuple(m.mountpoint for m in chosen), None)
+            title = f"remove the throwaway layer of {name} ({built.device})"
+            self.apply_plan(Plan(title, tuple(layer.teardown(self.host, built))))
+            self.state.save(self.load().with_snapshot(layer.forgotten(self.record(name))))
+        return Unmounted(name, tuple(m.mountpoint for m in chosen), built.device)
+
+    def _mounts_of(self, record: SnapshotRecord, layer_name: str | None) -> tuple[Mount, ...]:
+        """The mounts of the snapshot's view: its layer when one is built, else its device
+        (btrfs: the subvolume of the origin's device that the record names)."""
+        dm_name = layer_name or (
+            record.device.removeprefix("/dev/mapper/") if record.method in DM_METHODS else None
+        )
+        info = self.host.dm.info(dm_name) if dm_name else None
+        dev: DevNum | None = info.dev if info else block_devnum(record.device)
+        subvol = record.details.get("subvol")
+        return tuple(
+            m
+            for m in self.mount_table()
+            if dev is not None
+            and mount_devnum(m) == dev
+            and (subvol is None or m.root == "/" + subvol)
+        )
+
+    def _run_umount(self, directory: Path) -> None:
+        result = self.host.run.run(["umount", str(directory)], check=False)
+        if not result.ok:
+            raise OperationError(
+                f"umount {directory} failed: {_first_line(result)}",
+                hint=f"is something using it? see 'fuser -vm {directory}'",
+            )
 
     # -- watch: grow a COW before it overflows ---------------------------------------------
 
@@ -578,6 +642,16 @@ MERGE_OR_DISCARD = (Pending.MERGE, Pending.DISCARD)
 
 
 @dataclass(frozen=True)
+class Unmounted:
+    """What ``umount`` did: the mount points it unmounted, and the throwaway layer's device
+    it removed with the last of them (None: there was none)."""
+
+    name: str
+    mountpoints: tuple[Path, ...]
+    layer: str | None
+
+
+@dataclass(frozen=True)
 class Frozen:
     """What ``freeze`` did: the user's command's result, and how long the window was."""
 
@@ -640,6 +714,11 @@ def _mount_options(record: SnapshotRecord, fstype: str, rw: bool, read_only: boo
     return ([] if rw else ["ro"]) + (["nouuid"] if fstype == "xfs" else [])
 
 
+def _first_line(result: Completed) -> str:
+    """What a failed mount or umount said, in one line."""
+    return (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[0]
+
+
 def _hooks_text(pre: str | None, body: str, post: str | None) -> str:
     head = f"before: sh -c {pre!r}\n" if pre else ""
     tail = f"after (always): sh -c {post!r}\n" if post else ""
@@ -677,4 +756,4 @@ def _with_test_pause(plan: Plan, ordinal: int) -> Plan:
     return replace(plan, steps=tuple(steps))
 
 
-__all__ = ["PAUSE_ENV", "Flow", "Frozen", "freeze", "real_host"]
+__all__ = ["PAUSE_ENV", "Flow", "Frozen", "Unmounted", "freeze", "real_host"]

@@ -57,7 +57,7 @@ def _mem_mib(text: str) -> int:
     return max(1, parse_size(text if text[-1:].isalpha() else text + "M") >> 20)
 
 
-def _add_vm_options(p: argparse.ArgumentParser) -> None:
+def _add_vm_options(p: argparse.ArgumentParser, timeout: float | None = 600.0) -> None:
     spec_options(p)
     p.add_argument(
         "--mem",
@@ -82,7 +82,11 @@ def _add_vm_options(p: argparse.ArgumentParser) -> None:
         help="add a sparse raw disk of SIZE, seen as /dev/vmtest/diskN (repeatable)",
     )
     p.add_argument(
-        "--timeout", type=float, default=600.0, help="hard limit in seconds (default 600)"
+        "--timeout",
+        type=float,
+        default=timeout,
+        metavar="SEC",
+        help=f"hard limit in seconds (default {'none' if timeout is None else f'{timeout:g}'})",
     )
     p.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep console log, QEMU argv and disks in DIR"
@@ -140,8 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
     ex.set_defaults(handler=cmd_exec)
 
-    sh = sub.add_parser("shell", help="an interactive shell in a throwaway VM")
-    _add_vm_options(sh)
+    sh = sub.add_parser(
+        "shell",
+        help="an interactive shell in a throwaway VM",
+        description="Boot a throwaway VM and run an interactive shell in it, for as long as "
+        "you like (no time limit unless --timeout); everything is gone when you exit.",
+    )
+    _add_vm_options(sh, timeout=None)  # a person at a shell is not a hung command
     sh.set_defaults(handler=cmd_shell)
 
     bench = sub.add_parser("bench", help="measure the harness")
@@ -162,7 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``vmtest run``: the faults matrix has a runner of its own; any other is the campaign."""
+    """``vmtest run``: the faults matrix has a runner of its own; any other is the campaign.
+    An option of the other runner would be ignored without a word: it is refused instead."""
+    from vmtests.campaign.cli import inapplicable
+
+    refused = inapplicable(args)
+    if refused:
+        print(f"vmtest run: error: {refused} (see 'vmtest run --help')", file=sys.stderr)
+        return 2
     if args.matrix == "faults":
         from vmtests.faults.cli import cmd_run as run
 

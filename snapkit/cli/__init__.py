@@ -24,7 +24,10 @@ from snapkit.settings import Settings
 # module exposes register(subparsers). Only the chosen group's module is imported: under TCG
 # in a guest, importing every group (all methods, dm, cow) costs seconds of start-up.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "snapshot": ("snapkit.cli.snapshot", "create, list, watch, mount, merge and discard snapshots"),
+    "snapshot": (
+        "snapkit.cli.snapshot",
+        "create, list, mount, umount, merge, discard and watch snapshots",
+    ),
     "device": ("snapkit.cli.device", "wrap a plain block device for the dm method, or unwrap it"),
     "freeze": ("snapkit.cli.freeze", "freeze a filesystem around a command; a watchdog thaws"),
     "recover": ("snapkit.cli.recover", "after a crash or reboot: re-assemble, clean up, resume"),

@@ -1,4 +1,7 @@
-"""``snapkit device``: prepare a plain block device for the raw dm methods, and release it."""
+"""``snapkit device``: prepare a plain block device for the raw dm methods, and release it.
+
+Thin: parse, call the Python API (:func:`snapkit.api.prepare_device`, ``release_device``),
+render."""
 
 from __future__ import annotations
 
@@ -6,14 +9,13 @@ import argparse
 import sys
 from typing import Any
 
+from snapkit import api
 from snapkit.cli.output import print_json
 from snapkit.errors import UsageError
-from snapkit.flow import Flow, real_host
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    with real_host() as host:
-        result = Flow(host).prepare(args.device, args.name, dry_run=args.dry_run)
+    result = api.prepare_device(args.device, args.name, dry_run=bool(args.dry_run))
     if isinstance(result, str):
         sys.stdout.write(result)
         return 0
@@ -40,8 +42,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    with real_host() as host:
-        result = Flow(host).release(args.name, dry_run=args.dry_run)
+    result = api.release_device(args.name, dry_run=bool(args.dry_run))
     if args.dry_run:
         sys.stdout.write(result)
     elif args.json:

@@ -72,12 +72,14 @@ def split_command(args: argparse.Namespace) -> tuple[argparse.Namespace, list[st
 
 
 def _freeze(args: argparse.Namespace) -> int:
-    from snapkit.flow import freeze
+    from snapkit.api import freeze
 
     args, command = split_command(args)
     if not command:
         raise UsageError("no command to run while frozen", hint="give it after '--'")
-    frozen = freeze(args.mountpoint, command, max_freeze=args.max_freeze, dry_run=args.dry_run)
+    frozen = freeze(
+        args.mountpoint, command, max_freeze=args.max_freeze, dry_run=bool(args.dry_run)
+    )
     if isinstance(frozen, str):
         print(frozen, end="")
         return 0

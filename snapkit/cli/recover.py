@@ -1,6 +1,7 @@
 """``snapkit recover``: after a crash or a reboot, re-assemble snapkit's devices from the state
 file, drop what a crash cut short, and finish merges that were under way
-(snapkit/recover.py and each family's snapkit/methods/*/recover.py say why each is safe)."""
+(snapkit/recover.py and each family's snapkit/methods/*/recover.py say why each is safe).
+Thin: parse, call :func:`snapkit.api.recover_all`, render."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import argparse
 import sys
 from typing import Any
 
+from snapkit import api
 from snapkit.cli.output import print_json
-from snapkit.flow import Flow, real_host
 
 
 def _recover(args: argparse.Namespace) -> int:
-    with real_host() as host:
-        result = Flow(host).recover(dry_run=args.dry_run, finish=not args.no_finish)
+    result = api.recover_all(dry_run=bool(args.dry_run), finish=not args.no_finish)
     if isinstance(result, str):
         sys.stdout.write(result)
         return 0

@@ -1,7 +1,7 @@
-"""``snapkit snapshot``: create, list, status, merge, discard, watch, mount.
+"""``snapkit snapshot``: create, list, status, merge, discard, watch, mount, umount.
 
-Thin: parse, call :class:`snapkit.flow.Flow`, render. Exit 0 ok, 1 refused/failed (one line on
-stderr), 2 usage.
+Thin: parse, call the Python API (:mod:`snapkit.api`), render; the command and a program get
+the same verbs. Exit 0 ok, 1 refused/failed (one line on stderr), 2 usage.
 """
 
 from __future__ import annotations
@@ -9,16 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from snapkit import api
 from snapkit.cli.output import print_fields, print_json
 from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
 from snapkit.methods import registry
 from snapkit.methods.stack import STACK_KEY
 from snapkit.model import SnapshotRecord, SnapshotStatus
-from snapkit.validate import parse_chunk, parse_size
+from snapkit.validate import parse_size
 
 VERBS_HELP = """\
 One meaning for every method:
@@ -76,13 +78,27 @@ def _print_status(s: SnapshotStatus, as_json: bool) -> None:
     print_fields(fields)
 
 
-def _progress_bar(s: SnapshotStatus) -> None:
-    pct = s.merge_progress or 0.0
-    filled = int(pct / 100 * 40)
-    sys.stdout.write(f"\rmerging {s.record.name} [{'#' * filled}{'.' * (40 - filled)}] {pct:5.1f}%")
-    if s.state.value == "merged":
-        sys.stdout.write("\n")
-    sys.stdout.flush()
+class _Bar:
+    """The API's progress callback, drawn as a bar on a terminal."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.drawn = False
+
+    def __call__(self, pct: float) -> None:
+        filled = int(pct / 100 * 40)
+        bar = f"[{'#' * filled}{'.' * (40 - filled)}]"
+        sys.stdout.write(f"\rmerging {self.name} {bar} {pct:5.1f}%")
+        sys.stdout.flush()
+        self.drawn = True
+
+
+@contextmanager
+def _verbs() -> Iterator[Flow]:
+    """The real host's verbs for one command, handed to the API as its ``flow``. Named here
+    (``real_host``, ``Flow``) so that unit tests can put fakes under the command."""
+    with real_host() as host:
+        yield Flow(host)
 
 
 def _seconds(text: str) -> float:
@@ -93,10 +109,6 @@ def _seconds(text: str) -> float:
     if not 0 < value <= 3600 or value != value:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
     return value
-
-
-def _size(text: str | None) -> int | None:
-    return parse_size(text) if text is not None else None
 
 
 CREATE_HELP = """\
@@ -157,30 +169,31 @@ def _command(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _create(args: argparse.Namespace) -> int:
     command = _command(args)
-    with real_host() as host:
-        result = Flow(host).create(
+    with _verbs() as flow:
+        result = api.create(
             args.target,
             name=args.name,
             method=args.method,
-            cow_size=_size(args.cow_size),
-            cow_dir=Path(args.cow_dir) if args.cow_dir else None,
-            chunk_sectors=parse_chunk(args.chunk_size),
+            cow_size=args.cow_size,
+            cow_dir=args.cow_dir or None,
+            chunk_size=args.chunk_size,
             pre=args.pre,
             post=args.post,
             max_freeze=args.max_freeze,
-            dry_run=args.dry_run,
+            dry_run=bool(args.dry_run),
             command=command,
+            flow=flow,
         )
     if isinstance(result, str):
         sys.stdout.write(result)
-    else:
-        _print_status(result, args.json)
+    elif result.last_status is not None:
+        _print_status(result.last_status, args.json)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    with real_host() as host:
-        rows = Flow(host).list()
+    with _verbs() as flow:
+        rows = api.list_snapshots(flow=flow)
     if args.json:
         print_json([status_json(s) for s in rows])
         return 0
@@ -191,15 +204,20 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with real_host() as host:
-        _print_status(Flow(host).status(args.name), args.json)
+    with _verbs() as flow:
+        _print_status(api.Snapshot(args.name, flow=flow).status(), args.json)
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
-    bar = _progress_bar if sys.stdout.isatty() and not args.json else None
-    with real_host() as host:
-        result = Flow(host).merge(args.name, wait=args.wait, progress=bar, dry_run=args.dry_run)
+    bar = _Bar(args.name) if sys.stdout.isatty() and not args.json else None
+    with _verbs() as flow:
+        snap = api.Snapshot(args.name, flow=flow)
+        try:
+            result = snap.merge(wait=args.wait, progress=bar, dry_run=bool(args.dry_run))
+        finally:
+            if bar is not None and bar.drawn:
+                sys.stdout.write("\n")  # end the bar's line, also when the merge failed
     if isinstance(result, str):
         sys.stdout.write(result)
     else:
@@ -208,8 +226,10 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _discard(args: argparse.Namespace) -> int:
-    with real_host() as host:
-        result = Flow(host).discard(args.name, force=args.force, dry_run=args.dry_run)
+    with _verbs() as flow:
+        result = api.Snapshot(args.name, flow=flow).discard(
+            force=args.force, dry_run=bool(args.dry_run)
+        )
     if isinstance(result, str):
         sys.stdout.write(result)
     elif args.json:
@@ -230,10 +250,9 @@ def _percent(text: str) -> float:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    by = parse_size(args.extend_by)
-    with real_host() as host:
-        status = Flow(host).watch(
-            args.name,
+    by = parse_size(args.extend_by)  # refused before the host is opened, as always
+    with _verbs() as flow:
+        status = api.Snapshot(args.name, flow=flow).watch(
             extend_at=args.extend_at,
             extend_by=by,
             interval=args.interval,
@@ -245,8 +264,25 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    with real_host() as host:
-        Flow(host).mount(args.name, Path(args.dir), rw=args.rw)
+    with _verbs() as flow:
+        api.Snapshot(args.name, flow=flow).mount(args.dir, rw=args.rw)
+    return 0
+
+
+def _umount(args: argparse.Namespace) -> int:
+    with _verbs() as flow:
+        done = api.Snapshot(args.name, flow=flow).umount(args.dir)
+    if args.json:
+        print_json(
+            {
+                "name": done.name,
+                "unmounted": [str(m) for m in done.mountpoints],
+                "layer_removed": done.layer,
+            }
+        )
+        return 0
+    layer = f"; removed its throwaway layer {done.layer}" if done.layer else ""
+    print(f"unmounted {done.name} from {', '.join(map(str, done.mountpoints))}{layer}")
     return 0
 
 
@@ -382,6 +418,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--rw", action="store_true")
     p.set_defaults(handler=_mount)
+
+    p = sub.add_parser(
+        "umount",
+        help="unmount what 'snapshot mount' mounted",
+        description="Unmount snapshot NAME: every mount of it, or only the one on DIR. A "
+        "dm-direct copy mounted through a throwaway layer loses the layer with its last mount, "
+        "so merge and discard have nothing to pull away.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("dir", metavar="DIR", nargs="?", help="only this mount (default: all)")
+    p.add_argument("--json", action="store_true", help="print what was unmounted as JSON")
+    p.set_defaults(handler=_umount)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

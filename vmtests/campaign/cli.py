@@ -56,29 +56,30 @@ def register(sub: Any, run_handler: Callable[[argparse.Namespace], int]) -> None
         bc.set_defaults(handler=cmd_bench_campaign)
 
 
+CAMPAIGN = ("quick", "full")
+FAULTS = ("faults",)
+
+# The options that apply to some matrices only: dest -> (its flag, those matrices). Each runner
+# reads only its own, so one given for the other matrix would be silently ignored: `vmtest
+# run` refuses it instead (inapplicable). Their defaults are None or False, so "given" is a
+# value; the faults runner fills in its own defaults.
+ONLY: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def _only(
+    group: argparse._ActionsContainer, matrices: tuple[str, ...], *flags: str, **kw: Any
+) -> None:
+    action = group.add_argument(*flags, **kw)
+    ONLY[action.dest] = (action.option_strings[-1], matrices)
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--matrix", default="quick", choices=("quick", "full", "faults"))
-    p.add_argument(
-        "--cuts",
-        type=int,
-        metavar="N",
-        help="faults: run N seeded power-cut points (default 78, five sixths of them in "
-        "create and merge; a number above the matrix's size runs every point)",
-    )
-    p.add_argument(
-        "--bad-inputs",
-        type=int,
-        metavar="N",
-        help="faults: run a seeded sample of N bad inputs (0: none; default: all of them)",
-    )
-    p.add_argument(
-        "--methods",
-        default="dm,dm-direct,lvm",
-        metavar="M,...",
-        help="faults: cut points of these methods only (default dm,dm-direct,lvm)",
-    )
-    p.add_argument("--json", action="store_true", help="faults: print the summary as JSON")
-    p.add_argument(
+    """Three groups in --help: every matrix, the campaign's (quick, full), the faults'."""
+    common = p.add_argument_group("every matrix")
+    campaign = p.add_argument_group("campaign matrices only (--matrix quick or full)")
+    faults = p.add_argument_group("faults matrix only (--matrix faults)")
+    common.add_argument("--matrix", default="quick", choices=(*CAMPAIGN, *FAULTS))
+    common.add_argument(
         "--scenario",
         action="append",
         default=[],
@@ -86,25 +87,70 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="run only this scenario id (repeatable; any id of the full matrix; for faults, "
         "a cut point id such as ext4-dm-create-p1s9)",
     )
-    p.add_argument("--seed", type=int, help="replay with this seed (default: each id's own)")
-    p.add_argument("--shard", metavar="K/N", help="run the K-th of N deterministic slices")
-    p.add_argument(
+    common.add_argument("--seed", type=int, help="replay with this seed (default: each id's own)")
+    common.add_argument(
         "-n",
         "--workers",
         default="auto",
         metavar="N|auto",
-        help="parallel VMs via pytest-xdist (default auto: one per CPU)",
+        help="parallel VMs (default auto: one per CPU for the campaign, 2 for faults)",
     )
-    p.add_argument("--report", type=Path, default=Path("report"), help="(default: report)")
-    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
-    spec.add_options(p)
-    p.add_argument(
+    common.add_argument("--report", type=Path, default=Path("report"), help="(default: report)")
+    common.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    spec.add_options(common, modules_to=campaign)
+    ONLY["modules"] = ("--modules", CAMPAIGN)  # the faults runner boots $VMTEST_KERNEL alone
+    _only(
+        campaign, CAMPAIGN, "--shard", metavar="K/N", help="run the K-th of N deterministic slices"
+    )
+    _only(
+        campaign,
+        CAMPAIGN,
         "--kernels",
         metavar="SPEC,...",
         help="run the matrix once per kernel (e.g. debian:bookworm,debian:trixie); the ids "
         "then carry each kernel's release and the report compares the kernels",
     )
-    p.add_argument("--no-live", action="store_true", help="plain lines instead of a live table")
+    _only(
+        campaign,
+        CAMPAIGN,
+        "--no-live",
+        action="store_true",
+        help="plain lines instead of a live table",
+    )
+    _only(
+        faults,
+        FAULTS,
+        "--cuts",
+        type=int,
+        metavar="N",
+        help="run N seeded power-cut points (default 78, five sixths of them in create and "
+        "merge; a number above the matrix's size runs every point)",
+    )
+    _only(
+        faults,
+        FAULTS,
+        "--bad-inputs",
+        type=int,
+        metavar="N",
+        help="run a seeded sample of N bad inputs (0: none; default: all of them)",
+    )
+    _only(
+        faults,
+        FAULTS,
+        "--methods",
+        metavar="M,...",
+        help="cut points of these methods only (default dm,dm-direct,lvm)",
+    )
+    _only(faults, FAULTS, "--json", action="store_true", help="print the summary as JSON")
+
+
+def inapplicable(args: argparse.Namespace) -> str | None:
+    """Why an option given to ``vmtest run`` does not apply to its ``--matrix``, or None."""
+    for dest, (flag, matrices) in ONLY.items():
+        value = getattr(args, dest, None)
+        if args.matrix not in matrices and value is not None and value is not False:
+            return f"{flag} applies to --matrix {' or '.join(matrices)}, not {args.matrix}"
+    return None
 
 
 def pytest_args(args: argparse.Namespace) -> list[str]:
@@ -137,7 +183,7 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
         argv += ["--scenario", sid]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
-    if args.shard:
+    if getattr(args, "shard", None):
         argv += ["--shard", args.shard]
     if args.workers not in ("0", "1"):
         argv += ["-n", args.workers]

@@ -129,7 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             report=args.report,
             accel=args.accel,
             bad_inputs=args.bad_inputs,
-            methods=tuple(m for m in args.methods.split(",") if m),
+            methods=tuple(m for m in args.methods.split(",") if m)
+            if args.methods
+            else faults.METHODS,
             json=args.json,
         )
     )

@@ -66,10 +66,11 @@ def run(
     memory_mib: int = 1024,
     cpus: int = 1,
     disks: Sequence[Disk] = (),
-    timeout: float = 600.0,
+    timeout: float | None = 600.0,
     tree: Path = TREE,
 ) -> ExecResult:
-    """Boot, run ``argv``, relay its streams, and return its exit code once QEMU has ended.
+    """Boot, run ``argv``, relay its streams, and return its exit code once QEMU has ended;
+    after ``timeout`` seconds QEMU is killed (None: never, for an interactive shell).
 
     ``tree`` is the folder whose snapkit/ and vmtests/ the guest runs (vmtests.vm.payload)."""
     payload = Payload(Mode.EXEC, command_argv(argv), tree=tree)

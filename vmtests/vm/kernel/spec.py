@@ -93,15 +93,18 @@ def split_list(text: str) -> list[str]:
     return out
 
 
-def add_options(p: argparse.ArgumentParser) -> None:
-    """--kernel and --modules, for every command that boots."""
+def add_options(
+    p: argparse._ActionsContainer, *, modules_to: argparse._ActionsContainer | None = None
+) -> None:
+    """--kernel and --modules, for every command that boots; ``p`` is a parser or an argument
+    group, and ``modules_to`` another group for --modules (``vmtest run``: the campaign's)."""
     p.add_argument(
         "--kernel",
         metavar="SPEC",
         help="debian:SUITE[/FLAVOUR] (cloud by default, /amd64 generic) or a PATH to a "
         f"bzImage, vmlinux or build tree (default: ${ENV}, else the recipe's suite)",
     )
-    p.add_argument(
+    (modules_to or p).add_argument(
         "--modules",
         type=Path,
         metavar="DIR",
