@@ -102,6 +102,16 @@ class Flow:
     def method(self, name: str) -> Method:
         return registry.get(name, self.host)
 
+    def _view(self, name: str) -> SnapshotRecord:
+        """The record as mount and umount use it: for a stacked snapshot, its device is the
+        top of the rebuilt stack (the plaintext crypt mapping), not the base snapshot."""
+        record = self.record(name)
+        if not record.details.get(STACK_KEY):
+            return record
+        from snapkit.methods.stack.method import shown  # only stacked records need it
+
+        return shown(record)
+
     def method_of(self, record: SnapshotRecord) -> Method:
         """The method that made ``record``; for a stacked origin (a filesystem on dm-crypt
         over an LV or a prepared device), that method wrapped in its stack."""
@@ -244,11 +254,7 @@ class Flow:
         xfs and btrfs, whose frozen copies keep a log, are mounted through a throwaway
         writable layer (:mod:`snapkit.methods.dm.layer`); ext4, whose freeze leaves a clean journal,
         gets :func:`snapkit.host.fs.snapshot_mount_options` (``noload``)."""
-        record = self.record(name)
-        if record.details.get(STACK_KEY):  # mount the top of the rebuilt stack (plaintext)
-            from snapkit.methods.stack.method import shown
-
-            record = shown(record)
+        record = self._view(name)
         if not directory.is_dir():
             raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")
         if not record.device:
@@ -314,7 +320,7 @@ class Flow:
         The umounts run one by one (a filesystem cannot be put back as it was, so there is
         nothing to undo); the layer's removal is a plan whose undo rebuilds it, unmounted, as
         the next mount would take it."""
-        record = self.record(name)
+        record = self._view(name)
         if not record.device:
             raise RefusedError(
                 f"{name} was taken by an external command ({record.method}): "
