@@ -32,6 +32,15 @@ def fsck(fs: str, device: str) -> Result:
     return run([*FSCK[fs], device], check=False, timeout=300)
 
 
+def needs_recovery(device: str) -> bool:
+    """ext4's superblock says its journal must be replayed before the filesystem is
+    consistent: what a freeze clears (ext4_freeze flushes the journal) and an unfrozen copy
+    keeps. Read before anything mounts the device."""
+    out = run(["dumpe2fs", "-h", device], check=False).out
+    features = next((ln for ln in out.splitlines() if ln.startswith("Filesystem features")), "")
+    return "needs_recovery" in features.split()
+
+
 def sectors(device: str) -> int:
     return int(run(["blockdev", "--getsz", device]).out.strip())
 

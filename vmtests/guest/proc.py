@@ -40,11 +40,15 @@ class CommandError(Exception):
         self.result = result
 
 
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 120.0) -> Result:
+def run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 120.0, stdin: str | None = None
+) -> Result:
+    """Run ``argv``, log it and its output; ``stdin`` is fed to it (and never logged)."""
     t0 = time.monotonic()
     try:
         proc = subprocess.run(
             list(argv),
+            input=stdin.encode() if stdin is not None else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             timeout=timeout,

@@ -185,6 +185,8 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
     run(["umount", origin.mountpoint])
     if snap is None:
         return
+    if fs == "ext4":  # "always clean": a frozen ext4 leaves no journal to recover
+        checks["clean"] = not check.needs_recovery(snap.device)
     fsck = check.fsck(fs, snap.device)
     checks["fsck"] = fsck.ok
     res["fsck_output"] = fsck.out[-6000:]
@@ -276,7 +278,9 @@ def main(argv: list[str]) -> int:
     res: dict[str, Any] = {"id": spec["id"], "errors": [], "attempts": 0, "checks": {}}
     origin = None
     try:
-        origin = targets.prepare(spec["method"], control, spec["fs"], spec.get("size_mib", 160))
+        origin = targets.prepare(
+            spec["method"], control, spec["fs"], spec.get("size_mib", 160), spec.get("stack", "")
+        )
         for n in range(spec.get("attempts", 1)):
             res.update(attempts=n + 1, checks={}, counts={})
             attempt(spec, origin, spec["seed"] + n, res)

@@ -52,8 +52,30 @@ class Snapshot:
     info: dict[str, object] = field(default_factory=dict)
 
 
-def prepare(method: str, control: str, fs: str, size_mib: int) -> Origin:
-    """The block device the filesystem under test lives on, as the method expects it."""
+CRYPT = "ocrypt"  # the origin's crypt mapping, for a stacked scenario (issue 19)
+SNAP_CRYPT = "snapcrypt"  # the control's own crypt mapping over its LVM snapshot
+CIPHER = "aes-xts-plain64"
+_KEY: list[str] = []  # the crypt key this boot made (the control reopens it over its copy)
+
+
+def open_crypt(name: str, under: str, key: str) -> str:
+    """A plain dm-crypt mapping over ``under``, as ``cryptsetup open --type plain`` makes it.
+    The table goes in on stdin, so the key is on no command line (the key-leak test greps
+    them; this is the harness's own set-up, not snapkit)."""
+    size = run(["blockdev", "--getsz", under]).out.strip()
+    table = f"0 {size} crypt {CIPHER} {key} 0 {under} 0\n"
+    run(["dmsetup", "create", name, "--uuid", f"CRYPT-PLAIN-{name}"], stdin=table)
+    return f"/dev/mapper/{name}"
+
+
+def prepare(method: str, control: str, fs: str, size_mib: int, stack: str = "") -> Origin:
+    """The block device the filesystem under test lives on, as the method expects it; with
+    ``stack`` "crypt", a dm-crypt mapping over it (the filesystem goes on the mapping)."""
+    if stack == "crypt" or control == "lvm-under-crypt":
+        base = prepare("lvm" if control else method, "", fs, size_mib)
+        run(["modprobe", "dm-crypt"], check=False)
+        _KEY.append(os.urandom(64).hex())
+        return Origin(open_crypt(CRYPT, base.device, _KEY[-1]), fs)
     run(["wipefs", "-a", "-q", DISK], check=False)
     if method in LVM_METHODS:
         run(["pvcreate", "-q", "-ff", "-y", DISK])
@@ -167,6 +189,13 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
         finally:
             run(["dmsetup", "resume", "origin"])
         return Snapshot(COPY)
+    if control == "lvm-under-crypt":
+        # The question's first answer, on an encrypted /home: plain lvcreate -s of the LV
+        # under the crypt mapping, then the same key over the copy. Nothing freezes ext4.
+        run(["dmsetup", "remove", SNAP_CRYPT], check=False)  # a previous attempt's
+        run(["lvremove", "-f", "-y", "vg/snap"], check=False)
+        run(["lvcreate", "-q", "-y", "-s", "-L", "64M", "-n", "snap", "vg/origin"])
+        return Snapshot(open_crypt(SNAP_CRYPT, "/dev/vg/snap", _KEY[-1]))
     if control == "corrupt":
         run(["fsfreeze", "-f", origin.mountpoint])
         try:

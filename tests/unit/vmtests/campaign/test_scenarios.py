@@ -18,7 +18,7 @@ def test_ids_are_unique_readable_and_stable() -> None:
 
 
 def test_full_is_every_valid_combination() -> None:
-    real = [s for s in scenarios.full() if not s.is_control]
+    real = [s for s in scenarios.full() if not s.is_control and not s.stack]
     assert not any(s.method == "btrfs-native" and s.fs != "btrfs" for s in real)
     per_fs = {fs: {(s.method, s.workload) for s in real if s.fs == fs} for fs in ("ext4", "xfs")}
     assert ("lvm-thin", "mmap") in per_fs["ext4"]
@@ -28,8 +28,21 @@ def test_full_is_every_valid_combination() -> None:
     assert {s.fs for s in real if s.method == "dm-direct"} == set(scenarios.FILESYSTEMS)
     controls = [s for s in scenarios.full() if s.is_control]
     assert {(s.control, s.fs) for s in controls} == {
-        (c, fs) for c in scenarios.CONTROLS for fs in scenarios.FILESYSTEMS
+        (c, fs)
+        for c in scenarios.CONTROLS
+        for fs in scenarios.CONTROL_FILESYSTEMS.get(c, scenarios.FILESYSTEMS)
     }
+    stacked = {(s.fs, s.method, s.stack) for s in scenarios.full() if s.stack}
+    assert stacked == {
+        (fs, m, "crypt") for fs in scenarios.FILESYSTEMS for m in scenarios.STACKED_METHODS
+    }
+
+
+def test_a_stack_only_goes_under_a_block_method() -> None:
+    assert Scenario("ext4", "lvm", "writer", stack="crypt").id == "ext4-crypt-lvm-writer"
+    for method in ("remount-ro", "freeze-lvm", "dm-direct"):
+        with pytest.raises(ValueError):
+            Scenario("ext4", method, "writer", stack="crypt")
 
 
 def test_quick_keeps_its_promises() -> None:
