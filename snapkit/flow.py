@@ -122,7 +122,7 @@ class Flow:
 
         return for_record(impl, self.host, record)
 
-    def _for_target(self, impl: Method, target: Target) -> Method:
+    def _for_target(self, impl: Method, target: Target, *, command: bool = False) -> Method:
         """``impl`` for ``target``: wrapped in the device stack when the filesystem sits on
         pass-through layers (crypt, linear) over what a block-level method snapshots."""
         if impl.name not in BLOCK_METHODS or target.device.parent != Path("/dev/mapper"):
@@ -130,7 +130,8 @@ class Flow:
         from snapkit.host.stack import resolve_stack
         from snapkit.methods.stack.method import wrap
 
-        return wrap(impl, self.host, target, resolve_stack(target, self.host.dm))
+        stack = resolve_stack(target, self.host.dm)
+        return wrap(impl, self.host, target, stack, command=command)
 
     def apply_plan(self, plan: Plan, timeout: float | None = None) -> None:
         self._plans_applied += 1
@@ -157,7 +158,7 @@ class Flow:
         ``command`` is the user's snapshot command (freeze, remount-ro, auto's fallback)."""
         snapkit_name(name)
         target = resolve(target_spec)
-        impl = self._for_target(self.method(method), target)
+        impl = self._for_target(self.method(method), target, command=bool(command))
         data = self.load()
         if data.snapshot(name) is not None or self.host.dm.info(name) is not None:
             raise RefusedError(f"the name {name!r} is already in use", hint="choose another --name")

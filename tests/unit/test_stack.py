@@ -246,3 +246,30 @@ def test_the_stack_detail_is_what_marks_a_record(tmp_path: Path) -> None:
     _plan, record = method.plan_create(request)
     assert STACK_KEY in record.details
     assert json.loads(record.details[STACK_KEY])["park"] == "s1-park"
+
+
+def test_auto_on_a_stack_takes_the_method_of_the_base_and_says_why(tmp_path: Path) -> None:
+    from snapkit.methods.auto import AutoMethod
+
+    world, stacked, request = _stacked_world(tmp_path)
+    assert stacked.stack is not None
+    chosen = wrap(AutoMethod(world.host), world.host, request.target, stacked.stack)
+    assert isinstance(chosen, StackedMethod) and chosen.name == "dm"
+    plan, _ = chosen.plan_create(request)
+    assert "[auto: dm, because /dev/mapper/data under it is a dm linear device" in plan.title
+    assert "/dev/mapper/crypthome (dm-crypt) on /dev/mapper/data" in plan.title
+
+
+def test_auto_on_crypt_over_a_plain_partition_names_the_layer_that_stops(tmp_path: Path) -> None:
+    from snapkit.methods.auto import AutoMethod
+
+    world, stacked, request = _stacked_world(tmp_path)
+    assert stacked.stack is not None
+    part = BlockInfo(DevNum(8, 2), "sda2", SIZE, 2048, None, None, (), False)
+    stack = Stack((stacked.stack.layers[0], classify(part, None)))
+    with pytest.raises(RefusedError, match="sda2 stops the walk") as refused:
+        wrap(AutoMethod(world.host), world.host, request.target, stack)
+    assert "snapkit device prepare" in (refused.value.hint or "")
+    # with a command, auto falls back to freezing the top filesystem around it
+    fallback = wrap(AutoMethod(world.host), world.host, request.target, stack, command=True)
+    assert fallback.name == "auto"

@@ -114,6 +114,7 @@ class StackedMethod:
         self.inner = inner
         self.host = host
         self.stack = stack
+        self.why = ""  # auto's choice and its reason, for the plan's title
 
     # -- create -----------------------------------------------------------------------------
 
@@ -180,7 +181,7 @@ class StackedMethod:
         build = L.build_steps(self.host.dm, info, read_only=self._read_only(record))
         title = (
             f"{plan.title}, under {top.device} (frozen at {top.mountpoint or 'its device'}); "
-            f"the stack: {stack.describe()}"
+            f"the stack: {stack.describe()}" + (f" [{self.why}]" if self.why else "")
         )
         record = replace(record, details={**record.details, STACK_KEY: info.to_text()})
         return Plan(title, (*inner_steps, *build)), record
@@ -311,30 +312,46 @@ def _wrapped(inner: Method, host: Host, stack: Stack | None) -> StackedMethod:
     return made
 
 
-def wrap(inner: Method, host: Host, target: Target, stack: Stack) -> Method:
+def wrap(
+    inner: Method, host: Host, target: Target, stack: Stack, *, command: bool = False
+) -> Method:
     """``inner`` for ``target``: wrapped when the target is stacked and ``inner`` snapshots
     block devices; as it is otherwise (freeze, remount-ro and btrfs work at the top)."""
     if not stack.stacked or inner.name not in ("lvm", "lvm-thin", "dm", "dm-direct", "auto"):
         return inner
     if inner.name == "auto":
-        return _auto(inner, host, target, stack)
+        return _auto(inner, host, target, stack, command)
     return _wrapped(inner, host, stack)
 
 
-def _auto(auto: Method, host: Host, target: Target, stack: Stack) -> Method:
-    """``auto`` on a stack: the first block method that fits the base; if none does, auto at
-    the top (btrfs's own snapshots, or freeze around a given command)."""
+def _auto(auto: Method, host: Host, target: Target, stack: Stack, command: bool) -> Method:
+    """``auto`` on a stack: the first block method that fits the base, saying why in the plan;
+    if none does, auto at the top when it has something there (btrfs's own snapshots, or
+    freeze around a given command), else a refusal naming the layer that stops the walk."""
     from snapkit.methods import registry
     from snapkit.methods.auto import ORDER
 
-    for name, _why in ORDER:
-        method = registry.get(name, host)
+    refusals = []
+    for name, why in ORDER:
         if name == "btrfs":
             continue
-        wrapped = _wrapped(method, host, stack)
-        if wrapped.unsuitable(target) is None:
+        wrapped = _wrapped(registry.get(name, host), host, stack)
+        reason = wrapped.unsuitable(target)
+        if reason is None:
+            wrapped.why = (
+                f"auto: {name}, because {stack.base.path} under it {why.removeprefix('it ')}"
+            )
             return wrapped
-    return auto
+        refusals.append(f"{name}: {reason}")
+    if target.fstype == "btrfs" or command:
+        return auto
+    refuse_unsnapshottable(stack)
+    L.refuse_keyring(stack)
+    raise RefusedError(
+        f"no method fits {target.device}, on {stack.describe()} ({'; '.join(refusals)})",
+        hint="prepare the device under the crypt layer once ('snapkit device prepare'), or "
+        "give a snapshot command after '--' to use the freeze method",
+    )
 
 
 def for_record(inner: Method, host: Host, record: SnapshotRecord) -> Method:
