@@ -163,14 +163,18 @@ def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: s
     checked = int(counts.get("acked_checked", 0))
     attempts = int(raw.get("attempts", 0))
     if scenario.is_control:
-        verdict = Verdict.CAUGHT if failed else Verdict.FAIL
+        # A control whose own naive copy failed (its `snapshot` check) made nothing to judge:
+        # that is the harness failing, not the oracle catching the fault it exists for.
+        caught = tuple(name for name in failed if name != "snapshot")
+        verdict = Verdict.CAUGHT if caught else Verdict.FAIL
         reason = (
-            f"caught by {', '.join(failed)} on attempt {attempts}"
-            if failed
+            f"caught by {', '.join(caught)} on attempt {attempts}"
+            if caught
             else f"not caught in {attempts} attempt(s)"
         )
-        if not failed and errors:
+        if not caught and errors:
             reason += f"; errors: {'; '.join(errors)}"
+        failed = caught
     elif failed or errors:
         verdict = Verdict.FAIL
         reason = "; ".join([f"check failed: {', '.join(failed)}"] * bool(failed) + list(errors))

@@ -194,7 +194,7 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
         # under the crypt mapping, then the same key over the copy. Nothing freezes ext4.
         run(["dmsetup", "remove", SNAP_CRYPT], check=False)  # a previous attempt's
         run(["lvremove", "-f", "-y", "vg/snap"], check=False)
-        run(["lvcreate", "-q", "-y", "-s", "-L", "64M", "-n", "snap", "vg/origin"])
+        run(["lvcreate", "-q", "-y", "-s", "-l", "100%FREE", "-n", "snap", "vg/origin"])
         return Snapshot(open_crypt(SNAP_CRYPT, "/dev/vg/snap", _KEY[-1]))
     if control == "corrupt":
         run(["fsfreeze", "-f", origin.mountpoint])

@@ -93,6 +93,16 @@ def test_a_control_is_caught_only_by_a_failed_check() -> None:
     assert (missed.verdict, missed.catch_rate) == (Verdict.FAIL, 0.0)
 
 
+def test_a_control_whose_own_copy_failed_is_not_a_catch() -> None:
+    """Seen: the lvm-under-crypt control's lvcreate found no room in the VG, and the failed
+    `snapshot` check counted as the catch. A control must be caught by the oracle's checks
+    of a copy it made, so this is a failure with the harness's error in the reason."""
+    raw = {**GOOD, "checks": {"snapshot": False}, "errors": ["snapshot: lvcreate exited 5"]}
+    judged = oracle.judge(CONTROL, raw, 1)
+    assert judged.verdict is Verdict.FAIL and judged.caught_by == ()
+    assert "lvcreate exited 5" in judged.reason
+
+
 def test_a_lost_vm_is_judged_lost_never_a_pass_a_catch_nor_a_failure() -> None:
     for scenario in (REAL, CONTROL):
         lost = oracle.lost_vm(scenario, 3, "VM lost: QEMU was killed\n--- console tail ---")
