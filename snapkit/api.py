@@ -243,6 +243,7 @@ def create(
     post: str | None = ...,
     max_freeze: float = ...,
     command: Sequence[str] = ...,
+    key_file: StrPath | None = ...,
     dry_run: Literal[False] = ...,
     flow: Flow | None = ...,
 ) -> Snapshot: ...
@@ -259,6 +260,7 @@ def create(
     post: str | None = ...,
     max_freeze: float = ...,
     command: Sequence[str] = ...,
+    key_file: StrPath | None = ...,
     dry_run: bool,
     flow: Flow | None = ...,
 ) -> Snapshot | str: ...
@@ -274,6 +276,7 @@ def create(
     post: str | None = None,
     max_freeze: float = 10.0,
     command: Sequence[str] = (),
+    key_file: StrPath | None = None,
     dry_run: bool = False,
     flow: Flow | None = None,
 ) -> Snapshot | str:
@@ -286,8 +289,10 @@ def create(
     ``cow_dir``: where dm's COW file goes; ``chunk_size``: 4K..512K; ``pre``/``post``: shell
     commands run before the freeze and after the thaw (``post`` even on failure);
     ``max_freeze``: seconds the filesystem may stay frozen; ``command``: the argv that takes
-    the copy for ``freeze`` and ``remount-ro``. ``dry_run``: the exact steps, as text, and
-    nothing changed.
+    the copy for ``freeze`` and ``remount-ro``; ``key_file``: for a filesystem on LUKS, the
+    file cryptsetup unlocks the snapshot's header with (else the key is copied from the
+    mapping's table, kernel to kernel). ``dry_run``: the exact steps, as text, and nothing
+    changed.
 
     Returns a :class:`Snapshot` whose ``last_status`` is the status right after creation; as a
     context manager it is discarded at the end of the ``with`` block (see :class:`Snapshot`).
@@ -306,6 +311,7 @@ def create(
             max_freeze=max_freeze,
             dry_run=dry_run,
             command=tuple(command),
+            key_file=Path(key_file) if key_file is not None else None,
         )
     if isinstance(result, str):
         return result

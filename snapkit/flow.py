@@ -32,7 +32,7 @@ from snapkit import recover
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.naming import snapkit_name
 from snapkit.dm.table import DevNum
-from snapkit.errors import OperationError, RefusedError, SnapkitError, split_advice
+from snapkit.errors import OperationError, RefusedError, SnapkitError, UsageError, split_advice
 from snapkit.host import freezing
 from snapkit.host.freezing import Outcome
 from snapkit.host.fs import snapshot_mount_options
@@ -122,16 +122,28 @@ class Flow:
 
         return for_record(impl, self.host, record)
 
-    def _for_target(self, impl: Method, target: Target, *, command: bool = False) -> Method:
+    def _for_target(
+        self, impl: Method, target: Target, *, command: bool = False, key_file: Path | None = None
+    ) -> Method:
         """``impl`` for ``target``: wrapped in the device stack when the filesystem sits on
-        pass-through layers (crypt, linear) over what a block-level method snapshots."""
-        if impl.name not in BLOCK_METHODS or target.device.parent != Path("/dev/mapper"):
-            return impl
-        from snapkit.host.stack import resolve_stack
-        from snapkit.methods.stack.method import wrap
+        pass-through layers (crypt, linear) over what a block-level method snapshots.
+        ``key_file`` (LUKS) is only for such a stack: anywhere else it is a usage error."""
+        stacked = impl.name in BLOCK_METHODS and target.device.parent == Path("/dev/mapper")
+        if stacked:
+            from snapkit.host.stack import resolve_stack
+            from snapkit.methods.stack.method import wrap
 
-        stack = resolve_stack(target, self.host.dm)
-        return wrap(impl, self.host, target, stack, command=command)
+            stack = resolve_stack(target, self.host.dm)
+            kf = str(key_file or "")
+            wrapped = wrap(impl, self.host, target, stack, command=command, key_file=kf)
+            if wrapped is not impl or not key_file:
+                return wrapped
+        if key_file:
+            raise UsageError(
+                f"--key-file is for a filesystem on dm-crypt; {target.device} is not one",
+                hint="leave out --key-file",
+            )
+        return impl
 
     def apply_plan(self, plan: Plan, timeout: float | None = None) -> None:
         self._plans_applied += 1
@@ -153,12 +165,16 @@ class Flow:
         max_freeze: float = 10.0,
         dry_run: bool = False,
         command: tuple[str, ...] = (),
+        key_file: Path | None = None,
     ) -> SnapshotStatus | str:
         """Create snapshot ``name`` of ``target_spec``; the plan text instead if ``dry_run``.
-        ``command`` is the user's snapshot command (freeze, remount-ro, auto's fallback)."""
+        ``command`` is the user's snapshot command (freeze, remount-ro, auto's fallback);
+        ``key_file`` unlocks the snapshot's LUKS header (a filesystem on dm-crypt)."""
         snapkit_name(name)
         target = resolve(target_spec)
-        impl = self._for_target(self.method(method), target, command=bool(command))
+        impl = self._for_target(
+            self.method(method), target, command=bool(command), key_file=key_file
+        )
         data = self.load()
         if data.snapshot(name) is not None or self.host.dm.info(name) is not None:
             raise RefusedError(f"the name {name!r} is already in use", hint="choose another --name")

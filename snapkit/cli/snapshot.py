@@ -182,6 +182,7 @@ def _create(args: argparse.Namespace) -> int:
             max_freeze=args.max_freeze,
             dry_run=bool(args.dry_run),
             command=command,
+            key_file=args.key_file or None,
             flow=flow,
         )
     if isinstance(result, str):
@@ -329,6 +330,13 @@ def register(subparsers: Any) -> None:
         type=_seconds,
         default=10.0,
         help="longest the filesystem may stay frozen (default 10)",
+    )
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="a filesystem on LUKS: unlock the snapshot's header with this file (cryptsetup "
+        "open --key-file), e.g. for LUKS2's kernel-keyring keys; by default the key is "
+        "copied from the crypt mapping's table, kernel to kernel, and shown nowhere",
     )
     p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")
     p.add_argument("--json", action="store_true")

@@ -157,6 +157,8 @@ class FakeRun(FakeExecutor):
     def answer(self, args: list[str], opts: RunOptions) -> Completed:
         if args[0] == "blkid":  # a read at plan time, not a side effect: no UUID known
             return completed(args, returncode=2)
+        if args[:2] == ["cryptsetup", "isLuks"]:  # a read at plan time: the base is LUKS
+            return completed(args)
         if args[0] == "lvs":  # a read at plan time (auto asks lvm first): no LV at all
             return completed(args, out='{"report": [{"lv": []}]}')
         if self.faults.should_fail(" ".join(args)):

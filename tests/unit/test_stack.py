@@ -273,3 +273,41 @@ def test_auto_on_crypt_over_a_plain_partition_names_the_layer_that_stops(tmp_pat
     # with a command, auto falls back to freezing the top filesystem around it
     fallback = wrap(AutoMethod(world.host), world.host, request.target, stack, command=True)
     assert fallback.name == "auto"
+
+
+def test_key_file_mode_unlocks_the_copy_with_cryptsetup_and_never_copies_a_key(
+    tmp_path: Path,
+) -> None:
+    """--key-file: the snapshot's LUKS header is opened by cryptsetup with the file's path;
+    a merge closes and reopens the origin's mapping (a keyring key cannot be parked)."""
+    world, stacked, request = _stacked_world(tmp_path)
+    assert stacked.stack is not None
+    key_file = tmp_path / "k"
+    key_file.write_text("passphrase")
+    method = wrap(
+        DmMethod(world.host), world.host, request.target, stacked.stack, key_file=str(key_file)
+    )
+    assert isinstance(method, StackedMethod) and method.unsuitable(request.target) is None
+    plan, record = method.plan_create(request)
+    text = plan.render()
+    assert f"cryptsetup open --key-file {key_file} /dev/mapper/s1 s1-crypt" in text
+    assert "dmsetup load s1-crypt" not in text and "passphrase" not in text
+    assert info_of(record).key_file == str(key_file)
+    merge_text = _merge_text(world, record)
+    assert "cryptsetup close crypthome" in merge_text and "s1-park" not in merge_text
+    assert f"cryptsetup open --key-file {key_file} /dev/mapper/data crypthome" in merge_text
+
+
+def _merge_text(world: World, record: object) -> str:
+    from snapkit.methods.stack.method import for_record
+
+    assert not isinstance(record, str)
+    method = for_record(DmMethod(world.host), world.host, record)  # type: ignore[arg-type]
+    return method.plan_merge(record).render()  # type: ignore[arg-type]
+
+
+def test_key_file_needs_a_readable_file_and_one_crypt_layer(tmp_path: Path) -> None:
+    world, stacked, request = _stacked_world(tmp_path)
+    assert stacked.stack is not None
+    method = wrap(DmMethod(world.host), world.host, request.target, stacked.stack, key_file="/nope")
+    assert "/nope is not a readable file" in (method.unsuitable(request.target) or "")

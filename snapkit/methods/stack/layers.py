@@ -66,6 +66,7 @@ class StackInfo:
     base_snapshot: str  # the method's snapshot device, e.g. /dev/mapper/vg-s1
     uppers: tuple[Upper, ...]  # bottom first
     park: str  # the zero device a merge parks the lowest layer on
+    key_file: str = ""  # --key-file: cryptsetup unlocks the LUKS header (stack/luks.py)
 
     @property
     def device(self) -> str:
@@ -81,6 +82,7 @@ class StackInfo:
                 "base_snapshot": self.base_snapshot,
                 "uppers": [u.as_json() for u in self.uppers],
                 "park": self.park,
+                "key_file": self.key_file,
             },
             sort_keys=True,
         )
@@ -96,6 +98,7 @@ class StackInfo:
                 d["base_snapshot"],
                 tuple(Upper(**u) for u in d["uppers"]),
                 d["park"],
+                d.get("key_file", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RefusedError(

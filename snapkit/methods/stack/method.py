@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import RefusedError, ValidationError
 from snapkit.host.freezing import IoctlFreezer, Outcome, freeze_around, real_watchdog
-from snapkit.host.stack import Stack, refuse_unsnapshottable
+from snapkit.host.stack import Kind, Stack, refuse_unsnapshottable
 from snapkit.methods.base import Extendable, KernelMerge, Method
-from snapkit.methods.stack import STACK_KEY
+from snapkit.methods.stack import STACK_KEY, luks
 from snapkit.methods.stack import layers as L
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, Target
 from snapkit.plan import Plan, Step, rollback
@@ -110,19 +110,35 @@ class StackedMethod:
     records_first: ClassVar[bool] = False
     name: ClassVar[str] = "stack"
 
-    def __init__(self, inner: Method, host: Host, stack: Stack | None = None) -> None:
+    def __init__(
+        self, inner: Method, host: Host, stack: Stack | None = None, key_file: str = ""
+    ) -> None:
         self.inner = inner
         self.host = host
         self.stack = stack
+        self.key_file = key_file  # --key-file: cryptsetup unlocks the copy's LUKS header
         self.why = ""  # auto's choice and its reason, for the plan's title
+
+    def _refuse_stack(self, stack: Stack) -> None:
+        """What no inner method can change: the walk stopped, or the key cannot be had."""
+        refuse_unsnapshottable(stack)
+        if not self.key_file:
+            L.refuse_keyring(stack)
+            return
+        if len(stack.above) != 1 or stack.above[0].kind is not Kind.CRYPT:
+            raise RefusedError(
+                f"--key-file takes one crypt layer over the snapshotted device, not "
+                f"{stack.describe()}",
+                hint="leave out --key-file: snapkit then copies each layer from its table",
+            )
+        luks.check(self.host.run, str(stack.base.path), self.key_file)
 
     # -- create -----------------------------------------------------------------------------
 
     def unsuitable(self, target: Target) -> str | None:
         assert self.stack is not None
         try:
-            refuse_unsnapshottable(self.stack)
-            L.refuse_keyring(self.stack)
+            self._refuse_stack(self.stack)
         except RefusedError as exc:
             return exc.message
         reason = self.inner.unsuitable(self.stack.base_target(target))
@@ -133,8 +149,7 @@ class StackedMethod:
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
         stack = self.stack
         assert stack is not None
-        refuse_unsnapshottable(stack)
-        L.refuse_keyring(stack)
+        self._refuse_stack(stack)
         top = request.target
         cow_dir, mountpoint = request.cow_dir, top.mountpoint
         if cow_dir is not None and mountpoint is not None and _same_fs(cow_dir, mountpoint):
@@ -151,6 +166,7 @@ class StackedMethod:
             base_snapshot=record.device,
             uppers=L.uppers_of(stack, request.name),
             park=f"{request.name}-park",
+            key_file=self.key_file,
         )
         for name in [u.upper for u in info.uppers] + [info.park]:
             if self.host.dm.info(name) is not None:
@@ -178,13 +194,25 @@ class StackedMethod:
                 watchdog=real_watchdog(top.mountpoint),
                 outcome=Outcome(),
             )
-        build = L.build_steps(self.host.dm, info, read_only=self._read_only(record))
+        build = self._build(info, record)
         title = (
             f"{plan.title}, under {top.device} (frozen at {top.mountpoint or 'its device'}); "
             f"the stack: {stack.describe()}" + (f" [{self.why}]" if self.why else "")
         )
         record = replace(record, details={**record.details, STACK_KEY: info.to_text()})
         return Plan(title, (*inner_steps, *build)), record
+
+    def _build(self, info: L.StackInfo, record: SnapshotRecord) -> list[Step]:
+        if info.key_file:
+            upper = info.uppers[0].upper
+            return [luks.open_step(self.host.run, info.key_file, info.base_snapshot, upper)]
+        return L.build_steps(self.host.dm, info, read_only=self._read_only(record))
+
+    def _remove(self, info: L.StackInfo, record: SnapshotRecord) -> list[Step]:
+        if info.key_file:
+            upper = info.uppers[0].upper
+            return [luks.close_step(self.host.run, info.key_file, info.base_snapshot, upper)]
+        return L.remove_steps(self.host.dm, info, read_only=self._read_only(record))
 
     def _unmake(self, record: SnapshotRecord) -> None:
         """Discard the inner snapshot just made, as the flow would: for a method whose
@@ -232,7 +260,7 @@ class StackedMethod:
         self._refuse_open(record, "merge", origin=True)
         info = info_of(record)
         size = self._base_size(info)
-        remove = L.remove_steps(self.host.dm, info, read_only=self._read_only(record))
+        remove = self._remove(info, record)
         deferred = Deferred(lambda: self.inner.plan_merge(record))
         merge = Step(
             f"merge {record.name} ({record.method}) into {info.base}",
@@ -240,12 +268,22 @@ class StackedMethod:
             deferred.undo,
             "undo the merge's start",
         )
-        steps = (
-            *remove,
-            *L.park_steps(self.host.dm, info, size),
-            merge,
-            *L.unpark_steps(self.host.dm, info),
-        )
+        origin = info.uppers[0].name
+        if info.key_file:  # a keyring key cannot be parked: close, merge, open again
+            run = self.host.run
+            steps: tuple[Step, ...] = (
+                *remove,
+                luks.close_step(run, info.key_file, info.base, origin),
+                merge,
+                luks.open_step(run, info.key_file, info.base, origin),
+            )
+        else:
+            steps = (
+                *remove,
+                *L.park_steps(self.host.dm, info, size),
+                merge,
+                *L.unpark_steps(self.host.dm, info),
+            )
         return Plan(f"merge {record.name} into {info.top} through its stack", steps)
 
     def _base_size(self, info: L.StackInfo) -> int:
@@ -258,7 +296,7 @@ class StackedMethod:
     def plan_discard(self, record: SnapshotRecord, *, force: bool = False) -> Plan:
         self._refuse_open(record, "discard", origin=False)
         info = info_of(record)
-        remove = L.remove_steps(self.host.dm, info, read_only=self._read_only(record))
+        remove = self._remove(info, record)
         # Planned once the layers are gone: the inner method refuses a snapshot held open.
         deferred = Deferred(lambda: self.inner.plan_discard(record, force=force))
         discard = Step(
@@ -298,7 +336,7 @@ class StackedBoth(StackedKernelMerge, StackedExtendable):
     pass
 
 
-def _wrapped(inner: Method, host: Host, stack: Stack | None) -> StackedMethod:
+def _wrapped(inner: Method, host: Host, stack: Stack | None, key_file: str = "") -> StackedMethod:
     merge, extend = isinstance(inner, KernelMerge), isinstance(inner, Extendable)
     cls = {
         (False, False): StackedMethod,
@@ -308,23 +346,31 @@ def _wrapped(inner: Method, host: Host, stack: Stack | None) -> StackedMethod:
     }[(merge, extend)]
     # The record names the inner method, and the flow reads records_first off the class.
     named = type(cls.__name__, (cls,), {"name": inner.name, "records_first": inner.records_first})
-    made: StackedMethod = named(inner, host, stack)
+    made: StackedMethod = named(inner, host, stack, key_file)
     return made
 
 
 def wrap(
-    inner: Method, host: Host, target: Target, stack: Stack, *, command: bool = False
+    inner: Method,
+    host: Host,
+    target: Target,
+    stack: Stack,
+    *,
+    command: bool = False,
+    key_file: str = "",
 ) -> Method:
     """``inner`` for ``target``: wrapped when the target is stacked and ``inner`` snapshots
     block devices; as it is otherwise (freeze, remount-ro and btrfs work at the top)."""
     if not stack.stacked or inner.name not in ("lvm", "lvm-thin", "dm", "dm-direct", "auto"):
         return inner
     if inner.name == "auto":
-        return _auto(inner, host, target, stack, command)
-    return _wrapped(inner, host, stack)
+        return _auto(inner, host, target, stack, command, key_file)
+    return _wrapped(inner, host, stack, key_file)
 
 
-def _auto(auto: Method, host: Host, target: Target, stack: Stack, command: bool) -> Method:
+def _auto(
+    auto: Method, host: Host, target: Target, stack: Stack, command: bool, key_file: str
+) -> Method:
     """``auto`` on a stack: the first block method that fits the base, saying why in the plan;
     if none does, auto at the top when it has something there (btrfs's own snapshots, or
     freeze around a given command), else a refusal naming the layer that stops the walk."""
@@ -335,7 +381,7 @@ def _auto(auto: Method, host: Host, target: Target, stack: Stack, command: bool)
     for name, why in ORDER:
         if name == "btrfs":
             continue
-        wrapped = _wrapped(registry.get(name, host), host, stack)
+        wrapped = _wrapped(registry.get(name, host), host, stack, key_file)
         reason = wrapped.unsuitable(target)
         if reason is None:
             wrapped.why = (
@@ -345,8 +391,7 @@ def _auto(auto: Method, host: Host, target: Target, stack: Stack, command: bool)
         refusals.append(f"{name}: {reason}")
     if target.fstype == "btrfs" or command:
         return auto
-    refuse_unsnapshottable(stack)
-    L.refuse_keyring(stack)
+    _wrapped(auto, host, stack, key_file)._refuse_stack(stack)
     raise RefusedError(
         f"no method fits {target.device}, on {stack.describe()} ({'; '.join(refusals)})",
         hint="prepare the device under the crypt layer once ('snapkit device prepare'), or "
@@ -358,7 +403,7 @@ def for_record(inner: Method, host: Host, record: SnapshotRecord) -> Method:
     """The method for a saved record: wrapped if the record is stacked."""
     if not stacked(record):
         return inner
-    return _wrapped(inner, host, None)
+    return _wrapped(inner, host, None, info_of(record).key_file)
 
 
 __all__ = ["StackedMethod", "for_record", "info_of", "shown", "stacked", "wrap"]

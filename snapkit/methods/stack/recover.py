@@ -21,9 +21,9 @@ from functools import partial
 from snapkit.dm.naming import Role, uuid
 from snapkit.errors import RefusedError
 from snapkit.methods.base import Context, FamilyRecovery, Recovered
-from snapkit.methods.stack import STACK_KEY
+from snapkit.methods.stack import STACK_KEY, luks
 from snapkit.methods.stack import layers as L
-from snapkit.model import SnapshotRecord
+from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
 
@@ -52,6 +52,9 @@ def _settle(ctx: Context, record: SnapshotRecord, done: Recovered) -> None:
         if dm.info(info.park) is not None and not L.parked(dm, info):
             dm.remove(info.park)
             done.actions.append(f"{record.name}: removed {info.park}")
+        if info.key_file:
+            _settle_luks(ctx, record, info, done)
+            return
         if record.pending is not None:
             return
         if dm.info(info.base_snapshot.removeprefix(L.MAPPER)) is None:
@@ -70,6 +73,23 @@ def _settle(ctx: Context, record: SnapshotRecord, done: Recovered) -> None:
                 dm.resume(u.upper)
                 done.actions.append(f"{record.name}: rebuilt {L.MAPPER}{u.upper} over {below}")
             below = L.MAPPER + u.upper
+
+
+def _settle_luks(ctx: Context, record: SnapshotRecord, info: L.StackInfo, done: Recovered) -> None:
+    """``--key-file``: cryptsetup opens what is missing. The origin's mapping only when a
+    merge was under way (snapkit closed it; otherwise it is the user's, opened at boot by
+    their crypttab), the snapshot's when its copy is there and no verb is pending."""
+    dm, run, kf = ctx.host.dm, ctx.host.run, info.key_file
+    origin = info.uppers[0].name
+    base = info.base.removeprefix(L.MAPPER)
+    if record.pending is Pending.MERGE and dm.info(origin) is None and dm.info(base):
+        luks.reopen(run, kf, info.base, origin)
+        done.actions.append(f"{record.name}: opened {origin} again over {info.base}")
+    upper = info.uppers[0].upper
+    snap = dm.info(info.base_snapshot.removeprefix(L.MAPPER))
+    if record.pending is None and snap is not None and dm.info(upper) is None:
+        luks.reopen(run, kf, info.base_snapshot, upper)
+        done.actions.append(f"{record.name}: opened {L.MAPPER}{upper} with its key file")
 
 
 __all__ = ["StackRecovery"]
