@@ -3,19 +3,24 @@
 The image is the origin with every exception chunk replaced by its COW chunk, so each output
 byte is copied exactly once, from a read-only mapping of the origin or of the COW, by
 ``pwritev`` calls that each write up to ``IOV_MAX`` pieces of one contiguous output range: a
-piece of the origin between two exceptions, then an exception chunk, and so on. A plain ``cp``
-copies each byte once too (``copy_file_range``); one syscall per chunk (100,000 of them for a
-400 MiB COW) or a second copy through a buffer is what made export several times slower.
+piece of the origin between two exceptions, then an exception chunk, and so on. The old way,
+one ``preadv`` per exception run into an 8 MiB buffer and then a write, made 100,000 syscalls
+for 100,000 scattered chunks and copied every byte twice.
 
-Per-exception Python work is kept to C-speed ``map`` calls: the exceptions are sorted by origin
-chunk as packed integers and the pieces are built as slices in bulk, so 100,000 exceptions
-cost a few tens of milliseconds. The kernel only ever reads the mappings (Python never
-touches their bytes), so an input that shrinks under the export is an ``EFAULT`` from
-``pwritev``, an error, not a ``SIGBUS``.
+Per-exception Python work is kept to C-speed ``map`` calls: the exceptions are sorted by
+origin chunk through a table (``sorted_exceptions``) and the pieces are built as slices in
+bulk, a window of the image at a time, while a writer thread writes the window before. The
+kernel only ever reads the mappings (Python never touches their bytes), so an input that
+shrinks under the export is an ``EFAULT`` from ``pwritev``, an error, not a ``SIGBUS``.
+
+What still costs more than ``cp`` (BENCHMARKS.md): the exception chunks are copied in origin
+order, which is random order in the COW, 4 KiB at a time through a user mapping; on the
+project's VM that copy runs several times slower than cp's in-kernel, in-order one.
 
 Holes: into a regular file, only the origin's data extents (``SEEK_DATA``/``SEEK_HOLE``) and
-the exception chunks are written, after ``ftruncate`` to the full size, so a sparse origin
-gives an equally sparse image. A device or a pipe gets every byte (a hole maps as zeros).
+the exception chunks are written, and ``ftruncate`` sets the size at the end, so a sparse
+origin gives an equally sparse image. A device or a pipe gets every byte (a hole maps as
+zeros).
 """
 
 from __future__ import annotations
@@ -205,9 +210,6 @@ def _write_run(fd: int, start: int, pieces: list[Piece], sequential: bool) -> in
 
 
 MADV_POPULATE_READ = 22  # Linux 5.14; Python 3.11's mmap module does not name it
-# The COW is read in random order, so it is populated whole, once, when this small a share
-# of memory holds it; a larger one is faulted in as read (slower, see _populate).
-COW_POPULATE_SHARE = 4
 
 
 def _map(fd: int, length: int) -> mmap.mmap:
@@ -227,13 +229,6 @@ def _populate(mapped: mmap.mmap, start: int, end: int) -> None:
     if end > start:
         with contextlib.suppress(OSError):
             mapped.madvise(MADV_POPULATE_READ, start, end - start)
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError):
-        return 0
 
 
 class _Writer(threading.Thread):
@@ -376,10 +371,9 @@ def _stream(
     if size:
         store = pair.store
         origin_map = _map(pair.origin.fd, size)
+        # Not populated: its chunks are read in random order, and populating it first (or
+        # reading it into a buffer of huge pages) measured no faster, for more memory.
         cow_map = _map(pair.cow.fd, pair.cow.size)
-        cow_used = store.next_free * store.geometry.chunk_bytes
-        if cow_used * COW_POPULATE_SHARE <= _physical_memory():
-            _populate(cow_map, 0, cow_used)
         csb = store.geometry.chunk_bytes
         olds, news = sorted_exceptions(store, -(-size // csb))
         image = _Image(
