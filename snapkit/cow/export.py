@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import mmap
 import os
 import queue
@@ -81,21 +82,6 @@ def sorted_exceptions(
     return list(map(olds.__getitem__, order)), list(map(news.__getitem__, order))
 
 
-def exception_runs(store: PersistentStore) -> Iterator[tuple[int, int, int]]:
-    """(old, new, count) runs, by origin chunk, where both sides are consecutive."""
-    olds, news = sorted_exceptions(store)
-    run_old = run_new = count = 0
-    for old, new in zip(olds, news, strict=True):
-        if count and old == run_old + count and new == run_new + count:
-            count += 1
-            continue
-        if count:
-            yield run_old, run_new, count
-        run_old, run_new, count = old, new, 1
-    if count:
-        yield run_old, run_new, count
-
-
 def data_zones(fd: int, size: int) -> list[tuple[int, int, bool]]:
     """[start, end, has_data) zones covering [0, size), from SEEK_DATA/SEEK_HOLE; a file
     system without them is all data."""
@@ -105,9 +91,9 @@ def data_zones(fd: int, size: int) -> list[tuple[int, int, bool]]:
         try:
             data = min(os.lseek(fd, pos, os.SEEK_DATA), size)
         except OSError as exc:
-            if exc.errno != 6:  # ENXIO: only a hole from pos to the end
-                return [(0, size, True)] if not zones else [*zones, (pos, size, True)]
-            data = size
+            if exc.errno != errno.ENXIO:  # no SEEK_DATA here: the rest counts as data
+                return [*zones, (pos, size, True)]
+            data = size  # ENXIO: only a hole from pos to the end
         if data > pos:
             zones.append((pos, data, False))
         if data >= size:
@@ -418,4 +404,4 @@ def _windows(
                 yield image.hole_zone(lo, hi)
 
 
-__all__ = ["ExportResult", "data_zones", "exception_runs", "export", "sorted_exceptions"]
+__all__ = ["ExportResult", "data_zones", "export", "sorted_exceptions"]
