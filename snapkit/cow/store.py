@@ -64,36 +64,54 @@ class Areas:
     next_free: int
 
 
+SCAN_GROUP = 256  # metadata areas decoded together: one frombytes for 1 MiB of entries
+
+
 def scan_areas(dev: BlockDevice, geo: Geometry) -> Areas:
-    """read_exceptions(): areas in order until one is not full, refusing contradictions."""
+    """read_exceptions(): areas in order until one is not full, refusing contradictions.
+
+    Areas are read one pread each but decoded ``SCAN_GROUP`` at a time: one array of all
+    their words, split into the old and new columns by two strided slices, and the end of the
+    list found with one ``index(0)`` over the group's new chunks. Per area only the target
+    check runs (a min and a max), so 1,000,000 exceptions cost a few thousand C calls, not
+    a million Python steps.
+    """
     epa, csb, limit = geo.entries_per_area, geo.chunk_bytes, geo.cow_chunks
     olds: array[int] = array("Q")
     news: array[int] = array("Q")
     next_free = HEADER_CHUNKS + 1
-    area_index = 0
+    first = 0
     while True:
-        location = geo.area_location(area_index)
-        raw = dev.read(location * csb, csb) if location < limit else b""
-        if len(raw) < csb:
-            raise CowFormatError(
-                f"COW is truncated: metadata area {area_index} (chunk {location}) lies past "
-                f"the end of a {limit}-chunk store"
-            )
-        area_olds, area_news = area_pairs(raw)
-        count = live_count(area_news)
-        if count:
-            area_olds, area_news = area_olds[:count], area_news[:count]
-            top = _check_targets(geo, area_index, area_news)
-            olds.extend(area_olds)
-            news.extend(area_news)
-            next_free = max(next_free, top + 1)
-        if count < epa:
-            if len(set(olds)) != len(olds):
-                raise CowFormatError(_duplicate_message(olds))
-            return Areas(
-                olds, news, area_index, count, bytearray(raw), geo.skip_metadata(next_free)
-            )
-        area_index += 1
+        raws: list[bytes] = []
+        for area_index in range(first, first + SCAN_GROUP):
+            location = geo.area_location(area_index)
+            raw = dev.read(location * csb, csb) if location < limit else b""
+            if len(raw) < csb:
+                if not raws:
+                    raise CowFormatError(
+                        f"COW is truncated: metadata area {area_index} (chunk {location}) "
+                        f"lies past the end of a {limit}-chunk store"
+                    )
+                break  # decode what was read first: an earlier area may end the list
+            raws.append(raw)
+        group_olds, group_news = area_pairs(b"".join(raws))
+        live = live_count(group_news)
+        for i in range(min(len(raws), live // epa + 1)):
+            count = min(epa, live - i * epa)
+            if count:
+                area_news = group_news[i * epa : i * epa + count]
+                next_free = max(next_free, _check_targets(geo, first + i, area_news) + 1)
+            if count < epa:
+                olds.extend(group_olds[:live])
+                news.extend(group_news[:live])
+                if len(set(olds)) != len(olds):
+                    raise CowFormatError(_duplicate_message(olds))
+                return Areas(
+                    olds, news, first + i, count, bytearray(raws[i]), geo.skip_metadata(next_free)
+                )
+        olds.extend(group_olds)
+        news.extend(group_news)
+        first += len(raws)
 
 
 def _check_targets(geo: Geometry, area_index: int, news: array[int]) -> int:

@@ -167,9 +167,21 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 
 
 def test_bench_cow_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "cow", "--json", "--dir", str(tmp_path), "--origin-mib", "4"]
+    argv = ["bench", "cow", "--json", "--dir", str(tmp_path), "--origin-mib", "4", "--rounds", "2"]
     assert main([*argv, "--exceptions", "300", "--inspect-exceptions", "2000"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in doc["results"]} == {"inspect", "inspect-1M", "export", "merge"}
-    assert doc["copy_seconds"] > 0
+    assert doc["copy_seconds"] > 0 and doc["cp_seconds"] > 0 and doc["rounds"] == 2
+    export = next(r for r in doc["results"] if r["name"] == "export")
+    assert export["baseline"] == "cp" and export["goal"] == "<= 1.5x cp"
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_cow_text_prints_both_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "cow", "--dir", str(tmp_path), "--origin-mib", "4", "--rounds", "1"]
+    assert main([*argv, "--exceptions", "300", "--inspect-exceptions", "2000"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("export / cp: ") and "inspect of 2000 exceptions: " in last
     assert os.listdir(tmp_path) == []

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,32 +161,90 @@ def test_an_export_failing_in_the_middle_leaves_the_output_as_it_was(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    origin, cow = _pair(tmp_path, origin_chunks=4096)  # 16 MiB: two 8 MiB blocks
+    origin, cow = _pair(tmp_path, origin_chunks=4096)  # 16 MiB: more than one 8 MiB write
     out = tmp_path / "out.img"
     if existing:
         out.write_bytes(b"precious" * 1000)
     before = sha256_file(out) if existing else None
-    real_write = export_module._write_all
+    real_write = export_module._write_views
     calls: list[int] = []
 
-    def write_then_fail(fd: int, view: memoryview, offset: int | None) -> None:
+    def write_then_fail(fd: int, pieces: list[memoryview], offset: int | None) -> int:
         calls.append(fd)
         if len(calls) > 1:
             raise OSError(28, "No space left on device")
-        real_write(fd, view, offset)
+        return real_write(fd, pieces, offset)
 
-    monkeypatch.setattr(export_module, "_write_all", write_then_fail)
+    monkeypatch.setattr(export_module, "_write_views", write_then_fail)
     assert main([*_export_argv(origin, cow, out), "--force"]) == 1
     assert capsys.readouterr().err == "snapkit: error: export failed: No space left on device\n"
-    assert len(calls) == 2  # it did fail in the middle, after writing a block
+    assert len(calls) == 2  # it did fail in the middle, after writing a batch
     assert (sha256_file(out) if existing else out.exists()) == (before if existing else False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["cow.img", "origin.img", *(["out.img"] if existing else [])]
     )
     # the control: the same export without the fault writes the snapshot view
-    monkeypatch.setattr(export_module, "_write_all", real_write)
+    monkeypatch.setattr(export_module, "_write_views", real_write)
     assert main([*_export_argv(origin, cow, out), "--force"]) == 0
     assert out.stat().st_size == 4096 * CSB
+
+
+def _shrunk_origin(tmp_path: Path) -> tuple[Path, Path]:
+    """A pair whose COW has an exception past the end of the origin it is given: the origin
+    is cut to 8 of its 64 chunks, and the COW holds chunk 63."""
+    origin, cow = _pair(tmp_path)
+    with origin.open("r+b") as f:
+        f.truncate(8 * CSB)
+    return origin, cow
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("failure", ["exception past the origin", "write error", "interrupt"])
+def test_a_failed_export_leaves_an_existing_output_byte_identical(
+    failure: str,
+    force: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 16's "must show": whatever stops an export, with or without --force, the file at
+    the output path keeps every byte, and no temporary file is left beside it."""
+    if failure == "exception past the origin":
+        origin, cow = _shrunk_origin(tmp_path)
+    else:
+        origin, cow = _pair(tmp_path, origin_chunks=4096)
+    out = tmp_path / "out.img"
+    out.write_bytes(os.urandom(3 * CSB + 5))
+    before = out.read_bytes()
+    calls: list[int] = []
+    real_write = export_module._write_views
+
+    def fail_second(fd: int, pieces: list[memoryview], offset: int | None) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, pieces, offset)
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(export_module, "_write_views", fail_second)
+    code = main([*_export_argv(origin, cow, out), *(["--force"] if force else [])])
+    err = capsys.readouterr().err
+    if failure == "exception past the origin":  # checked before the output is looked at
+        assert code == 1 and "smaller than the exceptions require" in err
+    elif not force:
+        assert (code, err) == (
+            1,
+            f"snapkit: error: output {out} exists (pass --force to replace it)\n",
+        )
+    elif failure == "write error":
+        assert (code, err) == (1, "snapkit: error: export failed: Input/output error\n")
+    else:
+        assert code == 130
+    if force and failure != "exception past the origin":
+        assert len(calls) == 2  # it failed after a batch had been written to the temp file
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cow.img", "origin.img", "out.img"]
 
 
 def test_an_interrupted_export_leaves_no_temporary_file(
@@ -196,7 +255,7 @@ def test_an_interrupted_export_leaves_no_temporary_file(
     def interrupt(*_args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_module, "_write_all", interrupt)
+    monkeypatch.setattr(export_module, "_write_views", interrupt)
     assert main(_export_argv(origin, cow, tmp_path / "out.img")) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cow.img", "origin.img"]
 
@@ -282,3 +341,54 @@ def test_a_cow_of_one_whole_chunk_keeps_the_three_chunks_message(
     assert main(["cow", "inspect", str(cow)]) == 1
     err = capsys.readouterr().err
     assert "smaller than three chunks" in err and "truncated" not in err
+
+
+def test_a_holey_origin_exports_exactly_and_stays_as_sparse(tmp_path: Path) -> None:
+    """Chunks of 8 KiB over an origin whose 4 KiB blocks alternate between data and holes, so
+    exception chunks straddle a hole's edge and the image is cut into many zones; the file,
+    the pipe and the model must agree, and the file holds no more blocks than the origin's
+    data plus the exceptions."""
+    from snapkit.cow.model import Origin
+
+    origin, cow = tmp_path / "origin.img", tmp_path / "cow.img"
+    size = 2048 * CSB  # 8 MiB
+    with origin.open("wb") as f:
+        f.truncate(size)
+        for block in (0, 1, 7, 100, 101, 102, 1000, 2047):
+            f.seek(block * CSB)
+            f.write(bytes([block % 200 + 1]) * CSB)
+    cow.write_bytes(bytes(64 * CSB))
+    with FileDevice(origin, writable=True) as odev, FileDevice(cow, writable=True) as cdev:
+        model = Origin(odev)
+        snap = model.snapshot(cdev, "P", 16)
+        for block in (1, 6, 101, 500, 1000, 2046):  # half of an 8 KiB chunk each
+            model.write(block * CSB, b"new" * 100)
+        snap.write(300 * CSB, b"s" * 5000)
+        view = snap.read(0, size)
+    out = tmp_path / "view.img"
+    assert main([*_export_argv(origin, cow, out), "--no-fsync"]) == 0
+    assert out.read_bytes() == view
+    piped = subprocess.run(
+        [sys.executable, "-m", "snapkit", *_export_argv(origin, cow, Path("-"))],
+        check=True,
+        capture_output=True,
+    )
+    assert piped.stdout == view
+    origin_blocks = origin.stat().st_blocks * 512
+    exceptions = 7 * 2 * CSB
+    assert out.stat().st_size == size
+    assert out.stat().st_blocks * 512 <= origin_blocks + exceptions < size // 4
+
+
+def test_both_ways_of_sorting_the_exceptions_agree() -> None:
+    from array import array
+
+    from snapkit.cow.export import sorted_exceptions
+
+    class Store:
+        olds = array("Q", [9, 2, 7, 0, 5])
+        news = array("Q", [2, 3, 4, 5, 6])
+
+    expected = ([0, 2, 5, 7, 9], [5, 3, 6, 4, 2])
+    assert sorted_exceptions(Store(), 10) == expected  # type: ignore[arg-type]
+    assert sorted_exceptions(Store()) == expected  # type: ignore[arg-type]
