@@ -104,7 +104,7 @@ def test_a_luks2_keyring_key_is_refused_with_the_way_out() -> None:
     lv = Layer(Kind.LV, _info(DevNum(253, 0), "dm-0", "vg-home", "LVM-x"), None)
     with pytest.raises(RefusedError, match="kernel keyring") as refused:
         L.refuse_keyring(Stack((crypt, lv)))
-    assert "--disable-keyring" in (refused.value.hint or "")
+    assert "--key-file" in (refused.value.hint or "")
 
 
 # -- the dm method, wrapped ---------------------------------------------------------------------

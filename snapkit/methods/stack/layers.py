@@ -186,8 +186,8 @@ def refuse_keyring(stack: Stack) -> None:
         if isinstance(target, Crypt) and target.in_keyring:
             raise RefusedError(
                 f"the key of {layer.path} is in the kernel keyring, not in its table",
-                hint="snapkit copies a key only from a table; open the mapping with "
-                "'cryptsetup open --disable-keyring', or snapshot with --method freeze",
+                hint="give --key-file FILE to have cryptsetup unlock the snapshot's LUKS "
+                "header, or open the mapping with 'cryptsetup open --disable-keyring'",
             )
 
 
