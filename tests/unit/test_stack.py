@@ -311,3 +311,33 @@ def test_key_file_needs_a_readable_file_and_one_crypt_layer(tmp_path: Path) -> N
     assert stacked.stack is not None
     method = wrap(DmMethod(world.host), world.host, request.target, stacked.stack, key_file="/nope")
     assert "/nope is not a readable file" in (method.unsuitable(request.target) or "")
+
+
+def test_recover_rebuilds_the_layer_of_a_record_an_earlier_family_settled(tmp_path: Path) -> None:
+    """Found by the stacked power cuts: lvm's recovery settled a create cut short (clearing
+    its mark and saving the record) after StackRecovery had planned with the marked record,
+    which then skipped the rebuild. The step reads the record again when it runs."""
+    from snapkit.methods.base import Context
+    from snapkit.methods.stack.recover import StackRecovery
+    from snapkit.model import Pending
+    from snapkit.settings import Settings
+    from snapkit.state import StateData, StateFile
+
+    world, method, request = _stacked_world(tmp_path)
+    plan, record = method.plan_create(request)
+    apply(plan)
+    world.dm.remove("s1-crypt")  # as after a reboot: the layer is gone, the base is back
+    settings = Settings.under(tmp_path / "state")
+    state = StateFile(settings.state_dir)
+    marked = StateData().with_snapshot(record.marked(Pending.CREATE))
+    recovery = StackRecovery(Context(world.host, settings))
+    steps, done = recovery.plan_recover(marked)  # planned while the mark is there
+    state.save(StateData().with_snapshot(record))  # then an earlier family settles it
+    apply(steps)
+    assert "s1-crypt" in world.dm.state(), done.actions
+    assert any("rebuilt /dev/mapper/s1-crypt" in a for a in done.actions)
+    state.save(StateData())  # and a record an earlier family dropped is left alone
+    world.dm.remove("s1-crypt")
+    steps, done = recovery.plan_recover(marked)
+    apply(steps)
+    assert "s1-crypt" not in world.dm.state() and not done.actions

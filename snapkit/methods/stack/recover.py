@@ -2,7 +2,8 @@
 
 Runs after the dm and lvm recoveries (registry order), which bring back the base snapshot
 (the LV, or the dm snapshot device). Decided when its step runs, not when planned, because
-those earlier plans create what this one looks at. Per stacked record:
+those earlier plans create what this one looks at -- and settle the record (read again from
+the state file then). Per stacked record:
 
 * the origin's lowest layer parked on ``NAME-park`` (a merge cut short between park and
   unpark, by a SIGKILL or an error whose undo did not run): move it back over the base and
@@ -25,7 +26,7 @@ from snapkit.methods.stack import STACK_KEY, luks
 from snapkit.methods.stack import layers as L
 from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
-from snapkit.state import StateData
+from snapkit.state import StateData, StateFile
 
 
 class StackRecovery(FamilyRecovery):
@@ -52,6 +53,14 @@ def _settle(ctx: Context, record: SnapshotRecord, done: Recovered) -> None:
         if dm.info(info.park) is not None and not L.parked(dm, info):
             dm.remove(info.park)
             done.actions.append(f"{record.name}: removed {info.park}")
+        # The record as the families before this one left it (their plans ran and were
+        # saved since this plan was built): lvm's recovery may have settled a create or a
+        # merge, clearing its mark, or dropped the record. Measured (issue 19's power cuts):
+        # the mark read at planning time skipped the rebuild of a settled create's layer.
+        fresh = StateFile(ctx.settings.state_dir).load().snapshot(record.name)
+        if fresh is None:
+            return
+        record = fresh
         if info.key_file:
             _settle_luks(ctx, record, info, done)
             return
