@@ -185,7 +185,7 @@ def _judge_stack(
         dev = shown.get("device", "")
         if dev != f"/dev/mapper/{upper}":
             problems.append(f"the snapshot's device is {dev!r}, not its layer {upper}")
-        elif k.fs == "ext4":
+        elif k.fs == "ext4" and os.path.exists(dev):  # a missing one fails fsck already
             out["snapshot_journal_clean"] = not check.needs_recovery(dev)
             if not out["snapshot_journal_clean"]:
                 problems.append(f"{upper}: the ext4 journal needs recovery (not frozen?)")
