@@ -139,7 +139,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         FAULTS,
         "--methods",
         metavar="M,...",
-        help="cut points of these methods only (default dm,dm-direct,lvm)",
+        help="cut points of these methods only (default dm,dm-direct,lvm; the stacked "
+        "dm+crypt and lvm+crypt -- a filesystem on dm-crypt over the base -- only when named)",
     )
     _only(faults, FAULTS, "--json", action="store_true", help="print the summary as JSON")
 

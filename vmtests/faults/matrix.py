@@ -6,6 +6,12 @@ from the seed, for what has no steps of snapkit's own to pause at: one ``lvcreat
 ``lvconvert`` / ``lvremove`` / ``lvextend``, and the kernel's merge once it runs. Phases:
 create (on an empty origin), merge, discard and extend (of a snapshot taken beforehand).
 
+Stacked origins (issue 19): the methods ``dm+crypt`` and ``lvm+crypt`` are snapkit's ``dm`` and
+``lvm`` applied to a filesystem on a plain dm-crypt mapping over the prepared device or LV, for
+the phases create and merge. They are opt-in (``--methods``), not in :data:`METHODS`: the
+default run, its ids and what ``--cuts N`` picks stay exactly those of issue 6, and their
+seeded delays come from a random stream of their own, so adding them moved no existing point.
+
 Pure: no VM, no I/O; ``run.py`` executes, ``report.py`` sums up.
 """
 
@@ -17,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 FILESYSTEMS = ("ext4", "xfs", "btrfs")
-METHODS = ("dm", "dm-direct", "lvm")
+METHODS = ("dm", "dm-direct", "lvm")  # the default run (issue 6)
+STACKED_METHODS = ("dm+crypt", "lvm+crypt")  # opt-in: --methods dm+crypt,lvm+crypt
+ALL_METHODS = METHODS + STACKED_METHODS
 PHASES = ("create", "merge", "discard", "extend")
 MAIN_PHASES = ("create", "merge")
 FS_SHORT = {"ext4": "e4", "xfs": "xf", "btrfs": "bt"}
-METHOD_SHORT = {"dm": "dm", "dm-direct": "dd", "lvm": "lv"}
+METHOD_SHORT = {"dm": "dm", "dm-direct": "dd", "lvm": "lv", "dm+crypt": "dc", "lvm+crypt": "lc"}
 # Plan lengths as flow numbers them (1-based, as --dry-run shows; steps + 1 pauses after the
 # last step, before the flow records what the plan did). btrfs's creates add four steps:
 # the watchdog, FIFREEZE, FITHAW and its stop around the suspend (snapkit/freezing.py). The
@@ -36,6 +44,16 @@ DM_STEPS: dict[tuple[str, int], int] = {
 }
 BTRFS_FREEZE_STEPS = 4
 DIRECT_STEPS: dict[tuple[str, int], int] = {("create", 1): 9, ("merge", 1): 5, ("discard", 1): 5}
+# A stacked create (snapkit/methods/stack/method.py), as ``create --dry-run`` shows it in a
+# guest, the same on every filesystem (the inner plan's own freeze steps are not planned under
+# a frozen top): watchdog start, FIFREEZE, one step running the whole inner create, FITHAW,
+# watchdog stop, then create/load/resume of NAME-crypt. The merge's start: remove NAME-crypt,
+# create/load/resume NAME-park, reload the origin's crypt mapping over it, the inner merge (one
+# step), reload it back, remove the park; dm's finish is its own (6 steps, as unstacked).
+STACK_STEPS: dict[str, dict[tuple[str, int], int]] = {
+    "dm+crypt": {("create", 1): 8, ("merge", 1): 8, ("merge", 2): 6},
+    "lvm+crypt": {("create", 1): 8, ("merge", 1): 8},
+}
 SEEDED = {  # (method, phase): (delays per filesystem, shortest and longest delay in ms)
     ("lvm", "create"): (3, 0, 1500),
     ("lvm", "merge"): (3, 0, 3000),
@@ -44,6 +62,12 @@ SEEDED = {  # (method, phase): (delays per filesystem, shortest and longest dela
     ("dm", "merge"): (2, 0, 1200),
     ("dm", "create"): (2, 0, 600),
     ("dm-direct", "create"): (1, 0, 600),
+}
+SEEDED_STACKED = {  # drawn from their own stream (``STACKED_SEED``): see the module's doc
+    ("lvm+crypt", "create"): (2, 0, 1500),  # inside lvcreate, the top frozen
+    ("lvm+crypt", "merge"): (2, 0, 3000),  # inside lvconvert, the crypt mapping parked
+    ("dm+crypt", "create"): (1, 0, 600),  # after it returned: recover rebuilds NAME-crypt
+    ("dm+crypt", "merge"): (1, 0, 1200),  # in the kernel's merge, the mapping moved back
 }
 # A seeded delay counts from the moment the operation's one external command is logged as
 # started (SNAPKIT_DEBUG), so it lands inside that command, not in snapkit's start-up; for a
@@ -60,13 +84,17 @@ MARKERS = {
     ("dm", "create"): OP_EXITED,
     ("dm-direct", "create"): OP_EXITED,
     ("dm", "merge"): "step 4/4: dmsetup resume",
+    ("lvm+crypt", "create"): "run: lvcreate",
+    ("lvm+crypt", "merge"): "run: lvconvert",
+    ("dm+crypt", "create"): OP_EXITED,
+    ("dm+crypt", "merge"): "step 7/8: dmsetup reload",
 }
 
 
 @dataclass(frozen=True, order=True)
 class Cut:
     fs: str
-    method: str  # "dm", "dm-direct" or "lvm"
+    method: str  # "dm", "dm-direct", "lvm", or stacked: "dm+crypt", "lvm+crypt"
     phase: str  # "create", "merge", "discard" or "extend"
     plan: int = 1  # which plan of the command the step is in
     step: int = 0  # pause before this step; 0: cut after delay_ms instead
@@ -116,6 +144,8 @@ def kind_spec(kid: str, cuts: list[Cut]) -> dict[str, Any]:
 
 
 def _steps(fs: str, method: str) -> dict[tuple[str, int], int]:
+    if method in STACK_STEPS:
+        return STACK_STEPS[method]
     steps = {"dm": DM_STEPS, "dm-direct": DIRECT_STEPS}.get(method, {})
     extra = BTRFS_FREEZE_STEPS if fs == "btrfs" else 0
     return {k: n + (extra if k == ("create", 1) else 0) for k, n in steps.items()}
@@ -124,14 +154,26 @@ def _steps(fs: str, method: str) -> dict[tuple[str, int], int]:
 def all_cuts(seed: int = 6) -> list[Cut]:
     """Every point the matrix knows, in a stable order: each step (and the pause after the
     last) of every plan snapkit applies, per filesystem, and seeded delays where the work is
-    one external command or the kernel's."""
+    one external command or the kernel's. The stacked methods' points come after all of
+    issue 6's, their delays from a stream of their own, so those keep their ids and order."""
+    return _cuts(seed, METHODS, SEEDED) + _cuts(
+        STACKED_SEED + seed, STACKED_METHODS, SEEDED_STACKED
+    )
+
+
+STACKED_SEED = 19_000  # issue 19: offsets the stacked points' stream from issue 6's
+
+
+def _cuts(
+    seed: int, methods: tuple[str, ...], seeded: dict[tuple[str, str], tuple[int, int, int]]
+) -> list[Cut]:
     rng = random.Random(seed)
     cuts: list[Cut] = []
     for fs in FILESYSTEMS:
-        for method in METHODS:
+        for method in methods:
             for (phase, plan), n in _steps(fs, method).items():
                 cuts += [Cut(fs, method, phase, plan, s) for s in range(1, n + 2)]
-            for (m, phase), (count, lo, hi) in SEEDED.items():
+            for (m, phase), (count, lo, hi) in seeded.items():
                 if m == method:
                     cuts += [
                         Cut(fs, m, phase, delay_ms=rng.randrange(lo, hi)) for _ in range(count)
@@ -146,7 +188,11 @@ def choose(
     rest from discard and extend. Within each, every (phase, fs, method) group gets points in
     proportion to its size -- the next point always comes from the group least covered so
     far, ties and each group's points in a seeded order -- so a small ``n`` still touches
-    many groups. ``ids``: exactly these points (a replay)."""
+    many groups. ``ids``: exactly these points (a replay). A selection with no discard or
+    extend points (the stacked methods have none) puts all ``n`` on create and merge."""
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(ALL_METHODS)}")
     everything = all_cuts(seed)
     if ids:
         known = {c.id: c for c in everything}
@@ -158,8 +204,8 @@ def choose(
     if n is None or n >= len(cuts):
         return cuts
     main = [c for c in cuts if c.phase in MAIN_PHASES]
-    n_main = min(len(main), -(-n * 5 // 6))
     rest = [c for c in cuts if c.phase not in MAIN_PHASES]
+    n_main = min(len(main), max(-(-n * 5 // 6), n - len(rest)))
     picked = _spread(main, n_main, seed) + _spread(rest, n - n_main, seed)
     return sorted(picked, key=cuts.index)
 
@@ -208,4 +254,15 @@ def _alternate(cuts: list[Cut]) -> list[Cut]:
     return out
 
 
-__all__ = ["FILESYSTEMS", "METHODS", "PHASES", "Cut", "all_cuts", "chains", "choose", "kind_spec"]
+__all__ = [
+    "ALL_METHODS",
+    "FILESYSTEMS",
+    "METHODS",
+    "PHASES",
+    "STACKED_METHODS",
+    "Cut",
+    "all_cuts",
+    "chains",
+    "choose",
+    "kind_spec",
+]

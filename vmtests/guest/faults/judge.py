@@ -12,6 +12,17 @@ The oracle, for a cut of any phase:
   the operation (merge, discard, extend) still has exactly its tree;
 * no dm device is left suspended and no filesystem left frozen.
 
+A stacked kind (``dm+crypt``, ``lvm+crypt``) is first brought up as a user would after the
+reboot (``kind.boot``: the crypt mapping opened again with its key, ``recover`` -- twice on a
+dm base, before and after the mapping is opened), every recover must exit 0, and on top:
+
+* an active snapshot's device is its rebuilt plaintext layer ``NAME-crypt`` and, on ext4, its
+  journal is clean before anything mounts it (the top filesystem was frozen for the copy);
+* no ``NAME-park`` is left (recover moves a parked mapping back);
+* a merge cut short and left active by recover is finished by ``snapshot merge NAME --wait``,
+  as a user would: then the origin must equal the snapshot's tree, the crypt mapping sit over
+  the base again, and neither ``NAME-crypt`` nor ``NAME-park`` be left.
+
 Each checker has a negative control (``controls``): the same function, run on a planted fault
 -- an acknowledged file renamed away, a file added to a tree, a frozen mount, a suspended
 device, a zeroed superblock on a throwaway layer -- must report it. Standard library only.
@@ -25,7 +36,7 @@ import os
 from typing import Any
 
 from vmtests.guest import check
-from vmtests.guest.faults.kind import Kind, acked, attach, read_int, snapkit
+from vmtests.guest.faults.kind import Kind, acked, attach, boot, read_int, snapkit
 from vmtests.guest.proc import CommandError, log, run
 from vmtests.guest.writer import pattern
 
@@ -93,11 +104,12 @@ def judge(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"problems": []}
     problems: list[str] = out["problems"]
     attach(k)
-    rec = snapkit(k, "recover", "--json", check_ok=False)
-    out["recover_exit"] = rec.returncode
-    log(f"recover said: {rec.stdout.strip()}")
-    if rec.returncode != 0:
-        problems.append(f"recover exited {rec.returncode}: {rec.stderr.strip()[-500:]}")
+    recovers = boot(k) if k.crypt else [snapkit(k, "recover", "--json", check_ok=False)]
+    out["recover_exit"] = max(rec.returncode for rec in recovers)
+    for rec in recovers:
+        log(f"recover said: {rec.stdout.strip()}")
+        if rec.returncode != 0:
+            problems.append(f"recover exited {rec.returncode}: {rec.stderr.strip()[-500:]}")
     listed = snapkit(k, "snapshot", "list", "--json", check_ok=False)
     snaps = {s["name"]: s for s in json.loads(listed.stdout or "[]")}
     state = out["snapshot"] = snaps.get(k.name, {}).get("state", "absent")
@@ -126,6 +138,8 @@ def judge(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"snapshot {k.name}: {wrong}")
     if state == "active":
         _judge_snapshot(k, phase, snaps[k.name]["device"], before, out)
+    if k.crypt:
+        _judge_stack(k, phase, state, snaps.get(k.name, {}), out)
     out["suspended"] = suspended()
     if out["suspended"]:
         problems.append(f"devices left suspended: {out['suspended']}")
@@ -159,6 +173,62 @@ def _judge_snapshot(k: Kind, phase: str, dev: str, before: int, out: dict[str, A
         problems.append(f"fsck of the snapshot: {result.out[-400:]}")
     if out["snapshot_lost"]:
         problems.append(f"the snapshot lacks {out['snapshot_lost']} files acked before it")
+
+
+def _judge_stack(
+    k: Kind, phase: str, state: str, shown: dict[str, Any], out: dict[str, Any]
+) -> None:
+    """The stacked kind's own checks (the module's doc); the origin is unmounted here."""
+    problems: list[str] = out["problems"]
+    upper, park = f"{k.name}-crypt", f"{k.name}-park"
+    if state == "active":
+        dev = shown.get("device", "")
+        if dev != f"/dev/mapper/{upper}":
+            problems.append(f"the snapshot's device is {dev!r}, not its layer {upper}")
+        elif k.fs == "ext4" and os.path.exists(dev):  # a missing one fails fsck already
+            out["snapshot_journal_clean"] = not check.needs_recovery(dev)
+            if not out["snapshot_journal_clean"]:
+                problems.append(f"{upper}: the ext4 journal needs recovery (not frozen?)")
+    if _dm_exists(park):
+        problems.append(f"{park} left after recover")
+    if phase != "merge" or state != "active":
+        return
+    merged = snapkit(k, "snapshot", "merge", k.name, "--wait", "--json", check_ok=False)
+    out["merge_finished"] = merged.returncode == 0
+    if merged.returncode != 0:
+        problems.append(f"merge --wait after recover: {merged.stderr.strip()[-500:]}")
+        return
+    run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+    try:
+        out["merge_equal"] = check.tree_hash(k.mnt) == _text(k.expected)
+    finally:
+        run(["umount", k.mnt])
+    if not out["merge_equal"]:
+        problems.append("after merge --wait the origin differs from the snapshot")
+    left = [name for name in (upper, park) if _dm_exists(name)]
+    if left:
+        problems.append(f"left after merge --wait: {left}")
+    if _deps(k.crypt_name) != _deps_of_node(k.base_dev):
+        problems.append(f"{k.crypt_name} is not back over {k.base_dev} after the merge")
+    result = check.fsck(k.fs, k.origin_dev)
+    if not result.ok:
+        problems.append(f"fsck of the origin after merge --wait: {result.out[-400:]}")
+
+
+def _dm_exists(name: str) -> bool:
+    return run(["dmsetup", "info", name], check=False).ok
+
+
+def _deps(name: str) -> str:
+    """The major:minor a mapping sits on (``dmsetup deps``: the table, not its key)."""
+    out = run(["dmsetup", "deps", name], check=False).out
+    inside = out[out.find("(") + 1 : out.find(")")].replace(" ", "")
+    return inside.replace(",", ":")
+
+
+def _deps_of_node(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
 
 def _diagnose(k: Kind) -> None:

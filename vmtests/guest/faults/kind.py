@@ -3,6 +3,12 @@
 Every name carries the kind id, so two kinds can share one boot (the judge of one cut and the
 arming of the next) without meeting: their dm devices, VGs, snapshots, mount points, state
 directories and writer stop files all differ. Standard library only.
+
+A stacked kind (method ``dm+crypt`` or ``lvm+crypt``, issue 19) has its filesystem on a plain
+dm-crypt mapping ``c<kid>`` over the base (the prepared device or the LV); snapkit is run with
+the base's method. Its key is the harness's, kept on the keep disk (``/k/<kid>/key``) so that
+every boot can open the mapping again as a user's crypttab would: a power cut takes every dm
+table, the crypt mapping's too, and snapkit never stores that key.
 """
 
 from __future__ import annotations
@@ -16,17 +22,28 @@ from typing import Any
 
 from vmtests.guest.proc import log, run
 
+CIPHER = "aes-xts-plain64"
+
 
 @dataclass(frozen=True)
 class Kind:
     kid: str
     fs: str
-    method: str  # "dm", "dm-direct" or "lvm"
+    method: str  # "dm", "dm-direct", "lvm", "dm+crypt" or "lvm+crypt"
     snapped: bool
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Kind:
         return cls(spec["kid"], spec["fs"], spec["method"], bool(spec["snapped"]))
+
+    @property
+    def base_method(self) -> str:
+        """The method snapkit is run with: a stacked kind's is that of the layer below."""
+        return self.method.split("+")[0]
+
+    @property
+    def crypt(self) -> bool:
+        return self.method.endswith("+crypt")
 
     @property
     def keep(self) -> str:
@@ -81,12 +98,27 @@ class Kind:
         return f"vg{self.kid}"
 
     @property
-    def origin_dev(self) -> str:
-        return f"/dev/{self.vg}/lv0" if self.method == "lvm" else f"/dev/mapper/{self.prepared}"
+    def base_dev(self) -> str:  # what the method snapshots
+        lvm = self.base_method == "lvm"
+        return f"/dev/{self.vg}/lv0" if lvm else f"/dev/mapper/{self.prepared}"
+
+    @property
+    def crypt_name(self) -> str:
+        return f"c{self.kid}"
+
+    @property
+    def key_file(self) -> str:  # the harness's test key, on the persistent keep disk
+        return f"{self.keep}/key"
+
+    @property
+    def origin_dev(self) -> str:  # where the filesystem is
+        return f"/dev/mapper/{self.crypt_name}" if self.crypt else self.base_dev
 
     @property
     def dm_name(self) -> str:  # the origin's dm name (LVM doubles no hyphen: kids have none)
-        return f"{self.vg}-lv0" if self.method == "lvm" else self.prepared
+        if self.crypt:
+            return self.crypt_name
+        return f"{self.vg}-lv0" if self.base_method == "lvm" else self.prepared
 
     @property
     def stop(self) -> str:
@@ -110,7 +142,9 @@ def attach(k: Kind, *, fresh: bool = False) -> None:
     run(["mount", k.keep_disk, k.keep])
     os.makedirs(k.state, exist_ok=True)
     run(["modprobe", k.fs], check=False)
-    if k.method == "lvm" and not fresh:
+    if k.crypt:
+        run(["modprobe", "dm-crypt"], check=False)
+    if k.base_method == "lvm" and not fresh:
         run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
 
 
@@ -120,7 +154,10 @@ def teardown(k: Kind) -> None:
     state file it is using (``Flow.load``), so two kinds must never be live at once."""
     for mnt in (k.snap_mnt, k.mnt):
         run(["umount", mnt], check=False)
-    if k.method == "lvm":
+    if k.crypt:  # the layers hold the LV: vgchange -an would refuse it
+        for name in (f"{k.name}-crypt", k.crypt_name):
+            run(["dmsetup", "remove", name], check=False)
+    if k.base_method == "lvm":
         run(["vgchange", "-an", k.vg], check=False)
     for _ in range(4):  # snapshots before what they sit on: retry until none is left
         names = [n for n in _dm_names() if k.kid in n]
@@ -137,6 +174,33 @@ def teardown(k: Kind) -> None:
         if backing.startswith(k.keep + "/"):
             run(["losetup", "-d", f"/dev/{loop}"], check=False)
     run(["umount", k.keep], check=False)
+
+
+def open_crypt(k: Kind) -> None:
+    """Open the origin's crypt mapping over the base with the harness's key, as a boot's
+    crypttab (cryptsetup plain mode, its uuid too) would. The table goes in on stdin: the
+    key is on no command line and in no log."""
+    with open(k.key_file, encoding="utf-8") as f:
+        key = f.read().strip()
+    size = run(["blockdev", "--getsz", k.base_dev]).out.strip()
+    table = f"0 {size} crypt {CIPHER} {key} 0 {k.base_dev} 0\n"
+    uuid = f"CRYPT-PLAIN-{k.crypt_name}"
+    run(["dmsetup", "create", k.crypt_name, "--uuid", uuid], stdin=table)
+
+
+def boot(k: Kind) -> list[subprocess.CompletedProcess[str]]:
+    """What a user does after a reboot, before using the kind's origin; the recovers' results.
+    Unstacked dm: ``snapkit recover`` (the prepared origin, and the snapshot). Stacked on lvm:
+    open the crypt mapping over the LV (activated by ``attach``), then recover (it rebuilds
+    ``NAME-crypt`` with the key read from that mapping). Stacked on dm: recover first (the
+    prepared device the mapping sits on is snapkit's), open the mapping, recover again."""
+    done = []
+    if k.base_method != "lvm":
+        done.append(snapkit(k, "recover", "--json", check_ok=False))
+    if k.crypt:
+        open_crypt(k)
+        done.append(snapkit(k, "recover", "--json", check_ok=False))
+    return done
 
 
 def _dm_names() -> list[str]:

@@ -24,6 +24,10 @@ under test gets the one vCPU first -- it still writes all along), and launch the
 the background with flow's test hook pausing it before plan step N (``SNAPKIT_TEST_PAUSE_AT``).
 The host polls ``/tmp/op-<kid>.err`` for the pause line, or waits a seeded delay, and SIGKILLs
 QEMU. The judge is in ``judge.py``. Prints one JSON object. Standard library only.
+
+A stacked kind (``dm+crypt``, ``lvm+crypt``: ``kind.py``) builds the same base with a plain
+crypt mapping between the base and the filesystem, and every boot of it first does what a
+user does at boot (``kind.boot``): open the mapping again with the same key, and recover.
 """
 
 from __future__ import annotations
@@ -34,13 +38,23 @@ sys.path.insert(0, "/src")
 
 import json
 import os
+import secrets
 import subprocess
 import time
 import traceback
 from typing import Any
 
 from vmtests.guest import check, command
-from vmtests.guest.faults.kind import Kind, acked, attach, durable, snapkit, teardown
+from vmtests.guest.faults.kind import (
+    Kind,
+    acked,
+    attach,
+    boot,
+    durable,
+    open_crypt,
+    snapkit,
+    teardown,
+)
 from vmtests.guest.proc import log, run
 from vmtests.guest.writer import pattern
 
@@ -93,12 +107,15 @@ def build(k: Kind) -> dict[str, Any]:
     with the kind's devices taken down as a shutdown would: the state file still records the
     snapshot, so every cut starts with a reboot's ``snapkit recover``."""
     attach(k, fresh=True)
-    if k.method == "lvm":
+    if k.base_method == "lvm":
         run(["pvcreate", "-q", "-y", k.origin_disk])
         run(["vgcreate", "-q", k.vg, k.origin_disk])
         run(["lvcreate", "-q", "-y", "-L", "160M", "-n", "lv0", k.vg])
     else:
         snapkit(k, "device", "prepare", k.origin_disk, "--name", k.prepared)
+    if k.crypt:  # the harness's key, kept where every later boot finds it
+        durable(k.key_file, secrets.token_hex(32))
+        open_crypt(k)
     run([*MKFS[k.fs], k.origin_dev])
     run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
     durable(k.ledger, "")
@@ -114,7 +131,7 @@ def build(k: Kind) -> dict[str, Any]:
             "--name",
             k.name,
             "--method",
-            k.method,
+            k.base_method,
             "--cow-size",
             COW_SIZE,
         )
@@ -132,7 +149,11 @@ def build(k: Kind) -> dict[str, Any]:
 def arm(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
     phase = spec["phase"]
     attach(k)
-    if k.method != "lvm":
+    if k.crypt:  # open the crypt mapping and recover, in a user's order (kind.boot)
+        for rec in boot(k):
+            if rec.returncode != 0:
+                raise RuntimeError(f"recover exited {rec.returncode}: {rec.stderr[-800:]}")
+    elif k.method != "lvm":
         snapkit(k, "recover")  # the prepared origin (and the snapshot), as after any reboot
     if phase != "merge":  # a merge needs the origin unmounted; the others run under writes
         run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
@@ -155,7 +176,7 @@ def arm(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
             "--name",
             k.name,
             "--method",
-            k.method,
+            k.base_method,
             "--cow-size",
             COW_SIZE,
         ],
