@@ -286,3 +286,28 @@ def test_recover_removes_a_group_cut_short(world: World, monkeypatch: pytest.Mon
     assert not isinstance(result, str) and "g" in result.dropped
     assert world.state() == before
     assert flow.state.load().groups == () and flow.state.load().snapshots == ()
+
+
+# -- the API and the CLI's JSON -----------------------------------------------------------------
+
+
+def test_api_create_takes_a_list_and_status_json_lists_the_members(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import snapkit
+    from snapkit.cli.snapshot import group_json
+
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    with snapkit.create(["/mnt/a", "/mnt/b"], name="g", method="dm", flow=flow) as group:
+        assert isinstance(group, snapkit.SnapshotGroup)
+        shown = group_json(group.status())
+        assert shown["state"] == "active" and shown["group"] is True
+        assert [(m["origin"], m["mountpoint"], m["device"]) for m in shown["members"]] == [
+            ("/dev/mapper/data", "/mnt/a", "/dev/mapper/g-a"),
+            ("/dev/mapper/data2", "/mnt/b", "/dev/mapper/g-b"),
+        ]
+        again = snapkit.group("g", flow=flow)
+        assert again is not None and again.last_status is not None
+        assert snapkit.group("g-a", flow=flow) is None  # a member is not a group
+    assert flow.load().groups == ()  # the with block discarded the group it made
+    assert world.dm.info("g-a") is None
