@@ -198,12 +198,12 @@ def _command(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _create(args: argparse.Namespace) -> int:
+    """One TARGET: a snapshot; several: a snapshot group (the API takes the list as one)."""
     command = _command(args)
-    if len(args.target) > 1:
-        return _create_group(args, command)
+    targets = list(args.target)
     with _verbs() as flow:
         result = api.create(
-            args.target[0],
+            targets if len(targets) > 1 else targets[0],
             name=args.name,
             method=args.method,
             cow_size=args.cow_size,
@@ -219,32 +219,11 @@ def _create(args: argparse.Namespace) -> int:
         )
     if isinstance(result, str):
         sys.stdout.write(result)
+    elif isinstance(result, api.SnapshotGroup):
+        if result.last_status is not None:
+            _print_group(result.last_status, args.json)
     elif result.last_status is not None:
         _print_status(result.last_status, args.json)
-    return 0
-
-
-def _create_group(args: argparse.Namespace, command: tuple[str, ...]) -> int:
-    with _verbs() as flow:
-        result = api.create(
-            list(args.target),
-            name=args.name,
-            method=args.method,
-            cow_size=args.cow_size,
-            cow_dir=args.cow_dir or None,
-            chunk_size=args.chunk_size,
-            pre=args.pre,
-            post=args.post,
-            max_freeze=args.max_freeze,
-            dry_run=bool(args.dry_run),
-            command=command,
-            key_file=args.key_file or None,
-            flow=flow,
-        )
-    if isinstance(result, str):
-        sys.stdout.write(result)
-    elif result.last_status is not None:
-        _print_group(result.last_status, args.json)
     return 0
 
 
