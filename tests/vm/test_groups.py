@@ -97,6 +97,7 @@ def test_dm_group_is_one_point_in_time_and_merges_back(vm: Session) -> None:
     snapkit(vm, "snapshot", "mount", "g", "/mnt/s")
     seen = _check(vm, "/mnt/s/a/w", "/mnt/s/b/w", before)
     assert seen["missing"] == [] and seen["broken"] == [], seen
+    print(f"dm group: {before} pairs acknowledged before; snapshots A {seen['a']}, B {seen['b']}")
     snapkit(vm, "snapshot", "umount", "g")
 
     # merge: refused while an origin is mounted (before any member starts), then both roll back
@@ -164,4 +165,6 @@ def test_negative_control_one_after_another_is_caught(vm: Session) -> None:
         vm.sh(f"mkdir -p /mnt/s{m}")
         snapkit(vm, "snapshot", "mount", f"c-{m}", f"/mnt/s{m}")
     seen = _check(vm, "/mnt/sa/w", "/mnt/sb/w", 0)
-    assert seen["broken"], f"the control was not caught: {seen}"
+    broken = seen["broken"]
+    assert isinstance(broken, list) and broken, f"the control was not caught: {seen}"
+    print(f"negative control: A has {seen['a']}, B has {seen['b']}, {len(broken)} pairs broken")
