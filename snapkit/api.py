@@ -56,6 +56,7 @@ from snapkit.validate import SECTOR, chunk_sectors, parse_chunk, parse_size
 if TYPE_CHECKING:  # annotations only: these load when a verb runs
     from snapkit.flow import Flow, Frozen, Unmounted
     from snapkit.methods.dm.device import PrepareResult
+    from snapkit.model import GroupStatus
     from snapkit.recover import Recovery
 
 Size = int | str
@@ -227,9 +228,136 @@ class Snapshot:
             self.discard()
 
 
+class SnapshotGroup:
+    """A snapshot group snapkit recorded, by name: one snapshot per member filesystem, all
+    at one point in time (``create([mp1, mp2], name=...)``). Its verbs act on every member;
+    ``last_status.members`` holds each member's own status (``record.name`` is the member's
+    id, ``G-SUFFIX``, which :func:`get` also opens, read-only: merge and discard are the
+    group's). As a context manager it is a throwaway group, as :class:`Snapshot` is."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        flow: Flow | None = None,
+        status: GroupStatus | None = None,
+        owned: bool = False,
+    ) -> None:
+        self.name = name
+        self.last_status = status
+        self._flow = flow
+        self._owned = owned
+        self._ended = False
+        self._mounted = False
+
+    def __repr__(self) -> str:
+        state = self.last_status.state if self.last_status else "?"
+        return f"<snapkit.SnapshotGroup {self.name!r} {state}>"
+
+    def status(self) -> GroupStatus:
+        """Every member as the kernel shows it now, and the group's state (the members'
+        common state, or ``mixed``)."""
+        with _opened(self._flow) as flow:
+            self.last_status = flow.group_status(self.name)
+        return self.last_status
+
+    def mount(self, directory: StrPath, *, rw: bool = False) -> list[Path]:
+        """Every member under ``directory`` (which must exist), each on ``directory/SUFFIX``."""
+        with _opened(self._flow) as flow:
+            done = flow.mount_group(self.name, Path(directory), rw=rw)
+        self._mounted = True
+        return done
+
+    def umount(self) -> list[Unmounted]:
+        """Unmount every mounted member."""
+        with _opened(self._flow) as flow:
+            done = flow.umount_group(self.name)
+        self._mounted = False
+        return done
+
+    def merge(
+        self, *, wait: bool = False, progress: Progress | None = None, dry_run: bool = False
+    ) -> GroupStatus | str:
+        """Roll every member's origin back (every origin unmounted, for dm); each member's
+        merge is planned, and so refused, before any starts. ``progress``: each member's
+        percent, as :meth:`Snapshot.merge` gives it."""
+
+        def report(s: SnapshotStatus) -> None:
+            if progress is not None:
+                progress(100.0 if s.state is State.MERGED else s.merge_progress or 0.0)
+
+        with _opened(self._flow) as flow:
+            result = flow.merge_group(self.name, wait=wait, progress=report, dry_run=dry_run)
+        return self._ended_with(result)
+
+    def discard(self, *, force: bool = False, dry_run: bool = False) -> GroupStatus | str:
+        """Remove every member's snapshot; the origins keep their current content."""
+        with _opened(self._flow) as flow:
+            result = flow.discard_group(self.name, force=force, dry_run=dry_run)
+        return self._ended_with(result)
+
+    def _ended_with(self, result: GroupStatus | str) -> GroupStatus | str:
+        if not isinstance(result, str):
+            self.last_status = result
+            self._ended = True
+        return result
+
+    def __enter__(self) -> SnapshotGroup:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._mounted:
+            self.umount()
+        if self._owned and not self._ended:
+            self.discard()
+
+
 # -- the verbs --------------------------------------------------------------------------------
 
 
+Targets = list[StrPath] | tuple[StrPath, ...]
+"""Several mount points: a snapshot group."""
+
+
+@overload
+def create(
+    target: Targets,
+    *,
+    name: str | None = ...,
+    method: str = ...,
+    cow_size: Size | None = ...,
+    cow_dir: StrPath | None = ...,
+    chunk_size: Size = ...,
+    pre: str | None = ...,
+    post: str | None = ...,
+    max_freeze: float = ...,
+    command: Sequence[str] = ...,
+    key_file: StrPath | None = ...,
+    dry_run: Literal[False] = ...,
+    flow: Flow | None = ...,
+) -> SnapshotGroup: ...
+@overload
+def create(
+    target: Targets,
+    *,
+    name: str | None = ...,
+    method: str = ...,
+    cow_size: Size | None = ...,
+    cow_dir: StrPath | None = ...,
+    chunk_size: Size = ...,
+    pre: str | None = ...,
+    post: str | None = ...,
+    max_freeze: float = ...,
+    command: Sequence[str] = ...,
+    key_file: StrPath | None = ...,
+    dry_run: bool,
+    flow: Flow | None = ...,
+) -> SnapshotGroup | str: ...
 @overload
 def create(
     target: StrPath,
@@ -265,7 +393,7 @@ def create(
     flow: Flow | None = ...,
 ) -> Snapshot | str: ...
 def create(
-    target: StrPath,
+    target: StrPath | Targets,
     *,
     name: str | None = None,
     method: str = DEFAULT_METHOD,
@@ -279,7 +407,7 @@ def create(
     key_file: StrPath | None = None,
     dry_run: bool = False,
     flow: Flow | None = None,
-) -> Snapshot | str:
+) -> Snapshot | SnapshotGroup | str:
     """Take a point-in-time snapshot of ``target`` (a mounted filesystem or a block device)
     and record it as ``name`` (default: a fresh ``snap-XXXXXXXX``).
 
@@ -296,8 +424,32 @@ def create(
 
     Returns a :class:`Snapshot` whose ``last_status`` is the status right after creation; as a
     context manager it is discarded at the end of the ``with`` block (see :class:`Snapshot`).
+
+    A list (or tuple) of mount points makes a *snapshot group*: one snapshot per member, all
+    at one point in time, all or nothing (``dm``: every origin suspended together; ``freeze``:
+    every member frozen, ``command`` run once). Returns a :class:`SnapshotGroup`.
     """
     chosen = name if name is not None else f"snap-{secrets.token_hex(4)}"
+    if isinstance(target, list | tuple):
+        if key_file is not None:
+            raise UsageError("key_file is for one filesystem on dm-crypt, not a group")
+        with _opened(flow) as f:
+            made = f.create_group(
+                [str(t) for t in target],
+                name=chosen,
+                method=method,
+                cow_size=_bytes(cow_size, "cow_size") if cow_size is not None else None,
+                cow_dir=Path(cow_dir) if cow_dir is not None else None,
+                chunk_sectors=_chunk(chunk_size),
+                pre=pre,
+                post=post,
+                max_freeze=max_freeze,
+                dry_run=dry_run,
+                command=tuple(command),
+            )
+        if isinstance(made, str):
+            return made
+        return SnapshotGroup(chosen, flow=flow, status=made, owned=True)
     with _opened(flow) as f:
         result = f.create(
             str(target),
@@ -329,6 +481,16 @@ def get(name: str, *, flow: Flow | None = None) -> Snapshot:
     with _opened(flow) as f:
         status = f.status(name)
     return Snapshot(name, flow=flow, status=status)
+
+
+def group(name: str, *, flow: Flow | None = None) -> SnapshotGroup | None:
+    """The handle of the snapshot group ``name`` (its ``last_status`` read now), or None when
+    snapkit recorded no group by that name."""
+    with _opened(flow) as f:
+        if f.group(name) is None:
+            return None
+        status = f.group_status(name)
+    return SnapshotGroup(name, flow=flow, status=status)
 
 
 def list_snapshots(*, flow: Flow | None = None) -> list[SnapshotStatus]:
@@ -451,12 +613,14 @@ __all__ = [
     "Size",
     "SnapkitError",
     "Snapshot",
+    "SnapshotGroup",
     "SnapshotStatus",
     "State",
     "UsageError",
     "create",
     "freeze",
     "get",
+    "group",
     "list_snapshots",
     "prepare_device",
     "recover_all",

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +43,16 @@ from snapkit.methods import registry
 from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
 from snapkit.methods.dm import DM_METHODS, layer
 from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY
-from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
+from snapkit.model import (
+    CreateRequest,
+    Group,
+    GroupStatus,
+    Pending,
+    SnapshotRecord,
+    SnapshotStatus,
+    State,
+    Target,
+)
 from snapkit.plan import Plan, PlanError, Step, apply
 from snapkit.recover import Recovery
 from snapkit.run import Completed, SubprocessExecutor
@@ -73,6 +82,8 @@ class Flow:
     host: Host
     settings: Settings = field(default_factory=Settings.from_env)
     mount_table: Callable[[], tuple[Mount, ...]] = mounts  # the seam unit tests replace
+    freezer: freezing.Freezer = field(default_factory=freezing.IoctlFreezer)  # groups' freeze
+    watchdog: Callable[[Path], freezing.Guard] = freezing.real_watchdog
     _plans_applied: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +105,9 @@ class Flow:
         return rebuilt
 
     def record(self, name: str) -> SnapshotRecord:
+        group, slash, suffix = name.partition("/")
+        if slash:  # a group's member as G/SUFFIX: its record is G-SUFFIX
+            name = f"{group}-{suffix}"
         found = self.load().snapshot(name)
         if found is None:
             raise RefusedError(f"no snapshot named {name!r}", hint="see 'snapkit snapshot list'")
@@ -244,6 +258,284 @@ class Flow:
         if check:
             raise RefusedError(message, hint="nothing was changed; fix the hook and retry")
         return message
+
+    # -- groups -------------------------------------------------------------------------------
+
+    def create_group(
+        self,
+        target_specs: Sequence[str],
+        *,
+        name: str,
+        method: str = registry.DEFAULT_METHOD,
+        cow_size: int | None = None,
+        cow_dir: Path | None = None,
+        chunk_sectors: int = 8,
+        pre: str | None = None,
+        post: str | None = None,
+        max_freeze: float = 10.0,
+        dry_run: bool = False,
+        command: tuple[str, ...] = (),
+    ) -> GroupStatus | str:
+        """Create the snapshot group ``name``: one snapshot per member of ``target_specs``,
+        all at one point in time, all or nothing (:mod:`snapkit.methods.group.create`).
+        Every refusal comes before anything changes. The group's entry is saved, marked
+        ``pending`` create with its planned members, before the plan runs; the member records
+        after it: a crash in between is settled by ``recover`` (gone)."""
+        from snapkit.methods.group import create as group_create
+
+        snapkit_name(name)
+        data = self.load()
+        if (
+            data.snapshot(name) is not None
+            or data.group(name) is not None
+            or self.host.dm.info(name) is not None
+        ):
+            raise RefusedError(f"the name {name!r} is already in use", hint="choose another --name")
+        targets = [resolve(spec) for spec in target_specs]
+        seen: dict[tuple[int, int], str] = {}
+        for spec, target in zip(target_specs, targets, strict=True):
+            if target.devnum in seen:
+                raise RefusedError(
+                    f"{spec} is given twice (as {seen[target.devnum]} too)",
+                    hint="name each filesystem once",
+                )
+            seen[target.devnum] = spec
+            if target.mountpoint is None:
+                raise RefusedError(
+                    f"{spec} is not mounted: a group member is a mounted filesystem",
+                    hint=f"mount it, or leave it out of the group {name}",
+                )
+            for other in data.groups:
+                origins = {r.origin for r in data.snapshots if r.name in other.members}
+                if str(target.device) in origins:
+                    raise RefusedError(
+                        f"{spec} is already a member of the group {other.name}",
+                        hint=f"discard or merge {other.name} first",
+                    )
+        chosen = self._group_method(method, targets, target_specs)
+        group_create.refuse_method(chosen)
+        members = group_create.member_names(name, targets)
+        for member in members:
+            if data.snapshot(member) is not None or self.host.dm.info(member) is not None:
+                raise RefusedError(
+                    f"the member name {member!r} is already in use", hint="choose another --name"
+                )
+        requests = [
+            CreateRequest(
+                target=target,
+                name=member,
+                cow_size=cow_size,
+                cow_dir=cow_dir or self.context.cow_dir,
+                chunk_sectors=chunk_sectors,
+                max_freeze=max_freeze,
+                command=command,
+            )
+            for target, member in zip(targets, members, strict=True)
+        ]
+        with ExitStack() as locks:
+            for target in sorted(targets, key=lambda t: str(t.device)):  # one order: no deadlock
+                locks.enter_context(self.lock(str(target.device), f"create group {name}"))
+            if chosen == "freeze":
+                plan, records = group_create.plan_freeze(
+                    name,
+                    requests,
+                    command,
+                    max_freeze,
+                    executor=self.host.run,
+                    freezer=self.freezer,
+                    watchdog=self.watchdog,
+                )
+            else:
+                impl = self.method(chosen)
+                plan, records = group_create.plan_block(name, chosen, [(impl, r) for r in requests])
+            if dry_run:
+                return _hooks_text(pre, plan.render(), post)
+            group = Group(name, chosen, tuple(members))
+            self._hook(pre, "--pre")
+            try:
+                self._apply_group(plan, group, records)
+            finally:
+                post_failed = self._hook(post, "--post", check=False)
+            if post_failed:
+                raise OperationError(f"group {name} was created, but {post_failed}")
+            return self.group_status(name)
+
+    def _group_method(self, method: str, targets: Sequence[Target], specs: Sequence[str]) -> str:
+        """The one method every member takes: ``method``, or auto's choice for each member,
+        which must be the same for all (mixed methods have no shared point in time)."""
+        from snapkit.methods.group.create import refuse_method
+
+        if method == "auto" and any(t.fstype == "btrfs" for t in targets):
+            refuse_method("btrfs")  # auto would take btrfs's own snapshots: no shared one
+        if method != "auto":
+            refuse_method(method)
+        if method != "auto":
+            impl = self.method(method)
+            for target, spec in zip(targets, specs, strict=True):
+                reason = impl.unsuitable(target)
+                if reason is not None:
+                    raise RefusedError(
+                        f"method {method} cannot snapshot {spec}: {reason}",
+                        hint="every member of a group must suit the one --method",
+                    )
+            return method
+        from snapkit.methods.auto import AutoMethod
+
+        auto = AutoMethod(self.host)
+        picked = []
+        for target in targets:
+            try:
+                chosen, _why = auto.choose(target, command=True)
+            except RefusedError as exc:
+                raise RefusedError(exc.message, hint=exc.hint) from None
+            picked.append(chosen.name)
+        if len(set(picked)) > 1:
+            mixed = ", ".join(f"{s}: {m}" for s, m in zip(specs, picked, strict=True))
+            raise RefusedError(
+                f"the members would take different methods ({mixed}): mixed methods share no "
+                "point in time",
+                hint="give one --method that suits every member (dm, or freeze with a command)",
+            )
+        return picked[0]
+
+    def _apply_group(self, plan: Plan, group: Group, records: tuple[SnapshotRecord, ...]) -> None:
+        existed = self.state.path.exists()
+        before = self.load()
+        self.state.save(before.with_group(replace(group, pending=Pending.CREATE, planned=records)))
+        try:
+            self.apply_plan(plan)
+        except PlanError as exc:
+            if not (exc.undo_failures or exc.skipped):
+                if existed or before != StateData():
+                    self.state.save(before)
+                else:  # a failed create changes nothing, not even a file that was not there
+                    self.state.path.unlink(missing_ok=True)
+            raise
+        now = time.time()
+        data = self.load()
+        for record in records:
+            data = data.with_snapshot(replace(record, created_at=now))
+        self.state.save(data.with_group(group))
+
+    def group(self, name: str) -> Group | None:
+        return self.load().group(name)
+
+    def _group(self, name: str) -> Group:
+        found = self.group(name)
+        if found is None:
+            raise RefusedError(
+                f"no snapshot group named {name!r}", hint="see 'snapkit snapshot list'"
+            )
+        if found.pending is not None:
+            raise RefusedError(
+                f"the create of group {name} was cut short", hint="settle it: 'snapkit recover'"
+            )
+        return found
+
+    def group_status(self, name: str) -> GroupStatus:
+        group = self._group(name)
+        return GroupStatus(group, tuple(self._observed(self.record(m)) for m in group.members))
+
+    def merge_group(
+        self,
+        name: str,
+        *,
+        wait: bool = False,
+        progress: Progress | None = None,
+        dry_run: bool = False,
+    ) -> GroupStatus | str:
+        """Roll every member back. Every member's merge is planned first (each refusal --
+        an origin still mounted -- comes before any member starts), then each is run."""
+        return self._end_group(name, Pending.MERGE, wait=wait, progress=progress, dry_run=dry_run)
+
+    def discard_group(
+        self, name: str, *, force: bool = False, dry_run: bool = False
+    ) -> GroupStatus | str:
+        return self._end_group(name, Pending.DISCARD, wait=True, force=force, dry_run=dry_run)
+
+    def _end_group(
+        self,
+        name: str,
+        op: Pending,
+        *,
+        wait: bool,
+        progress: Progress | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> GroupStatus | str:
+        group = self._group(name)
+        records = [self.record(m) for m in group.members]
+        texts = []
+        for record in records:  # refusals of every member before any changes
+            if record.pending is None:
+                impl = self.method_of(record)
+                plan = (
+                    impl.plan_merge(record)
+                    if op is Pending.MERGE
+                    else impl.plan_discard(record, force=force)
+                )
+                texts.append(plan.render())
+        if dry_run:
+            ends = [self._end_one(r.name, op, wait, progress, True, force) for r in records]
+            return "".join(str(t) for t in ends)
+        done = [self._end_one(r.name, op, wait, progress, False, force) for r in records]
+        statuses = tuple(d for d in done if isinstance(d, SnapshotStatus))
+        if all(s.state is State.MERGED for s in statuses):
+            self.state.save(self.load().without_group(name))
+        return GroupStatus(group, statuses)
+
+    def _end_one(
+        self,
+        name: str,
+        op: Pending,
+        wait: bool,
+        progress: Progress | None,
+        dry_run: bool,
+        force: bool,
+    ) -> SnapshotStatus | str:
+        record = self.record(name)
+        impl = self.method_of(record)
+        with self.lock(record.origin, f"{op} {name}"):
+            return self._end(impl, record, op, wait, progress, dry_run, force=force)
+
+    def mount_group(self, name: str, directory: Path, *, rw: bool = False) -> list[Path]:
+        """Every member under ``directory``, each on ``directory/SUFFIX`` (made if needed)."""
+        group = self._group(name)
+        if not directory.is_dir():
+            raise RefusedError(f"{directory} is not a directory", hint=f"mkdir -p {directory}")
+        done: list[Path] = []
+        try:
+            for member in group.members:
+                where = directory / member.removeprefix(f"{name}-")
+                where.mkdir(exist_ok=True)
+                self.mount(member, where, rw=rw)
+                done.append(where)
+        except SnapkitError:
+            for member, where in zip(group.members, done, strict=False):  # all or none
+                self.umount(member, where)
+            raise
+        return done
+
+    def umount_group(self, name: str) -> list[Unmounted]:
+        """Unmount every mounted member; refused when none is mounted."""
+        group = self._group(name)
+        done = []
+        for member in group.members:
+            record = self._view(member)
+            if self._mounts_of(record, None) or record.method == "dm-direct":
+                done.append(self.umount(member))
+        if not done:
+            raise RefusedError(f"no member of group {name} is mounted", hint="nothing to unmount")
+        return done
+
+    def _refuse_member(self, name: str, verb: str) -> None:
+        group = self.load().group_of(name)
+        if group is not None:
+            raise RefusedError(
+                f"{name} is a member of the snapshot group {group.name}: its snapshots are one "
+                "point in time and end together",
+                hint=f"snapkit snapshot {verb} {group.name}",
+            )
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -495,9 +787,9 @@ class Flow:
         for name in result.merging:
             record = self.state.load().snapshot(name)
             if record is not None and record.pending is Pending.DISCARD:
-                self.discard(name)
+                self._end_one(name, Pending.DISCARD, True, None, False, False)
             else:
-                self.merge(name, wait=True)
+                self._end_one(name, Pending.MERGE, True, None, False, False)
         return result
 
     # -- merge and discard --------------------------------------------------------------------
@@ -511,6 +803,7 @@ class Flow:
         dry_run: bool = False,
     ) -> SnapshotStatus | str:
         record = self.record(name)
+        self._refuse_member(record.name, "merge")
         impl = self.method_of(record)
         with self.lock(record.origin, f"merge {name}"):
             return self._end(impl, record, Pending.MERGE, wait, progress, dry_run)
@@ -519,6 +812,7 @@ class Flow:
         self, name: str, *, force: bool = False, dry_run: bool = False
     ) -> SnapshotStatus | str:
         record = self.record(name)
+        self._refuse_member(record.name, "discard")
         impl = self.method_of(record)
         with self.lock(record.origin, f"discard {name}"):
             return self._end(impl, record, Pending.DISCARD, True, None, dry_run, force=force)

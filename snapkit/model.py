@@ -92,6 +92,23 @@ class SnapshotRecord:
 
 
 @dataclass(frozen=True)
+class Group:
+    """A snapshot group: one snapshot per member filesystem, all taken at one point in time,
+    and so only meaningful together (``merge`` and ``discard`` act on all of them).
+
+    ``members`` are the member records' names (``G-home``: a valid dm name too). ``planned``
+    holds the member records *before* the create's plan runs, with ``pending`` create: a crash
+    inside the plan leaves this entry and no member records, and ``recover`` then removes
+    whatever of the planned members exists, so the group is whole or gone, never half."""
+
+    name: str
+    method: str
+    members: tuple[str, ...]
+    pending: Pending | None = None
+    planned: tuple[SnapshotRecord, ...] = ()
+
+
+@dataclass(frozen=True)
 class SnapshotStatus:
     record: SnapshotRecord
     state: State
@@ -100,8 +117,24 @@ class SnapshotStatus:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class GroupStatus:
+    """A group as it stands: each member's own status, and the group's state -- the members'
+    common state, or ``mixed`` when they differ (a merge under way on some, say)."""
+
+    group: Group
+    members: tuple[SnapshotStatus, ...]
+
+    @property
+    def state(self) -> str:
+        states = {m.state.value for m in self.members}
+        return states.pop() if len(states) == 1 else "mixed"
+
+
 __all__ = [
     "CreateRequest",
+    "Group",
+    "GroupStatus",
     "Pending",
     "SnapshotRecord",
     "SnapshotStatus",

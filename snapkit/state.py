@@ -22,7 +22,7 @@ from snapkit.dm.naming import Role, parse_uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Table
 from snapkit.errors import FormatError, RefusedError
 from snapkit.host.target import StableId
-from snapkit.model import SnapshotRecord
+from snapkit.model import Group, Pending, SnapshotRecord
 
 STATE_FILE = "state.json"
 VERSION = 1
@@ -42,6 +42,21 @@ class Prepared:
 class StateData:
     snapshots: tuple[SnapshotRecord, ...] = ()
     devices: tuple[Prepared, ...] = ()
+    groups: tuple[Group, ...] = ()
+
+    def group(self, name: str) -> Group | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+    def group_of(self, member: str) -> Group | None:
+        """The group whose member ``member`` is (a record name), if any."""
+        return next((g for g in self.groups if member in g.members), None)
+
+    def with_group(self, group: Group) -> StateData:
+        rest = tuple(g for g in self.groups if g.name != group.name)
+        return replace(self, groups=(*rest, group))
+
+    def without_group(self, name: str) -> StateData:
+        return replace(self, groups=tuple(g for g in self.groups if g.name != name))
 
     def snapshot(self, name: str) -> SnapshotRecord | None:
         return next((r for r in self.snapshots if r.name == name), None)
@@ -86,6 +101,27 @@ def _record_to(r: SnapshotRecord) -> dict[str, Any]:
     }
 
 
+def _group_from(raw: dict[str, Any]) -> Group:
+    pending = str(raw.get("pending", ""))
+    return Group(
+        name=str(raw["name"]),
+        method=str(raw["method"]),
+        members=tuple(str(m) for m in raw["members"]),
+        pending=Pending(pending) if pending else None,
+        planned=tuple(_record_from(r) for r in raw.get("planned", [])),
+    )
+
+
+def _group_to(g: Group) -> dict[str, Any]:
+    return {
+        "name": g.name,
+        "method": g.method,
+        "members": list(g.members),
+        "pending": g.pending.value if g.pending else "",
+        "planned": [_record_to(r) for r in g.planned],
+    }
+
+
 def parse(text: str) -> StateData:
     try:
         raw = json.loads(text)
@@ -97,13 +133,14 @@ def parse(text: str) -> StateData:
                 Prepared(str(d["name"]), str(d["device"]), StableId.parse(str(d.get("id", ""))))
                 for d in raw.get("devices", [])
             ),
+            tuple(_group_from(g) for g in raw.get("groups", [])),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FormatError(f"the state file is not valid: {exc}") from None
 
 
 def render(data: StateData) -> str:
-    doc = {
+    doc: dict[str, Any] = {
         "version": VERSION,
         "snapshots": [_record_to(r) for r in data.snapshots],
         "devices": [
@@ -111,6 +148,8 @@ def render(data: StateData) -> str:
             for d in data.devices
         ],
     }
+    if data.groups:  # written only when there are any: a file without groups stays as it was
+        doc["groups"] = [_group_to(g) for g in data.groups]
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 

@@ -19,7 +19,7 @@ from snapkit.errors import UsageError
 from snapkit.flow import Flow, real_host
 from snapkit.methods import registry
 from snapkit.methods.stack import STACK_KEY
-from snapkit.model import SnapshotRecord, SnapshotStatus
+from snapkit.model import GroupStatus, SnapshotRecord, SnapshotStatus
 from snapkit.validate import parse_size
 
 VERBS_HELP = """\
@@ -50,6 +50,30 @@ def status_json(s: SnapshotStatus) -> dict[str, Any]:
         "details": dict(r.details),  # method-specific: btrfs subvol, lvm vg/lv, mount options
         **_layers(r),
     }
+
+
+def group_json(g: GroupStatus) -> dict[str, Any]:
+    """A group: its own state, and each member's status with its mount point."""
+    return {
+        "name": g.group.name,
+        "group": True,
+        "method": g.group.method,
+        "state": g.state,
+        "members": [
+            {**status_json(m), "mountpoint": m.record.details.get("mountpoint", "")}
+            for m in g.members
+        ],
+    }
+
+
+def _print_group(g: GroupStatus, as_json: bool) -> None:
+    if as_json:
+        print_json(group_json(g))
+        return
+    print_fields([("name", g.group.name), ("group of", len(g.members)), ("method", g.group.method)])
+    print_fields([("state", g.state)])
+    for m in group_json(g)["members"]:
+        print(f"member\t{m['name']}\t{m['state']}\t{m['origin']}\t{m['mountpoint']}\t{m['device']}")
 
 
 def _layers(r: SnapshotRecord) -> dict[str, Any]:
@@ -117,6 +141,12 @@ it under NAME for status, mount, merge and discard. --method chooses how; auto t
 that suits TARGET: lvm-thin, lvm, btrfs, dm (a device from 'snapkit device prepare'), then
 freeze around a snapshot command. Every step has an undo, so a failure leaves nothing frozen,
 suspended or half made.
+
+Several mount points (TARGET TARGET...) make a snapshot group NAME: one snapshot per member
+(NAME-SUFFIX, SUFFIX the mount point's last part), all at one point in time, all or nothing;
+--method dm (prepared devices: every origin suspended together) or freeze (every member
+frozen, the command run once). status, merge, discard, mount and umount of NAME act on every
+member.
 """
 
 COW_SIZE_HELP = (
@@ -168,10 +198,12 @@ def _command(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _create(args: argparse.Namespace) -> int:
+    """One TARGET: a snapshot; several: a snapshot group (the API takes the list as one)."""
     command = _command(args)
+    targets = list(args.target)
     with _verbs() as flow:
         result = api.create(
-            args.target,
+            targets if len(targets) > 1 else targets[0],
             name=args.name,
             method=args.method,
             cow_size=args.cow_size,
@@ -187,6 +219,9 @@ def _create(args: argparse.Namespace) -> int:
         )
     if isinstance(result, str):
         sys.stdout.write(result)
+    elif isinstance(result, api.SnapshotGroup):
+        if result.last_status is not None:
+            _print_group(result.last_status, args.json)
     elif result.last_status is not None:
         _print_status(result.last_status, args.json)
     return 0
@@ -206,6 +241,10 @@ def _list(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     with _verbs() as flow:
+        group = api.group(args.name, flow=flow)
+        if group is not None and group.last_status is not None:
+            _print_group(group.last_status, args.json)
+            return 0
         _print_status(api.Snapshot(args.name, flow=flow).status(), args.json)
     return 0
 
@@ -213,6 +252,11 @@ def _status(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     bar = _Bar(args.name) if sys.stdout.isatty() and not args.json else None
     with _verbs() as flow:
+        group = api.group(args.name, flow=flow)
+        if group is not None:
+            done = group.merge(wait=args.wait, dry_run=bool(args.dry_run))
+            _print_group_result(done, args.json)
+            return 0
         snap = api.Snapshot(args.name, flow=flow)
         try:
             result = snap.merge(wait=args.wait, progress=bar, dry_run=bool(args.dry_run))
@@ -226,8 +270,23 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_group_result(result: GroupStatus | str, as_json: bool) -> None:
+    if isinstance(result, str):
+        sys.stdout.write(result)
+    else:
+        _print_group(result, as_json)
+
+
 def _discard(args: argparse.Namespace) -> int:
     with _verbs() as flow:
+        group = api.group(args.name, flow=flow)
+        if group is not None:
+            done = group.discard(force=args.force, dry_run=bool(args.dry_run))
+            if isinstance(done, str) or args.json:
+                _print_group_result(done, args.json)
+            else:
+                print(f"discarded {args.name} ({', '.join(m.record.name for m in done.members)})")
+            return 0
         result = api.Snapshot(args.name, flow=flow).discard(
             force=args.force, dry_run=bool(args.dry_run)
         )
@@ -266,12 +325,27 @@ def _watch(args: argparse.Namespace) -> int:
 
 def _mount(args: argparse.Namespace) -> int:
     with _verbs() as flow:
+        group = api.group(args.name, flow=flow)
+        if group is not None:
+            group.mount(args.dir, rw=args.rw)
+            return 0
         api.Snapshot(args.name, flow=flow).mount(args.dir, rw=args.rw)
     return 0
 
 
 def _umount(args: argparse.Namespace) -> int:
     with _verbs() as flow:
+        group = api.group(args.name, flow=flow)
+        if group is not None and args.dir is None:
+            gone = group.umount()
+            if args.json:
+                print_json(
+                    [{"name": d.name, "unmounted": [str(m) for m in d.mountpoints]} for d in gone]
+                )
+            else:
+                for d in gone:
+                    print(f"unmounted {d.name} from {', '.join(map(str, d.mountpoints))}")
+            return 0
         done = api.Snapshot(args.name, flow=flow).umount(args.dir)
     if args.json:
         print_json(
@@ -306,7 +380,13 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.__class__ = _with_command(type(p))
-    p.add_argument("target", metavar="TARGET", help="a mount point or a block device")
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        nargs="+",
+        help="a mount point or a block device; several mount points make a snapshot group: "
+        "one snapshot each, all at one point in time (--method dm, or freeze with a command)",
+    )
     p.add_argument(
         "--name",
         required=True,

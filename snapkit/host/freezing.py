@@ -84,45 +84,78 @@ def freeze_around(
     filesystem frozen around others and guarantee the thaw whatever fails, even a SIGKILL of
     snapkit (the watchdog process thaws at the deadline). ``outcome.frozen_at`` gives the
     deadline, so inner steps can bound themselves to what is left of it."""
+    return freeze_all_around(
+        [(mountpoint, watchdog)], inner, max_freeze, freezer=freezer, outcome=outcome
+    )
+
+
+def freeze_all_around(
+    members: Sequence[tuple[Path, Guard]],
+    inner: Sequence[Step],
+    max_freeze: float,
+    *,
+    freezer: Freezer,
+    outcome: Outcome,
+) -> tuple[Step, ...]:
+    """:func:`freeze_around` for several filesystems (a snapshot group): every watchdog
+    started, then every filesystem frozen, ``inner``, every one thawed, every watchdog
+    stopped. One deadline for all, taken at the first freeze and given to every watchdog: a
+    group's window is one window, and no member may stay frozen past it."""
     if max_freeze <= 0:
         raise UsageError(f"--max-freeze must be positive, not {max_freeze:g}")
+    several = len(members) > 1
+    starts: list[Step] = []
+    freezes: list[Step] = []
+    thaws: list[Step] = []
+    stops: list[Step] = []
+    for index, (mountpoint, watchdog) in enumerate(members):
+        first, last = index == 0, index == len(members) - 1
 
-    def do_freeze() -> None:
-        outcome.deadline = time.monotonic() + max_freeze
-        watchdog.arm(outcome.deadline)
-        freezer.freeze(mountpoint)
-        outcome.frozen_at = time.monotonic()
+        def do_freeze(mp: Path = mountpoint, wd: Guard = watchdog, first: bool = first) -> None:
+            if first:
+                outcome.deadline = time.monotonic() + max_freeze
+            wd.arm(outcome.deadline)
+            freezer.freeze(mp)
+            outcome.frozen_at = outcome.frozen_at if not first else time.monotonic()
 
-    def do_thaw() -> None:
-        freezer.thaw(mountpoint)
-        outcome.thawed_at = time.monotonic()
+        def do_thaw(mp: Path = mountpoint, last: bool = last) -> None:
+            freezer.thaw(mp)
+            if last:
+                outcome.thawed_at = time.monotonic()
 
-    def do_stop() -> None:
-        if watchdog.stop():
-            raise OperationError(
-                f"the watchdog thawed {mountpoint} before snapkit did",
-                hint=f"the window passed --max-freeze {max_freeze:g}: the copy may be torn",
+        def do_stop(mp: Path = mountpoint, wd: Guard = watchdog) -> None:
+            if wd.stop():
+                raise OperationError(
+                    f"the watchdog thawed {mp} before snapkit did",
+                    hint=f"the window passed --max-freeze {max_freeze:g}: the copy may be torn",
+                )
+
+        def undo_freeze(mp: Path = mountpoint) -> None:
+            freezer.thaw(mp)
+
+        starts.append(
+            Step(
+                f"start the watchdog for {mountpoint}",
+                watchdog.start,
+                watchdog.abandon,
+                "stop the watchdog (it thaws if armed)",
+                must_undo=True,
             )
-
-    return (
-        Step(
-            f"start the watchdog for {mountpoint}",
-            watchdog.start,
-            watchdog.abandon,
-            "stop the watchdog (it thaws if armed)",
-            must_undo=True,
-        ),
-        Step(
-            f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
-            do_freeze,
-            lambda: freezer.thaw(mountpoint),
-            f"thaw {mountpoint}",
-            must_undo=True,
-        ),
-        *inner,
-        Step(f"thaw {mountpoint} (FITHAW)", do_thaw),
-        Step("stop the watchdog", do_stop),
-    )
+        )
+        freezes.append(
+            Step(
+                f"freeze {mountpoint} (FIFREEZE; watchdog thaws after {max_freeze:g} s)",
+                do_freeze,
+                undo_freeze,
+                f"thaw {mountpoint}",
+                must_undo=True,
+            )
+        )
+        thaws.append(Step(f"thaw {mountpoint} (FITHAW)", do_thaw))
+        stops.append(
+            Step(f"stop the watchdog for {mountpoint}" if several else "stop the watchdog", do_stop)
+        )
+    return (*starts, *freezes, *inner, *thaws, *stops)
 
 
 def guard_suspend(
@@ -152,6 +185,7 @@ __all__ = [
     "Guard",
     "IoctlFreezer",
     "Outcome",
+    "freeze_all_around",
     "freeze_around",
     "guard_suspend",
     "real_watchdog",

@@ -13,7 +13,7 @@ from snapkit.dm.control import DmControl
 from snapkit.host.loopdev import Files, Loops
 from snapkit.lock import origin_lock
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, Target
-from snapkit.plan import Plan
+from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 from snapkit.settings import Settings
 from snapkit.state import StateData
@@ -83,6 +83,29 @@ class Extendable(Protocol):
 
 
 @dataclass(frozen=True)
+class Phases:
+    """A create split around its window, so that a snapshot group
+    (:mod:`snapkit.methods.group`) can line its members up: every member's ``prepare`` (tables
+    loaded, COW made: nothing a writer waits on), then every member's ``hold`` (the suspend
+    that freezes it), then every member's ``release``. The point in time the group shares is
+    the moment the last ``hold`` returns. Every step of ``release`` that commits something
+    carries its own undo, so that a later member's failure takes every member back."""
+
+    title: str
+    prepare: tuple[Step, ...]
+    hold: tuple[Step, ...]
+    release: tuple[Step, ...]
+    record: SnapshotRecord
+
+
+@runtime_checkable
+class Groupable(Protocol):
+    """A method whose create can share one point in time with other members of a group."""
+
+    def plan_phases(self, request: CreateRequest) -> Phases: ...
+
+
+@dataclass(frozen=True)
 class Context:
     """What a method's recovery acts on: the host's seams, and the :class:`Settings` that name
     the lock and COW directories. Recoveries sit below the flow, so they get this instead of
@@ -111,6 +134,7 @@ class Recovered:
     merging: list[str] = field(default_factory=list)  # resumed: the flow finishes them
     saved: list[SnapshotRecord] = field(default_factory=list)  # records to save as they are
     gone: list[str] = field(default_factory=list)  # records to remove from the state
+    groups_gone: list[str] = field(default_factory=list)  # group entries to remove
 
     def drop(self, name: str) -> None:
         """The record ``name`` goes: its snapshot is cleanly absent, and recover says so."""
@@ -123,6 +147,8 @@ class Recovered:
             data = data.with_snapshot(record)
         for name in self.gone:
             data = data.without_snapshot(name)
+        for name in self.groups_gone:
+            data = data.without_group(name)
         return data
 
 
@@ -154,9 +180,11 @@ __all__ = [
     "Context",
     "Extendable",
     "FamilyRecovery",
+    "Groupable",
     "Host",
     "KernelMerge",
     "Method",
+    "Phases",
     "Recoverable",
     "Recovered",
 ]

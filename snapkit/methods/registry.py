@@ -40,6 +40,8 @@ RECOVERIES: tuple[str, ...] = (
     "snapkit.methods.btrfs.recover:BtrfsRecovery",
     # last: the layers over a stacked snapshot sit on what dm and lvm re-assembled
     "snapkit.methods.stack.recover:StackRecovery",
+    # after every family: a group cut short is removed member by member, by their methods
+    "snapkit.methods.group.recover:GroupRecovery",
 )
 
 

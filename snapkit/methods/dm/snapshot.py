@@ -16,16 +16,19 @@ original ``linear`` table and frees ``-real``, the loop device and the COW file.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
 from snapkit.dm import steps
+from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError, split_advice
 from snapkit.host.freezing import guard_suspend
+from snapkit.host.fs import SUSPEND_DOES_NOT_FREEZE
 from snapkit.host.loopdev import LoopSlot
-from snapkit.methods.base import Host
+from snapkit.methods.base import Host, Phases
 from snapkit.methods.dm.shared import (
     MAPPER,
     DmDetails,
@@ -60,6 +63,40 @@ class DmMethod:
     # -- create -------------------------------------------------------------------------------
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
+        title, s, swap, record, _revert = self._parts(request)
+        s += guard_suspend(request.target, swap, request.max_freeze)
+        return Plan(title, tuple(s)), record
+
+    def plan_phases(self, request: CreateRequest) -> Phases:
+        """The create, split for a group (:class:`~snapkit.methods.base.Phases`): the
+        suspend of the origin is the hold; resuming the snapshot and then the origin (which
+        swaps ``snapshot-origin`` in) is the release. The origin's resume commits, so here it
+        has an undo -- the original table loaded back with a suspend/resume -- which a single
+        create never needs (it is its last step). A filesystem that a dm suspend does not
+        freeze (btrfs) would need a FIFREEZE, under which a lockfs suspend fails (EBUSY on
+        6.1): refused."""
+        fstype = request.target.fstype or ""
+        if fstype in SUSPEND_DOES_NOT_FREEZE:
+            raise RefusedError(
+                f"a dm suspend does not freeze {fstype} ({request.target.device}), so it "
+                "cannot share a group's point in time",
+                hint="snapshot it on its own",
+            )
+        title, s, swap, record, revert = self._parts(request)
+        suspend, resume_snap, resume_origin = swap
+        if revert is not None:
+            resume_origin = replace(
+                resume_origin, undo=revert.do, undo_description=revert.description
+            )
+        return Phases(title, tuple(s), (suspend,), (resume_snap, resume_origin), record)
+
+    def _parts(
+        self, request: CreateRequest
+    ) -> tuple[str, list[Step], list[Step], SnapshotRecord, Step | None]:
+        """The title, the steps before the window, the window's three steps (suspend the
+        origin, resume the snapshot, resume the origin), the record, and how to put the
+        origin's original table back once the window's last step swapped it (None when the
+        origin was a ``snapshot-origin`` already: the swap changes nothing)."""
         dm, name = self.dm, snapkit_name(request.name)
         origin, table = dm_origin(self.dm, request.target, want="linear|snapshot-origin")
         real = real_name(origin)
@@ -114,7 +151,13 @@ class DmMethod:
             steps.resume(dm, name),
             steps.resume(dm, origin),
         ]
-        s += guard_suspend(request.target, swap, request.max_freeze)
+        revert = None
+        if first:
+            revert = Step(
+                f"dmsetup load {origin} --table '{steps.table_text(original)}'; "
+                f"dmsetup suspend {origin}; dmsetup resume {origin}",
+                lambda: _put_back(dm, origin, original),
+            )
         details = DmDetails(
             origin,
             original,
@@ -126,7 +169,7 @@ class DmMethod:
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
         )
-        return Plan(f"create dm snapshot {name} of {MAPPER}{origin}", tuple(s)), record
+        return f"create dm snapshot {name} of {MAPPER}{origin}", s, swap, record, revert
 
     def _real_table(self, origin: str, table: Table) -> Table:
         real = real_name(origin)
@@ -361,6 +404,15 @@ class DmMethod:
             ):
                 found.append(name)
         return found
+
+
+def _put_back(dm: DmControl, origin: str, original: Table) -> None:
+    """The origin back on its original table, after a group's later member failed. The
+    filesystem is live again: the suspend (lockfs) flushes it first, and every write since the
+    swap went through ``snapshot-origin`` to ``-real``, which maps the same blocks."""
+    dm.load(origin, original)
+    dm.suspend(origin)
+    dm.resume(origin)
 
 
 __all__ = ["DmMethod"]

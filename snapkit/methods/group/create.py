@@ -1,0 +1,166 @@
+"""The plan of a group create: every member at one point in time, all or nothing.
+
+Why per method, and what was measured (6.1 guest kernel, bookworm's lvm2):
+
+- ``dm``: each member's create split into :class:`~snapkit.methods.base.Phases`; the plan
+  loads every member's tables first, then suspends every origin (lockfs: each suspend freezes
+  its filesystem), then resumes them all -- dm ioctls from this one process, nothing spawned
+  inside the window. The shared point in time is the moment the last suspend returns: a write
+  acknowledged on any member before then is in its snapshot, and a write that started after a
+  member was suspended waits for the resumes, which come only after every suspend.
+- ``freeze``: every member frozen (one watchdog each, one deadline for all), the user's
+  command once, every member thawed.
+- ``lvm``/``lvm-thin``: refused. The only route to a shared point in time is to FIFREEZE every
+  member and then ``lvcreate -s`` each, but ``lvcreate``'s own suspend uses lockfs, which on a
+  frozen filesystem fails: measured, ``suspend ioctl ... failed: Device or resource busy``,
+  ``Failed to revert logical volume``, ``Aborting. Manual intervention required.`` -- leaving
+  an inactive snapshot LV and ``-real``/``-cow`` devices behind.
+- ``btrfs``: refused; each btrfs snapshot is its own transaction, there is no shared one.
+- ``dm-direct``, ``remount-ro``: not yet.
+
+A failure at any step of any member undoes every member: the plan is one plan, and the dm
+release steps that commit carry undos (:meth:`DmMethod.plan_phases`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from snapkit.errors import RefusedError, UsageError
+from snapkit.host.freezing import Freezer, Guard, Outcome, freeze_all_around
+from snapkit.methods.base import Groupable, Method
+from snapkit.methods.group import GROUP_KEY
+from snapkit.model import CreateRequest, SnapshotRecord, Target
+from snapkit.plan import Plan, Step
+from snapkit.run import Executor
+
+GROUP_METHODS = ("dm", "freeze")
+
+_REFUSED = {
+    "btrfs": (
+        "btrfs cannot snapshot several filesystems at one point in time: each btrfs snapshot "
+        "is its own transaction",
+        "snapshot each subvolume on its own, or freeze them together with --method freeze "
+        "and a snapshot command",
+    ),
+    "lvm": (
+        "lvm cannot take a group: lvcreate -s suspends its origin with lockfs, which fails "
+        "(EBUSY) on a filesystem frozen for the group's shared point in time",
+        "put the members on prepared devices ('snapkit device prepare') and use --method dm, "
+        "or --method freeze with a snapshot command",
+    ),
+}
+_REFUSED["lvm-thin"] = _REFUSED["lvm"]
+
+
+def refuse_method(method: str) -> None:
+    """A method that cannot give a group one point in time: refused, saying why and what
+    can."""
+    if method in _REFUSED:
+        why, hint = _REFUSED[method]
+        raise RefusedError(why, hint=hint)
+    if method not in GROUP_METHODS:
+        raise RefusedError(
+            f"--method {method} does not take a group of snapshots",
+            hint=f"use one of: {', '.join(GROUP_METHODS)}",
+        )
+
+
+def member_names(group: str, targets: Sequence[Target]) -> list[str]:
+    """``GROUP-SUFFIX`` per member, the suffix from its mount point's last part (``/home``
+    -> ``home``, ``/`` -> ``root``), made a valid dm name and unique within the group."""
+    names: list[str] = []
+    for target in targets:
+        base = target.mountpoint.name if target.mountpoint else target.device.name
+        suffix = re.sub(r"[^A-Za-z0-9+_.-]", "_", base or "root") or "root"
+        name, n = f"{group}-{suffix}", 2
+        while name in names:
+            name, n = f"{group}-{suffix}{n}", n + 1
+        names.append(name)
+    return names
+
+
+def plan_block(
+    group: str, method: str, members: Sequence[tuple[Method, CreateRequest]]
+) -> tuple[Plan, tuple[SnapshotRecord, ...]]:
+    """dm: every member's prepare, every hold, every release, as one plan."""
+    prepare: list[Step] = []
+    hold: list[Step] = []
+    release: list[Step] = []
+    records: list[SnapshotRecord] = []
+    for impl, request in members:
+        if not isinstance(impl, Groupable):
+            raise RefusedError(f"--method {method} does not take a group of snapshots")
+        phases = impl.plan_phases(request)
+        prepare += phases.prepare
+        hold += phases.hold
+        release += phases.release
+        records.append(_member(phases.record, group, request))
+    where = ", ".join(str(r.target.mountpoint) for _, r in members)
+    title = (
+        f"create snapshot group {group} ({method}) of {where}: every member's tables loaded, "
+        "then every origin suspended (the shared point in time), then every one resumed"
+    )
+    return Plan(title, (*prepare, *hold, *release)), tuple(records)
+
+
+def plan_freeze(
+    group: str,
+    requests: Sequence[CreateRequest],
+    command: Sequence[str],
+    max_freeze: float,
+    *,
+    executor: Executor,
+    freezer: Freezer,
+    watchdog: Callable[[Path], Guard],
+) -> tuple[Plan, tuple[SnapshotRecord, ...]]:
+    """freeze: every member frozen, the command once, every member thawed."""
+    if not command:
+        raise UsageError("no snapshot command", hint="give it after '--' or with --command")
+    mountpoints = [r.target.mountpoint for r in requests]
+    assert all(mountpoints)  # the flow refuses an unmounted member
+    outcome = Outcome()
+    env = {
+        "SNAPKIT_GROUP": group,
+        "SNAPKIT_MOUNTPOINTS": " ".join(str(m) for m in mountpoints),
+        "SNAPKIT_DEVICES": " ".join(str(r.target.device) for r in requests),
+    }
+    argv = list(command)
+
+    def do_command() -> None:
+        left = max(outcome.deadline - time.monotonic(), 0.001)
+        outcome.result = executor.run(argv, timeout=left, env=env)
+
+    shown = " ".join(argv)
+    run = Step(f"run {shown} once (killed after what is left of {max_freeze:g} s)", do_command)
+    pairs = [(Path(str(m)), watchdog(Path(str(m)))) for m in mountpoints]
+    steps = freeze_all_around(pairs, (run,), max_freeze, freezer=freezer, outcome=outcome)
+    records = tuple(
+        _member(
+            SnapshotRecord(
+                r.name,
+                "freeze",
+                str(r.target.device),
+                "",
+                time.time(),
+                {"command": shown},
+            ),
+            group,
+            r,
+        )
+        for r in requests
+    )
+    where = ", ".join(str(m) for m in mountpoints)
+    return Plan(f"snapshot group {group}: freeze {where}, run {shown}, thaw all", steps), records
+
+
+def _member(record: SnapshotRecord, group: str, request: CreateRequest) -> SnapshotRecord:
+    mountpoint = str(request.target.mountpoint or "")
+    return replace(record, details={**record.details, GROUP_KEY: group, "mountpoint": mountpoint})
+
+
+__all__ = ["GROUP_METHODS", "member_names", "plan_block", "plan_freeze", "refuse_method"]

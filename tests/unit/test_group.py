@@ -1,0 +1,313 @@
+"""Snapshot groups (issue 15) on the fakes: the dm group's one window, all or nothing at every
+step, the freeze group's one command, every bad input refused with nothing changed, the
+group verbs, and recover making a group cut short gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapkit.dm.table import DevNum, Linear, Table
+from snapkit.errors import RefusedError, SnapkitError
+from snapkit.flow import Flow
+from snapkit.methods.dm.snapshot import DmMethod
+from snapkit.methods.group import create as group_create
+from snapkit.model import CreateRequest, Group, Pending, State, Target
+from snapkit.plan import Plan, PlanError, apply
+from snapkit.settings import Settings
+from snapkit.state import StateFile
+from tests.unit.fakes import SIZE, World, make_world, walk_failures
+
+A = Target(Path("/dev/mapper/data"), Path("/mnt/a"), "ext4", (253, 0))
+B = Target(Path("/dev/mapper/data2"), Path("/mnt/b"), "ext4", (253, 1))
+
+
+def second_origin(world: World) -> None:
+    """A second prepared origin, ``data2`` over ``/dev/loop9``, beside make_world's ``data``."""
+    faults, world.dm.faults = world.dm.faults, type(world.dm.faults)()
+    world.dm.add_block_device("/dev/loop9", DevNum(7, 9))
+    world.dm.create("data2", uuid="SNAPKIT-data2-origin")
+    world.dm.load("data2", Table.single(SIZE, Linear(DevNum(7, 9), 0)))
+    world.dm.resume("data2")
+    world.dm.faults = faults
+
+
+@pytest.fixture(autouse=True)
+def _no_cow_dir_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fake mount points are not real filesystems; check_cow_dir has its own tests.
+    monkeypatch.setattr("snapkit.methods.dm.snapshot.check_cow_dir", lambda *_a: None)
+
+
+def _build(world: World) -> Plan:
+    requests = [CreateRequest(t, f"g-{t.mountpoint.name}", cow_dir=world.cow_dir) for t in (A, B)]  # type: ignore[union-attr]
+    impl = DmMethod(world.host)
+    plan, _records = group_create.plan_block("g", "dm", [(impl, r) for r in requests])
+    return plan
+
+
+def test_every_tables_loaded_then_every_suspend_then_every_resume(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    second_origin(world)
+    plan = _build(world)
+    kinds = [s.description.split()[1] for s in plan.steps if s.description.startswith("dmsetup")]
+    first_suspend = kinds.index("suspend")
+    assert kinds[first_suspend : first_suspend + 2] == ["suspend", "suspend"]
+    assert "load" not in kinds[first_suspend:] and "create" not in kinds[first_suspend:]
+    assert kinds[first_suspend + 2 :] == ["resume"] * 4
+    apply(plan)
+    for origin, snap in (("data", "g-a"), ("data2", "g-b")):
+        table = world.dm.table(origin)
+        assert table is not None and table.lines[0].target.type_name == "snapshot-origin"
+        info = world.dm.info(snap)
+        assert info is not None and not info.suspended
+
+
+def test_a_failure_at_any_step_of_any_member_leaves_the_world_unchanged(tmp_path: Path) -> None:
+    assert walk_failures(tmp_path, second_origin, _build, DmMethod) > 20
+
+
+# -- through the flow ---------------------------------------------------------------------------
+
+
+class FakeFreezer:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def freeze(self, mountpoint: Path) -> None:
+        self.log.append(f"freeze {mountpoint}")
+
+    def thaw(self, mountpoint: Path) -> bool:
+        self.log.append(f"thaw {mountpoint}")
+        return True
+
+
+class FakeGuard:
+    def __init__(self, log: list[str], mountpoint: Path) -> None:
+        self.log, self.mountpoint = log, mountpoint
+
+    def start(self) -> None:
+        self.log.append(f"watch {self.mountpoint}")
+
+    def arm(self, deadline: float) -> None:
+        self.log.append(f"arm {deadline}")
+
+    def stop(self) -> bool:
+        return False
+
+    def abandon(self) -> None:
+        self.log.append(f"abandon {self.mountpoint}")
+
+
+def _flow(world: World, monkeypatch: pytest.MonkeyPatch, targets: dict[str, Target]) -> Flow:
+    monkeypatch.setattr("snapkit.flow.resolve", lambda spec: targets[spec])
+    log: list[str] = []
+    flow = Flow(
+        world.host,
+        settings=Settings(state_dir=world.cow_dir / "state", lock_dir=world.cow_dir / "locks"),
+        mount_table=lambda: (),
+        freezer=FakeFreezer(log),
+        watchdog=lambda mp: FakeGuard(log, mp),
+    )
+    flow.log = log  # type: ignore[attr-defined]
+    flow.load()  # the prepared origins, reconciled into the state file once
+    return flow
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    world = make_world(tmp_path)
+    second_origin(world)
+    return world
+
+
+def test_group_create_status_and_discard(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    dry = flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm", dry_run=True)
+    assert isinstance(dry, str) and "every origin suspended" in dry
+    assert flow.load().groups == ()
+    made = flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    assert not isinstance(made, str)
+    assert made.state == "active"
+    assert [(m.record.name, m.record.details["mountpoint"]) for m in made.members] == [
+        ("g-a", "/mnt/a"),
+        ("g-b", "/mnt/b"),
+    ]
+    assert flow.record("g/b").name == "g-b"  # a member by its group's name
+    with pytest.raises(RefusedError, match="member of the snapshot group g"):
+        flow.discard("g-a")
+    gone = flow.discard_group("g")
+    assert not isinstance(gone, str) and {m.state for m in gone.members} == {State.MERGED}
+    assert flow.load().groups == () and flow.load().snapshots == ()
+    assert world.dm.info("g-a") is None and world.dm.info("g-b") is None
+
+
+def test_group_merge_rolls_every_member_back(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    monkeypatch.setattr("snapkit.methods.dm.snapshot.refuse_if_mounted", lambda *_a: None)
+    dry = flow.merge_group("g", dry_run=True)
+    assert isinstance(dry, str) and "merge dm snapshot g-a" in dry and "g-b" in dry
+    status = flow.merge_group("g", wait=True)  # the fake kernel merges at once
+    assert not isinstance(status, str)
+    assert [(m.record.name, m.state) for m in status.members] == [
+        ("g-a", State.MERGED),
+        ("g-b", State.MERGED),
+    ]
+    for origin in ("data", "data2"):  # each origin back on its own linear table
+        table = world.dm.table(origin)
+        assert table is not None and table.lines[0].target.type_name == "linear"
+    assert flow.load().groups == () and flow.load().snapshots == ()
+
+
+def test_a_failure_in_the_flow_leaves_no_state(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    before, text = world.state(), flow.state.path.read_text()
+    world.faults.fail_at = len(world.faults.calls) + 12
+    with pytest.raises(PlanError):
+        flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    assert world.state() == before
+    assert flow.state.path.read_text() == text
+
+
+def test_freeze_group_freezes_all_runs_once_thaws_all(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[list[str]] = []
+
+    def run(argv: list[str], **kw: object) -> object:
+        ran.append(list(argv))
+        from tests.unit.fakes import completed
+
+        return completed(argv)
+
+    monkeypatch.setattr(world.run, "run", run)
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    made = flow.create_group(
+        ["/mnt/a", "/mnt/b"], name="g", method="freeze", command=("snap", "both")
+    )
+    assert not isinstance(made, str) and [m.record.method for m in made.members] == ["freeze"] * 2
+    log = flow.log  # type: ignore[attr-defined]
+    events = [e.split()[0] for e in log]
+    assert events == ["watch", "watch", "arm", "freeze", "arm", "freeze", "thaw", "thaw"]
+    assert len({e for e in log if e.startswith("arm")}) == 1  # one deadline for both
+    assert ran == [["snap", "both"]]
+
+
+def test_freeze_group_command_failure_thaws_every_member(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run(argv: list[str], **kw: object) -> object:
+        raise SnapkitError("the snapshot command failed")
+
+    monkeypatch.setattr(world.run, "run", run)
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    with pytest.raises(PlanError):
+        flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="freeze", command=("x",))
+    log = flow.log  # type: ignore[attr-defined]
+    assert {"thaw /mnt/a", "thaw /mnt/b"} <= set(log)
+    assert flow.load().groups == ()
+
+
+# -- bad inputs: refused, nothing changed -------------------------------------------------------
+
+UNMOUNTED = Target(Path("/dev/mapper/data2"), None, None, (253, 1))
+PLAIN = Target(Path("/dev/sdz"), Path("/mnt/z"), "ext4", (8, 0))
+BTRFS_A = Target(Path("/dev/sdx"), Path("/mnt/x"), "btrfs", (8, 16))
+BTRFS_B = Target(Path("/dev/sdy"), Path("/mnt/y"), "btrfs", (8, 32))
+
+
+@pytest.mark.parametrize(
+    ("specs", "method", "words"),
+    [
+        (["/mnt/a", "/mnt/a"], "dm", "given twice"),
+        (["/mnt/a", "/dev/mapper/data2"], "dm", "is not mounted"),
+        (["/mnt/a", "/mnt/z"], "auto", "mixed methods"),
+        (["/mnt/x", "/mnt/y"], "auto", "btrfs cannot snapshot several"),
+        (["/mnt/x", "/mnt/y"], "btrfs", "btrfs cannot snapshot several"),
+        (["/mnt/a", "/mnt/b"], "lvm", "lvm cannot take a group"),
+        (["/mnt/a", "/mnt/b"], "lvm-thin", "lvm cannot take a group"),
+        (["/mnt/a", "/mnt/b"], "dm-direct", "does not take a group"),
+        (["/mnt/a", "/mnt/z"], "dm", "method dm cannot snapshot /mnt/z"),
+    ],
+)
+def test_bad_inputs_are_refused_with_nothing_changed(
+    world: World, monkeypatch: pytest.MonkeyPatch, specs: list[str], method: str, words: str
+) -> None:
+    targets = {
+        "/mnt/a": A,
+        "/mnt/b": B,
+        "/dev/mapper/data2": UNMOUNTED,
+        "/mnt/z": PLAIN,
+        "/mnt/x": BTRFS_A,
+        "/mnt/y": BTRFS_B,
+    }
+    flow = _flow(world, monkeypatch, targets)
+    before, text = world.state(), flow.state.path.read_text()
+    with pytest.raises(RefusedError, match=words) as caught:
+        flow.create_group(specs, name="g", method=method, command=("true",))
+    assert caught.value.hint, "a refusal says what to do"
+    assert world.state() == before and flow.state.path.read_text() == text
+
+
+def test_a_name_in_use_and_a_member_of_another_group_are_refused(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    before, text = world.state(), flow.state.path.read_text()
+    with pytest.raises(RefusedError, match="already in use"):
+        flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    with pytest.raises(RefusedError, match="already a member of the group g"):
+        flow.create_group(["/mnt/a", "/mnt/b"], name="h", method="dm")
+    assert world.state() == before and flow.state.path.read_text() == text
+
+
+# -- recover ------------------------------------------------------------------------------------
+
+
+def test_recover_removes_a_group_cut_short(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan ran (devices made) but the flow died before recording the members: the entry
+    still pending, recover makes the group gone -- every member's devices and COW."""
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    before = world.state()
+    requests = [
+        CreateRequest(t, f"g-{t.mountpoint.name}", cow_dir=flow.context.cow_dir) for t in (A, B)
+    ]  # type: ignore[union-attr]
+    plan, records = group_create.plan_block(
+        "g", "dm", [(DmMethod(world.host), r) for r in requests]
+    )
+    group = Group("g", "dm", ("g-a", "g-b"), Pending.CREATE, records)
+    StateFile(flow.settings.state_dir).save(flow.state.load().with_group(group))
+    apply(plan)
+    result = flow.recover()
+    assert not isinstance(result, str) and "g" in result.dropped
+    assert world.state() == before
+    assert flow.state.load().groups == () and flow.state.load().snapshots == ()
+
+
+# -- the API and the CLI's JSON -----------------------------------------------------------------
+
+
+def test_api_create_takes_a_list_and_status_json_lists_the_members(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import snapkit
+    from snapkit.cli.snapshot import group_json
+
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    with snapkit.create(["/mnt/a", "/mnt/b"], name="g", method="dm", flow=flow) as group:
+        assert isinstance(group, snapkit.SnapshotGroup)
+        shown = group_json(group.status())
+        assert shown["state"] == "active" and shown["group"] is True
+        assert [(m["origin"], m["mountpoint"], m["device"]) for m in shown["members"]] == [
+            ("/dev/mapper/data", "/mnt/a", "/dev/mapper/g-a"),
+            ("/dev/mapper/data2", "/mnt/b", "/dev/mapper/g-b"),
+        ]
+        again = snapkit.group("g", flow=flow)
+        assert again is not None and again.last_status is not None
+        assert snapkit.group("g-a", flow=flow) is None  # a member is not a group
+    assert flow.load().groups == ()  # the with block discarded the group it made
+    assert world.dm.info("g-a") is None
