@@ -341,3 +341,20 @@ def test_recover_rebuilds_the_layer_of_a_record_an_earlier_family_settled(tmp_pa
     steps, done = recovery.plan_recover(marked)
     apply(steps)
     assert "s1-crypt" not in world.dm.state() and not done.actions
+
+
+def test_a_plain_linear_device_a_method_takes_is_not_walked_through(tmp_path: Path) -> None:
+    """Found by make test-slow (tests/vm/test_io_errors.py): ext4 on a dm linear device made
+    by hand over another linear device. dm snapshots such a device itself, as before stacks
+    were walked; only a layer no method takes is passed through."""
+    from snapkit.methods.auto import AutoMethod
+
+    world = make_world(tmp_path)
+    data = world.dm.info("data")
+    assert data is not None
+    top = Layer(Kind.LINEAR, _info(data.dev, "dm-0", "data", ""), world.dm.table("data"))
+    below = Layer(Kind.STOP, _info(DevNum(7, 0), "loop0"), None, "a plain disk")
+    stack = Stack((top, below))
+    target = Target(Path("/dev/mapper/data"), None, "ext4", (data.dev.major, data.dev.minor))
+    for inner in (DmMethod(world.host), AutoMethod(world.host)):
+        assert wrap(inner, world.host, target, stack) is inner

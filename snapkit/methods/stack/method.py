@@ -363,9 +363,24 @@ def wrap(
     block devices; as it is otherwise (freeze, remount-ro and btrfs work at the top)."""
     if not stack.stacked or inner.name not in ("lvm", "lvm-thin", "dm", "dm-direct", "auto"):
         return inner
+    if _takes_the_top(inner, host, target):
+        return inner  # the filesystem's own device is the layer to snapshot (e.g. a plain linear)
     if inner.name == "auto":
         return _auto(inner, host, target, stack, command, key_file)
     return _wrapped(inner, host, stack, key_file)
+
+
+def _takes_the_top(inner: Method, host: Host, target: Target) -> bool:
+    """Whether a block method takes the filesystem's own device as it is: a dm ``linear``
+    device someone else made is a pass-through layer only when no method snapshots it (the
+    dm methods do, as they did before stacks were walked)."""
+    if inner.name != "auto":
+        return inner.unsuitable(target) is None
+    from snapkit.methods import registry
+
+    return any(
+        registry.get(name, host).unsuitable(target) is None for name in ("lvm-thin", "lvm", "dm")
+    )
 
 
 def _auto(
