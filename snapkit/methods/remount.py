@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from snapkit.errors import RefusedError, UsageError
+from snapkit.host.cowdir import check_cow_dir
 from snapkit.host.loopdev import Files
 from snapkit.host.target import mounts_of
-from snapkit.methods.dm.shared import check_cow_dir
 from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor

@@ -358,3 +358,18 @@ def test_a_plain_linear_device_a_method_takes_is_not_walked_through(tmp_path: Pa
     target = Target(Path("/dev/mapper/data"), None, "ext4", (data.dev.major, data.dev.minor))
     for inner in (DmMethod(world.host), AutoMethod(world.host)):
         assert wrap(inner, world.host, target, stack) is inner
+
+
+def test_a_cow_dir_on_the_top_filesystem_is_refused_before_anything(tmp_path: Path) -> None:
+    """The method below sees only the unmounted base, so the stack checks --cow-dir against
+    the filesystem at the top (host/cowdir.py, the check every COW method shares)."""
+    from dataclasses import replace as with_
+
+    from snapkit.errors import ValidationError
+
+    world, method, request = _stacked_world(tmp_path)
+    top = with_(request.target, mountpoint=tmp_path)
+    before = world.state()
+    with pytest.raises(ValidationError, match="on the filesystem being snapshotted"):
+        method.plan_create(with_(request, target=top, cow_dir=tmp_path / "cow"))
+    assert world.state() == before

@@ -31,6 +31,7 @@ from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, snapkit_name, uuid
 from snapkit.dm.table import Dev, DevNum, Linear, Snapshot, SnapshotMerge, Store, Table
 from snapkit.errors import RefusedError
+from snapkit.host.cowdir import check_cow_dir
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import block_info
@@ -40,7 +41,6 @@ from snapkit.methods.dm.layer import refuse_if_mounted as refuse_if_mounted_laye
 from snapkit.methods.dm.shared import (
     MAPPER,
     DmDetails,
-    check_cow_dir,
     cow_bytes,
     disk_ident,
     dm_origin,

@@ -7,7 +7,6 @@ health from a ``snapshot``/``snapshot-merge`` status line.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -141,37 +140,6 @@ def cow_bytes(request: CreateRequest, origin_sectors: int) -> int:
     return -(-size // chunk_bytes) * chunk_bytes
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def check_cow_dir(cow_dir: Path, target: Target) -> None:
-    """Refuse a COW on the filesystem being snapshotted: the snapshot would write into itself,
-    and the suspend would deadlock on the COW's own I/O."""
-    where = _existing_ancestor(cow_dir)
-    if not where.is_dir():
-        raise ValidationError(
-            f"--cow-dir {cow_dir} is not a directory", hint="give a directory on another filesystem"
-        )
-    same = False
-    if target.mountpoint is not None:
-        same = os.stat(where).st_dev == os.stat(target.mountpoint).st_dev
-    if not same:
-        from snapkit.dm.table import DevNum
-
-        dev = DevNum(*target.devnum)
-        points = [m.mountpoint for m in mounts_of(dev, mounts())]
-        same = any(where == p or p in where.parents for p in points)
-    if same:
-        raise ValidationError(
-            f"--cow-dir {cow_dir} is on the filesystem being snapshotted ({target.device})",
-            hint="put the COW on another filesystem, e.g. --cow-dir /var/tmp",
-        )
-
-
 class Health(NamedTuple):
     """What a ``snapshot``/``snapshot-merge`` status line means, with the words to say it."""
 
@@ -262,7 +230,6 @@ def disk_ident(table: Table, run: Executor) -> StableId | None:
 __all__ = [
     "DmDetails",
     "Health",
-    "check_cow_dir",
     "cow_bytes",
     "disk_ident",
     "dm_origin",

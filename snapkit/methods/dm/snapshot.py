@@ -25,6 +25,7 @@ from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError, split_advice
+from snapkit.host.cowdir import check_cow_dir
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.fs import SUSPEND_DOES_NOT_FREEZE
 from snapkit.host.loopdev import LoopSlot
@@ -32,7 +33,6 @@ from snapkit.methods.base import Host, Phases
 from snapkit.methods.dm.shared import (
     MAPPER,
     DmDetails,
-    check_cow_dir,
     cow_bytes,
     disk_ident,
     dm_origin,

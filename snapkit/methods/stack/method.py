@@ -24,12 +24,11 @@ shows the stacked view: ``origin`` the top device, ``device`` the plaintext snap
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from snapkit.errors import RefusedError, ValidationError
+from snapkit.errors import RefusedError
+from snapkit.host.cowdir import check_cow_dir
 from snapkit.host.freezing import IoctlFreezer, Outcome, freeze_around, real_watchdog
 from snapkit.host.stack import Kind, Stack, refuse_unsnapshottable
 from snapkit.methods.base import Extendable, KernelMerge, Method
@@ -56,13 +55,6 @@ def shown(record: SnapshotRecord) -> SnapshotRecord:
         return record
     info = info_of(record)
     return replace(record, origin=info.top, device=info.device)
-
-
-def _same_fs(path: Path, mountpoint: Path) -> bool:
-    where = path.absolute()
-    while not where.exists():
-        where = where.parent
-    return os.stat(where).st_dev == os.stat(mountpoint).st_dev
 
 
 def _open_count(host: Host, name: str) -> int:
@@ -151,12 +143,8 @@ class StackedMethod:
         assert stack is not None
         self._refuse_stack(stack)
         top = request.target
-        cow_dir, mountpoint = request.cow_dir, top.mountpoint
-        if cow_dir is not None and mountpoint is not None and _same_fs(cow_dir, mountpoint):
-            raise ValidationError(
-                f"--cow-dir {cow_dir} is on the filesystem being snapshotted ({top.device})",
-                hint="put the COW on another filesystem, e.g. --cow-dir /var/tmp",
-            )
+        if request.cow_dir is not None:  # the method below sees only the unmounted base
+            check_cow_dir(request.cow_dir, top)
         inner_request = replace(request, target=stack.base_target(top), frozen_above=True)
         plan, record = self.inner.plan_create(inner_request)
         info = L.StackInfo(
