@@ -25,7 +25,7 @@ from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, uuid
 from snapkit.dm.table import Crypt, Dev, Line, Linear, Table, Target, Zero
 from snapkit.errors import OperationError, RefusedError
-from snapkit.host.stack import Kind, Stack
+from snapkit.host.stack import Stack
 from snapkit.plan import Step
 
 MAPPER = "/dev/mapper/"
@@ -278,10 +278,7 @@ def parked(dm: DmControl, info: StackInfo) -> bool:
     )
 
 
-KINDS = {k.value for k in (Kind.CRYPT, Kind.LINEAR)}
-
 __all__ = [
-    "KINDS",
     "StackInfo",
     "Upper",
     "build_steps",

@@ -34,7 +34,9 @@ def check(run: Executor, device: str, key_file: str) -> None:
         )
 
 
-def _open(run: Executor, key_file: str, device: str, name: str) -> None:
+def open_mapping(run: Executor, key_file: str, device: str, name: str) -> None:
+    """``cryptsetup open`` of ``device``'s LUKS header as ``name`` (also recover's, after a
+    merge cut short or a reboot)."""
     run.run(["cryptsetup", "open", "--type", "luks", "--key-file", key_file, device, name])
 
 
@@ -45,7 +47,7 @@ def _close(run: Executor, name: str) -> None:
 def open_step(run: Executor, key_file: str, device: str, name: str) -> Step:
     return Step(
         f"cryptsetup open --key-file {key_file} {device} {name}",
-        lambda: _open(run, key_file, device, name),
+        lambda: open_mapping(run, key_file, device, name),
         lambda: _close(run, name),
         f"cryptsetup close {name}",
     )
@@ -55,14 +57,9 @@ def close_step(run: Executor, key_file: str, device: str, name: str) -> Step:
     return Step(
         f"cryptsetup close {name}",
         lambda: _close(run, name),
-        lambda: _open(run, key_file, device, name),
+        lambda: open_mapping(run, key_file, device, name),
         f"cryptsetup open --key-file {key_file} {device} {name}",
     )
 
 
-def reopen(run: Executor, key_file: str, device: str, name: str) -> None:
-    """Open ``name`` again (recover): after a merge cut short, or a reboot."""
-    _open(run, key_file, device, name)
-
-
-__all__ = ["check", "close_step", "open_step", "reopen"]
+__all__ = ["check", "close_step", "open_mapping", "open_step"]

@@ -24,6 +24,7 @@ shows the stacked view: ``origin`` the top device, ``device`` the plaintext snap
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -32,7 +33,7 @@ from snapkit.host.cowdir import check_cow_dir
 from snapkit.host.freezing import IoctlFreezer, Outcome, freeze_around, real_watchdog
 from snapkit.host.stack import Kind, Stack, refuse_unsnapshottable
 from snapkit.methods.base import Extendable, KernelMerge, Method
-from snapkit.methods.stack import STACK_KEY, luks
+from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY, luks
 from snapkit.methods.stack import layers as L
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, Target
 from snapkit.plan import Plan, Step, rollback
@@ -68,14 +69,12 @@ class Deferred:
     For the inner merge, which must be planned *after* the origin is released (LVM plans a
     deferred merge while its origin is open)."""
 
-    def __init__(self, make: object) -> None:
+    def __init__(self, make: Callable[[], Plan]) -> None:
         self.make = make
         self.done: list[Step] = []
 
     def do(self) -> None:
-        assert callable(self.make)
         plan = self.make()
-        assert isinstance(plan, Plan)
         for step in plan.steps:
             try:
                 step.do()
@@ -349,7 +348,7 @@ def wrap(
 ) -> Method:
     """``inner`` for ``target``: wrapped when the target is stacked and ``inner`` snapshots
     block devices; as it is otherwise (freeze, remount-ro and btrfs work at the top)."""
-    if not stack.stacked or inner.name not in ("lvm", "lvm-thin", "dm", "dm-direct", "auto"):
+    if not stack.stacked or inner.name not in BLOCK_METHODS:
         return inner
     if _takes_the_top(inner, host, target):
         return inner  # the filesystem's own device is the layer to snapshot (e.g. a plain linear)
@@ -361,14 +360,16 @@ def wrap(
 def _takes_the_top(inner: Method, host: Host, target: Target) -> bool:
     """Whether a block method takes the filesystem's own device as it is: a dm ``linear``
     device someone else made is a pass-through layer only when no method snapshots it (the
-    dm methods do, as they did before stacks were walked)."""
-    if inner.name != "auto":
-        return inner.unsuitable(target) is None
-    from snapkit.methods import registry
+    dm methods do, as they did before stacks were walked). A layer the walk passes through
+    is never an LV (``classify`` tells LVs first), so only dm is asked: lvm's answer would
+    cost an ``lvs`` run and be no."""
+    if inner.name in ("lvm", "lvm-thin"):
+        return False
+    if inner.name == "auto":
+        from snapkit.methods import registry
 
-    return any(
-        registry.get(name, host).unsuitable(target) is None for name in ("lvm-thin", "lvm", "dm")
-    )
+        inner = registry.get("dm", host)
+    return inner.unsuitable(target) is None
 
 
 def _auto(

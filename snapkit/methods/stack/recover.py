@@ -92,12 +92,12 @@ def _settle_luks(ctx: Context, record: SnapshotRecord, info: L.StackInfo, done: 
     origin = info.uppers[0].name
     base = info.base.removeprefix(L.MAPPER)
     if record.pending is Pending.MERGE and dm.info(origin) is None and dm.info(base):
-        luks.reopen(run, kf, info.base, origin)
+        luks.open_mapping(run, kf, info.base, origin)
         done.actions.append(f"{record.name}: opened {origin} again over {info.base}")
     upper = info.uppers[0].upper
     snap = dm.info(info.base_snapshot.removeprefix(L.MAPPER))
     if record.pending is None and snap is not None and dm.info(upper) is None:
-        luks.reopen(run, kf, info.base_snapshot, upper)
+        luks.open_mapping(run, kf, info.base_snapshot, upper)
         done.actions.append(f"{record.name}: opened {L.MAPPER}{upper} with its key file")
 
 
