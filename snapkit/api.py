@@ -338,6 +338,7 @@ def create(
     max_freeze: float = ...,
     command: Sequence[str] = ...,
     key_file: StrPath | None = ...,
+    force: bool = ...,
     dry_run: Literal[False] = ...,
     flow: Flow | None = ...,
 ) -> SnapshotGroup: ...
@@ -355,6 +356,7 @@ def create(
     max_freeze: float = ...,
     command: Sequence[str] = ...,
     key_file: StrPath | None = ...,
+    force: bool = ...,
     dry_run: bool,
     flow: Flow | None = ...,
 ) -> SnapshotGroup | str: ...
@@ -372,6 +374,7 @@ def create(
     max_freeze: float = ...,
     command: Sequence[str] = ...,
     key_file: StrPath | None = ...,
+    force: bool = ...,
     dry_run: Literal[False] = ...,
     flow: Flow | None = ...,
 ) -> Snapshot: ...
@@ -389,6 +392,7 @@ def create(
     max_freeze: float = ...,
     command: Sequence[str] = ...,
     key_file: StrPath | None = ...,
+    force: bool = ...,
     dry_run: bool,
     flow: Flow | None = ...,
 ) -> Snapshot | str: ...
@@ -405,6 +409,7 @@ def create(
     max_freeze: float = 10.0,
     command: Sequence[str] = (),
     key_file: StrPath | None = None,
+    force: bool = False,
     dry_run: bool = False,
     flow: Flow | None = None,
 ) -> Snapshot | SnapshotGroup | str:
@@ -419,8 +424,10 @@ def create(
     ``max_freeze``: seconds the filesystem may stay frozen; ``command``: the argv that takes
     the copy for ``freeze`` and ``remount-ro``; ``key_file``: for a filesystem on LUKS, the
     file cryptsetup unlocks the snapshot's header with (else the key is copied from the
-    mapping's table, kernel to kernel). ``dry_run``: the exact steps, as text, and nothing
-    changed.
+    mapping's table, kernel to kernel). ``force``: accept a COW (dm, dm-direct) larger than
+    the free space under ``cow_dir``, which the kernel drops if that filesystem fills; without
+    it such a COW is refused before anything changes. ``dry_run``: the exact steps, as text,
+    and nothing changed.
 
     Returns a :class:`Snapshot` whose ``last_status`` is the status right after creation; as a
     context manager it is discarded at the end of the ``with`` block (see :class:`Snapshot`).
@@ -446,6 +453,7 @@ def create(
                 max_freeze=max_freeze,
                 dry_run=dry_run,
                 command=tuple(command),
+                force=force,
             )
         if isinstance(made, str):
             return made
@@ -464,6 +472,7 @@ def create(
             dry_run=dry_run,
             command=tuple(command),
             key_file=Path(key_file) if key_file is not None else None,
+            force=force,
         )
     if isinstance(result, str):
         return result

@@ -34,6 +34,7 @@ from snapkit.dm.naming import snapkit_name
 from snapkit.dm.table import DevNum
 from snapkit.errors import OperationError, RefusedError, SnapkitError, UsageError, split_advice
 from snapkit.host import freezing
+from snapkit.host.cowdir import Room, cow_room
 from snapkit.host.freezing import Outcome
 from snapkit.host.fs import snapshot_mount_options
 from snapkit.host.loopdev import LocalFiles, LosetupLoops
@@ -58,6 +59,7 @@ from snapkit.recover import Recovery
 from snapkit.run import Completed, SubprocessExecutor
 from snapkit.settings import Settings
 from snapkit.state import Prepared, StateData, StateFile, reconcile
+from snapkit.validate import format_size
 
 if TYPE_CHECKING:  # annotations only: the module loads when its verb runs
     from snapkit.methods.dm.device import PrepareResult
@@ -180,6 +182,7 @@ class Flow:
         dry_run: bool = False,
         command: tuple[str, ...] = (),
         key_file: Path | None = None,
+        force: bool = False,
     ) -> SnapshotStatus | str:
         """Create snapshot ``name`` of ``target_spec``; the plan text instead if ``dry_run``.
         ``command`` is the user's snapshot command (freeze, remount-ro, auto's fallback);
@@ -209,6 +212,7 @@ class Flow:
             post=post,
             max_freeze=max_freeze,
             command=command,
+            force=force,
         )
         with self.lock(str(target.device), f"create {name}"):
             plan, record = impl.plan_create(req)
@@ -275,6 +279,7 @@ class Flow:
         max_freeze: float = 10.0,
         dry_run: bool = False,
         command: tuple[str, ...] = (),
+        force: bool = False,
     ) -> GroupStatus | str:
         """Create the snapshot group ``name``: one snapshot per member of ``target_specs``,
         all at one point in time, all or nothing (:mod:`snapkit.methods.group.create`).
@@ -329,6 +334,7 @@ class Flow:
                 chunk_sectors=chunk_sectors,
                 max_freeze=max_freeze,
                 command=command,
+                force=force,
             )
             for target, member in zip(targets, members, strict=True)
         ]
@@ -709,6 +715,7 @@ class Flow:
         # A long-running watch says once that it is on guard, so that a script (or a person)
         # starting writes behind it knows from when on the COW is being watched.
         announce = not once
+        warned = False  # said once per shortage of room under a dm COW file, not every look
         while True:
             found = self.load().snapshot(name)
             if found is None:
@@ -726,12 +733,23 @@ class Flow:
             if status.state is not State.ACTIVE:
                 return status
             used = status.usage_percent or 0.0
+            space = _cow_space(record)
             if announce:
+                where = f"; {space[0].words()}" if space else ""
                 say(
                     f"watching {name}: COW {used:.2f}% full; grows by {extend_by} bytes at "
-                    f"{extend_at:g}%, looked at every {interval:g} s"
+                    f"{extend_at:g}%, looked at every {interval:g} s{where}"
                 )
                 announce = False
+            short = space is not None and space[1] > space[0].free
+            if short and not warned and space is not None:
+                here, could = space
+                say(
+                    f"warning: the COW of {name} may still grow by {format_size(could)}, but "
+                    f"only {here.words()}: when it fills, the kernel drops the snapshot; free "
+                    f"space there, or discard the snapshot"
+                )
+            warned = short
             if used >= extend_at:
                 with self.lock(record.origin, f"extend {name}"):
                     self.apply_plan(impl.plan_extend(record, extend_by))
@@ -1015,6 +1033,18 @@ def freeze(
         apply(plan)
     assert outcome.result is not None  # the plan ran the command, or raised
     return Frozen(mountpoint, outcome.result, outcome.window)
+
+
+def _cow_space(record: SnapshotRecord) -> tuple[Room, int] | None:
+    """The room under a dm snapshot's COW file and how much more the file may take; None
+    for a COW that is not a file (lvm's is an LV, whose room is the VG's) or is gone."""
+    cow_file = record.details.get("cow_file")
+    if not cow_file:
+        return None
+    try:
+        return cow_room(Path(cow_file))
+    except OSError:
+        return None
 
 
 def _mount_options(record: SnapshotRecord, fstype: str, rw: bool, read_only: bool) -> list[str]:

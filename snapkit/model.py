@@ -63,6 +63,8 @@ class CreateRequest:
     # The filesystem is on a layer above the target and snapkit froze it (a stacked origin,
     # snapkit.methods.stack): suspend the target without lockfs.
     frozen_above: bool = False
+    # Take the risk of a COW that may outgrow the free space under cow_dir (--force).
+    force: bool = False
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,16 @@ def table_token(token: str, *, what: str) -> str:
     return token
 
 
+def format_size(size: int) -> str:
+    """Bytes as :func:`parse_size` reads them back, never more than ``size``: whole units
+    where they divide, else rounded down in a unit small enough to be close (1.9G: 1945M),
+    so that a limit quoted in a hint is one a user can give as it is."""
+    for unit, scale in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale and (size % scale == 0 or size >= 16 * scale):
+            return f"{size // scale}{unit}"
+    return f"{size}b"
+
+
 def parse_size(text: str) -> int:
     """Parse a size such as ``64M``, ``1.5G``, ``4KiB`` or ``2048s`` into bytes.
 
@@ -182,6 +192,7 @@ __all__ = [
     "SECTOR",
     "chunk_sectors",
     "dm_name",
+    "format_size",
     "lv_name",
     "parse_chunk",
     "parse_sectors",

@@ -215,6 +215,7 @@ def _create(args: argparse.Namespace) -> int:
             dry_run=bool(args.dry_run),
             command=command,
             key_file=args.key_file or None,
+            force=args.force,
             flow=flow,
         )
     if isinstance(result, str):
@@ -417,6 +418,12 @@ def register(subparsers: Any) -> None:
         help="a filesystem on LUKS: unlock the snapshot's header with this file (cryptsetup "
         "open --key-file), e.g. for LUKS2's kernel-keyring keys; by default the key is "
         "copied from the crypt mapping's table, kernel to kernel, and shown nowhere",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a COW (dm, dm-direct) larger than the free space under --cow-dir; the "
+        "kernel drops the snapshot if that filesystem fills, so this is refused by default",
     )
     p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")
     p.add_argument("--json", action="store_true")

@@ -31,7 +31,7 @@ from snapkit.dm import steps
 from snapkit.dm.naming import Role, base_name, snapkit_name, uuid
 from snapkit.dm.table import Dev, DevNum, Linear, Snapshot, SnapshotMerge, Store, Table
 from snapkit.errors import RefusedError
-from snapkit.host.cowdir import check_cow_dir
+from snapkit.host.cowdir import check_cow_dir, check_cow_space
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import block_info
@@ -93,6 +93,8 @@ class DmDirectMethod:
         if request.cow_dir is None:
             raise RefusedError("no --cow-dir given")
         check_cow_dir(request.cow_dir, request.target)
+        cow_size = cow_bytes(request, size)
+        check_cow_space(request.cow_dir, cow_size, force=request.force)
         cow = request.cow_dir / f"{name}.cow"
         if self.host.files.exists(cow):
             raise RefusedError(
@@ -107,7 +109,7 @@ class DmDirectMethod:
             return Table.single(size, Snapshot(base, str(slot.path), Store.PERSISTENT, chunk))
 
         s: list[Step] = [
-            steps.cow_file(self.host.files, cow, cow_bytes(request, size)),
+            steps.cow_file(self.host.files, cow, cow_size),
             steps.attach(self.host.loops, slot),
         ]
         if intermediate:

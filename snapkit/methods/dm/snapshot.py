@@ -25,7 +25,7 @@ from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, real_name, snapkit_name, uuid
 from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError, split_advice
-from snapkit.host.cowdir import check_cow_dir
+from snapkit.host.cowdir import check_cow_dir, check_cow_space
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.fs import SUSPEND_DOES_NOT_FREEZE
 from snapkit.host.loopdev import LoopSlot
@@ -116,6 +116,8 @@ class DmMethod:
             raise RefusedError("no --cow-dir given")
         check_cow_dir(request.cow_dir, request.target)
         size = table.size
+        cow_size = cow_bytes(request, size)
+        check_cow_space(request.cow_dir, cow_size, force=request.force)
         cow = request.cow_dir / f"{name}.cow"
         if self.host.files.exists(cow):
             raise RefusedError(
@@ -130,7 +132,7 @@ class DmMethod:
         origin_table = Table.single(size, SnapshotOrigin(real_path))
         snap_text = f"0 {size} snapshot {real_path} {slot} P {chunk}"
         s: list[Step] = [
-            steps.cow_file(self.host.files, cow, cow_bytes(request, size)),
+            steps.cow_file(self.host.files, cow, cow_size),
             steps.attach(self.host.loops, slot),
         ]
         if first:

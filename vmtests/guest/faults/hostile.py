@@ -228,6 +228,7 @@ CASES: tuple[Case, ...] = (
     C("COW below 3 chunks", (*ON_O, "--name", "x", "--cow-size", "8K"), "three"),
     C("COW size unreadable", (*ON_O, "--name", "x", "--cow-size", "lots"), "size"),
     C("COW size zero", (*ON_O, "--name", "x", "--cow-size", "0M"), "zero"),
+    C("COW beyond the free space", (*ON_O, "--name", "x", "--cow-size", "99999T"), "outgrow"),
     C("COW dir is a file", (*ON_O, "--name", "x", "--cow-dir", "/tmp/plain.img"), "directory"),
     C("chunk 3K", (*ON_O, "--name", "x", "--chunk-size", "3K"), "chunk"),
     C("chunk 1M", (*ON_O, "--name", "x", "--chunk-size", "1M"), "chunk"),
