@@ -1,21 +1,24 @@
 """Write the point-in-time image: the bytes a read of the whole snapshot device returns.
 
 The image is the origin with every exception chunk replaced by its COW chunk, so each output
-byte is copied exactly once, from a read-only mapping of the origin or of the COW, by
-``pwritev`` calls that each write up to ``IOV_MAX`` pieces of one contiguous output range: a
-piece of the origin between two exceptions, then an exception chunk, and so on. The old way,
-one ``preadv`` per exception run into an 8 MiB buffer and then a write, made 100,000 syscalls
-for 100,000 scattered chunks and copied every byte twice.
+byte is copied exactly once, from a mapping of the origin or of the COW, by ``pwritev``
+calls that each write up to ``IOV_MAX`` pieces of one contiguous output range: a piece of the
+origin between two exceptions, then an exception chunk, and so on. The iovecs are (address,
+length) pairs in an ``array`` handed to libc through ctypes, not memoryview slices: one
+Python object per piece cost a third of the export's CPU. The old way, one ``preadv`` per
+exception run into an 8 MiB buffer and then a write, made 100,000 syscalls for 100,000
+scattered chunks and copied every byte twice.
 
 Per-exception Python work is kept to C-speed ``map`` calls: the exceptions are sorted by
-origin chunk through a table (``sorted_exceptions``) and the pieces are built as slices in
-bulk, a window of the image at a time, while a writer thread writes the window before. The
-kernel only ever reads the mappings (Python never touches their bytes), so an input that
-shrinks under the export is an ``EFAULT`` from ``pwritev``, an error, not a ``SIGBUS``.
+origin chunk through a table (``sorted_exceptions``) and the iovec tables are built in bulk,
+a window of the image at a time, while a writer thread writes the window before. The kernel
+only ever reads the mappings (Python never touches their bytes, but for the rest of a short
+write), so an input that shrinks under the export is an ``EFAULT`` from ``pwritev``, an
+error, not a ``SIGBUS``.
 
-What still costs more than ``cp`` (BENCHMARKS.md): the exception chunks are copied in origin
-order, which is random order in the COW, 4 KiB at a time through a user mapping; on the
-project's VM that copy runs several times slower than cp's in-kernel, in-order one.
+What still costs more than ``cp`` (BENCHMARKS.md): the kernel's copy from user mappings is
+slower than cp's in-kernel one. A huge-page buffer filled by ``preadv`` in COW order measured
+slower still: fresh memory is dear on the project's VM.
 
 Holes: into a regular file, only the origin's data extents (``SEEK_DATA``/``SEEK_HOLE``) and
 the exception chunks are written, and ``ftruncate`` sets the size at the end, so a sparse
@@ -211,6 +214,7 @@ def _write_views(fd: int, views: Views, offset: int | None) -> int:
         if err != errno.EINTR:
             raise OSError(err, os.strerror(err))
     if done < views.size:  # rare (a signal, a full disk): the rest as bytes, written plainly
+        # (read here by Python: an input cut short exactly now would be a SIGBUS, not EFAULT)
         pairs = views.table[2 * views.first : 2 * (views.first + views.count)]
         rest: list[bytes] = []
         skip = done
