@@ -1,21 +1,24 @@
 """Write the point-in-time image: the bytes a read of the whole snapshot device returns.
 
 The image is the origin with every exception chunk replaced by its COW chunk, so each output
-byte is copied exactly once, from a read-only mapping of the origin or of the COW, by
-``pwritev`` calls that each write up to ``IOV_MAX`` pieces of one contiguous output range: a
-piece of the origin between two exceptions, then an exception chunk, and so on. The old way,
-one ``preadv`` per exception run into an 8 MiB buffer and then a write, made 100,000 syscalls
-for 100,000 scattered chunks and copied every byte twice.
+byte is copied exactly once, from a mapping of the origin or of the COW, by ``pwritev``
+calls that each write up to ``IOV_MAX`` pieces of one contiguous output range: a piece of the
+origin between two exceptions, then an exception chunk, and so on. The iovecs are (address,
+length) pairs in an ``array`` handed to libc through ctypes, not memoryview slices: one
+Python object per piece cost a third of the export's CPU. The old way, one ``preadv`` per
+exception run into an 8 MiB buffer and then a write, made 100,000 syscalls for 100,000
+scattered chunks and copied every byte twice.
 
 Per-exception Python work is kept to C-speed ``map`` calls: the exceptions are sorted by
-origin chunk through a table (``sorted_exceptions``) and the pieces are built as slices in
-bulk, a window of the image at a time, while a writer thread writes the window before. The
-kernel only ever reads the mappings (Python never touches their bytes), so an input that
-shrinks under the export is an ``EFAULT`` from ``pwritev``, an error, not a ``SIGBUS``.
+origin chunk through a table (``sorted_exceptions``) and the iovec tables are built in bulk,
+a window of the image at a time, while a writer thread writes the window before. The kernel
+only ever reads the mappings (Python never touches their bytes, but for the rest of a short
+write), so an input that shrinks under the export is an ``EFAULT`` from ``pwritev``, an
+error, not a ``SIGBUS``.
 
-What still costs more than ``cp`` (BENCHMARKS.md): the exception chunks are copied in origin
-order, which is random order in the COW, 4 KiB at a time through a user mapping; on the
-project's VM that copy runs several times slower than cp's in-kernel, in-order one.
+What still costs more than ``cp`` (BENCHMARKS.md): the kernel's copy from user mappings is
+slower than cp's in-kernel one. A huge-page buffer filled by ``preadv`` in COW order measured
+slower still: fresh memory is dear on the project's VM.
 
 Holes: into a regular file, only the origin's data extents (``SEEK_DATA``/``SEEK_HOLE``) and
 the exception chunks are written, and ``ftruncate`` sets the size at the end, so a sparse
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -35,10 +39,11 @@ import secrets
 import stat
 import sys
 import threading
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate, chain, compress, repeat
+from itertools import accumulate, chain, compress, pairwise, repeat
 from operator import add, mul, sub
 
 from snapkit.cow.format import DEFAULT_CHUNK_SECTORS, SECTOR_SIZE
@@ -49,8 +54,6 @@ from snapkit.errors import OperationError, RefusedError, ValidationError
 IOV_MAX = 1024  # Linux's limit on the pieces of one pwritev
 BATCH_BYTES = 8 << 20  # at most this much per pwritev, so Ctrl-C and errors land early
 WINDOW_BYTES = 8 * BATCH_BYTES  # the image is built and handed to the writer this much at a time
-
-Piece = memoryview
 
 
 @dataclass(frozen=True)
@@ -105,74 +108,120 @@ def data_zones(fd: int, size: int) -> list[tuple[int, int, bool]]:
 
 
 class _Image:
-    """Builds the pieces of the image, zone by zone, from the two mappings."""
+    """Builds the iovec tables of the image, zone by zone, from the addresses of the two
+    mappings: plain integers made by C-speed ``map`` passes, because a memoryview slice per
+    piece (230,000 of them for the benchmark) cost more CPU than the kernel's copy of the
+    bytes they name."""
 
     def __init__(
-        self, origin: memoryview, cow: memoryview, olds: list[int], news: list[int], csb: int
+        self, origin_addr: int, cow_addr: int, olds: list[int], news: list[int], csb: int
     ) -> None:
-        self.origin, self.cow, self.csb = origin, cow, csb
+        self.origin_addr, self.csb = origin_addr, csb
         self.starts = list(map(mul, olds, repeat(csb)))
-        self.cow_starts = list(map(mul, news, repeat(csb)))
+        self.cow_addrs = list(map(add, map(mul, news, repeat(csb)), repeat(cow_addr)))
 
     def _chunks(self, z0: int, z1: int) -> tuple[list[int], list[int], list[int]]:
-        """Output start, output end and COW start of each exception chunk overlapping
+        """Output start, output end and COW address of each exception chunk overlapping
         [z0, z1), clipped to it; only the first and the last can stick out."""
         csb = self.csb
         lo = bisect.bisect_right(self.starts, z0 - csb)
         hi = bisect.bisect_left(self.starts, z1)
         starts = self.starts[lo:hi]
-        cstarts = self.cow_starts[lo:hi]
+        addrs = self.cow_addrs[lo:hi]
         ends = list(map(add, starts, repeat(csb)))
         if starts:
             if starts[0] < z0:
-                cstarts[0] += z0 - starts[0]
+                addrs[0] += z0 - starts[0]
                 starts[0] = z0
             ends[-1] = min(ends[-1], z1)
-        return starts, ends, cstarts
+        return starts, ends, addrs
 
-    def _cow_pieces(self, starts: list[int], ends: list[int], cstarts: list[int]) -> list[Piece]:
-        cow_ends = map(add, cstarts, map(sub, ends, starts))
-        return list(map(self.cow.__getitem__, map(slice, cstarts, cow_ends)))
-
-    def data_zone(self, z0: int, z1: int) -> tuple[int, list[Piece]]:
+    def data_zone(self, z0: int, z1: int) -> list[tuple[int, Views]]:
         """All of [z0, z1): origin pieces between the exceptions, interleaved with them (an
         origin piece may be empty; an empty iovec costs nothing)."""
-        starts, ends, cstarts = self._chunks(z0, z1)
-        gap_starts = chain((z0,), ends)
-        gaps = map(self.origin.__getitem__, map(slice, gap_starts, chain(starts, (z1,))))
-        chunks = self._cow_pieces(starts, ends, cstarts)
-        pieces = list(
-            chain.from_iterable(zip(gaps, chain(chunks, (self.origin[0:0],)), strict=True))
-        )
-        return z0, pieces
+        starts, ends, addrs = self._chunks(z0, z1)
+        gap_starts = [z0, *ends]
+        count = 2 * len(starts) + 1
+        bases, lens = [0] * count, [0] * count
+        bases[0::2] = map(add, gap_starts, repeat(self.origin_addr))
+        bases[1::2] = addrs
+        lens[0::2] = map(sub, chain(starts, (z1,)), gap_starts)
+        lens[1::2] = map(sub, ends, starts)
+        return _batches(z0, bases, lens)
 
-    def hole_zone(self, z0: int, z1: int) -> list[tuple[int, list[Piece]]]:
+    def hole_zone(self, z0: int, z1: int) -> list[tuple[int, Views]]:
         """Only the exception chunks in a hole of the origin, as runs of adjacent chunks."""
-        starts, ends, cstarts = self._chunks(z0, z1)
-        chunks = self._cow_pieces(starts, ends, cstarts)
-        runs: list[tuple[int, list[Piece]]] = []
-        run_end = -1
-        for start, end, piece in zip(starts, ends, chunks, strict=True):
-            if start != run_end:
-                runs.append((start, []))
-            runs[-1][1].append(piece)
-            run_end = end
-        return runs
+        starts, ends, addrs = self._chunks(z0, z1)
+        lens = list(map(sub, ends, starts))
+        cuts = [i for i in range(1, len(starts)) if starts[i] != ends[i - 1]]
+        batches: list[tuple[int, Views]] = []
+        for a, b in pairwise([0, *cuts, len(starts)]):
+            if b > a:
+                batches += _batches(starts[a], addrs[a:b], lens[a:b])
+        return batches
 
 
-def _write_views(fd: int, pieces: Sequence[Piece], offset: int | None) -> int:
-    """One pwritev (or writev at ``offset`` None), finished if the kernel wrote less."""
-    total = sum(map(len, pieces))
-    done = os.writev(fd, pieces) if offset is None else os.pwritev(fd, pieces, offset)
-    if done < total:
-        rest: list[Piece] = []
+@dataclass(frozen=True)
+class Views:
+    """``count`` iovecs from entry ``first`` of ``table`` ((address, length) pairs): the
+    pieces of one contiguous output range of ``size`` bytes, for one pwritev."""
+
+    table: array[int]
+    first: int
+    count: int
+    size: int
+
+
+def _batches(offset: int, bases: list[int], lens: list[int]) -> list[tuple[int, Views]]:
+    """The pieces of [offset, offset + sum(lens)) cut into pwritev calls of at most IOV_MAX
+    pieces and about BATCH_BYTES, each with its output offset."""
+    pairs = [0] * (2 * len(bases))
+    pairs[0::2], pairs[1::2] = bases, lens
+    table = array("Q", pairs)
+    ends = list(accumulate(lens))
+    batches: list[tuple[int, Views]] = []
+    i = 0
+    while i < len(lens):
+        base = ends[i - 1] if i else 0
+        j = max(i + 1, min(i + IOV_MAX, bisect.bisect_right(ends, base + BATCH_BYTES, i)))
+        batches.append((offset + base, Views(table, i, j - i, ends[j - 1] - base)))
+        i = j
+    return batches
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_pwritev = _libc.pwritev
+_pwritev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+_pwritev.restype = ctypes.c_ssize_t
+_writev = _libc.writev
+_writev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+_writev.restype = ctypes.c_ssize_t
+
+
+def _write_views(fd: int, views: Views, offset: int | None) -> int:
+    """One pwritev (or writev at ``offset`` None) through libc, finished if the kernel wrote
+    less. ctypes releases the GIL for the call, as os.pwritev does."""
+    iov = views.table.buffer_info()[0] + 16 * views.first
+    while True:
+        done: int
+        if offset is None:
+            done = _writev(fd, iov, views.count)
+        else:
+            done = _pwritev(fd, iov, views.count, offset)
+        if done >= 0:
+            break
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
+    if done < views.size:  # rare (a signal, a full disk): the rest as bytes, written plainly
+        # (read here by Python: an input cut short exactly now would be a SIGBUS, not EFAULT)
+        pairs = views.table[2 * views.first : 2 * (views.first + views.count)]
+        rest: list[bytes] = []
         skip = done
-        for piece in pieces:
-            if skip >= len(piece):
-                skip -= len(piece)
-                continue
-            rest.append(piece[skip:])
-            skip = 0
+        for address, length in zip(pairs[0::2], pairs[1::2], strict=True):
+            if skip < length:
+                rest.append(ctypes.string_at(address + skip, length - skip))
+            skip = max(0, skip - length)
         left = memoryview(b"".join(rest))
         while left:
             n = os.write(fd, left) if offset is None else os.pwrite(fd, left, offset + done)
@@ -181,26 +230,14 @@ def _write_views(fd: int, pieces: Sequence[Piece], offset: int | None) -> int:
     return done
 
 
-def _write_run(fd: int, start: int, pieces: list[Piece], sequential: bool) -> int:
-    """Write one contiguous run in batches of at most IOV_MAX pieces and about BATCH_BYTES."""
-    ends = list(accumulate(map(len, pieces)))
-    written = 0
-    i = 0
-    while i < len(pieces):
-        base = ends[i - 1] if i else 0
-        j = min(i + IOV_MAX, bisect.bisect_right(ends, base + BATCH_BYTES, i))
-        j = max(j, i + 1)
-        written += _write_views(fd, pieces[i:j], None if sequential else start + base)
-        i = j
-    return written
-
-
 MADV_POPULATE_READ = 22  # Linux 5.14; Python 3.11's mmap module does not name it
 
 
 def _map(fd: int, length: int) -> mmap.mmap:
+    """A private mapping, writable only so that ctypes can take its address (``from_buffer``
+    wants a writable buffer); nothing writes to it, so every page stays the page cache's."""
     try:
-        return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        return mmap.mmap(fd, length, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except (OSError, ValueError) as exc:
         raise OperationError(f"export failed: cannot map an input: {exc}") from exc
 
@@ -218,13 +255,13 @@ def _populate(mapped: mmap.mmap, start: int, end: int) -> None:
 
 
 class _Writer(threading.Thread):
-    """Writes the runs the export builds, in order, so that building the pieces of window
+    """Writes the batches the export builds, in order, so that building the tables of window
     N+1 (Python, under the GIL) overlaps writing window N (pwritev, without it)."""
 
     def __init__(self, fd: int, sequential: bool) -> None:
         super().__init__(name="snapkit-export-writer", daemon=True)
         self.fd, self.sequential = fd, sequential
-        self.runs: queue.Queue[list[tuple[int, list[Piece]]] | None] = queue.Queue(maxsize=2)
+        self.runs: queue.Queue[list[tuple[int, Views]] | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.stop = False
         self.written = 0
@@ -234,8 +271,9 @@ class _Writer(threading.Thread):
             if self.error is not None or self.stop:
                 continue  # drain, so the producer never blocks on a dead writer
             try:
-                for start, pieces in batch:
-                    self.written += _write_run(self.fd, start, pieces, self.sequential)
+                for start, views in batch:
+                    offset = None if self.sequential else start
+                    self.written += _write_views(self.fd, views, offset)
             except BaseException as exc:  # handed to the main thread, which raises it
                 self.error = exc
 
@@ -360,11 +398,13 @@ def _stream(
         # Not populated: its chunks are read in random order, and populating it first (or
         # reading it into a buffer of huge pages) measured no faster, for more memory.
         cow_map = _map(pair.cow.fd, pair.cow.size)
+        # The addresses the iovecs name stay valid while these two hold the mappings open:
+        # they are released only after the writer has stopped.
+        origin_at = ctypes.c_char.from_buffer(origin_map)
+        cow_at = ctypes.c_char.from_buffer(cow_map)
         csb = store.geometry.chunk_bytes
         olds, news = sorted_exceptions(store, -(-size // csb))
-        image = _Image(
-            memoryview(origin_map), memoryview(cow_map), olds, news, store.geometry.chunk_bytes
-        )
+        image = _Image(ctypes.addressof(origin_at), ctypes.addressof(cow_at), olds, news, csb)
         zones = data_zones(pair.origin.fd, size) if sparse else [(0, size, True)]
         writer = _Writer(out_fd, sequential)
         writer.start()
@@ -379,6 +419,9 @@ def _stream(
         finally:
             writer.runs.put(None)
             writer.join()
+            del origin_at, cow_at
+            origin_map.close()
+            cow_map.close()
         if writer.error is not None:
             raise writer.error
         written = writer.written
@@ -391,15 +434,15 @@ def _stream(
 
 def _windows(
     image: _Image, zones: list[tuple[int, int, bool]], origin_map: mmap.mmap
-) -> Iterator[list[tuple[int, list[Piece]]]]:
-    """The runs to write, a window of at most WINDOW_BYTES of the image at a time, so the
-    pieces held at once stay bounded for any size of origin."""
+) -> Iterator[list[tuple[int, Views]]]:
+    """The batches to write, a window of at most WINDOW_BYTES of the image at a time, so the
+    tables held at once stay bounded for any size of origin."""
     for z0, z1, has_data in zones:
         for lo in range(z0, z1, WINDOW_BYTES):
             hi = min(lo + WINDOW_BYTES, z1)
             if has_data:
                 _populate(origin_map, lo, hi)
-                yield [image.data_zone(lo, hi)]
+                yield image.data_zone(lo, hi)
             else:
                 yield image.hole_zone(lo, hi)
 
