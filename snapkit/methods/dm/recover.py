@@ -43,6 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from snapkit.dm import steps
+from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, real_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
@@ -119,6 +120,8 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
         if dm.info(d.origin_name) is not None and (dm.info(record.name) is not None or d.pending):
             if d.pending:
                 merging.append(record.name)  # no reboot: the flow (re)starts and finishes it
+            else:
+                s += finish_window(dm, record.name, d.origin_name)
             continue  # already assembled
         if (repointed := _repointed(ctx, record, d)) != record:
             record, d = repointed, DmDetails.of(repointed)
@@ -178,6 +181,23 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def finish_window(dm: DmControl, snap: str, origin: str) -> list[Step]:
+    """A create whose process died inside its suspend window, and whose watchdog died too:
+    the origin still suspended, every table loaded before the suspend. Finish it as the
+    watchdog would (:mod:`snapkit.methods.dm.window`): the snapshot, then the origin, resumed
+    -- the snapshot is whole, taken at the suspend; leaving it suspended hangs every writer."""
+    info = dm.info(origin)
+    if info is None or not info.suspended:
+        return []
+    snap_info = dm.info(snap)
+    first = (
+        [steps.resume(dm, snap)]
+        if snap_info is not None and (snap_info.suspended or snap_info.inactive_table)
+        else []
+    )
+    return [*first, steps.resume(dm, origin)]
 
 
 def _const(table: Table) -> Callable[[], Table]:

@@ -44,6 +44,7 @@ from snapkit.methods.dm.shared import (
     refuse_if_open,
     snapshot_state,
 )
+from snapkit.methods.dm.window import guard_window
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.validate import chunk_sectors
@@ -64,7 +65,9 @@ class DmMethod:
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
         title, s, swap, record, _revert = self._parts(request)
-        s += guard_suspend(request.target, swap, request.max_freeze)
+        names = [record.name, DmDetails.of(record).origin_name]
+        window = guard_window(names, swap, request.max_freeze, self.host.resume_watchdog)
+        s += guard_suspend(request.target, window, request.max_freeze)
         return Plan(title, tuple(s)), record
 
     def plan_phases(self, request: CreateRequest) -> Phases:
