@@ -75,6 +75,8 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     done = Recovered()
     dropped, merging = done.dropped, done.merging
     stacked: set[str] = set()  # origins whose -real and snapshot-origin are planned already
+    # An origin merging one snapshot keeps snapshot-merge even with siblings beside it.
+    merging_into = {_dm_origin(r) for r in data.snapshots if r.pending is Pending.MERGE}
     origins: list[Step] = []  # their snapshot-origin loads, kept for after every snapshot
     for prepared in data.devices:
         if dm.info(prepared.name) is not None:
@@ -159,7 +161,7 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
                 steps.load(dm, record.name, snap, f"snapshot {MAPPER}{real} {slot} P {d.chunk}"),
                 steps.resume(dm, record.name),
             ]
-            if d.origin_name not in stacked:
+            if d.origin_name not in stacked and d.origin_name not in merging_into:
                 origin = Table.single(size, SnapshotOrigin(MAPPER + real))
                 origins += origin_steps(
                     ctx, d.origin_name, _const(origin), steps.table_text(origin)
