@@ -48,8 +48,7 @@ def _window(vm: Session, args: list[str]) -> list[int]:
 def _suspended(vm: Session) -> str:
     """The names of suspended dm devices, as the kernel shows them in sysfs."""
     return vm.sh(
-        "for d in /sys/block/dm-*/dm; do [ \"$(cat $d/suspended)\" = 1 ] && cat $d/name; "
-        "done; true"
+        'for d in /sys/block/dm-*/dm; do [ "$(cat $d/suspended)" = 1 ] && cat $d/name; done; true'
     ).stdout.decode()
 
 
@@ -66,7 +65,7 @@ def _kill_inside(vm: Session, args: list[str], step: int, *, watchdog_too: bool)
     paused = time.monotonic()
     assert _suspended(vm), "the pause is not inside the window"
     if watchdog_too:
-        vm.sh("pkill -KILL -f snapkit.host.watchdog")
+        vm.sh("pkill -KILL -f 'snapkit[.]host[.]watchdog'")  # [.]: not this shell
     proc.signal(signal.SIGKILL)
     assert proc.wait(30).returncode == -signal.SIGKILL
     before = ledger(vm)
