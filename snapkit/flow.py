@@ -39,6 +39,7 @@ from snapkit.host.freezing import Outcome
 from snapkit.host.fs import snapshot_mount_options
 from snapkit.host.loopdev import LocalFiles, LosetupLoops
 from snapkit.host.target import Mount, block_devnum, mount_devnum, mounts, resolve, stable_id
+from snapkit.host.watchdog import resume_guard
 from snapkit.lock import origin_lock
 from snapkit.methods import registry
 from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
@@ -73,7 +74,13 @@ Progress = Callable[[SnapshotStatus], None]
 def real_host() -> Iterator[Host]:
     run = SubprocessExecutor()
     with IoctlDm() as dm:
-        yield Host(dm=dm, run=run, loops=LosetupLoops(run), files=LocalFiles())
+        yield Host(
+            dm=dm,
+            run=run,
+            loops=LosetupLoops(run),
+            files=LocalFiles(),
+            resume_watchdog=resume_guard,
+        )
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from snapkit.methods import registry
 from snapkit.methods.base import Context
 from snapkit.plan import Plan
-from snapkit.state import StateFile
+from snapkit.state import StateFile, reconcile
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,12 @@ def run(
     ctx: Context, state: StateFile, apply: Callable[[Plan], None], *, dry_run: bool = False
 ) -> Recovery | str:
     """Run every family's recovery; the plans' text instead if ``dry_run``."""
-    data = state.load()
+    # What the kernel shows under snapkit's uuids and the file lacks is adopted first: a
+    # snapshot whose create was finished by the suspend watchdog after snapkit died has no
+    # record yet, and its COW would otherwise be swept as an orphan.
+    data = reconcile(state.load(), ctx.host.dm)
+    if not dry_run and data != state.load():
+        state.save(data)
     families = registry.recoveries(ctx)
     for family in families:
         family.activate(data)

@@ -232,7 +232,10 @@ def reconcile(data: StateData, dm: DmControl) -> StateData:
         name = by_dev.get(str(dev))
         return f"/dev/mapper/{name}" if name else str(dev)
 
+    grouped = {member for group in data.groups for member in group.members}
     for dm_name_, name, role, _dev in _snapkit_devices(dm):
+        if name in grouped:
+            continue  # a group's member: its group's entry decides (whole or gone), not this
         table = dm.table(dm_name_)
         target = table.lines[0].target if table else None
         if role is Role.ORIGIN and data.device(name) is None:

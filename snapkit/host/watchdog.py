@@ -1,4 +1,5 @@
-"""The freeze watchdog: a separate process that thaws a filesystem if snapkit cannot.
+"""The watchdog: a separate process that thaws a filesystem, or resumes a suspended dm
+device, if snapkit cannot.
 
 A frozen filesystem hangs every writer on the machine until someone thaws it, and the kernel
 does not thaw it when the freezer dies. snapkit thaws in ``finally`` and in plan undos, but that
@@ -17,6 +18,16 @@ Protocol, one line at a time on the watchdog's stdin; it answers on stdout::
 
 A closed stdin without "arm" means snapkit died before freezing: nothing to thaw. SIGTERM thaws
 (if armed) and exits; SIGINT and SIGHUP are ignored.
+
+The same holds for a dm suspend (``--resume NAME... ORIGIN``, :class:`_Resume`): a suspended
+origin hangs every writer of its filesystem just as a freeze does, and the kernel resumes
+nothing when snapkit dies. At the deadline, or at a death while armed, the watchdog finishes the
+window as snapkit would have -- it resumes the devices named before the origin that still wait
+with a loaded table (the new snapshot), then the origin, which swaps in the table loaded before
+the suspend -- so the snapshot left is whole, taken at the suspend, and ``recover`` adopts it
+from its dm uuid. It acts only on an origin that is still suspended: before the suspend, or
+after snapkit's own resume, a resume would swap tables without snapkit, so it does nothing
+(``idle``). Its words are then ``resumed deadline`` / ``resumed eof``.
 """
 
 from __future__ import annotations
@@ -28,12 +39,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from snapkit.errors import OperationError
 from snapkit.host.fs import thaw_fd
 
+if TYPE_CHECKING:
+    from snapkit.dm.control import DmControl
+
+IDLE_POLL = 0.05  # while a dm suspend is still under way at the deadline
+EOF_GRACE = 2.0  # how long a dead snapkit's suspend may take to land before nothing is owed
 READY_TIMEOUT = 60.0  # Python start-up under TCG emulation alone takes ~1.6 s
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds snapkit/
 
@@ -41,16 +59,25 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds sna
 class Watchdog:
     """The snapkit side: start, arm, and stop the watchdog process."""
 
-    def __init__(self, mountpoint: Path, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, mountpoint: Path, *, python: str = sys.executable, resume: Sequence[str] = ()
+    ) -> None:
         self.mountpoint = mountpoint
         self.python = python
+        self.args = ["--resume", *resume] if resume else [str(mountpoint)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.thawed_by_watchdog = False
+
+    @classmethod
+    def resuming(cls, names: Sequence[str], *, python: str = sys.executable) -> Watchdog:
+        """A watchdog over a dm suspend: ``names`` in resume order, the suspended origin last
+        (already checked dm names: they reach the helper as argv words, never a shell)."""
+        return cls(Path("/dev/mapper") / names[-1], python=python, resume=names)
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(_PACKAGE_ROOT))
         self.proc = subprocess.Popen(  # a helper that outlives a step: not a run() command
-            [self.python, "-m", "snapkit.host.watchdog", str(self.mountpoint)],
+            [self.python, "-m", "snapkit.host.watchdog", *self.args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -61,15 +88,16 @@ class Watchdog:
         if line != "ready":
             self.stop()
             raise OperationError(
-                f"the freeze watchdog for {self.mountpoint} did not start ({line or 'no answer'})",
-                hint="nothing was frozen",
+                f"the watchdog for {self.mountpoint} did not start ({line or 'no answer'})",
+                hint="nothing was frozen or suspended",
             )
 
     def arm(self, deadline: float) -> None:
         self._send(f"arm {deadline:.6f}")
 
     def stop(self) -> bool:
-        """Say "done" and reap it. True if the watchdog had thawed the filesystem first."""
+        """Say "done" and reap it. True if the watchdog had thawed the filesystem (resumed the
+        origin) first."""
         proc = self.proc
         if proc is None:
             return self.thawed_by_watchdog
@@ -79,7 +107,7 @@ class Watchdog:
             proc.stdin.close()
         out = proc.stdout.read() if proc.stdout else b""
         proc.wait()
-        if b"thaw" in out:
+        if b"thaw" in out or b"resume" in out:
             self.thawed_by_watchdog = True
         return self.thawed_by_watchdog
 
@@ -116,6 +144,11 @@ class Watchdog:
         return self.proc.stdout.readline().decode(errors="replace").strip()
 
 
+def resume_guard(names: Sequence[str]) -> Watchdog:
+    """The watchdog over a dm suspend of ``names[-1]`` (the real host's factory)."""
+    return Watchdog.resuming(names)
+
+
 # --- the watchdog process itself -------------------------------------------------------------
 
 
@@ -127,6 +160,8 @@ def _say(text: str) -> None:
 class _Watch:
     """The watchdog's state; ``armed`` is read by the SIGTERM handler."""
 
+    FAILED = "thaw"  # the word a failed release is said with
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.deadline: float | None = None
@@ -134,17 +169,24 @@ class _Watch:
 
     def on_term(self, signum: int, frame: FrameType | None) -> None:
         if self.deadline is not None and not self.thawed:
-            self.thaw("thawed term")
+            self.fire("term")
         os._exit(0)
 
-    def thaw(self, why: str) -> None:
-        """Thaw and say so; a failed thaw is said too (nothing else can be done about it)."""
+    def release(self) -> str:
+        """Undo the hold; the word that says what was done."""
+        thaw_fd(self.fd)
+        return "thawed"
+
+    def fire(self, why: str) -> None:
+        """Release and say so; a failed release is said too (nothing else can be done)."""
         try:
-            thaw_fd(self.fd)
+            said = f"{self.release()} {why}"
         except OSError as exc:
-            why = f"thaw failed {exc.strerror}"
-        self.thawed = why
-        _say(why)
+            said = f"{self.FAILED} failed {exc.strerror}"
+        if said.startswith("idle"):
+            return  # nothing held (yet): nothing to say, and the watch goes on
+        self.thawed = said
+        _say(said)
 
     def serve(self, control: int) -> str:
         """Serve the protocol on ``control`` (stdin). Returns what happened: "done",
@@ -156,15 +198,19 @@ class _Watch:
                 timeout = max(0.0, self.deadline - time.monotonic())
             readable, _, _ = select.select([control], [], [], timeout)
             if not readable:  # the deadline passed
-                self.thaw("thawed deadline")
+                self.fire("deadline")
+                if not self.thawed:  # a suspend still under way: look again until it lands
+                    self.deadline = time.monotonic() + IDLE_POLL
                 continue
             chunk = os.read(control, 4096)
             if not chunk:
                 if self.deadline is None:
                     return "idle eof"
-                if not self.thawed:
-                    self.thaw("thawed eof")
-                return self.thawed
+                grace = time.monotonic() + EOF_GRACE
+                while not self.thawed and time.monotonic() < grace:
+                    self.fire("eof")  # a suspend that snapkit's death did not abort lands soon
+                    time.sleep(0 if self.thawed else IDLE_POLL)
+                return self.thawed or "idle eof"
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
@@ -175,13 +221,45 @@ class _Watch:
                     return self.thawed or "done"
 
 
+class _Resume(_Watch):
+    """The watch over a dm suspend: ``names`` in resume order, the origin last."""
+
+    FAILED = "resume"
+
+    def __init__(self, names: Sequence[str], dm: DmControl | None = None) -> None:
+        from snapkit.dm.control import IoctlDm  # opened now, before any suspend
+
+        super().__init__(-1)
+        self.names = list(names)
+        self.dm: DmControl = dm if dm is not None else IoctlDm()
+
+    def release(self) -> str:
+        origin = self.dm.info(self.names[-1])
+        if origin is None or not origin.suspended:
+            return "idle"  # before the suspend or after snapkit's resume: not ours to swap
+        for name in self.names[:-1]:
+            info = self.dm.info(name)
+            if info is not None and (info.suspended or info.inactive_table):
+                self.dm.resume(name)
+        self.dm.resume(self.names[-1])
+        return "resumed"
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m snapkit.host.watchdog MOUNTPOINT", file=sys.stderr)
+    resume = argv[:1] == ["--resume"] and len(argv) > 1
+    if len(argv) != 1 and not resume:
+        print(
+            "usage: python -m snapkit.host.watchdog MOUNTPOINT | --resume NAME... ORIGIN",
+            file=sys.stderr,
+        )
         return 2
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)
-    watch = _Watch(os.open(argv[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    watch = (
+        _Resume(argv[1:])
+        if resume
+        else _Watch(os.open(argv[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    )
     signal.signal(signal.SIGTERM, watch.on_term)
     _say("ready")
     watch.serve(0)

@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from snapkit.dm.control import DmControl
+from snapkit.host.freezing import Guard
 from snapkit.host.loopdev import Files, Loops
 from snapkit.lock import origin_lock
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, Target
@@ -28,6 +30,9 @@ class Host:
     run: Executor
     loops: Loops
     files: Files
+    # The process that resumes a suspended dm origin if snapkit dies inside the window
+    # (snapkit.methods.dm.window); None: no watchdog, for hosts of fakes that suspend nothing.
+    resume_watchdog: Callable[[Sequence[str]], Guard] | None = None
 
 
 class Method(Protocol):

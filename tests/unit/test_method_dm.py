@@ -91,12 +91,31 @@ def test_finish_converges_after_a_failure_at_any_step(tmp_path: Path, op: str) -
         assert not world.loops.attached and not world.files.files
 
 
-def test_merge_is_refused_while_other_snapshots_exist(tmp_path: Path) -> None:
+def test_a_merge_beside_a_sibling_keeps_the_sibling_tracked(tmp_path: Path) -> None:
+    """Issue 17: the kernel keeps a sibling whole through a merge (each merged chunk goes
+    through the origin's write path, so the sibling copies it first); the finish then puts
+    snapshot-origin back for the sibling, and the sibling's own finish the plain table."""
     world = make_world(tmp_path)
-    record = created(world, "s1")
-    created(world, "s2")
-    with pytest.raises(RefusedError, match="other snapshots"):
-        DmMethod(world.host).plan_merge(record)
+    method = DmMethod(world.host)
+    s1, s2 = created(world, "s1"), created(world, "s2")
+    apply(method.plan_merge(s1))
+    state = world.dm.state()
+    assert state["data"].active.lines[0].target.type_name == "snapshot-merge"
+    assert "s2" in state and state["s2"].active.lines[0].target.type_name == "snapshot"
+    apply(method.plan_finish(s1))
+    assert world.dm.state()["data"].active.lines[0].target.type_name == "snapshot-origin"
+    assert set(world.dm.state()) == {"data", "data-real", "s2"}
+    apply(method.plan_discard(s2))
+    apply(method.plan_finish(s2))
+    assert world.dm.state()["data"].active == ORIGINAL
+
+
+def test_a_merge_beside_a_sibling_fails_cleanly_at_every_step(tmp_path: Path) -> None:
+    def two(w: World) -> None:
+        created(w, "s1")
+        created(w, "s2")
+
+    walk_failures(tmp_path, two, lambda w: DmMethod(w.host).plan_merge(_record(w)), DmMethod)
 
 
 def test_discard_of_one_of_two_keeps_the_origin_a_snapshot_origin(tmp_path: Path) -> None:

@@ -81,6 +81,26 @@ def test_a_pending_merge_resumes_as_snapshot_merge(tmp_path: Path) -> None:
     assert flow.host.dm.info("s1") is None
 
 
+@pytest.mark.parametrize("order", ["merging first", "sibling first"])
+def test_a_pending_merge_beside_a_sibling_stays_a_merge(tmp_path: Path, order: str) -> None:
+    """Whichever record comes first, the origin gets snapshot-merge, and the sibling its own
+    snapshot device over -real (the kernel keeps it whole through the merge)."""
+    world = make_world(tmp_path)
+    made = []
+    for name in ("s1", "s2"):
+        plan, record = DmMethod(world.host).plan_create(world.request(name))
+        apply(plan)
+        made.append(record)
+    pending = replace(made[0], details={**made[0].details, "pending": "merge"})
+    records = (pending, made[1]) if order == "merging first" else (made[1], pending)
+    flow = _rebooted(world)
+    plan, result, _ = plan_recover(flow, StateData(snapshots=records))
+    apply(plan)
+    assert result.merging == ("s1",)
+    assert _kind(flow, "data") is SnapshotMerge
+    assert _kind(flow, "s2") is Snapshot and flow.host.dm.info("s1") is None
+
+
 def test_a_record_without_its_cow_is_dropped(tmp_path: Path) -> None:
     world, data = _created(tmp_path)
     world.files.files.clear()

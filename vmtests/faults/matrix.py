@@ -32,10 +32,12 @@ FS_SHORT = {"ext4": "e4", "xfs": "xf", "btrfs": "bt"}
 METHOD_SHORT = {"dm": "dm", "dm-direct": "dd", "lvm": "lv", "dm+crypt": "dc", "lvm+crypt": "lc"}
 # Plan lengths as flow numbers them (1-based, as --dry-run shows; steps + 1 pauses after the
 # last step, before the flow records what the plan did). btrfs's creates add four steps:
-# the watchdog, FIFREEZE, FITHAW and its stop around the suspend (snapkit/freezing.py). The
-# second plan of a merge or discard (the finish) is built from what the kernel shows then.
+# the watchdog, FIFREEZE, FITHAW and its stop around the suspend (snapkit/freezing.py). Every
+# dm and dm-direct create has three more around its suspend window: the resume watchdog's
+# start and arming before it, its stop after (snapkit/methods/dm/window.py). The second plan
+# of a merge or discard (the finish) is built from what the kernel shows then.
 DM_STEPS: dict[tuple[str, int], int] = {
-    ("create", 1): 11,
+    ("create", 1): 14,
     ("merge", 1): 4,
     ("merge", 2): 6,
     ("discard", 1): 1,
@@ -43,7 +45,7 @@ DM_STEPS: dict[tuple[str, int], int] = {
     ("extend", 1): 5,
 }
 BTRFS_FREEZE_STEPS = 4
-DIRECT_STEPS: dict[tuple[str, int], int] = {("create", 1): 9, ("merge", 1): 5, ("discard", 1): 5}
+DIRECT_STEPS: dict[tuple[str, int], int] = {("create", 1): 12, ("merge", 1): 5, ("discard", 1): 5}
 # A stacked create (snapkit/methods/stack/method.py), as ``create --dry-run`` shows it in a
 # guest, the same on every filesystem (the inner plan's own freeze steps are not planned under
 # a frozen top): watchdog start, FIFREEZE, one step running the whole inner create, FITHAW,

@@ -52,6 +52,7 @@ from snapkit.methods.dm.shared import (
     refuse_if_open,
     snapshot_state,
 )
+from snapkit.methods.dm.window import guard_window
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.validate import chunk_sectors
@@ -132,7 +133,8 @@ class DmDirectMethod:
         )
         lockfs = not request.frozen_above
         swap = [steps.suspend(dm, origin, lockfs=lockfs), steps.resume(dm, origin, fold_back)]
-        s += guard_suspend(request.target, swap, request.max_freeze)  # btrfs: see freezing.py
+        window = guard_window([origin], swap, request.max_freeze, self.host.resume_watchdog)
+        s += guard_suspend(request.target, window, request.max_freeze)  # btrfs: see freezing.py
         s.append(steps.set_ro(self.host.run, lambda: base_path, base_path, True))
         details = DmDetails(
             origin,

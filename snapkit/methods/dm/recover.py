@@ -43,6 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from snapkit.dm import steps
+from snapkit.dm.control import DmControl
 from snapkit.dm.naming import Role, real_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
@@ -74,6 +75,8 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     done = Recovered()
     dropped, merging = done.dropped, done.merging
     stacked: set[str] = set()  # origins whose -real and snapshot-origin are planned already
+    # An origin merging one snapshot keeps snapshot-merge even with siblings beside it.
+    merging_into = {_dm_origin(r) for r in data.snapshots if r.pending is Pending.MERGE}
     origins: list[Step] = []  # their snapshot-origin loads, kept for after every snapshot
     for prepared in data.devices:
         if dm.info(prepared.name) is not None:
@@ -119,6 +122,8 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
         if dm.info(d.origin_name) is not None and (dm.info(record.name) is not None or d.pending):
             if d.pending:
                 merging.append(record.name)  # no reboot: the flow (re)starts and finishes it
+            else:
+                s += finish_window(dm, record.name, d.origin_name)
             continue  # already assembled
         if (repointed := _repointed(ctx, record, d)) != record:
             record, d = repointed, DmDetails.of(repointed)
@@ -156,7 +161,7 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
                 steps.load(dm, record.name, snap, f"snapshot {MAPPER}{real} {slot} P {d.chunk}"),
                 steps.resume(dm, record.name),
             ]
-            if d.origin_name not in stacked:
+            if d.origin_name not in stacked and d.origin_name not in merging_into:
                 origin = Table.single(size, SnapshotOrigin(MAPPER + real))
                 origins += origin_steps(
                     ctx, d.origin_name, _const(origin), steps.table_text(origin)
@@ -178,6 +183,23 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def finish_window(dm: DmControl, snap: str, origin: str) -> list[Step]:
+    """A create whose process died inside its suspend window, and whose watchdog died too:
+    the origin still suspended, every table loaded before the suspend. Finish it as the
+    watchdog would (:mod:`snapkit.methods.dm.window`): the snapshot, then the origin, resumed
+    -- the snapshot is whole, taken at the suspend; leaving it suspended hangs every writer."""
+    info = dm.info(origin)
+    if info is None or not info.suspended:
+        return []
+    snap_info = dm.info(snap)
+    first = (
+        [steps.resume(dm, snap)]
+        if snap_info is not None and (snap_info.suspended or snap_info.inactive_table)
+        else []
+    )
+    return [*first, steps.resume(dm, origin)]
 
 
 def _const(table: Table) -> Callable[[], Table]:

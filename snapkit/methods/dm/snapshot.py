@@ -44,6 +44,7 @@ from snapkit.methods.dm.shared import (
     refuse_if_open,
     snapshot_state,
 )
+from snapkit.methods.dm.window import guard_window
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.validate import chunk_sectors
@@ -64,7 +65,9 @@ class DmMethod:
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
         title, s, swap, record, _revert = self._parts(request)
-        s += guard_suspend(request.target, swap, request.max_freeze)
+        names = [record.name, DmDetails.of(record).origin_name]
+        window = guard_window(names, swap, request.max_freeze, self.host.resume_watchdog)
+        s += guard_suspend(request.target, window, request.max_freeze)
         return Plan(title, tuple(s)), record
 
     def plan_phases(self, request: CreateRequest) -> Phases:
@@ -231,12 +234,10 @@ class DmMethod:
         real = real_name(origin)
         refuse_if_mounted(Path(MAPPER + origin), f"merging {name} into {MAPPER}{origin}")
         refuse_if_open(dm, name, "the snapshot")
-        others = self._siblings(origin, exclude=name)
-        if others:
-            raise RefusedError(
-                f"{MAPPER}{origin} has other snapshots ({', '.join(others)})",
-                hint="discard them first; a merge rewrites the origin they depend on",
-            )
+        # Sibling snapshots of the origin stay: the kernel copies each merged chunk through
+        # the origin's write path (origin_write_extent), so a sibling gets its own copy of
+        # that chunk first -- as under lvconvert --merge; plan_finish then puts
+        # snapshot-origin back for them instead of the plain table.
         # A restart of a merge cut short after the snapshot device went: the COW on disk is
         # intact (nothing merges without snapshot-merge), so snapshot-merge can still load.
         # A snapshot device left with no table (a restore that failed) counts as gone.
@@ -339,6 +340,13 @@ class DmMethod:
             assert original is not None
             s += [
                 steps.load(dm, origin, lambda: original, steps.table_text(original)),
+                steps.suspend(dm, origin),
+                steps.resume(dm, origin),
+            ]
+        elif kind == "snapshot-merge":  # siblings still hang on -real: keep them tracked
+            plain = Table.single(d.table.size, SnapshotOrigin(MAPPER + real))
+            s += [
+                steps.load(dm, origin, lambda: plain, steps.table_text(plain)),
                 steps.suspend(dm, origin),
                 steps.resume(dm, origin),
             ]

@@ -39,7 +39,7 @@ def test_the_matrix_covers_every_phase_filesystem_and_method() -> None:
 
 def test_btrfs_dm_create_pauses_at_its_freeze_steps_too() -> None:
     steps = {c.step for c in all_cuts() if c.group == "create/btrfs/dm" and c.step}
-    assert max(steps) == 11 + faults.BTRFS_FREEZE_STEPS + 1  # + the pause after the last step
+    assert max(steps) == 14 + faults.BTRFS_FREEZE_STEPS + 1  # + the pause after the last step
 
 
 def test_a_full_run_puts_60_points_on_create_and_merge() -> None:
