@@ -36,6 +36,29 @@ def register(sub: Any, run_handler: Callable[[argparse.Namespace], int]) -> None
     _run_options(run)
     run.set_defaults(handler=run_handler)
 
+    cl = sub.add_parser(
+        "claims",
+        help="measure the question's eleven claims and write CLAIMS.md",
+        description="Run every campaign row that measures one of the claims the question's "
+        "answers make (vmtests/campaign/claims.py) and write CLAIMS.md: per claim a verdict "
+        "(holds, holds in part, does not hold, not measured) with the rows and figures behind "
+        "it. Exit 0 when every claim was measured. With --from-report, judge an existing "
+        "report folder without running anything.",
+    )
+    cl.add_argument(
+        "--kernels",
+        metavar="SPEC,...",
+        help="the kernel(s) to measure on (e.g. debian:bookworm; default: the image's)",
+    )
+    cl.add_argument("-n", "--workers", default="2", metavar="N", help="parallel VMs (default 2)")
+    cl.add_argument(
+        "--report", type=Path, default=Path("report-claims"), help="(default: %(default)s)"
+    )
+    cl.add_argument("--out", type=Path, default=Path("CLAIMS.md"), help="(default: %(default)s)")
+    cl.add_argument("--from-report", type=Path, metavar="DIR", help="judge DIR's results.json")
+    cl.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    cl.set_defaults(handler=cmd_claims)
+
     rep = sub.add_parser("report", help="work with campaign reports")
     rsub = rep.add_subparsers(title="report commands", metavar="ACTION")
     merge = rsub.add_parser("merge", help="merge several report folders (e.g. CI shards)")
@@ -248,6 +271,48 @@ def _run_kernels(args: argparse.Namespace) -> int:
             merged += campaign_kernels.tagged(report.load(sub), kernel, several=len(specs) > 1)
     report.write_all(args.report, merged)
     return report.exit_code(merged)
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    """``vmtest claims``: the claims' rows through the campaign runner, then CLAIMS.md."""
+    from vmtests.campaign import claims, report, scenarios
+
+    known = {s.id for s in scenarios.full()}
+    wanted = [i for i in claims.scenario_ids() if i in known]
+    started = time.monotonic()
+    folder, seconds = args.from_report, None
+    if folder is None:
+        run_args = argparse.Namespace(
+            matrix="full",
+            scenario=wanted,
+            seed=None,
+            shard=None,
+            workers=args.workers,
+            report=args.report,
+            accel=args.accel,
+            no_live=True,
+            kernel=None,
+            modules=None,
+            kernels=args.kernels,
+        )
+        print(f"vmtest claims: {len(wanted)} rows -> {args.report}", flush=True)
+        cmd_run(run_args)
+        folder, seconds = args.report, time.monotonic() - started
+    if not (folder / "results.json").exists():
+        print(f"vmtest claims: no results.json in {folder}", file=sys.stderr)
+        return 1
+    results = report.load(folder)
+    command = "vmtest claims" + (f" --kernels {args.kernels}" if args.kernels else "")
+    kernels = sorted({r.kernel.get("release", "") for r in results} - {""})
+    text = claims.render(
+        results, command=command, kernel=", ".join(kernels) or "the image's", seconds=seconds
+    )
+    args.out.write_text(text)
+    found = claims.judge(results)
+    for claim, finding in found:
+        print(f"claim {claim.number:2}: {finding.verdict}")
+    print(f"wrote {args.out}" + (f" in {seconds / 60:.1f} min" if seconds else ""))
+    return 0 if all(f.verdict != claims.UNMEASURED for _, f in found) else 1
 
 
 def cmd_report_merge(args: argparse.Namespace) -> int:

@@ -1,0 +1,76 @@
+"""The claims' judges on synthetic rows: a claim holds only when every row behind it passed,
+is ``holds in part`` when one failed or did not run (and names it), ``not measured`` when none
+ran; the journal check and the controls flip their claims (the negative controls here)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vmtests.campaign import claims, oracle
+
+
+def _row(sid: str, verdict: str = "pass", **checks: bool) -> oracle.Result:
+    return oracle.Result(
+        id=sid, fs="ext4", method="lvm", workload="writer", control=sid.startswith("control"),
+        control_kind="", verdict=oracle.Verdict(verdict), reason=f"{verdict} reason",
+        fsck_ok=True, acked_writes_checked=10, acked_writes_lost=0, torn=0, future_writes=0,
+        window_new=0, window_old=0, freeze_window_ms=5.0, snapshot_window_ms=6.0,
+        duration_s=1.0, seed=7, repro="", checks=dict(checks),
+    )  # fmt: skip
+
+
+def _every_row(**overrides: oracle.Result) -> list[oracle.Result]:
+    rows = {i: _row(i, clean=True, merge=True) for i in claims.scenario_ids()}
+    rows[claims.DISCARD_CONTROL] = _row(claims.DISCARD_CONTROL, "caught")
+    rows[claims.WAL_CONTROL] = _row(claims.WAL_CONTROL, "caught")
+    rows.update(overrides)
+    return list(rows.values())
+
+
+def _verdicts(rows: list[oracle.Result]) -> dict[int, str]:
+    return {c.number: f.verdict for c, f in claims.judge(rows)}
+
+
+def test_every_claim_gets_a_verdict_when_every_row_ran() -> None:
+    verdicts = _verdicts(_every_row())
+    assert set(verdicts) == set(range(1, 12))
+    assert claims.UNMEASURED not in verdicts.values()
+    assert verdicts[6] == claims.PART  # remount-ro: refused while files are open
+    assert verdicts[11] == claims.NOT  # SQLite keeps every acknowledged transaction
+
+
+def test_a_failed_row_is_named_and_makes_the_claim_partial() -> None:
+    bad = _row("reiserfs-lvm-writer", "fail")
+    found = dict((c.number, f) for c, f in claims.judge(_every_row(**{bad.id: bad})))
+    assert found[2].verdict == claims.PART and "reiserfs-lvm-writer" in found[2].why
+    assert "fail reason" in found[2].why
+
+
+def test_a_row_that_did_not_run_is_said() -> None:
+    rows = [r for r in _every_row() if r.id != "zfs-zfs-native-writer"]
+    found = dict((c.number, f) for c, f in claims.judge(rows))
+    assert found[10].verdict == claims.PART and "zfs-zfs-native-writer" in found[10].why
+    assert _verdicts([])[10] == claims.UNMEASURED
+
+
+def test_a_copy_that_needs_recovery_refutes_always_clean() -> None:
+    dirty = {i: _row(i, clean=False) for i in claims.CLEAN_ROWS}
+    assert _verdicts(_every_row(**dirty))[3] == claims.NOT
+
+
+def test_a_control_not_caught_refutes_its_claim() -> None:
+    missed = _row(claims.DISCARD_CONTROL, "fail")
+    assert _verdicts(_every_row(**{missed.id: missed}))[9] == claims.NOT
+
+
+def test_a_database_row_that_lost_transactions_confirms_claim_11() -> None:
+    lost = dataclasses.replace(_row("ext4-freeze-lvm-sqlite", "fail"), acked_writes_lost=3)
+    assert _verdicts(_every_row(**{lost.id: lost}))[11] == claims.HOLDS
+
+
+def test_claims_md_names_every_row_with_its_figures_and_seed() -> None:
+    text = claims.render(_every_row(), command="vmtest claims", kernel="6.1", seconds=600.0)
+    for sid in claims.scenario_ids():
+        assert f"- `{sid}`: pass" in text or f"- `{sid}`: caught" in text
+    assert "10 acknowledged writes checked, 0 lost" in text and "(seed 7)" in text
+    assert "in 10 min" in text and text.count("\n## ") == 11
