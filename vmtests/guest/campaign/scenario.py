@@ -32,6 +32,7 @@ from vmtests.guest.proc import LOG, log, run
 from vmtests.guest.refusal import CREATE_TRIES, Rule
 
 OUT_DISK = "/dev/vmtest/out"
+SETTLE_S = 120.0  # how long a workload may take to reach its steady state before the snapshot
 LEDGER = "/tmp/ledger.jsonl"
 SNAP_MNT = "/mnt/snapshot"
 # Every workload has a lazy writer (write() without fsync: see ledger.Writer) next to its own.
@@ -86,10 +87,15 @@ class Workload:
             t.start()
 
     def settle(self) -> str:
-        """Before the snapshot: the fio pre-jobs must be written and acknowledged."""
-        if not self.fio:
-            return ""
-        return fiojobs.finish_pre(self.fio_pre, self.ledger, self.t_fio, self.rule)
+        """Before the snapshot: the fio pre-jobs must be written and acknowledged, and the
+        database must have acknowledged its first commits (sqlitedb.WARM_COMMITS)."""
+        errors = []
+        for t in self.threads:
+            if isinstance(t, sqlitedb.SqliteWriter) and not t.warm.wait(SETTLE_S):
+                errors.append(f"sqlite: no {sqlitedb.WARM_COMMITS} commits in {SETTLE_S:g} s")
+        if self.fio:
+            errors.append(fiojobs.finish_pre(self.fio_pre, self.ledger, self.t_fio, self.rule))
+        return "; ".join(e for e in errors if e)
 
     def finish(self) -> str:
         self.stop.set()
