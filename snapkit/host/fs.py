@@ -19,7 +19,11 @@ from snapkit.errors import OperationError, RefusedError
 
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
-FREEZABLE = frozenset({"ext4", "ext3", "ext2", "xfs", "btrfs", "f2fs", "gfs2", "jfs", "nilfs2"})
+# Filesystems with a freeze_fs of their own (FIFREEZE flushes and quiesces them). reiserfs has
+# had one (reiserfs_freeze) since 2.6; the campaign's reiserfs-freeze-lvm rows use it (6.1).
+FREEZABLE = frozenset(
+    {"ext4", "ext3", "ext2", "xfs", "btrfs", "f2fs", "gfs2", "jfs", "nilfs2", "reiserfs"}
+)
 
 # Filesystems that a device-mapper suspend does not freeze, so a snapshot taken through one
 # (lvcreate -s, a dm table swap) must freeze them explicitly. Measured on the 6.1 guest kernel:

@@ -13,7 +13,7 @@ from vmtests.campaign.scenarios import Scenario
 
 def test_scenario(scenario: Scenario, campaign_run: Callable[[Scenario], Result]) -> None:
     result = campaign_run(scenario)
-    if result.verdict is Verdict.SKIPPED:
+    if not result.verdict.ran:  # skipped or refused: the reason is in the report
         pytest.skip(result.reason)
     where = f"repro: {result.repro}; artifacts: {result.artifacts}"
     if scenario.is_control:

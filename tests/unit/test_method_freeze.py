@@ -176,6 +176,8 @@ def test_method_record_and_refusals() -> None:
     assert method(w).plan_discard(record).steps == ()
     assert method(w).unsuitable(Target(Path("/dev/vdb"), None, None, (254, 16)))
     assert method(w).unsuitable(Target(Path("/dev/vdb"), MP, "vfat", (254, 16)))
+    for fstype in ("ext2", "ext3", "reiserfs"):  # each has a freeze_fs (issue 14's rows)
+        assert method(w).unsuitable(Target(Path("/dev/vdb"), MP, fstype, (254, 16))) is None
 
 
 @pytest.mark.parametrize(

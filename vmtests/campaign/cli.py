@@ -344,7 +344,7 @@ def cmd_bench_campaign(args: argparse.Namespace) -> int:
     code = _pytest(run_args)
     wall = time.monotonic() - t0
     results = report.load(args.report) if (args.report / "results.json").exists() else []
-    ran = [r.duration_s for r in results if r.verdict.value != "skipped"]
+    ran = [r.duration_s for r in results if r.verdict.ran]
     summary = {
         "matrix": args.matrix,
         "workers": args.workers,

@@ -28,6 +28,7 @@ STYLE = {
     "caught": "blue",
     "fail": "bold red",
     "skipped": "dim",
+    "refused": "dim",
     "lost": "yellow",
     "error": "magenta",
 }

@@ -3,9 +3,12 @@
 The checks themselves run in the guest (guest/check.py, guest/campaign/verify.py) right after the
 snapshot, because the snapshot device exists only there:
 
-- **fsck** of the bare snapshot device: ext4 ``e2fsck -fn``, xfs ``xfs_repair -n``, btrfs
-  ``btrfs check --readonly``. A snapshot taken under a freeze has a clean journal, so fsck must
-  pass as is; a dirty journal (a crash-consistent copy) is a failure of the method.
+- **fsck** of the bare snapshot device: ext2/3/4 ``e2fsck -fn``, xfs ``xfs_repair -n``, btrfs
+  ``btrfs check --readonly``; reiserfs ``reiserfsck --check`` on a throwaway layer, since it
+  replays the journal before it checks. A snapshot taken under a freeze has a clean journal,
+  so fsck must pass as is; a dirty journal (a crash-consistent copy) is a failure of the
+  method. ext2 has no journal: under a freeze it is written back whole, so it too must pass.
+- **clean** (ext3, ext4): the superblock has no ``needs_recovery`` before anything mounts it.
 - **mount**: the snapshot is mounted read-only through a throwaway writable layer, a transient
   dm snapshot (store ``N``) with its own small COW on a tmpfs loop device. Why this and not
   ``ro,noload``/``norecovery``: skipping the journal shows metadata as it was *before* replay,
@@ -18,10 +21,16 @@ snapshot, because the snapshot device exists only there:
   *hole*: allowed only for btrfs-native, whose point in time is a transaction commit, not a
   freeze (``vmtests/guest/campaign/verify.py`` says why and what was measured); a failure elsewhere.
 - **fio**: fio re-reads its acknowledged jobs on the snapshot with ``verify=crc32c``.
+- **sqlite**: the database, copied off the snapshot with its WAL, opens, passes
+  ``PRAGMA integrity_check``, and its commits alone pass the ledger's questions
+  (``vmtests/guest/campaign/sqlitedb.py``); the ``drop-wal`` control is a copy without the WAL.
 - **merge**: after ``snapkit snapshot merge``, the origin's tree digest equals the snapshot's.
 
 A real scenario passes when every check that ran passed and at least one acknowledged write was
 checked. A negative control is *caught* when some check failed; the report names which.
+
+A row whose guest kernel cannot mount its filesystem (reiserfs on a kernel without it) is
+``refused``, with the reason the guest gave; it measured nothing and fails nothing.
 
 A crash of the harness itself (host side: a bug in this package, a Python too old for it) says
 nothing about snapkit, so it is its own verdict, ``error``, never ``fail``: its reason names the
@@ -46,12 +55,18 @@ class Verdict(enum.StrEnum):
     FAIL = "fail"
     CAUGHT = "caught"
     SKIPPED = "skipped"  # not run: the method is not in snapkit yet (the reason says so)
+    REFUSED = "refused"  # not run: the guest's kernel cannot host the row (the reason says why)
     ERROR = "error"  # the harness itself crashed: no verdict on snapkit (the reason says why)
     LOST = "lost"  # the VM was lost before the guest printed a result: no verdict on snapkit
 
     @property
     def ok(self) -> bool:
-        return self in (Verdict.PASS, Verdict.CAUGHT, Verdict.SKIPPED)
+        return self in (Verdict.PASS, Verdict.CAUGHT, Verdict.SKIPPED, Verdict.REFUSED)
+
+    @property
+    def ran(self) -> bool:
+        """Whether the scenario was run at all (a skipped or refused row was not)."""
+        return self not in (Verdict.SKIPPED, Verdict.REFUSED)
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,7 @@ def _unmeasured(
     errors: tuple[str, ...] = (),
     artifacts: str = "",
 ) -> Result:
-    """A result with nothing measured: skipped, lost, or the harness crashed."""
+    """A result with nothing measured: skipped, refused, lost, or the harness crashed."""
     return Result(
         **_base(scenario, duration),
         verdict=verdict,
@@ -155,7 +170,13 @@ def skipped(scenario: Scenario, reason: str) -> Result:
 
 
 def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: str = "") -> Result:
-    """The verdict on one guest result (the JSON vmtests/guest/campaign/scenario.py printed)."""
+    """The verdict on one guest result (the JSON vmtests/guest/campaign/scenario.py printed).
+
+    A guest that found its kernel unable to host the row (``unsupported``: no module for the
+    filesystem) measured nothing: ``refused``, with its reason, which the claims cite."""
+    if raw.get("unsupported"):
+        reason = f"refused: {raw['unsupported']}"
+        return _unmeasured(scenario, duration, Verdict.REFUSED, reason, artifacts=artifacts)
     checks: dict[str, bool | None] = dict(raw.get("checks", {}))
     counts: dict[str, Any] = raw.get("counts") or {}
     errors = tuple(str(e) for e in raw.get("errors", ()))

@@ -6,6 +6,10 @@ pytest-xdist spreads them over VMs; every result travels to the controller in th
 report's ``user_properties`` (under ``live.RESULT_KEY``) and the controller's ``Collector``
 writes results.json, junit.xml and report.html, with a live progress display while it runs.
 The collector is handed the scenario list here, so it never reaches back into this plugin.
+
+A row that needs another flavour of the run's kernel (``Scenario.flavour``) boots that one:
+``row_image`` prepares its layer the first time such a row runs in this process (cached on disk
+after that), so a run without such rows never fetches it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from vmtests.campaign import oracle, scenarios
+from vmtests.campaign import campaign_kernels, oracle, scenarios
 from vmtests.campaign.live import RESULT_KEY, Collector
 from vmtests.campaign.oracle import Result
 from vmtests.campaign.scenarios import Scenario
@@ -68,22 +72,50 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(collector, "campaign-collector")
 
 
+@pytest.fixture(scope="session")
+def row_image(vm_image: Image) -> Callable[[Scenario], Image]:
+    """The image a scenario boots: the run's, or the flavour the row needs (built on first use;
+    a kernel that cannot be had raises, and the row's result is a harness error naming it)."""
+    from vmtests.vm import guest_image
+
+    made: dict[str, Image] = {}
+
+    def image_for(scenario: Scenario) -> Image:
+        wanted = campaign_kernels.row_spec(vm_image.layer.spec, scenario.flavour)
+        if wanted is None:
+            return vm_image
+        if wanted not in made:
+            made[wanted] = guest_image.prepare(wanted, build_userland=False)
+        return made[wanted]
+
+    return image_for
+
+
 @pytest.fixture
 def campaign_run(
-    request: pytest.FixtureRequest, vm_image: Image, vm_accel: Accel
+    request: pytest.FixtureRequest,
+    vm_image: Image,
+    row_image: Callable[[Scenario], Image],
+    vm_accel: Accel,
 ) -> Callable[[Scenario], Result]:
     """Runs a scenario and hands its result to the controller (see Collector)."""
     from vmtests.campaign.runner import run_harnessed, why_not_runnable
+    from vmtests.vm.errors import VmError
 
     folder = Path(request.config.getoption("--report")).resolve() / "scenarios"
 
     def run(scenario: Scenario) -> Result:
-        reason = why_not_runnable(scenario)
+        image, reason = vm_image, why_not_runnable(scenario)
         if reason:
             result = oracle.skipped(scenario, reason)
         else:
-            result = run_harnessed(scenario, vm_image, vm_accel, folder / scenario.id)
-        kernel = {"spec": vm_image.layer.spec, "release": vm_image.release}
+            try:
+                image = row_image(scenario)
+            except VmError as exc:  # the row's kernel could not be fetched, built or booted
+                result = oracle.harness_error(scenario, exc)
+            else:
+                result = run_harnessed(scenario, image, vm_accel, folder / scenario.id)
+        kernel = {"spec": image.layer.spec, "release": image.release}
         result = dataclasses.replace(result, kernel=kernel)
         request.node.user_properties.append((RESULT_KEY, json.dumps(result.to_json())))
         return result

@@ -23,6 +23,7 @@ COLOURS = {
     "caught": "#2b6cb0",
     "fail": "#c53030",
     "skipped": "#a0a0a0",
+    "refused": "#718096",
     "error": "#b7791f",
     "lost": "#805ad5",
 }
@@ -31,6 +32,7 @@ TERMINAL = {
     "caught": "blue",
     "fail": "red",
     "skipped": "dim",
+    "refused": "dim",
     "error": "magenta",
     "lost": "yellow",
 }
@@ -50,7 +52,7 @@ LOGS = (
 
 def exit_code(results: Sequence[Result]) -> int:
     """0 only when every real scenario that ran passed and every control was caught."""
-    ran = [r for r in results if r.verdict is not Verdict.SKIPPED]
+    ran = [r for r in results if r.verdict.ran]
     return 0 if ran and all(r.verdict.ok for r in results) else 1
 
 
@@ -94,7 +96,7 @@ def junit(results: Sequence[Result]) -> bytes:
         tests=str(len(results)),
         failures=str(sum(r.verdict is Verdict.FAIL for r in results)),
         errors=str(sum(r.verdict in (Verdict.ERROR, Verdict.LOST) for r in results)),
-        skipped=str(sum(r.verdict is Verdict.SKIPPED for r in results)),
+        skipped=str(sum(not r.verdict.ran for r in results)),
         time=f"{sum(r.duration_s for r in results):.2f}",
     )
     for r in results:
@@ -120,7 +122,7 @@ def junit(results: Sequence[Result]) -> bytes:
             ET.SubElement(case, "failure", message=r.reason[:500]).text = r.repro
         elif r.verdict in (Verdict.ERROR, Verdict.LOST):  # JUnit's word: "could not run"
             ET.SubElement(case, "error", message=r.reason[:500]).text = r.repro
-        elif r.verdict is Verdict.SKIPPED:
+        elif not r.verdict.ran:
             ET.SubElement(case, "skipped", message=r.reason)
     data: bytes = ET.tostring(suite, encoding="utf-8", xml_declaration=True)
     return data
@@ -184,7 +186,7 @@ def freeze_plot(results: Sequence[Result], width: int = 640) -> str:
     """Inline SVG: one row per method, a dot per scenario's freeze window, a bar at the median."""
     points: dict[str, list[float]] = {}
     for r in results:
-        if not r.control and r.freeze_window_ms is not None and r.verdict is not Verdict.SKIPPED:
+        if not r.control and r.freeze_window_ms is not None and r.verdict.ran:
             points.setdefault(r.method, []).append(float(r.freeze_window_ms))
     if not points:
         return "<p>No freeze windows measured.</p>"

@@ -13,13 +13,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FILESYSTEMS = ("ext4", "xfs", "btrfs")
+# ext4, xfs and btrfs carry every row; the others (issue 14) carry the method rows only, since
+# the controls and the crypt stack test the oracle and the stacking, not the filesystem.
+CORE_FILESYSTEMS = ("ext4", "xfs", "btrfs")
+FILESYSTEMS = (*CORE_FILESYSTEMS, "ext3", "ext2", "reiserfs")
+# The Debian kernel flavour a filesystem needs: the cloud flavour (the default: it boots
+# fastest) has no reiserfs module, the generic one has. Such a row boots the generic flavour of
+# the run's Debian kernel (campaign_kernels.row_spec), whose layer is built the first time a
+# row needs it, so a run without these rows never builds it.
+FS_FLAVOUR = {"reiserfs": "generic"}
 # The matrix's method names; ``freeze-lvm`` is snapkit's ``freeze`` method wrapping an LVM
 # snapshot, ``btrfs-native`` is snapkit's ``btrfs`` method and exists only on btrfs.
 METHODS = ("lvm", "lvm-thin", "dm", "dm-direct", "freeze-lvm", "remount-ro", "btrfs-native")
 SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs"}
-WORKLOADS = ("writer", "churn", "mmap", "fio", "mixed")
-CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt", "lvm-under-crypt")
+WORKLOADS = ("writer", "churn", "mmap", "fio", "mixed", "sqlite")
+CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt", "lvm-under-crypt", "drop-wal")
 # The layers a filesystem can sit on above the method's device (issue 19): "crypt" is a dm-crypt
 # mapping over the LV or prepared device, as an encrypted /home is. Rows for the block methods.
 STACKS = ("crypt",)
@@ -27,10 +35,15 @@ STACKED_METHODS = ("lvm", "lvm-thin", "dm")
 # lvm-under-crypt is `lvcreate -s` of the LV under dm-crypt without snapkit: LVM's suspend finds
 # no filesystem on the LV and freezes nothing. Measured on ext4 (its journal needs recovery,
 # which the oracle's `clean` check sees); xfs and btrfs replay to a crash-consistent state.
-CONTROL_FILESYSTEMS = {"lvm-under-crypt": ("ext4",)}
+# drop-wal is a properly frozen copy of a SQLite database in WAL mode, without its -wal file,
+# as a file-level backup that copies only *.sqlite makes it: the commits still in the WAL are
+# gone, which the SQLite oracle must see. It needs the sqlite workload; one filesystem is enough.
+CONTROL_FILESYSTEMS = {"lvm-under-crypt": ("ext4",), "drop-wal": ("ext4",)}
+CONTROL_WORKLOAD = {"drop-wal": "sqlite"}  # the workload a control runs (default: writer)
 # remount-ro refuses (EBUSY) while a file is open for writing, by design (snapkit/methods/
-# remount.py): mmap keeps a writable mapping and fio keeps its files open for the whole run.
-HELD_OPEN = ("mmap", "fio", "mixed")
+# remount.py): mmap keeps a writable mapping, fio keeps its files open for the whole run, and
+# a database keeps its file and its WAL open.
+HELD_OPEN = ("mmap", "fio", "mixed", "sqlite")
 CONTROL_ATTEMPTS = 3  # a control that is consistent by luck is retried up to this bound
 MATRICES = ("quick", "full")
 
@@ -56,10 +69,16 @@ class Scenario:
             raise ValueError(f"unknown method {self.method!r}")
         elif self.method == "btrfs-native" and self.fs != "btrfs":
             raise ValueError("btrfs-native snapshots exist only on btrfs")
+        if self.control and self.workload != CONTROL_WORKLOAD.get(self.control, "writer"):
+            raise ValueError(f"control {self.control!r} runs the {self.workload!r} workload")
+        if self.control and self.fs not in CONTROL_FILESYSTEMS.get(self.control, CORE_FILESYSTEMS):
+            raise ValueError(f"control {self.control!r} does not run on {self.fs}")
         elif self.method == "remount-ro" and self.workload in HELD_OPEN:
             raise ValueError(f"remount-ro cannot snapshot while {self.workload} holds files open")
         if self.stack and (self.stack not in STACKS or self.method not in STACKED_METHODS):
             raise ValueError(f"stack {self.stack!r} takes one of {', '.join(STACKED_METHODS)}")
+        if self.stack and self.fs not in CORE_FILESYSTEMS:
+            raise ValueError(f"stack {self.stack!r} runs on {', '.join(CORE_FILESYSTEMS)}")
 
     @property
     def id(self) -> str:
@@ -80,6 +99,11 @@ class Scenario:
     @property
     def snapkit_method(self) -> str:
         return SNAPKIT_METHOD.get(self.method, self.method)
+
+    @property
+    def flavour(self) -> str:
+        """The Debian kernel flavour this row needs ("": whatever the run boots)."""
+        return FS_FLAVOUR.get(self.fs, "")
 
     @property
     def attempts(self) -> int:
@@ -114,13 +138,13 @@ def full() -> list[Scenario]:
     stacked = [
         Scenario(fs, m, "writer", stack=st)
         for st in STACKS
-        for fs in FILESYSTEMS
+        for fs in CORE_FILESYSTEMS
         for m in STACKED_METHODS
     ]
     controls = [
-        Scenario(fs, "none", "writer", c)
+        Scenario(fs, "none", CONTROL_WORKLOAD.get(c, "writer"), c)
         for c in CONTROLS
-        for fs in CONTROL_FILESYSTEMS.get(c, FILESYSTEMS)
+        for fs in CONTROL_FILESYSTEMS.get(c, CORE_FILESYSTEMS)
     ]
     return sorted(real + stacked + controls, key=lambda s: s.id)
 
@@ -130,20 +154,23 @@ QUICK_IDS = (
     "xfs-lvm-fio",
     "btrfs-lvm-thin-churn",
     "ext4-crypt-dm-writer",
-    "ext4-dm-direct-mmap",
+    "ext2-dm-direct-mmap",
     "btrfs-btrfs-native-writer",
-    "ext4-freeze-lvm-churn",
+    "ext3-freeze-lvm-churn",
     "xfs-remount-ro-writer",
     "control-lvm-under-crypt-ext4-writer",
     "control-dd-copy-ext4-writer",
     "control-dm-nolockfs-xfs-writer",
     "control-corrupt-btrfs-writer",
+    "control-drop-wal-ext4-sqlite",
 )
 
 
 def quick() -> list[Scenario]:
-    """At most 12: every filesystem, every method, every workload and every control once,
-    and the encrypted desktop's stack (ext4 on dm-crypt over a prepared device)."""
+    """At most 13: every filesystem the default kernel flavour mounts, every method, every
+    workload's parts (mixed runs the database too) and every control once, and the encrypted
+    desktop's stack (ext4 on dm-crypt over a prepared device). No row that needs another
+    kernel flavour: the quick matrix builds no second kernel."""
     by_id = {s.id: s for s in full()}
     return [by_id[i] for i in QUICK_IDS]
 

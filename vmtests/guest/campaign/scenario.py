@@ -27,11 +27,12 @@ import time
 from typing import Any
 
 from vmtests.guest import check
-from vmtests.guest.campaign import churn, fiojobs, ledger, mmapwriter, targets, verify
+from vmtests.guest.campaign import churn, fiojobs, ledger, mmapwriter, sqlitedb, targets, verify
 from vmtests.guest.proc import LOG, log, run
 from vmtests.guest.refusal import CREATE_TRIES, Rule
 
 OUT_DISK = "/dev/vmtest/out"
+SETTLE_S = 120.0  # how long a workload may take to reach its steady state before the snapshot
 LEDGER = "/tmp/ledger.jsonl"
 SNAP_MNT = "/mnt/snapshot"
 # Every workload has a lazy writer (write() without fsync: see ledger.Writer) next to its own.
@@ -40,7 +41,8 @@ COMPONENTS = {
     "churn": ("writer", "churn", "lazy"),
     "mmap": ("writer", "mmap", "lazy"),
     "fio": ("writer", "fio", "lazy"),
-    "mixed": ("writer", "churn", "mmap", "fio", "lazy"),
+    "mixed": ("writer", "churn", "mmap", "fio", "sqlite", "lazy"),
+    "sqlite": ("sqlite", "lazy"),
 }
 
 
@@ -70,6 +72,8 @@ class Workload:
                 self.threads.append(churn.Churn(root, led, seed, self.stop, rule=rule, pace=pace))
             elif name == "mmap":
                 self.threads.append(mmapwriter.MmapWriter(root, led, seed, self.stop, rule=rule))
+            elif name == "sqlite":  # never under remount-ro (scenarios.HELD_OPEN): no rule
+                self.threads.append(sqlitedb.SqliteWriter(root, led, seed, self.stop, pace=pace))
         self.fio = "fio" in names
         self.fio_pre: Any = None
         self.fio_load: Any = None
@@ -83,10 +87,15 @@ class Workload:
             t.start()
 
     def settle(self) -> str:
-        """Before the snapshot: the fio pre-jobs must be written and acknowledged."""
-        if not self.fio:
-            return ""
-        return fiojobs.finish_pre(self.fio_pre, self.ledger, self.t_fio, self.rule)
+        """Before the snapshot: the fio pre-jobs must be written and acknowledged, and the
+        database must have acknowledged its first commits (sqlitedb.WARM_COMMITS)."""
+        errors = []
+        for t in self.threads:
+            if isinstance(t, sqlitedb.SqliteWriter) and not t.warm.wait(SETTLE_S):
+                errors.append(f"sqlite: no {sqlitedb.WARM_COMMITS} commits in {SETTLE_S:g} s")
+        if self.fio:
+            errors.append(fiojobs.finish_pre(self.fio_pre, self.ledger, self.t_fio, self.rule))
+        return "; ".join(e for e in errors if e)
 
     def finish(self) -> str:
         self.stop.set()
@@ -100,7 +109,9 @@ class Workload:
         return "; ".join(e for e in errors if e)
 
 
-def observe(root: str, fio_states: dict[str, str], seed: int):  # type: ignore[no-untyped-def]
+def observe(  # type: ignore[no-untyped-def]
+    root: str, fio_states: dict[str, str], seed: int, db: sqlitedb.Reading | None = None
+):
     def look(obj: str) -> str:
         kind = obj[:2]
         if kind == "w:":
@@ -113,6 +124,8 @@ def observe(root: str, fio_states: dict[str, str], seed: int):  # type: ignore[n
             return churn.describe_dir(root, int(obj[2:]))
         if kind == "f:":
             return fio_states.get(obj[2:], ledger.ABSENT)
+        if kind == sqlitedb.KIND:
+            return sqlitedb.observe(db, obj) if db is not None else "unknown"
         return "unknown"
 
     return look
@@ -185,7 +198,9 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
     run(["umount", origin.mountpoint])
     if snap is None:
         return
-    if fs == "ext4":  # "always clean": a frozen ext4 leaves no journal to recover
+    if control == "drop-wal":
+        res["corrupted"] = sqlitedb.drop_wal(snap.device, fs, SNAP_MNT)
+    if fs in check.EXT_JOURNALLED:  # "always clean": a frozen ext3/4 leaves no journal to recover
         checks["clean"] = not check.needs_recovery(snap.device)
     fsck = check.fsck(fs, snap.device)
     checks["fsck"] = fsck.ok
@@ -228,12 +243,23 @@ def verify_snapshot(
     res: dict[str, Any],
 ) -> None:
     fio_states: dict[str, str] = {}
-    if "fio" in COMPONENTS[spec["workload"]]:
+    parts = COMPONENTS[spec["workload"]]
+    if "fio" in parts:
         fio_states, res["fio_output"] = fiojobs.verify(root, seed)
-    look = observe(root, fio_states, seed)
-    counts = verify.classify(verify.histories(ops), look, begin, end)
+    db = sqlitedb.read(root, seed) if "sqlite" in parts else None
+    look = observe(root, fio_states, seed, db)
+    hists = verify.histories(ops)
+    counts = verify.classify(hists, look, begin, end)
     res["counts"] = counts.__dict__
     res["checks"]["ledger"] = verify.ledger_ok(counts, spec["method"])
+    if db is not None:
+        # The database's own verdict: it opens, is sound, and its transactions alone pass the
+        # ledger's questions (all acknowledged commits, none from the future, none partial).
+        mine = {obj: h for obj, h in hists.items() if obj.startswith(sqlitedb.KIND)}
+        txns = verify.classify(mine, look, begin, end)
+        res["sqlite"] = {**db.summary(), "counts": txns.__dict__}
+        sound = db.ok and txns.acked_checked > 0
+        res["checks"]["sqlite"] = sound and verify.ledger_ok(txns, spec["method"])
     res["tree_snapshot"] = check.tree_hash(root)
 
 
@@ -278,6 +304,11 @@ def main(argv: list[str]) -> int:
     res: dict[str, Any] = {"id": spec["id"], "errors": [], "attempts": 0, "checks": {}}
     origin = None
     try:
+        missing = targets.missing_fs(spec["fs"])
+        if missing:  # the kernel cannot run this row at all: say why, measure nothing
+            res["unsupported"] = missing
+            print(json.dumps(res), flush=True)
+            return 0
         origin = targets.prepare(
             spec["method"], control, spec["fs"], spec.get("size_mib", 160), spec.get("stack", "")
         )

@@ -50,3 +50,28 @@ def test_several_kernels_put_the_release_in_every_id_and_in_every_output(tmp_pat
 
 def test_one_kernel_has_no_comparison_table() -> None:
     assert report.kernel_table(_results()) == ""
+
+
+def test_a_row_that_needs_the_generic_flavour_boots_the_runs_suite_in_it() -> None:
+    row = campaign_kernels.row_spec
+    assert row("debian:bookworm/cloud-amd64", "generic") == "debian:bookworm/amd64"
+    assert row("debian:trixie/6.12-cloud-amd64", "generic") == "debian:trixie/6.12-amd64"
+    assert row("debian:bookworm/amd64", "generic") is None  # the run's kernel has it already
+    assert row("debian:bookworm/cloud-amd64", "") is None  # the row needs nothing
+    assert row("/src/linux (modules /mods)", "generic") is None  # a user's kernel: as given
+
+
+def test_a_row_keeps_the_kernel_it_booted_when_tagged() -> None:
+    import dataclasses
+
+    (r,) = _results()
+    r = dataclasses.replace(
+        r, kernel={"spec": "debian:bookworm/amd64", "release": "6.1.0-57-amd64"}
+    )
+    (t,) = campaign_kernels.tagged(
+        [r],
+        {"spec": "debian:bookworm/cloud-amd64", "release": "6.1.0-57-cloud-amd64"},
+        several=True,
+    )
+    assert t.id == "ext4-dm-writer@6.1.0-57-cloud-amd64"  # grouped with the run's kernel
+    assert t.kernel["release"] == "6.1.0-57-amd64"  # but says what it booted

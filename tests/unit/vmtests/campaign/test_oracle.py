@@ -170,3 +170,21 @@ def test_a_harness_crash_is_an_error_that_names_itself_not_a_failure(tmp_path) -
     fine = oracle.judge(s, {"checks": {"fsck": False}, "counts": {"acked_checked": 3}}, 1.0)
     ok = campaign.run_harnessed(s, None, None, tmp_path / "b", runner=lambda *_: fine)  # type: ignore[arg-type]
     assert ok.verdict is Verdict.FAIL and not ok.reason.startswith("harness error")
+
+
+def test_a_kernel_that_cannot_host_the_row_is_refused_with_its_reason() -> None:
+    s = Scenario("reiserfs", "lvm", "writer")
+    raw = {"unsupported": "kernel 6.1.0-57-cloud-amd64 has no reiserfs filesystem", "checks": {}}
+    r = oracle.judge(s, raw, 3.0)
+    assert r.verdict is Verdict.REFUSED and r.verdict.ok and not r.verdict.ran
+    assert r.reason == "refused: kernel 6.1.0-57-cloud-amd64 has no reiserfs filesystem"
+    assert r.acked_writes_checked == 0 and r.fsck_ok is None
+
+
+def test_the_database_check_fails_a_real_row_and_catches_the_drop_wal_control() -> None:
+    raw = {"checks": {"fsck": True, "ledger": False, "sqlite": False}, "attempts": 1}
+    raw["counts"] = {"acked_checked": 40, "acked_lost": 12}
+    real = oracle.judge(Scenario("ext4", "lvm", "sqlite"), raw, 1.0)
+    assert real.verdict is Verdict.FAIL and "sqlite" in real.reason
+    control = oracle.judge(Scenario("ext4", "none", "sqlite", "drop-wal"), raw, 1.0)
+    assert control.verdict is Verdict.CAUGHT and control.caught_by == ("ledger", "sqlite")

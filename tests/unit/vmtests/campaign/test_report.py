@@ -33,6 +33,9 @@ def test_exit_code_is_zero_only_when_everything_that_ran_is_ok() -> None:
     failed = oracle.judge(Scenario("ext4", "dm", "writer"), {**RAW, "errors": ["x"]}, 1)
     assert report.exit_code([*rs, failed]) == 1
     assert report.exit_code([rs[2]]) == 1  # nothing ran at all
+    refused = oracle.judge(Scenario("reiserfs", "lvm", "writer"), {"unsupported": "no module"}, 1)
+    assert report.exit_code([*rs, refused]) == 0  # a refusal says why; it fails nothing
+    assert report.exit_code([refused]) == 1  # but it is not a run either
 
 
 def test_write_all_produces_the_three_files(tmp_path: Path) -> None:

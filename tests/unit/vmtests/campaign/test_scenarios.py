@@ -20,22 +20,39 @@ def test_ids_are_unique_readable_and_stable() -> None:
 def test_full_is_every_valid_combination() -> None:
     real = [s for s in scenarios.full() if not s.is_control and not s.stack]
     assert not any(s.method == "btrfs-native" and s.fs != "btrfs" for s in real)
-    per_fs = {fs: {(s.method, s.workload) for s in real if s.fs == fs} for fs in ("ext4", "xfs")}
-    assert ("lvm-thin", "mmap") in per_fs["ext4"]
-    # the same combinations on ext4 and xfs; dm-direct on all three (its xfs and btrfs copies
-    # are mounted through a throwaway layer)
-    assert per_fs["ext4"] == per_fs["xfs"]
+    per_fs = {
+        fs: {(s.method, s.workload) for s in real if s.fs == fs} for fs in scenarios.FILESYSTEMS
+    }
+    assert ("lvm-thin", "mmap") in per_fs["ext4"] and ("lvm", "sqlite") in per_fs["ext4"]
+    # every method but btrfs's own on every filesystem, with every workload (remount-ro with
+    # those that hold no file open); dm-direct on all of them (its xfs and btrfs copies are
+    # mounted through a throwaway layer)
+    for fs in ("xfs", "ext3", "ext2", "reiserfs"):
+        assert per_fs[fs] == per_fs["ext4"], fs
     assert {s.fs for s in real if s.method == "dm-direct"} == set(scenarios.FILESYSTEMS)
     controls = [s for s in scenarios.full() if s.is_control]
-    assert {(s.control, s.fs) for s in controls} == {
-        (c, fs)
+    assert {(s.control, s.fs, s.workload) for s in controls} == {
+        (c, fs, scenarios.CONTROL_WORKLOAD.get(c, "writer"))
         for c in scenarios.CONTROLS
-        for fs in scenarios.CONTROL_FILESYSTEMS.get(c, scenarios.FILESYSTEMS)
+        for fs in scenarios.CONTROL_FILESYSTEMS.get(c, scenarios.CORE_FILESYSTEMS)
     }
     stacked = {(s.fs, s.method, s.stack) for s in scenarios.full() if s.stack}
     assert stacked == {
-        (fs, m, "crypt") for fs in scenarios.FILESYSTEMS for m in scenarios.STACKED_METHODS
+        (fs, m, "crypt") for fs in scenarios.CORE_FILESYSTEMS for m in scenarios.STACKED_METHODS
     }
+
+
+def test_the_older_filesystems_keep_todays_id_form() -> None:
+    ids = {s.id for s in scenarios.full()}
+    assert {"ext3-lvm-writer", "ext2-lvm-writer", "reiserfs-lvm-writer"} <= ids
+    assert {"ext2-freeze-lvm-churn", "ext3-remount-ro-writer", "ext4-lvm-sqlite"} <= ids
+    assert "control-drop-wal-ext4-sqlite" in ids
+
+
+def test_only_reiserfs_rows_name_a_kernel_flavour() -> None:
+    needs = {s.fs for s in scenarios.full() if s.flavour}
+    assert needs == {"reiserfs"}
+    assert Scenario("reiserfs", "lvm", "writer").flavour == "generic"
 
 
 def test_a_stack_only_goes_under_a_block_method() -> None:
@@ -43,12 +60,16 @@ def test_a_stack_only_goes_under_a_block_method() -> None:
     for method in ("remount-ro", "freeze-lvm", "dm-direct"):
         with pytest.raises(ValueError):
             Scenario("ext4", method, "writer", stack="crypt")
+    with pytest.raises(ValueError):
+        Scenario("ext2", "lvm", "writer", stack="crypt")
 
 
 def test_quick_keeps_its_promises() -> None:
     quick = scenarios.quick()
-    assert len(quick) <= 12
-    assert {s.fs for s in quick} == set(scenarios.FILESYSTEMS)
+    assert len(quick) <= 13
+    on_default_kernel = {fs for fs in scenarios.FILESYSTEMS if fs not in scenarios.FS_FLAVOUR}
+    assert {s.fs for s in quick} == on_default_kernel
+    assert not any(s.flavour for s in quick)  # the quick matrix builds no second kernel
     assert len({s.method for s in quick if not s.is_control}) >= 4
     assert {s.control for s in quick if s.is_control} == set(scenarios.CONTROLS)
 
@@ -61,6 +82,11 @@ def test_quick_keeps_its_promises() -> None:
         ("ext4", "lvm", "nope", ""),
         ("ext4", "lvm", "writer", "dd-copy"),
         ("ext4", "remount-ro", "mmap", ""),
+        ("ext4", "remount-ro", "sqlite", ""),
+        ("ext4", "none", "writer", "drop-wal"),
+        ("xfs", "none", "sqlite", "drop-wal"),
+        ("ext2", "none", "writer", "dd-copy"),
+        ("reiserfs", "btrfs-native", "writer", ""),
     ],
 )
 def test_invalid_scenarios_are_refused(fs: str, method: str, workload: str, control: str) -> None:
