@@ -27,7 +27,7 @@ FS_FLAVOUR = {"reiserfs": "generic"}
 METHODS = ("lvm", "lvm-thin", "dm", "dm-direct", "freeze-lvm", "remount-ro", "btrfs-native")
 SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs"}
 WORKLOADS = ("writer", "churn", "mmap", "fio", "mixed", "sqlite")
-CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt", "lvm-under-crypt", "drop-wal")
+CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt", "lvm-under-crypt", "drop-wal", "discard-mounted")
 # The layers a filesystem can sit on above the method's device (issue 19): "crypt" is a dm-crypt
 # mapping over the LV or prepared device, as an encrypted /home is. Rows for the block methods.
 STACKS = ("crypt",)
@@ -38,7 +38,14 @@ STACKED_METHODS = ("lvm", "lvm-thin", "dm")
 # drop-wal is a properly frozen copy of a SQLite database in WAL mode, without its -wal file,
 # as a file-level backup that copies only *.sqlite makes it: the commits still in the WAL are
 # gone, which the SQLite oracle must see. It needs the sqlite workload; one filesystem is enough.
-CONTROL_FILESYSTEMS = {"lvm-under-crypt": ("ext4",), "drop-wal": ("ext4",)}
+# discard-mounted is the raw dm recipe's discard done while the filesystem is still mounted,
+# which the question's answer says "will likely corrupt": the origin's `snapshot` table (new
+# writes in the COW) swapped back to `linear` under the mounted filesystem (claim 9).
+CONTROL_FILESYSTEMS = {
+    "lvm-under-crypt": ("ext4",),
+    "drop-wal": ("ext4",),
+    "discard-mounted": ("ext4",),
+}
 CONTROL_WORKLOAD = {"drop-wal": "sqlite"}  # the workload a control runs (default: writer)
 # remount-ro refuses (EBUSY) while a file is open for writing, by design (snapkit/methods/
 # remount.py): mmap keeps a writable mapping, fio keeps its files open for the whole run, and
@@ -163,11 +170,12 @@ QUICK_IDS = (
     "control-dm-nolockfs-xfs-writer",
     "control-corrupt-btrfs-writer",
     "control-drop-wal-ext4-sqlite",
+    "control-discard-mounted-ext4-writer",
 )
 
 
 def quick() -> list[Scenario]:
-    """At most 13: every filesystem the default kernel flavour mounts, every method, every
+    """At most 14: every filesystem the default kernel flavour mounts, every method, every
     workload's parts (mixed runs the database too) and every control once, and the encrypted
     desktop's stack (ext4 on dm-crypt over a prepared device). No row that needs another
     kernel flavour: the quick matrix builds no second kernel."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +96,7 @@ def prepare(method: str, control: str, fs: str, size_mib: int, stack: str = "") 
     if method in ("dm", "dm-direct"):
         run(["snapkit", "device", "prepare", DISK, "--name", "origin"])
         return Origin("/dev/mapper/origin", fs)
-    if control == "dm-nolockfs":
+    if control in ("dm-nolockfs", "discard-mounted"):
         table = f"0 {size_mib * 2048} linear {DISK} 0"
         run(["dmsetup", "create", "origin", "--table", table])
         return Origin("/dev/mapper/origin", fs)
@@ -217,6 +218,8 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
         run(["lvremove", "-f", "-y", "vg/snap"], check=False)
         run(["lvcreate", "-q", "-y", "-s", "-l", "100%FREE", "-n", "snap", "vg/origin"])
         return Snapshot(open_crypt(SNAP_CRYPT, "/dev/vg/snap", _KEY[-1]))
+    if control == "discard-mounted":
+        return _discard_mounted(origin)
     if control in ("corrupt", "drop-wal"):  # a proper frozen copy, damaged afterwards
         run(["fsfreeze", "-f", origin.mountpoint])
         try:
@@ -225,6 +228,37 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
             run(["fsfreeze", "-u", origin.mountpoint])
         return Snapshot(COPY)
     return _snapkit_create(method, spec["snapkit_method"], origin, spec.get("cow_mib", 64))
+
+
+DISCARD_COW = "/tmp/discard.cow"
+
+
+def _discard_mounted(origin: Origin) -> Snapshot:
+    """The raw recipe by hand, as the question gives it, then its discard done wrong: the
+    origin takes ``snapshot DISK LOOP P 8`` (new writes go to a COW on a loop device over a
+    sparse file), the writers go on for two seconds, then ``linear DISK`` is swapped back
+    while the filesystem is still mounted -- every write since the swap-in vanishes from under
+    it, while its caches still believe them. What the filesystem then is, taken frozen, is the
+    "snapshot" the oracle judges: it must be caught (claim 9)."""
+    sectors = run(["blockdev", "--getsz", origin.device]).out.strip()
+    while _LOOPS:  # a previous attempt's: its COW holds a store the kernel would load again
+        run(["losetup", "-d", _LOOPS.pop()], check=False)
+    if os.path.exists(DISCARD_COW):
+        os.unlink(DISCARD_COW)
+    run(["truncate", "-s", "64M", DISCARD_COW])
+    loop = run(["losetup", "-f", "--show", DISCARD_COW]).out.strip()
+    _LOOPS.append(loop)
+    for table in (f"0 {sectors} snapshot {DISK} {loop} P 8", f"0 {sectors} linear {DISK} 0"):
+        run(["dmsetup", "load", "origin", "--table", table])
+        run(["dmsetup", "suspend", "origin"])
+        run(["dmsetup", "resume", "origin"])
+        time.sleep(2.0)  # writes land in the COW; after the discard, on the stale disk
+    run(["fsfreeze", "-f", origin.mountpoint])
+    try:
+        _copy(origin.device)
+    finally:
+        run(["fsfreeze", "-u", origin.mountpoint])
+    return Snapshot(COPY)
 
 
 def merge(origin: Origin) -> None:

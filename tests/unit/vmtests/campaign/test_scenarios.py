@@ -66,7 +66,7 @@ def test_a_stack_only_goes_under_a_block_method() -> None:
 
 def test_quick_keeps_its_promises() -> None:
     quick = scenarios.quick()
-    assert len(quick) <= 13
+    assert len(quick) <= 14
     on_default_kernel = {fs for fs in scenarios.FILESYSTEMS if fs not in scenarios.FS_FLAVOUR}
     assert {s.fs for s in quick} == on_default_kernel
     assert not any(s.flavour for s in quick)  # the quick matrix builds no second kernel
