@@ -27,7 +27,10 @@ def test_model_and_kernel_agree_on_ten_histories(vm: Session) -> None:
 
 @pytest.mark.slow
 def test_model_and_kernel_agree_on_two_hundred_histories(vm: Session) -> None:
-    _agree(search(GuestExecutor(vm), 200, seed=1), 200)
+    report = search(GuestExecutor(vm), 200, seed=1)
+    _agree(report, 200)
+    # issue 17: at least a fifth of the histories stop a merge between two batches
+    assert report.counts.merges_stopped_midway >= 40, report.counts
 
 
 def _no_metadata_skip(self: Geometry, next_free: int) -> int:
