@@ -89,9 +89,7 @@ class Flow:
     _plans_applied: int = 0
 
     def __post_init__(self) -> None:
-        self.state = StateFile(
-            self.settings.state_dir, sync=not self.settings.unsafe_state_writes
-        )
+        self.state = StateFile(self.settings.state_dir, sync=not self.settings.unsafe_state_writes)
         self.context = Context(self.host, self.settings)
 
     # -- plumbing -----------------------------------------------------------------------------
