@@ -35,11 +35,18 @@ from typing import Any
 
 from vmtests.guest import check
 from vmtests.guest.crashstates import logwrites
-from vmtests.guest.crashstates.layout import KEEP_OPTS, Kind, make_slices, mount_keep, teardown
+from vmtests.guest.crashstates.layout import (
+    Kind,
+    dm_create,
+    dm_remove,
+    make_slices,
+    mount_keep,
+    teardown,
+)
 from vmtests.guest.crashstates.plan import CrashState, Situation, situation
 from vmtests.guest.faults.judge import count_lost, frozen, suspended
 from vmtests.guest.faults.kind import in_process
-from vmtests.guest.proc import CommandError, log, run
+from vmtests.guest.proc import CommandError, run
 
 LAYER_COW_MIB = 256
 CTL_TRIES = 6  # states after the control's prepare returned in which it is tried
@@ -78,7 +85,7 @@ def layer_up(k: Kind) -> str:
         f.truncate(LAYER_COW_MIB << 20)
     loop = run(["losetup", "-f", "--show", cow]).out.strip()
     size = check.sectors(k.replay_disk)
-    run(["dmsetup", "create", k.layer, "--table", f"0 {size} snapshot {k.replay_disk} {loop} N 8"])
+    dm_create(k.layer, f"0 {size} snapshot {k.replay_disk} {loop} N 8")
     return f"/dev/mapper/{k.layer}"
 
 
@@ -173,7 +180,7 @@ def _state_file_control(k: Kind, sit: Situation, budget: list[int], out: dict[st
     rec = in_process(k.ctl_state, "recover", check_ok=False)
     back = os.path.exists(f"/dev/mapper/{k.ctl_prepared}")
     out["controls"]["state-no-fsync"] = rec.returncode != 0 or not back
-    run(["dmsetup", "remove", k.ctl_prepared], check=False)
+    dm_remove(k.ctl_prepared)
 
 
 def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) -> None:
@@ -279,4 +286,4 @@ def _snapshot(k: Kind, name: str, dev: str, expected: str, out: dict[str, Any]) 
         problems.append(f"snapshot {name} is not its tree as taken")
 
 
-__all__ = ["KEEP_OPTS", "Replay", "judge_state", "log"]
+__all__ = ["Replay", "judge_state"]

@@ -8,8 +8,17 @@ the state-file control's prepared device, and the origin slice (the disk ``devic
 takes for dm and dm-direct, the PV for lvm). The cost of that choice: a flush of any slice is
 a flush of the disk, so states in which one device flushed and another did not are not made.
 
-The same slices are made again, under the same names, over each replayed state: to snapkit a
-judged state looks like the machine after a reboot. Standard library and snapkit only.
+snapkit's ``device prepare`` takes plain disks, partitions and loop devices, never a dm device
+(it would snapshot that directly, and a dm table names its disk by a number that a reboot
+changes). So for dm and dm-direct the origin and control slices are each attached as a loop
+device (``--direct-io``: no page cache of its own between the filesystem and the logged disk;
+a flush through it is a flush of the slice), and snapkit finds them again by their backing
+path, as it finds any loop device after a reboot. LVM takes the origin slice itself as its PV
+(a loop over it would show LVM the same PV twice).
+
+The same slices (and loops) are made again, under the same names, over each replayed state:
+to snapkit a judged state looks like the machine after a reboot. Standard library and snapkit
+only.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from snapkit.dm.control import IoctlDm
+from snapkit.dm.table import parse_table
 from vmtests.guest.faults.kind import dm_names
-from vmtests.guest.proc import run
+from vmtests.guest.proc import log, run
 
 MIB = 1 << 20
 KEEP_MIB, CTL_MIB, ORIGIN_MIB = 96, 8, 256
@@ -138,9 +149,45 @@ class Kind:
         }
 
 
+def dm_create(name: str, table: str) -> None:
+    """``dmsetup create NAME --table TABLE`` by ioctl from this process: a judge makes and
+    removes a handful of devices per state, and under TCG each dmsetup costs ~0.3 s."""
+    with IoctlDm() as dm:
+        dm.create(name)
+        dm.load(name, parse_table(table))
+        dm.resume(name)
+    log(f"dm create {name}: {table}")
+
+
+def dm_remove(name: str) -> bool:
+    try:
+        with IoctlDm() as dm:
+            dm.remove(name)
+    except Exception as exc:
+        log(f"dm remove {name}: {exc}")
+        return False
+    log(f"dm remove {name}")
+    return True
+
+
 def make_slices(k: Kind, under: str) -> None:
     for name, start, size in k.slices():
-        run(["dmsetup", "create", name, "--table", f"0 {size} linear {under} {start}"])
+        dm_create(name, f"0 {size} linear {under} {start}")
+    if k.method != "lvm":
+        for path in (k.ctl_slice, k.origin_slice):
+            run(["losetup", "--direct-io=on", "-f", path])
+
+
+def loop_of(backing: str) -> str:
+    """The loop device attached to ``backing`` (its path), or ""."""
+    for loop in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{loop}/loop/backing_file", encoding="utf-8") as f:
+                if f.read().strip() == backing:
+                    return f"/dev/{loop}"
+        except OSError:
+            continue
+    return ""
 
 
 def mount_keep(k: Kind) -> None:
@@ -162,7 +209,7 @@ def teardown(k: Kind, *lower: str) -> None:
         if not names:
             break
         for name in names:
-            run(["dmsetup", "remove", name], check=False)
+            dm_remove(name)
     for loop in sorted(os.listdir("/sys/block")):
         try:
             with open(f"/sys/block/{loop}/loop/backing_file", encoding="utf-8") as f:
@@ -172,7 +219,11 @@ def teardown(k: Kind, *lower: str) -> None:
         if backing.startswith(k.keep + "/"):
             run(["losetup", "-d", f"/dev/{loop}"], check=False)
     run(["umount", k.keep], check=False)
+    for path in (k.ctl_slice, k.origin_slice):
+        loop = loop_of(path)
+        if loop:
+            run(["losetup", "-d", loop], check=False)
     for name, _, _ in reversed(k.slices()):
-        run(["dmsetup", "remove", name], check=False)
+        dm_remove(name)
     for name in lower:
-        run(["dmsetup", "remove", name], check=False)
+        dm_remove(name)

@@ -36,6 +36,7 @@ from vmtests.guest.crashstates.layout import (
     MIB,
     MKFS,
     Kind,
+    loop_of,
     make_slices,
     mount_keep,
     teardown,
@@ -159,7 +160,7 @@ def record(k: Kind) -> dict[str, Any]:
             run(["vgcreate", "-q", k.vg, k.origin_slice])
             run(["lvcreate", "-q", "-y", "-L", "160M", "-n", "lv0", k.vg])
         else:
-            in_process(k.state, "device", "prepare", k.origin_slice, "--name", k.prepared)
+            in_process(k.state, "device", "prepare", loop_of(k.origin_slice), "--name", k.prepared)
         run([*MKFS[k.fs], k.origin_dev])
         run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
         write_files(f"{k.mnt}/w", f"/tmp/ledger-{k.kid}", 1, BASE_FILES)
@@ -169,11 +170,14 @@ def record(k: Kind) -> dict[str, Any]:
             "ctl",
             "device",
             "prepare",
-            k.ctl_slice,
+            loop_of(k.ctl_slice),
             "--name",
             k.ctl_prepared,
             env=k.env(k.ctl_state, SNAPKIT_TEST_STATE_NO_FSYNC="1"),
         )
+        # out of the kernel at once: snapkit adopts every snapkit device it sees into the state
+        # file it runs with, and the real one must not gain the control's device
+        run(["dmsetup", "remove", k.ctl_prepared])
         method = k.method
         r.start_writers("w2", "wb")
         r.op("create", "snapshot", "create", k.mnt, "--name", s, "--method", method,
