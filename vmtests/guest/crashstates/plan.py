@@ -101,7 +101,7 @@ def durable_points(entries: Sequence[Entry], lo: int, hi: int) -> list[CrashStat
             if changed or not out:
                 method = "flush" if e.flags & FLUSH else "fua"
                 out.append(CrashState(e.index, e.index, method))
-            changed = e.is_write  # a flush carrying data changes the disk for the next one
+            changed = False  # the point's own data is in its state
     return out
 
 
