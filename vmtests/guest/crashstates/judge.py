@@ -39,6 +39,7 @@ from vmtests.guest.crashstates.layout import (
     Kind,
     dm_create,
     dm_remove,
+    loop_of,
     make_slices,
     mount_keep,
     teardown,
@@ -91,13 +92,9 @@ def layer_up(k: Kind) -> str:
 
 def layer_down(k: Kind) -> None:
     cow = f"/tmp/{k.layer}.cow"
-    for loop in sorted(os.listdir("/sys/block")):
-        try:
-            with open(f"/sys/block/{loop}/loop/backing_file", encoding="utf-8") as f:
-                if f.read().strip() == cow:
-                    run(["losetup", "-d", f"/dev/{loop}"], check=False)
-        except OSError:
-            continue
+    loop = loop_of(cow)
+    if loop:
+        run(["losetup", "-d", loop], check=False)
     if os.path.exists(cow):
         os.unlink(cow)
 

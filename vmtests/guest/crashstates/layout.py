@@ -29,6 +29,7 @@ from typing import Any
 
 from snapkit.dm.control import IoctlDm
 from snapkit.dm.table import parse_table
+from vmtests.guest.faults import kind
 from vmtests.guest.faults.kind import dm_names
 from vmtests.guest.proc import log, run
 
@@ -45,10 +46,11 @@ KEEP_OPTS = "noauto_da_alloc"  # ext4's rename heuristic off: a missing fsync is
 
 
 @dataclass(frozen=True)
-class Kind:
-    kid: str
-    fs: str
-    method: str  # dm | dm-direct | lvm
+class Kind(kind.Kind):
+    """A faults kind's names (keep and state directories, mount points, the prepared origin
+    ``o<kid>``, ``vg<kid>``, the origin's device), plus the logged disk's."""
+
+    snapped: bool = False
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Kind:
@@ -96,57 +98,21 @@ class Kind:
     def origin_slice(self) -> str:
         return f"/dev/mapper/{self.kid}o"
 
-    # snapkit's side
-    @property
-    def keep(self) -> str:
-        return f"/k/{self.kid}"
-
-    @property
-    def state(self) -> str:
-        return f"{self.keep}/state"
-
     @property
     def ctl_state(self) -> str:
         return f"{self.keep}/ctl"
-
-    @property
-    def mnt(self) -> str:
-        return f"/m/{self.kid}"
-
-    @property
-    def snap_mnt(self) -> str:
-        return f"/m/{self.kid}s"
-
-    @property
-    def prepared(self) -> str:
-        return f"o{self.kid}"
 
     @property
     def ctl_prepared(self) -> str:
         return f"x{self.kid}"
 
     @property
-    def vg(self) -> str:
-        return f"vg{self.kid}"
-
-    @property
-    def origin_dev(self) -> str:
-        if self.method == "lvm":
-            return f"/dev/{self.vg}/lv0"
-        return f"/dev/mapper/{self.prepared}"
-
-    @property
     def snapshots(self) -> tuple[str, str]:
         """The lifecycle's two snapshots: the one merged, the one discarded."""
-        return f"s{self.kid}", f"t{self.kid}"
+        return self.name, f"t{self.kid}"
 
-    def env(self, state: str | None = None, **extra: str) -> dict[str, str]:
-        return {
-            **os.environ,
-            "SNAPKIT_STATE_DIR": state or self.state,
-            "DM_DISABLE_UDEV": "1",
-            **extra,
-        }
+    def env_with(self, state: str | None = None, **extra: str) -> dict[str, str]:
+        return {**self.env, "SNAPKIT_STATE_DIR": state or self.state, **extra}
 
 
 def dm_create(name: str, table: str) -> None:
@@ -180,14 +146,7 @@ def make_slices(k: Kind, under: str) -> None:
 
 def loop_of(backing: str) -> str:
     """The loop device attached to ``backing`` (its path), or ""."""
-    for loop in sorted(os.listdir("/sys/block")):
-        try:
-            with open(f"/sys/block/{loop}/loop/backing_file", encoding="utf-8") as f:
-                if f.read().strip() == backing:
-                    return f"/dev/{loop}"
-        except OSError:
-            continue
-    return ""
+    return next((loop for loop, path in kind.loops().items() if path == backing), "")
 
 
 def mount_keep(k: Kind) -> None:
@@ -210,14 +169,9 @@ def teardown(k: Kind, *lower: str) -> None:
             break
         for name in names:
             dm_remove(name)
-    for loop in sorted(os.listdir("/sys/block")):
-        try:
-            with open(f"/sys/block/{loop}/loop/backing_file", encoding="utf-8") as f:
-                backing = f.read().strip()
-        except OSError:
-            continue
+    for loop, backing in kind.loops().items():
         if backing.startswith(k.keep + "/"):
-            run(["losetup", "-d", f"/dev/{loop}"], check=False)
+            run(["losetup", "-d", loop], check=False)
     run(["umount", k.keep], check=False)
     for path in (k.ctl_slice, k.origin_slice):
         loop = loop_of(path)

@@ -65,7 +65,7 @@ class Recorder:
         """One snapkit operation, as its own process, between its two marks."""
         self.mark(f"{name}.start")
         done = subprocess.run(
-            ["snapkit", *args], env=env or self.k.env(), capture_output=True, timeout=600
+            ["snapkit", *args], env=env or self.k.env_with(), capture_output=True, timeout=600
         )
         self.mark(f"{name}.done")
         log(f"$ snapkit {' '.join(args)} -> {done.returncode} {done.stderr.decode()[-400:]}")
@@ -173,7 +173,7 @@ def record(k: Kind) -> dict[str, Any]:
             loop_of(k.ctl_slice),
             "--name",
             k.ctl_prepared,
-            env=k.env(k.ctl_state, SNAPKIT_TEST_STATE_NO_FSYNC="1"),
+            env=k.env_with(k.ctl_state, SNAPKIT_TEST_STATE_NO_FSYNC="1"),
         )
         # out of the kernel at once: snapkit adopts every snapkit device it sees into the state
         # file it runs with, and the real one must not gain the control's device

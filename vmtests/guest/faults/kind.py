@@ -165,15 +165,22 @@ def teardown(k: Kind) -> None:
             break
         for name in names:
             run(["dmsetup", "remove", name], check=False)
+    for loop, backing in loops().items():
+        if backing.startswith(k.keep + "/"):
+            run(["losetup", "-d", loop], check=False)
+    run(["umount", k.keep], check=False)
+
+
+def loops() -> dict[str, str]:
+    """Every attached loop device (``/dev/loopN``) and its backing file, from sysfs."""
+    out = {}
     for loop in sorted(os.listdir("/sys/block")):
         try:
             with open(f"/sys/block/{loop}/loop/backing_file", encoding="utf-8") as f:
-                backing = f.read().strip()
+                out[f"/dev/{loop}"] = f.read().strip()
         except OSError:
             continue
-        if backing.startswith(k.keep + "/"):
-            run(["losetup", "-d", f"/dev/{loop}"], check=False)
-    run(["umount", k.keep], check=False)
+    return out
 
 
 def open_crypt(k: Kind) -> None:
