@@ -14,7 +14,7 @@ changes). So for dm and dm-direct the origin and control slices are each attache
 device (``--direct-io``: no page cache of its own between the filesystem and the logged disk;
 a flush through it is a flush of the slice), and snapkit finds them again by their backing
 path, as it finds any loop device after a reboot. LVM takes the origin slice itself as its PV
-(a loop over it would show LVM the same PV twice).
+(a loop over it would show LVM the same PV twice); its control slice is a loop as for dm.
 
 The same slices (and loops) are made again, under the same names, over each replayed state:
 to snapkit a judged state looks like the machine after a reboot. Standard library and snapkit
@@ -139,9 +139,8 @@ def dm_remove(name: str) -> bool:
 def make_slices(k: Kind, under: str) -> None:
     for name, start, size in k.slices():
         dm_create(name, f"0 {size} linear {under} {start}")
-    if k.method != "lvm":
-        for path in (k.ctl_slice, k.origin_slice):
-            run(["losetup", "--direct-io=on", "-f", path])
+    for path in (k.ctl_slice,) if k.method == "lvm" else (k.ctl_slice, k.origin_slice):
+        run(["losetup", "--direct-io=on", "-f", path])
 
 
 def loop_of(backing: str) -> str:
