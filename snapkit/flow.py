@@ -96,7 +96,7 @@ class Flow:
     _plans_applied: int = 0
 
     def __post_init__(self) -> None:
-        self.state = StateFile(self.settings.state_dir)
+        self.state = StateFile(self.settings.state_dir, sync=not self.settings.unsafe_state_writes)
         self.context = Context(self.host, self.settings)
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -229,7 +229,11 @@ class Flow:
             try:
                 self._apply_create(impl, plan, record)
                 record = replace(record, created_at=time.time())
-                self.state.save(self.load().with_snapshot(record))
+                # One save. self.load() would first save the new snapshot as the kernel shows
+                # it (rebuilt: no stable id of its disk), and a power cut between that save and
+                # this one left the rebuilt record for recover (found by issue 17's states).
+                data = reconcile(self.state.load(), self.host.dm)
+                self.state.save(data.with_snapshot(record))
             finally:
                 post_failed = self._hook(req.post, "--post", check=False)
             if post_failed:

@@ -154,9 +154,13 @@ def render(data: StateData) -> str:
 
 
 class StateFile:
-    def __init__(self, directory: Path) -> None:
+    """``sync=False`` is the planted bug of ``Settings.unsafe_state_writes`` (a negative
+    control of the crash-state harness): no fsync of the new text before the rename."""
+
+    def __init__(self, directory: Path, *, sync: bool = True) -> None:
         self.directory = directory
         self.path = self.directory / STATE_FILE
+        self.sync = sync
 
     def load(self) -> StateData:
         try:
@@ -184,7 +188,8 @@ class StateFile:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, text.encode())
-            os.fsync(fd)
+            if self.sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.path)

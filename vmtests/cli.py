@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``vmtest run``: the faults matrix has a runner of its own; any other is the campaign.
+    """``vmtest run``: the faults matrix and the crash states have runners of their own; any
+    other matrix is the campaign.
     An option of the other runner would be ignored without a word: it is refused instead."""
     from vmtests.campaign.cli import inapplicable
 
@@ -179,11 +180,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refused:
         print(f"vmtest run: error: {refused} (see 'vmtest run --help')", file=sys.stderr)
         return 2
-    if args.matrix == "faults":
-        from vmtests.faults.cli import cmd_run as run
-
+    if args.matrix in ("faults", "crash-states"):
+        if args.matrix == "faults":
+            from vmtests.faults.cli import cmd_run as run
+        else:
+            from vmtests.crashstates.cli import cmd_run as run
         if args.kernel:
-            os.environ["VMTEST_KERNEL"] = args.kernel  # the faults runner boots $VMTEST_KERNEL
+            os.environ["VMTEST_KERNEL"] = args.kernel  # these runners boot $VMTEST_KERNEL
     else:
         from vmtests.campaign.cli import cmd_run as run
     return run(args)

@@ -365,3 +365,22 @@ def test_cli_umount_refusal_is_one_line_with_a_hint(
     assert err == "snapkit: error: snapshot s1 is not mounted (nothing to unmount)\n"
     assert main(["snapshot", "umount", "nope", "--json"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_create_saves_its_record_once_never_a_rebuilt_one_first(world: World) -> None:
+    """Issue 17's crash states found it: create saved the state file twice at its end -- first
+    the new snapshot as the kernel shows it (rebuilt: no stable id of its disk), then the real
+    record. A power cut between the two left the rebuilt record, and after a reboot that moved
+    the disk's number, recover loaded the origin's table over the wrong device."""
+    flow = _flow(world)
+    saved: list[object] = []
+    save = flow.state.save
+    flow.state.save = lambda data: (saved.append(data), save(data))[1]  # type: ignore[method-assign]
+    snapkit.create("/mnt/o", name="s1", method="dm", cow_dir=world.cow_dir, flow=flow)
+    rebuilt = [
+        r.name
+        for data in saved
+        for r in data.snapshots  # type: ignore[attr-defined]
+        if r.details.get("rebuilt")
+    ]
+    assert saved and rebuilt == []

@@ -54,3 +54,26 @@ def test_a_lost_file_is_rebuilt_from_snapkit_uuids(tmp_path: Path) -> None:
     assert (found.method, found.origin, found.device) == ("dm", record.origin, record.device)
     assert found.details["table"] == record.details["table"]
     assert reconcile(rebuilt, world.dm) == rebuilt  # stable
+
+
+def test_the_planted_no_fsync_hook_skips_only_the_fsync_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SNAPKIT_TEST_STATE_NO_FSYNC (issue 17's negative control) reaches the state file through
+    Settings alone, and drops exactly one fsync: the file's, before the rename (the directory's
+    after it stays). Unset, both happen."""
+    import os
+
+    from snapkit.settings import UNSAFE_STATE_ENV, Settings
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    for env, expected in (({}, 2), ({UNSAFE_STATE_ENV: "1"}, 1)):
+        settings = Settings.from_env({"SNAPKIT_STATE_DIR": str(tmp_path / str(expected)), **env})
+        synced.clear()
+        StateFile(settings.state_dir, sync=not settings.unsafe_state_writes).save(
+            StateData().with_device(Prepared("d", "/dev/x", None))
+        )
+        assert len(synced) == expected
+        assert StateFile(settings.state_dir).load().device("d") is not None

@@ -81,6 +81,7 @@ def register(sub: Any, run_handler: Callable[[argparse.Namespace], int]) -> None
 
 CAMPAIGN = ("quick", "full")
 FAULTS = ("faults",)
+CRASH = ("crash-states",)
 
 # The options that apply to some matrices only: dest -> (its flag, those matrices). Each runner
 # reads only its own, so one given for the other matrix would be silently ignored: `vmtest
@@ -97,11 +98,13 @@ def _only(
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    """Three groups in --help: every matrix, the campaign's (quick, full), the faults'."""
+    """Four groups in --help: every matrix, the campaign's (quick, full), the faults', the
+    crash states'."""
     common = p.add_argument_group("every matrix")
     campaign = p.add_argument_group("campaign matrices only (--matrix quick or full)")
     faults = p.add_argument_group("faults matrix only (--matrix faults)")
-    common.add_argument("--matrix", default="quick", choices=(*CAMPAIGN, *FAULTS))
+    crash = p.add_argument_group("crash states only (--matrix crash-states)")
+    common.add_argument("--matrix", default="quick", choices=(*CAMPAIGN, *FAULTS, *CRASH))
     common.add_argument(
         "--scenario",
         action="append",
@@ -159,13 +162,34 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     )
     _only(
         faults,
-        FAULTS,
+        (*FAULTS, *CRASH),
         "--methods",
         metavar="M,...",
-        help="cut points of these methods only (default dm,dm-direct,lvm; the stacked "
-        "dm+crypt and lvm+crypt -- a filesystem on dm-crypt over the base -- only when named)",
+        help="cut points (or crash-state kinds) of these methods only (default "
+        "dm,dm-direct,lvm; for faults the stacked dm+crypt and lvm+crypt -- a filesystem on "
+        "dm-crypt over the base -- only when named)",
     )
-    _only(faults, FAULTS, "--json", action="store_true", help="print the summary as JSON")
+    _only(
+        faults, (*FAULTS, *CRASH), "--json", action="store_true", help="print the summary as JSON"
+    )
+    _only(
+        crash,
+        CRASH,
+        "--states",
+        type=int,
+        metavar="N",
+        help="judge about N crash states, shared evenly over the kinds (default 1080)",
+    )
+    _only(crash, CRASH, "--fs", metavar="FS,...", help="these filesystems only (default all)")
+    _only(
+        crash,
+        CRASH,
+        "--replay",
+        type=Path,
+        metavar="DIR",
+        help="judge again one state of a kept log (REPORT/logs/KID, from a replay line)",
+    )
+    _only(crash, CRASH, "--cut", type=int, metavar="N", help="with --replay: the state's entry")
 
 
 def inapplicable(args: argparse.Namespace) -> str | None:

@@ -160,20 +160,27 @@ def teardown(k: Kind) -> None:
     if k.base_method == "lvm":
         run(["vgchange", "-an", k.vg], check=False)
     for _ in range(4):  # snapshots before what they sit on: retry until none is left
-        names = [n for n in _dm_names() if k.kid in n]
+        names = [n for n in dm_names() if k.kid in n]
         if not names:
             break
         for name in names:
             run(["dmsetup", "remove", name], check=False)
+    for loop, backing in loops().items():
+        if backing.startswith(k.keep + "/"):
+            run(["losetup", "-d", loop], check=False)
+    run(["umount", k.keep], check=False)
+
+
+def loops() -> dict[str, str]:
+    """Every attached loop device (``/dev/loopN``) and its backing file, from sysfs."""
+    out = {}
     for loop in sorted(os.listdir("/sys/block")):
         try:
             with open(f"/sys/block/{loop}/loop/backing_file", encoding="utf-8") as f:
-                backing = f.read().strip()
+                out[f"/dev/{loop}"] = f.read().strip()
         except OSError:
             continue
-        if backing.startswith(k.keep + "/"):
-            run(["losetup", "-d", f"/dev/{loop}"], check=False)
-    run(["umount", k.keep], check=False)
+    return out
 
 
 def open_crypt(k: Kind) -> None:
@@ -203,7 +210,7 @@ def boot(k: Kind) -> list[subprocess.CompletedProcess[str]]:
     return done
 
 
-def _dm_names() -> list[str]:
+def dm_names() -> list[str]:
     out = []
     for kname in os.listdir("/sys/block"):
         try:
@@ -215,15 +222,23 @@ def _dm_names() -> list[str]:
 
 
 def snapkit(k: Kind, *args: str, check_ok: bool = True) -> subprocess.CompletedProcess[str]:
-    """``snapkit ARGS`` with the kind's state directory, run in this process: under TCG a
-    snapkit start is ~1 s of imports, paid here once per boot instead of once per call. The
-    operations under test are never run this way: they are separate processes, cut by QEMU's
-    death like any other."""
+    """``snapkit ARGS`` with the kind's state directory, in this process (:func:`in_process`)."""
+    return in_process(k.state, *args, check_ok=check_ok)
+
+
+def in_process(
+    state: str, *args: str, check_ok: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``snapkit ARGS`` with ``state`` as its state directory (and ``env`` on top), run in
+    this process: under TCG a snapkit start is ~1 s of imports, paid here once per boot instead
+    of once per call. The operations under test are never run this way: they are separate
+    processes, cut by QEMU's death (or the log's end) like any other."""
     from snapkit.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved = {key: os.environ.get(key) for key in ("SNAPKIT_STATE_DIR", "DM_DISABLE_UDEV")}
-    os.environ.update(SNAPKIT_STATE_DIR=k.state, DM_DISABLE_UDEV="1")
+    extra = {"SNAPKIT_STATE_DIR": state, "DM_DISABLE_UDEV": "1", **(env or {})}
+    saved = {key: os.environ.get(key) for key in extra}
+    os.environ.update(extra)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:

@@ -1,0 +1,1 @@
+"""``vmtest run --matrix crash-states``: crash states from a write log (issue 17)."""

@@ -1,0 +1,286 @@
+"""Judge crash states of one recorded kind, many in one boot.
+
+The replay disk only moves forward: it holds the log replayed up to some entry, and a state
+with a later ``upto`` advances it. Each state is then judged on a throwaway layer over it (a
+transient dm snapshot, its COW on tmpfs) -- the state's reordered writes go into the layer,
+and so does everything recover, a mount's journal replay and fsck write -- and the kind's
+slices are made again over the layer under their recorded names, as after a reboot.
+
+The oracle, per state (its operation and what had been acknowledged come from the log's
+marks, :func:`plan.situation`):
+
+* ``snapkit recover`` exits 0;
+* the origin, mounted, holds every file whose ``ack:TAG:N`` mark is before the cut -- the
+  base's 24, the writers' -- and fscks clean; once the first snapshot's merge may have run,
+  the files acknowledged after that snapshot are no longer the origin's: a merged origin must
+  instead equal the snapshot's tree (less the later writers' folder);
+* each snapshot is active (it fscks clean and its tree is exactly as taken) or cleanly absent,
+  as its operation allows: absent before its create started, active once its create
+  returned, absent once its merge or discard returned;
+* no dm device is suspended, no filesystem frozen.
+
+The negative controls: ``wb``/``wc``, the writer that skips its fsync, must lose an
+acknowledged file in some state; the state-file control's prepared device (``ctl``, made
+with ``SNAPKIT_TEST_STATE_NO_FSYNC``) must fail to come back in some state after it
+returned; and a replay that drops the COW's metadata writes (its commits' FUA ignored) must
+leave a snapshot that is not whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from vmtests.guest import check
+from vmtests.guest.crashstates import logwrites
+from vmtests.guest.crashstates.layout import (
+    Kind,
+    dm_create,
+    dm_remove,
+    loop_of,
+    make_slices,
+    mount_keep,
+    teardown,
+)
+from vmtests.guest.crashstates.plan import CrashState, Situation, situation
+from vmtests.guest.faults.judge import count_lost, frozen, suspended
+from vmtests.guest.faults.kind import in_process
+from vmtests.guest.proc import CommandError, run
+
+LAYER_COW_MIB = 256
+CTL_TRIES = 6  # states after the control's prepare returned in which it is tried
+CONTROL_TAGS = {"w2": "wb", "w3": "wc"}
+BASE_FILES = 24
+
+
+class Replay:
+    """The replay disk and the state it holds (every entry up to ``at`` applied)."""
+
+    def __init__(self, k: Kind, log: logwrites.Log) -> None:
+        self.k = k
+        self.log = log
+        self.log_fd = os.open(k.log_disk, os.O_RDONLY)
+        self.dev_fd = os.open(k.replay_disk, os.O_RDWR)
+        self.at = 0
+        self.bytes = 0
+
+    def advance(self, upto: int) -> None:
+        if upto < self.at:
+            raise ValueError(f"the replay is at {self.at}; it cannot go back to {upto}")
+        todo = self.log.entries[self.at : upto]  # entries are numbered from 1
+        self.bytes += logwrites.apply(self.log, self.log_fd, self.dev_fd, todo)
+        os.fsync(self.dev_fd)
+        self.at = upto
+
+    def close(self) -> None:
+        os.close(self.log_fd)
+        os.close(self.dev_fd)
+
+
+def layer_up(k: Kind) -> str:
+    """The throwaway layer over the replay disk; its device path."""
+    cow = f"/tmp/{k.layer}.cow"
+    with open(cow, "wb") as f:
+        f.truncate(LAYER_COW_MIB << 20)
+    loop = run(["losetup", "-f", "--show", cow]).out.strip()
+    size = check.sectors(k.replay_disk)
+    dm_create(k.layer, f"0 {size} snapshot {k.replay_disk} {loop} N 8")
+    return f"/dev/mapper/{k.layer}"
+
+
+def layer_down(k: Kind) -> None:
+    cow = f"/tmp/{k.layer}.cow"
+    loop = loop_of(cow)
+    if loop:
+        run(["losetup", "-d", loop], check=False)
+    if os.path.exists(cow):
+        os.unlink(cow)
+
+
+def judge_state(
+    k: Kind,
+    replay: Replay,
+    st: CrashState,
+    facts: dict[str, Any],
+    marks: list[tuple[int, str]],
+    ctl_budget: list[int],
+) -> dict[str, Any]:
+    t0 = time.monotonic()
+    sit = situation(marks, st.cut)
+    out: dict[str, Any] = {
+        "cut": st.cut,
+        "upto": st.upto,
+        "replayed": st.method,
+        "seed": st.seed,
+        "extra": len(st.extra),
+        "operation": sit.operation,
+        "op_returned": sit.acked,
+        "control": st.control,
+        "problems": [],
+        "controls": {},
+    }
+    problems: list[str] = out["problems"]
+    lo = st.upto
+    if st.control == "cow-fua-drop":
+        lo = next(i for i, m in marks if m == "create.start")
+    replay.advance(lo)
+    dev = layer_up(k)
+    try:
+        _land(k, replay, st, facts, lo, dev)
+        make_slices(k, dev)
+        mount_keep(k)
+        _state_file_control(k, sit, ctl_budget, out)
+        _check(k, sit, facts, out)
+    except (CommandError, RuntimeError, OSError, ValueError) as exc:
+        problems.append(f"judge: {type(exc).__name__}: {exc}"[:800])
+    finally:
+        teardown(k, k.layer)
+        layer_down(k)
+    out["ok"] = not problems
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def _land(
+    k: Kind, replay: Replay, st: CrashState, facts: dict[str, Any], lo: int, dev: str
+) -> None:
+    """Into the layer: the entries after the replay disk's point that this state landed."""
+    entries = replay.log.entries
+    if st.control == "cow-fua-drop":
+        ranges = [tuple(r) for r in facts.get("cow_meta", [])]
+        todo = [
+            e
+            for e in entries[lo : st.upto]
+            if not logwrites.covers(e, ranges, replay.log.sectorsize)
+        ]
+    else:
+        todo = [entries[i - 1] for i in st.extra]
+    if not todo:
+        return
+    fd = os.open(dev, os.O_RDWR)
+    try:
+        logwrites.apply(replay.log, replay.log_fd, fd, todo)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state_file_control(k: Kind, sit: Situation, budget: list[int], out: dict[str, Any]) -> None:
+    """Recover the control's own state directory first (nothing else is up yet, so it adopts
+    nothing of the real kind's): its prepared device, made by a command that had returned,
+    must come back. With the planted no-fsync save it sometimes does not: caught."""
+    if not sit.did("ctl.done") or budget[0] <= 0:
+        return
+    budget[0] -= 1
+    rec = in_process(k.ctl_state, "recover", check_ok=False)
+    back = os.path.exists(f"/dev/mapper/{k.ctl_prepared}")
+    out["controls"]["state-no-fsync"] = rec.returncode != 0 or not back
+    dm_remove(k.ctl_prepared)
+
+
+def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) -> None:
+    problems: list[str] = out["problems"]
+    s1, s2 = k.snapshots
+    if k.method == "lvm":
+        run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
+    rec = in_process(k.state, "recover", "--json", check_ok=False)
+    out["recover_exit"] = rec.returncode
+    if rec.returncode != 0:
+        problems.append(f"recover exited {rec.returncode}: {rec.stderr.strip()[-400:]}")
+    listed = in_process(k.state, "snapshot", "list", "--json", check_ok=False)
+    try:
+        shown = {s["name"]: s for s in json.loads(listed.stdout or "[]")}
+    except ValueError:
+        shown = {}
+    states = {name: shown.get(name, {}).get("state", "absent") for name in (s1, s2)}
+    out["snapshots"] = states
+    merged = states[s1] == "absent" and sit.did("merge-start.start")
+    for name, allowed in (
+        (s1, _allowed(sit, "create", "merge")),
+        (s2, _allowed(sit, "create2", "discard")),
+    ):
+        if states[name] not in allowed:
+            problems.append(f"snapshot {name}: {states[name]} where {'/'.join(allowed)} may be")
+    run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+    out["frozen"] = frozen([k.mnt, k.keep])
+    try:
+        _origin_files(k, sit, merged, facts, out)
+    finally:
+        run(["umount", k.mnt])
+    fsck = check.fsck(k.fs, k.origin_dev)
+    out["fsck_origin"] = fsck.ok
+    if not fsck.ok:
+        problems.append(f"fsck of the origin: {fsck.out[-300:]}")
+    for name in (s1, s2):
+        if states[name] == "active":
+            _snapshot(k, name, shown[name]["device"], facts["expected"][name], out)
+    out["suspended"] = suspended()
+    if out["suspended"]:
+        problems.append(f"devices left suspended: {out['suspended']}")
+    if out["frozen"]:
+        problems.append(f"filesystems left frozen: {out['frozen']}")
+
+
+def _allowed(sit: Situation, create: str, gone: str) -> tuple[str, ...]:
+    """What a snapshot may be after recover, from where the cut fell in its life."""
+    if not sit.did(f"{create}.start"):
+        return ("absent",)
+    if not sit.did(f"{create}.done"):
+        return ("absent", "active")
+    first = "merge-start" if gone == "merge" else gone
+    last = "merge-finish" if gone == "merge" else gone
+    if not sit.did(f"{first}.start"):
+        return ("active",)
+    if not sit.did(f"{last}.done"):
+        return ("absent", "active")
+    return ("absent",)
+
+
+def _origin_files(
+    k: Kind, sit: Situation, merged: bool, facts: dict[str, Any], out: dict[str, Any]
+) -> None:
+    problems: list[str] = out["problems"]
+    checks = [("w", BASE_FILES)]
+    s1 = k.snapshots[0]
+    if merged:  # the origin is the snapshot's tree again, plus what came after the merge
+        equal = check.tree_hash(k.mnt, skip=("lost+found", "w3", "wc")) == facts["expected"][s1]
+        out["merge_equal"] = equal
+        if not equal:
+            problems.append("after the merge the origin differs from the snapshot")
+    else:
+        checks.append(("w2", sit.acks.get("w2", 0)))
+    checks.append(("w3", sit.acks.get("w3", 0)))
+    out["acked_checked"] = sum(n for _, n in checks)
+    out["acked_lost"] = sum(count_lost(f"{k.mnt}/{d}", n) for d, n in checks)
+    if out["acked_lost"]:
+        problems.append(f"{out['acked_lost']} acknowledged writes lost from the origin")
+    ctl = [
+        (CONTROL_TAGS[d], sit.acks.get(CONTROL_TAGS[d], 0))
+        for d in ("w2", "w3")
+        if not (merged and d == "w2")
+    ]
+    tried = sum(n for _, n in ctl)
+    if tried:
+        lost = sum(count_lost(f"{k.mnt}/{d}", n) for d, n in ctl)
+        out["controls"]["skip-flush"] = lost > 0
+
+
+def _snapshot(k: Kind, name: str, dev: str, expected: str, out: dict[str, Any]) -> None:
+    problems: list[str] = out["problems"]
+    result = check.fsck(k.fs, dev)
+    if not (result.ok or check.xfs_log_only(result)):
+        problems.append(f"fsck of snapshot {name}: {result.out[-300:]}")
+    try:
+        with check.layer(dev) as layer, check.mounted(k.fs, layer, k.snap_mnt):
+            equal = check.tree_hash(k.snap_mnt) == expected
+    except CommandError as exc:
+        problems.append(f"snapshot {name} does not mount: {exc}"[:500])
+        return
+    out.setdefault("snapshot_whole", {})[name] = equal
+    if not equal:
+        problems.append(f"snapshot {name} is not its tree as taken")
+
+
+__all__ = ["Replay", "judge_state"]

@@ -1,0 +1,286 @@
+"""Record one kind's whole snapkit lifecycle under dm-log-writes, with marks in the log.
+
+The data disk starts zeroed and everything is logged from the first mkfs, so the log alone
+rebuilds any state (a replay needs no other file). The lifecycle, each operation a separate
+``snapkit`` process between two marks ``NAME.start`` / ``NAME.done``:
+
+    set-up (keep ext4, origin: ``device prepare`` or an LV, its filesystem, 24 base files)
+    -- mark ``base``: states are judged from here --
+    the state-file control: ``device prepare`` of the control slice with the planted hook
+    writers start (``ackwriter.py``: tag w2, and the skip-flush control writer, tag wb)
+    ``create``  snapshot s (under the writers), then more writes and 4 MiB of ballast
+    writers stop, origin unmounted, the snapshot's tree digest taken (expected)
+    ``merge-start`` (``snapshot merge s``), ``kernel-merge`` (until status leaves merging),
+    ``merge-finish`` (``snapshot merge s --wait``)
+    writers start again (tags w3, wc); ``create2`` snapshot t, its digest; ``discard`` of t
+    -- mark ``end`` --
+
+then everything is taken down as a power-off would, and the logger removed (the kernel then
+completes the log). Returns the facts the judge needs: the expected digests, the byte ranges
+of the COW's metadata areas on the data disk (for the FUA-drop control), the recorded figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from typing import Any
+
+from snapkit.dm.control import IoctlDm
+from vmtests.guest import check, command
+from vmtests.guest.crashstates.layout import (
+    DISK_MIB,
+    MIB,
+    MKFS,
+    Kind,
+    loop_of,
+    make_slices,
+    mount_keep,
+    teardown,
+)
+from vmtests.guest.faults.kind import in_process
+from vmtests.guest.faults.main import ballast, write_files
+from vmtests.guest.proc import log, run
+
+BASE_FILES = 24
+COW_SIZE = "32M"
+BALLAST_MIB = 4
+WAIT_S = 240.0
+
+
+class Recorder:
+    def __init__(self, k: Kind) -> None:
+        self.k = k
+        self.dm = IoctlDm()
+        self.writers: list[subprocess.Popen[bytes]] = []
+
+    def mark(self, text: str) -> None:
+        self.dm.message(self.k.lw, 0, f"mark {text}")
+        log(f"mark {text}")
+
+    def op(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        """One snapkit operation, as its own process, between its two marks."""
+        self.mark(f"{name}.start")
+        done = subprocess.run(
+            ["snapkit", *args], env=env or self.k.env_with(), capture_output=True, timeout=600
+        )
+        self.mark(f"{name}.done")
+        log(f"$ snapkit {' '.join(args)} -> {done.returncode} {done.stderr.decode()[-400:]}")
+        if done.returncode != 0:
+            raise RuntimeError(f"snapkit {' '.join(args)}: {done.stderr.decode()[-800:]}")
+
+    def start_writers(self, tag: str, ctl: str) -> None:
+        k = self.k
+        stop = f"/tmp/stop-{k.kid}"
+        if os.path.exists(stop):
+            os.unlink(stop)
+        for t, extra in ((tag, []), (ctl, ["skipflush"])):
+            argv = [*command("crashstates.ackwriter"), f"{k.mnt}/{t}", t, stop, k.lw, *extra]
+            self.writers.append(
+                subprocess.Popen(
+                    ["nice", "-n", "10", *argv],
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(f"/tmp/writer-{t}.err", "wb"),  # noqa: SIM115 - the child's
+                )
+            )
+        self.wait_acks(tag, 3)
+
+    def wait_acks(self, tag: str, more: int) -> int:
+        start = _acks(tag)
+        deadline = time.monotonic() + WAIT_S
+        while _acks(tag) < start + more:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"writer {tag} stalled at {_acks(tag)} acks")
+            if any(w.poll() not in (None, 0) for w in self.writers):
+                raise RuntimeError(f"a writer died: {_tail('/tmp/writer-' + tag + '.err')}")
+            time.sleep(0.05)
+        return _acks(tag)
+
+    def stop_writers(self) -> None:
+        with open(f"/tmp/stop-{self.k.kid}", "w", encoding="utf-8"):
+            pass
+        for w in self.writers:
+            w.wait(timeout=120)
+        self.writers.clear()
+
+    def digest(self, name: str) -> str:
+        k = self.k
+        in_process(k.state, "snapshot", "mount", name, k.snap_mnt)
+        try:
+            return check.tree_hash(k.snap_mnt)
+        finally:
+            in_process(k.state, "snapshot", "umount", name, check_ok=False)
+
+    def wait_merged(self, name: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            shown = in_process(self.k.state, "snapshot", "status", name, "--json", check_ok=False)
+            try:
+                state = json.loads(shown.stdout or "{}").get("state", "")
+            except ValueError:
+                state = ""
+            if state != "merging":
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the kernel's merge of {name} did not end in {WAIT_S:g} s")
+
+
+def record(k: Kind) -> dict[str, Any]:
+    t0 = time.monotonic()
+    for tag in ("w2", "wb", "w3", "wc"):  # a kind before this one in the boot used them
+        if os.path.exists(f"/tmp/acks-{tag}"):
+            os.unlink(f"/tmp/acks-{tag}")
+    for d in (k.keep, k.mnt, k.snap_mnt):
+        os.makedirs(d, exist_ok=True)
+    run(["modprobe", "dm-log-writes"])
+    run(["modprobe", k.fs], check=False)
+    sectors = DISK_MIB * MIB // 512
+    run(
+        [
+            "dmsetup",
+            "create",
+            k.lw,
+            "--table",
+            f"0 {sectors} log-writes {k.data_disk} {k.log_disk}",
+        ]
+    )
+    r = Recorder(k)
+    s, t = k.snapshots
+    facts: dict[str, Any] = {"kid": k.kid}
+    try:
+        make_slices(k, f"/dev/mapper/{k.lw}")
+        run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", k.keep_dev])
+        mount_keep(k)
+        os.makedirs(k.state)
+        if k.method == "lvm":
+            run(["pvcreate", "-q", "-y", k.origin_slice])
+            run(["vgcreate", "-q", k.vg, k.origin_slice])
+            run(["lvcreate", "-q", "-y", "-L", "160M", "-n", "lv0", k.vg])
+        else:
+            in_process(k.state, "device", "prepare", loop_of(k.origin_slice), "--name", k.prepared)
+        run([*MKFS[k.fs], k.origin_dev])
+        run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+        write_files(f"{k.mnt}/w", f"/tmp/ledger-{k.kid}", 1, BASE_FILES)
+        run(["sync"])
+        r.mark("base")
+        r.op(
+            "ctl",
+            "device",
+            "prepare",
+            loop_of(k.ctl_slice),
+            "--name",
+            k.ctl_prepared,
+            env=k.env_with(k.ctl_state, SNAPKIT_TEST_STATE_NO_FSYNC="1"),
+        )
+        # out of the kernel at once: snapkit adopts every snapkit device it sees into the state
+        # file it runs with, and the real one must not gain the control's device
+        run(["dmsetup", "remove", k.ctl_prepared])
+        method = k.method
+        r.start_writers("w2", "wb")
+        r.op("create", "snapshot", "create", k.mnt, "--name", s, "--method", method,
+             "--cow-size", COW_SIZE)  # fmt: skip
+        r.wait_acks("w2", 5)
+        ballast(f"{k.mnt}/ballast", BALLAST_MIB)
+        facts["cow_meta"] = cow_meta_ranges(k, s)
+        r.wait_acks("w2", 3)
+        r.stop_writers()
+        run(["umount", k.mnt])
+        facts["expected"] = {s: r.digest(s)}
+        r.op("merge-start", "snapshot", "merge", s)
+        r.mark("kernel-merge.start")
+        r.wait_merged(s)
+        r.mark("kernel-merge.done")
+        if _listed(k, s):
+            r.op("merge-finish", "snapshot", "merge", s, "--wait")
+        else:  # dm-direct's merge is a roll-back: its start returned with nothing to finish
+            r.mark("merge-finish.start")
+            r.mark("merge-finish.done")
+        run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+        if check.tree_hash(k.mnt) != facts["expected"][s]:
+            raise RuntimeError("recording: after the merge the origin is not the snapshot")
+        r.start_writers("w3", "wc")
+        r.op("create2", "snapshot", "create", k.mnt, "--name", t, "--method", method,
+             "--cow-size", COW_SIZE)  # fmt: skip
+        r.wait_acks("w3", 3)
+        facts["expected"][t] = r.digest(t)
+        r.op("discard", "snapshot", "discard", t)
+        r.wait_acks("w3", 3)
+        r.stop_writers()
+        run(["umount", k.mnt])
+        r.mark("end")
+    finally:
+        if r.writers:
+            r.stop_writers()
+        teardown(k, k.lw)
+        r.dm.close()
+    facts["acks"] = {tag: _acks(tag) for tag in ("w2", "wb", "w3", "wc")}
+    facts["record_s"] = round(time.monotonic() - t0, 1)
+    return facts
+
+
+def cow_meta_ranges(k: Kind, name: str) -> list[list[int]]:
+    """Byte ranges, on the data disk, of the metadata areas of ``name``'s COW file: chunk 0's
+    header is left out, the exception areas (chunk ``1 + (epa + 1) * i``) are what each commit
+    writes with FUA. Empty for lvm, whose COW is an LV rather than a file."""
+    if k.method == "lvm":
+        return []
+    with open(f"{k.state}/state.json", encoding="utf-8") as f:
+        doc = json.load(f)
+    rec = next(x for x in doc["snapshots"] if x["name"] == name)
+    cow = rec["details"]["cow_file"]
+    with open(cow, "rb") as f:
+        header = f.read(16)
+    chunk_sectors = int.from_bytes(header[12:16], "little")
+    chunk = chunk_sectors * 512
+    stride = chunk // 16 + 1
+    size = os.path.getsize(cow)
+    extents = _extents(cow)
+    out: list[list[int]] = []
+    area = 1
+    while area * chunk < size:
+        lo, hi = area * chunk, (area + 1) * chunk
+        for logical, physical, length in extents:
+            a, b = max(lo, logical), min(hi, logical + length)
+            if a < b:
+                out.append([physical + a - logical, physical + b - logical])
+        area += stride
+    return out  # the keep slice starts the disk: its offsets are the disk's
+
+
+def _extents(path: str) -> list[tuple[int, int, int]]:
+    """(logical byte, physical byte, bytes) of each extent of ``path`` (filefrag's FIEMAP)."""
+    out = run(["filefrag", "-v", "-b512", path]).out
+    found = []
+    for line in out.splitlines():
+        m = re.match(r"\s*\d+:\s*(\d+)\.\.\s*(\d+):\s*(\d+)\.\.\s*(\d+):", line)
+        if m:
+            lo, hi, phys = int(m[1]), int(m[2]), int(m[3])
+            found.append((lo * 512, phys * 512, (hi - lo + 1) * 512))
+    return found
+
+
+def _listed(k: Kind, name: str) -> bool:
+    shown = in_process(k.state, "snapshot", "list", "--json", check_ok=False)
+    try:
+        return any(x.get("name") == name for x in json.loads(shown.stdout or "[]"))
+    except ValueError:
+        return False
+
+
+def _acks(tag: str) -> int:
+    try:
+        with open(f"/tmp/acks-{tag}", encoding="utf-8") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()[-400:]
+    except OSError:
+        return ""
