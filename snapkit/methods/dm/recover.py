@@ -44,7 +44,7 @@ from pathlib import Path
 
 from snapkit.dm import steps
 from snapkit.dm.control import DmControl
-from snapkit.dm.naming import Role, real_name, uuid
+from snapkit.dm.naming import Role, parse_uuid, real_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
 from snapkit.host.loopdev import LoopSlot
@@ -175,6 +175,7 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     for layer in orphan_layers(ctx, data):
         s += teardown(host, layer)
     for orphan in _orphan_cows(ctx, data):
+        s += undo_window(dm, orphan.stem)
         s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
         dropped.append(orphan.name)
     plan = Plan("recover snapkit's devices after a crash or reboot", tuple(s))
@@ -183,6 +184,34 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def undo_window(dm: DmControl, snap: str) -> list[Step]:
+    """A create that died, watchdog and all, before its snapshot was resumed: the snapshot
+    device has only its loaded table (so no record was adopted for it), and the origin may be
+    suspended with snapshot-origin loaded. Its COW is swept as an orphan, so the snapshot is
+    made cleanly absent: the origin resumed with its old table, the devices the create made
+    removed (``-real`` only if the origin no longer uses it)."""
+    info = dm.info(snap)
+    if info is None or parse_uuid(info.uuid) != (snap, Role.SNAP) or dm.table(snap) is not None:
+        return []
+    loaded = dm.table(snap, inactive=True)
+    target = loaded.lines[0].target if loaded else None
+    s: list[Step] = []
+    if isinstance(target, Snapshot) and str(target.origin).startswith(MAPPER):
+        real = str(target.origin).removeprefix(MAPPER)
+        origin = real.removesuffix("-real")
+        held = dm.info(origin)
+        if held is not None and held.suspended:
+            s.append(Step(f"dmsetup clear {origin}", lambda: dm.clear(origin)))
+            s.append(steps.resume(dm, origin))
+        kept = dm.table(origin) if held is not None else None
+        uses_real = kept is not None and kept.lines[0].target.type_name != "linear"
+        s.append(steps.remove(dm, snap))
+        if dm.info(real) is not None and not uses_real:
+            s.append(steps.remove(dm, real))
+        return s
+    return [steps.remove(dm, snap)]
 
 
 def finish_window(dm: DmControl, snap: str, origin: str) -> list[Step]:
