@@ -56,7 +56,7 @@ from snapkit.methods.dm.recover_direct import origin_steps, orphan_layers, reass
 from snapkit.methods.dm.shared import MAPPER, DmDetails
 from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
-from snapkit.state import StateData
+from snapkit.state import StateData, loop_backing
 
 
 class DmRecovery(FamilyRecovery):
@@ -174,9 +174,17 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     s += origins
     for layer in orphan_layers(ctx, data):
         s += teardown(host, layer)
+    undone: set[Path] = set()
+    for name in _unresumed(dm, data):
+        s += undo_window(dm, name)
+        cow = _cow_of(dm, name)
+        if cow is not None:
+            undone.add(cow)
+            s += [steps.detach_all(host.loops, cow), steps.unlink(host.files, cow)]
+            dropped.append(cow.name)
     for orphan in _orphan_cows(ctx, data):
-        s += undo_window(dm, orphan.stem)
-        s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
+        if orphan not in undone:
+            s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
         dropped.append(orphan.name)
     plan = Plan("recover snapkit's devices after a crash or reboot", tuple(s))
     done.actions += [step.description for step in s]
@@ -184,6 +192,30 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _unresumed(dm: DmControl, data: StateData) -> list[str]:
+    """snapkit snapshot devices with a loaded table only, that no record or group names: a
+    create that died inside its window before the snapshot was resumed."""
+    grouped = {m for g in data.groups for m in g.members}
+    found = []
+    for name in sorted(dm.list_devices()):
+        info = dm.info(name)
+        if info is None or parse_uuid(info.uuid) != (name, Role.SNAP) or info.active_table:
+            continue
+        if data.snapshot(name) is None and name not in grouped:
+            found.append(name)
+    return found
+
+
+def _cow_of(dm: DmControl, snap: str) -> Path | None:
+    """The COW file under an unresumed snapshot's loaded table, if snapkit named it."""
+    loaded = dm.table(snap, inactive=True)
+    target = loaded.lines[0].target if loaded else None
+    if not isinstance(target, Snapshot):
+        return None
+    backing = loop_backing(target.cow)
+    return Path(backing) if backing.endswith(f"/{snap}.cow") else None
 
 
 def undo_window(dm: DmControl, snap: str) -> list[Step]:
