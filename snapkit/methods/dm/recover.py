@@ -230,8 +230,11 @@ def undo_window(dm: DmControl, snap: str) -> list[Step]:
     loaded = dm.table(snap, inactive=True)
     target = loaded.lines[0].target if loaded else None
     s: list[Step] = []
-    if isinstance(target, Snapshot) and str(target.origin).startswith(MAPPER):
-        real = str(target.origin).removeprefix(MAPPER)
+    # The kernel shows a table's devices as major:minor (253:1), the fakes as the path given.
+    by_dev = {str(dev): name for name, dev in dm.list_devices().items()}
+    under = by_dev.get(str(getattr(target, "origin", "")), str(getattr(target, "origin", "")))
+    if isinstance(target, Snapshot) and under.removeprefix(MAPPER).endswith("-real"):
+        real = under.removeprefix(MAPPER)
         origin = real.removesuffix("-real")
         held = dm.info(origin)
         if held is not None and held.suspended:
