@@ -222,7 +222,8 @@ def _under(dm: DmControl, target: object, mapper: Any) -> str:
     return str(target.device) if isinstance(target, Linear) else ""
 
 
-def _loop_backing(dev: object, sys_block: Path = Path("/sys/dev/block")) -> str:
+def loop_backing(dev: object, sys_block: Path = Path("/sys/dev/block")) -> str:
+    """The file behind loop device ``dev`` (major:minor), "" if it is none or gone."""
     try:
         return (sys_block / str(dev) / "loop" / "backing_file").read_text().strip()
     except OSError:
@@ -263,7 +264,7 @@ def _rebuilt_dm(dm: DmControl, name: str, snap: Snapshot, mapper: Any) -> Snapsh
     real_table = dm.table(real) if dm.info(real) else None
     if real_table is None or dm.info(origin) is None:
         return None
-    return _rebuilt("dm", name, origin, real_table, _loop_backing(snap.cow), snap.chunk_sectors)
+    return _rebuilt("dm", name, origin, real_table, loop_backing(snap.cow), snap.chunk_sectors)
 
 
 def _rebuilt_direct(dm: DmControl, name: str, view: Linear, mapper: Any) -> SnapshotRecord | None:
@@ -275,7 +276,7 @@ def _rebuilt_direct(dm: DmControl, name: str, view: Linear, mapper: Any) -> Snap
             base = mapper(view.device)
             original = Table.single(table.size, Linear(view.device, 0))
             record = _rebuilt(
-                "dm-direct", name, other, original, _loop_backing(target.cow), target.chunk_sectors
+                "dm-direct", name, other, original, loop_backing(target.cow), target.chunk_sectors
             )
             return replace(record, details={**record.details, "base": base})
     return None
@@ -303,6 +304,7 @@ __all__ = [
     "Prepared",
     "StateData",
     "StateFile",
+    "loop_backing",
     "parse",
     "reconcile",
     "render",

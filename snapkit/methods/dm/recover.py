@@ -44,7 +44,7 @@ from pathlib import Path
 
 from snapkit.dm import steps
 from snapkit.dm.control import DmControl
-from snapkit.dm.naming import Role, real_name, uuid
+from snapkit.dm.naming import Role, parse_uuid, real_name, uuid
 from snapkit.dm.table import DevNum, Linear, Snapshot, SnapshotMerge, SnapshotOrigin, Store, Table
 from snapkit.errors import RefusedError
 from snapkit.host.loopdev import LoopSlot
@@ -56,7 +56,7 @@ from snapkit.methods.dm.recover_direct import origin_steps, orphan_layers, reass
 from snapkit.methods.dm.shared import MAPPER, DmDetails
 from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
-from snapkit.state import StateData
+from snapkit.state import StateData, loop_backing
 
 
 class DmRecovery(FamilyRecovery):
@@ -174,8 +174,17 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
     s += origins
     for layer in orphan_layers(ctx, data):
         s += teardown(host, layer)
+    undone: set[Path] = set()
+    for name in _unresumed(dm, data):
+        s += undo_window(dm, name)
+        cow = _cow_of(dm, name)
+        if cow is not None:
+            undone.add(cow)
+            s += [steps.detach_all(host.loops, cow), steps.unlink(host.files, cow)]
+            dropped.append(cow.name)
     for orphan in _orphan_cows(ctx, data):
-        s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
+        if orphan not in undone:
+            s += [steps.detach_all(host.loops, orphan), steps.unlink(host.files, orphan)]
         dropped.append(orphan.name)
     plan = Plan("recover snapkit's devices after a crash or reboot", tuple(s))
     done.actions += [step.description for step in s]
@@ -183,6 +192,61 @@ def plan_recover(ctx: Context, data: StateData) -> tuple[Plan, Recovered]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _unresumed(dm: DmControl, data: StateData) -> list[str]:
+    """snapkit snapshot devices with a loaded table only, that no record or group names: a
+    create that died inside its window before the snapshot was resumed."""
+    grouped = {m for g in data.groups for m in g.members}
+    found = []
+    for name in sorted(dm.list_devices()):
+        info = dm.info(name)
+        if info is None or parse_uuid(info.uuid) != (name, Role.SNAP) or info.active_table:
+            continue
+        if data.snapshot(name) is None and name not in grouped:
+            found.append(name)
+    return found
+
+
+def _cow_of(dm: DmControl, snap: str) -> Path | None:
+    """The COW file under an unresumed snapshot's loaded table, if snapkit named it."""
+    loaded = dm.table(snap, inactive=True)
+    target = loaded.lines[0].target if loaded else None
+    if not isinstance(target, Snapshot):
+        return None
+    backing = loop_backing(target.cow)
+    return Path(backing) if backing.endswith(f"/{snap}.cow") else None
+
+
+def undo_window(dm: DmControl, snap: str) -> list[Step]:
+    """A create that died, watchdog and all, before its snapshot was resumed: the snapshot
+    device has only its loaded table (so no record was adopted for it), and the origin may be
+    suspended with snapshot-origin loaded. Its COW is swept as an orphan, so the snapshot is
+    made cleanly absent: the origin resumed with its old table, the devices the create made
+    removed (``-real`` only if the origin no longer uses it)."""
+    info = dm.info(snap)
+    if info is None or parse_uuid(info.uuid) != (snap, Role.SNAP) or dm.table(snap) is not None:
+        return []
+    loaded = dm.table(snap, inactive=True)
+    target = loaded.lines[0].target if loaded else None
+    s: list[Step] = []
+    # The kernel shows a table's devices as major:minor (253:1), the fakes as the path given.
+    by_dev = {str(dev): name for name, dev in dm.list_devices().items()}
+    under = by_dev.get(str(getattr(target, "origin", "")), str(getattr(target, "origin", "")))
+    if isinstance(target, Snapshot) and under.removeprefix(MAPPER).endswith("-real"):
+        real = under.removeprefix(MAPPER)
+        origin = real.removesuffix("-real")
+        held = dm.info(origin)
+        if held is not None and held.suspended:
+            s.append(Step(f"dmsetup clear {origin}", lambda: dm.clear(origin)))
+            s.append(steps.resume(dm, origin))
+        kept = dm.table(origin) if held is not None else None
+        uses_real = kept is not None and kept.lines[0].target.type_name != "linear"
+        s.append(steps.remove(dm, snap))
+        if dm.info(real) is not None and not uses_real:
+            s.append(steps.remove(dm, real))
+        return s
+    return [steps.remove(dm, snap)]
 
 
 def finish_window(dm: DmControl, snap: str, origin: str) -> list[Step]:
