@@ -234,7 +234,7 @@ CASES: tuple[Case, ...] = (
     C("chunk 6s", (*ON_O, "--name", "x", "--chunk-size", "6s"), "chunk"),
     C("chunk of odd bytes", (*ON_O, "--name", "x", "--chunk-size", "1000b"), "sector"),
     # methods
-    C("unknown method", (*ON_O, "--name", "x", "--method", "zfs"), "invalid choice"),
+    C("unknown method", (*ON_O, "--name", "x", "--method", "hammer2"), "invalid choice"),
     C("lvm on a non-LV", (*ON_O, "--name", "x", "--method", "lvm"), "logical volume"),
     C(
         "lvm-thin on a thick LV",
