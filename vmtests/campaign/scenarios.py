@@ -13,11 +13,26 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FILESYSTEMS = ("ext4", "xfs", "btrfs")
+FILESYSTEMS = ("ext4", "xfs", "btrfs", "zfs")
+# The filesystems on a block device: every block method, stack and control takes these. ZFS
+# has no block device under its mount (its pool is), so it takes only its own snapshots.
+BLOCK_FILESYSTEMS = ("ext4", "xfs", "btrfs")
 # The matrix's method names; ``freeze-lvm`` is snapkit's ``freeze`` method wrapping an LVM
-# snapshot, ``btrfs-native`` is snapkit's ``btrfs`` method and exists only on btrfs.
-METHODS = ("lvm", "lvm-thin", "dm", "dm-direct", "freeze-lvm", "remount-ro", "btrfs-native")
-SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs"}
+# snapshot, ``btrfs-native`` is snapkit's ``btrfs`` method and exists only on btrfs, and
+# ``zfs-native`` is snapkit's ``zfs`` method and exists only on zfs.
+METHODS = (
+    "lvm",
+    "lvm-thin",
+    "dm",
+    "dm-direct",
+    "freeze-lvm",
+    "remount-ro",
+    "btrfs-native",
+    "zfs-native",
+)
+SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs", "zfs-native": "zfs"}
+# A method that exists on one filesystem only, and that filesystem's only method.
+NATIVE = {"btrfs-native": "btrfs", "zfs-native": "zfs"}
 WORKLOADS = ("writer", "churn", "mmap", "fio", "mixed")
 CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt", "lvm-under-crypt")
 # The layers a filesystem can sit on above the method's device (issue 19): "crypt" is a dm-crypt
@@ -52,10 +67,16 @@ class Scenario:
         if self.control:
             if self.control not in CONTROLS or self.method != "none":
                 raise ValueError(f"control {self.control!r} takes method 'none'")
+            if self.fs not in BLOCK_FILESYSTEMS:
+                raise ValueError(
+                    f"control {self.control!r} copies a block device: {self.fs} has none"
+                )
         elif self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}")
-        elif self.method == "btrfs-native" and self.fs != "btrfs":
-            raise ValueError("btrfs-native snapshots exist only on btrfs")
+        elif self.method in NATIVE and self.fs != NATIVE[self.method]:
+            raise ValueError(f"{self.method} snapshots exist only on {NATIVE[self.method]}")
+        elif self.fs not in BLOCK_FILESYSTEMS and self.method != "zfs-native":
+            raise ValueError(f"{self.fs} has no block device: only its native method takes it")
         elif self.method == "remount-ro" and self.workload in HELD_OPEN:
             raise ValueError(f"remount-ro cannot snapshot while {self.workload} holds files open")
         if self.stack and (self.stack not in STACKS or self.method not in STACKED_METHODS):
@@ -109,18 +130,20 @@ def full() -> list[Scenario]:
         for fs in FILESYSTEMS
         for m in METHODS
         for w in WORKLOADS
-        if (m != "btrfs-native" or fs == "btrfs") and (m != "remount-ro" or w not in HELD_OPEN)
+        if (NATIVE.get(m, fs) == fs)
+        and (fs in BLOCK_FILESYSTEMS or m in NATIVE)
+        and (m != "remount-ro" or w not in HELD_OPEN)
     ]
     stacked = [
         Scenario(fs, m, "writer", stack=st)
         for st in STACKS
-        for fs in FILESYSTEMS
+        for fs in BLOCK_FILESYSTEMS
         for m in STACKED_METHODS
     ]
     controls = [
         Scenario(fs, "none", "writer", c)
         for c in CONTROLS
-        for fs in CONTROL_FILESYSTEMS.get(c, FILESYSTEMS)
+        for fs in CONTROL_FILESYSTEMS.get(c, BLOCK_FILESYSTEMS)
     ]
     return sorted(real + stacked + controls, key=lambda s: s.id)
 
@@ -132,6 +155,7 @@ QUICK_IDS = (
     "ext4-crypt-dm-writer",
     "ext4-dm-direct-mmap",
     "btrfs-btrfs-native-writer",
+    "zfs-zfs-native-writer",
     "ext4-freeze-lvm-churn",
     "xfs-remount-ro-writer",
     "control-lvm-under-crypt-ext4-writer",
@@ -142,7 +166,7 @@ QUICK_IDS = (
 
 
 def quick() -> list[Scenario]:
-    """At most 12: every filesystem, every method, every workload and every control once,
+    """At most 13: every filesystem, every method, every workload and every control once,
     and the encrypted desktop's stack (ext4 on dm-crypt over a prepared device)."""
     by_id = {s.id: s for s in full()}
     return [by_id[i] for i in QUICK_IDS]

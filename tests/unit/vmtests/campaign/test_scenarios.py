@@ -25,17 +25,24 @@ def test_full_is_every_valid_combination() -> None:
     # the same combinations on ext4 and xfs; dm-direct on all three (its xfs and btrfs copies
     # are mounted through a throwaway layer)
     assert per_fs["ext4"] == per_fs["xfs"]
-    assert {s.fs for s in real if s.method == "dm-direct"} == set(scenarios.FILESYSTEMS)
+    assert {s.fs for s in real if s.method == "dm-direct"} == set(scenarios.BLOCK_FILESYSTEMS)
+    # zfs: only its own snapshots, every workload; no block method, stack or control on it
+    assert {(s.method, s.workload) for s in real if s.fs == "zfs"} == {
+        ("zfs-native", w) for w in scenarios.WORKLOADS
+    }
+    assert not any(s.method == "zfs-native" and s.fs != "zfs" for s in real)
     controls = [s for s in scenarios.full() if s.is_control]
     assert {(s.control, s.fs) for s in controls} == {
         (c, fs)
         for c in scenarios.CONTROLS
-        for fs in scenarios.CONTROL_FILESYSTEMS.get(c, scenarios.FILESYSTEMS)
+        for fs in scenarios.CONTROL_FILESYSTEMS.get(c, scenarios.BLOCK_FILESYSTEMS)
     }
     stacked = {(s.fs, s.method, s.stack) for s in scenarios.full() if s.stack}
     assert stacked == {
-        (fs, m, "crypt") for fs in scenarios.FILESYSTEMS for m in scenarios.STACKED_METHODS
+        (fs, m, "crypt") for fs in scenarios.BLOCK_FILESYSTEMS for m in scenarios.STACKED_METHODS
     }
+    assert scenarios.select("full", ids=["zfs-zfs-native-writer"])[0].snapkit_method == "zfs"
+    assert "zfs-zfs-native-writer" in {s.id for s in scenarios.quick()}
 
 
 def test_a_stack_only_goes_under_a_block_method() -> None:
@@ -47,7 +54,7 @@ def test_a_stack_only_goes_under_a_block_method() -> None:
 
 def test_quick_keeps_its_promises() -> None:
     quick = scenarios.quick()
-    assert len(quick) <= 12
+    assert len(quick) <= 13
     assert {s.fs for s in quick} == set(scenarios.FILESYSTEMS)
     assert len({s.method for s in quick if not s.is_control}) >= 4
     assert {s.control for s in quick if s.is_control} == set(scenarios.CONTROLS)
@@ -58,6 +65,8 @@ def test_quick_keeps_its_promises() -> None:
     [
         ("ext4", "btrfs-native", "writer", ""),
         ("zfs", "lvm", "writer", ""),
+        ("ext4", "zfs-native", "writer", ""),
+        ("zfs", "none", "writer", "dd-copy"),
         ("ext4", "lvm", "nope", ""),
         ("ext4", "lvm", "writer", "dd-copy"),
         ("ext4", "remount-ro", "mmap", ""),
