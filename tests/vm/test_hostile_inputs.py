@@ -71,6 +71,7 @@ def test_every_bad_input_is_refused_cleanly(vm: Session) -> None:
     _judge(doc)
 
 
+@pytest.mark.slow
 def test_zfs_bad_inputs_are_refused_cleanly(vm_zfs: Session) -> None:
     """Issue 14's ZFS bad inputs (a non-ZFS mount, a missing dataset, a snapshot name in use, a
     rollback across later snapshots, and more), every one, on a guest with ZFS's module."""
