@@ -22,6 +22,7 @@ import hashlib
 import os
 import posixpath
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -47,7 +48,8 @@ COMPONENTS = ("main", "contrib")
 # ZFS module is built apart, per kernel: vm/kernel/zfs.py). A package pulled in by a
 # dependency (zfsutils-linux *recommends* zfs-dkms) fails the build rather than ship.
 BUILD_ONLY = ("gcc", "cpp", "make", "dkms", "zfs-dkms", "binutils")
-BUILD_ONLY_PREFIXES = ("linux-headers-", "gcc-", "cpp-")
+# gcc-12 and cpp-12 are compilers; gcc-12-base (libgcc's) is in every Debian root
+BUILD_ONLY_PATTERN = re.compile(r"(gcc|cpp)-\d+|linux-headers-.*")
 # Package data (pyproject.toml), so an installed harness builds the same image as a checkout.
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "images"
 
@@ -433,7 +435,7 @@ def manifest(dpkg_status: str) -> str:
 def refuse_build_tools(listed: str) -> None:
     """Refuse a userland whose manifest lists a compiler or kernel headers (see BUILD_ONLY)."""
     names = [line.split("\t", 1)[0] for line in listed.splitlines()]
-    found = [n for n in names if n in BUILD_ONLY or n.startswith(BUILD_ONLY_PREFIXES)]
+    found = [n for n in names if n in BUILD_ONLY or BUILD_ONLY_PATTERN.fullmatch(n)]
     if found:
         raise ImageError(
             f"the guest's root would hold build tools ({', '.join(found)}): a package in "
