@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmtests.guest import zfsdisk
 from vmtests.guest.campaign.ledger import MAGIC, Op
 from vmtests.guest.proc import log, run
 
@@ -107,7 +108,7 @@ def make_fs(origin: Origin) -> None:
     os.makedirs(origin.mountpoint, exist_ok=True)
     if origin.fs == "zfs":  # a pool on the disk, the dataset with a legacy (mount(8)) mount
         run(["zpool", "destroy", "-f", POOL], check=False)  # a previous attempt's
-        run(["zpool", "create", "-f", "-m", "none", POOL, DISK])
+        run(["zpool", "create", "-f", "-m", "none", POOL, zfsdisk.vdev(DISK)])
         run(["zfs", "create", "-o", "mountpoint=legacy", origin.device])
         origin.mount()
         return

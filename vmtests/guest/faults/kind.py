@@ -24,6 +24,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from vmtests.guest import zfsdisk
 from vmtests.guest.proc import log, run
 
 CIPHER = "aes-xts-plain64"
@@ -161,7 +162,8 @@ def attach(k: Kind, *, fresh: bool = False) -> None:
     if k.base_method == "lvm" and not fresh:
         run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
     if k.zfs and not fresh:  # what the boot's zfs-import does (-f: the cut left it imported)
-        run(["zpool", "import", "-f", "-N", "-d", k.origin_disk, k.pool])
+        vdev = zfsdisk.partition_of(k.origin_disk)
+        run(["zpool", "import", "-f", "-N", "-d", vdev, k.pool])
 
 
 def teardown(k: Kind) -> None:

@@ -44,7 +44,7 @@ import time
 import traceback
 from typing import Any
 
-from vmtests.guest import check, command
+from vmtests.guest import check, command, zfsdisk
 from vmtests.guest.faults.kind import (
     Kind,
     acked,
@@ -108,7 +108,7 @@ def build(k: Kind) -> dict[str, Any]:
     snapshot, so every cut starts with a reboot's ``snapkit recover``."""
     attach(k, fresh=True)
     if k.zfs:
-        run(["zpool", "create", "-f", "-m", "none", k.pool, k.origin_disk])
+        run(["zpool", "create", "-f", "-m", "none", k.pool, zfsdisk.vdev(k.origin_disk)])
         run(["zfs", "create", "-o", "mountpoint=legacy", k.origin_dev])
     elif k.base_method == "lvm":
         run(["pvcreate", "-q", "-y", k.origin_disk])
