@@ -249,11 +249,16 @@ def _diagnose(k: Kind) -> None:
         run(argv, check=False)
 
 
+CONTROL_MAGIC = b"snapkit-zfs-scrub-control"
+
+
 def zfs_scrub_control() -> bool:
-    """A throwaway pool on a tmpfs file, nearly filled with one file, exported, 16 MiB of its
-    middle overwritten (the labels at both ends kept, so it imports), imported: the scrub
-    ``check.fsck`` runs must find the damaged data blocks."""
+    """A throwaway pool on a tmpfs file holding 8 MiB of a marked pattern (no compression, so
+    the marks are on the vdev as written), exported; 128 KiB from the first mark on the vdev
+    overwritten -- file data only, so the pool still imports -- and imported again: the scrub
+    ``check.fsck`` runs must find the damaged blocks."""
     vdev, pool = "/tmp/ctl-pool.img", "ctlpool"
+    block = (CONTROL_MAGIC * 200)[:4096]
     with open(vdev, "wb") as f:
         f.truncate(96 << 20)
     try:
@@ -262,13 +267,17 @@ def zfs_scrub_control() -> bool:
         os.makedirs("/tmp/ctl-mnt", exist_ok=True)
         run(["mount", "-t", "zfs", f"{pool}/d", "/tmp/ctl-mnt"])
         with open("/tmp/ctl-mnt/data", "wb") as f:
-            for _ in range(56):
-                f.write(os.urandom(1 << 20))
+            for _ in range(2048):
+                f.write(block)
         run(["umount", "/tmp/ctl-mnt"])
         run(["zpool", "export", pool])
         with open(vdev, "r+b") as f:
-            f.seek(32 << 20)
-            f.write(b"\xa5" * (16 << 20))
+            data = f.read()
+            at = data.find(CONTROL_MAGIC)
+            if at < 0:
+                return False  # the pattern never reached the vdev: the control cannot run
+            f.seek(at - at % 4096)
+            f.write(b"\xa5" * (128 << 10))
         run(["zpool", "import", "-d", vdev, pool])
         return not check.fsck("zfs", f"{pool}/d").ok
     finally:
