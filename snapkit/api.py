@@ -134,27 +134,38 @@ class Snapshot:
 
     @overload
     def merge(
-        self, *, wait: bool = ..., progress: Progress | None = ..., dry_run: Literal[False] = ...
+        self,
+        *,
+        wait: bool = ...,
+        progress: Progress | None = ...,
+        dry_run: Literal[False] = ...,
+        force: bool = ...,
     ) -> SnapshotStatus: ...
     @overload
     def merge(
-        self, *, wait: bool = ..., progress: Progress | None = ..., dry_run: bool
+        self, *, wait: bool = ..., progress: Progress | None = ..., dry_run: bool, force: bool = ...
     ) -> SnapshotStatus | str: ...
     def merge(
-        self, *, wait: bool = False, progress: Progress | None = None, dry_run: bool = False
+        self,
+        *,
+        wait: bool = False,
+        progress: Progress | None = None,
+        dry_run: bool = False,
+        force: bool = False,
     ) -> SnapshotStatus | str:
         """Roll the origin back to the snapshot's content and remove the snapshot (as
         ``lvconvert --merge``). Without ``wait`` this returns once the merge has started
         (state ``merging``; a later ``merge(wait=True)`` finishes it); with ``wait`` once it is
         done, calling ``progress`` with the percent merged at each look at the kernel, the
-        last time with 100.0. ``dry_run``: the exact steps, as text, and nothing changed."""
+        last time with 100.0. ``dry_run``: the exact steps, as text, and nothing changed.
+        ``force`` (zfs only): roll back even across later snapshots, which ZFS destroys."""
 
         def report(s: SnapshotStatus) -> None:
             if progress is not None:
                 progress(100.0 if s.state is State.MERGED else s.merge_progress or 0.0)
 
         with _opened(self._flow) as flow:
-            result = flow.merge(self.name, wait=wait, progress=report, dry_run=dry_run)
+            result = flow.merge(self.name, wait=wait, progress=report, dry_run=dry_run, force=force)
         return self._ended_with(result)
 
     @overload

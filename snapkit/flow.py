@@ -42,7 +42,7 @@ from snapkit.host.target import Mount, block_devnum, mount_devnum, mounts, resol
 from snapkit.host.watchdog import resume_guard
 from snapkit.lock import origin_lock
 from snapkit.methods import registry
-from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
+from snapkit.methods.base import Context, Extendable, ForcedMerge, Host, KernelMerge, Method
 from snapkit.methods.dm import DM_METHODS, layer
 from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY
 from snapkit.model import (
@@ -680,6 +680,10 @@ class Flow:
         dm_name = layer_name or (
             record.device.removeprefix("/dev/mapper/") if record.method in DM_METHODS else None
         )
+        if record.details.get("fstype") == "zfs":  # no device: the mount's source names it
+            return tuple(
+                m for m in self.mount_table() if m.fstype == "zfs" and m.source == record.device
+            )
         info = self.host.dm.info(dm_name) if dm_name else None
         dev: DevNum | None = info.dev if info else block_devnum(record.device)
         subvol = record.details.get("subvol")
@@ -830,12 +834,21 @@ class Flow:
         wait: bool = False,
         progress: Progress | None = None,
         dry_run: bool = False,
+        force: bool = False,
     ) -> SnapshotStatus | str:
+        """``force``: a merge that destroys more than the snapshot (zfs: the later snapshots)
+        goes ahead; for a method whose merge never does (base.ForcedMerge), a usage error."""
         record = self.record(name)
         self._refuse_member(record.name, "merge")
         impl = self.method_of(record)
+        if force and not isinstance(impl, ForcedMerge):
+            raise UsageError(
+                f"merge --force is for a merge across later snapshots (zfs); a {record.method} "
+                "merge has nothing to force",
+                hint="leave out --force",
+            )
         with self.lock(record.origin, f"merge {name}"):
-            return self._end(impl, record, Pending.MERGE, wait, progress, dry_run)
+            return self._end(impl, record, Pending.MERGE, wait, progress, dry_run, force=force)
 
     def discard(
         self, name: str, *, force: bool = False, dry_run: bool = False
@@ -906,11 +919,12 @@ class Flow:
             if status.state is State.MERGED:
                 self.state.save(self.load().without_snapshot(record.name))
                 return replace(status, message=f"{op} done")
-        start = (
-            impl.plan_merge(record)
-            if op is Pending.MERGE
-            else impl.plan_discard(record, force=force)
-        )
+        if op is Pending.DISCARD:
+            start = impl.plan_discard(record, force=force)
+        elif force and isinstance(impl, ForcedMerge):
+            start = impl.plan_forced_merge(record)
+        else:
+            start = impl.plan_merge(record)
         if dry_run:
             return start.render()
         # The mark first, as in _start, for a method whose verbs are LVM's commands (lvm,

@@ -117,6 +117,10 @@ class SnapshotStatus:
     usage_percent: float | None
     merge_progress: float | None
     message: str = ""
+    # Space, where the method's tool reports it (zfs: ``used``, the bytes only this snapshot
+    # holds; ``referenced``, the bytes it shows). None where the COW usage says it instead.
+    used_bytes: int | None = None
+    referenced_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,52 @@ def parse_chunk(text: str) -> int:
     return chunk_sectors(parse_sectors(text))
 
 
+# OpenZFS (module/zcommon/zfs_namecheck.c): a component is letters, digits and ``_ - : .``
+# (and space, which we refuse: it splits argv in every hint we print); a pool name starts with
+# a letter. Stricter than ZFS, so a dataset we accept cannot be read as an option or a second
+# argument by zfs, zpool or mount.
+_ZFS_COMPONENT = re.compile(r"[A-Za-z0-9_.:\-]+")
+ZFS_NAME_MAX = 255  # ZFS_MAX_DATASET_NAME_LEN - 1, for the whole DATASET@SNAPSHOT
+
+
+def zfs_dataset(name: str) -> str:
+    """Return ``name`` if it is a plain ZFS filesystem name (``pool/a/b``): no ``@`` or ``#``
+    (a snapshot or bookmark), no option-like or empty component, and within ZFS's length."""
+    parts = name.split("/")
+    bad = next((p for p in parts if not p.isascii() or not _ZFS_COMPONENT.fullmatch(p)), None)
+    if not name or bad is not None:
+        raise ValidationError(
+            f"{name!r} is not a ZFS dataset name snapkit accepts",
+            hint="use pool/dataset names of letters, digits and _ - : . only",
+        )
+    if not parts[0][0].isalpha() or any(p.startswith("-") or p in (".", "..") for p in parts):
+        raise ValidationError(
+            f"{name!r} is not a ZFS dataset name snapkit accepts",
+            hint="a pool name starts with a letter; no component starts with '-' or is . or ..",
+        )
+    if len(name) > ZFS_NAME_MAX:
+        raise ValidationError(f"the dataset name {name[:40]}... is too long for ZFS")
+    return name
+
+
+def zfs_snapshot_name(dataset: str, name: str) -> str:
+    """``DATASET@NAME`` when ``name`` is a dm-safe snapshot name that ZFS also takes (dm names
+    allow ``+``, ZFS names do not) and the whole stays within ZFS's length."""
+    dm_name(name, what="snapshot name")
+    if "+" in name:
+        raise ValidationError(
+            f"the snapshot name {name!r} contains '+', which ZFS refuses",
+            hint="use only letters, digits and _ . -",
+        )
+    full = f"{zfs_dataset(dataset)}@{name}"
+    if len(full) > ZFS_NAME_MAX:
+        raise ValidationError(
+            f"{full[:40]}... is longer than ZFS's {ZFS_NAME_MAX} characters",
+            hint="choose a shorter snapshot name",
+        )
+    return full
+
+
 __all__ = [
     "CHUNK_MAX_SECTORS",
     "CHUNK_MIN_SECTORS",
@@ -199,4 +245,6 @@ __all__ = [
     "parse_size",
     "table_token",
     "vg_name",
+    "zfs_dataset",
+    "zfs_snapshot_name",
 ]

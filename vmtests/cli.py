@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     ib = isub.add_parser("build", help="build the guest image from Debian packages (cached)")
     ib.add_argument("--force", action="store_true", help="rebuild even if cached")
     ib.add_argument("--json", action="store_true", help="print the image paths as JSON")
+    ib.add_argument(
+        "--zfs",
+        action="store_true",
+        help="also build ZFS's module for the kernel (otherwise built by the first ZFS run)",
+    )
     spec_options(ib)
     ib.set_defaults(handler=cmd_image_build)
     ip = isub.add_parser("path", help="print where the cached image is")
@@ -211,6 +216,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     try:
         _root, built = image.build(force=args.force)
         img = guest_image.prepare(args.kernel, modules=args.modules)
+        if args.zfs:
+            img = guest_image.with_zfs(img)
     except ImageError as exc:
         print(f"vmtest: image build failed: {exc}", file=sys.stderr)
         return 1
@@ -223,6 +230,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
                     "recipe": img.recipe_hash,
                     "kernel_layer": str(img.layer.root),
                     "kernel": img.release,
+                    "zfs_modules": str(img.modules) if img.modules else None,
                     "built": built,
                     "seconds": round(took, 3),
                 }

@@ -7,6 +7,8 @@ Fixtures:
   vm_host     a pytest-testinfra ``Host`` on the ``vm`` guest (vm_host.run, .file, ...);
               not ``host``, which is pytest-testinfra's own fixture (over --hosts)
   vm_image    the guest image (built once per run; skips with a hint if it cannot be)
+  vm_zfs      a fresh guest whose kernel has ZFS's module (vm_zfs_image: the image with the
+              module built for its kernel, on the first ask, and cached with the kernel)
   vm_accel    the accelerator chosen for this run
   vm_artifacts  this test's artifact folder (put disk images here)
 
@@ -113,7 +115,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"vm", "vm_factory", "vm_host"} & set(getattr(item, "fixturenames", ())):
+        if {"vm", "vm_factory", "vm_host", "vm_zfs"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vm)
 
 
@@ -193,7 +195,8 @@ def vm_artifacts(request: pytest.FixtureRequest) -> Iterator[Path]:
 def vm_factory(
     request: pytest.FixtureRequest, vm_image: Image, vm_accel: Accel, vm_artifacts: Path
 ) -> Iterator[Callable[..., Session]]:
-    """``vm_factory(disks=..., memory_mib=..., cpus=..., name=...)`` boots one more guest."""
+    """``vm_factory(disks=..., memory_mib=..., cpus=..., name=..., image=...)`` boots one more
+    guest (``image``: another flavour of the session's image, e.g. ``vm_zfs_image``)."""
     from vmtests.vm.session import Session
 
     mem = request.config.getoption("--vm-mem")
@@ -206,13 +209,14 @@ def vm_factory(
             memory_mib: int | None = None,
             cpus: int = 1,
             name: str | None = None,
+            image: Image | None = None,
         ) -> Session:
             name = name or f"vm{len(names)}"
             if name in names:
                 raise ValueError(f"a VM named {name!r} was already booted in this test")
             names.add(name)
             session = Session(
-                vm_image,
+                image or vm_image,
                 vm_artifacts / name,
                 accel=vm_accel,
                 memory_mib=memory_mib or mem,
@@ -228,6 +232,22 @@ def vm_factory(
 def vm(vm_factory: Callable[..., Session]) -> Session:
     """A fresh guest for this test, with no extra disks (make loop devices in /tmp)."""
     return vm_factory()
+
+
+@pytest.fixture(scope="session")
+def vm_zfs_image(vm_image: Image) -> Image:
+    """The session's image with ZFS's module for its kernel: built on the first ask per kernel
+    layer (minutes) and cached with it, so only a run with a ZFS test pays for it. A failed
+    build fails the test that asked, never skips it."""
+    from vmtests.vm.guest_image import with_zfs
+
+    return with_zfs(vm_image)
+
+
+@pytest.fixture
+def vm_zfs(vm_factory: Callable[..., Session], vm_zfs_image: Image) -> Session:
+    """A fresh guest whose kernel can ``modprobe zfs`` (zfsutils is in every userland)."""
+    return vm_factory(image=vm_zfs_image)
 
 
 @pytest.fixture

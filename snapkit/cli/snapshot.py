@@ -44,6 +44,8 @@ def status_json(s: SnapshotStatus) -> dict[str, Any]:
         "state": s.state.value,
         "usage_percent": s.usage_percent,
         "merge_progress": s.merge_progress,
+        "used": s.used_bytes,
+        "referenced": s.referenced_bytes,
         "message": s.message,
         "created_at": r.created_at,
         "cow_file": r.details.get("cow_file"),
@@ -138,9 +140,9 @@ def _seconds(text: str) -> float:
 CREATE_HELP = """\
 Take a point-in-time snapshot of TARGET, a mounted filesystem or a block device, and record
 it under NAME for status, mount, merge and discard. --method chooses how; auto takes the first
-that suits TARGET: lvm-thin, lvm, btrfs, dm (a device from 'snapkit device prepare'), then
-freeze around a snapshot command. Every step has an undo, so a failure leaves nothing frozen,
-suspended or half made.
+that suits TARGET: zfs (a ZFS dataset), lvm-thin, lvm, btrfs, dm (a device from 'snapkit
+device prepare'), then freeze around a snapshot command. Every step has an undo, so a failure
+leaves nothing frozen, suspended or half made.
 
 Several mount points (TARGET TARGET...) make a snapshot group NAME: one snapshot per member
 (NAME-SUFFIX, SUFFIX the mount point's last part), all at one point in time, all or nothing;
@@ -153,8 +155,8 @@ COW_SIZE_HELP = (
     "how much change the snapshot can hold, e.g. 256M. dm, dm-direct: the size of the sparse "
     "COW file (default a quarter of the origin; rounded up to whole chunks, at least three); "
     "lvm: the snapshot LV's size, lvcreate -L (default a fifth of the origin, at least 16M); "
-    "lvm-thin refuses it (the thin pool holds the changes); btrfs, freeze and remount-ro do "
-    "not use it"
+    "lvm-thin refuses it (the thin pool holds the changes); btrfs, zfs, freeze and remount-ro "
+    "do not use it"
 )
 
 CREATE_EPILOG = """\
@@ -260,7 +262,9 @@ def _merge(args: argparse.Namespace) -> int:
             return 0
         snap = api.Snapshot(args.name, flow=flow)
         try:
-            result = snap.merge(wait=args.wait, progress=bar, dry_run=bool(args.dry_run))
+            result = snap.merge(
+                wait=args.wait, progress=bar, dry_run=bool(args.dry_run), force=args.force
+            )
         finally:
             if bar is not None and bar.drawn:
                 sys.stdout.write("\n")  # end the bar's line, also when the merge failed
@@ -457,6 +461,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--wait", action="store_true", help="wait for the kernel and finish the merge")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="zfs: roll back even across later snapshots, which ZFS destroys",
+    )
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_merge)

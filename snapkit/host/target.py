@@ -7,7 +7,9 @@ holds it). Paths under /dev are only looked up, never trusted: without udev ther
 ``/dev/block`` or ``/dev/mapper`` links, and a stale node could name another device.
 
 btrfs is the exception to "the mount's device number is the device's": its mountinfo shows an
-anonymous ``0:N``, so for it the mount source is stat'ed instead.
+anonymous ``0:N``, so for it the mount source is stat'ed instead. ZFS has no block device at
+all: a ZFS mount resolves to its dataset (the mount source, ``pool/fs``), which stands where
+the device would, and its anonymous ``0:N`` as the number.
 """
 
 from __future__ import annotations
@@ -257,6 +259,8 @@ def resolve(spec: str, *, mountinfo: Path = MOUNTINFO, sys_block: Path = SYS_BLO
                 f"{spec} is not a mount point", hint="give the directory the filesystem is on"
             )
         mount = candidates[-1]  # the last mount on a directory is the visible one
+        if mount.fstype == "zfs":
+            return _zfs_target(mount)
         dev = mount_devnum(mount)
         if dev is None:
             raise RefusedError(
@@ -271,6 +275,22 @@ def resolve(spec: str, *, mountinfo: Path = MOUNTINFO, sys_block: Path = SYS_BLO
         mountpoint=mount.mountpoint if mount else None,
         fstype=mount.fstype if mount else None,
         devnum=(dev.major, dev.minor),
+    )
+
+
+def _zfs_target(mount: Mount) -> Target:
+    """A ZFS mount as a target: the dataset in the device's place. A snapshot's own mount
+    (``pool/fs@snap``, read-only) is refused: it cannot be snapshotted again."""
+    if "@" in mount.source:
+        raise RefusedError(
+            f"{mount.mountpoint} is the ZFS snapshot {mount.source}, not a filesystem",
+            hint="give the mount point of the dataset it was taken of",
+        )
+    return Target(
+        device=Path(mount.source),
+        mountpoint=mount.mountpoint,
+        fstype="zfs",
+        devnum=(mount.devnum.major, mount.devnum.minor),
     )
 
 

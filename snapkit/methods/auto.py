@@ -2,6 +2,8 @@
 
 The order is from the cheapest, safest snapshot to the last resort:
 
+0. a ZFS dataset -> ``zfs`` (its own snapshots; asked first because no other method can take
+   a filesystem with no block device, and none of their checks need to run on one);
 1. a thin LV -> ``lvm-thin`` (no COW to size, metadata-only snapshot);
 2. any other LV -> ``lvm`` (LVM keeps the metadata and can merge);
 3. a btrfs subvolume -> ``btrfs`` (instant, shares blocks);
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
 log = logging.getLogger(__name__)
 
 ORDER = (
+    ("zfs", "it is a ZFS dataset"),
     ("lvm-thin", "it is a thin LV"),
     ("lvm", "it is an LVM logical volume"),
     ("btrfs", "it is a btrfs subvolume"),

@@ -79,6 +79,15 @@ class KernelMerge(Protocol):
 
 
 @runtime_checkable
+class ForcedMerge(Protocol):
+    """A method whose merge can destroy more than the snapshot (zfs: ``zfs rollback -r``
+    destroys every later snapshot). ``plan_merge`` refuses that, naming what would go;
+    ``plan_forced_merge``, asked for by ``snapshot merge --force``, goes ahead."""
+
+    def plan_forced_merge(self, record: SnapshotRecord) -> Plan: ...
+
+
+@runtime_checkable
 class Extendable(Protocol):
     """A method whose snapshot keeps its changes in a COW of fixed size that can be grown
     while in use, as dmeventd's autoextend does: ``snapshot watch`` grows it before it fills
@@ -185,6 +194,7 @@ __all__ = [
     "Context",
     "Extendable",
     "FamilyRecovery",
+    "ForcedMerge",
     "Groupable",
     "Host",
     "KernelMerge",

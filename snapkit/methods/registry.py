@@ -25,6 +25,7 @@ METHODS: dict[str, str] = {
     "lvm": "snapkit.methods.lvm.snapshot:LvmMethod",
     "lvm-thin": "snapkit.methods.lvm.thin:LvmThinMethod",
     "btrfs": "snapkit.methods.btrfs.snapshot:BtrfsMethod",
+    "zfs": "snapkit.methods.zfs.snapshot:ZfsMethod",
     "freeze": "snapkit.methods.freeze:FreezeMethod",
     "remount-ro": "snapkit.methods.remount:RemountMethod",
     "auto": "snapkit.methods.auto:AutoMethod",
@@ -38,6 +39,7 @@ RECOVERIES: tuple[str, ...] = (
     "snapkit.methods.dm.recover:DmRecovery",
     "snapkit.methods.lvm.recover:LvmRecovery",
     "snapkit.methods.btrfs.recover:BtrfsRecovery",
+    "snapkit.methods.zfs.recover:ZfsRecovery",
     # last: the layers over a stacked snapshot sit on what dm and lvm re-assembled
     "snapkit.methods.stack.recover:StackRecovery",
     # after every family: a group cut short is removed member by member, by their methods

@@ -364,3 +364,104 @@ LV_TARGET = Target(Path("/dev/mapper/vg-lv"), Path("/mnt/o"), "ext4", (253, 0))
 
 def lvm_request(**kw: Any) -> CreateRequest:
     return CreateRequest(**{"target": LV_TARGET, "name": "s1", **kw})
+
+
+# -- ZFS --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeZfs(FakeExecutor):
+    """One imported pool as ``zfs`` and ``zpool`` show it: datasets, and snapshots with their
+    createtxg and sizes; each change (snapshot, rollback, destroy) counts as a side effect in
+    ``faults``. ``content`` is each dataset's data, so a rollback is seen to roll back."""
+
+    faults: Faults = field(default_factory=Faults)
+    pools: set[str] = field(default_factory=lambda: {"tank"})
+    content: dict[str, str] = field(default_factory=lambda: {"tank": "", "tank/fs": "live"})
+    snaps: dict[str, tuple[int, str]] = field(default_factory=dict)  # full -> (txg, content)
+    txg: int = 100
+    calls: list[list[str]] = field(default_factory=list)
+
+    def state(self) -> object:
+        return dict(self.content), dict(self.snaps)
+
+    def _fail(self, args: list[str], err: str, code: int = 1) -> Completed:
+        return completed(args, "", code, err)
+
+    def answer(self, args: list[str], opts: RunOptions) -> Completed:
+        self.calls.append(args)
+        result = self._answer(args)
+        if not result.ok and opts.check:
+            raise CommandError(args, result.returncode, result.stderr)
+        return result
+
+    def _line(self, full: str) -> str:
+        txg, data = self.snaps[full]
+        return f"{full}\t{txg}\t{len(data) * 4096}\t{len(data) * 8192}\n"
+
+    def _answer(self, args: list[str]) -> Completed:
+        if args[:2] == ["zpool", "list"]:
+            pool = args[-1]
+            return (
+                completed(args, pool + "\n")
+                if pool in self.pools
+                else self._fail(args, f"cannot open '{pool}': no such pool")
+            )
+        if args[:2] == ["zfs", "list"]:
+            name = args[-1]
+            if not any(name.split("@")[0].split("/")[0] == p for p in self.pools):
+                return self._fail(args, f"cannot open '{name}': dataset does not exist")
+            if "snapshot" not in args:
+                ok = name in self.content
+                return (
+                    completed(args, name + "\n")
+                    if ok
+                    else self._fail(args, f"cannot open '{name}': dataset does not exist")
+                )
+            if "@" in name:
+                ok = name in self.snaps
+                return (
+                    completed(args, self._line(name))
+                    if ok
+                    else self._fail(args, f"cannot open '{name}': dataset does not exist")
+                )
+            mine = sorted((s for s in self.snaps if s.startswith(name + "@")), key=self._txg)
+            return completed(args, "".join(self._line(s) for s in mine))
+        if args[:2] == ["zfs", "snapshot"]:
+            full = args[2]
+            if self.faults.should_fail(" ".join(args)):
+                return self._fail(args, "injected failure")
+            if full in self.snaps:
+                return self._fail(args, f"cannot create snapshot '{full}': dataset already exists")
+            self.txg += 1
+            self.snaps[full] = (self.txg, self.content[full.split("@")[0]])
+            return completed(args)
+        if args[:2] == ["zfs", "rollback"]:
+            full = args[-1]
+            if self.faults.should_fail(" ".join(args)):
+                return self._fail(args, "injected failure")
+            ds = full.split("@")[0]
+            later = [
+                s for s in self.snaps if s.startswith(ds + "@") and self._txg(s) > self._txg(full)
+            ]
+            if later and "-r" not in args:
+                return self._fail(
+                    args,
+                    f"cannot rollback to '{full}': more recent snapshots or bookmarks exist",
+                )
+            for s in later:
+                del self.snaps[s]
+            self.content[ds] = self.snaps[full][1]
+            return completed(args)
+        if args[:2] == ["zfs", "destroy"]:
+            full = args[-1]
+            if self.faults.should_fail(" ".join(args)):
+                return self._fail(args, "injected failure")
+            if full not in self.snaps:
+                return self._fail(args, f"could not find any snapshots to destroy; check {full}")
+            del self.snaps[full]
+            return completed(args)
+        raise AssertionError(f"unexpected command {args}")
+
+    def _txg(self, full: str) -> int:
+        return self.snaps[full][0]

@@ -13,7 +13,7 @@ from snapkit.model import SnapshotRecord, SnapshotStatus, State
     "argv",
     [
         ["snapshot", "create", "/mnt"],  # no --name
-        ["snapshot", "create", "/mnt", "--name", "x", "--method", "zfs"],
+        ["snapshot", "create", "/mnt", "--name", "x", "--method", "hammer2"],
         ["snapshot", "merge"],
         ["snapshot", "bogus"],
         ["device", "prepare", "/dev/loop0"],

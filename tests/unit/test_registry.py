@@ -57,4 +57,4 @@ def test_every_entry_names_its_class(name: str) -> None:
 
 def test_an_unknown_method_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="choose one of"):
-        registry.factory("zfs")
+        registry.factory("hammer2")

@@ -69,3 +69,14 @@ def test_every_bad_input_is_refused_cleanly(vm: Session) -> None:
     doc = _run(vm, "--control")
     assert doc["tried"] - 2 >= 30
     _judge(doc)
+
+
+@pytest.mark.slow
+def test_zfs_bad_inputs_are_refused_cleanly(vm_zfs: Session) -> None:
+    """Issue 14's ZFS bad inputs (a non-ZFS mount, a missing dataset, a snapshot name in use, a
+    rollback across later snapshots, and more), every one, on a guest with ZFS's module."""
+    from vmtests.guest.faults.hostile import ZFS_CASES
+
+    doc = _run(vm_zfs, "--sample", "0", "--zfs", "--control")
+    assert doc["tried"] == len(ZFS_CASES) + 2
+    _judge(doc)

@@ -47,7 +47,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         1,
         "device prepare",
     ),
-    ("unknown method", [*CREATE, "--name", "x", "--method", "zfs"], 2, "invalid choice"),
+    ("unknown method", [*CREATE, "--name", "x", "--method", "hammer2"], 2, "invalid choice"),
     ("no name", CREATE, 2, "--name"),
     ("merge while mounted", ["snapshot", "merge", "s1"], 1, "unmount /mnt/o"),
     ("status of nothing", ["snapshot", "status", "nope"], 1, "no snapshot"),

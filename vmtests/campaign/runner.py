@@ -122,6 +122,10 @@ def run_scenario(
     from vmtests.vm import execute
     from vmtests.vm.errors import VmError
 
+    if scenario.fs == "zfs":  # built once per kernel layer, on the first ZFS row that runs
+        from vmtests.vm.guest_image import with_zfs
+
+        image = with_zfs(image)
     shutil.rmtree(artifacts, ignore_errors=True)
     artifacts.mkdir(parents=True)
     spec = json.dumps(scenario.guest_spec())

@@ -16,16 +16,31 @@ from typing import Any
 # ext4, xfs and btrfs carry every row; the others (issue 14) carry the method rows only, since
 # the controls and the crypt stack test the oracle and the stacking, not the filesystem.
 CORE_FILESYSTEMS = ("ext4", "xfs", "btrfs")
-FILESYSTEMS = (*CORE_FILESYSTEMS, "ext3", "ext2", "reiserfs")
+# The filesystems on a block device: every block method takes these. ZFS has no block device
+# under its mount (its pool is), so it takes only its own snapshots.
+BLOCK_FILESYSTEMS = (*CORE_FILESYSTEMS, "ext3", "ext2", "reiserfs")
+FILESYSTEMS = (*BLOCK_FILESYSTEMS, "zfs")
 # The Debian kernel flavour a filesystem needs: the cloud flavour (the default: it boots
 # fastest) has no reiserfs module, the generic one has. Such a row boots the generic flavour of
 # the run's Debian kernel (campaign_kernels.row_spec), whose layer is built the first time a
 # row needs it, so a run without these rows never builds it.
 FS_FLAVOUR = {"reiserfs": "generic"}
 # The matrix's method names; ``freeze-lvm`` is snapkit's ``freeze`` method wrapping an LVM
-# snapshot, ``btrfs-native`` is snapkit's ``btrfs`` method and exists only on btrfs.
-METHODS = ("lvm", "lvm-thin", "dm", "dm-direct", "freeze-lvm", "remount-ro", "btrfs-native")
-SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs"}
+# snapshot, ``btrfs-native`` is snapkit's ``btrfs`` method and exists only on btrfs, and
+# ``zfs-native`` is snapkit's ``zfs`` method and exists only on zfs.
+METHODS = (
+    "lvm",
+    "lvm-thin",
+    "dm",
+    "dm-direct",
+    "freeze-lvm",
+    "remount-ro",
+    "btrfs-native",
+    "zfs-native",
+)
+SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs", "zfs-native": "zfs"}
+# A method that exists on one filesystem only, and that filesystem's only method.
+NATIVE = {"btrfs-native": "btrfs", "zfs-native": "zfs"}
 WORKLOADS = ("writer", "churn", "mmap", "fio", "mixed", "sqlite")
 CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt", "lvm-under-crypt", "drop-wal", "discard-mounted")
 # The layers a filesystem can sit on above the method's device (issue 19): "crypt" is a dm-crypt
@@ -72,10 +87,16 @@ class Scenario:
         if self.control:
             if self.control not in CONTROLS or self.method != "none":
                 raise ValueError(f"control {self.control!r} takes method 'none'")
+            if self.fs not in BLOCK_FILESYSTEMS:
+                raise ValueError(
+                    f"control {self.control!r} copies a block device: {self.fs} has none"
+                )
         elif self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}")
-        elif self.method == "btrfs-native" and self.fs != "btrfs":
-            raise ValueError("btrfs-native snapshots exist only on btrfs")
+        elif self.method in NATIVE and self.fs != NATIVE[self.method]:
+            raise ValueError(f"{self.method} snapshots exist only on {NATIVE[self.method]}")
+        elif self.fs not in BLOCK_FILESYSTEMS and self.method != "zfs-native":
+            raise ValueError(f"{self.fs} has no block device: only its native method takes it")
         if self.control and self.workload != CONTROL_WORKLOAD.get(self.control, "writer"):
             raise ValueError(f"control {self.control!r} runs the {self.workload!r} workload")
         if self.control and self.fs not in CONTROL_FILESYSTEMS.get(self.control, CORE_FILESYSTEMS):
@@ -140,7 +161,9 @@ def full() -> list[Scenario]:
         for fs in FILESYSTEMS
         for m in METHODS
         for w in WORKLOADS
-        if (m != "btrfs-native" or fs == "btrfs") and (m != "remount-ro" or w not in HELD_OPEN)
+        if (NATIVE.get(m, fs) == fs)
+        and (fs in BLOCK_FILESYSTEMS or m in NATIVE)
+        and (m != "remount-ro" or w not in HELD_OPEN)
     ]
     stacked = [
         Scenario(fs, m, "writer", stack=st)
@@ -163,6 +186,7 @@ QUICK_IDS = (
     "ext4-crypt-dm-writer",
     "ext2-dm-direct-mmap",
     "btrfs-btrfs-native-writer",
+    "zfs-zfs-native-writer",
     "ext3-freeze-lvm-churn",
     "xfs-remount-ro-writer",
     "control-lvm-under-crypt-ext4-writer",
@@ -175,7 +199,7 @@ QUICK_IDS = (
 
 
 def quick() -> list[Scenario]:
-    """At most 14: every filesystem the default kernel flavour mounts, every method, every
+    """At most 16: every filesystem the default kernel flavour mounts, every method, every
     workload's parts (mixed runs the database too) and every control once, and the encrypted
     desktop's stack (ext4 on dm-crypt over a prepared device). No row that needs another
     kernel flavour: the quick matrix builds no second kernel."""

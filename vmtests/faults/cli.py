@@ -48,6 +48,9 @@ def run_matrix(opts: Options) -> int:
         print(f"vmtest run: {exc}", file=sys.stderr)
         return 2
     img = guest_image.prepare(None)  # $VMTEST_KERNEL, set from `vmtest run --kernel`
+    # ZFS's module for this kernel, built on the first run that needs it: every boot then has
+    # it (a chain mixes kinds in a boot, and the bad inputs include ZFS's)
+    img = guest_image.with_zfs(img)
     out = sys.stderr if opts.json else sys.stdout  # --json: stdout holds the JSON alone
 
     def say(text: str) -> None:
@@ -74,7 +77,7 @@ def run_matrix(opts: Options) -> int:
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
         builds = [
             pool.submit(runner.build, sorted({c.kid for c in chosen if c.fs == fs}), chosen)
-            for fs in faults.FILESYSTEMS
+            for fs in faults.ALL_FILESYSTEMS
             if any(c.fs == fs for c in chosen)
         ]
         bad: Future[dict[str, Any]] | None = None

@@ -12,6 +12,11 @@ the phases create and merge. They are opt-in (``--methods``), not in :data:`METH
 default run, its ids and what ``--cuts N`` picks stay exactly those of issue 6, and their
 seeded delays come from a random stream of their own, so adding them moved no existing point.
 
+ZFS (issue 14): the method ``zfs`` on the filesystem ``zfs`` (a pool on the kind's origin
+disk), for the phases create (``zfs snapshot``), merge (``zfs rollback``, then ``zfs
+destroy``) and discard (``zfs destroy``), each plan step and seeded delays inside ZFS's
+commands. Opt-in (``--methods zfs``) like the stacked methods, with its own random stream.
+
 Pure: no VM, no I/O; ``run.py`` executes, ``report.py`` sums up.
 """
 
@@ -22,14 +27,24 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-FILESYSTEMS = ("ext4", "xfs", "btrfs")
+FILESYSTEMS = ("ext4", "xfs", "btrfs")  # the block methods' filesystems
+ALL_FILESYSTEMS = (*FILESYSTEMS, "zfs")
 METHODS = ("dm", "dm-direct", "lvm")  # the default run (issue 6)
 STACKED_METHODS = ("dm+crypt", "lvm+crypt")  # opt-in: --methods dm+crypt,lvm+crypt
-ALL_METHODS = METHODS + STACKED_METHODS
+ZFS_METHODS = ("zfs",)  # opt-in: --methods zfs (issue 14)
+ALL_METHODS = METHODS + STACKED_METHODS + ZFS_METHODS
+METHOD_FILESYSTEMS = {"zfs": ("zfs",)}  # a method on other filesystems than FILESYSTEMS
 PHASES = ("create", "merge", "discard", "extend")
 MAIN_PHASES = ("create", "merge")
-FS_SHORT = {"ext4": "e4", "xfs": "xf", "btrfs": "bt"}
-METHOD_SHORT = {"dm": "dm", "dm-direct": "dd", "lvm": "lv", "dm+crypt": "dc", "lvm+crypt": "lc"}
+FS_SHORT = {"ext4": "e4", "xfs": "xf", "btrfs": "bt", "zfs": "zf"}
+METHOD_SHORT = {
+    "dm": "dm",
+    "dm-direct": "dd",
+    "lvm": "lv",
+    "dm+crypt": "dc",
+    "lvm+crypt": "lc",
+    "zfs": "zf",
+}
 # Plan lengths as flow numbers them (1-based, as --dry-run shows; steps + 1 pauses after the
 # last step, before the flow records what the plan did). btrfs's creates add four steps:
 # the watchdog, FIFREEZE, FITHAW and its stop around the suspend (snapkit/freezing.py). Every
@@ -56,6 +71,9 @@ STACK_STEPS: dict[str, dict[tuple[str, int], int]] = {
     "dm+crypt": {("create", 1): 8, ("merge", 1): 8, ("merge", 2): 6},
     "lvm+crypt": {("create", 1): 8, ("merge", 1): 8},
 }
+# zfs (snapkit/methods/zfs/snapshot.py): create is one step (zfs snapshot), merge two
+# (zfs rollback, zfs destroy), discard one (zfs destroy).
+ZFS_STEPS: dict[tuple[str, int], int] = {("create", 1): 1, ("merge", 1): 2, ("discard", 1): 1}
 SEEDED = {  # (method, phase): (delays per filesystem, shortest and longest delay in ms)
     ("lvm", "create"): (3, 0, 1500),
     ("lvm", "merge"): (3, 0, 3000),
@@ -70,6 +88,11 @@ SEEDED_STACKED = {  # drawn from their own stream (``STACKED_SEED``): see the mo
     ("lvm+crypt", "merge"): (2, 0, 3000),  # inside lvconvert, the crypt mapping parked
     ("dm+crypt", "create"): (1, 0, 600),  # after it returned: recover rebuilds NAME-crypt
     ("dm+crypt", "merge"): (1, 0, 1200),  # in the kernel's merge, the mapping moved back
+}
+SEEDED_ZFS = {  # from their own stream too (``ZFS_SEED``), inside ZFS's one command
+    ("zfs", "create"): (2, 0, 800),
+    ("zfs", "merge"): (2, 0, 1500),
+    ("zfs", "discard"): (1, 0, 800),
 }
 # A seeded delay counts from the moment the operation's one external command is logged as
 # started (SNAPKIT_DEBUG), so it lands inside that command, not in snapkit's start-up; for a
@@ -90,13 +113,16 @@ MARKERS = {
     ("lvm+crypt", "merge"): "run: lvconvert",
     ("dm+crypt", "create"): OP_EXITED,
     ("dm+crypt", "merge"): "step 7/8: dmsetup reload",
+    ("zfs", "create"): "run: zfs snapshot",
+    ("zfs", "merge"): "run: zfs rollback",
+    ("zfs", "discard"): "run: zfs destroy",
 }
 
 
 @dataclass(frozen=True, order=True)
 class Cut:
     fs: str
-    method: str  # "dm", "dm-direct", "lvm", or stacked: "dm+crypt", "lvm+crypt"
+    method: str  # "dm", "dm-direct", "lvm", stacked: "dm+crypt", "lvm+crypt", or "zfs"
     phase: str  # "create", "merge", "discard" or "extend"
     plan: int = 1  # which plan of the command the step is in
     step: int = 0  # pause before this step; 0: cut after delay_ms instead
@@ -148,6 +174,8 @@ def kind_spec(kid: str, cuts: list[Cut]) -> dict[str, Any]:
 def _steps(fs: str, method: str) -> dict[tuple[str, int], int]:
     if method in STACK_STEPS:
         return STACK_STEPS[method]
+    if method == "zfs":
+        return ZFS_STEPS
     steps = {"dm": DM_STEPS, "dm-direct": DIRECT_STEPS}.get(method, {})
     extra = BTRFS_FREEZE_STEPS if fs == "btrfs" else 0
     return {k: n + (extra if k == ("create", 1) else 0) for k, n in steps.items()}
@@ -158,12 +186,15 @@ def all_cuts(seed: int = 6) -> list[Cut]:
     last) of every plan snapkit applies, per filesystem, and seeded delays where the work is
     one external command or the kernel's. The stacked methods' points come after all of
     issue 6's, their delays from a stream of their own, so those keep their ids and order."""
-    return _cuts(seed, METHODS, SEEDED) + _cuts(
-        STACKED_SEED + seed, STACKED_METHODS, SEEDED_STACKED
+    return (
+        _cuts(seed, METHODS, SEEDED)
+        + _cuts(STACKED_SEED + seed, STACKED_METHODS, SEEDED_STACKED)
+        + _cuts(ZFS_SEED + seed, ZFS_METHODS, SEEDED_ZFS)
     )
 
 
 STACKED_SEED = 19_000  # issue 19: offsets the stacked points' stream from issue 6's
+ZFS_SEED = 14_000  # issue 14: the zfs points' own stream
 
 
 def _cuts(
@@ -171,8 +202,10 @@ def _cuts(
 ) -> list[Cut]:
     rng = random.Random(seed)
     cuts: list[Cut] = []
-    for fs in FILESYSTEMS:
+    for fs in ALL_FILESYSTEMS:
         for method in methods:
+            if fs not in METHOD_FILESYSTEMS.get(method, FILESYSTEMS):
+                continue
             for (phase, plan), n in _steps(fs, method).items():
                 cuts += [Cut(fs, method, phase, plan, s) for s in range(1, n + 2)]
             for (m, phase), (count, lo, hi) in seeded.items():
@@ -257,11 +290,13 @@ def _alternate(cuts: list[Cut]) -> list[Cut]:
 
 
 __all__ = [
+    "ALL_FILESYSTEMS",
     "ALL_METHODS",
     "FILESYSTEMS",
     "METHODS",
     "PHASES",
     "STACKED_METHODS",
+    "ZFS_METHODS",
     "Cut",
     "all_cuts",
     "chains",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmtests.faults.matrix import ALL_METHODS, FILESYSTEMS, MAIN_PHASES, PHASES
+from vmtests.faults.matrix import ALL_FILESYSTEMS, ALL_METHODS, MAIN_PHASES, PHASES
 
 ACCEPT_CREATE_MERGE = 60
 ACCEPT_BAD_INPUTS = 30
@@ -104,7 +104,7 @@ def passed(f: dict[str, Any]) -> bool:
 def _grid(f: dict[str, Any]) -> list[list[str]]:
     """Cuts held/tried per phase (rows) x filesystem/method (columns), header first; only
     the columns a run has, so a default run's table is issue 6's and a stacked run's its own."""
-    cols = [(fs, m) for fs in FILESYSTEMS for m in ALL_METHODS]
+    cols = [(fs, m) for fs in ALL_FILESYSTEMS for m in ALL_METHODS]
     cols = [c for c in cols if any(k.endswith(f"/{c[0]}/{c[1]}") for k in f["per_phase_fs_method"])]
     rows = [["phase"] + [f"{fs}/{m}" for fs, m in cols] + ["all"]]
     for phase in PHASES:

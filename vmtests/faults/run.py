@@ -253,11 +253,12 @@ class Runner:
 
     def hostile(self, sample: int | None) -> dict[str, Any]:
         """The bad-input judge (``vmtests/guest/faults/hostile.py``) in one boot: every case, or a
-        seeded sample, plus its two negative controls."""
+        seeded sample, plus its two negative controls, and every ZFS case: the runner's image
+        has ZFS's module (``cli.run_matrix`` hands it ``guest_image.with_zfs``'s)."""
         from vmtests.vm.session import Session
 
         t0 = time.monotonic()
-        argv = guest.command("faults.hostile", "--control")
+        argv = guest.command("faults.hostile", "--control", "--zfs")  # ZFS's cases too
         if sample is not None:
             argv += ["--sample", str(sample), "--seed", str(self.seed)]
         folder = self.report / "bad-inputs"

@@ -26,7 +26,8 @@ FSCK = {
     "btrfs": ["btrfs", "check", "--readonly"],
     "reiserfs": ["reiserfsck", "--check", "--yes", "--quiet"],
 }
-MOUNT_OPTS = {"xfs": "ro,nouuid", "btrfs": "ro"}  # every other filesystem: "ro"
+MOUNT_OPTS = {"xfs": "ro,nouuid", "btrfs": "ro", "zfs": "ro"}  # every other filesystem: "ro"
+ZFS_CLEAN = "errors: No known data errors"
 # The journalled ext filesystems: the superblock's needs_recovery says whether a mount would
 # have to replay the journal ("always clean", the question's claim 3). ext2 has no journal:
 # nothing to replay, so fsck alone judges it.
@@ -40,7 +41,15 @@ XFS_DIRTY_LOG = "valuable metadata changes in a log"
 
 def fsck(fs: str, device: str) -> Result:
     """The read-only check of ``device``; for a filesystem whose checker replays its journal
-    first (:data:`FSCK_REPLAYS`), of a throwaway layer over it, so ``device`` stays unwritten."""
+    first (:data:`FSCK_REPLAYS`), of a throwaway layer over it, so ``device`` stays unwritten.
+    ZFS has no fsck: its checksums are verified by a scrub of the pool (which covers the
+    snapshot's blocks), then ``zpool status -v`` must list no errors."""
+    if fs == "zfs":
+        pool = device.split("/")[0].split("@")[0]
+        scrub = run(["zpool", "scrub", "-w", pool], check=False, timeout=300)
+        status = run(["zpool", "status", "-v", pool], check=False)
+        ok = scrub.ok and status.ok and ZFS_CLEAN in status.out
+        return Result(status.argv, 0 if ok else 1, scrub.out + status.out, scrub.seconds)
     if fs in FSCK_REPLAYS:
         with layer(device) as top:
             return run([*FSCK[fs], top], check=False, timeout=300)
@@ -62,7 +71,12 @@ def sectors(device: str) -> int:
 
 @contextmanager
 def layer(device: str) -> Iterator[str]:
-    """A transient dm snapshot of ``device`` with its own COW on tmpfs: writable, thrown away."""
+    """A transient dm snapshot of ``device`` with its own COW on tmpfs: writable, thrown away.
+    A ZFS snapshot (``pool/fs@snap``) is no block device and has no log to replay: it is
+    mounted as it is, read-only."""
+    if "@" in device and not device.startswith("/"):
+        yield device
+        return
     cow = "/tmp/oracle-layer.cow"
     with open(cow, "wb") as f:
         f.truncate(96 << 20)

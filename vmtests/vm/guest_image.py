@@ -10,6 +10,7 @@ A kernel that boots neither way is refused with its console tail.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -65,6 +66,17 @@ def prepare(
     return img
 
 
+def with_zfs(img: image.Image, say: Say | None = None) -> image.Image:
+    """``img`` with ZFS: its layer's modules disk plus zfs.ko, built on the first ask for this
+    layer (vm/kernel/zfs.py) and cached with it. Asked for only by what runs ZFS."""
+    from vmtests.vm.kernel import zfs
+
+    if img.modules is not None:
+        return img
+    disk = zfs.ensure(img.layer, image.suite(), image.depmod_with(img.root), say or _stderr)
+    return dataclasses.replace(img, modules=disk)
+
+
 def _boots(img: image.Image) -> tuple[bool, str]:
     from vmtests.vm import execute
 
@@ -99,4 +111,4 @@ def _probe(img: image.Image, say: Say) -> None:
     lay.record_probe(False)
 
 
-__all__ = ["prepare", "spec_for"]
+__all__ = ["prepare", "spec_for", "with_zfs"]

@@ -22,6 +22,7 @@ import hashlib
 import os
 import posixpath
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,16 @@ from vmtests.vm.kernel import debian
 from vmtests.vm.kernel.layer import Layer
 
 # 4: no kernel in the userland (kernel layers), the suite and mirror from the recipe, tools/
-RECIPE_VERSION = "4"
+# 5: contrib too (zfsutils-linux); a build with a compiler in it is refused
+RECIPE_VERSION = "5"
+# The archive components the userland takes packages from: contrib holds zfsutils-linux.
+COMPONENTS = ("main", "contrib")
+# What must never be in the booted root: a compiler and kernel headers are build tools (the
+# ZFS module is built apart, per kernel: vm/kernel/zfs.py). A package pulled in by a
+# dependency (zfsutils-linux *recommends* zfs-dkms) fails the build rather than ship.
+BUILD_ONLY = ("gcc", "cpp", "make", "dkms", "zfs-dkms", "binutils")
+# gcc-12 and cpp-12 are compilers; gcc-12-base (libgcc's) is in every Debian root
+BUILD_ONLY_PATTERN = re.compile(r"(gcc|cpp)-\d+|linux-headers-.*")
 # Package data (pyproject.toml), so an installed harness builds the same image as a checkout.
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "images"
 
@@ -47,10 +57,13 @@ RECIPE_DIR = Path(__file__).resolve().parents[1] / "images"
 @dataclass(frozen=True)
 class Image:
     """A bootable guest: the userland ``root`` and a kernel ``layer``, both in the cache and
-    never modified (except the layer's one-time probe verdict)."""
+    never modified (except the layer's one-time probe verdict). ``modules``: a modules disk in
+    place of the layer's, for a guest that needs more modules than the kernel ships (ZFS's,
+    built per layer: ``guest_image.with_zfs``)."""
 
     root: Path
     layer: Layer
+    modules: Path | None = None
 
     @property
     def kernel(self) -> Path:
@@ -66,7 +79,7 @@ class Image:
 
     @property
     def modules_disk(self) -> Path:
-        return self.layer.modules_squashfs
+        return self.modules or self.layer.modules_squashfs
 
     @property
     def manifest(self) -> Path:
@@ -79,8 +92,9 @@ class Image:
 
     @property
     def key(self) -> str:
-        """The whole guest's key: userland and kernel layer."""
-        return f"{self.recipe_hash}+{self.layer.key}"
+        """The whole guest's key: userland and kernel layer (and its extra modules)."""
+        extra = f"+{self.modules.parent.name}" if self.modules else ""
+        return f"{self.recipe_hash}+{self.layer.key}{extra}"
 
     @property
     def release(self) -> str:
@@ -276,7 +290,7 @@ def mmdebstrap_argv(
         *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
         suite_name,
         str(out),
-        *debian.sources(suite_name, mirrors),
+        *debian.sources(suite_name, mirrors, components=COMPONENTS),
     ]
 
 
@@ -300,7 +314,9 @@ def _build_into(work: Path, recipe: Path, say: Say) -> None:
     say(f"  root tar ready in {time.monotonic() - t0:.0f} s")
     with tarfile.open(root_tar) as tar:
         root = RootTar(tar)
-        (work / "manifest.txt").write_text(manifest(root.read("var/lib/dpkg/status").decode()))
+        listed = manifest(root.read("var/lib/dpkg/status").decode())
+        refuse_build_tools(listed)
+        (work / "manifest.txt").write_text(listed)
         (work / "busybox.cpio").write_bytes(_busybox_cpio(root, scratch))
         _depmod_tools(root, work / "tools")
         _squashfs(root, work / "root.squashfs", scratch, say)
@@ -416,6 +432,18 @@ def manifest(dpkg_status: str) -> str:
     return "".join(sorted(lines))
 
 
+def refuse_build_tools(listed: str) -> None:
+    """Refuse a userland whose manifest lists a compiler or kernel headers (see BUILD_ONLY)."""
+    names = [line.split("\t", 1)[0] for line in listed.splitlines()]
+    found = [n for n in names if n in BUILD_ONLY or BUILD_ONLY_PATTERN.fullmatch(n)]
+    if found:
+        raise ImageError(
+            f"the guest's root would hold build tools ({', '.join(found)}): a package in "
+            "vmtests/images/packages.txt pulls them in; leave it out (ZFS's module is built "
+            "per kernel, apart)"
+        )
+
+
 def sqfstar_argv(out: Path, euid: int) -> list[str]:
     """sqfstar's command line, the same image whoever runs it.
 
@@ -494,5 +522,6 @@ __all__ = [
     "mmdebstrap_argv",
     "read_list",
     "recipe_hash",
+    "refuse_build_tools",
     "suite",
 ]

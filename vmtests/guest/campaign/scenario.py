@@ -219,7 +219,8 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
         checks.setdefault("mount", False)
         res["errors"].append(f"oracle: {type(exc).__name__}: {exc}")
         return
-    if bool(failed(checks)) != bool(control) and spec.get("keep_image", True):
+    keep = spec.get("keep_image", True) and fs != "zfs"  # a ZFS snapshot is no device file
+    if bool(failed(checks)) != bool(control) and keep:
         save_image(snap.device)  # before a merge consumes the snapshot
     if snap.mergeable and spec.get("merge", True):
         try:

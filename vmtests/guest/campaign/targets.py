@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmtests.guest import zfsdisk
 from vmtests.guest.campaign.ledger import MAGIC, Op
 from vmtests.guest.proc import log, run
 
@@ -27,6 +28,8 @@ NAME = "snap"
 FREEZE_COPY = "/dev/vg/copy"
 _LOOPS: list[str] = []  # loop devices this module attached, detached before a merge
 LVM_METHODS = ("lvm", "lvm-thin", "freeze-lvm")
+POOL = "tank"  # zfs: the pool on DISK, and the dataset under test in it
+ZFS_ORIGIN = f"{POOL}/origin"
 MKFS = {
     "ext4": ["mkfs.ext4", "-q", "-F"],
     "ext3": ["mkfs.ext3", "-q", "-F"],
@@ -82,6 +85,9 @@ def prepare(method: str, control: str, fs: str, size_mib: int, stack: str = "") 
         _KEY.append(os.urandom(64).hex())
         return Origin(open_crypt(CRYPT, base.device, _KEY[-1]), fs)
     run(["wipefs", "-a", "-q", DISK], check=False)
+    if fs == "zfs":
+        run(["modprobe", "zfs"])
+        return Origin(ZFS_ORIGIN, fs)
     if method in LVM_METHODS:
         run(["pvcreate", "-q", "-ff", "-y", DISK])
         run(["vgcreate", "-q", "vg", DISK])
@@ -121,8 +127,14 @@ def _registered() -> set[str]:
 
 
 def make_fs(origin: Origin) -> None:
-    run([*MKFS[origin.fs], origin.device])
     os.makedirs(origin.mountpoint, exist_ok=True)
+    if origin.fs == "zfs":  # a pool on the disk, the dataset with a legacy (mount(8)) mount
+        run(["zpool", "destroy", "-f", POOL], check=False)  # a previous attempt's
+        run(["zpool", "create", "-f", "-m", "none", POOL, zfsdisk.vdev(DISK)])
+        run(["zfs", "create", "-o", "mountpoint=legacy", origin.device])
+        origin.mount()
+        return
+    run([*MKFS[origin.fs], origin.device])
     if origin.subvol:
         run(["mount", "-t", origin.fs, origin.device, origin.mountpoint])
         run(["btrfs", "subvolume", "create", f"{origin.mountpoint}/{origin.subvol}"])

@@ -15,6 +15,11 @@ host call would still re-read the fingerprint over the channel; here each case c
 snapkit start. ``--control`` adds negative controls (a valid create, a case expecting the wrong
 word) that MUST be reported as not refused cleanly, proving the checker can fail.
 
+``--zfs`` (a guest whose kernel has ZFS's module) adds the ZFS stage -- a pool on a sparse
+file, dataset ``tank/z`` mounted at /mnt/z, a hand-made snapshot ``taken``, and snapkit's zs1
+and zs2, zs2 mounted -- and :data:`ZFS_CASES`; the fingerprint then lists every dataset and
+snapshot too.
+
 Prints one JSON object: {"cases": [...], "tried": N, "clean": M}. Standard library only.
 """
 
@@ -93,6 +98,11 @@ def _sys_dm() -> list[str]:
 def fingerprint() -> str:
     """Everything a snapkit command could leave behind, as one text."""
     parts = []
+    if os.path.exists("/dev/zfs"):
+        out = subprocess.run(
+            ["zfs", "list", "-H", "-t", "all", "-o", "name"], capture_output=True, text=True
+        )
+        parts.append("# zfs\n" + out.stdout + out.stderr)
     for title, argv in (("tables", ["dmsetup", "table"]), ("loops", ["losetup", "-a"])):
         out = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
         parts.append(f"# {title}\n" + "\n".join(sorted((out.stdout + out.stderr).splitlines())))
@@ -196,6 +206,25 @@ def setup() -> None:
     log(f"s2 after the overflow: {status.stdout.strip()}")
 
 
+def setup_zfs() -> None:
+    """The ZFS stage (``--zfs``): see the module's docstring."""
+    sh = "; ".join(
+        [
+            "modprobe zfs",
+            "mkdir -p /mnt/z /mnt/zs",
+            "truncate -s 128M /tmp/pool.img",
+            "zpool create -f -m none tank /tmp/pool.img",
+            "zfs create -o mountpoint=legacy tank/z",
+            "mount -t zfs tank/z /mnt/z",
+            "zfs snapshot tank/z@taken",
+        ]
+    )
+    run(["sh", "-euc", sh])
+    must("snapshot", "create", "/mnt/z", "--name", "zs1", "--method", "zfs")
+    must("snapshot", "create", "/mnt/z", "--name", "zs2", "--method", "zfs")
+    must("snapshot", "mount", "zs2", "/mnt/zs")
+
+
 C = Case
 CREATE = ("snapshot", "create")
 DM = ("--method", "dm", "--cow-dir", COW, "--cow-size", "16M")
@@ -235,7 +264,7 @@ CASES: tuple[Case, ...] = (
     C("chunk 6s", (*ON_O, "--name", "x", "--chunk-size", "6s"), "chunk"),
     C("chunk of odd bytes", (*ON_O, "--name", "x", "--chunk-size", "1000b"), "sector"),
     # methods
-    C("unknown method", (*ON_O, "--name", "x", "--method", "zfs"), "invalid choice"),
+    C("unknown method", (*ON_O, "--name", "x", "--method", "hammer2"), "invalid choice"),
     C("lvm on a non-LV", (*ON_O, "--name", "x", "--method", "lvm"), "logical volume"),
     C(
         "lvm-thin on a thick LV",
@@ -299,6 +328,21 @@ CASES: tuple[Case, ...] = (
     C("merge as non-root", ("snapshot", "merge", "s1"), "root", as_nobody=True),
     # last: if it is wrongly accepted, it creates a snapshot named x
     C("negative --max-freeze", (*ON_O, "--name", "x", "--max-freeze", "-1"), "freeze"),
+)
+
+ZFS = ("--method", "zfs")
+ZFS_CASES: tuple[Case, ...] = (
+    C("zfs on a non-ZFS mount", (*CREATE, "/mnt/plain", "--name", "x", *ZFS), "not a ZFS"),
+    C("zfs on a missing dataset", (*CREATE, "tank/nope", "--name", "x", *ZFS), "tank/nope"),
+    C("zfs snapshot name in use", (*CREATE, "/mnt/z", "--name", "taken", *ZFS), "in use"),
+    C("zfs name of a snapkit snapshot", (*CREATE, "/mnt/z", "--name", "zs1", *ZFS), "in use"),
+    C("zfs name ZFS refuses", (*CREATE, "/mnt/z", "--name", "a+b", *ZFS), "'+'"),
+    C("zfs on a snapshot's mount", (*CREATE, "/mnt/zs", "--name", "x", *ZFS), "snapshot"),
+    C("zfs rollback across later snapshots", ("snapshot", "merge", "zs1"), "later snapshot"),
+    C("zfs merge of a mounted snapshot", ("snapshot", "merge", "zs2"), "mounted"),
+    C("zfs discard of a mounted snapshot", ("snapshot", "discard", "zs2"), "mounted"),
+    C("zfs mount --rw", ("snapshot", "mount", "zs1", "/mnt/empty", "--rw"), "read-only"),
+    C("merge --force of a dm snapshot", ("snapshot", "merge", "s1", "--force"), "nothing to"),
 )
 
 CONTROLS: tuple[Case, ...] = (
@@ -377,6 +421,9 @@ def chosen(argv: list[str]) -> tuple[tuple[Case, ...], bool]:
 def main(argv: list[str]) -> int:
     setup()
     cases, concurrent = chosen(argv)
+    if "--zfs" in argv:
+        setup_zfs()
+        cases += ZFS_CASES
     outcomes = [try_case(c, _LAST) for c in cases]
     if concurrent:
         outcomes.append(concurrent_create())

@@ -23,9 +23,14 @@ dm base, before and after the mapping is opened), every recover must exit 0, and
   as a user would: then the origin must equal the snapshot's tree, the crypt mapping sit over
   the base again, and neither ``NAME-crypt`` nor ``NAME-park`` be left.
 
+A ZFS kind has no fsck: ``check.fsck`` scrubs its pool and reads ``zpool status``, for the
+origin and the snapshot alike, and the snapshot is mounted read-only as it is.
+
 Each checker has a negative control (``controls``): the same function, run on a planted fault
 -- an acknowledged file renamed away, a file added to a tree, a frozen mount, a suspended
-device, a zeroed superblock on a throwaway layer -- must report it. Standard library only.
+device, a zeroed superblock on a throwaway layer; for ZFS, which has no freeze and no dm
+device, a throwaway pool whose data blocks are overwritten -- must report it. Standard library
+only.
 """
 
 from __future__ import annotations
@@ -239,8 +244,45 @@ def _diagnose(k: Kind) -> None:
         ["losetup", "-a"],
         ["cat", f"{k.state}/state.json"],
         ["ls", "-la", f"{k.state}/cow"],
+        ["zfs", "list", "-H", "-t", "all", "-o", "name,createtxg"],
     ):
         run(argv, check=False)
+
+
+CONTROL_MAGIC = b"snapkit-zfs-scrub-control"
+
+
+def zfs_scrub_control() -> bool:
+    """A throwaway pool on a tmpfs file holding 8 MiB of a marked pattern (no compression, so
+    the marks are on the vdev as written), exported; 128 KiB from the first mark on the vdev
+    overwritten -- file data only, so the pool still imports -- and imported again: the scrub
+    ``check.fsck`` runs must find the damaged blocks."""
+    vdev, pool = "/tmp/ctl-pool.img", "ctlpool"
+    block = (CONTROL_MAGIC * 200)[:4096]
+    with open(vdev, "wb") as f:
+        f.truncate(96 << 20)
+    try:
+        run(["zpool", "create", "-f", "-m", "none", "-O", "compression=off", pool, vdev])
+        run(["zfs", "create", "-o", "mountpoint=legacy", f"{pool}/d"])
+        os.makedirs("/tmp/ctl-mnt", exist_ok=True)
+        run(["mount", "-t", "zfs", f"{pool}/d", "/tmp/ctl-mnt"])
+        with open("/tmp/ctl-mnt/data", "wb") as f:
+            for _ in range(2048):
+                f.write(block)
+        run(["umount", "/tmp/ctl-mnt"])
+        run(["zpool", "export", pool])
+        with open(vdev, "r+b") as f:
+            data = f.read()
+            at = data.find(CONTROL_MAGIC)
+            if at < 0:
+                return False  # the pattern never reached the vdev: the control cannot run
+            f.seek(at - at % 4096)
+            f.write(b"\xa5" * (128 << 10))
+        run(["zpool", "import", "-d", vdev, pool])
+        return not check.fsck("zfs", f"{pool}/d").ok
+    finally:
+        run(["zpool", "destroy", "-f", pool], check=False)
+        os.unlink(vdev)
 
 
 def controls(k: Kind) -> dict[str, bool]:
@@ -259,11 +301,15 @@ def controls(k: Kind) -> dict[str, bool]:
             f.write(b"x")
         caught["tree_differs"] = check.tree_hash(k.mnt) != digest
         os.unlink(f"{k.mnt}/planted")
-        run(["fsfreeze", "-f", k.mnt])
-        caught["frozen"] = frozen([k.mnt]) == [k.mnt]
-        run(["fsfreeze", "-u", k.mnt], check=False)
+        if not k.zfs:  # ZFS has no freeze (FIFREEZE: EOPNOTSUPP): nothing can leave it frozen
+            run(["fsfreeze", "-f", k.mnt])
+            caught["frozen"] = frozen([k.mnt]) == [k.mnt]
+            run(["fsfreeze", "-u", k.mnt], check=False)
     finally:
         run(["umount", k.mnt])
+    if k.zfs:  # no dm device to suspend, no superblock to zero: the scrub's own control
+        caught["fsck"] = zfs_scrub_control()
+        return caught
     run(["dmsetup", "suspend", k.dm_name])
     caught["suspended"] = bool(suspended())
     run(["dmsetup", "resume", k.dm_name])

@@ -9,6 +9,10 @@ dm-crypt mapping ``c<kid>`` over the base (the prepared device or the LV); snapk
 the base's method. Its key is the harness's, kept on the keep disk (``/k/<kid>/key``) so that
 every boot can open the mapping again as a user's crypttab would: a power cut takes every dm
 table, the crypt mapping's too, and snapkit never stores that key.
+
+A ZFS kind (method ``zfs``, issue 14) has a pool ``p<kid>`` on its origin disk and the dataset
+``p<kid>/fs`` (``mountpoint=legacy``, so mount(8) mounts it like the others); every boot
+imports the pool, as a boot's zfs-import would, and a teardown exports it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from vmtests.guest import zfsdisk
 from vmtests.guest.proc import log, run
 
 CIPHER = "aes-xts-plain64"
@@ -44,6 +49,14 @@ class Kind:
     @property
     def crypt(self) -> bool:
         return self.method.endswith("+crypt")
+
+    @property
+    def zfs(self) -> bool:
+        return self.fs == "zfs"
+
+    @property
+    def pool(self) -> str:
+        return f"p{self.kid}"
 
     @property
     def keep(self) -> str:
@@ -111,7 +124,9 @@ class Kind:
         return f"{self.keep}/key"
 
     @property
-    def origin_dev(self) -> str:  # where the filesystem is
+    def origin_dev(self) -> str:  # where the filesystem is (zfs: the dataset)
+        if self.zfs:
+            return f"{self.pool}/fs"
         return f"/dev/mapper/{self.crypt_name}" if self.crypt else self.base_dev
 
     @property
@@ -146,6 +161,9 @@ def attach(k: Kind, *, fresh: bool = False) -> None:
         run(["modprobe", "dm-crypt"], check=False)
     if k.base_method == "lvm" and not fresh:
         run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
+    if k.zfs and not fresh:  # what the boot's zfs-import does (-f: the cut left it imported)
+        vdev = zfsdisk.partition_of(k.origin_disk)
+        run(["zpool", "import", "-f", "-N", "-d", vdev, k.pool])
 
 
 def teardown(k: Kind) -> None:
@@ -154,6 +172,8 @@ def teardown(k: Kind) -> None:
     state file it is using (``Flow.load``), so two kinds must never be live at once."""
     for mnt in (k.snap_mnt, k.mnt):
         run(["umount", mnt], check=False)
+    if k.zfs:
+        run(["zpool", "export", "-f", k.pool], check=False)
     if k.crypt:  # the layers hold the LV: vgchange -an would refuse it
         for name in (f"{k.name}-crypt", k.crypt_name):
             run(["dmsetup", "remove", name], check=False)

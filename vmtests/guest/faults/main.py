@@ -44,7 +44,7 @@ import time
 import traceback
 from typing import Any
 
-from vmtests.guest import check, command
+from vmtests.guest import check, command, zfsdisk
 from vmtests.guest.faults.kind import (
     Kind,
     acked,
@@ -107,7 +107,10 @@ def build(k: Kind) -> dict[str, Any]:
     with the kind's devices taken down as a shutdown would: the state file still records the
     snapshot, so every cut starts with a reboot's ``snapkit recover``."""
     attach(k, fresh=True)
-    if k.base_method == "lvm":
+    if k.zfs:
+        run(["zpool", "create", "-f", "-m", "none", k.pool, zfsdisk.vdev(k.origin_disk)])
+        run(["zfs", "create", "-o", "mountpoint=legacy", k.origin_dev])
+    elif k.base_method == "lvm":
         run(["pvcreate", "-q", "-y", k.origin_disk])
         run(["vgcreate", "-q", k.vg, k.origin_disk])
         run(["lvcreate", "-q", "-y", "-L", "160M", "-n", "lv0", k.vg])
@@ -116,7 +119,8 @@ def build(k: Kind) -> dict[str, Any]:
     if k.crypt:  # the harness's key, kept where every later boot finds it
         durable(k.key_file, secrets.token_hex(32))
         open_crypt(k)
-    run([*MKFS[k.fs], k.origin_dev])
+    if not k.zfs:
+        run([*MKFS[k.fs], k.origin_dev])
     run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
     durable(k.ledger, "")
     durable(k.ledger2, "")

@@ -87,21 +87,25 @@ def mirrors() -> Mirrors:
     return choose_mirrors(os.environ, apt_entries(Path(os.environ.get(APT_DIR_ENV, "/etc/apt"))))
 
 
-def sources(suite: str, m: Mirrors, *, signed: bool = True) -> list[str]:
+def sources(
+    suite: str, m: Mirrors, *, signed: bool = True, components: tuple[str, ...] = ("main",)
+) -> list[str]:
     """One-line apt sources for a suite: a stable suite means its point release plus -updates
     and -security (today's 6.1 kernel comes from bookworm-security); a backports suite needs its
-    base suite for dependencies."""
+    base suite for dependencies. ``components``: ``contrib`` too for ZFS (zfs-dkms and
+    zfsutils-linux are there, being CDDL)."""
     opt = f"[signed-by={KEYRING}] " if signed and Path(KEYRING).exists() else ""
     base = suite.split("-")[0]
-    lines = [f"deb {opt}{m.main} {base} main"]
+    parts = " ".join(components)
+    lines = [f"deb {opt}{m.main} {base} {parts}"]
     if suite == base:
-        lines.append(f"deb {opt}{m.main} {base}-updates main")
+        lines.append(f"deb {opt}{m.main} {base}-updates {parts}")
         if m.security and base not in ("sid", "unstable"):
-            lines.append(f"deb {opt}{m.security} {base}-security main")
+            lines.append(f"deb {opt}{m.security} {base}-security {parts}")
     elif suite.endswith("-security") and m.security:
-        lines.append(f"deb {opt}{m.security} {suite} main")
+        lines.append(f"deb {opt}{m.security} {suite} {parts}")
     else:
-        lines.append(f"deb {opt}{m.main} {suite} main")
+        lines.append(f"deb {opt}{m.main} {suite} {parts}")
     return lines
 
 

@@ -133,7 +133,8 @@ def modules_cpio(moddir: Path, wanted: list[str]) -> tuple[bytes, list[str]]:
     return cpio.archive(entries, mtime=cache.SOURCE_DATE_EPOCH), names
 
 
-def _squashfs(moddir: Path, out: Path, say: cache.Say) -> None:
+def squash_modules(moddir: Path, out: Path, say: cache.Say) -> None:
+    """A modules tree as the read-only disk the init mounts over /lib/modules/RELEASE."""
     cache.run(
         [
             "mksquashfs",
@@ -184,7 +185,7 @@ def _finish(
     moddir = staging / "lib/modules" / release
     data, names = modules_cpio(moddir, wanted)
     (work / "modules.cpio").write_bytes(data)
-    _squashfs(moddir, work / "modules.squashfs", say)
+    squash_modules(moddir, work / "modules.squashfs", say)
     (work / "release").write_text(release + "\n")
     return names
 
@@ -285,4 +286,13 @@ def ensure(
         cache.remove(scratch)
 
 
-__all__ = ["LAYER_VERSION", "MODULES_SERIAL", "Layer", "ensure", "key", "modules_cpio", "tree_hash"]
+__all__ = [
+    "LAYER_VERSION",
+    "MODULES_SERIAL",
+    "Layer",
+    "ensure",
+    "key",
+    "modules_cpio",
+    "squash_modules",
+    "tree_hash",
+]

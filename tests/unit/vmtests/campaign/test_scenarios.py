@@ -24,12 +24,17 @@ def test_full_is_every_valid_combination() -> None:
         fs: {(s.method, s.workload) for s in real if s.fs == fs} for fs in scenarios.FILESYSTEMS
     }
     assert ("lvm-thin", "mmap") in per_fs["ext4"] and ("lvm", "sqlite") in per_fs["ext4"]
-    # every method but btrfs's own on every filesystem, with every workload (remount-ro with
-    # those that hold no file open); dm-direct on all of them (its xfs and btrfs copies are
-    # mounted through a throwaway layer)
+    # every method but btrfs's own on every block filesystem, with every workload (remount-ro
+    # with those that hold no file open); dm-direct on all of them (its xfs and btrfs copies
+    # are mounted through a throwaway layer)
     for fs in ("xfs", "ext3", "ext2", "reiserfs"):
         assert per_fs[fs] == per_fs["ext4"], fs
-    assert {s.fs for s in real if s.method == "dm-direct"} == set(scenarios.FILESYSTEMS)
+    assert {s.fs for s in real if s.method == "dm-direct"} == set(scenarios.BLOCK_FILESYSTEMS)
+    # zfs: only its own snapshots, every workload; no block method, stack or control on it
+    assert {(s.method, s.workload) for s in real if s.fs == "zfs"} == {
+        ("zfs-native", w) for w in scenarios.WORKLOADS
+    }
+    assert not any(s.method == "zfs-native" and s.fs != "zfs" for s in real)
     controls = [s for s in scenarios.full() if s.is_control]
     assert {(s.control, s.fs, s.workload) for s in controls} == {
         (c, fs, scenarios.CONTROL_WORKLOAD.get(c, "writer"))
@@ -40,6 +45,8 @@ def test_full_is_every_valid_combination() -> None:
     assert stacked == {
         (fs, m, "crypt") for fs in scenarios.CORE_FILESYSTEMS for m in scenarios.STACKED_METHODS
     }
+    assert scenarios.select("full", ids=["zfs-zfs-native-writer"])[0].snapkit_method == "zfs"
+    assert "zfs-zfs-native-writer" in {s.id for s in scenarios.quick()}
 
 
 def test_the_older_filesystems_keep_todays_id_form() -> None:
@@ -66,7 +73,7 @@ def test_a_stack_only_goes_under_a_block_method() -> None:
 
 def test_quick_keeps_its_promises() -> None:
     quick = scenarios.quick()
-    assert len(quick) <= 14
+    assert len(quick) <= 16
     on_default_kernel = {fs for fs in scenarios.FILESYSTEMS if fs not in scenarios.FS_FLAVOUR}
     assert {s.fs for s in quick} == on_default_kernel
     assert not any(s.flavour for s in quick)  # the quick matrix builds no second kernel
@@ -79,6 +86,8 @@ def test_quick_keeps_its_promises() -> None:
     [
         ("ext4", "btrfs-native", "writer", ""),
         ("zfs", "lvm", "writer", ""),
+        ("ext4", "zfs-native", "writer", ""),
+        ("zfs", "none", "writer", "dd-copy"),
         ("ext4", "lvm", "nope", ""),
         ("ext4", "lvm", "writer", "dd-copy"),
         ("ext4", "remount-ro", "mmap", ""),

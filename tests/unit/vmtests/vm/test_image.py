@@ -321,3 +321,31 @@ def test_the_suggested_range_overlaps_no_granted_one() -> None:
     assert image.free_subid_start("bob:100000:65536\ncarol:165536:65536\n") == 231072
     with pytest.raises(image.ImageError, match=r"--add-subuids 165536-231071 "):
         image.check_host(_host(subuid="bob:100000:65536\n"))
+
+
+def test_a_userland_with_build_tools_is_refused_and_a_clean_one_passes() -> None:
+    """The booted root must hold no compiler or kernel headers (ZFS's module is built apart):
+    the guard refuses a manifest that lists one, and is quiet on the real recipe's kind."""
+    clean = (
+        "zfsutils-linux\t2.1.11-1+deb12u1\nlibzfs4linux\t2.1.11-1+deb12u1\nkmod\t30+20221128-1\n"
+    )
+    image.refuse_build_tools(clean)
+    for bad in (
+        "gcc-12\t12.2.0-14\n",
+        "zfs-dkms\t2.1.11\n",
+        "linux-headers-6.1.0-57-cloud-amd64\t1\n",
+    ):
+        with pytest.raises(ImageError, match="build tools"):
+            image.refuse_build_tools(clean + bad)
+
+
+def test_an_image_with_zfs_modules_boots_them_and_says_so_in_its_key(tmp_path: Path) -> None:
+    from vmtests.vm.kernel.layer import Layer
+
+    layer = Layer(tmp_path / "kernel-abc")
+    plain = image.Image(tmp_path / "u1", layer)
+    assert plain.modules_disk == layer.modules_squashfs
+    disk = layer.root / "zfs-0123" / "modules.squashfs"
+    with_zfs = image.Image(tmp_path / "u1", layer, disk)
+    assert with_zfs.modules_disk == disk
+    assert with_zfs.key == plain.key + "+zfs-0123"

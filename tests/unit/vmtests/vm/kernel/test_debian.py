@@ -84,5 +84,5 @@ def test_the_suite_is_the_recipes_not_the_hosts(tmp_path: Path) -> None:
     m = debian.Mirrors("http://m/debian", None, "environment")
     argv = image.mmdebstrap_argv("trixie", m, ["fio"], tmp_path / "root.tar", 1000)
     assert argv[argv.index(str(tmp_path / "root.tar")) - 1] == "trixie"
-    assert any(a.endswith("http://m/debian trixie main") for a in argv)
+    assert any(a.endswith("http://m/debian trixie main contrib") for a in argv)
     assert "--mode=unshare" in argv
