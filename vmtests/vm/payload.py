@@ -48,6 +48,8 @@ class Mode(enum.StrEnum):
 
 EXEC_PORTS = ("stdin", "stdout", "stderr", "status")
 AGENT_PORTS = ("agent",)
+# The port a restored guest receives its payload, clock and seed on (vmtests.vm.resume).
+CONTROL_PORT = "vmtest-ctl"
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,14 @@ class Payload:
     hostname: str = "vmtest"
     env: dict[str, str] = field(default_factory=dict)
     tree: Path = TREE  # where snapkit/ and vmtests/ come from (see the module's docstring)
+    # A boot from a saved state (vmtests.vm.resume): one more port, on which this payload
+    # arrives after the restore instead of in the initramfs.
+    resumed: bool = False
 
     @property
     def ports(self) -> tuple[str, ...]:
-        return EXEC_PORTS if self.mode is Mode.EXEC else AGENT_PORTS
+        own = EXEC_PORTS if self.mode is Mode.EXEC else AGENT_PORTS
+        return (CONTROL_PORT, *own) if self.resumed else own
 
 
 def check_tree(tree: Path) -> Path:
@@ -114,7 +120,8 @@ def with_bytecode(entries: list[cpio.Entry]) -> list[cpio.Entry]:
     return out
 
 
-def build(payload: Payload) -> bytes:
+def build(payload: Payload, *, init: bool = True) -> bytes:
+    """The per-boot archive; without ``init`` for a restored guest, which is past its init."""
     tree = check_tree(payload.tree)
     e = cpio.Entry
     python = [
@@ -123,7 +130,7 @@ def build(payload: Payload) -> bytes:
         e.file("src/vmtests/__init__.py", b""),
     ]
     entries = [
-        e.file("init", (tree / "vmtests" / "images" / "init.sh").read_bytes(), 0o755),
+        *([e.file("init", (tree / "vmtests" / "images" / "init.sh").read_bytes(), 0o755)] * init),
         *with_bytecode(python),
         e.file("src/bin/snapkit", _SNAPKIT_WRAPPER, 0o755),
         e.file("vmtest/env", _guest_env(tree, payload.env)),
@@ -134,6 +141,24 @@ def build(payload: Payload) -> bytes:
     ]
     entries += [e.file(f"vmtest/argv/{i:05d}", a.encode()) for i, a in enumerate(payload.argv)]
     return cpio.archive(entries)
+
+
+def build_park(payload: Payload) -> bytes:
+    """The initramfs part of a boot that is saved, not used: the init, the scripts that wait
+    for a restore (vmtests/guest/park.sh, park.py) and the port list; no tree, no command, no
+    environment, so nothing of a later boot's payload can come from a saved state."""
+    tree = check_tree(payload.tree)
+    guest = tree / "vmtests" / "guest"
+    e = cpio.Entry
+    return cpio.archive(
+        [
+            e.file("init", (tree / "vmtests" / "images" / "init.sh").read_bytes(), 0o755),
+            e.directory("src"),
+            e.file("vmtest/ports", (" ".join(payload.ports) + "\n").encode()),
+            e.file("vmtest-park/park.sh", (guest / "park.sh").read_bytes()),
+            e.file("vmtest-park/park.py", (guest / "park.py").read_bytes()),
+        ]
+    )
 
 
 def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
@@ -148,11 +173,13 @@ def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
 
 __all__ = [
     "AGENT_PORTS",
+    "CONTROL_PORT",
     "EXEC_PORTS",
     "TREE",
     "Mode",
     "Payload",
     "build",
+    "build_park",
     "check_tree",
     "command_argv",
     "is_checkout",

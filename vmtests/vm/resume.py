@@ -1,0 +1,288 @@
+"""Saved states: boot a guest once, save it where it waits for work, restore it for every boot.
+
+Under TCG a cold boot costs about two seconds, nearly all of it the same in every boot (QEMU
+loading the kernel, the kernel's own initialisation, our init). So a guest is booted once per
+*shape* up to the point where init.sh waits for its payload (vmtests/guest/park.py), and its
+whole state is saved with QEMU's migration (``migrate`` to ``exec:cat > FILE`` over QMP). Every
+later boot of that shape starts QEMU with ``-incoming exec:cat FILE`` and hands the guest, over
+the control port, what a cold boot would have found in its initramfs: this boot's payload
+(tree, command, environment, hostname), the host's clock and fresh entropy.
+
+The shape, which keys the cache entry, is everything the saved guest has seen and cannot see
+change: the image (userland + kernel layer), the parked payload (init.sh, park.py, the port
+names), the QEMU binary, accelerator, machine type, memory, vCPUs, and the per-boot disks'
+count, sizes and read-only flags (the kernel reads a virtio disk's capacity once, at probe).
+Not their serials, formats or contents: init.sh drops every per-boot disk's cached blocks and
+partitions after a restore and relinks /dev/vmtest/<serial> from the disks QEMU now has. Not
+the host's TSC rate either (it only seeds the saved boot's calibration, and /proc/cpuinfo's
+"cpu MHz" drifts, which would re-save the state again and again).
+
+Entries live beside the images (``state-<key>/``: ``state``, ``meta.json``), built aside and
+renamed in under a per-key lock like every cache entry, so parallel workers save a shape once.
+A state that fails to restore is deleted by the caller (vmtests.vm.machine), which says why
+once and boots cold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmtests.vm import cache
+from vmtests.vm.errors import VmError
+from vmtests.vm.qemu import Accel, Disk, DiskFormat
+
+STATE_VERSION = "1"  # bumped when what a saved state holds changes
+COLD_ENV = "VMTEST_COLD_BOOT"  # "1": every boot is a cold boot (--cold-boot, --vm-cold-boot)
+SAVE_TIMEOUT_S = 180.0  # a cold boot under load, plus writing the state
+HANDOFF_TIMEOUT_S = 60.0  # restore to "ok": QEMU loading the state, the guest taking its payload
+SEED_BYTES = 64
+
+
+class RestoreFailed(VmError):
+    """A saved state could not be restored or saved; the caller boots cold."""
+
+
+def cold_requested() -> bool:
+    """Whether this process was asked for cold boots only (``$VMTEST_COLD_BOOT``)."""
+    return os.environ.get(COLD_ENV, "").lower() in ("1", "yes", "true", "on")
+
+
+def disk_bytes(disk: Disk) -> int:
+    """A disk's size as the guest sees it: a raw file's length, a qcow2's virtual size."""
+    if disk.format is DiskFormat.QCOW2:
+        with disk.path.open("rb") as f:
+            head = f.read(32)
+        if head[:4] != b"QFI\xfb":
+            raise ValueError(f"{disk.path} is not a qcow2 image")
+        return int(struct.unpack(">Q", head[24:32])[0])
+    return disk.path.stat().st_size
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a saved guest has seen and a restored one cannot change: the cache key's input."""
+
+    image_key: str
+    park: bytes  # the parked payload: init.sh, park.py, the port names
+    qemu: str  # the QEMU binary: path, size and mtime (a new QEMU may not load an old state)
+    accel: Accel
+    machine: str
+    memory_mib: int
+    cpus: int
+    disks: tuple[tuple[int, bool], ...]  # (size in bytes, read-only) of each per-boot disk
+
+    def key(self) -> str:
+        h = hashlib.sha256(f"state-version {STATE_VERSION}\n".encode())
+        h.update(hashlib.sha256(self.park).hexdigest().encode())
+        for field in (self.image_key, self.qemu, self.accel, self.machine):
+            h.update(f"\n{field}".encode())
+        h.update(f"\n{self.memory_mib} {self.cpus} {list(self.disks)}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def qemu_identity(binary: str = "qemu-system-x86_64") -> str:
+    path = shutil.which(binary) or binary
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return f"{os.path.realpath(path)} {st.st_size} {st.st_mtime_ns}"
+
+
+def shape_of(
+    image_key: str,
+    park: bytes,
+    *,
+    accel: Accel,
+    machine: str,
+    memory_mib: int,
+    cpus: int,
+    disks: Sequence[Disk],
+) -> Shape:
+    return Shape(
+        image_key=image_key,
+        park=park,
+        qemu=qemu_identity(),
+        accel=accel,
+        machine=machine,
+        memory_mib=memory_mib,
+        cpus=cpus,
+        disks=tuple((disk_bytes(d), d.readonly) for d in disks),
+    )
+
+
+def entry_dir(shape: Shape) -> Path:
+    return cache.cache_dir() / f"state-{shape.key()}"
+
+
+def state_file(shape: Shape) -> Path | None:
+    """The saved state of this shape, or None when there is none yet."""
+    f = entry_dir(shape) / "state"
+    return f if f.is_file() and (f.parent / "meta.json").is_file() else None
+
+
+@contextlib.contextmanager
+def lock(shape: Shape):  # type: ignore[no-untyped-def]
+    """One lock per shape, so workers wait for the one that saves it, and only for it."""
+    with cache.locked(cache.cache_dir() / f".state-{shape.key()}.lock"):
+        yield
+
+
+def discard(shape: Shape) -> None:
+    with contextlib.suppress(VmError):
+        cache.remove(entry_dir(shape))
+
+
+def placeholders(shape: Shape, folder: Path) -> list[Disk]:
+    """Sparse stand-ins for the per-boot disks while a state is saved: same sizes and flags."""
+    out = []
+    for i, (size, ro) in enumerate(shape.disks):
+        path = folder / f"slot{i}.raw"
+        with path.open("wb") as f:
+            f.truncate(size)
+        out.append(Disk(path, f"vmtest-slot{i}", readonly=ro))
+    return out
+
+
+# -- QMP: just enough to save ------------------------------------------------------------------
+
+
+class Qmp:
+    """A QMP client for the few commands a save needs (qmp_capabilities, migrate, query-migrate)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise RestoreFailed("QEMU's QMP socket never appeared") from None
+                time.sleep(0.02)
+        self.sock.settimeout(timeout)
+        self.file = self.sock.makefile("rwb")
+        self._read()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict[str, object]:
+        line = self.file.readline()
+        if not line:
+            raise RestoreFailed("QEMU closed its QMP socket")
+        reply: dict[str, object] = json.loads(line)
+        return reply
+
+    def execute(self, command: str, **arguments: object) -> object:
+        msg: dict[str, object] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self.file.write(json.dumps(msg).encode() + b"\n")
+        self.file.flush()
+        while True:
+            reply = self._read()
+            if "error" in reply:
+                raise RestoreFailed(f"QMP {command}: {reply['error']}")
+            if "return" in reply:
+                return reply["return"]
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def migrate_to(qmp: Qmp, out: Path, timeout: float) -> None:
+    """Save the running guest to ``out``. Live, not after ``stop``: a state saved from a
+    stopped VM restores stopped, and resuming it would cost a QMP round trip per boot."""
+    qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(out))}")
+    deadline = time.monotonic() + timeout
+    while True:
+        info = qmp.execute("query-migrate")
+        status = info.get("status") if isinstance(info, dict) else None
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise RestoreFailed(f"saving the guest's state ended {status}: {info}")
+        time.sleep(0.05)
+
+
+# -- the hand-over after a restore ---------------------------------------------------------------
+
+
+def _line(sock: socket.socket, deadline: float) -> bytes:
+    out = bytearray()
+    while not out.endswith(b"\n"):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            b = sock.recv(1)
+        except TimeoutError:
+            raise RestoreFailed("the restored guest did not answer in time") from None
+        if not b:
+            raise RestoreFailed("the control port closed: QEMU did not restore the state")
+        out += b
+    return bytes(out[:-1])
+
+
+def wait_parked(sock: socket.socket, timeout: float) -> None:
+    got = _line(sock, time.monotonic() + timeout)
+    if got != b"parked":
+        raise RestoreFailed(f"expected the guest to park, it said {got!r}")
+
+
+def hand_over(sock: socket.socket, payload: bytes, timeout: float = HANDOFF_TIMEOUT_S) -> None:
+    """Give a restored guest its payload, then the host's clock when it asks, and wait for it
+    to confirm (clock set, entropy pool re-seeded): the protocol of vmtests/guest/park.py."""
+    deadline = time.monotonic() + timeout
+    header = {"len": len(payload), "seed": secrets.token_bytes(SEED_BYTES).hex()}
+    try:
+        sock.sendall(json.dumps(header).encode() + b"\n" + payload)
+    except OSError as exc:
+        raise RestoreFailed(f"cannot send the payload: {exc}") from None
+    if (got := _line(sock, deadline)) != b"clock":
+        raise RestoreFailed(f"the restored guest said {got!r}, not 'clock'")
+    sock.sendall(f"{time.time_ns()}\n".encode())
+    if (got := _line(sock, deadline)) != b"ok":
+        raise RestoreFailed(f"the restored guest said {got!r}, not 'ok'")
+    sock.settimeout(None)
+
+
+_SAID: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Tell the user why a boot is cold, once per process and reason (not once per boot)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(f"vmtest: {message}", file=sys.stderr, flush=True)
+
+
+__all__ = [
+    "COLD_ENV",
+    "RestoreFailed",
+    "Shape",
+    "cold_requested",
+    "discard",
+    "disk_bytes",
+    "entry_dir",
+    "hand_over",
+    "lock",
+    "migrate_to",
+    "placeholders",
+    "say_once",
+    "shape_of",
+    "state_file",
+    "wait_parked",
+]
