@@ -107,3 +107,19 @@ def test_extra_kernel_args_come_last() -> None:
 def test_bad_disk_serials_are_refused(serial: str) -> None:
     with pytest.raises(ValueError, match="serial"):
         Disk(Path("/d"), serial)
+
+
+def test_a_restored_boot_loads_no_kernel_and_keeps_the_device_order() -> None:
+    """A restore takes the guest's memory from the state: no -kernel/-initrd/-append, and the
+    devices in the same order as the saved boot's (QEMU matches device state by position)."""
+    disks = (Disk(Path("/d/a b.raw"), "disk0"), Disk(Path("/d/b.raw"), "disk1"))
+    ports = (Port("vmtest-ctl", Path("/s/c")), Port("agent", Path("/s/a")))
+    booted = command_line(cfg(disks=disks, ports=ports, qmp=Path("/s/qmp")))
+    restored = command_line(cfg(disks=disks, ports=ports, incoming=Path("/c/st ate")))
+    for flag in ("-kernel", "-initrd", "-append"):
+        assert flag in booted and flag not in restored
+    assert opt(restored, "-incoming") == ["exec:cat '/c/st ate'"]
+    assert opt(booted, "-qmp") == ["unix:/s/qmp,server=on,wait=off"]
+    assert "-incoming" not in booted and "-qmp" not in restored
+    assert opt(booted, "-device") == opt(restored, "-device")
+    assert opt(booted, "-drive") == opt(restored, "-drive")
