@@ -50,23 +50,11 @@ def test_serials_formats_and_contents_do_not_key_a_state(tmp_path: Path) -> None
     other = tmp_path / "b.raw"
     with other.open("wb") as f:
         f.truncate(4096)
-    a = resume.shape_of(
-        "k",
-        b"p",
-        accel=Accel.TCG,
-        machine="microvm",
-        memory_mib=1,
-        cpus=1,
-        disks=[Disk(raw, "disk0")],
-    )
-    b = resume.shape_of(
-        "k",
-        b"p",
-        accel=Accel.TCG,
-        machine="microvm",
-        memory_mib=1,
-        cpus=1,
-        disks=[Disk(other, "out")],
+    a, b = (
+        resume.shape_of(
+            "k", b"p", accel=Accel.TCG, machine="microvm", memory_mib=1, cpus=1, disks=[disk]
+        )
+        for disk in (Disk(raw, "disk0"), Disk(other, "out", DiskFormat.RAW))
     )
     assert a.key() == b.key()
 
