@@ -47,6 +47,7 @@ mount -t tmpfs -o mode=0755 tmpfs /rw || fail "mount tmpfs"
 mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot \
     || fail "mount overlay"
+cp -a /src /vmtest /newroot/ || fail "copy per-boot files"
 # The kernel layer's modules tree is a read-only disk of its own, so one userland serves
 # every kernel; mkdir goes to the overlay's tmpfs upper layer.
 read -r kver </proc/sys/kernel/osrelease
@@ -59,6 +60,7 @@ mkdir -p /newroot/run/lock /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 ln -s /proc/self/fd /dev/fd
+read -r hostname </vmtest/hostname && echo "$hostname" >/proc/sys/kernel/hostname
 
 # Ports by name: /dev/vmtest/<name>. They appear once the host side has announced them.
 link_ports() {
@@ -74,38 +76,12 @@ link_ports() {
 read -r ports </vmtest/ports
 wait_for 2000 link_ports || fail "virtio ports missing: wanted $ports"
 
-# A boot whose state is saved (vmtests.vm.resume) stops here: park.py says "parked" and the host
-# saves the VM. Every boot restored from that state resumes here and takes in its own payload
-# (tree, command, environment, hostname), clock and entropy over the control port; then the
-# disks get forgotten as the saved boot saw them (its placeholders: cached blocks, partition
-# tables and serials) and are read again as this boot's.
-if [ -e /vmtest/park.py ]; then
-    set -o pipefail
-    mkdir -p /incoming
-    (cd /incoming && chroot /newroot /usr/bin/python3 -I -S -c "$(cat /vmtest/park.py)" \
-        3<>/dev/vmtest/vmtest-ctl 4>/dev/urandom | cpio -i -d -m) \
-        || fail "receive this boot's payload"
-    rm -rf /src /vmtest && mv /incoming/src /incoming/vmtest / || fail "install the payload"
-    for s in /sys/block/vd*/serial; do
-        read -r serial <"$s"
-        case $serial in vmtest-root | vmtest-modules) continue ;; esac
-        d=${s%/serial}
-        blockdev --flushbufs "/dev/${d##*/}" && blockdev --rereadpt "/dev/${d##*/}" \
-            || fail "re-read disk ${d##*/}"
-    done
-    for l in /dev/vmtest/*; do
-        case $(readlink "$l") in /dev/vd*) rm "$l" ;; esac
-    done
-    link_disks || fail "relink the disks"
-fi
-cp -a /src /vmtest /newroot/ || fail "copy per-boot files"
-read -r hostname </vmtest/hostname && echo "$hostname" >/proc/sys/kernel/hostname
-
 for d in dev proc sys; do mount --move "/$d" "/newroot/$d" || fail "move /$d"; done
-# A boot whose state is saved (vmtests.vm.resume) has no tree: it parks in the final root, and
-# every boot restored from it resumes there, so none of them runs this script again.
-if [ -e /vmtest-park/park.sh ]; then
-    cp -a /vmtest-park /newroot/ || fail "copy the park scripts"
-    exec switch_root /newroot /bin/busybox sh /vmtest-park/park.sh
+# A boot whose state is saved (vmtests.vm.resume) has no tree: it parks in the final root, in
+# vmtests/guest/park.py, and every boot restored from it resumes there, so none of them runs
+# this script again.
+if [ -e /vmtest-park/park.py ]; then
+    cp -a /vmtest-park /newroot/ || fail "copy the park script"
+    exec switch_root /newroot /usr/bin/python3 -I -S /vmtest-park/park.py
 fi
 exec switch_root /newroot /bin/busybox sh /src/vmtests/guest/stage2.sh

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from vmtests.vm import cache, resume
+from vmtests.vm import cache, resume, treedisk
 from vmtests.vm import payload as payload_mod
-from vmtests.vm.errors import BootError, LostVMError, PanicError, VmError, VmTimeout
+from vmtests.vm.errors import BootError, ImageError, LostVMError, PanicError, VmError, VmTimeout
 from vmtests.vm.image import Image
 from vmtests.vm.kernel.layer import MODULES_SERIAL
 from vmtests.vm.qemu import Accel, Disk, Port, VmConfig, command_line
@@ -89,6 +89,8 @@ class Machine:
         self.started_at = 0.0
         self.cold_boot = cold_boot or resume.cold_requested()
         self.restored = False  # whether this boot came from a saved state
+        # A restored boot's tree, on a read-only disk after the image's two (vm.treedisk).
+        self.tree_disk: Disk | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> Machine:
@@ -122,7 +124,7 @@ class Machine:
             memory_mib=self.memory_mib,
             cpus=self.cpus,
             machine=self.machine,
-            disks=(root, mods, *self.disks),
+            disks=(root, mods, *([self.tree_disk] if self.tree_disk else []), *self.disks),
             ports=tuple(Port(name, path) for name, path in sockets.items()),
             tsc_khz=host_tsc_khz(),
             incoming=incoming,
@@ -140,7 +142,7 @@ class Machine:
                 resume.say_once(f"booting cold: {exc.message}")
         self._launch(self.image.initramfs_bytes() + payload_mod.build(self.payload))
 
-    def shape(self) -> resume.Shape:
+    def shape(self, tree_bytes: int) -> resume.Shape:
         return resume.shape_of(
             self.image.key,
             payload_mod.build_park(self._resumed_payload()),
@@ -149,6 +151,7 @@ class Machine:
             memory_mib=self.memory_mib,
             cpus=self.cpus,
             disks=self.disks,
+            tree_bytes=tree_bytes,
         )
 
     def _resumed_payload(self) -> payload_mod.Payload:
@@ -157,13 +160,17 @@ class Machine:
     def _start_restored(self) -> None:
         """Restore this shape's saved state (saved first if missing) and hand it the payload.
         A state that QEMU or the guest rejects is deleted, so the next boot saves a new one."""
-        shape = self.shape()
+        try:
+            self.tree_disk = treedisk.disk(self.payload.tree)
+        except ImageError as exc:
+            raise resume.RestoreFailed(f"cannot make the tree disk: {exc.message}") from None
+        shape = self.shape(resume.disk_bytes(self.tree_disk))
         state = resume.state_file(shape) or save_state(self, shape)
         payload = self._resumed_payload()
         try:
             self._launch(None, ports=payload.ports, incoming=state)
             resume.hand_over(
-                self.ports[payload_mod.CONTROL_PORT], payload_mod.build(payload, init=False)
+                self.ports[payload_mod.CONTROL_PORT], payload_mod.resumed_files(payload)
             )
         except VmError as exc:
             resume.discard(shape)
@@ -324,6 +331,7 @@ def save_state(vm: Machine, shape: resume.Shape) -> Path:
         final = resume.entry_dir(shape)
         t0 = time.monotonic()
         with cache.entry(final) as work:
+            tree, slots = resume.placeholders(shape, work)
             parked = Machine(
                 vm.image,
                 vm._resumed_payload(),
@@ -331,10 +339,11 @@ def save_state(vm: Machine, shape: resume.Shape) -> Path:
                 accel=vm.accel,
                 memory_mib=vm.memory_mib,
                 cpus=vm.cpus,
-                disks=resume.placeholders(shape, work),
+                disks=slots,
                 machine=vm.machine,
                 cold_boot=True,
             )
+            parked.tree_disk = tree
             parked.workdir.mkdir()
             try:
                 try:
@@ -357,10 +366,11 @@ def save_state(vm: Machine, shape: resume.Shape) -> Path:
             except VmError as exc:
                 why = parked.panic_excerpt() or parked.console_tail() or exc.message
                 raise resume.RestoreFailed(f"cannot save a state to restore: {why}") from None
-            for scrap in [*work.glob("slot*.raw"), parked.workdir / "initrd.img"]:
+            for scrap in [*work.glob("*.raw"), parked.workdir / "initrd.img"]:
                 scrap.unlink()
             meta = {"image": vm.image.key, "seconds": round(time.monotonic() - t0, 3)}
             (work / "meta.json").write_text(json.dumps(meta) + "\n")
+        cache.prune("state-*", "state", keep=final)
         return final / "state"
 
 

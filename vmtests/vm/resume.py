@@ -19,6 +19,8 @@ the host's TSC rate either (it only seeds the saved boot's calibration, and /pro
 
 Entries live beside the images (``state-<key>/``: ``state``, ``meta.json``), built aside and
 renamed in under a per-key lock like every cache entry, so parallel workers save a shape once.
+A state is *stale* when anything of its shape changed: its key is then another, so it is simply
+not found, and saving the new one removes the states not used for a day (cache.prune).
 A state that fails to restore is deleted by the caller (vmtests.vm.machine), which says why
 once and boots cold.
 """
@@ -40,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmtests.vm import cache
+from vmtests.vm import cache, treedisk
 from vmtests.vm.errors import VmError
 from vmtests.vm.qemu import Accel, Disk, DiskFormat
 
@@ -83,13 +85,14 @@ class Shape:
     memory_mib: int
     cpus: int
     disks: tuple[tuple[int, bool], ...]  # (size in bytes, read-only) of each per-boot disk
+    tree_bytes: int = 0  # the tree disk's size class (vmtests.vm.treedisk)
 
     def key(self) -> str:
         h = hashlib.sha256(f"state-version {STATE_VERSION}\n".encode())
         h.update(hashlib.sha256(self.park).hexdigest().encode())
         for field in (self.image_key, self.qemu, self.accel, self.machine):
             h.update(f"\n{field}".encode())
-        h.update(f"\n{self.memory_mib} {self.cpus} {list(self.disks)}\n".encode())
+        h.update(f"\n{self.memory_mib} {self.cpus} {list(self.disks)} {self.tree_bytes}\n".encode())
         return h.hexdigest()[:16]
 
 
@@ -111,6 +114,7 @@ def shape_of(
     memory_mib: int,
     cpus: int,
     disks: Sequence[Disk],
+    tree_bytes: int,
 ) -> Shape:
     return Shape(
         image_key=image_key,
@@ -121,6 +125,7 @@ def shape_of(
         memory_mib=memory_mib,
         cpus=cpus,
         disks=tuple((disk_bytes(d), d.readonly) for d in disks),
+        tree_bytes=tree_bytes,
     )
 
 
@@ -129,9 +134,13 @@ def entry_dir(shape: Shape) -> Path:
 
 
 def state_file(shape: Shape) -> Path | None:
-    """The saved state of this shape, or None when there is none yet."""
+    """The saved state of this shape (marked used, for cache.prune), or None when there is none
+    yet."""
     f = entry_dir(shape) / "state"
-    return f if f.is_file() and (f.parent / "meta.json").is_file() else None
+    if f.is_file() and (f.parent / "meta.json").is_file():
+        cache.touch(f)
+        return f
+    return None
 
 
 @contextlib.contextmanager
@@ -146,15 +155,22 @@ def discard(shape: Shape) -> None:
         cache.remove(entry_dir(shape))
 
 
-def placeholders(shape: Shape, folder: Path) -> list[Disk]:
-    """Sparse stand-ins for the per-boot disks while a state is saved: same sizes and flags."""
-    out = []
-    for i, (size, ro) in enumerate(shape.disks):
-        path = folder / f"slot{i}.raw"
+def placeholders(shape: Shape, folder: Path) -> tuple[Disk, list[Disk]]:
+    """Sparse stand-ins, while a state is saved, for the tree disk and the per-boot disks:
+    the same sizes and flags, no contents."""
+
+    def blank(name: str, size: int) -> Path:
+        path = folder / f"{name}.raw"
         with path.open("wb") as f:
             f.truncate(size)
-        out.append(Disk(path, f"vmtest-slot{i}", readonly=ro))
-    return out
+        return path
+
+    tree = Disk(blank("tree", shape.tree_bytes), treedisk.SERIAL, readonly=True)
+    slots = [
+        Disk(blank(f"slot{i}", size), f"vmtest-slot{i}", readonly=ro)
+        for i, (size, ro) in enumerate(shape.disks)
+    ]
+    return tree, slots
 
 
 # -- QMP: just enough to save ------------------------------------------------------------------
@@ -242,15 +258,18 @@ def wait_parked(sock: socket.socket, timeout: float) -> None:
         raise RestoreFailed(f"expected the guest to park, it said {got!r}")
 
 
-def hand_over(sock: socket.socket, payload: bytes, timeout: float = HANDOFF_TIMEOUT_S) -> None:
-    """Give a restored guest its payload, then the host's clock when it asks, and wait for it
-    to confirm (clock set, entropy pool re-seeded): the protocol of vmtests/guest/park.py."""
+def hand_over(
+    sock: socket.socket, files: dict[str, str], timeout: float = HANDOFF_TIMEOUT_S
+) -> None:
+    """Give a restored guest this boot's files (payload.resumed_files) and a fresh seed, then
+    the host's clock when it asks, and wait for it to confirm (clock set, entropy pool
+    re-seeded): the protocol of vmtests/guest/park.py."""
     deadline = time.monotonic() + timeout
-    header = {"len": len(payload), "seed": secrets.token_bytes(SEED_BYTES).hex()}
+    header = {"seed": secrets.token_bytes(SEED_BYTES).hex(), "files": files}
     try:
-        sock.sendall(json.dumps(header).encode() + b"\n" + payload)
+        sock.sendall(json.dumps(header).encode() + b"\n")
     except OSError as exc:
-        raise RestoreFailed(f"cannot send the payload: {exc}") from None
+        raise RestoreFailed(f"cannot send this boot's files: {exc}") from None
     if (got := _line(sock, deadline)) != b"clock":
         raise RestoreFailed(f"the restored guest said {got!r}, not 'clock'")
     sock.sendall(f"{time.time_ns()}\n".encode())

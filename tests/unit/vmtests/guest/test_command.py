@@ -40,5 +40,5 @@ def test_no_python_file_spells_out_a_guest_script_path() -> None:
         and spelled.search(p.read_text())
     ]
     # init.sh hands over to stage2.sh, the one step before any Python exists, and so does
-    # park.sh, the same step in a guest restored from a saved state (vmtests.vm.resume)
-    assert offenders == ["vmtests/guest/park.sh", "vmtests/images/init.sh"]
+    # park.py, the same step in a guest restored from a saved state (vmtests.vm.resume)
+    assert offenders == ["vmtests/guest/park.py", "vmtests/images/init.sh"]
