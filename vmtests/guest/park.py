@@ -10,7 +10,9 @@ here, so each one gets, over the control port:
   guest -> host  clock
   host -> guest  NANOSECONDS                              the host's clock, sent on request so
                                                            that the guest's is off by one trip
-  guest -> host  ok                                       clock set, entropy pool re-seeded
+                                                           (set by a thread as it arrives)
+  guest -> host  ok                                       clock set, entropy pool re-seeded,
+                                                           disks re-read, tree mounted
 
 Then each per-boot disk is forgotten as the saved boot saw it (its placeholder's cached blocks
 and partition table: BLKFLSBUF, BLKRRPART) and /dev/vmtest/<serial> is relinked from the disks
@@ -36,7 +38,7 @@ import json
 import os
 import shutil
 import struct
-import sys
+import threading
 import time
 
 CTL_PORT = "/dev/vmtest/vmtest-ctl"
@@ -122,24 +124,44 @@ def mount_tree() -> None:
         fatal(f"mount the tree disk: {os.strerror(ctypes.get_errno())}")
 
 
+class Clock(threading.Thread):
+    """Sets the clock the moment the host's answer arrives, while the main thread does the
+    rest: the answer is then off by one trip, not by the trip and the work done meanwhile, and
+    under load the host's answer often takes longer than all that work."""
+
+    def __init__(self, ctl: int) -> None:
+        super().__init__(daemon=True)
+        self.ctl = ctl
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            time.clock_settime_ns(time.CLOCK_REALTIME, int(_line(self.ctl)))
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+
+
 def main() -> None:
     ctl = os.open(CTL_PORT, os.O_RDWR)
     os.write(ctl, b"parked\n")
     header = json.loads(_line(ctl))
-    write_files(header["files"])
     os.write(ctl, b"clock\n")
-    time.clock_settime_ns(time.CLOCK_REALTIME, int(_line(ctl)))
+    clock = Clock(ctl)
+    clock.start()
+    write_files(header["files"])
     reseed(bytes.fromhex(header["seed"]))
-    os.write(ctl, b"ok\n")
-    os.close(ctl)
     refresh_disks()
     mount_tree()
     with open("/vmtest/hostname", "rb") as f:
         hostname = f.read().strip()
     with open("/proc/sys/kernel/hostname", "wb") as f:
         f.write(hostname)
+    clock.join()
+    if clock.error is not None:
+        fatal(f"set the clock: {clock.error}")
+    os.write(ctl, b"ok\n")
+    os.close(ctl)
     os.chdir("/")
-    sys.stdout.flush()
     os.execv(STAGE2[0], STAGE2)
 
 

@@ -91,6 +91,9 @@ class Machine:
         self.restored = False  # whether this boot came from a saved state
         # A restored boot's tree, on a read-only disk after the image's two (vm.treedisk).
         self.tree_disk: Disk | None = None
+        # Guest RAM in a file: a saved state's (qemu.py), shared while saving, private after.
+        self.memory_file: Path | None = None
+        self.memory_shared = False
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> Machine:
@@ -111,7 +114,7 @@ class Machine:
         initrd: Path,
         sockets: dict[str, Path],
         *,
-        incoming: Path | None = None,
+        incoming: bool = False,
         qmp: Path | None = None,
     ) -> VmConfig:
         root = Disk(self.image.rootfs, ROOT_SERIAL, readonly=True)
@@ -129,6 +132,8 @@ class Machine:
             tsc_khz=host_tsc_khz(),
             incoming=incoming,
             qmp=qmp,
+            memory=self.memory_file,
+            memory_shared=self.memory_shared,
         )
 
     def start(self) -> None:
@@ -168,7 +173,13 @@ class Machine:
         state = resume.state_file(shape) or save_state(self, shape)
         payload = self._resumed_payload()
         try:
-            self._launch(None, ports=payload.ports, incoming=state)
+            self.memory_file = state.parent / resume.RAM
+            self._launch(None, ports=payload.ports, incoming=True)
+            qmp = resume.Qmp(self._qmp_path(), self.connect_timeout)
+            try:
+                resume.migrate_from(qmp, state)
+            finally:
+                qmp.close()
             resume.hand_over(
                 self.ports[payload_mod.CONTROL_PORT], payload_mod.resumed_files(payload)
             )
@@ -185,11 +196,12 @@ class Machine:
         initrd_bytes: bytes | None,
         *,
         ports: tuple[str, ...] | None = None,
-        incoming: Path | None = None,
-        qmp: Path | None = None,
+        incoming: bool = False,
+        qmp: bool = False,
     ) -> None:
         """Start QEMU: booting ``initrd_bytes`` (the image's initramfs and a payload), or
-        restoring ``incoming``; return once every port is connected."""
+        or waiting to restore a state (``incoming``); with a QMP socket (``qmp``: at
+        _qmp_path()); return once every port is connected."""
         initrd = self.workdir / "initrd.img"
         if initrd_bytes is not None:
             initrd.write_bytes(initrd_bytes)
@@ -204,7 +216,8 @@ class Machine:
             lsock.listen(1)
             listeners[name] = lsock
             paths[name] = path
-        argv = command_line(self.config(initrd, paths, incoming=incoming, qmp=qmp))
+        qmp_path = self._qmp_path() if qmp or incoming else None
+        argv = command_line(self.config(initrd, paths, incoming=incoming, qmp=qmp_path))
         (self.workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         self.started_at = time.monotonic()
         with self.qemu_log.open("wb") as log:
@@ -221,6 +234,10 @@ class Machine:
         finally:
             for lsock in listeners.values():
                 lsock.close()
+
+    def _qmp_path(self) -> Path:
+        assert self._sockdir is not None
+        return Path(self._sockdir, "qmp")
 
     def _accept(self, lsock: socket.socket) -> socket.socket:
         deadline = time.monotonic() + self.connect_timeout
@@ -344,23 +361,20 @@ def save_state(vm: Machine, shape: resume.Shape) -> Path:
                 cold_boot=True,
             )
             parked.tree_disk = tree
+            parked.memory_file, parked.memory_shared = work / resume.RAM, True
             parked.workdir.mkdir()
             try:
                 try:
                     payload = parked.payload
                     initrd = vm.image.initramfs_bytes() + payload_mod.build_park(payload)
-                    qmp_path = Path(tempfile.mkdtemp(prefix="vmt-qmp-")) / "qmp"
+                    parked._launch(initrd, ports=payload.ports, qmp=True)
+                    ctl = parked.ports[payload_mod.CONTROL_PORT]
+                    resume.wait_parked(ctl, resume.SAVE_TIMEOUT_S)
+                    qmp = resume.Qmp(parked._qmp_path(), resume.SAVE_TIMEOUT_S)
                     try:
-                        parked._launch(initrd, ports=payload.ports, qmp=qmp_path)
-                        ctl = parked.ports[payload_mod.CONTROL_PORT]
-                        resume.wait_parked(ctl, resume.SAVE_TIMEOUT_S)
-                        qmp = resume.Qmp(qmp_path, resume.SAVE_TIMEOUT_S)
-                        try:
-                            resume.migrate_to(qmp, work / "state", resume.SAVE_TIMEOUT_S)
-                        finally:
-                            qmp.close()
+                        resume.migrate_to(qmp, work / resume.STATE, resume.SAVE_TIMEOUT_S)
                     finally:
-                        shutil.rmtree(qmp_path.parent, ignore_errors=True)
+                        qmp.close()
                 finally:
                     parked.close()
             except VmError as exc:
@@ -370,8 +384,8 @@ def save_state(vm: Machine, shape: resume.Shape) -> Path:
                 scrap.unlink()
             meta = {"image": vm.image.key, "seconds": round(time.monotonic() - t0, 3)}
             (work / "meta.json").write_text(json.dumps(meta) + "\n")
-        cache.prune("state-*", "state", keep=final)
-        return final / "state"
+        cache.prune("state-*", resume.STATE, keep=final)
+        return final / resume.STATE
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -46,7 +46,9 @@ from vmtests.vm import cache, treedisk
 from vmtests.vm.errors import VmError
 from vmtests.vm.qemu import Accel, Disk, DiskFormat
 
-STATE_VERSION = "1"  # bumped when what a saved state holds changes
+STATE_VERSION = "2"  # bumped when what a saved state holds changes
+STATE, RAM = "state", "ram"  # an entry's files: the devices' state, the guest's RAM (qemu.py)
+IGNORE_SHARED = "x-ignore-shared"  # the migration capability that leaves RAM files out
 COLD_ENV = "VMTEST_COLD_BOOT"  # "1": every boot is a cold boot (--cold-boot, --vm-cold-boot)
 SAVE_TIMEOUT_S = 180.0  # a cold boot under load, plus writing the state
 HANDOFF_TIMEOUT_S = 60.0  # restore to "ok": QEMU loading the state, the guest taking its payload
@@ -136,8 +138,8 @@ def entry_dir(shape: Shape) -> Path:
 def state_file(shape: Shape) -> Path | None:
     """The saved state of this shape (marked used, for cache.prune), or None when there is none
     yet."""
-    f = entry_dir(shape) / "state"
-    if f.is_file() and (f.parent / "meta.json").is_file():
+    f = entry_dir(shape) / STATE
+    if f.is_file() and (f.parent / RAM).is_file() and (f.parent / "meta.json").is_file():
         cache.touch(f)
         return f
     return None
@@ -220,9 +222,17 @@ class Qmp:
         self.sock.close()
 
 
+def _ignore_shared(qmp: Qmp) -> None:
+    qmp.execute(
+        "migrate-set-capabilities", capabilities=[{"capability": IGNORE_SHARED, "state": True}]
+    )
+
+
 def migrate_to(qmp: Qmp, out: Path, timeout: float) -> None:
-    """Save the running guest to ``out``. Live, not after ``stop``: a state saved from a
-    stopped VM restores stopped, and resuming it would cost a QMP round trip per boot."""
+    """Save the running guest to ``out``, all but its RAM, which is already in its shared
+    memory file. Live, not after ``stop``: a state saved from a stopped VM restores stopped,
+    and resuming it would cost a QMP round trip per boot."""
+    _ignore_shared(qmp)
     qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(out))}")
     deadline = time.monotonic() + timeout
     while True:
@@ -233,6 +243,14 @@ def migrate_to(qmp: Qmp, out: Path, timeout: float) -> None:
         if status in ("failed", "cancelled") or time.monotonic() > deadline:
             raise RestoreFailed(f"saving the guest's state ended {status}: {info}")
         time.sleep(0.05)
+
+
+def migrate_from(qmp: Qmp, state: Path) -> None:
+    """Start restoring ``state`` into a QEMU waiting with ``-incoming defer`` (its RAM mapped
+    from the entry's memory file); the guest runs as soon as the devices are loaded."""
+    _ignore_shared(qmp)
+    # exec: rather than file:, which QEMU 7.2 lacks; the path is quoted for its sh -c.
+    qmp.execute("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
 
 
 # -- the hand-over after a restore ---------------------------------------------------------------
@@ -263,7 +281,9 @@ def hand_over(
 ) -> None:
     """Give a restored guest this boot's files (payload.resumed_files) and a fresh seed, then
     the host's clock when it asks, and wait for it to confirm (clock set, entropy pool
-    re-seeded): the protocol of vmtests/guest/park.py."""
+    re-seeded, disks re-read, tree mounted): the protocol of vmtests/guest/park.py. Waiting
+    costs the guest nothing (it goes on to stage2.sh), and a restore that fails is then known
+    before the boot is used, so the caller can still boot cold."""
     deadline = time.monotonic() + timeout
     header = {"seed": secrets.token_bytes(SEED_BYTES).hex(), "files": files}
     try:
@@ -298,6 +318,7 @@ __all__ = [
     "entry_dir",
     "hand_over",
     "lock",
+    "migrate_from",
     "migrate_to",
     "placeholders",
     "say_once",

@@ -5,12 +5,17 @@ from __future__ import annotations
 import base64
 import dataclasses
 import struct
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.unit.vmtests.vm.test_cpio import read_newc
-from vmtests.vm import payload, resume
+from vmtests.vm import machine as machine_mod
+from vmtests.vm import payload, resume, treedisk
+from vmtests.vm.errors import ImageError
+from vmtests.vm.machine import Machine
 from vmtests.vm.qemu import Accel, Disk, DiskFormat
 
 
@@ -119,3 +124,156 @@ def test_cold_boot_is_asked_for_by_the_environment(monkeypatch: pytest.MonkeyPat
     assert not resume.cold_requested()
     monkeypatch.setenv(resume.COLD_ENV, "1")
     assert resume.cold_requested()
+
+
+# -- which boot a Machine makes: restored, saved first, or cold (and why) ------------------------
+
+
+class Booted:
+    """Stands in for QEMU: records what each launch was asked to boot."""
+
+    def __init__(self) -> None:
+        self.launches: list[str] = []
+
+    def launch(self, vm: Machine, initrd: bytes | None, **kwargs: object) -> None:
+        self.launches.append("restore" if kwargs.get("incoming") else "cold")
+        vm._sockdir = "/nonexistent"
+        vm.ports[payload.CONTROL_PORT] = None  # type: ignore[assignment]
+
+
+@pytest.fixture
+def booted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Booted:
+    b = Booted()
+    monkeypatch.delenv(resume.COLD_ENV, raising=False)
+    monkeypatch.setenv("SNAPKIT_IMAGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(Machine, "_launch", lambda vm, initrd, **kw: b.launch(vm, initrd, **kw))
+    monkeypatch.setattr(Machine, "close", lambda vm: None)
+    tree = tmp_path / "tree.squashfs"
+    with tree.open("wb") as f:
+        f.truncate(16 << 20)
+    monkeypatch.setattr(treedisk, "disk", lambda _: Disk(tree, treedisk.SERIAL, readonly=True))
+    monkeypatch.setattr(resume, "Qmp", lambda *a: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(resume, "migrate_from", lambda *a: None)
+    monkeypatch.setattr(resume, "hand_over", lambda *a: None)
+    monkeypatch.setattr(resume, "_SAID", set())
+    return b
+
+
+def _machine(tmp_path: Path, **kwargs: Any) -> Machine:
+    image = types.SimpleNamespace(
+        key="u+k",
+        kernel=tmp_path / "k",
+        rootfs=tmp_path / "r",
+        modules_disk=tmp_path / "m",
+        initramfs_bytes=lambda: b"base",
+    )
+    p = payload.Payload(payload.Mode.EXEC, ("true",))
+    return Machine(image, p, tmp_path / "work", **kwargs)  # type: ignore[arg-type]
+
+
+def _saved(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    state = tmp_path / "saved" / resume.STATE
+    state.parent.mkdir()
+    monkeypatch.setattr(resume, "state_file", lambda shape: state)
+    return state
+
+
+def test_a_saved_state_is_restored(
+    booted: Booted, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _saved(monkeypatch, tmp_path)
+    vm = _machine(tmp_path)
+    vm.start()
+    assert booted.launches == ["restore"] and vm.restored
+    assert vm.memory_file == tmp_path / "saved" / resume.RAM and not vm.memory_shared
+
+
+def test_a_missing_state_is_saved_first_then_restored(
+    booted: Booted, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(resume, "state_file", lambda shape: None)
+    saved: list[resume.Shape] = []
+
+    def save(vm: Machine, shape: resume.Shape) -> Path:
+        saved.append(shape)
+        return tmp_path / "new" / resume.STATE
+
+    monkeypatch.setattr(machine_mod, "save_state", save)
+    vm = _machine(tmp_path)
+    vm.start()
+    assert booted.launches == ["restore"] and vm.restored
+    assert saved[0].tree_bytes == 16 << 20 and saved[0].memory_mib == 1024
+
+
+@pytest.mark.parametrize("asked", ["argument", "environment"])
+def test_a_cold_boot_when_asked_touches_no_state(
+    booted: Booted, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, asked: str
+) -> None:
+    monkeypatch.setattr(resume, "state_file", lambda shape: pytest.fail("looked for a state"))
+    if asked == "environment":
+        monkeypatch.setenv(resume.COLD_ENV, "1")
+    vm = _machine(tmp_path, cold_boot=asked == "argument")
+    vm.start()
+    assert booted.launches == ["cold"] and not vm.restored
+
+
+def test_a_restore_that_fails_deletes_the_state_says_why_once_and_boots_cold(
+    booted: Booted,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = _saved(monkeypatch, tmp_path)
+    discarded: list[resume.Shape] = []
+    monkeypatch.setattr(resume, "discard", discarded.append)
+
+    def refuse(*a: object) -> None:
+        raise resume.RestoreFailed("the control port closed: QEMU did not restore the state")
+
+    monkeypatch.setattr(resume, "hand_over", refuse)
+    for _ in range(2):
+        vm = _machine(tmp_path)
+        vm.start()
+        assert not vm.restored
+    assert booted.launches == ["restore", "cold"] * 2
+    assert len(discarded) == 2
+    err = capsys.readouterr().err
+    assert err.count("vmtest: booting cold: the saved state") == 1  # once per process and reason
+    assert f"{state.parent.name} failed (the control port closed" in err
+
+
+def test_a_state_that_cannot_be_saved_boots_cold_and_deletes_nothing(
+    booted: Booted,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(resume, "state_file", lambda shape: None)
+
+    def cannot(vm: Machine, shape: resume.Shape) -> Path:
+        raise resume.RestoreFailed("cannot save a state to restore: Kernel panic")
+
+    monkeypatch.setattr(machine_mod, "save_state", cannot)
+    monkeypatch.setattr(resume, "discard", lambda shape: pytest.fail("deleted a state"))
+    vm = _machine(tmp_path)
+    vm.start()
+    assert booted.launches == ["cold"] and not vm.restored
+    assert "booting cold: cannot save a state to restore: Kernel panic" in capsys.readouterr().err
+
+
+def test_a_tree_disk_that_cannot_be_made_boots_cold(
+    booted: Booted,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def broken(_: Path) -> Disk:
+        raise ImageError("mksquashfs failed (exit 1)")
+
+    monkeypatch.setattr(treedisk, "disk", broken)
+    vm = _machine(tmp_path)
+    vm.start()
+    assert booted.launches == ["cold"]
+    assert "cannot make the tree disk: mksquashfs failed" in capsys.readouterr().err
