@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from vmtests.vm import resume
+from vmtests.vm import resume, treedisk
 from vmtests.vm.image import Image
 from vmtests.vm.machine import make_disk
+from vmtests.vm.payload import TREE
 from vmtests.vm.qemu import Accel, Disk
 from vmtests.vm.session import Session
 
@@ -94,3 +95,30 @@ def test_two_restored_guests_get_fresh_seeds_clocks_and_only_their_own_disks(
     assert a["part"] == "MARKER-A" and a["parts"].count(",") == 1
     assert a["disk"] != "MARKER-B"
     assert b["disk"] == "MARKER-B" and b["parts"] == "" and "part" not in b
+
+
+def test_a_state_that_fails_to_restore_is_deleted_and_the_boot_goes_cold(
+    vm_image: Image, vm_accel: Accel, vm_artifacts: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The negative control of the fallback: a saved state QEMU cannot load (here overwritten
+    with junk) makes that boot cold, not failed; it says why, the state is gone, and the next
+    boot saves a new one. An odd memory size gives this test a shape of its own, so no other
+    test's boots meet the broken state."""
+    if resume.cold_requested():
+        pytest.skip("cold boots were asked for")
+
+    def boot(name: str) -> tuple[bool, Path]:
+        with Session(vm_image, vm_artifacts / name, accel=vm_accel, memory_mib=1000) as vm:
+            assert vm.sh("echo alive").text().strip() == "alive"
+            tree_bytes = resume.disk_bytes(treedisk.disk(TREE))
+            return vm.machine.restored, resume.entry_dir(vm.machine.shape(tree_bytes))
+
+    restored, entry = boot("first")
+    assert restored and (entry / resume.STATE).is_file()
+    (entry / resume.STATE).write_bytes(b"not a QEMU state\n" * 64)
+    restored, again = boot("broken")
+    assert again == entry and not restored
+    assert not entry.exists(), "the state that failed was kept"
+    assert f"booting cold: the saved state {entry.name} failed" in capfd.readouterr().err
+    restored, _ = boot("after")
+    assert restored and (entry / resume.STATE).is_file()

@@ -144,6 +144,7 @@ class Machine:
                 return
             except resume.RestoreFailed as exc:
                 self.close()
+                self.tree_disk = self.memory_file = None  # a cold boot has neither
                 resume.say_once(f"booting cold: {exc.message}")
         self._launch(self.image.initramfs_bytes() + payload_mod.build(self.payload))
 

@@ -264,6 +264,8 @@ def _line(sock: socket.socket, deadline: float) -> bytes:
             b = sock.recv(1)
         except TimeoutError:
             raise RestoreFailed("the restored guest did not answer in time") from None
+        except OSError as exc:  # a reset: QEMU ended while the port was open
+            raise RestoreFailed(f"the control port failed ({exc.strerror}): QEMU ended") from None
         if not b:
             raise RestoreFailed("the control port closed: QEMU did not restore the state")
         out += b
@@ -292,7 +294,10 @@ def hand_over(
         raise RestoreFailed(f"cannot send this boot's files: {exc}") from None
     if (got := _line(sock, deadline)) != b"clock":
         raise RestoreFailed(f"the restored guest said {got!r}, not 'clock'")
-    sock.sendall(f"{time.time_ns()}\n".encode())
+    try:
+        sock.sendall(f"{time.time_ns()}\n".encode())
+    except OSError as exc:
+        raise RestoreFailed(f"cannot send the clock: {exc}") from None
     if (got := _line(sock, deadline)) != b"ok":
         raise RestoreFailed(f"the restored guest said {got!r}, not 'ok'")
     sock.settimeout(None)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import socket
 import struct
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -136,7 +138,11 @@ class Booted:
         self.launches: list[str] = []
 
     def launch(self, vm: Machine, initrd: bytes | None, **kwargs: object) -> None:
-        self.launches.append("restore" if kwargs.get("incoming") else "cold")
+        if kwargs.get("incoming"):
+            self.launches.append("restore")
+        else:  # nothing of a failed restore's: no tree disk, no saved RAM
+            assert vm.tree_disk is None and vm.memory_file is None
+            self.launches.append("cold")
         vm._sockdir = "/nonexistent"
         vm.ports[payload.CONTROL_PORT] = None  # type: ignore[assignment]
 
@@ -277,3 +283,26 @@ def test_a_tree_disk_that_cannot_be_made_boots_cold(
     vm.start()
     assert booted.launches == ["cold"]
     assert "cannot make the tree disk: mksquashfs failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("guest", ["closes", "says nonsense", "resets"])
+def test_a_hand_over_that_goes_wrong_is_a_restore_failure(guest: str) -> None:
+    """Whatever way QEMU or the guest lets the hand-over down, it is RestoreFailed (the
+    caller's cue to delete the state and boot cold), never another exception."""
+    host, other = socket.socketpair()
+
+    def play() -> None:
+        if guest == "resets":  # unread bytes at close make the host's next recv a reset
+            other.recv(1)
+            other.close()
+            return
+        other.makefile("rb").readline()
+        if guest == "says nonsense":
+            other.sendall(b"nonsense\n")
+        other.close()
+
+    t = threading.Thread(target=play)
+    t.start()
+    with host, pytest.raises(resume.RestoreFailed):
+        resume.hand_over(host, {"vmtest/mode": "ZXhlYwo="}, timeout=5)
+    t.join()
