@@ -50,6 +50,10 @@ RNDRESEEDCRNG = 0x5207  # _IO('R', 7)
 BLKRRPART = 0x125F  # _IO(0x12, 95)
 BLKFLSBUF = 0x1261  # _IO(0x12, 97)
 MS_RDONLY = 1
+WARM_PACKAGES = (
+    *("collections", "concurrent/futures", "ctypes", "encodings"),
+    *("importlib", "json", "logging", "re"),
+)
 LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before parking, so free in a restored boot
 
 
@@ -141,7 +145,22 @@ class Clock(threading.Thread):
             self.error = exc
 
 
+def warm(lib: str = os.path.dirname(os.__file__)) -> None:
+    """Read the standard library's bytecode (the top level and the packages guest scripts use)
+    into the page cache before parking: a restored boot then finds it in its saved memory
+    instead of decompressing it from the lz4 root squashfs under TCG (the agent's imports alone
+    cost 0.6 s of QEMU's CPU that way). About 8 MB of the saved RAM; nothing of the tree."""
+    for folder in ("", *WARM_PACKAGES):
+        cache = os.path.join(lib, folder, "__pycache__")
+        for name in os.listdir(cache):
+            if ".opt-" not in name:
+                with open(os.path.join(cache, name), "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+
+
 def main() -> None:
+    warm()
     ctl = os.open(CTL_PORT, os.O_RDWR)
     os.write(ctl, b"parked\n")
     header = json.loads(_line(ctl))
