@@ -2,27 +2,30 @@
 
 Under TCG a cold boot costs about two seconds, nearly all of it the same in every boot (QEMU
 loading the kernel, the kernel's own initialisation, our init). So a guest is booted once per
-*shape* up to the point where init.sh waits for its payload (vmtests/guest/park.py), and its
-whole state is saved with QEMU's migration (``migrate`` to ``exec:cat > FILE`` over QMP). Every
-later boot of that shape starts QEMU with ``-incoming exec:cat FILE`` and hands the guest, over
-the control port, what a cold boot would have found in its initramfs: this boot's payload
-(tree, command, environment, hostname), the host's clock and fresh entropy.
+*shape* up to the point where it waits for its payload (vmtests/guest/park.py, PID 1 in the
+final root), and saved with QEMU's migration over QMP: its RAM lives in a shared memory file
+(qemu.py), so with x-ignore-shared the state itself holds only the devices. Every later boot of
+that shape starts QEMU with ``-incoming defer``, maps that RAM file copy-on-write, starts the
+restore over QMP (``migrate-incoming``) and hands the guest, over the control port, what a cold
+boot would have found in its initramfs: this boot's files (command, environment, mode,
+hostname), the host's clock and fresh entropy. The tree comes on a disk of its own
+(vmtests.vm.treedisk), which park.py mounts at /src.
 
 The shape, which keys the cache entry, is everything the saved guest has seen and cannot see
 change: the image (userland + kernel layer), the parked payload (init.sh, park.py, the port
-names), the QEMU binary, accelerator, machine type, memory, vCPUs, and the per-boot disks'
-count, sizes and read-only flags (the kernel reads a virtio disk's capacity once, at probe).
-Not their serials, formats or contents: init.sh drops every per-boot disk's cached blocks and
-partitions after a restore and relinks /dev/vmtest/<serial> from the disks QEMU now has. Not
-the host's TSC rate either (it only seeds the saved boot's calibration, and /proc/cpuinfo's
-"cpu MHz" drifts, which would re-save the state again and again).
+names), the QEMU binary, accelerator, machine type, memory, vCPUs, the tree disk's size class
+and the per-boot disks' count, sizes and read-only flags (the kernel reads a virtio disk's
+capacity once, at probe). Not their serials, formats or contents: park.py drops every per-boot
+disk's cached blocks and partitions after a restore and relinks /dev/vmtest/<serial> from the
+disks QEMU now has. Not the host's TSC rate either (it only seeds the saved boot's calibration,
+and /proc/cpuinfo's "cpu MHz" drifts, which would re-save the state again and again).
 
-Entries live beside the images (``state-<key>/``: ``state``, ``meta.json``), built aside and
-renamed in under a per-key lock like every cache entry, so parallel workers save a shape once.
-A state is *stale* when anything of its shape changed: its key is then another, so it is simply
-not found, and saving the new one removes the states not used for a day (cache.prune).
-A state that fails to restore is deleted by the caller (vmtests.vm.machine), which says why
-once and boots cold.
+Entries live beside the images (``state-<key>/``: ``state``, ``ram``, ``meta.json``), built
+aside and renamed in under a per-key lock like every cache entry, so parallel workers save a
+shape once. A state is *stale* when anything of its shape changed: its key is then another, so
+it is simply not found, and saving the new one removes the states not used for a day
+(cache.prune). A state that fails to restore is deleted by the caller (vmtests.vm.machine),
+which says why once and boots cold.
 """
 
 from __future__ import annotations
