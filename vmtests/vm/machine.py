@@ -168,10 +168,13 @@ class Machine:
         A state that QEMU or the guest rejects is deleted, so the next boot saves a new one."""
         try:
             self.tree_disk = treedisk.disk(self.payload.tree)
-        except ImageError as exc:
-            raise resume.RestoreFailed(f"cannot make the tree disk: {exc.message}") from None
+        except (ImageError, OSError) as exc:  # OSError: a full or read-only cache
+            raise resume.RestoreFailed(f"cannot make the tree disk: {exc}") from None
         shape = self.shape(resume.disk_bytes(self.tree_disk))
-        state = resume.state_file(shape) or save_state(self, shape)
+        try:
+            state = resume.state_file(shape) or save_state(self, shape)
+        except OSError as exc:
+            raise resume.RestoreFailed(f"cannot save a state to restore: {exc}") from None
         payload = self._resumed_payload()
         try:
             self.memory_file = state.parent / resume.RAM

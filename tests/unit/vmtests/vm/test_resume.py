@@ -269,20 +269,44 @@ def test_a_state_that_cannot_be_saved_boots_cold_and_deletes_nothing(
     assert "booting cold: cannot save a state to restore: Kernel panic" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "error",
+    [ImageError("mksquashfs failed (exit 1)"), OSError(28, "No space left on device")],
+    ids=["tool", "full-cache"],
+)
 def test_a_tree_disk_that_cannot_be_made_boots_cold(
     booted: Booted,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    error: Exception,
 ) -> None:
     def broken(_: Path) -> Disk:
-        raise ImageError("mksquashfs failed (exit 1)")
+        raise error
 
     monkeypatch.setattr(treedisk, "disk", broken)
     vm = _machine(tmp_path)
     vm.start()
     assert booted.launches == ["cold"]
-    assert "cannot make the tree disk: mksquashfs failed" in capsys.readouterr().err
+    assert f"cannot make the tree disk: {error}" in capsys.readouterr().err
+
+
+def test_a_full_cache_while_saving_boots_cold(
+    booted: Booted,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(resume, "state_file", lambda shape: None)
+
+    def full(vm: Machine, shape: resume.Shape) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(machine_mod, "save_state", full)
+    vm = _machine(tmp_path)
+    vm.start()
+    assert booted.launches == ["cold"]
+    assert "cannot save a state to restore: [Errno 28] No space" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("guest", ["closes", "says nonsense", "resets"])
