@@ -250,23 +250,33 @@ def test_a_restore_that_fails_deletes_the_state_says_why_once_and_boots_cold(
     assert f"{state.parent.name} failed (the control port closed" in err
 
 
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (resume.RestoreFailed("cannot save a state to restore: Kernel panic"), "Kernel panic"),
+        (OSError(28, "No space left on device"), "[Errno 28] No space left on device"),
+    ],
+    ids=["save-boot-failed", "full-cache"],
+)
 def test_a_state_that_cannot_be_saved_boots_cold_and_deletes_nothing(
     booted: Booted,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    said: str,
 ) -> None:
     monkeypatch.setattr(resume, "state_file", lambda shape: None)
 
     def cannot(vm: Machine, shape: resume.Shape) -> Path:
-        raise resume.RestoreFailed("cannot save a state to restore: Kernel panic")
+        raise error
 
     monkeypatch.setattr(machine_mod, "save_state", cannot)
     monkeypatch.setattr(resume, "discard", lambda shape: pytest.fail("deleted a state"))
     vm = _machine(tmp_path)
     vm.start()
     assert booted.launches == ["cold"] and not vm.restored
-    assert "booting cold: cannot save a state to restore: Kernel panic" in capsys.readouterr().err
+    assert f"booting cold: cannot save a state to restore: {said}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -289,24 +299,6 @@ def test_a_tree_disk_that_cannot_be_made_boots_cold(
     vm.start()
     assert booted.launches == ["cold"]
     assert f"cannot make the tree disk: {error}" in capsys.readouterr().err
-
-
-def test_a_full_cache_while_saving_boots_cold(
-    booted: Booted,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setattr(resume, "state_file", lambda shape: None)
-
-    def full(vm: Machine, shape: resume.Shape) -> Path:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(machine_mod, "save_state", full)
-    vm = _machine(tmp_path)
-    vm.start()
-    assert booted.launches == ["cold"]
-    assert "cannot save a state to restore: [Errno 28] No space" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("guest", ["closes", "says nonsense", "resets"])
