@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from vmtests.vm.kernel.spec import add_options as spec_options
 
 if TYPE_CHECKING:
     from vmtests.vm.image import Image
-    from vmtests.vm.qemu import Disk
+    from vmtests.vm.qemu import Accel, Disk
 
 EPILOG = """\
 examples:
@@ -91,6 +92,7 @@ def _add_vm_options(p: argparse.ArgumentParser, timeout: float | None = 600.0) -
     p.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep console log, QEMU argv and disks in DIR"
     )
+    _cold_boot_option(p)
     p.add_argument(
         "--tree",
         type=_tree,
@@ -99,6 +101,22 @@ def _add_vm_options(p: argparse.ArgumentParser, timeout: float | None = 600.0) -
         help="ship DIR's snapkit/ and vmtests/ to the guest (a checkout); default: the ones "
         "this vmtest runs",
     )
+
+
+def _cold_boot_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cold-boot",
+        action="store_true",
+        help="boot the kernel every time, never from a saved state (also $VMTEST_COLD_BOOT=1)",
+    )
+
+
+def _apply_cold_boot(args: argparse.Namespace) -> None:
+    """--cold-boot as the environment, so every boot of this run and its workers sees it."""
+    from vmtests.vm.resume import COLD_ENV
+
+    if getattr(args, "cold_boot", False):
+        os.environ[COLD_ENV] = "1"
 
 
 def _tree(text: str) -> Path:
@@ -164,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--runs", type=int, default=5)
     bb.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     bb.add_argument("--json", action="store_true")
+    bb.add_argument(
+        "--cold-boot",
+        action="store_true",
+        help="time cold boots only (default: restored boots, and cold ones in the same run)",
+    )
     spec_options(bb)
     bb.set_defaults(handler=cmd_bench_boot)
     from vmtests.difftest import cli as cli_difftest  # difftest: model against kernel
@@ -181,6 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     An option of the other runner would be ignored without a word: it is refused instead."""
     from vmtests.campaign.cli import inapplicable
 
+    _apply_cold_boot(args)
     refused = inapplicable(args)
     if refused:
         print(f"vmtest run: error: {refused} (see 'vmtest run --help')", file=sys.stderr)
@@ -259,6 +283,7 @@ def _disks(sizes: Sequence[int], folder: Path) -> list[Disk]:
 def _run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
     from vmtests.vm import accel, execute, payload
 
+    _apply_cold_boot(args)
     img = _image(args)
     chosen = accel.choose(args.accel, img)
     with tempfile.TemporaryDirectory(prefix="vmtest-") as tmp:
@@ -329,34 +354,82 @@ def cmd_shell(args: argparse.Namespace) -> int:
         termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
 
 
+def _boot_sample(img: Image, chosen: Accel, cold: bool) -> tuple[float, float]:
+    """One boot: seconds from QEMU's start to the command's exit status, and the CPU seconds
+    QEMU used in all (to its exit; its children, such as the state's reader, included). Under
+    TCG a boot is CPU-bound, so the second is what another load does not stretch."""
+    from vmtests.vm import execute
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory(prefix="vmtest-bench-") as tmp:
+        r = execute.run_quietly(img, ["true"], Path(tmp), accel=chosen, timeout=60, cold_boot=cold)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return r.seconds, cpu
+
+
+def _summary(samples: list[tuple[float, float]]) -> dict[str, object]:
+    wall = [s for s, _ in samples]
+    return {
+        "runs": len(samples),
+        "median_s": round(statistics.median(wall), 3),
+        "min_s": round(min(wall), 3),
+        "max_s": round(max(wall), 3),
+        "samples_s": [round(s, 3) for s in wall],
+        "qemu_cpu_median_s": round(statistics.median(c for _, c in samples), 3),
+    }
+
+
 def cmd_bench_boot(args: argparse.Namespace) -> int:
+    """Restored boots, with cold ones interleaved in the same run (so both see the same load);
+    ``--cold-boot`` times cold boots only. A saved state is made before the first sample."""
     from vmtests.vm import accel, execute
 
     img = _image(args)
     chosen = accel.choose(args.accel, img)
-    samples: list[float] = []
-    for i in range(args.runs):
+    kinds = ["cold"] if args.cold_boot else ["restored", "cold"]
+    if not args.cold_boot:  # save the state first: its one cold boot is not a sample
         with tempfile.TemporaryDirectory(prefix="vmtest-bench-") as tmp:
-            r = execute.run_quietly(img, ["true"], Path(tmp), accel=chosen, timeout=60)
-        samples.append(r.seconds)
-        if not args.json:
-            print(f"run {i + 1}/{args.runs}: {r.seconds:.3f} s", file=sys.stderr)
-    summary = {
+            execute.run_quietly(img, ["true"], Path(tmp), accel=chosen, timeout=180)
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    for i in range(args.runs):
+        for kind in kinds:
+            samples[kind].append(_boot_sample(img, chosen, kind == "cold"))
+            if not args.json:
+                wall, cpu = samples[kind][-1]
+                print(
+                    f"run {i + 1}/{args.runs} {kind}: {wall:.3f} s (QEMU CPU {cpu:.3f} s)",
+                    file=sys.stderr,
+                )
+    summary: dict[str, object] = {
         "kernel": {"spec": str(img.layer.spec), "release": img.release},
-        "runs": len(samples),
         "accel": str(chosen),
-        "median_s": round(statistics.median(samples), 3),
-        "min_s": round(min(samples), 3),
-        "max_s": round(max(samples), 3),
-        "samples_s": [round(s, 3) for s in samples],
+        "boot": kinds[0],
+        **_summary(samples[kinds[0]]),
     }
+    if not args.cold_boot:
+        cold = _summary(samples["cold"])
+        summary["cold"] = cold
+        summary["ratio"] = round(float(str(summary["median_s"])) / float(str(cold["median_s"])), 3)
+        summary["cpu_ratio"] = round(
+            float(str(summary["qemu_cpu_median_s"])) / float(str(cold["qemu_cpu_median_s"])), 3
+        )
+    summary["load_average"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(summary))
     else:
-        print(
-            f"boot to command ({summary['accel']}, {img.release}): median {summary['median_s']} s, "
-            f"min {summary['min_s']} s, max {summary['max_s']} s over {summary['runs']} runs"
+        line = (
+            f"boot to command ({summary['accel']}, {img.release}, {kinds[0]}): median "
+            f"{summary['median_s']} s, min {summary['min_s']} s, max {summary['max_s']} s "
+            f"over {summary['runs']} runs"
         )
+        if "cold" in summary:
+            line += f"; cold boots median {cold['median_s']} s (ratio {summary['ratio']})"
+            line += (
+                f"; QEMU CPU per boot {summary['qemu_cpu_median_s']} s vs "
+                f"{cold['qemu_cpu_median_s']} s (ratio {summary['cpu_ratio']})"
+            )
+        print(line)
     return 0
 
 

@@ -63,6 +63,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--vm-mem", default=1024, type=int, metavar="MIB", help="guest memory in MiB (default 1024)"
     )
     group.addoption(
+        "--vm-cold-boot",
+        action="store_true",
+        help="boot every guest's kernel, never from a saved state (also $VMTEST_COLD_BOOT=1)",
+    )
+    group.addoption(
         "--vm-keep-artifacts",
         action="store_true",
         help="keep console logs and disks of passing tests too",
@@ -82,6 +87,8 @@ _FAILED = pytest.StashKey[bool]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: needs a QEMU guest (boots one or more VMs)")
+    if config.getoption("--vm-cold-boot"):
+        os.environ["VMTEST_COLD_BOOT"] = "1"  # vmtests.vm.resume.COLD_ENV, for every worker
     worker_input = getattr(config, "workerinput", None)
     if worker_input is not None and _RUN_KEY in worker_input:
         config.stash[_RUN] = worker_input[_RUN_KEY]

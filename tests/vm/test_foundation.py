@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vmtests.vm import resume
 from vmtests.vm.errors import BootError, LostVMError, PanicError
 from vmtests.vm.machine import make_disk
 from vmtests.vm.qemu import Disk
@@ -71,6 +72,8 @@ def test_guest_command_timeout_is_a_result_not_a_lost_vm(vm: Session) -> None:
 
 
 def test_guest_panic_is_reported_as_panic_within_seconds(vm: Session) -> None:
+    # a guest restored from a saved state (vmtests.vm.resume) unless cold boots were asked for
+    assert vm.machine.restored or resume.cold_requested()
     vm.sh("echo 1 > /proc/sys/kernel/sysrq")
     t0 = time.monotonic()
     with pytest.raises(PanicError) as info:

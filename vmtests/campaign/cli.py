@@ -123,6 +123,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     )
     common.add_argument("--report", type=Path, default=Path("report"), help="(default: report)")
     common.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    common.add_argument(
+        "--cold-boot",
+        action="store_true",
+        help="boot every VM's kernel, never from a saved state (also $VMTEST_COLD_BOOT=1)",
+    )
     spec.add_options(common, modules_to=campaign)
     ONLY["modules"] = ("--modules", CAMPAIGN)  # the faults runner boots $VMTEST_KERNEL alone
     _only(

@@ -172,6 +172,7 @@ class Runner:
             t_start = time.monotonic()
             with Session(self.image, workdir, accel=self.accel, disks=disks) as vm:
                 booted = time.monotonic()
+                times["restored"] = vm.machine.restored  # from a saved state (vm/resume.py)
                 step = vm.run(
                     guest.command("faults.main", "step", json.dumps(todo)), timeout=STEP_TIMEOUT_S
                 )

@@ -77,4 +77,11 @@ read -r ports </vmtest/ports
 wait_for 2000 link_ports || fail "virtio ports missing: wanted $ports"
 
 for d in dev proc sys; do mount --move "/$d" "/newroot/$d" || fail "move /$d"; done
+# A boot whose state is saved (vmtests.vm.resume) has no tree: it parks in the final root, in
+# vmtests/guest/park.py, and every boot restored from it resumes there, so none of them runs
+# this script again.
+if [ -e /vmtest-park/park.py ]; then
+    cp -a /vmtest-park /newroot/ || fail "copy the park script"
+    exec switch_root /newroot /usr/bin/python3 -I -S /vmtest-park/park.py
+fi
 exec switch_root /newroot /bin/busybox sh /src/vmtests/guest/stage2.sh

@@ -37,7 +37,13 @@ def _kvm_usable_now(image: Image) -> bool:
     with tempfile.TemporaryDirectory(prefix="vmtest-kvm-probe-") as tmp:
         try:
             result = execute.run_quietly(
-                image, ["true"], Path(tmp), accel=Accel.KVM, memory_mib=256, timeout=PROBE_TIMEOUT_S
+                image,
+                ["true"],
+                Path(tmp),
+                accel=Accel.KVM,
+                memory_mib=256,
+                timeout=PROBE_TIMEOUT_S,
+                cold_boot=True,  # it probes the boot itself
             )
         except VmError:
             return False

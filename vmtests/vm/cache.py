@@ -7,10 +7,12 @@ interrupted build never see half an entry, and a hit needs no network.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +85,37 @@ def run(argv: list[str], say: Say, *, epoch: bool = True) -> None:
         raise ImageError(failed(argv[0], proc.returncode, proc.stderr or proc.stdout))
 
 
+UNUSED_FOR_S = 24 * 3600.0  # how long an entry made per tree or per shape outlives its last use
+
+
+def touch(path: Path) -> None:
+    """Mark an entry's file used now, for prune."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def prune(pattern: str, marker: str, keep: Path, now: float | None = None) -> list[Path]:
+    """Remove the entries matching ``pattern`` whose ``marker`` file was not used (touched) for
+    UNUSED_FOR_S, never ``keep`` nor one being built; return what went.
+
+    For entries made per tree or per saved-state shape: every edit makes a new one, and nothing
+    else would ever remove the old. A day, so a run that uses one is never raced."""
+    now = time.time() if now is None else now
+    gone = []
+    for folder in sorted(cache_dir().glob(pattern)):
+        if folder == keep or ".tmp-" in folder.name:
+            continue
+        try:
+            if now - (folder / marker).stat().st_mtime < UNUSED_FOR_S:
+                continue
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(ImageError):
+            remove(folder)
+            gone.append(folder)
+    return gone
+
+
 @contextmanager
 def entry(final: Path) -> Iterator[Path]:
     """A temporary folder that becomes ``final`` if the block ends normally (call under lock)."""
@@ -98,4 +131,16 @@ def entry(final: Path) -> Iterator[Path]:
         remove(work)
 
 
-__all__ = ["SOURCE_DATE_EPOCH", "Say", "build_env", "cache_dir", "entry", "locked", "remove", "run"]
+__all__ = [
+    "SOURCE_DATE_EPOCH",
+    "UNUSED_FOR_S",
+    "Say",
+    "build_env",
+    "cache_dir",
+    "entry",
+    "locked",
+    "prune",
+    "remove",
+    "run",
+    "touch",
+]

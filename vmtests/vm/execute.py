@@ -68,14 +68,23 @@ def run(
     disks: Sequence[Disk] = (),
     timeout: float | None = 600.0,
     tree: Path = TREE,
+    cold_boot: bool = False,
 ) -> ExecResult:
     """Boot, run ``argv``, relay its streams, and return its exit code once QEMU has ended;
     after ``timeout`` seconds QEMU is killed (None: never, for an interactive shell).
 
-    ``tree`` is the folder whose snapkit/ and vmtests/ the guest runs (vmtests.vm.payload)."""
+    ``tree`` is the folder whose snapkit/ and vmtests/ the guest runs (vmtests.vm.payload);
+    ``cold_boot`` boots the kernel even when a saved state could be restored (vm.resume)."""
     payload = Payload(Mode.EXEC, command_argv(argv), tree=tree)
     with Machine(
-        image, payload, workdir, accel=accel, memory_mib=memory_mib, cpus=cpus, disks=disks
+        image,
+        payload,
+        workdir,
+        accel=accel,
+        memory_mib=memory_mib,
+        cpus=cpus,
+        disks=disks,
+        cold_boot=cold_boot,
     ) as vm:
         status = bytearray()
         reported: list[float] = []

@@ -83,7 +83,7 @@ def _boots(img: image.Image) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory(prefix="vmtest-kernel-probe-") as tmp:
         try:
             r = execute.run_quietly(
-                img, ["true"], Path(tmp), accel=Accel.TCG, timeout=PROBE_TIMEOUT_S
+                img, ["true"], Path(tmp), accel=Accel.TCG, timeout=PROBE_TIMEOUT_S, cold_boot=True
             )
         except VmError as exc:
             return False, exc.console_tail or exc.message

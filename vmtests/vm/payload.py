@@ -24,10 +24,12 @@ writes files under another cache tag, which the guest simply ignores.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import importlib.util
 import marshal
+import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,8 @@ class Mode(enum.StrEnum):
 
 EXEC_PORTS = ("stdin", "stdout", "stderr", "status")
 AGENT_PORTS = ("agent",)
+# The port a restored guest receives its payload, clock and seed on (vmtests.vm.resume).
+CONTROL_PORT = "vmtest-ctl"
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,14 @@ class Payload:
     hostname: str = "vmtest"
     env: dict[str, str] = field(default_factory=dict)
     tree: Path = TREE  # where snapkit/ and vmtests/ come from (see the module's docstring)
+    # A boot from a saved state (vmtests.vm.resume): one more port, on which this payload
+    # arrives after the restore instead of in the initramfs.
+    resumed: bool = False
 
     @property
     def ports(self) -> tuple[str, ...]:
-        return EXEC_PORTS if self.mode is Mode.EXEC else AGENT_PORTS
+        own = EXEC_PORTS if self.mode is Mode.EXEC else AGENT_PORTS
+        return (CONTROL_PORT, *own) if self.resumed else own
 
 
 def check_tree(tree: Path) -> Path:
@@ -114,26 +122,72 @@ def with_bytecode(entries: list[cpio.Entry]) -> list[cpio.Entry]:
     return out
 
 
-def build(payload: Payload) -> bytes:
-    tree = check_tree(payload.tree)
+def tree_sources(tree: Path, prefix: str = "src") -> list[cpio.Entry]:
+    """What the guest sees at /src, without bytecode: snapkit/, vmtests/guest/ and the
+    ``snapkit`` wrapper. Names start with ``prefix`` ("" for the root of a tree disk)."""
+    check_tree(tree)
+    at = f"{prefix}/" if prefix else ""
     e = cpio.Entry
-    python = [
-        *cpio.tree(tree / "snapkit", "src/snapkit", skip=_SKIP),
-        *cpio.tree(tree / "vmtests" / "guest", "src/vmtests/guest", skip=_SKIP),
-        e.file("src/vmtests/__init__.py", b""),
+    return [
+        *cpio.tree(tree / "snapkit", f"{at}snapkit", skip=_SKIP),
+        *cpio.tree(tree / "vmtests" / "guest", f"{at}vmtests/guest", skip=_SKIP),
+        e.file(f"{at}vmtests/__init__.py", b""),
+        e.file(f"{at}bin/snapkit", _SNAPKIT_WRAPPER, 0o755),
     ]
+
+
+def boot_files(payload: Payload) -> list[cpio.Entry]:
+    """What only this boot has, at /vmtest: environment, mode, hostname, ports, argv."""
+    e = cpio.Entry
     entries = [
-        e.file("init", (tree / "vmtests" / "images" / "init.sh").read_bytes(), 0o755),
-        *with_bytecode(python),
-        e.file("src/bin/snapkit", _SNAPKIT_WRAPPER, 0o755),
-        e.file("vmtest/env", _guest_env(tree, payload.env)),
+        e.file("vmtest/env", _guest_env(payload.tree, payload.env)),
         e.file("vmtest/mode", f"{payload.mode}\n".encode()),
         e.file("vmtest/hostname", f"{payload.hostname}\n".encode()),
         e.file("vmtest/ports", (" ".join(payload.ports) + "\n").encode()),
         e.directory("vmtest/argv"),
     ]
     entries += [e.file(f"vmtest/argv/{i:05d}", a.encode()) for i, a in enumerate(payload.argv)]
+    return entries
+
+
+def build(payload: Payload) -> bytes:
+    """A cold boot's per-boot archive: the init, the tree with its bytecode, the boot's files."""
+    tree = check_tree(payload.tree)
+    init = (tree / "vmtests" / "images" / "init.sh").read_bytes()
+    entries = [
+        cpio.Entry.file("init", init, 0o755),
+        *with_bytecode(tree_sources(tree)),
+        *boot_files(payload),
+    ]
     return cpio.archive(entries)
+
+
+def resumed_files(payload: Payload) -> dict[str, str]:
+    """What a restored guest receives over its control port, name -> base64 (the protocol of
+    vmtests/guest/park.py): only this boot's files. Its tree comes on a read-only disk
+    (vmtests.vm.treedisk), so the port carries a few kilobytes."""
+    out = {}
+    for entry in boot_files(payload):
+        if stat.S_ISREG(entry.mode):
+            out[entry.name] = base64.b64encode(entry.data).decode()
+    return out
+
+
+def build_park(payload: Payload) -> bytes:
+    """The initramfs part of a boot that is saved, not used: the init, the script that waits
+    for a restore (vmtests/guest/park.py) and the port list; no tree, no command, no
+    environment, so nothing of a later boot's payload can come from a saved state."""
+    tree = check_tree(payload.tree)
+    guest = tree / "vmtests" / "guest"
+    e = cpio.Entry
+    return cpio.archive(
+        [
+            e.file("init", (tree / "vmtests" / "images" / "init.sh").read_bytes(), 0o755),
+            e.directory("src"),
+            e.file("vmtest/ports", (" ".join(payload.ports) + "\n").encode()),
+            e.file("vmtest-park/park.py", (guest / "park.py").read_bytes()),
+        ]
+    )
 
 
 def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
@@ -148,12 +202,18 @@ def command_argv(argv: Sequence[str]) -> tuple[str, ...]:
 
 __all__ = [
     "AGENT_PORTS",
+    "CONTROL_PORT",
     "EXEC_PORTS",
     "TREE",
     "Mode",
     "Payload",
+    "boot_files",
     "build",
+    "build_park",
     "check_tree",
     "command_argv",
     "is_checkout",
+    "resumed_files",
+    "tree_sources",
+    "with_bytecode",
 ]

@@ -34,6 +34,7 @@ class Session:
         disks: Sequence[Disk] = (),
         boot_timeout: float = 60.0,
         hostname: str = "vmtest",
+        cold_boot: bool = False,
     ) -> None:
         self.machine = Machine(
             image,
@@ -43,6 +44,7 @@ class Session:
             memory_mib=memory_mib,
             cpus=cpus,
             disks=disks,
+            cold_boot=cold_boot,
         )
         self.boot_timeout = boot_timeout
         self._channel: Channel | None = None

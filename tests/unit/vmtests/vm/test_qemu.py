@@ -107,3 +107,38 @@ def test_extra_kernel_args_come_last() -> None:
 def test_bad_disk_serials_are_refused(serial: str) -> None:
     with pytest.raises(ValueError, match="serial"):
         Disk(Path("/d"), serial)
+
+
+def test_a_restored_boot_loads_no_kernel_and_keeps_the_device_order() -> None:
+    """A restore takes the guest's memory from the state: no -kernel/-initrd/-append, and the
+    devices in the same order as the saved boot's (QEMU matches device state by position)."""
+    disks = (Disk(Path("/d/a b.raw"), "disk0"), Disk(Path("/d/b.raw"), "disk1"))
+    ports = (Port("vmtest-ctl", Path("/s/c")), Port("agent", Path("/s/a")))
+    booted = command_line(cfg(disks=disks, ports=ports, qmp=Path("/s/qmp")))
+    restored = command_line(cfg(disks=disks, ports=ports, incoming=True, qmp=Path("/s/q2")))
+    for flag in ("-kernel", "-initrd", "-append"):
+        assert flag in booted and flag not in restored
+    assert opt(restored, "-incoming") == ["defer"]  # started over QMP, with x-ignore-shared
+    assert opt(booted, "-qmp") == ["unix:/s/qmp,server=on,wait=off"]
+    assert "-incoming" not in booted
+    assert opt(booted, "-device") == opt(restored, "-device")
+    assert opt(booted, "-drive") == opt(restored, "-drive")
+
+
+def test_guest_ram_in_a_file_is_shared_while_saving_and_private_when_restored() -> None:
+    """The saved boot's RAM *is* the file; a restored boot maps it copy-on-write, so no boot
+    writes to it and any number of guests can start from it at once."""
+    ram = Path("/c/ram")
+    saving = command_line(cfg(memory=ram, memory_shared=True, memory_mib=512))
+    restoring = command_line(cfg(memory=ram, memory_mib=512, incoming=True))
+    assert opt(saving, "-object") == [
+        "memory-backend-file,id=ram0,size=512M,mem-path=/c/ram,share=on"
+    ]
+    assert opt(restoring, "-object") == [
+        "memory-backend-file,id=ram0,size=512M,mem-path=/c/ram,share=off"
+    ]
+    assert opt(restoring, "-M")[0].endswith(",memory-backend=ram0")
+    assert (
+        "-object" not in command_line(cfg())
+        and "memory-backend" not in opt(command_line(cfg()), "-M")[0]
+    )
