@@ -22,6 +22,10 @@ from vmtests.vm.payload import TREE
 from vmtests.vm.qemu import Accel, Disk
 from vmtests.vm.session import Session
 
+# Both tests boot guests through vm_image (which the plugin does not mark): VM tests, never
+# in test-fast, where a missing image would make them skip instead of run.
+pytestmark = pytest.mark.vm
+
 SIZE = 64 << 20
 PART_START = 2048  # sectors
 
