@@ -113,9 +113,10 @@ def missing_fs(fs: str) -> str:
     """Why this kernel cannot mount ``fs`` ("" when it can), asked before anything is set up:
     the cloud kernel flavour has no reiserfs, and a row that needs it must say so, not fail in
     mkfs or mount. ``fs-NAME`` is the alias the kernel itself asks modprobe for on a mount (the
-    ext4 module carries fs-ext2 and fs-ext3)."""
+    ext4 module carries fs-ext2 and fs-ext3). ZFS's module declares no such alias (its
+    filesystem registers when ``zfs`` loads), so it is loaded by its own name."""
     if fs not in _registered():
-        run(["modprobe", "-q", f"fs-{fs}"], check=False)
+        run(["modprobe", "-q", "zfs" if fs == "zfs" else f"fs-{fs}"], check=False)
     if fs in _registered():
         return ""
     return f"kernel {os.uname().release} has no {fs} filesystem (neither built in nor a module)"
