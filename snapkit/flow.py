@@ -40,7 +40,7 @@ from snapkit.host.loopdev import LocalFiles, LosetupLoops
 from snapkit.host.target import Mount, block_devnum, mount_devnum, mounts, resolve, stable_id
 from snapkit.lock import origin_lock
 from snapkit.methods import registry
-from snapkit.methods.base import Context, Extendable, Host, KernelMerge, Method
+from snapkit.methods.base import Context, Extendable, FrozenGroupable, Host, KernelMerge, Method
 from snapkit.methods.dm import DM_METHODS, layer
 from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY
 from snapkit.model import (
@@ -83,7 +83,7 @@ class Flow:
     settings: Settings = field(default_factory=Settings.from_env)
     mount_table: Callable[[], tuple[Mount, ...]] = mounts  # the seam unit tests replace
     freezer: freezing.Freezer = field(default_factory=freezing.IoctlFreezer)  # groups' freeze
-    watchdog: Callable[[Path], freezing.Guard] = freezing.real_watchdog
+    watchdog: freezing.GuardMaker = freezing.real_watchdog
     _plans_applied: int = 0
 
     def __post_init__(self) -> None:
@@ -345,8 +345,16 @@ class Flow:
                     freezer=self.freezer,
                     watchdog=self.watchdog,
                 )
+            elif isinstance(impl := self.method(chosen), FrozenGroupable):
+                plan, records = group_create.plan_frozen(
+                    name,
+                    chosen,
+                    [(impl, r) for r in requests],
+                    max_freeze,
+                    freezer=self.freezer,
+                    watchdog=self.watchdog,
+                )
             else:
-                impl = self.method(chosen)
                 plan, records = group_create.plan_block(name, chosen, [(impl, r) for r in requests])
             if dry_run:
                 return _hooks_text(pre, plan.render(), post)

@@ -15,6 +15,9 @@ Protocol, one line at a time on the watchdog's stdin; it answers on stdout::
     (watchdog)  thawed deadline       DEADLINE passed before "done": it thawed the filesystem
     (watchdog)  thawed eof            stdin closed after "arm" without "done": snapkit died
 
+Devices named after the mount point (a snapshot group of lvm members suspends each origin
+itself) are resumed, if still suspended, before any thaw: a thaw writes the superblock.
+
 A closed stdin without "arm" means snapkit died before freezing: nothing to thaw. SIGTERM thaws
 (if armed) and exits; SIGINT and SIGHUP are ignored.
 """
@@ -28,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -41,8 +45,11 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds sna
 class Watchdog:
     """The snapkit side: start, arm, and stop the watchdog process."""
 
-    def __init__(self, mountpoint: Path, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, mountpoint: Path, *, resume: Sequence[str] = (), python: str = sys.executable
+    ) -> None:
         self.mountpoint = mountpoint
+        self.resume = tuple(resume)
         self.python = python
         self.proc: subprocess.Popen[bytes] | None = None
         self.thawed_by_watchdog = False
@@ -50,7 +57,7 @@ class Watchdog:
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(_PACKAGE_ROOT))
         self.proc = subprocess.Popen(  # a helper that outlives a step: not a run() command
-            [self.python, "-m", "snapkit.host.watchdog", str(self.mountpoint)],
+            [self.python, "-m", "snapkit.host.watchdog", str(self.mountpoint), *self.resume],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -127,8 +134,9 @@ def _say(text: str) -> None:
 class _Watch:
     """The watchdog's state; ``armed`` is read by the SIGTERM handler."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, resume: Sequence[str] = ()) -> None:
         self.fd = fd
+        self.resume = resume
         self.deadline: float | None = None
         self.thawed = ""
 
@@ -138,7 +146,11 @@ class _Watch:
         os._exit(0)
 
     def thaw(self, why: str) -> None:
-        """Thaw and say so; a failed thaw is said too (nothing else can be done about it)."""
+        """Thaw and say so; a failed thaw is said too (nothing else can be done about it).
+        Every device named to resume is resumed first: thawing writes the superblock, which
+        would wait for ever on a device left suspended."""
+        for name in self.resume:
+            _resume(name)
         try:
             thaw_fd(self.fd)
         except OSError as exc:
@@ -175,13 +187,29 @@ class _Watch:
                     return self.thawed or "done"
 
 
+def _resume(name: str) -> None:
+    """Resume dm device ``name`` if it is suspended with no table waiting. One with an inactive
+    table is in the middle of a reload by its owner (lvcreate), which resumes it itself: a
+    resume here would swap in a table whose devices are not ready."""
+    from snapkit.dm.control import IoctlDm  # only a watchdog with devices to resume needs it
+
+    try:
+        with IoctlDm() as dm:
+            info = dm.info(name)
+            if info is not None and info.suspended and not info.inactive_table:
+                dm.resume(name, lockfs=False)
+                _say(f"resumed {name}")
+    except (OperationError, OSError) as exc:  # DmError is an OperationError
+        _say(f"resume failed {name} {exc}")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m snapkit.host.watchdog MOUNTPOINT", file=sys.stderr)
+    if not argv:
+        print("usage: python -m snapkit.host.watchdog MOUNTPOINT [DM_NAME...]", file=sys.stderr)
         return 2
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)
-    watch = _Watch(os.open(argv[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    watch = _Watch(os.open(argv[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), argv[1:])
     signal.signal(signal.SIGTERM, watch.on_term)
     _say("ready")
     watch.serve(0)

@@ -106,6 +106,27 @@ class Groupable(Protocol):
 
 
 @dataclass(frozen=True)
+class FrozenCreate:
+    """A create that runs while its filesystem is already frozen: a group's FIFREEZE of every
+    member is then the shared point in time, and each member's ``steps`` run inside it, one
+    member after another. ``suspends`` names the dm devices those steps may hold suspended
+    themselves; the freeze watchdog resumes them before it thaws (a thaw writes the
+    superblock, which waits on a suspended device), so one deadline covers every member."""
+
+    steps: tuple[Step, ...]
+    record: SnapshotRecord
+    suspends: tuple[str, ...]
+
+
+@runtime_checkable
+class FrozenGroupable(Protocol):
+    """A method whose create can join a group whose members are all frozen first (lvm:
+    ``lvcreate`` cannot be split around one shared suspend the way dm's tables can)."""
+
+    def plan_frozen(self, request: CreateRequest) -> FrozenCreate: ...
+
+
+@dataclass(frozen=True)
 class Context:
     """What a method's recovery acts on: the host's seams, and the :class:`Settings` that name
     the lock and COW directories. Recoveries sit below the flow, so they get this instead of
@@ -180,6 +201,8 @@ __all__ = [
     "Context",
     "Extendable",
     "FamilyRecovery",
+    "FrozenCreate",
+    "FrozenGroupable",
     "Groupable",
     "Host",
     "KernelMerge",
