@@ -96,6 +96,7 @@ class Phases:
     hold: tuple[Step, ...]
     release: tuple[Step, ...]
     record: SnapshotRecord
+    after: tuple[Step, ...] = ()  # once every member is released (dm-direct: set base ro)
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ from snapkit.dm.fake import Faults
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import RefusedError, SnapkitError
 from snapkit.flow import Flow
+from snapkit.methods.dm.direct import DmDirectMethod
 from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.methods.group import create as group_create
 from snapkit.methods.lvm.snapshot import LvmMethod
@@ -49,6 +50,7 @@ def second_origin(world: World) -> None:
 def _no_cow_dir_check(monkeypatch: pytest.MonkeyPatch) -> None:
     # The fake mount points are not real filesystems; check_cow_dir has its own tests.
     monkeypatch.setattr("snapkit.methods.dm.snapshot.check_cow_dir", lambda *_a: None)
+    monkeypatch.setattr("snapkit.methods.dm.direct.check_cow_dir", lambda *_a: None)
 
 
 def _build(world: World) -> Plan:
@@ -77,6 +79,37 @@ def test_every_tables_loaded_then_every_suspend_then_every_resume(tmp_path: Path
 
 def test_a_failure_at_any_step_of_any_member_leaves_the_world_unchanged(tmp_path: Path) -> None:
     assert walk_failures(tmp_path, second_origin, _build, DmMethod) > 20
+
+
+def _build_direct(world: World) -> Plan:
+    requests = [CreateRequest(t, f"g-{t.mountpoint.name}", cow_dir=world.cow_dir) for t in (A, B)]  # type: ignore[union-attr]
+    impl = DmDirectMethod(world.host)
+    plan, _records = group_create.plan_block("g", "dm-direct", [(impl, r) for r in requests])
+    return plan
+
+
+def test_dm_direct_group_loads_all_then_suspends_all_then_resumes_all(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    second_origin(world)
+    plan = _build_direct(world)
+    words = [s.description for s in plan.steps]
+    suspends = [i for i, w in enumerate(words) if w.startswith("dmsetup suspend")]
+    origin_resumes = [
+        i for i, w in enumerate(words) if w in ("dmsetup resume data", "dmsetup resume data2")
+    ]
+    loads = [i for i, w in enumerate(words) if w.startswith("dmsetup load")]
+    assert len(suspends) == len(origin_resumes) == 2
+    assert suspends == [suspends[0], suspends[0] + 1] and origin_resumes[0] == suspends[1] + 1
+    assert max(loads) < min(suspends)
+    assert all(not w.startswith("blockdev") for w in words[suspends[0] : origin_resumes[1]])
+    apply(plan)
+    for origin in ("data", "data2"):
+        table = world.dm.table(origin)
+        assert table is not None and table.lines[0].target.type_name == "snapshot"
+
+
+def test_dm_direct_group_a_failure_anywhere_leaves_the_world_unchanged(tmp_path: Path) -> None:
+    assert walk_failures(tmp_path, second_origin, _build_direct, DmDirectMethod) >= 18
 
 
 # -- through the flow ---------------------------------------------------------------------------
@@ -323,7 +356,7 @@ BTRFS_B = Target(Path("/dev/sdy"), Path("/mnt/y"), "btrfs", (8, 32))
         (["/mnt/x", "/mnt/y"], "btrfs", "btrfs cannot snapshot several"),
         (["/mnt/a", "/mnt/b"], "lvm", "method lvm cannot snapshot /mnt/a"),
         (["/mnt/a", "/mnt/b"], "lvm-thin", "lvm-thin cannot take a group"),
-        (["/mnt/a", "/mnt/b"], "dm-direct", "does not take a group"),
+        (["/mnt/a", "/mnt/b"], "remount-ro", "does not take a group"),
         (["/mnt/a", "/mnt/z"], "dm", "method dm cannot snapshot /mnt/z"),
     ],
 )

@@ -2,12 +2,14 @@
 
 Why per method, and what was measured (6.1 guest kernel, bookworm's lvm2):
 
-- ``dm``: each member's create split into :class:`~snapkit.methods.base.Phases`; the plan
-  loads every member's tables first, then suspends every origin (lockfs: each suspend freezes
-  its filesystem), then resumes them all -- dm ioctls from this one process, nothing spawned
-  inside the window. The shared point in time is the moment the last suspend returns: a write
-  acknowledged on any member before then is in its snapshot, and a write that started after a
-  member was suspended waits for the resumes, which come only after every suspend.
+- ``dm`` and ``dm-direct``: each member's create split into
+  :class:`~snapkit.methods.base.Phases`; the plan loads every member's tables first, then
+  suspends every origin (lockfs: each suspend freezes its filesystem), then resumes them all
+  -- dm ioctls from this one process, nothing spawned inside the window. The shared point in
+  time is the moment the last suspend returns: a write acknowledged on any member before then
+  is in its snapshot, and a write that started after a member was suspended waits for the
+  resumes, which come only after every suspend. (dm-direct then sets each base read-only,
+  after every resume: ``blockdev`` is a process.)
 - ``freeze``: every member frozen (one watchdog each, one deadline for all), the user's
   command once, every member thawed.
 - ``lvm``: every member frozen (FIFREEZE, one watchdog each, one deadline for all: the shared
@@ -25,7 +27,7 @@ Why per method, and what was measured (6.1 guest kernel, bookworm's lvm2):
   activated (``reload ioctl ... failed: No data available``), and the next member's
   ``lvcreate`` fails on the mismatch (``Thin pool ... has unexpected transaction id``).
 - ``btrfs``: refused; each btrfs snapshot is its own transaction, there is no shared one.
-- ``dm-direct``, ``remount-ro``: not yet.
+- ``remount-ro``: not yet.
 
 A failure at any step of any member undoes every member: the plan is one plan, and the dm
 release steps that commit carry undos (:meth:`DmMethod.plan_phases`).
@@ -47,7 +49,7 @@ from snapkit.model import CreateRequest, SnapshotRecord, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 
-GROUP_METHODS = ("dm", "lvm", "freeze")
+GROUP_METHODS = ("dm", "dm-direct", "lvm", "freeze")
 
 _REFUSED = {
     "btrfs": (
@@ -96,10 +98,11 @@ def member_names(group: str, targets: Sequence[Target]) -> list[str]:
 def plan_block(
     group: str, method: str, members: Sequence[tuple[Method, CreateRequest]]
 ) -> tuple[Plan, tuple[SnapshotRecord, ...]]:
-    """dm: every member's prepare, every hold, every release, as one plan."""
+    """dm, dm-direct: every member's prepare, every hold, every release, as one plan."""
     prepare: list[Step] = []
     hold: list[Step] = []
     release: list[Step] = []
+    after: list[Step] = []
     records: list[SnapshotRecord] = []
     for impl, request in members:
         if not isinstance(impl, Groupable):
@@ -108,13 +111,14 @@ def plan_block(
         prepare += phases.prepare
         hold += phases.hold
         release += phases.release
+        after += phases.after
         records.append(_member(phases.record, group, request))
     where = ", ".join(str(r.target.mountpoint) for _, r in members)
     title = (
         f"create snapshot group {group} ({method}) of {where}: every member's tables loaded, "
         "then every origin suspended (the shared point in time), then every one resumed"
     )
-    return Plan(title, (*prepare, *hold, *release)), tuple(records)
+    return Plan(title, (*prepare, *hold, *release, *after)), tuple(records)
 
 
 def plan_frozen(
