@@ -118,7 +118,7 @@ def attempt(spec: dict[str, Any], seed: int, res: dict[str, Any]) -> None:
     cross.join(120)
     res["errors"] += [work.finish() for work in works]
     stalls: list[float] = []
-    counts: dict[str, int] = {}
+    counts: dict[str, Any] = {}
     members: list[dict[str, Any]] = []
     for _, led in ledgers:
         led.close()
@@ -157,8 +157,8 @@ def attempt(spec: dict[str, Any], seed: int, res: dict[str, Any]) -> None:
             one["checks"].setdefault("mount", False)
             res["errors"].append(f"oracle {origin.mountpoint}: {type(exc).__name__}: {exc}")
         members.append(one)
-        for key, value in one.get("counts", {}).items():
-            counts[key] = counts.get(key, 0) + value
+        for key, value in one.get("counts", {}).items():  # numbers summed, examples joined
+            counts[key] = counts.get(key, [] if isinstance(value, list) else 0) + value
     res["counts"] = counts
     res["members"] = [{"checks": m["checks"], "counts": m.get("counts", {})} for m in members]
     for name in ("clean", "fsck", "mount", "ledger"):
