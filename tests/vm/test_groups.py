@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import time
 
-from workload import COW_DIR, fsck, snapkit, wait_ledger
+from workload import COW_DIR, fsck, interrupted_at, snapkit, wait_ledger
 
 from vmtests import guest
 from vmtests.vm.channel import Process
@@ -171,6 +172,38 @@ def test_lvm_group_is_one_point_in_time_and_merges_back(vm: Session) -> None:
     assert back["a"] == seen["a"] and back["b"] == seen["b"], (back, seen)
     assert json.loads(snapkit(vm, "snapshot", "list", "--json").stdout) == []
     assert vm.sh("lvs --noheadings -o lv_name vg | wc -l").stdout == b"2\n"  # a and b only
+
+
+# The lvm group's plan for two members, as --dry-run numbers it: 1-2 start the watchdogs, 3-4
+# freeze, 5-7 member a (suspend --nolockfs, lvcreate, resume if left), 8-10 member b, 11-12
+# thaw, 13-14 stop the watchdogs; 15 is the pause after the last step, before the records.
+KILL_POINTS = ("6", "9", "15")
+
+
+def test_lvm_group_killed_inside_its_window_is_settled_gone(vm: Session) -> None:
+    """SIGKILL of snapkit at points inside the shared window: before member a's lvcreate (a's
+    origin held suspended by snapkit), before b's (a's snapshot made, b held), and after the
+    last step (both made, nothing recorded). The watchdogs resume what snapkit held and thaw
+    every member; ``recover`` then makes the group gone, member by member: no snapshot LV, no
+    record, every member writable."""
+    _two_lvs(vm)
+    create = ["snapshot", "create", "/mnt/a", "/mnt/b", "--name", "g", "--method", "lvm"]
+    plan = snapkit(vm, *create, "--max-freeze", "120", "--dry-run").stdout.decode()
+    assert "dmsetup suspend --nolockfs vg-b" in plan, plan
+    for point in KILL_POINTS:
+        code = interrupted_at(vm, [*create, "--max-freeze", "120"], point, signal.SIGKILL)
+        assert code == -signal.SIGKILL, (point, code)
+        time.sleep(3)  # the watchdogs see snapkit's end, resume and thaw; lvcreate finishes
+        for m in MEMBERS:  # writable again: nothing left frozen or suspended
+            vm.sh(f"timeout 30 sh -c 'echo {point} > /mnt/{m}/after && sync /mnt/{m}/after'")
+        held = vm.sh("dmsetup info -c --noheadings -o name,suspended").stdout.decode()
+        assert "Suspended" not in held, (point, held)
+        recovered = snapkit(vm, "recover", "--json")
+        assert b"group g" in recovered.stdout, (point, recovered.stdout)
+        lvs = vm.sh("lvs --noheadings -o lv_name vg").stdout.decode().split()
+        assert sorted(lvs) == ["a", "b"], (point, lvs)
+        assert json.loads(snapkit(vm, "snapshot", "list", "--json").stdout) == [], point
+        print(f"lvm group killed before step {point}: settled gone")
 
 
 def test_freeze_group_runs_the_command_once_over_both(vm: Session) -> None:
