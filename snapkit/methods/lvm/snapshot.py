@@ -42,7 +42,7 @@ from snapkit.methods.base import FrozenCreate
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, SnapshotStatus, State, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import DEFAULT_TIMEOUT, Executor
-from snapkit.validate import lv_name
+from snapkit.validate import SECTOR, lv_name
 
 if TYPE_CHECKING:  # only annotations need it: keeps the import graph one-way
     from snapkit.methods.base import Host
@@ -103,6 +103,7 @@ class LvmMethod:
 
     def _create_argv(self, request: CreateRequest, origin: LogicalVolume, name: str) -> list[str]:
         size = request.cow_size or max(origin.size // DEFAULT_COW_FRACTION, MIN_COW)
+        size = -(-size // SECTOR) * SECTOR  # lvcreate refuses a size in bytes not whole sectors
         chunk_kib = request.chunk_sectors // 2
         return [
             "lvcreate",
