@@ -119,7 +119,7 @@ def measure_many(method: str, probe_files: list[Path], argv: list[str]) -> list[
     outs: list[str] = []
     try:
         begin = time.monotonic()
-        run_command(argv, env=_ENV)
+        run_command(argv, env=ENV)
         end = time.monotonic()
         time.sleep(0.3)
     finally:
@@ -143,11 +143,11 @@ def _cut(method: str, out: str, begin: float, end: float) -> Round:
 # --- the scenario -----------------------------------------------------------------------------
 
 
-_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # holds snapkit/
+ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # holds snapkit/
 
 
 def sh(*argv: str) -> str:
-    return run_command(list(argv), env=_ENV).stdout
+    return run_command(list(argv), env=ENV).stdout
 
 
 def snapkit_argv(*args: str) -> list[str]:
@@ -257,7 +257,7 @@ def run(rounds: int, log: Any) -> list[Summary]:
                 )
                 done.append(r)
                 if case.cleanup:
-                    run_command(case.cleanup, env=_ENV)
+                    run_command(case.cleanup, env=ENV)
             results.append(Summary(case.name, tuple(done)))
         return results
     finally:
@@ -270,7 +270,7 @@ def run(rounds: int, log: Any) -> list[Summary]:
             ["rm", "-rf", str(work)],
         ]
         for argv in undo:
-            run_command(argv, check=False, env=_ENV)
+            run_command(argv, check=False, env=ENV)
 
 
 def as_dict(results: list[Summary]) -> dict[str, Any]:

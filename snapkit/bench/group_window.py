@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from snapkit.bench.freeze_window import measure_many, sh, snapkit_argv
+from snapkit.bench.freeze_window import ENV, measure_many, sh, snapkit_argv
 from snapkit.run import run as run_command
 
 SIZES = (1, 2, 4)
@@ -98,7 +98,7 @@ def run(rounds: int, log: Any) -> list[Case]:
                         f"member {', '.join(f'{r.max_ms:.1f}' for r in got)}), "
                         f"{seconds[-1]:.2f} s"
                     )
-                    run_command(snapkit_argv("snapshot", "discard", "s"))
+                    sh(*snapkit_argv("snapshot", "discard", "s"))
                 cases.append(Case(method, size, tuple(stalls), tuple(seconds)))
         return cases
     finally:
@@ -107,7 +107,7 @@ def run(rounds: int, log: Any) -> list[Case]:
         undo += [["vgremove", "-q", "-f", VG], *(["losetup", "-d", lo] for lo in loops)]
         undo.append(["rm", "-rf", str(work)])
         for argv in undo:
-            run_command(argv, check=False)
+            run_command(argv, check=False, env=ENV)
 
 
 def as_dict(cases: list[Case]) -> dict[str, Any]:

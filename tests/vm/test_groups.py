@@ -14,7 +14,7 @@ import shlex
 import signal
 import time
 
-from workload import COW_DIR, fsck, interrupted_at, snapkit, wait_ledger
+from workload import COW_DIR, fingerprint, fsck, interrupted_at, snapkit, wait_ledger
 
 from vmtests import guest
 from vmtests.vm.channel import Process
@@ -204,6 +204,44 @@ def test_lvm_group_killed_inside_its_window_is_settled_gone(vm: Session) -> None
         assert sorted(lvs) == ["a", "b"], (point, lvs)
         assert json.loads(snapkit(vm, "snapshot", "list", "--json").stdout) == [], point
         print(f"lvm group killed before step {point}: settled gone")
+
+
+def test_bad_group_inputs_are_refused_in_one_line_with_nothing_changed(vm: Session) -> None:
+    """Issue 15's bad inputs, each through the CLI: exit 1, one line on stderr (the error and
+    its hint), and the system byte for byte as it was (dm tables, loops, mounts, LVs, the COW
+    directory, the state file)."""
+    _two_origins(vm)
+    vm.sh(  # an LV (auto picks lvm there), an unmounted prepared device, two btrfs
+        "truncate -s 300M /tmp/pv.img; pv=$(/sbin/losetup -f --show /tmp/pv.img); "
+        "pvcreate -q $pv && vgcreate -q vg $pv && lvcreate -q -y -n l -L 64m vg && "
+        "/sbin/mkfs.ext4 -q -F /dev/vg/l && mkdir -p /mnt/l /mnt/x /mnt/y && mount /dev/vg/l /mnt/l"
+    )
+    loop = vm.sh("truncate -s 64M /tmp/u.img; /sbin/losetup -f --show /tmp/u.img").stdout.decode()
+    snapkit(vm, "device", "prepare", loop.strip(), "--name", "data-u")
+    for m in ("x", "y"):
+        vm.sh(
+            f"truncate -s 160M /tmp/{m}.img; d=$(/sbin/losetup -f --show /tmp/{m}.img); "
+            f"/sbin/mkfs.btrfs -q -f $d && mount $d /mnt/{m}"
+        )
+    dm = ["--method", "dm", "--cow-dir", COW_DIR, "--cow-size", "16M"]
+    snapkit(vm, "snapshot", "create", "/mnt/a", "/mnt/b", "--name", "g", *dm)
+    state = lambda: fingerprint(vm) + vm.sh("lvs --noheadings 2>&1").stdout.decode()  # noqa: E731
+    cases = [
+        (["/mnt/a", "/mnt/a", "--name", "h", *dm], "given twice"),
+        (["/mnt/a", "/dev/mapper/data-u", "--name", "h", *dm], "is not mounted"),
+        (["/mnt/a", "/mnt/l", "--name", "h", "--cow-dir", COW_DIR], "mixed methods"),
+        (["/mnt/x", "/mnt/y", "--name", "h"], "btrfs cannot snapshot several"),
+        (["/mnt/a", "/mnt/b", "--name", "g", *dm], "already in use"),
+        (["/mnt/a", "/mnt/l", "--name", "h", *dm], "already a member of the group g"),
+    ]
+    before = state()
+    for args, words in cases:
+        refused = snapkit(vm, "snapshot", "create", *args, check=False)
+        err = refused.stderr.decode()
+        assert refused.returncode == 1 and err.count("\n") == 1 and words in err, (args, err)
+        assert err.rstrip().endswith(")"), err  # "message (hint)"
+        assert state() == before, args
+        print(f"refused: {err.strip()}")
 
 
 def test_freeze_group_runs_the_command_once_over_both(vm: Session) -> None:
