@@ -415,6 +415,35 @@ def test_recover_removes_a_group_cut_short(world: World, monkeypatch: pytest.Mon
     assert flow.state.load().groups == () and flow.state.load().snapshots == ()
 
 
+def test_recover_folds_a_dm_direct_group_cut_short_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dm-direct: once switched, an origin's newest writes live in its COW. A group cut short
+    after the switch is made gone the way dm-direct discards (the COW folded back into the
+    base), and its members were saved marked ``pending create`` first, as the flow does, so
+    no recovery took a COW for a leftover to delete: the origins end linear, the COWs gone."""
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    requests = [
+        CreateRequest(t, f"g-{t.mountpoint.name}", cow_dir=flow.context.cow_dir) for t in (A, B)
+    ]  # type: ignore[union-attr]
+    plan, records = group_create.plan_block(
+        "g", "dm-direct", [(DmDirectMethod(world.host), r) for r in requests]
+    )
+    group = Group("g", "dm-direct", ("g-a", "g-b"), Pending.CREATE, records)
+    data = flow.state.load().with_group(group)
+    for record in records:
+        data = data.with_snapshot(record.marked(Pending.CREATE))
+    StateFile(flow.settings.state_dir).save(data)
+    apply(plan)
+    result = flow.recover()
+    assert not isinstance(result, str) and "g" in result.dropped
+    for origin in ("data", "data2"):
+        table = world.dm.table(origin)
+        assert table is not None and table.lines[0].target.type_name == "linear", origin
+    assert flow.state.load().groups == () and flow.state.load().snapshots == ()
+    assert not list(flow.context.cow_dir.glob("*.cow"))
+
+
 # -- the API and the CLI's JSON -----------------------------------------------------------------
 
 

@@ -109,7 +109,7 @@ def test_the_helpers_pythonpath_holds_the_snapkit_package() -> None:
     from snapkit.bench import freeze_window
 
     assert (watchdog._PACKAGE_ROOT / "snapkit" / "host" / "watchdog.py").is_file()
-    assert (Path(freeze_window._ENV["PYTHONPATH"]) / "snapkit" / "bench").is_dir()
+    assert (Path(freeze_window.ENV["PYTHONPATH"]) / "snapkit" / "bench").is_dir()
 
 
 def test_devices_named_are_resumed_before_the_thaw(

@@ -23,6 +23,7 @@ from typing import Any
 
 from vmtests.guest import check, crosswriter
 from vmtests.guest.campaign import ledger, targets
+from vmtests.guest.campaign.workloads import COMPONENTS, Workload, longest_stall, verify_snapshot
 from vmtests.guest.proc import log, run
 from vmtests.guest.refusal import Rule
 
@@ -80,8 +81,6 @@ def create(spec: dict[str, Any], origins: list[targets.Origin]) -> list[str]:
 
 
 def attempt(spec: dict[str, Any], seed: int, res: dict[str, Any]) -> None:
-    from vmtests.guest.campaign.scenario import COMPONENTS, Workload, longest_stall, verify_snapshot
-
     checks: dict[str, bool | None] = res["checks"]
     filesystems = spec["group"].split("+")
     origins = prepare(spec["method"], filesystems, spec.get("size_mib", 160))
