@@ -42,7 +42,15 @@ from snapkit.host.target import Mount, block_devnum, mount_devnum, mounts, resol
 from snapkit.host.watchdog import resume_guard
 from snapkit.lock import origin_lock
 from snapkit.methods import registry
-from snapkit.methods.base import Context, Extendable, ForcedMerge, Host, KernelMerge, Method
+from snapkit.methods.base import (
+    Context,
+    Extendable,
+    ForcedMerge,
+    FrozenGroupable,
+    Host,
+    KernelMerge,
+    Method,
+)
 from snapkit.methods.dm import DM_METHODS, layer
 from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY
 from snapkit.model import (
@@ -92,7 +100,7 @@ class Flow:
     settings: Settings = field(default_factory=Settings.from_env)
     mount_table: Callable[[], tuple[Mount, ...]] = mounts  # the seam unit tests replace
     freezer: freezing.Freezer = field(default_factory=freezing.IoctlFreezer)  # groups' freeze
-    watchdog: Callable[[Path], freezing.Guard] = freezing.real_watchdog
+    watchdog: freezing.GuardMaker = freezing.real_watchdog
     _plans_applied: int = 0
 
     def __post_init__(self) -> None:
@@ -352,6 +360,7 @@ class Flow:
         with ExitStack() as locks:
             for target in sorted(targets, key=lambda t: str(t.device)):  # one order: no deadlock
                 locks.enter_context(self.lock(str(target.device), f"create group {name}"))
+            marks = False  # whether member records are saved, marked, before the plan runs
             if chosen == "freeze":
                 plan, records = group_create.plan_freeze(
                     name,
@@ -362,15 +371,25 @@ class Flow:
                     freezer=self.freezer,
                     watchdog=self.watchdog,
                 )
+            elif isinstance(impl := self.method(chosen), FrozenGroupable):
+                marks = impl.records_first
+                plan, records = group_create.plan_frozen(
+                    name,
+                    chosen,
+                    [(impl, r) for r in requests],
+                    max_freeze,
+                    freezer=self.freezer,
+                    watchdog=self.watchdog,
+                )
             else:
-                impl = self.method(chosen)
+                marks = impl.records_first
                 plan, records = group_create.plan_block(name, chosen, [(impl, r) for r in requests])
             if dry_run:
                 return _hooks_text(pre, plan.render(), post)
             group = Group(name, chosen, tuple(members))
             self._hook(pre, "--pre")
             try:
-                self._apply_group(plan, group, records)
+                self._apply_group(plan, group, records, marks=marks)
             finally:
                 post_failed = self._hook(post, "--post", check=False)
             if post_failed:
@@ -415,10 +434,21 @@ class Flow:
             )
         return picked[0]
 
-    def _apply_group(self, plan: Plan, group: Group, records: tuple[SnapshotRecord, ...]) -> None:
+    def _apply_group(
+        self, plan: Plan, group: Group, records: tuple[SnapshotRecord, ...], *, marks: bool
+    ) -> None:
+        """Save the group's entry, marked pending create with its planned members, then run
+        the plan, then save the member records. With ``marks`` (a member method that
+        ``records_first``, as dm-direct: its origin's newest writes live in the COW once
+        switched), the member records are saved marked ``pending create`` up front too, as a
+        single create does, so that no family's recovery takes such a COW for a leftover;
+        the group's recovery then makes the group gone the way each member discards."""
         existed = self.state.path.exists()
         before = self.load()
-        self.state.save(before.with_group(replace(group, pending=Pending.CREATE, planned=records)))
+        pending = before.with_group(replace(group, pending=Pending.CREATE, planned=records))
+        for record in records if marks else ():
+            pending = pending.with_snapshot(record.marked(Pending.CREATE))
+        self.state.save(pending)
         try:
             self.apply_plan(plan)
         except PlanError as exc:

@@ -96,24 +96,38 @@ def probe(path: str) -> int:
 
 def measure(method: str, probe_file: Path, argv: list[str]) -> Round:
     """Run ``argv`` once under the probe and cut the probe's record to the command's window."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "snapkit.bench.freeze_window", "probe", str(probe_file)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
-    )
-    assert child.stdin is not None and child.stdout is not None
-    if child.stdout.readline().strip() != "ready":
-        raise RuntimeError("the probe did not start")
+    return measure_many(method, [probe_file], argv)[0]
+
+
+def measure_many(method: str, probe_files: list[Path], argv: list[str]) -> list[Round]:
+    """:func:`measure` with one probe per file (a snapshot group's members), all started
+    before the command and stopped after it: one :class:`Round` per probe."""
+    children = []
+    for probe_file in probe_files:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "snapkit.bench.freeze_window", "probe", str(probe_file)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        )
+        children.append(child)
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("the probe did not start")
     time.sleep(0.3)
+    outs: list[str] = []
     try:
         begin = time.monotonic()
-        run_command(argv, env=_ENV)
+        run_command(argv, env=ENV)
         end = time.monotonic()
         time.sleep(0.3)
     finally:
-        out, _ = child.communicate("stop\n")
+        outs = [child.communicate("stop\n")[0] for child in children]
+    return [_cut(method, out, begin, end) for out in outs]
+
+
+def _cut(method: str, out: str, begin: float, end: float) -> Round:
     window = []
     for line in out.splitlines():
         start, lat = map(float, line.split())
@@ -129,14 +143,14 @@ def measure(method: str, probe_file: Path, argv: list[str]) -> Round:
 # --- the scenario -----------------------------------------------------------------------------
 
 
-_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # holds snapkit/
+ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # holds snapkit/
 
 
-def _sh(*argv: str) -> str:
-    return run_command(list(argv), env=_ENV).stdout
+def sh(*argv: str) -> str:
+    return run_command(list(argv), env=ENV).stdout
 
 
-def _snapkit(*args: str) -> list[str]:
+def snapkit_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "snapkit", *args]
 
 
@@ -161,25 +175,25 @@ def run(rounds: int, log: Any) -> list[Summary]:
     pv = work / "pv.img"
     with open(pv, "wb") as f:
         f.truncate(1536 << 20)
-    loop = _sh("losetup", "--show", "-f", str(pv)).strip()
+    loop = sh("losetup", "--show", "-f", str(pv)).strip()
     raw = work / "raw.img"
     with open(raw, "wb") as f:
         f.truncate(256 << 20)
-    raw_loop = _sh("losetup", "--show", "-f", str(raw)).strip()
+    raw_loop = sh("losetup", "--show", "-f", str(raw)).strip()
     mounted: list[str] = []
     try:
-        _sh("pvcreate", "-q", loop)
-        _sh("vgcreate", "-q", VG, loop)
-        _sh("lvcreate", "-q", "-y", "-L", "256M", "-n", "lv", VG)
-        _sh("mkfs.ext4", "-q", f"/dev/{VG}/lv")
+        sh("pvcreate", "-q", loop)
+        sh("vgcreate", "-q", VG, loop)
+        sh("lvcreate", "-q", "-y", "-L", "256M", "-n", "lv", VG)
+        sh("mkfs.ext4", "-q", f"/dev/{VG}/lv")
         lv_mp, dm_mp = work / "lv", work / "dm"
         lv_mp.mkdir()
         dm_mp.mkdir()
-        _sh("mount", f"/dev/{VG}/lv", str(lv_mp))
+        sh("mount", f"/dev/{VG}/lv", str(lv_mp))
         mounted.append(str(lv_mp))
-        _sh("mkfs.ext4", "-q", raw_loop)
-        _sh(*_snapkit("device", "prepare", raw_loop, "--name", "skbench"))
-        _sh("mount", "/dev/mapper/skbench", str(dm_mp))
+        sh("mkfs.ext4", "-q", raw_loop)
+        sh(*snapkit_argv("device", "prepare", raw_loop, "--name", "skbench"))
+        sh("mount", "/dev/mapper/skbench", str(dm_mp))
         mounted.append(str(dm_mp))
         cow = str(work / "cow")
         os.mkdir(cow)
@@ -193,7 +207,7 @@ def run(rounds: int, log: Any) -> list[Summary]:
             Case(
                 "dm",
                 str(dm_mp),
-                _snapkit(
+                snapkit_argv(
                     "snapshot",
                     "create",
                     str(dm_mp),
@@ -206,12 +220,12 @@ def run(rounds: int, log: Any) -> list[Summary]:
                     "--cow-dir",
                     cow,
                 ),
-                _snapkit("snapshot", "discard", "s"),
+                snapkit_argv("snapshot", "discard", "s"),
             ),
             Case(
                 "dm-direct",
                 str(dm_mp),
-                _snapkit(
+                snapkit_argv(
                     "snapshot",
                     "create",
                     str(dm_mp),
@@ -224,9 +238,9 @@ def run(rounds: int, log: Any) -> list[Summary]:
                     "--cow-dir",
                     cow,
                 ),
-                _snapkit("snapshot", "discard", "s"),
+                snapkit_argv("snapshot", "discard", "s"),
             ),
-            Case("freeze", str(lv_mp), _snapkit("freeze", str(lv_mp), "--", "true"), []),
+            Case("freeze", str(lv_mp), snapkit_argv("freeze", str(lv_mp), "--", "true"), []),
             # The floors: the filesystem freeze alone (what every suspend with lockfs costs),
             # then the same after a sync, to see how much of it is flushing dirty data.
             Case("FIFREEZE+FITHAW", str(lv_mp), _floor(lv_mp, sync=False), []),
@@ -243,20 +257,20 @@ def run(rounds: int, log: Any) -> list[Summary]:
                 )
                 done.append(r)
                 if case.cleanup:
-                    run_command(case.cleanup, env=_ENV)
+                    run_command(case.cleanup, env=ENV)
             results.append(Summary(case.name, tuple(done)))
         return results
     finally:
         undo = [["umount", mp] for mp in reversed(mounted)]
         undo += [
-            _snapkit("device", "release", "skbench"),
+            snapkit_argv("device", "release", "skbench"),
             ["vgremove", "-q", "-f", VG],
             ["losetup", "-d", loop],
             ["losetup", "-d", raw_loop],
             ["rm", "-rf", str(work)],
         ]
         for argv in undo:
-            run_command(argv, check=False, env=_ENV)
+            run_command(argv, check=False, env=ENV)
 
 
 def as_dict(results: list[Summary]) -> dict[str, Any]:

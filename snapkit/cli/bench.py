@@ -108,7 +108,43 @@ def _bench_freeze_window(args: argparse.Namespace) -> int:
     return 0
 
 
-_BENCHES: tuple[Callable[[Any], None], ...] = (_register_cow, _register_freeze_window)
+def _register_group_window(benches: Any) -> None:
+    from snapkit.bench import group_window
+
+    p = benches.add_parser(
+        "group-window",
+        help="how a snapshot group's stall grows with its members, against one snapshot",
+        description=group_window.__doc__,
+        formatter_class=_RAW,
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per case (default 3)")
+    p.set_defaults(handler=_bench_group_window)
+
+
+def _bench_group_window(args: argparse.Namespace) -> int:
+    from snapkit.bench import group_window
+
+    cases = group_window.run(args.rounds, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    data = group_window.as_dict(cases)
+    if args.json:
+        print_json(data)
+        return 0
+    print(f"{'method':<7} {'members':>7} {'longest':>10} {'command':>9} {'vs single':>10}")
+    for c in data["cases"]:
+        print(
+            f"{c['method']:<7} {c['members']:>7} {c['longest_stall_ms']:>7.1f} ms "
+            f"{c['command_s']:>7.2f} s {c['ratio_to_single']:>9.2f}x"
+        )
+    print(f"baseline: {data['baseline']}")
+    return 0
+
+
+_BENCHES: tuple[Callable[[Any], None], ...] = (
+    _register_cow,
+    _register_freeze_window,
+    _register_group_window,
+)
 
 
 def register(subparsers: Any) -> None:

@@ -49,10 +49,17 @@ class Guard(Protocol):
     def abandon(self) -> None: ...
 
 
-def real_watchdog(mountpoint: Path) -> Guard:
+class GuardMaker(Protocol):
+    """Makes the watchdog of one mount point; ``resume`` names dm devices the steps inside the
+    window may hold suspended, which it resumes before it thaws."""
+
+    def __call__(self, mountpoint: Path, *, resume: Sequence[str] = ()) -> Guard: ...
+
+
+def real_watchdog(mountpoint: Path, *, resume: Sequence[str] = ()) -> Guard:
     from snapkit.host.watchdog import Watchdog
 
-    return Watchdog(mountpoint)
+    return Watchdog(mountpoint, resume=resume)
 
 
 @dataclass
@@ -183,6 +190,7 @@ def guard_suspend(
 __all__ = [
     "Freezer",
     "Guard",
+    "GuardMaker",
     "IoctlFreezer",
     "Outcome",
     "freeze_all_around",

@@ -16,6 +16,9 @@ Protocol, one line at a time on the watchdog's stdin; it answers on stdout::
     (watchdog)  thawed deadline       DEADLINE passed before "done": it thawed the filesystem
     (watchdog)  thawed eof            stdin closed after "arm" without "done": snapkit died
 
+Devices named after the mount point (a snapshot group of lvm members suspends each origin
+itself) are resumed, if still suspended, before any thaw: a thaw writes the superblock.
+
 A closed stdin without "arm" means snapkit died before freezing: nothing to thaw. SIGTERM thaws
 (if armed) and exits; SIGINT and SIGHUP are ignored.
 
@@ -60,11 +63,12 @@ class Watchdog:
     """The snapkit side: start, arm, and stop the watchdog process."""
 
     def __init__(
-        self, mountpoint: Path, *, python: str = sys.executable, resume: Sequence[str] = ()
+        self, mountpoint: Path, *, resume: Sequence[str] = (), python: str = sys.executable
     ) -> None:
         self.mountpoint = mountpoint
+        self.resume = tuple(resume)
         self.python = python
-        self.args = ["--resume", *resume] if resume else [str(mountpoint)]
+        self.args = [str(mountpoint), *self.resume]  # resuming() makes it the --resume mode
         self.proc: subprocess.Popen[bytes] | None = None
         self.thawed_by_watchdog = False
 
@@ -72,7 +76,9 @@ class Watchdog:
     def resuming(cls, names: Sequence[str], *, python: str = sys.executable) -> Watchdog:
         """A watchdog over a dm suspend: ``names`` in resume order, the suspended origin last
         (already checked dm names: they reach the helper as argv words, never a shell)."""
-        return cls(Path("/dev/mapper") / names[-1], python=python, resume=names)
+        dog = cls(Path("/dev/mapper") / names[-1], python=python)
+        dog.args = ["--resume", *names]
+        return dog
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(_PACKAGE_ROOT))
@@ -162,8 +168,9 @@ class _Watch:
 
     FAILED = "thaw"  # the word a failed release is said with
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, resume: Sequence[str] = ()) -> None:
         self.fd = fd
+        self.resume = resume
         self.deadline: float | None = None
         self.thawed = ""
 
@@ -173,7 +180,11 @@ class _Watch:
         os._exit(0)
 
     def release(self) -> str:
-        """Undo the hold; the word that says what was done."""
+        """Undo the hold; the word that says what was done. Every device named to resume is
+        resumed first: thawing writes the superblock, which would wait for ever on a device
+        left suspended."""
+        for name in self.resume:
+            _resume(name)
         thaw_fd(self.fd)
         return "thawed"
 
@@ -245,11 +256,28 @@ class _Resume(_Watch):
         return "resumed"
 
 
+def _resume(name: str) -> None:
+    """Resume dm device ``name`` if it is suspended with no table waiting. One with an inactive
+    table is in the middle of a reload by its owner (lvcreate), which resumes it itself: a
+    resume here would swap in a table whose devices are not ready."""
+    from snapkit.dm.control import IoctlDm  # only a watchdog with devices to resume needs it
+
+    try:
+        with IoctlDm() as dm:
+            info = dm.info(name)
+            if info is not None and info.suspended and not info.inactive_table:
+                dm.resume(name, lockfs=False)
+                _say(f"resumed {name}")
+    except (OperationError, OSError) as exc:  # DmError is an OperationError
+        _say(f"resume failed {name} {exc}")
+
+
 def main(argv: list[str]) -> int:
     resume = argv[:1] == ["--resume"] and len(argv) > 1
-    if len(argv) != 1 and not resume:
+    if not argv or (argv[0] == "--resume" and not resume):
         print(
-            "usage: python -m snapkit.host.watchdog MOUNTPOINT | --resume NAME... ORIGIN",
+            "usage: python -m snapkit.host.watchdog MOUNTPOINT [DM_NAME...] | --resume NAME... "
+            "ORIGIN",
             file=sys.stderr,
         )
         return 2
@@ -258,7 +286,7 @@ def main(argv: list[str]) -> int:
     watch = (
         _Resume(argv[1:])
         if resume
-        else _Watch(os.open(argv[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        else _Watch(os.open(argv[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), argv[1:])
     )
     signal.signal(signal.SIGTERM, watch.on_term)
     _say("ready")

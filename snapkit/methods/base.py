@@ -110,6 +110,7 @@ class Phases:
     hold: tuple[Step, ...]
     release: tuple[Step, ...]
     record: SnapshotRecord
+    after: tuple[Step, ...] = ()  # once every member is released (dm-direct: set base ro)
 
 
 @runtime_checkable
@@ -117,6 +118,27 @@ class Groupable(Protocol):
     """A method whose create can share one point in time with other members of a group."""
 
     def plan_phases(self, request: CreateRequest) -> Phases: ...
+
+
+@dataclass(frozen=True)
+class FrozenCreate:
+    """A create that runs while its filesystem is already frozen: a group's FIFREEZE of every
+    member is then the shared point in time, and each member's ``steps`` run inside it, one
+    member after another. ``suspends`` names the dm devices those steps may hold suspended
+    themselves; the freeze watchdog resumes them before it thaws (a thaw writes the
+    superblock, which waits on a suspended device), so one deadline covers every member."""
+
+    steps: tuple[Step, ...]
+    record: SnapshotRecord
+    suspends: tuple[str, ...]
+
+
+@runtime_checkable
+class FrozenGroupable(Protocol):
+    """A method whose create can join a group whose members are all frozen first (lvm:
+    ``lvcreate`` cannot be split around one shared suspend the way dm's tables can)."""
+
+    def plan_frozen(self, request: CreateRequest) -> FrozenCreate: ...
 
 
 @dataclass(frozen=True)
@@ -195,6 +217,8 @@ __all__ = [
     "Extendable",
     "FamilyRecovery",
     "ForcedMerge",
+    "FrozenCreate",
+    "FrozenGroupable",
     "Groupable",
     "Host",
     "KernelMerge",

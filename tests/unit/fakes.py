@@ -329,6 +329,9 @@ class FakeLvm(FakeExecutor):
             origin = self.lvs[args[-1].split("/")[1]]
             name = args[args.index("-n") + 1]
             self.lvs[name] = Lv(name, origin.name, thin=origin.thin, active=not origin.thin)
+            self.suspended.discard(origin.name)  # LVM resumes the origin it loaded
+        elif args[:2] == ["dmsetup", "suspend"]:
+            self.suspended.add(args[-1].removeprefix("vg-"))
         elif args[:2] == ["dmsetup", "resume"]:
             self.suspended.discard(args[-1].removeprefix("vg-"))
         elif args[0] == "lvremove":

@@ -4,20 +4,33 @@ group verbs, and recover making a group cut short gone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from snapkit.dm.fake import Faults
 from snapkit.dm.table import DevNum, Linear, Table
 from snapkit.errors import RefusedError, SnapkitError
 from snapkit.flow import Flow
+from snapkit.methods.dm.direct import DmDirectMethod
 from snapkit.methods.dm.snapshot import DmMethod
 from snapkit.methods.group import create as group_create
+from snapkit.methods.lvm.snapshot import LvmMethod
 from snapkit.model import CreateRequest, Group, Pending, State, Target
 from snapkit.plan import Plan, PlanError, apply
 from snapkit.settings import Settings
 from snapkit.state import StateFile
-from tests.unit.fakes import SIZE, World, make_world, walk_failures
+from tests.unit.fakes import (
+    SIZE,
+    FakeLvm,
+    Lv,
+    World,
+    lvm_host,
+    lvm_world,
+    make_world,
+    walk_failures,
+)
 
 A = Target(Path("/dev/mapper/data"), Path("/mnt/a"), "ext4", (253, 0))
 B = Target(Path("/dev/mapper/data2"), Path("/mnt/b"), "ext4", (253, 1))
@@ -37,6 +50,7 @@ def second_origin(world: World) -> None:
 def _no_cow_dir_check(monkeypatch: pytest.MonkeyPatch) -> None:
     # The fake mount points are not real filesystems; check_cow_dir has its own tests.
     monkeypatch.setattr("snapkit.methods.dm.snapshot.check_cow_dir", lambda *_a: None)
+    monkeypatch.setattr("snapkit.methods.dm.direct.check_cow_dir", lambda *_a: None)
 
 
 def _build(world: World) -> Plan:
@@ -65,6 +79,37 @@ def test_every_tables_loaded_then_every_suspend_then_every_resume(tmp_path: Path
 
 def test_a_failure_at_any_step_of_any_member_leaves_the_world_unchanged(tmp_path: Path) -> None:
     assert walk_failures(tmp_path, second_origin, _build, DmMethod) > 20
+
+
+def _build_direct(world: World) -> Plan:
+    requests = [CreateRequest(t, f"g-{t.mountpoint.name}", cow_dir=world.cow_dir) for t in (A, B)]  # type: ignore[union-attr]
+    impl = DmDirectMethod(world.host)
+    plan, _records = group_create.plan_block("g", "dm-direct", [(impl, r) for r in requests])
+    return plan
+
+
+def test_dm_direct_group_loads_all_then_suspends_all_then_resumes_all(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    second_origin(world)
+    plan = _build_direct(world)
+    words = [s.description for s in plan.steps]
+    suspends = [i for i, w in enumerate(words) if w.startswith("dmsetup suspend")]
+    origin_resumes = [
+        i for i, w in enumerate(words) if w in ("dmsetup resume data", "dmsetup resume data2")
+    ]
+    loads = [i for i, w in enumerate(words) if w.startswith("dmsetup load")]
+    assert len(suspends) == len(origin_resumes) == 2
+    assert suspends == [suspends[0], suspends[0] + 1] and origin_resumes[0] == suspends[1] + 1
+    assert max(loads) < min(suspends)
+    assert all(not w.startswith("blockdev") for w in words[suspends[0] : origin_resumes[1]])
+    apply(plan)
+    for origin in ("data", "data2"):
+        table = world.dm.table(origin)
+        assert table is not None and table.lines[0].target.type_name == "snapshot"
+
+
+def test_dm_direct_group_a_failure_anywhere_leaves_the_world_unchanged(tmp_path: Path) -> None:
+    assert walk_failures(tmp_path, second_origin, _build_direct, DmDirectMethod) >= 18
 
 
 # -- through the flow ---------------------------------------------------------------------------
@@ -107,7 +152,7 @@ def _flow(world: World, monkeypatch: pytest.MonkeyPatch, targets: dict[str, Targ
         settings=Settings(state_dir=world.cow_dir / "state", lock_dir=world.cow_dir / "locks"),
         mount_table=lambda: (),
         freezer=FakeFreezer(log),
-        watchdog=lambda mp: FakeGuard(log, mp),
+        watchdog=lambda mp, resume=(): FakeGuard(log, mp),
     )
     flow.log = log  # type: ignore[attr-defined]
     flow.load()  # the prepared origins, reconciled into the state file once
@@ -211,6 +256,88 @@ def test_freeze_group_command_failure_thaws_every_member(
     assert flow.load().groups == ()
 
 
+# -- lvm: every member frozen, each lvcreate in turn, every member thawed -----------------------
+
+LV_A = Target(Path("/dev/mapper/vg-lv"), Path("/mnt/a"), "ext4", (253, 0))
+LV_B = Target(Path("/dev/mapper/vg-lv2"), Path("/mnt/b"), "ext4", (253, 1))
+
+
+class CountingFreezer(FakeFreezer):
+    """A freezer whose freezes are side effects the fault walk can fail."""
+
+    def __init__(self, log: list[str], faults: Faults) -> None:
+        super().__init__(log)
+        self.faults = faults
+
+    def freeze(self, mountpoint: Path) -> None:
+        if self.faults.should_fail(f"freeze {mountpoint}"):
+            raise SnapkitError(f"injected failure freezing {mountpoint}")
+        super().freeze(mountpoint)
+
+
+def _lvm_plan(fake: FakeLvm, log: list[str]) -> Plan:
+    requests = [CreateRequest(t, f"g-{t.mountpoint.name}") for t in (LV_A, LV_B)]  # type: ignore[union-attr]
+    impl = LvmMethod(lvm_host(fake))
+    plan, _ = group_create.plan_frozen(
+        "g",
+        "lvm",
+        [(impl, r) for r in requests],
+        10.0,
+        freezer=CountingFreezer(log, fake.faults),
+        watchdog=lambda mp, resume=(): FakeGuard(log, mp),
+    )
+    return plan
+
+
+def _two_lvs(fail_at: int | None = None) -> FakeLvm:
+    fake = lvm_world(fail_at=fail_at)
+    fake.lvs["lv2"] = Lv("lv2", is_open=True)
+    return fake
+
+
+def test_lvm_group_freezes_all_then_each_origin_held_for_its_lvcreate_then_thaws_all() -> None:
+    fake, log = _two_lvs(), []
+    plan = _lvm_plan(fake, log)
+    words = [s.description.split(" (")[0] for s in plan.steps]
+    freezes = [i for i, w in enumerate(words) if w.startswith("freeze")]
+    creates = [i for i, w in enumerate(words) if w.startswith("lvcreate")]
+    thaws = [i for i, w in enumerate(words) if w.startswith("thaw")]
+    assert len(freezes) == len(creates) == len(thaws) == 2
+    assert max(freezes) < min(creates) and max(creates) < min(thaws)
+    for create in creates:  # each lvcreate finds its origin suspended without lockfs
+        assert words[create - 1].startswith("dmsetup suspend --nolockfs")
+    apply(plan)
+    assert {"g-a", "g-b"} <= set(fake.lvs) and not fake.suspended
+    assert [e.split()[0] for e in log].count("thaw") == 2
+
+
+def test_lvm_group_a_failure_anywhere_undoes_every_member_and_thaws_all() -> None:
+    before = _two_lvs().state()
+    for n in range(100):
+        fake, log = _two_lvs(fail_at=n), []
+        try:
+            apply(_lvm_plan(fake, log))
+        except PlanError:
+            assert fake.state() == before, f"failure at side effect {n} left a change"
+            frozen = {e.split()[1] for e in log if e.startswith("freeze")}
+            thawed = {e.split()[1] for e in log if e.startswith("thaw")}
+            assert frozen <= thawed, f"failure at side effect {n} left {frozen - thawed} frozen"
+            continue
+        assert n == 6, "the walk failed each side effect: 2 freezes, 2 suspends, 2 lvcreates"
+        return
+    raise AssertionError("the plan never succeeded")
+
+
+def test_lvm_group_through_the_flow(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _two_lvs()
+    world.host = replace(world.host, run=fake)
+    flow = _flow(world, monkeypatch, {"/mnt/a": LV_A, "/mnt/b": LV_B})
+    made = flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="lvm")
+    assert not isinstance(made, str)
+    assert [m.record.method for m in made.members] == ["lvm", "lvm"]
+    assert {"g-a", "g-b"} <= set(fake.lvs) and not fake.suspended
+
+
 # -- bad inputs: refused, nothing changed -------------------------------------------------------
 
 UNMOUNTED = Target(Path("/dev/mapper/data2"), None, None, (253, 1))
@@ -227,9 +354,9 @@ BTRFS_B = Target(Path("/dev/sdy"), Path("/mnt/y"), "btrfs", (8, 32))
         (["/mnt/a", "/mnt/z"], "auto", "mixed methods"),
         (["/mnt/x", "/mnt/y"], "auto", "btrfs cannot snapshot several"),
         (["/mnt/x", "/mnt/y"], "btrfs", "btrfs cannot snapshot several"),
-        (["/mnt/a", "/mnt/b"], "lvm", "lvm cannot take a group"),
-        (["/mnt/a", "/mnt/b"], "lvm-thin", "lvm cannot take a group"),
-        (["/mnt/a", "/mnt/b"], "dm-direct", "does not take a group"),
+        (["/mnt/a", "/mnt/b"], "lvm", "method lvm cannot snapshot /mnt/a"),
+        (["/mnt/a", "/mnt/b"], "lvm-thin", "lvm-thin cannot take a group"),
+        (["/mnt/a", "/mnt/b"], "remount-ro", "does not take a group"),
         (["/mnt/a", "/mnt/z"], "dm", "method dm cannot snapshot /mnt/z"),
     ],
 )
@@ -286,6 +413,35 @@ def test_recover_removes_a_group_cut_short(world: World, monkeypatch: pytest.Mon
     assert not isinstance(result, str) and "g" in result.dropped
     assert world.state() == before
     assert flow.state.load().groups == () and flow.state.load().snapshots == ()
+
+
+def test_recover_folds_a_dm_direct_group_cut_short_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dm-direct: once switched, an origin's newest writes live in its COW. A group cut short
+    after the switch is made gone the way dm-direct discards (the COW folded back into the
+    base), and its members were saved marked ``pending create`` first, as the flow does, so
+    no recovery took a COW for a leftover to delete: the origins end linear, the COWs gone."""
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    requests = [
+        CreateRequest(t, f"g-{t.mountpoint.name}", cow_dir=flow.context.cow_dir) for t in (A, B)
+    ]  # type: ignore[union-attr]
+    plan, records = group_create.plan_block(
+        "g", "dm-direct", [(DmDirectMethod(world.host), r) for r in requests]
+    )
+    group = Group("g", "dm-direct", ("g-a", "g-b"), Pending.CREATE, records)
+    data = flow.state.load().with_group(group)
+    for record in records:
+        data = data.with_snapshot(record.marked(Pending.CREATE))
+    StateFile(flow.settings.state_dir).save(data)
+    apply(plan)
+    result = flow.recover()
+    assert not isinstance(result, str) and "g" in result.dropped
+    for origin in ("data", "data2"):
+        table = world.dm.table(origin)
+        assert table is not None and table.lines[0].target.type_name == "linear", origin
+    assert flow.state.load().groups == () and flow.state.load().snapshots == ()
+    assert not list(flow.context.cow_dir.glob("*.cow"))
 
 
 # -- the API and the CLI's JSON -----------------------------------------------------------------

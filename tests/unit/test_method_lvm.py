@@ -537,3 +537,15 @@ def test_sigterm_during_lvcreate_lets_it_finish_then_undoes_it() -> None:
     assert caught.value.exit_code == 128 + signal.SIGTERM
     assert fake.ended and [c[0] for c in fake.calls].count("lvremove") == 1  # finished, undone
     assert fake.state() == before
+
+
+def test_the_default_cow_size_is_whole_sectors() -> None:
+    """A fifth of a 96 MiB LV is not a whole number of sectors, and lvcreate refuses such a
+    size in bytes (measured: "Size is not a multiple of 512"): it is rounded up."""
+    fake = lvm_world()
+    fake.lvs["lv"] = Lv("lv")
+    method = LvmMethod(lvm_host(fake))
+    origin = method._origin(LV_TARGET)
+    argv = method._create_argv(lvm_request(), replace(origin, size=96 << 20), "s1")
+    size = int(argv[argv.index("-L") + 1].removesuffix("b"))
+    assert size % 512 == 0 and 0 <= size - (96 << 20) // 5 < 512

@@ -109,4 +109,52 @@ def test_the_helpers_pythonpath_holds_the_snapkit_package() -> None:
     from snapkit.bench import freeze_window
 
     assert (watchdog._PACKAGE_ROOT / "snapkit" / "host" / "watchdog.py").is_file()
-    assert (Path(freeze_window._ENV["PYTHONPATH"]) / "snapkit" / "bench").is_dir()
+    assert (Path(freeze_window.ENV["PYTHONPATH"]) / "snapkit" / "bench").is_dir()
+
+
+def test_devices_named_are_resumed_before_the_thaw(
+    thaws: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's lvm member holds its origin suspended: thawing first would wait for ever on
+    the superblock write, so the resume comes first (and only when armed)."""
+    order: list[str] = []
+    monkeypatch.setattr(watchdog, "_resume", lambda name: order.append(f"resume {name}"))
+    monkeypatch.setattr(watchdog, "thaw_fd", lambda fd: order.append("thaw") or True)
+    watch = _Watch(99, ("vg-a",))
+    watch.fire("eof")
+    assert order == ["resume vg-a", "thaw"]
+
+
+class _Dm:
+    def __init__(self, suspended: bool, inactive: bool) -> None:
+        self.suspended, self.inactive, self.resumed = suspended, inactive, False
+
+    def __enter__(self) -> _Dm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def info(self, name: str) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(suspended=self.suspended, inactive_table=self.inactive)
+
+    def resume(self, name: str, *, lockfs: bool = True) -> None:
+        self.resumed = True
+
+
+@pytest.mark.parametrize(
+    ("suspended", "inactive", "resumed"),
+    [(True, False, True), (False, False, False), (True, True, False)],
+)
+def test_only_a_plain_suspend_is_resumed(
+    monkeypatch: pytest.MonkeyPatch, suspended: bool, inactive: bool, resumed: bool
+) -> None:
+    """Suspended with an inactive table is lvcreate's reload in flight: a resume would swap in
+    a table whose devices are not ready, so it is left to lvcreate (negative control)."""
+    dm = _Dm(suspended, inactive)
+    monkeypatch.setattr("snapkit.dm.control.IoctlDm", lambda: dm)
+    monkeypatch.setattr(watchdog, "_say", lambda text: None)
+    watchdog._resume("vg-a")
+    assert dm.resumed is resumed

@@ -60,7 +60,11 @@ def _disks(scenario: Scenario, folder: Path) -> list[Any]:
 
     lvm = scenario.method in ("lvm", "lvm-thin", "freeze-lvm")
     size = (LVM_DISK_MIB if lvm else PLAIN_DISK_MIB) << 20
-    disks = [Disk(make_disk(folder / "disk0.raw", size), "disk0")]
+    if scenario.group:  # one disk per member (vmtests/guest/campaign/group.py)
+        members = range(len(scenario.group.split("+")))
+        disks = [Disk(make_disk(folder / f"member{k}.raw", size), f"member{k}") for k in members]
+    else:
+        disks = [Disk(make_disk(folder / "disk0.raw", size), "disk0")]
     if scenario.is_control:
         disks.append(Disk(make_disk(folder / "disk1.raw", size), "disk1"))
     disks.append(Disk(make_disk(folder / "out.raw", OUT_DISK_MIB << 20), "out"))

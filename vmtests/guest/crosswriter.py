@@ -15,6 +15,7 @@ is absent: the cross-volume check -- a shared point in time never shows one).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -43,16 +44,18 @@ def _durable(directory: Path, n: int) -> None:
         os.close(dir_fd)
 
 
-def write(dir_a: Path, dir_b: Path, ledger: Path, stop: Path) -> int:
-    dir_a.mkdir(parents=True, exist_ok=True)
-    dir_b.mkdir(parents=True, exist_ok=True)
+def write(dirs: list[Path], ledger: Path, stop: Path) -> int:
+    """Record n on each directory in turn, each durable before the next begins (a chain: the
+    campaign's groups of three write A, then B, then C)."""
+    for directory in dirs:
+        directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     n = 0
     try:
         while not stop.exists():
             n += 1
-            _durable(dir_a, n)
-            _durable(dir_b, n)
+            for directory in dirs:
+                _durable(directory, n)
             os.write(fd, f"{n}\n".encode())
             os.fsync(fd)
     finally:
@@ -60,7 +63,8 @@ def write(dir_a: Path, dir_b: Path, ledger: Path, stop: Path) -> int:
     return 0
 
 
-def _present(directory: Path) -> set[int]:
+def present(directory: Path) -> set[int]:
+    """The records intact in ``directory`` (read while its snapshot is mounted)."""
     found = set()
     for path in directory.glob("r*"):
         try:
@@ -72,20 +76,25 @@ def _present(directory: Path) -> set[int]:
     return found
 
 
-def check(dir_a: Path, dir_b: Path, acknowledged: int) -> dict[str, object]:
-    a, b = _present(dir_a), _present(dir_b)
+def judge(found: list[set[int]], acknowledged: int) -> dict[str, object]:
+    """The chain's check: ``missing`` (acknowledged before the create, absent or torn on some
+    member) and ``broken`` (n on a member whose predecessor lacks n: causality across members
+    broken; checking each member against the one before it is enough, causality being
+    transitive). With two members: ``a``, ``b`` as ``check`` has always said."""
     wanted = set(range(1, acknowledged + 1))
-    return {
-        "a": len(a),
-        "b": len(b),
-        "missing": sorted(wanted - (a & b)),
-        "broken": sorted(b - a),
-    }
+    every = set.intersection(*found) if found else set()
+    broken = sorted(set().union(*(b - a for a, b in itertools.pairwise(found))))
+    counts: dict[str, object] = {k: len(f) for k, f in zip("abcdefgh", found, strict=False)}
+    return {**counts, "missing": sorted(wanted - every), "broken": broken}
+
+
+def check(dir_a: Path, dir_b: Path, acknowledged: int) -> dict[str, object]:
+    return judge([present(dir_a), present(dir_b)], acknowledged)
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["write"] and len(argv) == 5:
-        return write(Path(argv[1]), Path(argv[2]), Path(argv[3]), Path(argv[4]))
+        return write([Path(argv[1]), Path(argv[2])], Path(argv[3]), Path(argv[4]))
     if argv[:1] == ["check"] and len(argv) == 4:
         print(json.dumps(check(Path(argv[1]), Path(argv[2]), int(argv[3]))))
         return 0

@@ -35,7 +35,7 @@ from snapkit.host.cowdir import check_cow_dir, check_cow_space
 from snapkit.host.freezing import guard_suspend
 from snapkit.host.loopdev import LoopSlot
 from snapkit.host.target import block_info
-from snapkit.methods.base import Host
+from snapkit.methods.base import Host, Phases
 from snapkit.methods.dm.layer import Layer, teardown
 from snapkit.methods.dm.layer import refuse_if_mounted as refuse_if_mounted_layer
 from snapkit.methods.dm.shared import (
@@ -50,6 +50,7 @@ from snapkit.methods.dm.shared import (
     origin_refusal,
     refuse_if_mounted,
     refuse_if_open,
+    refuse_unfrozen,
     snapshot_state,
 )
 from snapkit.methods.dm.window import guard_window
@@ -80,6 +81,31 @@ class DmDirectMethod:
         return origin_refusal(self.dm, target, want="linear")
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
+        title, s, swap, after, record = self._parts(request)
+        d = DmDetails.of(record)
+        window = guard_window([d.origin_name], swap, request.max_freeze, self.host.resume_watchdog)
+        s += guard_suspend(request.target, window, request.max_freeze)  # btrfs: see freezing.py
+        return Plan(title, (*s, *after)), record
+
+    def plan_phases(self, request: CreateRequest) -> Phases:
+        """The create, split for a group (:class:`~snapkit.methods.base.Phases`): every table
+        loaded (the origin's ``snapshot`` one as its inactive table) is the prepare; the
+        origin's lockfs suspend is the hold; its resume, which swaps the ``snapshot`` table
+        in, is the release; the base set read-only (``blockdev``, a process) comes after every
+        member's release, outside the window. The resume commits, and already
+        carries its undo (fold the COW back into the base, load the linear table again), so a
+        later member's failure takes this one back with the writes it took meanwhile. A
+        filesystem a dm suspend does not freeze (btrfs) is refused, as for dm."""
+        refuse_unfrozen(request.target)
+        title, s, swap, after, record = self._parts(request)
+        suspend, resume = swap
+        return Phases(title, tuple(s), (suspend,), (resume,), record, after)
+
+    def _parts(
+        self, request: CreateRequest
+    ) -> tuple[str, list[Step], list[Step], tuple[Step, ...], SnapshotRecord]:
+        """The title, the steps before the window, the window (suspend the origin, resume it
+        with the ``snapshot`` table), the steps after it, and the record."""
         dm, name = self.dm, snapkit_name(request.name)
         origin, table = dm_origin(self.dm, request.target, want="linear")
         chunk = chunk_sectors(request.chunk_sectors)
@@ -133,9 +159,7 @@ class DmDirectMethod:
         )
         lockfs = not request.frozen_above
         swap = [steps.suspend(dm, origin, lockfs=lockfs), steps.resume(dm, origin, fold_back)]
-        window = guard_window([origin], swap, request.max_freeze, self.host.resume_watchdog)
-        s += guard_suspend(request.target, window, request.max_freeze)  # btrfs: see freezing.py
-        s.append(steps.set_ro(self.host.run, lambda: base_path, base_path, True))
+        after = (steps.set_ro(self.host.run, lambda: base_path, base_path, True),)
         details = DmDetails(
             origin,
             table,
@@ -148,7 +172,7 @@ class DmDirectMethod:
         record = SnapshotRecord(
             name, self.name, MAPPER + origin, MAPPER + name, 0.0, details.to_strings()
         )
-        return Plan(f"create dm-direct snapshot {name} of {MAPPER}{origin}", tuple(s)), record
+        return f"create dm-direct snapshot {name} of {MAPPER}{origin}", s, swap, after, record
 
     def _fold_back(
         self, origin: str, table: Table, base: Dev, loop: object, chunk: int, base_path: str

@@ -22,6 +22,7 @@ from snapkit.dm.status import (
 )
 from snapkit.dm.table import Linear, Table, parse_table
 from snapkit.errors import OperationError, RefusedError, ValidationError
+from snapkit.host.fs import SUSPEND_DOES_NOT_FREEZE
 from snapkit.host.target import StableId, block_devnum, mounts, mounts_of, stable_id
 from snapkit.model import CreateRequest, Pending, SnapshotRecord, State, Target
 from snapkit.run import Executor
@@ -196,6 +197,19 @@ def snapkit_role(dm: DmControl, name: str) -> Role | None:
     return parsed[1] if parsed else None
 
 
+def refuse_unfrozen(target: Target) -> None:
+    """A group member whose filesystem a dm suspend does not freeze (btrfs): it would need a
+    FIFREEZE, under which a lockfs suspend fails (EBUSY on 6.1), so it cannot share a group's
+    point in time."""
+    fstype = target.fstype or ""
+    if fstype in SUSPEND_DOES_NOT_FREEZE:
+        raise RefusedError(
+            f"a dm suspend does not freeze {fstype} ({target.device}), so it cannot share a "
+            "group's point in time",
+            hint="snapshot it on its own",
+        )
+
+
 def refuse_if_open(dm: DmControl, name: str, what: str) -> None:
     info = dm.info(name)
     if info is not None and info.open_count:
@@ -239,6 +253,7 @@ __all__ = [
     "origin_name",
     "refuse_if_mounted",
     "refuse_if_open",
+    "refuse_unfrozen",
     "snapkit_role",
     "snapshot_state",
 ]

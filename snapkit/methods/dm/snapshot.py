@@ -27,7 +27,6 @@ from snapkit.dm.table import Snapshot, SnapshotMerge, SnapshotOrigin, Store, Tab
 from snapkit.errors import RefusedError, split_advice
 from snapkit.host.cowdir import check_cow_dir, check_cow_space
 from snapkit.host.freezing import guard_suspend
-from snapkit.host.fs import SUSPEND_DOES_NOT_FREEZE
 from snapkit.host.loopdev import LoopSlot
 from snapkit.methods.base import Host, Phases
 from snapkit.methods.dm.shared import (
@@ -42,6 +41,7 @@ from snapkit.methods.dm.shared import (
     origin_refusal,
     refuse_if_mounted,
     refuse_if_open,
+    refuse_unfrozen,
     snapshot_state,
 )
 from snapkit.methods.dm.window import guard_window
@@ -78,13 +78,7 @@ class DmMethod:
         create never needs (it is its last step). A filesystem that a dm suspend does not
         freeze (btrfs) would need a FIFREEZE, under which a lockfs suspend fails (EBUSY on
         6.1): refused."""
-        fstype = request.target.fstype or ""
-        if fstype in SUSPEND_DOES_NOT_FREEZE:
-            raise RefusedError(
-                f"a dm suspend does not freeze {fstype} ({request.target.device}), so it "
-                "cannot share a group's point in time",
-                hint="snapshot it on its own",
-            )
+        refuse_unfrozen(request.target)
         title, s, swap, record, revert = self._parts(request)
         suspend, resume_snap, resume_origin = swap
         if revert is not None:

@@ -2,21 +2,32 @@
 
 Why per method, and what was measured (6.1 guest kernel, bookworm's lvm2):
 
-- ``dm``: each member's create split into :class:`~snapkit.methods.base.Phases`; the plan
-  loads every member's tables first, then suspends every origin (lockfs: each suspend freezes
-  its filesystem), then resumes them all -- dm ioctls from this one process, nothing spawned
-  inside the window. The shared point in time is the moment the last suspend returns: a write
-  acknowledged on any member before then is in its snapshot, and a write that started after a
-  member was suspended waits for the resumes, which come only after every suspend.
+- ``dm`` and ``dm-direct``: each member's create split into
+  :class:`~snapkit.methods.base.Phases`; the plan loads every member's tables first, then
+  suspends every origin (lockfs: each suspend freezes its filesystem), then resumes them all
+  -- dm ioctls from this one process, nothing spawned inside the window. The shared point in
+  time is the moment the last suspend returns: a write acknowledged on any member before then
+  is in its snapshot, and a write that started after a member was suspended waits for the
+  resumes, which come only after every suspend. (dm-direct then sets each base read-only,
+  after every resume: ``blockdev`` is a process.)
 - ``freeze``: every member frozen (one watchdog each, one deadline for all), the user's
   command once, every member thawed.
-- ``lvm``/``lvm-thin``: refused. The only route to a shared point in time is to FIFREEZE every
-  member and then ``lvcreate -s`` each, but ``lvcreate``'s own suspend uses lockfs, which on a
-  frozen filesystem fails: measured, ``suspend ioctl ... failed: Device or resource busy``,
-  ``Failed to revert logical volume``, ``Aborting. Manual intervention required.`` -- leaving
-  an inactive snapshot LV and ``-real``/``-cow`` devices behind.
+- ``lvm``: every member frozen (FIFREEZE, one watchdog each, one deadline for all: the shared
+  point in time is the moment the last freeze returns), then for each member in turn its
+  origin suspended without lockfs and ``lvcreate -s`` run, then every member thawed.
+  ``lvcreate``'s own suspend uses lockfs, which on a frozen filesystem fails (measured:
+  ``suspend ioctl ... failed: Device or resource busy``, ``Aborting. Manual intervention
+  required.``); but LVM skips its suspend of an LV that is already suspended, then loads the
+  snapshot's tables and resumes the origin itself (:meth:`LvmMethod.plan_frozen`). Each
+  watchdog also resumes its member's origin, if snapkit's suspend is still there, before it
+  thaws.
+- ``lvm-thin``: refused. The same route was measured to leave a thin snapshot LVM records but
+  the pool does not have: with the origin already suspended, LVM never sends the pool its
+  ``create_snap`` message (the pool's transaction id stays put), the snapshot cannot be
+  activated (``reload ioctl ... failed: No data available``), and the next member's
+  ``lvcreate`` fails on the mismatch (``Thin pool ... has unexpected transaction id``).
 - ``btrfs``: refused; each btrfs snapshot is its own transaction, there is no shared one.
-- ``dm-direct``, ``remount-ro``: not yet.
+- ``remount-ro``: not yet.
 
 A failure at any step of any member undoes every member: the plan is one plan, and the dm
 release steps that commit carry undos (:meth:`DmMethod.plan_phases`).
@@ -31,14 +42,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from snapkit.errors import RefusedError, UsageError
-from snapkit.host.freezing import Freezer, Guard, Outcome, freeze_all_around
-from snapkit.methods.base import Groupable, Method
+from snapkit.host.freezing import Freezer, Guard, GuardMaker, Outcome, freeze_all_around
+from snapkit.methods.base import FrozenGroupable, Groupable, Method
 from snapkit.methods.group import GROUP_KEY
 from snapkit.model import CreateRequest, SnapshotRecord, Target
 from snapkit.plan import Plan, Step
 from snapkit.run import Executor
 
-GROUP_METHODS = ("dm", "freeze")
+GROUP_METHODS = ("dm", "dm-direct", "lvm", "freeze")
 
 _REFUSED = {
     "btrfs": (
@@ -47,14 +58,14 @@ _REFUSED = {
         "snapshot each subvolume on its own, or freeze them together with --method freeze "
         "and a snapshot command",
     ),
-    "lvm": (
-        "lvm cannot take a group: lvcreate -s suspends its origin with lockfs, which fails "
-        "(EBUSY) on a filesystem frozen for the group's shared point in time",
-        "put the members on prepared devices ('snapkit device prepare') and use --method dm, "
-        "or --method freeze with a snapshot command",
+    "lvm-thin": (
+        "lvm-thin cannot take a group: a thin snapshot taken while its origin is held for the "
+        "group's shared point in time is recorded by LVM but never made in the pool (measured: "
+        "its create_snap message is not sent)",
+        "use --method freeze with a snapshot command, or put the members on classic LVs "
+        "(--method lvm)",
     ),
 }
-_REFUSED["lvm-thin"] = _REFUSED["lvm"]
 
 
 def refuse_method(method: str) -> None:
@@ -87,10 +98,11 @@ def member_names(group: str, targets: Sequence[Target]) -> list[str]:
 def plan_block(
     group: str, method: str, members: Sequence[tuple[Method, CreateRequest]]
 ) -> tuple[Plan, tuple[SnapshotRecord, ...]]:
-    """dm: every member's prepare, every hold, every release, as one plan."""
+    """dm, dm-direct: every member's prepare, every hold, every release, as one plan."""
     prepare: list[Step] = []
     hold: list[Step] = []
     release: list[Step] = []
+    after: list[Step] = []
     records: list[SnapshotRecord] = []
     for impl, request in members:
         if not isinstance(impl, Groupable):
@@ -99,13 +111,44 @@ def plan_block(
         prepare += phases.prepare
         hold += phases.hold
         release += phases.release
+        after += phases.after
         records.append(_member(phases.record, group, request))
     where = ", ".join(str(r.target.mountpoint) for _, r in members)
     title = (
         f"create snapshot group {group} ({method}) of {where}: every member's tables loaded, "
         "then every origin suspended (the shared point in time), then every one resumed"
     )
-    return Plan(title, (*prepare, *hold, *release)), tuple(records)
+    return Plan(title, (*prepare, *hold, *release, *after)), tuple(records)
+
+
+def plan_frozen(
+    group: str,
+    method: str,
+    members: Sequence[tuple[Method, CreateRequest]],
+    max_freeze: float,
+    *,
+    freezer: Freezer,
+    watchdog: GuardMaker,
+) -> tuple[Plan, tuple[SnapshotRecord, ...]]:
+    """lvm: every member frozen, each member's create in turn, every member thawed."""
+    inner: list[Step] = []
+    guards: list[tuple[Path, Guard]] = []
+    records: list[SnapshotRecord] = []
+    for impl, request in members:
+        if not isinstance(impl, FrozenGroupable):
+            raise RefusedError(f"--method {method} does not take a group of snapshots")
+        frozen = impl.plan_frozen(request)
+        inner += frozen.steps
+        mountpoint = Path(str(request.target.mountpoint))
+        guards.append((mountpoint, watchdog(mountpoint, resume=frozen.suspends)))
+        records.append(_member(frozen.record, group, request))
+    steps = freeze_all_around(guards, inner, max_freeze, freezer=freezer, outcome=Outcome())
+    where = ", ".join(str(m) for m, _ in guards)
+    title = (
+        f"create snapshot group {group} ({method}) of {where}: every member frozen (the shared "
+        "point in time), each member's snapshot taken, every member thawed"
+    )
+    return Plan(title, steps), tuple(records)
 
 
 def plan_freeze(
@@ -163,4 +206,11 @@ def _member(record: SnapshotRecord, group: str, request: CreateRequest) -> Snaps
     return replace(record, details={**record.details, GROUP_KEY: group, "mountpoint": mountpoint})
 
 
-__all__ = ["GROUP_METHODS", "member_names", "plan_block", "plan_freeze", "refuse_method"]
+__all__ = [
+    "GROUP_METHODS",
+    "member_names",
+    "plan_block",
+    "plan_freeze",
+    "plan_frozen",
+    "refuse_method",
+]

@@ -17,125 +17,22 @@ sys.path.insert(0, "/src")
 
 import gzip
 import io
-import itertools
 import json
 import os
 import shutil
 import tarfile
-import threading
 import time
 from typing import Any
 
 from vmtests.guest import check
-from vmtests.guest.campaign import churn, fiojobs, ledger, mmapwriter, sqlitedb, targets, verify
+from vmtests.guest.campaign import ledger, sqlitedb, targets
+from vmtests.guest.campaign.workloads import COMPONENTS, Workload, longest_stall, verify_snapshot
 from vmtests.guest.proc import LOG, log, run
 from vmtests.guest.refusal import CREATE_TRIES, Rule
 
 OUT_DISK = "/dev/vmtest/out"
-SETTLE_S = 120.0  # how long a workload may take to reach its steady state before the snapshot
 LEDGER = "/tmp/ledger.jsonl"
 SNAP_MNT = "/mnt/snapshot"
-# Every workload has a lazy writer (write() without fsync: see ledger.Writer) next to its own.
-COMPONENTS = {
-    "writer": ("writer", "writer", "lazy"),
-    "churn": ("writer", "churn", "lazy"),
-    "mmap": ("writer", "mmap", "lazy"),
-    "fio": ("writer", "fio", "lazy"),
-    "mixed": ("writer", "churn", "mmap", "fio", "sqlite", "lazy"),
-    "sqlite": ("sqlite", "lazy"),
-}
-
-
-class Workload:
-    """The threads and fio processes of one workload, started and stopped together. Each
-    obeys the one rule for writes the method refuses (refusal.py)."""
-
-    def __init__(
-        self,
-        names: tuple[str, ...],
-        root: str,
-        led: ledger.Ledger,
-        seed: int,
-        pace: float,
-        rule: Rule,
-    ) -> None:
-        self.stop = threading.Event()
-        self.threads: list[Any] = []
-        self.root, self.ledger, self.seed, self.rule = root, led, seed, rule
-        for i, name in enumerate(names):
-            if name in ("writer", "lazy"):
-                sync = name == "writer"
-                self.threads.append(
-                    ledger.Writer(root, led, i, seed, self.stop, rule=rule, sync=sync, pace=pace)
-                )
-            elif name == "churn":
-                self.threads.append(churn.Churn(root, led, seed, self.stop, rule=rule, pace=pace))
-            elif name == "mmap":
-                self.threads.append(mmapwriter.MmapWriter(root, led, seed, self.stop, rule=rule))
-            elif name == "sqlite":  # never under remount-ro (scenarios.HELD_OPEN): no rule
-                self.threads.append(sqlitedb.SqliteWriter(root, led, seed, self.stop, pace=pace))
-        self.fio = "fio" in names
-        self.fio_pre: Any = None
-        self.fio_load: Any = None
-
-    def start(self) -> None:
-        self.t_fio = time.monotonic()
-        if self.fio:
-            self.fio_pre = fiojobs.start_pre(self.root, self.seed)
-            self.fio_load = fiojobs.start_load(self.root, self.rule)
-        for t in self.threads:
-            t.start()
-
-    def settle(self) -> str:
-        """Before the snapshot: the fio pre-jobs must be written and acknowledged, and the
-        database must have acknowledged its first commits (sqlitedb.WARM_COMMITS)."""
-        errors = []
-        for t in self.threads:
-            if isinstance(t, sqlitedb.SqliteWriter) and not t.warm.wait(SETTLE_S):
-                errors.append(f"sqlite: no {sqlitedb.WARM_COMMITS} commits in {SETTLE_S:g} s")
-        if self.fio:
-            errors.append(fiojobs.finish_pre(self.fio_pre, self.ledger, self.t_fio, self.rule))
-        return "; ".join(e for e in errors if e)
-
-    def finish(self) -> str:
-        self.stop.set()
-        errors = []
-        if self.fio_load is not None:
-            errors.append(fiojobs.finish_load(self.fio_load, self.rule))
-        for t in self.threads:
-            t.join(60)
-            if t.error is not None:
-                errors.append(f"{t.name}: {type(t.error).__name__}: {t.error}")
-        return "; ".join(e for e in errors if e)
-
-
-def observe(  # type: ignore[no-untyped-def]
-    root: str, fio_states: dict[str, str], seed: int, db: sqlitedb.Reading | None = None
-):
-    def look(obj: str) -> str:
-        kind = obj[:2]
-        if kind == "w:":
-            return ledger.observe_writer(root, obj)
-        if kind == "m:":
-            return mmapwriter.observe(root, obj)
-        if kind == "c:":
-            return churn.describe(root, int(obj[2:]), seed)
-        if kind == "d:":
-            return churn.describe_dir(root, int(obj[2:]))
-        if kind == "f:":
-            return fio_states.get(obj[2:], ledger.ABSENT)
-        if kind == sqlitedb.KIND:
-            return sqlitedb.observe(db, obj) if db is not None else "unknown"
-        return "unknown"
-
-    return look
-
-
-def longest_stall(ops: list[ledger.Op], begin: float, end: float) -> float:
-    """The longest time no operation was acknowledged, among gaps touching the window (ms)."""
-    acks = sorted(op.t1 for op in ops if op.acked)
-    gaps = [b - a for a, b in itertools.pairwise(acks) if b >= begin and a <= end]
-    return round(max(gaps, default=0.0) * 1000, 1)
 
 
 def take(
@@ -234,36 +131,6 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
             res["errors"].append(f"merge: {exc}")
 
 
-def verify_snapshot(
-    spec: dict[str, Any],
-    root: str,
-    ops: list[ledger.Op],
-    begin: float,
-    end: float,
-    seed: int,
-    res: dict[str, Any],
-) -> None:
-    fio_states: dict[str, str] = {}
-    parts = COMPONENTS[spec["workload"]]
-    if "fio" in parts:
-        fio_states, res["fio_output"] = fiojobs.verify(root, seed)
-    db = sqlitedb.read(root, seed) if "sqlite" in parts else None
-    look = observe(root, fio_states, seed, db)
-    hists = verify.histories(ops)
-    counts = verify.classify(hists, look, begin, end)
-    res["counts"] = counts.__dict__
-    res["checks"]["ledger"] = verify.ledger_ok(counts, spec["method"])
-    if db is not None:
-        # The database's own verdict: it opens, is sound, and its transactions alone pass the
-        # ledger's questions (all acknowledged commits, none from the future, none partial).
-        mine = {obj: h for obj, h in hists.items() if obj.startswith(sqlitedb.KIND)}
-        txns = verify.classify(mine, look, begin, end)
-        res["sqlite"] = {**db.summary(), "counts": txns.__dict__}
-        sound = db.ok and txns.acked_checked > 0
-        res["checks"]["sqlite"] = sound and verify.ledger_ok(txns, spec["method"])
-    res["tree_snapshot"] = check.tree_hash(root)
-
-
 IMAGE = "/tmp/snapshot.img.gz"
 
 
@@ -297,28 +164,38 @@ def write_artifacts(res: dict[str, Any], keep_image: bool, out: str = OUT_DISK) 
             tar.add(IMAGE, arcname="snapshot.img.gz")
 
 
+def attempts(spec: dict[str, Any], control: str, res: dict[str, Any]) -> None:
+    """A single snapshot's scenario: once, or a control until it is caught."""
+    origin = targets.prepare(
+        spec["method"], control, spec["fs"], spec.get("size_mib", 160), spec.get("stack", "")
+    )
+    for n in range(spec.get("attempts", 1)):
+        res.update(attempts=n + 1, checks={}, counts={})
+        attempt(spec, origin, spec["seed"] + n, res)
+        if not control or failed(res["checks"]):
+            break
+        log(f"control not caught on attempt {n + 1}: trying again")
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     # mkfs.xfs refuses filesystems under 300 MiB unless it is told it runs under a test suite.
     os.environ.update(TEST_DIR="/tmp", TEST_DEV="/dev/null", QA_CHECK_FS="1")
     control = spec.get("control") or ""
     res: dict[str, Any] = {"id": spec["id"], "errors": [], "attempts": 0, "checks": {}}
-    origin = None
     try:
-        missing = targets.missing_fs(spec["fs"])
+        missing = "" if spec.get("group") else targets.missing_fs(spec["fs"])
         if missing:  # the kernel cannot run this row at all: say why, measure nothing
             res["unsupported"] = missing
             print(json.dumps(res), flush=True)
             return 0
-        origin = targets.prepare(
-            spec["method"], control, spec["fs"], spec.get("size_mib", 160), spec.get("stack", "")
-        )
-        for n in range(spec.get("attempts", 1)):
-            res.update(attempts=n + 1, checks={}, counts={})
-            attempt(spec, origin, spec["seed"] + n, res)
-            if not control or failed(res["checks"]):
-                break
-            log(f"control not caught on attempt {n + 1}: trying again")
+        if spec.get("group"):  # a snapshot group: its own runner, the same result's shape
+            from vmtests.guest.campaign import group
+
+            res.update(attempts=1)
+            group.attempt(spec, spec["seed"], res)
+        else:
+            attempts(spec, control, res)
     except Exception as exc:
         res["errors"].append(f"setup: {type(exc).__name__}: {exc}")
     res["errors"] = [e for e in res["errors"] if e]

@@ -123,3 +123,14 @@ def test_select_by_id_with_a_seed_replays_that_seed() -> None:
     assert s.guest_spec()["seed"] == 42
     with pytest.raises(ValueError, match="unknown scenario"):
         scenarios.select("quick", ids=["no-such"])
+
+
+def test_group_rows_and_their_refusals() -> None:
+    rows = {s.id: s for s in scenarios.full() if s.group}
+    assert "group-ext4+xfs+ext4-lvm-writer" in rows and "group-ext4+xfs-dm-direct-writer" in rows
+    assert {s.method for s in rows.values()} == set(scenarios.GROUP_METHODS)
+    assert any(s.group for s in scenarios.quick())
+    assert rows["group-ext4+xfs-dm-writer"].guest_spec()["group"] == "ext4+xfs"
+    for method, group in [("lvm-thin", "ext4+xfs"), ("dm", "ext4"), ("dm", "xfs+ext4")]:
+        with pytest.raises(ValueError):
+            Scenario("ext4", method, "writer", group=group)
