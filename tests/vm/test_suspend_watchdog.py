@@ -20,10 +20,10 @@ import time
 import pytest
 from workload import (
     COW_DIR,
-    ENV,
     check_files,
     fsck,
     ledger,
+    paused_at,
     setup_origin,
     snapkit,
     start_writer,
@@ -56,13 +56,7 @@ def _suspended(vm: Session) -> str:
 def _kill_inside(vm: Session, args: list[str], step: int, *, watchdog_too: bool) -> float:
     """Pause snapkit before ``step``, SIGKILL it there (and its watchdog, if asked); returns
     how long the writer stayed hung after the pause was seen."""
-    env = " ".join(f"{k}={v}" for k, v in {**ENV, "SNAPKIT_TEST_PAUSE_AT": str(step)}.items())
-    vm.run(["rm", "-f", "/tmp/err"], check=True)
-    proc = vm.spawn(["sh", "-c", f"exec env {env} snapkit {' '.join(args)} 2>/tmp/err"])
-    deadline = time.monotonic() + 120
-    while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
-        assert time.monotonic() < deadline, vm.get("/tmp/err")
-        time.sleep(0.1)
+    proc = paused_at(vm, args, str(step))
     paused = time.monotonic()
     assert _suspended(vm), "the pause is not inside the window"
     if watchdog_too:

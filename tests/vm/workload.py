@@ -155,10 +155,9 @@ __all__ = [
 ]
 
 
-def interrupted_at(vm: Session, args: list[str], pause: str, signum: int) -> int:
-    """Run snapkit ARGS, let the flow's test hook stop it before plan step ``pause``
-    (``[P:]N``), send ``signum`` there, and return its exit code; a rollback that says it was
-    incomplete fails the caller's test at once."""
+def paused_at(vm: Session, args: list[str], pause: str) -> Process:
+    """Run snapkit ARGS (stderr in /tmp/err) and return once the flow's test hook has stopped
+    it before plan step ``pause`` (``[P:]N``)."""
     env = " ".join(f"{k}={v}" for k, v in {**ENV, "SNAPKIT_TEST_PAUSE_AT": pause}.items())
     # The previous round's "test pause" line must not be mistaken for this one's: until the new
     # shell truncates /tmp/err, a poll would see it and signal a snapkit still starting up.
@@ -168,6 +167,14 @@ def interrupted_at(vm: Session, args: list[str], pause: str, signum: int) -> int
     while vm.run(["grep", "-q", "test pause", "/tmp/err"]).returncode != 0:
         assert time.monotonic() < deadline, vm.get("/tmp/err")
         time.sleep(0.1)
+    return proc
+
+
+def interrupted_at(vm: Session, args: list[str], pause: str, signum: int) -> int:
+    """Run snapkit ARGS, let the flow's test hook stop it before plan step ``pause``
+    (``[P:]N``), send ``signum`` there, and return its exit code; a rollback that says it was
+    incomplete fails the caller's test at once."""
+    proc = paused_at(vm, args, pause)
     proc.signal(signum)
     result = proc.wait(180)
     assert b"rollback incomplete" not in vm.get("/tmp/err"), vm.get("/tmp/err")

@@ -302,6 +302,26 @@ def _run_kernels(args: argparse.Namespace) -> int:
     return report.exit_code(merged)
 
 
+def _run_args(
+    args: argparse.Namespace, matrix: str, ids: list[str], *, kernels: str | None = None
+) -> argparse.Namespace:
+    """What ``vmtest run`` would have parsed, for a command that runs the campaign itself
+    (``claims``, ``bench campaign``): its workers, report folder and accel, plain lines."""
+    return argparse.Namespace(
+        matrix=matrix,
+        scenario=ids,
+        seed=None,
+        shard=None,
+        workers=args.workers,
+        report=args.report,
+        accel=args.accel,
+        no_live=True,
+        kernel=None,
+        modules=None,
+        kernels=kernels,
+    )
+
+
 def cmd_claims(args: argparse.Namespace) -> int:
     """``vmtest claims``: the claims' rows through the campaign runner, then CLAIMS.md."""
     from vmtests.campaign import claims, report, scenarios
@@ -311,19 +331,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
     started = time.monotonic()
     folder, seconds = args.from_report, None
     if folder is None:
-        run_args = argparse.Namespace(
-            matrix="full",
-            scenario=wanted,
-            seed=None,
-            shard=None,
-            workers=args.workers,
-            report=args.report,
-            accel=args.accel,
-            no_live=True,
-            kernel=None,
-            modules=None,
-            kernels=args.kernels,
-        )
+        run_args = _run_args(args, "full", wanted, kernels=args.kernels)
         print(f"vmtest claims: {len(wanted)} rows -> {args.report}", flush=True)
         cmd_run(run_args)
         folder, seconds = args.report, time.monotonic() - started
@@ -359,16 +367,7 @@ def cmd_report_merge(args: argparse.Namespace) -> int:
 def cmd_bench_campaign(args: argparse.Namespace) -> int:
     from vmtests.campaign import report
 
-    run_args = argparse.Namespace(
-        matrix=args.matrix,
-        scenario=[],
-        seed=None,
-        shard=None,
-        workers=args.workers,
-        report=args.report,
-        accel=args.accel,
-        no_live=True,
-    )
+    run_args = _run_args(args, args.matrix, [])
     t0 = time.monotonic()
     code = _pytest(run_args)
     wall = time.monotonic() - t0

@@ -234,12 +234,7 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
     if control == "discard-mounted":
         return _discard_mounted(origin)
     if control in ("corrupt", "drop-wal"):  # a proper frozen copy, damaged afterwards
-        run(["fsfreeze", "-f", origin.mountpoint])
-        try:
-            _copy(origin.device)
-        finally:
-            run(["fsfreeze", "-u", origin.mountpoint])
-        return Snapshot(COPY)
+        return _frozen_copy(origin)
     return _snapkit_create(method, spec["snapkit_method"], origin, spec.get("cow_mib", 64))
 
 
@@ -266,6 +261,11 @@ def _discard_mounted(origin: Origin) -> Snapshot:
         run(["dmsetup", "suspend", "origin"])
         run(["dmsetup", "resume", "origin"])
         time.sleep(2.0)  # writes land in the COW; after the discard, on the stale disk
+    return _frozen_copy(origin)
+
+
+def _frozen_copy(origin: Origin) -> Snapshot:
+    """The origin device copied under FIFREEZE: the filesystem exactly as it stands now."""
     run(["fsfreeze", "-f", origin.mountpoint])
     try:
         _copy(origin.device)
