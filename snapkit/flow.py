@@ -52,6 +52,7 @@ from snapkit.methods.base import (
     Method,
 )
 from snapkit.methods.dm import DM_METHODS, layer
+from snapkit.methods.dm.window import guard_windows
 from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY
 from snapkit.model import (
     CreateRequest,
@@ -383,7 +384,14 @@ class Flow:
                 )
             else:
                 marks = impl.records_first
-                plan, records = group_create.plan_block(name, chosen, [(impl, r) for r in requests])
+                plan, records = group_create.plan_block(
+                    name,
+                    chosen,
+                    [(impl, r) for r in requests],
+                    guard=lambda members, inner: guard_windows(
+                        members, inner, max_freeze, self.host.resume_watchdog
+                    ),
+                )
             if dry_run:
                 return _hooks_text(pre, plan.render(), post)
             group = Group(name, chosen, tuple(members))

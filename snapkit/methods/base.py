@@ -111,6 +111,9 @@ class Phases:
     release: tuple[Step, ...]
     record: SnapshotRecord
     after: tuple[Step, ...] = ()  # once every member is released (dm-direct: set base ro)
+    # The dm devices a watchdog resumes, in order, if snapkit dies while this member is held
+    # (the origin last; snapkit.methods.dm.window): every member's, under one deadline.
+    resumes: tuple[str, ...] = ()
 
 
 @runtime_checkable

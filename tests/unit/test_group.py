@@ -467,3 +467,30 @@ def test_api_create_takes_a_list_and_status_json_lists_the_members(
         assert snapkit.group("g-a", flow=flow) is None  # a member is not a group
     assert flow.load().groups == ()  # the with block discarded the group it made
     assert world.dm.info("g-a") is None
+
+
+@pytest.mark.parametrize("method", ["dm", "dm-direct"])
+def test_a_dm_group_window_has_one_watchdog_per_member_under_one_deadline(
+    world: World, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Issue 15/17: a SIGKILL of snapkit while a group's origins are suspended must not leave
+    them so: each member's watchdog (snapkit.methods.dm.window) is started before the first
+    suspend, all armed with one deadline, stopped after the last resume."""
+    from tests.unit.test_dm_window import Dog
+
+    log: list[str] = []
+    world.host = replace(world.host, resume_watchdog=lambda names: Dog(log, names))
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    dry = flow.create_group(["/mnt/a", "/mnt/b"], name="g", method=method, dry_run=True)
+    assert isinstance(dry, str)
+    said = [line.split(". ", 1)[-1] for line in dry.splitlines() if ". " in line]
+    first_suspend = next(i for i, d in enumerate(said) if d.startswith("dmsetup suspend"))
+    assert said[first_suspend - 1].startswith("arm the watchdogs: ")
+    assert sum(d.startswith("start the watchdog") for d in said) == 2
+    assert any(d == "stop the watchdogs" for d in said[first_suspend:])
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method=method)
+    names = {
+        "dm": ["start g-a,data", "start g-b,data2"],
+        "dm-direct": ["start data", "start data2"],
+    }
+    assert log == [*names[method], "arm", "arm", "stop", "stop"]

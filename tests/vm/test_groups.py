@@ -299,3 +299,39 @@ def test_negative_control_one_after_another_is_caught(vm: Session) -> None:
     broken = seen["broken"]
     assert isinstance(broken, list) and broken, f"the control was not caught: {seen}"
     print(f"negative control: A has {seen['a']}, B has {seen['b']}, {len(broken)} pairs broken")
+
+
+def test_sigkill_inside_a_dm_group_window_the_watchdogs_resume_every_member(vm: Session) -> None:
+    """snapkit SIGKILLed with every member's origin suspended (the pause before the first
+    resume): each member's watchdog resumes it within --max-freeze, the cross-volume writer
+    goes on, and recover makes the group wholly gone with every acknowledged record kept."""
+    import re
+
+    from workload import paused_at
+
+    max_freeze, slack = 6.0, 4.0
+    _two_origins(vm)
+    args = ["snapshot", "create", "/mnt/a", "/mnt/b", "--name", "g", "--method", "dm"]
+    args += ["--cow-dir", COW_DIR, "--cow-size", "32M", "--max-freeze", str(max_freeze)]
+    text = snapkit(vm, *args, "--dry-run").stdout.decode().split("then, once")[0]
+    numbered = re.findall(r"^\s+(\d+)\. (.*)$", text, re.M)
+    last = max(int(n) for n, what in numbered if what.startswith("dmsetup suspend"))
+    writer = _start(vm)
+    proc = paused_at(vm, args, str(last + 1))
+    paused = time.monotonic()
+    held = vm.sh("cat /sys/block/dm-*/dm/suspended | grep -c 1 || true").stdout.decode()
+    assert int(held) == 2, "the pause is not inside the group's window"
+    proc.signal(signal.SIGKILL)
+    before = _ledger(vm)
+    while _ledger(vm) <= before and time.monotonic() - paused < max_freeze + slack + 10:
+        time.sleep(0.2)
+    hung = time.monotonic() - paused
+    assert hung <= max_freeze + slack, f"the writer hung {hung:.1f} s"
+    _stop(vm, writer)
+    acked = _ledger(vm)
+    snapkit(vm, "recover")
+    held = vm.sh("cat /sys/block/dm-*/dm/suspended | grep -c 1 || true").stdout.decode()
+    assert int(held) == 0
+    assert b"g" not in snapkit(vm, "snapshot", "list").stdout  # wholly gone
+    seen = _check(vm, "/mnt/a/w", "/mnt/b/w", acked)
+    assert seen["missing"] == [] and seen["broken"] == [], seen

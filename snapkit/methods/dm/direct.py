@@ -99,7 +99,8 @@ class DmDirectMethod:
         refuse_unfrozen(request.target)
         title, s, swap, after, record = self._parts(request)
         suspend, resume = swap
-        return Phases(title, tuple(s), (suspend,), (resume,), record, after)
+        origin = DmDetails.of(record).origin_name
+        return Phases(title, tuple(s), (suspend,), (resume,), record, after, (origin,))
 
     def _parts(
         self, request: CreateRequest

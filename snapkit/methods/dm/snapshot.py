@@ -85,7 +85,8 @@ class DmMethod:
             resume_origin = replace(
                 resume_origin, undo=revert.do, undo_description=revert.description
             )
-        return Phases(title, tuple(s), (suspend,), (resume_snap, resume_origin), record)
+        names = (record.name, DmDetails.of(record).origin_name)
+        return Phases(title, tuple(s), (suspend,), (resume_snap, resume_origin), record, (), names)
 
     def _parts(
         self, request: CreateRequest

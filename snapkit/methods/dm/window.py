@@ -37,35 +37,59 @@ def guard_window(
     seconds, and its stop. Stopping it is the last step, so a window cut short by an error is
     undone (the origin resumed unchanged) before the watchdog is let go. Without a
     ``watchdog`` (a host of fakes), ``inner`` as it is."""
-    if watchdog is None:
+    return guard_windows([names], inner, max_freeze, watchdog)
+
+
+def guard_windows(
+    members: Sequence[Sequence[str]],
+    inner: Sequence[Step],
+    max_freeze: float,
+    watchdog: Callable[[Sequence[str]], Guard] | None,
+) -> tuple[Step, ...]:
+    """:func:`guard_window` for a snapshot group: one watchdog per member (each resumes its own
+    devices, origin last), every one armed with one deadline before the first suspend -- a
+    group's window is one window, and no member may stay suspended past it."""
+    if watchdog is None or not members:
         return tuple(inner)
-    dog = watchdog(names)
-    origin = names[-1]
+    dogs = [(watchdog(names), names[-1]) for names in members]
+    several = len(dogs) > 1
+
+    def arm() -> None:
+        deadline = time.monotonic() + max_freeze
+        for dog, _origin in dogs:
+            dog.arm(deadline)
 
     def stop() -> None:
-        if dog.stop():
+        fired = [origin for dog, origin in dogs if dog.stop()]
+        if fired:
             log.warning(
                 "the watchdog resumed %s after --max-freeze %g s: the window outlasted it; the "
                 "snapshot is whole (its tables were loaded before the suspend)",
-                origin,
+                ", ".join(fired),
                 max_freeze,
             )
 
-    return (
+    origins = ", ".join(origin for _, origin in dogs)
+    starts = tuple(
         Step(
             f"start the watchdog that resumes {origin} (it finishes the window if snapkit dies)",
             dog.start,
             dog.abandon,
             "stop the watchdog",
             must_undo=True,
-        ),
+        )
+        for dog, origin in dogs
+    )
+    return (
+        *starts,
         Step(
-            f"arm the watchdog: {origin} is resumed {max_freeze:g} s from now at the latest",
-            lambda: dog.arm(time.monotonic() + max_freeze),
+            f"arm the watchdog{'s' if several else ''}: {origins} "
+            f"{'are' if several else 'is'} resumed {max_freeze:g} s from now at the latest",
+            arm,
         ),
         *inner,
-        Step("stop the watchdog", stop),
+        Step("stop the watchdogs" if several else "stop the watchdog", stop),
     )
 
 
-__all__ = ["guard_window"]
+__all__ = ["guard_window", "guard_windows"]

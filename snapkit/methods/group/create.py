@@ -95,15 +95,25 @@ def member_names(group: str, targets: Sequence[Target]) -> list[str]:
     return names
 
 
+WindowGuard = Callable[[Sequence[Sequence[str]], Sequence[Step]], tuple[Step, ...]]
+
+
 def plan_block(
-    group: str, method: str, members: Sequence[tuple[Method, CreateRequest]]
+    group: str,
+    method: str,
+    members: Sequence[tuple[Method, CreateRequest]],
+    *,
+    guard: WindowGuard | None = None,
 ) -> tuple[Plan, tuple[SnapshotRecord, ...]]:
-    """dm, dm-direct: every member's prepare, every hold, every release, as one plan."""
+    """dm, dm-direct: every member's prepare, every hold, every release, as one plan. With
+    ``guard`` (the flow's: the dm family's watchdogs), the holds and releases go inside it, so
+    that a SIGKILL of snapkit in the window leaves no member suspended past --max-freeze."""
     prepare: list[Step] = []
     hold: list[Step] = []
     release: list[Step] = []
     after: list[Step] = []
     records: list[SnapshotRecord] = []
+    resumes: list[tuple[str, ...]] = []
     for impl, request in members:
         if not isinstance(impl, Groupable):
             raise RefusedError(f"--method {method} does not take a group of snapshots")
@@ -112,13 +122,17 @@ def plan_block(
         hold += phases.hold
         release += phases.release
         after += phases.after
+        resumes += [phases.resumes] if phases.resumes else []
         records.append(_member(phases.record, group, request))
     where = ", ".join(str(r.target.mountpoint) for _, r in members)
     title = (
         f"create snapshot group {group} ({method}) of {where}: every member's tables loaded, "
         "then every origin suspended (the shared point in time), then every one resumed"
     )
-    return Plan(title, (*prepare, *hold, *release, *after)), tuple(records)
+    window = (*hold, *release)
+    if guard is not None:
+        window = guard(resumes, window)
+    return Plan(title, (*prepare, *window, *after)), tuple(records)
 
 
 def plan_frozen(
