@@ -186,3 +186,22 @@ def test_recover_undoes_a_window_cut_before_the_snapshot_was_resumed(
     assert set(state) == {"data"} and not state["data"].suspended
     assert state["data"].active == ORIGINAL and state["data"].inactive is None
     assert done.dropped == ["s1.cow"] and not world.loops.attached
+
+
+class _Interrupted(Dog):
+    def stop(self) -> bool:
+        raise KeyboardInterrupt  # a SIGINT at the last step, after the origin's resume
+
+
+def test_an_interrupt_at_the_watchdogs_stop_undoes_the_whole_create(tmp_path: Path) -> None:
+    """The origin's resume is no longer the last step: its swap must carry its undo (the
+    original table back), or a signal at the stop leaves snapshot-origin over a -real the
+    rollback then cannot remove (the VM signal test found this)."""
+    log: list[str] = []
+    world = make_world(tmp_path)
+    world.host = replace(world.host, resume_watchdog=lambda names: _Interrupted(log, names))
+    before = world.dm.state()
+    plan, _ = DmMethod(world.host).plan_create(world.request("s1"))
+    with pytest.raises((PlanError, KeyboardInterrupt)):
+        apply(plan)
+    assert world.dm.state() == before and not world.loops.attached

@@ -64,8 +64,10 @@ class DmMethod:
     # -- create -------------------------------------------------------------------------------
 
     def plan_create(self, request: CreateRequest) -> tuple[Plan, SnapshotRecord]:
-        title, s, swap, record, _revert = self._parts(request)
+        title, s, swap, record, revert = self._parts(request)
         names = [record.name, DmDetails.of(record).origin_name]
+        if revert is not None:  # the watchdog's stop follows it: a signal there must undo it
+            swap[2] = replace(swap[2], undo=revert.do, undo_description=revert.description)
         window = guard_window(names, swap, request.max_freeze, self.host.resume_watchdog)
         s += guard_suspend(request.target, window, request.max_freeze)
         return Plan(title, tuple(s)), record
