@@ -19,6 +19,14 @@ VMTEST = Path(sys.executable).with_name("vmtest")
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("vm_image")]
 
 
+# Generous on purpose: in `make test` these run beside the heaviest VM tests on 2 cores, where
+# a boot (or the first save of a new machine shape) and an interrupted process's clean-up have
+# taken over 60 and 30 s (two failures of session 5, both boot modes, never alone). What the
+# tests prove is that QEMU ends, not how fast a loaded machine gets there.
+BOOT_S = 180
+EXIT_S = 90
+
+
 def qemu_pids(marker: str) -> list[int]:
     """Live (non-zombie) QEMU processes whose command line mentions ``marker``."""
     found = []
@@ -71,7 +79,7 @@ def start_exec(workdir: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert read_line(proc, 60) == b"up\n"
+    assert read_line(proc, BOOT_S) == b"up\n"
     assert qemu_pids(str(workdir)), "QEMU should be running while the command runs"
     return proc
 
@@ -79,7 +87,7 @@ def start_exec(workdir: Path) -> subprocess.Popen[bytes]:
 def test_ctrl_c_of_vmtest_exec_ends_qemu(tmp_path: Path) -> None:
     proc = start_exec(tmp_path / "work")
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 130
+    assert proc.wait(EXIT_S) == 130
     assert gone_within(str(tmp_path / "work"), 5)
 
 
@@ -126,7 +134,7 @@ def test_interrupting_a_pytest_run_ends_its_vm(tmp_path: Path, signum: int) -> N
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + BOOT_S
         while not up.exists():
             assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
             assert time.monotonic() < deadline, "the inner test never got a VM"
@@ -134,7 +142,7 @@ def test_interrupting_a_pytest_run_ends_its_vm(tmp_path: Path, signum: int) -> N
         time.sleep(0.2)  # the command is under way
         assert qemu_pids(str(artifacts)), "QEMU should be running during the inner test"
         proc.send_signal(signum)
-        out = proc.communicate(timeout=30)[0].decode()
+        out = proc.communicate(timeout=EXIT_S)[0].decode()
     finally:
         if proc.poll() is None:
             proc.kill()
