@@ -52,7 +52,6 @@ from snapkit.methods.base import (
     Method,
 )
 from snapkit.methods.dm import DM_METHODS, layer
-from snapkit.methods.dm.window import guard_windows
 from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY
 from snapkit.model import (
     CreateRequest,
@@ -384,6 +383,8 @@ class Flow:
                 )
             else:
                 marks = impl.records_first
+                from snapkit.methods.dm.window import guard_windows  # only dm groups need it
+
                 plan, records = group_create.plan_block(
                     name,
                     chosen,
