@@ -45,8 +45,9 @@ def run(
     # What the kernel shows under snapkit's uuids and the file lacks is adopted first: a
     # snapshot whose create was finished by the suspend watchdog after snapkit died has no
     # record yet, and its COW would otherwise be swept as an orphan.
-    data = reconcile(state.load(), ctx.host.dm)
-    if not dry_run and data != state.load():
+    saved = state.load()
+    data = reconcile(saved, ctx.host.dm)
+    if not dry_run and data != saved:
         state.save(data)
     families = registry.recoveries(ctx)
     for family in families:

@@ -91,6 +91,16 @@ def test_finish_converges_after_a_failure_at_any_step(tmp_path: Path, op: str) -
         assert not world.loops.attached and not world.files.files
 
 
+def _the_sibling_stays_then_goes(world: World, method: DmMethod, s2: SnapshotRecord) -> None:
+    """After the first snapshot's finish, s2 keeps snapshot-origin over -real; after its own
+    discard and finish the origin has its plain table again."""
+    assert world.dm.state()["data"].active.lines[0].target.type_name == "snapshot-origin"
+    assert set(world.dm.state()) == {"data", "data-real", "s2"}
+    apply(method.plan_discard(s2))
+    apply(method.plan_finish(s2))
+    assert world.dm.state()["data"].active == ORIGINAL
+
+
 def test_a_merge_beside_a_sibling_keeps_the_sibling_tracked(tmp_path: Path) -> None:
     """Issue 17: the kernel keeps a sibling whole through a merge (each merged chunk goes
     through the origin's write path, so the sibling copies it first); the finish then puts
@@ -103,11 +113,7 @@ def test_a_merge_beside_a_sibling_keeps_the_sibling_tracked(tmp_path: Path) -> N
     assert state["data"].active.lines[0].target.type_name == "snapshot-merge"
     assert "s2" in state and state["s2"].active.lines[0].target.type_name == "snapshot"
     apply(method.plan_finish(s1))
-    assert world.dm.state()["data"].active.lines[0].target.type_name == "snapshot-origin"
-    assert set(world.dm.state()) == {"data", "data-real", "s2"}
-    apply(method.plan_discard(s2))
-    apply(method.plan_finish(s2))
-    assert world.dm.state()["data"].active == ORIGINAL
+    _the_sibling_stays_then_goes(world, method, s2)
 
 
 def test_a_merge_beside_a_sibling_fails_cleanly_at_every_step(tmp_path: Path) -> None:
@@ -124,11 +130,7 @@ def test_discard_of_one_of_two_keeps_the_origin_a_snapshot_origin(tmp_path: Path
     s1, s2 = created(world, "s1"), created(world, "s2")
     apply(method.plan_discard(s1))
     apply(method.plan_finish(s1))
-    assert world.dm.state()["data"].active.lines[0].target.type_name == "snapshot-origin"
-    assert set(world.dm.state()) == {"data", "data-real", "s2"}
-    apply(method.plan_discard(s2))
-    apply(method.plan_finish(s2))
-    assert world.dm.state()["data"].active == ORIGINAL
+    _the_sibling_stays_then_goes(world, method, s2)
 
 
 @pytest.mark.parametrize(
