@@ -43,6 +43,7 @@ an ``<error>`` (the test could not run), and the exit code is still 1.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -102,6 +103,11 @@ class Result:
     errors: tuple[str, ...] = ()
     artifacts: str = ""
     kernel: dict[str, str] = field(default_factory=dict)  # {"spec": ..., "release": uname -r}
+    # A database row's reading of its snapshot (sqlitedb.Reading.summary(): wal_bytes,
+    # transactions, integrity; pre_hook for sqlite-pre), which the claims cite.
+    database: dict[str, Any] = field(default_factory=dict)
+    # A probe row's count of creates refused as documented ({"tries": n, "refused": k}).
+    busy: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -179,7 +185,18 @@ def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: s
         return _unmeasured(scenario, duration, Verdict.REFUSED, reason, artifacts=artifacts)
     checks: dict[str, bool | None] = dict(raw.get("checks", {}))
     counts: dict[str, Any] = raw.get("counts") or {}
-    errors = tuple(str(e) for e in raw.get("errors", ()))
+    errors = tuple(str(e) for e in raw.get("errors", ()) if e)
+    busy = {k: int(v) for k, v in (raw.get("busy") or {}).items()}
+    if raw.get("refused_create") and not errors and not scenario.is_control:
+        # A probe (the desktop workload) whose method refused every try, as it documents:
+        # nothing to judge but the count, which the claims cite.
+        reason = (
+            f"refused: {scenario.snapkit_method} was refused in {busy.get('refused')} of "
+            f"{busy.get('tries')} tries while files were open for writing "
+            f"({raw['refused_create']})"
+        )
+        result = _unmeasured(scenario, duration, Verdict.REFUSED, reason, artifacts=artifacts)
+        return dataclasses.replace(result, busy=busy)
     failed = tuple(name for name, ok in checks.items() if ok is False)
     checked = int(counts.get("acked_checked", 0))
     attempts = int(raw.get("attempts", 0))
@@ -228,6 +245,8 @@ def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: s
         checks=checks,
         errors=errors,
         artifacts=artifacts,
+        database={k: v for k, v in (raw.get("sqlite") or {}).items() if k != "counts"},
+        busy=busy,
     )
 
 

@@ -41,7 +41,29 @@ METHODS = (
 SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs", "zfs-native": "zfs"}
 # A method that exists on one filesystem only, and that filesystem's only method.
 NATIVE = {"btrfs-native": "btrfs", "zfs-native": "zfs"}
-WORKLOADS = ("writer", "churn", "mmap", "fio", "mixed", "sqlite")
+WORKLOADS = (
+    "writer",
+    "churn",
+    "mmap",
+    "fio",
+    "mixed",
+    "sqlite",
+    "sqlite-off",
+    "sqlite-pre",
+    "desktop",
+)
+# The database's two variants (claim 11), on the core filesystems only: ``sqlite-off`` commits
+# with synchronous=OFF (COMMIT returns before anything is fsync'd: the case that may lose
+# acknowledged commits), ``sqlite-pre`` is the FULL database snapshotted by ``snapkit freeze
+# --pre`` with a hook that checkpoints the WAL into the database file first. Only the freeze
+# verb takes --pre/--post hooks, so sqlite-pre exists only for freeze-lvm.
+DB_VARIANTS = ("sqlite-off", "sqlite-pre")
+PRE_HOOK_METHODS = ("freeze-lvm",)
+# ``desktop`` is claim 6's probe: files held open for writing as a desktop holds them (an open
+# database committing, beside the writers), under remount-ro only, on the core filesystems. The
+# guest counts how many of its remount tries are refused (EBUSY); a row refused every time is
+# ``refused`` with those figures, which CLAIMS.md cites.
+PROBES = {"desktop": "remount-ro"}
 CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt", "lvm-under-crypt", "drop-wal", "discard-mounted")
 # The layers a filesystem can sit on above the method's device (issue 19): "crypt" is a dm-crypt
 # mapping over the LV or prepared device, as an encrypted /home is. Rows for the block methods.
@@ -65,7 +87,7 @@ CONTROL_WORKLOAD = {"drop-wal": "sqlite"}  # the workload a control runs (defaul
 # remount-ro refuses (EBUSY) while a file is open for writing, by design (snapkit/methods/
 # remount.py): mmap keeps a writable mapping, fio keeps its files open for the whole run, and
 # a database keeps its file and its WAL open.
-HELD_OPEN = ("mmap", "fio", "mixed", "sqlite")
+HELD_OPEN = ("mmap", "fio", "mixed", "sqlite", *DB_VARIANTS, "desktop")
 CONTROL_ATTEMPTS = 3  # a control that is consistent by luck is retried up to this bound
 MATRICES = ("quick", "full")
 # Snapshot groups (issue 15): the members' filesystems, "+"-joined, one origin each; the methods
@@ -105,11 +127,23 @@ class Scenario:
             raise ValueError(f"{self.method} snapshots exist only on {NATIVE[self.method]}")
         elif self.fs not in BLOCK_FILESYSTEMS and self.method != "zfs-native":
             raise ValueError(f"{self.fs} has no block device: only its native method takes it")
+        if self.workload in DB_VARIANTS and (self.fs not in CORE_FILESYSTEMS or self.stack):
+            raise ValueError(f"{self.workload} runs on {', '.join(CORE_FILESYSTEMS)}, unstacked")
+        if self.workload == "sqlite-pre" and self.method not in PRE_HOOK_METHODS:
+            raise ValueError("sqlite-pre needs a --pre hook, which only freeze-lvm's verb takes")
         if self.control and self.workload != CONTROL_WORKLOAD.get(self.control, "writer"):
             raise ValueError(f"control {self.control!r} runs the {self.workload!r} workload")
         if self.control and self.fs not in CONTROL_FILESYSTEMS.get(self.control, CORE_FILESYSTEMS):
             raise ValueError(f"control {self.control!r} does not run on {self.fs}")
-        elif self.method == "remount-ro" and self.workload in HELD_OPEN:
+        elif self.workload in PROBES and (
+            self.method != PROBES[self.workload] or self.fs not in CORE_FILESYSTEMS or self.stack
+        ):
+            raise ValueError(f"{self.workload} probes {PROBES[self.workload]} on the core fs only")
+        elif (
+            self.method == "remount-ro"
+            and self.workload in HELD_OPEN
+            and PROBES.get(self.workload) != self.method
+        ):
             raise ValueError(f"remount-ro cannot snapshot while {self.workload} holds files open")
         if self.stack and (self.stack not in STACKS or self.method not in STACKED_METHODS):
             raise ValueError(f"stack {self.stack!r} takes one of {', '.join(STACKED_METHODS)}")
@@ -184,7 +218,10 @@ def full() -> list[Scenario]:
         for w in WORKLOADS
         if (NATIVE.get(m, fs) == fs)
         and (fs in BLOCK_FILESYSTEMS or m in NATIVE)
-        and (m != "remount-ro" or w not in HELD_OPEN)
+        and (m != "remount-ro" or w not in HELD_OPEN or PROBES.get(w) == m)
+        and (w not in PROBES or (PROBES[w] == m and fs in CORE_FILESYSTEMS))
+        and (w not in DB_VARIANTS or fs in CORE_FILESYSTEMS)
+        and (w != "sqlite-pre" or m in PRE_HOOK_METHODS)
     ]
     stacked = [
         Scenario(fs, m, "writer", stack=st)

@@ -38,6 +38,10 @@ DOCUMENTED: dict[str, frozenset[int]] = {"remount-ro": frozenset({errno.EROFS})}
 # open for writing, and changes nothing. Such a create may simply be tried again.
 BUSY: dict[str, tuple[str, ...]] = {"remount-ro": ("mount point is busy", "target is busy")}
 CREATE_TRIES = 3
+# claim 6's probe (the ``desktop`` workload): how many remounts it tries, and how far apart,
+# to say how often a busy desktop refuses remount-ro
+PROBE_TRIES = 10
+PROBE_PAUSE_S = 0.5
 
 T = TypeVar("T")
 

@@ -28,7 +28,9 @@ from vmtests.guest import check
 from vmtests.guest.campaign import ledger, sqlitedb, targets
 from vmtests.guest.campaign.workloads import COMPONENTS, Workload, longest_stall, verify_snapshot
 from vmtests.guest.proc import LOG, log, run
-from vmtests.guest.refusal import CREATE_TRIES, Rule
+from vmtests.guest.refusal import CREATE_TRIES, PROBE_PAUSE_S, PROBE_TRIES, Rule
+
+PROBE_WORKLOADS = ("desktop",)  # scenarios.PROBES: rows that measure a refusal's rate
 
 OUT_DISK = "/dev/vmtest/out"
 LEDGER = "/tmp/ledger.jsonl"
@@ -39,16 +41,28 @@ def take(
     spec: dict[str, Any], origin: targets.Origin, rule: Rule, res: dict[str, Any]
 ) -> targets.Snapshot:
     """``targets.take``, tried again (up to ``CREATE_TRIES``) when the method refuses to begin
-    as it documents (refusal.Rule.busy); any other failure, or the last, propagates."""
-    for n in range(1, CREATE_TRIES + 1):
+    as it documents (refusal.Rule.busy); any other failure, or the last, propagates.
+
+    A probe row (the ``desktop`` workload) tries ``PROBE_TRIES`` times, ``PROBE_PAUSE_S``
+    apart, and keeps the count in ``res["busy"]``: how often a busy desktop refuses."""
+    probe = spec.get("workload") in PROBE_WORKLOADS
+    tries, pause = (PROBE_TRIES, PROBE_PAUSE_S) if probe else (CREATE_TRIES, 0.2)
+    for n in range(1, tries + 1):
         try:
-            return targets.take(spec, origin)
+            snap = targets.take(spec, origin)
+            if probe:
+                res["busy"] = {"tries": n, "refused": n - 1}
+            return snap
         except Exception as exc:
-            if n == CREATE_TRIES or not rule.busy(str(exc)):
+            if not rule.busy(str(exc)):
                 raise
             res["create_refused"] = n
+            if probe:
+                res["busy"] = {"tries": n, "refused": n}
+            if n == tries:
+                raise
             log(f"create refused as documented (try {n}): {exc}")
-            time.sleep(0.2)
+            time.sleep(pause)
     raise AssertionError("unreachable")
 
 
@@ -73,8 +87,13 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
         snap = take(spec, origin, rule, res)
         checks["snapshot"] = True
     except Exception as exc:
-        snap, checks["snapshot"] = None, False
-        res["errors"].append(f"snapshot: {exc}")
+        snap = None
+        busy = res.get("busy") or {}
+        if busy and busy["refused"] == busy["tries"]:  # a probe refused every time, as documented
+            res["refused_create"] = f"{exc}".strip().splitlines()[-1][:300]
+        else:
+            checks["snapshot"] = False
+            res["errors"].append(f"snapshot: {exc}")
     end = time.monotonic()
     led.mark("snapshot-end", end)
     time.sleep(spec.get("tail", 0.5))

@@ -20,12 +20,20 @@ The snapshot is read as a restore would: the database and its WAL are copied off
 mount to tmpfs, without the ``-shm`` index (shared memory, rebuilt from the WAL on open), and
 opened there, so SQLite applies the WAL, then ``PRAGMA integrity_check`` must say ``ok``.
 
+Two variants (claim 11): ``synchronous=OFF`` (``SqliteWriter(synchronous="OFF")``), where
+``COMMIT`` returns once its pages are written to the WAL, before any fsync, so only a crash of
+the machine can lose it: a snapshot's freeze or suspend flushes the page cache first, and the
+oracle is the same. And the FULL database snapshotted under ``snapkit freeze --pre
+CHECKPOINT_HOOK``, which moves the WAL into the database file before the freeze (the oracle is
+the same; the snapshot's WAL should then hold only the commits since the hook).
+
 Standard library only (``sqlite3``): this runs on the guest's bare python3.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -48,6 +56,8 @@ PAYLOAD = 600  # bytes a row carries: a few rows fill a page, so commits span pa
 # creating the database takes seconds, and a snapshot taken before the first commit returned
 # would check no acknowledged commit at all (measured: 0 of 166 on ext4-lvm-sqlite).
 WARM_COMMITS = 10
+SYNC_MODES = ("FULL", "OFF")
+HOOK_OUT = "/tmp/pre-checkpoint.json"  # what the --pre hook's checkpoint returned
 
 
 def parts(n: int) -> int:
@@ -94,10 +104,20 @@ class SqliteWriter(threading.Thread):
     """Commits transactions one after another and ledgers each ``COMMIT`` that returned."""
 
     def __init__(
-        self, root: str, ledger: Ledger, seed: int, stop: threading.Event, *, pace: float = PACE_S
+        self,
+        root: str,
+        ledger: Ledger,
+        seed: int,
+        stop: threading.Event,
+        *,
+        pace: float = PACE_S,
+        synchronous: str = "FULL",
     ) -> None:
+        if synchronous not in SYNC_MODES:
+            raise ValueError(f"synchronous must be one of {SYNC_MODES}, not {synchronous!r}")
         super().__init__(name="sqlite", daemon=True)
         self.root, self.ledger, self.seed, self.stop, self.pace = root, ledger, seed, stop, pace
+        self.synchronous = synchronous
         self.rng = random.Random(seed * 104729)
         self.error: BaseException | None = None
         self.commits = 0
@@ -107,7 +127,8 @@ class SqliteWriter(threading.Thread):
         try:
             db = connect(create(self.root))
             try:
-                db.execute("PRAGMA synchronous=FULL")  # per connection, not stored in the file
+                # per connection, not stored in the file
+                db.execute(f"PRAGMA synchronous={self.synchronous}")
                 n = 0
                 while not self.stop.wait(self.pace * self.rng.uniform(0.5, 1.5)):
                     n += 1
@@ -218,6 +239,31 @@ def states(rows: list[tuple[int, int, bytes]], seed: int) -> dict[str, str]:
 def observe(reading: Reading, obj: str) -> str:
     """One ``q:N`` object as the snapshot shows it."""
     return reading.states.get(obj, ABSENT)
+
+
+def checkpoint_hook(root: str) -> str:
+    """The ``--pre`` command that checkpoints the database's WAL into its file (``TRUNCATE``:
+    wait for the writer between two commits, copy every WAL page back, empty the WAL), as a
+    user's pre-snapshot hook would. It writes what the checkpoint returned (busy, WAL pages,
+    pages checkpointed) to HOOK_OUT. One ``python3 -c`` line, paths quoted by ``repr``."""
+    path = os.path.join(root, DIR, NAME)
+    code = (
+        "import json, sqlite3; "
+        f"db = sqlite3.connect({path!r}, timeout=60, isolation_level=None); "
+        "row = db.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone(); "
+        f"json.dump(dict(busy=row[0], log=row[1], checkpointed=row[2]), open({HOOK_OUT!r}, 'w'))"
+    )
+    return f'python3 -c "{code}"'
+
+
+def hook_result() -> dict[str, object]:
+    """What the hook's checkpoint returned, or {"error": ...} when it never ran."""
+    try:
+        with open(HOOK_OUT) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return value if isinstance(value, dict) else {"error": f"not an object: {value!r}"}
 
 
 def drop_wal(device: str, fs: str, mountpoint: str) -> str:

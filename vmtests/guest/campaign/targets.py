@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmtests.guest import zfsdisk
+from vmtests.guest.campaign import sqlitedb
 from vmtests.guest.campaign.ledger import MAGIC, Op
 from vmtests.guest.proc import log, run
 
@@ -147,7 +148,7 @@ def _copy(src: str) -> None:
     run(["dd", f"if={src}", f"of={COPY}", "bs=1M", "iflag=direct", "oflag=direct", "status=none"])
 
 
-def _freeze_lvm(origin: Origin) -> Snapshot:
+def _freeze_lvm(origin: Origin, pre: str = "") -> Snapshot:
     """snapkit freezes, the user's command copies: ``snapkit freeze MP -- dd ... of=/dev/vg/copy``.
 
     The command cannot be ``lvcreate -s``: on this kernel (6.1) LVM's suspend of the origin
@@ -155,11 +156,13 @@ def _freeze_lvm(origin: Origin) -> Snapshot:
     (measured: "suspend ioctl ... failed: Device or resource busy", LVM then asks for manual
     intervention). A copy onto another LV stands for the SAN or hypervisor snapshot the freeze
     method exists for. The copy is the user's, outside snapkit's records: nothing to merge."""
+    hooks = ["--pre", pre] if pre else []
     run(
         [
             "snapkit",
             "freeze",
             origin.mountpoint,
+            *hooks,
             "--",
             "dd",
             f"if={origin.device}",
@@ -173,9 +176,11 @@ def _freeze_lvm(origin: Origin) -> Snapshot:
     return Snapshot(FREEZE_COPY, mergeable=False)
 
 
-def _snapkit_create(method: str, snapkit_method: str, origin: Origin, cow_mib: int) -> Snapshot:
+def _snapkit_create(
+    method: str, snapkit_method: str, origin: Origin, cow_mib: int, pre: str = ""
+) -> Snapshot:
     if method == "freeze-lvm":
-        return _freeze_lvm(origin)
+        return _freeze_lvm(origin, pre)
     argv = ["snapkit", "snapshot", "create", origin.mountpoint, "--name", NAME, "--json"]
     # Under TCG a loaded guest's lvcreate can take 10-20 s, all inside the explicit freeze
     # that btrfs needs (fs.SUSPEND_DOES_NOT_FREEZE): allow for it, well short of the timeout.
@@ -235,7 +240,9 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
         return _discard_mounted(origin)
     if control in ("corrupt", "drop-wal"):  # a proper frozen copy, damaged afterwards
         return _frozen_copy(origin)
-    return _snapkit_create(method, spec["snapkit_method"], origin, spec.get("cow_mib", 64))
+    # sqlite-pre: the freeze's --pre hook checkpoints the database (scenarios.DB_VARIANTS)
+    pre = sqlitedb.checkpoint_hook(origin.mountpoint) if spec["workload"] == "sqlite-pre" else ""
+    return _snapkit_create(method, spec["snapkit_method"], origin, spec.get("cow_mib", 64), pre)
 
 
 DISCARD_COW = "/tmp/discard.cow"

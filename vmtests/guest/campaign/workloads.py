@@ -25,7 +25,13 @@ COMPONENTS = {
     "fio": ("writer", "fio", "lazy"),
     "mixed": ("writer", "churn", "mmap", "fio", "sqlite", "lazy"),
     "sqlite": ("sqlite", "lazy"),
+    "sqlite-off": ("sqlite-off", "lazy"),  # synchronous=OFF
+    "sqlite-pre": ("sqlite", "lazy"),  # the snapshot's --pre hook checkpoints it (targets.py)
+    # claim 6's probe: a database held open and committing, as a desktop's browser or mail
+    # client holds one, beside the writers (only under remount-ro: scenarios.PROBES)
+    "desktop": ("writer", "sqlite", "lazy"),
 }
+DATABASES = {"sqlite": "FULL", "sqlite-off": "OFF"}  # component -> its synchronous mode
 
 
 class Workload:
@@ -54,8 +60,12 @@ class Workload:
                 self.threads.append(churn.Churn(root, led, seed, self.stop, rule=rule, pace=pace))
             elif name == "mmap":
                 self.threads.append(mmapwriter.MmapWriter(root, led, seed, self.stop, rule=rule))
-            elif name == "sqlite":  # never under remount-ro (scenarios.HELD_OPEN): no rule
-                self.threads.append(sqlitedb.SqliteWriter(root, led, seed, self.stop, pace=pace))
+            elif name in DATABASES:  # never under remount-ro (scenarios.HELD_OPEN): no rule
+                self.threads.append(
+                    sqlitedb.SqliteWriter(
+                        root, led, seed, self.stop, pace=pace, synchronous=DATABASES[name]
+                    )
+                )
         self.fio = "fio" in names
         self.fio_pre: Any = None
         self.fio_load: Any = None
@@ -133,7 +143,7 @@ def verify_snapshot(
     parts = COMPONENTS[spec["workload"]]
     if "fio" in parts:
         fio_states, res["fio_output"] = fiojobs.verify(root, seed)
-    db = sqlitedb.read(root, seed) if "sqlite" in parts else None
+    db = sqlitedb.read(root, seed) if set(parts) & set(DATABASES) else None
     look = observe(root, fio_states, seed, db)
     hists = verify.histories(ops)
     counts = verify.classify(hists, look, begin, end)
@@ -145,6 +155,8 @@ def verify_snapshot(
         mine = {obj: h for obj, h in hists.items() if obj.startswith(sqlitedb.KIND)}
         txns = verify.classify(mine, look, begin, end)
         res["sqlite"] = {**db.summary(), "counts": txns.__dict__}
+        if spec["workload"] == "sqlite-pre":
+            res["sqlite"]["pre_hook"] = sqlitedb.hook_result()
         sound = db.ok and txns.acked_checked > 0
         res["checks"]["sqlite"] = sound and verify.ledger_ok(txns, spec["method"])
     res["tree_snapshot"] = check.tree_hash(root)

@@ -74,3 +74,31 @@ def test_claims_md_names_every_row_with_its_figures_and_seed() -> None:
         assert f"- `{sid}`: pass" in text or f"- `{sid}`: caught" in text
     assert "10 acknowledged writes checked, 0 lost" in text and "(seed 7)" in text
     assert "in 10 min" in text and text.count("\n## ") == 11
+
+
+def test_claim_11_says_what_synchronous_off_and_the_pre_hook_showed() -> None:
+    """The OFF rows' figures and the hook's WAL figure reach the verdict's text; an OFF row
+    that lost commits would confirm the claim (the control: a lost one flips it)."""
+    hooked = dataclasses.replace(
+        _row("ext4-freeze-lvm-sqlite-pre", "pass"),
+        database={"wal_bytes": 4096, "pre_hook": {"busy": 0, "log": 12, "checkpointed": 12}},
+    )
+    found = dict((c.number, f) for c, f in claims.judge(_every_row(**{hooked.id: hooked})))[11]
+    assert found.verdict == claims.NOT
+    assert "synchronous=OFF too: 30 acknowledged commits checked, 0 lost" in found.why
+    assert "WAL at 4 KiB" in found.why and "12 of 12 WAL pages checkpointed" in found.why
+    lost = dataclasses.replace(_row("xfs-dm-sqlite-off", "fail"), acked_writes_lost=2)
+    assert _verdicts(_every_row(**{lost.id: lost}))[11] == claims.HOLDS
+
+
+def test_claim_6_counts_the_desktop_refusals() -> None:
+    """The desktop probes' counts make claim 6 partial with the figure; without them it says
+    the rate was not measured."""
+    probes = {
+        sid: dataclasses.replace(_row(sid, "refused"), busy={"tries": 10, "refused": 10})
+        for sid in claims.DESKTOP_ROWS
+    }
+    found = dict((c.number, f) for c, f in claims.judge(_every_row(**probes)))[6]
+    assert found.verdict == claims.PART and "refused (EBUSY) in 30 of 30 tries" in found.why
+    bare = dict((c.number, f) for c, f in claims.judge(_every_row()))[6]
+    assert bare.verdict == claims.PART and "not measured" in bare.why

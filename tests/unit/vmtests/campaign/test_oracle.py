@@ -188,3 +188,21 @@ def test_the_database_check_fails_a_real_row_and_catches_the_drop_wal_control() 
     assert real.verdict is Verdict.FAIL and "sqlite" in real.reason
     control = oracle.judge(Scenario("ext4", "none", "sqlite", "drop-wal"), raw, 1.0)
     assert control.verdict is Verdict.CAUGHT and control.caught_by == ("ledger", "sqlite")
+
+
+def test_a_probe_refused_every_time_is_refused_with_its_count() -> None:
+    """The desktop probe: every remount refused (EBUSY) is the documented refusal, measured;
+    with a workload error beside it, or on a real row without the count, it is a failure."""
+    s = Scenario("ext4", "remount-ro", "desktop")
+    raw = {
+        "checks": {},
+        "errors": [],
+        "busy": {"tries": 10, "refused": 10},
+        "refused_create": "mount point is busy.",
+    }
+    r = oracle.judge(s, raw, 3.0)
+    assert r.verdict is Verdict.REFUSED and r.busy == {"tries": 10, "refused": 10}
+    assert "refused in 10 of 10 tries" in r.reason
+    assert oracle.Result.from_json(r.to_json()) == r
+    broken = oracle.judge(s, {**raw, "errors": ["sqlite: OperationalError: x"]}, 3.0)
+    assert broken.verdict is Verdict.FAIL

@@ -334,3 +334,34 @@ def test_a_create_remount_ro_refuses_as_busy_is_tried_again(
     outcomes[:] = [busy] * scenario.CREATE_TRIES
     with pytest.raises(RuntimeError, match="busy"):
         scenario.take({}, origin, REFUSING, {})
+
+
+def test_the_desktop_probe_counts_every_remount_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claim 6's probe tries PROBE_TRIES times and keeps the count, whether a try gets through
+    (3 refused, then a snapshot) or none does (all refused, then the error propagates)."""
+    from vmtests.guest.campaign import scenario, targets
+
+    busy = RuntimeError("step 1 (mount -o remount,ro /mnt/origin) failed: mount point is busy.")
+    outcomes: list[object] = []
+
+    def take(_spec: object, _origin: object) -> targets.Snapshot:
+        out = outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        assert isinstance(out, targets.Snapshot)
+        return out
+
+    monkeypatch.setattr(targets, "take", take)
+    monkeypatch.setattr(scenario.time, "sleep", lambda _s: None)
+    origin = targets.Origin("/dev/vmtest/disk0", "ext4")
+    spec = {"workload": "desktop"}
+    outcomes[:] = [busy, busy, busy, targets.Snapshot("/dev/loop1")]
+    res: dict[str, Any] = {}
+    assert scenario.take(spec, origin, REFUSING, res).device == "/dev/loop1"
+    assert res["busy"] == {"tries": 4, "refused": 3}
+    outcomes[:] = [busy] * scenario.PROBE_TRIES
+    res = {}
+    with pytest.raises(RuntimeError, match="busy"):
+        scenario.take(spec, origin, REFUSING, res)
+    assert res["busy"] == {"tries": scenario.PROBE_TRIES, "refused": scenario.PROBE_TRIES}
+    assert scenario.PROBE_TRIES > scenario.CREATE_TRIES  # a rate, not a retry

@@ -7,23 +7,28 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from vmtests.guest.campaign import ledger, sqlitedb, verify
 
 
 @contextlib.contextmanager
-def _written(root: Path, led_path: Path, commits: int, seed: int = 7) -> Iterator[list[ledger.Op]]:
+def _written(
+    root: Path, led_path: Path, commits: int, seed: int = 7, synchronous: str = "FULL"
+) -> Iterator[list[ledger.Op]]:
     """Let the writer commit at least ``commits`` transactions and stop; inside the block the
     files are as a snapshot with nothing in flight sees them. Another connection stays open
     meanwhile, as the campaign's writer is open while the snapshot is taken: the last
     connection to close checkpoints the WAL into the database and deletes it."""
     led = ledger.Ledger(str(led_path))
     stop = threading.Event()
-    writer = sqlitedb.SqliteWriter(str(root), led, seed, stop, pace=0.001)
+    writer = sqlitedb.SqliteWriter(str(root), led, seed, stop, pace=0.001, synchronous=synchronous)
     writer.start()
     deadline = time.monotonic() + 30
     while writer.commits < 1 and writer.error is None and time.monotonic() < deadline:
@@ -109,3 +114,44 @@ def test_the_running_total_catches_rows_without_their_transaction(tmp_path: Path
     db.close()
     reading, _ = _judge(snap, ops)
     assert reading.opened and not reading.total_ok and not reading.ok
+
+
+def test_synchronous_off_commits_are_read_back_when_the_files_are(tmp_path: Path) -> None:
+    """The OFF variant's writer: the same ledger and oracle, only no fsync behind COMMIT (what
+    that costs is a machine crash's question, which a snapshot's flush does not ask)."""
+    with _written(tmp_path / "fs", tmp_path / "ledger.jsonl", commits=20, synchronous="OFF") as ops:
+        snap = _snapshot(tmp_path / "fs", tmp_path / "snap")
+    reading, counts = _judge(snap, ops)
+    assert reading.ok and counts.acked_checked == len(ops) and verify.ledger_ok(counts, "lvm")
+    with pytest.raises(ValueError, match="synchronous"):
+        sqlitedb.SqliteWriter(
+            str(tmp_path),
+            ledger.Ledger(str(tmp_path / "l2")),
+            1,
+            threading.Event(),
+            synchronous="NORMAL; DROP TABLE tx",
+        )
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_the_pre_hook_moves_the_wal_into_the_database_file(
+    hook: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What --pre buys: after the checkpoint hook, the database file alone holds every commit
+    acknowledged before it, so even a copy without the -wal file loses none; without the hook
+    (the control) the same copy loses them, as the drop-wal control shows."""
+    out = tmp_path / "hook.json"
+    monkeypatch.setattr(sqlitedb, "HOOK_OUT", str(out))
+    root = tmp_path / "fs"
+    with _written(root, tmp_path / "ledger.jsonl", commits=20) as ops:
+        if hook:
+            subprocess.run(["sh", "-c", sqlitedb.checkpoint_hook(str(root))], check=True)
+            result = sqlitedb.hook_result()
+            assert result["busy"] == 0 and result["checkpointed"] == result["log"], result
+            assert (root / sqlitedb.DIR / sqlitedb.WAL).stat().st_size == 0  # TRUNCATE
+        snap = _snapshot(root, tmp_path / "snap", wal=False)
+    reading, counts = _judge(snap, ops)
+    assert reading.ok
+    assert verify.ledger_ok(counts, "lvm") is hook
+    if not hook:
+        assert counts.acked_lost > 0 and "error" in sqlitedb.hook_result()
