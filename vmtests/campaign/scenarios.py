@@ -18,13 +18,13 @@ from typing import Any
 CORE_FILESYSTEMS = ("ext4", "xfs", "btrfs")
 # The filesystems on a block device: every block method takes these. ZFS has no block device
 # under its mount (its pool is), so it takes only its own snapshots.
-BLOCK_FILESYSTEMS = (*CORE_FILESYSTEMS, "ext3", "ext2", "reiserfs")
+BLOCK_FILESYSTEMS = (*CORE_FILESYSTEMS, "ext3", "ext2", "reiserfs", "f2fs", "jfs")
 FILESYSTEMS = (*BLOCK_FILESYSTEMS, "zfs")
 # The Debian kernel flavour a filesystem needs: the cloud flavour (the default: it boots
-# fastest) has no reiserfs module, the generic one has. Such a row boots the generic flavour of
-# the run's Debian kernel (campaign_kernels.row_spec), whose layer is built the first time a
-# row needs it, so a run without these rows never builds it.
-FS_FLAVOUR = {"reiserfs": "generic"}
+# fastest) has no reiserfs, f2fs or jfs module, the generic one has them. Such a row boots the
+# generic flavour of the run's Debian kernel (campaign_kernels.row_spec), whose layer is built
+# the first time a row needs it, so a run without these rows never builds it.
+FS_FLAVOUR = {"reiserfs": "generic", "f2fs": "generic", "jfs": "generic"}
 # The matrix's method names; ``freeze-lvm`` is snapkit's ``freeze`` method wrapping an LVM
 # snapshot, ``btrfs-native`` is snapkit's ``btrfs`` method and exists only on btrfs, and
 # ``zfs-native`` is snapkit's ``zfs`` method and exists only on zfs.

@@ -25,6 +25,8 @@ FSCK = {
     "xfs": ["xfs_repair", "-n"],
     "btrfs": ["btrfs", "check", "--readonly"],
     "reiserfs": ["reiserfsck", "--check", "--yes", "--quiet"],
+    "f2fs": ["fsck.f2fs", "--dry-run"],  # exits non-zero when it finds no valid checkpoint
+    "jfs": ["fsck.jfs", "-n"],  # read-only; exits 0 only for a clean filesystem
 }
 MOUNT_OPTS = {"xfs": "ro,nouuid", "btrfs": "ro", "zfs": "ro"}  # every other filesystem: "ro"
 ZFS_CLEAN = "errors: No known data errors"

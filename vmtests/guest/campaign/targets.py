@@ -38,6 +38,8 @@ MKFS = {
     "xfs": ["mkfs.xfs", "-q", "-f"],
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
     "reiserfs": ["mkfs.reiserfs", "-q", "-f", "-f"],  # twice: no confirmation question
+    "f2fs": ["mkfs.f2fs", "-q", "-f"],
+    "jfs": ["mkfs.jfs", "-q"],  # -q: no confirmation question either
 }
 
 

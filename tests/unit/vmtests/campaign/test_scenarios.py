@@ -38,7 +38,7 @@ def test_full_is_every_valid_combination() -> None:
         ("remount-ro", "desktop"),  # claim 6's probe: remount-ro with a database held open
     }
     assert per_fs["xfs"] == per_fs["ext4"]
-    for fs in ("ext3", "ext2", "reiserfs"):
+    for fs in ("ext3", "ext2", "reiserfs", "f2fs", "jfs"):
         assert per_fs[fs] == per_fs["ext4"] - variants, fs
     assert {s.fs for s in real if s.method == "dm-direct"} == set(scenarios.BLOCK_FILESYSTEMS)
     # zfs: only its own snapshots, every workload; no block method, stack or control on it
@@ -69,9 +69,9 @@ def test_the_older_filesystems_keep_todays_id_form() -> None:
     assert "control-drop-wal-ext4-sqlite" in ids
 
 
-def test_only_reiserfs_rows_name_a_kernel_flavour() -> None:
+def test_only_the_generic_flavours_filesystems_name_a_kernel_flavour() -> None:
     needs = {s.fs for s in scenarios.full() if s.flavour}
-    assert needs == {"reiserfs"}
+    assert needs == {"reiserfs", "f2fs", "jfs"}
     assert Scenario("reiserfs", "lvm", "writer").flavour == "generic"
 
 
