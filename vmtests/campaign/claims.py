@@ -14,6 +14,7 @@ measured``, never guessed; a row's failure is named, with its reason, in the ver
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -365,4 +366,32 @@ def render(results: Sequence[Result], *, command: str, kernel: str, seconds: flo
     return "\n".join(out) + "\n"
 
 
-__all__ = ["CLAIMS", "Claim", "Finding", "judge", "render", "scenario_ids"]
+def render_html(results: Sequence[Result]) -> str:
+    """report.html's claims section: the verdict table, and under each claim why, with its
+    rows linked to their details further down the report."""
+    by_id = {r.id: r for r in results}
+    found = judge(results)
+    rows = "".join(
+        f"<tr><td>{c.number}</td><td>{html.escape(c.says)}</td><td><b>{f.verdict}</b></td></tr>"
+        for c, f in found
+    )
+    parts = [
+        "<h2>The question's claims</h2><p>Each verdict is read from the rows under it "
+        "(CLAIMS.md has the same text).</p>",
+        f"<table class='grid'><tr><th>#</th><th>claim</th><th>verdict</th></tr>{rows}</table>",
+    ]
+    for claim, finding in found:
+        items = "".join(
+            f"<li><a href='#{html.escape(sid)}'>{html.escape(sid)}</a>: "
+            + html.escape(_figures(by_id[sid]) if sid in by_id else "did not run")
+            + "</li>"
+            for sid in claim.scenarios
+        )
+        parts.append(
+            f"<details><summary>{claim.number}. <b>{finding.verdict}</b></summary>"
+            f"<p>{html.escape(finding.why)}.</p><ul>{items}</ul></details>"
+        )
+    return "".join(parts)
+
+
+__all__ = ["CLAIMS", "Claim", "Finding", "judge", "render", "render_html", "scenario_ids"]

@@ -345,6 +345,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
         results, command=command, kernel=", ".join(kernels) or "the image's", seconds=seconds
     )
     args.out.write_text(text)
+    report.write_all(folder, results, claims.render_html(results))  # report.html's section
     found = claims.judge(results)
     for claim, finding in found:
         print(f"claim {claim.number:2}: {finding.verdict}")

@@ -61,12 +61,13 @@ def load(folder: Path) -> list[Result]:
     return [Result.from_json(row) for row in data]
 
 
-def write_all(folder: Path, results: Sequence[Result]) -> None:
+def write_all(folder: Path, results: Sequence[Result], extra_html: str = "") -> None:
+    """``extra_html``: a section put before the matrix (``vmtest claims``' verdicts)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = sorted(results, key=lambda r: r.id)
     (folder / "results.json").write_text(json.dumps([r.to_json() for r in rows], indent=1) + "\n")
     (folder / "junit.xml").write_bytes(junit(rows))
-    (folder / "report.html").write_text(html_report(rows, folder))
+    (folder / "report.html").write_text(html_report(rows, folder, extra_html))
 
 
 def merge(folders: Iterable[Path], out: Path) -> list[Result]:
@@ -262,7 +263,7 @@ def _details(r: Result, folder: Path) -> str:
     )
 
 
-def html_report(results: Sequence[Result], folder: Path) -> str:
+def html_report(results: Sequence[Result], folder: Path, extra_html: str = "") -> str:
     counts = {v: sum(r.verdict == v for r in results) for v in Verdict}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     style = (
@@ -276,7 +277,8 @@ def html_report(results: Sequence[Result], folder: Path) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>snapkit campaign"
         f"</title><style>{style}</style></head><body><h1>snapkit consistency campaign: "
-        f"{verdict}</h1><p>{summary}</p>{kernel_table(results)}<h2>Matrix</h2>{grid(results)}"
+        f"{verdict}</h1><p>{summary}</p>{extra_html}{kernel_table(results)}"
+        f"<h2>Matrix</h2>{grid(results)}"
         f"<h2>Freeze window per method</h2><p>Longest gap between acknowledged writes "
         f"during the snapshot command (ms).</p>{freeze_plot(results)}"
         f"<h2>Scenarios</h2>{''.join(_details(r, folder) for r in results)}"

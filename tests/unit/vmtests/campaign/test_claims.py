@@ -5,6 +5,7 @@ ran; the journal check and the controls flip their claims (the negative controls
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from vmtests.campaign import claims, oracle
 
@@ -102,3 +103,22 @@ def test_claim_6_counts_the_desktop_refusals() -> None:
     assert found.verdict == claims.PART and "refused (EBUSY) in 30 of 30 tries" in found.why
     bare = dict((c.number, f) for c, f in claims.judge(_every_row()))[6]
     assert bare.verdict == claims.PART and "not measured" in bare.why
+
+
+def test_report_html_gets_a_claims_section_linking_every_row(tmp_path: Path) -> None:
+    """vmtest claims --from-report rewrites the report folder's report.html with the claims'
+    verdicts before the matrix, each row linked to its details."""
+    from vmtests.campaign import report
+    from vmtests.cli import main
+
+    rows = _every_row()
+    report.write_all(tmp_path, rows)
+    assert "The question's claims" not in (tmp_path / "report.html").read_text()
+    out = tmp_path / "CLAIMS.md"
+    assert main(["claims", "--from-report", str(tmp_path), "--out", str(out)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.index("The question's claims") < page.index("<h2>Matrix</h2>")
+    for sid in claims.scenario_ids():
+        assert f"<a href='#{sid}'>{sid}</a>" in page and f'id="{sid}"' in page
+    assert page.count("<details><summary>") == len(claims.CLAIMS)
+    assert "| 11 |" in out.read_text()
