@@ -108,6 +108,9 @@ class Result:
     database: dict[str, Any] = field(default_factory=dict)
     # A probe row's count of creates refused as documented ({"tries": n, "refused": k}).
     busy: dict[str, int] = field(default_factory=dict)
+    # XFS: was the snapshot's log clean before any mount (xfs_repair -n)? None: not XFS, or
+    # fsck failed for another reason. Recorded, not judged: a frozen XFS keeps a log to replay.
+    log_clean: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -247,6 +250,7 @@ def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: s
         artifacts=artifacts,
         database={k: v for k, v in (raw.get("sqlite") or {}).items() if k != "counts"},
         busy=busy,
+        log_clean=raw.get("log_clean"),
     )
 
 

@@ -122,3 +122,13 @@ def test_report_html_gets_a_claims_section_linking_every_row(tmp_path: Path) -> 
         assert f"<a href='#{sid}'>{sid}</a>" in page and f'id="{sid}"' in page
     assert page.count("<details><summary>") == len(claims.CLAIMS)
     assert "| 11 |" in out.read_text()
+
+
+def test_claim_4_says_when_the_xfs_logs_were_not_clean() -> None:
+    """A frozen XFS copy whose log needs a replay makes claim 4 partial with the count; clean
+    logs (the control) keep it whole."""
+    dirty = {sid: dataclasses.replace(_row(sid), log_clean=False) for sid in claims.XFS_ROWS}
+    found = dict((c.number, f) for c, f in claims.judge(_every_row(**dirty)))[4]
+    assert found.verdict == claims.PART and "in 2 of 2 snapshots" in found.why
+    clean = {sid: dataclasses.replace(_row(sid), log_clean=True) for sid in claims.XFS_ROWS}
+    assert _verdicts(_every_row(**clean))[4] == claims.HOLDS
