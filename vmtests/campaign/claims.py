@@ -101,7 +101,7 @@ DB_ROWS = ("ext4-freeze-lvm-sqlite", "ext4-lvm-sqlite", "xfs-dm-sqlite")
 # synchronous=OFF, the case that may lose acknowledged commits, under a freeze, an LVM suspend
 # and a dm suspend; and the FULL database under a --pre hook that checkpoints its WAL.
 DB_OFF_ROWS = ("ext4-freeze-lvm-sqlite-off", "ext4-lvm-sqlite-off", "xfs-dm-sqlite-off")
-DB_PRE_ROWS = ("ext4-freeze-lvm-sqlite-pre",)
+DB_PRE_ROWS = ("ext4-lvm-sqlite-pre",)
 WAL_CONTROL = "control-drop-wal-ext4-sqlite"
 
 

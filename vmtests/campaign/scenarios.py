@@ -54,11 +54,12 @@ WORKLOADS = (
 )
 # The database's two variants (claim 11), on the core filesystems only: ``sqlite-off`` commits
 # with synchronous=OFF (COMMIT returns before anything is fsync'd: the case that may lose
-# acknowledged commits), ``sqlite-pre`` is the FULL database snapshotted by ``snapkit freeze
-# --pre`` with a hook that checkpoints the WAL into the database file first. Only the freeze
-# verb takes --pre/--post hooks, so sqlite-pre exists only for freeze-lvm.
+# acknowledged commits), ``sqlite-pre`` is the FULL database snapshotted by ``snapkit snapshot
+# create --pre`` with a hook that checkpoints the WAL into the database file first. The
+# campaign's freeze-lvm row runs the ``snapkit freeze`` verb, which takes no hooks, so
+# sqlite-pre rows are the lvm and dm ones (the question's LVM answer and its raw dm recipe).
 DB_VARIANTS = ("sqlite-off", "sqlite-pre")
-PRE_HOOK_METHODS = ("freeze-lvm",)
+PRE_HOOK_METHODS = ("lvm", "dm")
 # ``desktop`` is claim 6's probe: files held open for writing as a desktop holds them (an open
 # database committing, beside the writers), under remount-ro only, on the core filesystems. The
 # guest counts how many of its remount tries are refused (EBUSY); a row refused every time is
@@ -130,7 +131,7 @@ class Scenario:
         if self.workload in DB_VARIANTS and (self.fs not in CORE_FILESYSTEMS or self.stack):
             raise ValueError(f"{self.workload} runs on {', '.join(CORE_FILESYSTEMS)}, unstacked")
         if self.workload == "sqlite-pre" and self.method not in PRE_HOOK_METHODS:
-            raise ValueError("sqlite-pre needs a --pre hook, which only freeze-lvm's verb takes")
+            raise ValueError(f"sqlite-pre runs with {' and '.join(PRE_HOOK_METHODS)} only")
         if self.control and self.workload != CONTROL_WORKLOAD.get(self.control, "writer"):
             raise ValueError(f"control {self.control!r} runs the {self.workload!r} workload")
         if self.control and self.fs not in CONTROL_FILESYSTEMS.get(self.control, CORE_FILESYSTEMS):

@@ -23,9 +23,9 @@ opened there, so SQLite applies the WAL, then ``PRAGMA integrity_check`` must sa
 Two variants (claim 11): ``synchronous=OFF`` (``SqliteWriter(synchronous="OFF")``), where
 ``COMMIT`` returns once its pages are written to the WAL, before any fsync, so only a crash of
 the machine can lose it: a snapshot's freeze or suspend flushes the page cache first, and the
-oracle is the same. And the FULL database snapshotted under ``snapkit freeze --pre
-CHECKPOINT_HOOK``, which moves the WAL into the database file before the freeze (the oracle is
-the same; the snapshot's WAL should then hold only the commits since the hook).
+oracle is the same. And the FULL database snapshotted by ``snapkit snapshot create --pre HOOK``
+(``checkpoint_hook``), which moves the WAL into the database file before the freeze or suspend
+(the oracle is the same; the snapshot's WAL should then hold only the commits since the hook).
 
 Standard library only (``sqlite3``): this runs on the guest's bare python3.
 """

@@ -150,7 +150,7 @@ def _copy(src: str) -> None:
     run(["dd", f"if={src}", f"of={COPY}", "bs=1M", "iflag=direct", "oflag=direct", "status=none"])
 
 
-def _freeze_lvm(origin: Origin, pre: str = "") -> Snapshot:
+def _freeze_lvm(origin: Origin) -> Snapshot:
     """snapkit freezes, the user's command copies: ``snapkit freeze MP -- dd ... of=/dev/vg/copy``.
 
     The command cannot be ``lvcreate -s``: on this kernel (6.1) LVM's suspend of the origin
@@ -158,13 +158,11 @@ def _freeze_lvm(origin: Origin, pre: str = "") -> Snapshot:
     (measured: "suspend ioctl ... failed: Device or resource busy", LVM then asks for manual
     intervention). A copy onto another LV stands for the SAN or hypervisor snapshot the freeze
     method exists for. The copy is the user's, outside snapkit's records: nothing to merge."""
-    hooks = ["--pre", pre] if pre else []
     run(
         [
             "snapkit",
             "freeze",
             origin.mountpoint,
-            *hooks,
             "--",
             "dd",
             f"if={origin.device}",
@@ -182,8 +180,10 @@ def _snapkit_create(
     method: str, snapkit_method: str, origin: Origin, cow_mib: int, pre: str = ""
 ) -> Snapshot:
     if method == "freeze-lvm":
-        return _freeze_lvm(origin, pre)
+        return _freeze_lvm(origin)
     argv = ["snapkit", "snapshot", "create", origin.mountpoint, "--name", NAME, "--json"]
+    if pre:  # sqlite-pre: snapshot create runs the hook before its freeze or suspend
+        argv += ["--pre", pre]
     # Under TCG a loaded guest's lvcreate can take 10-20 s, all inside the explicit freeze
     # that btrfs needs (fs.SUSPEND_DOES_NOT_FREEZE): allow for it, well short of the timeout.
     argv += ["--method", snapkit_method, "--max-freeze", "120"]

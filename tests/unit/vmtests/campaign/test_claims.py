@@ -81,7 +81,7 @@ def test_claim_11_says_what_synchronous_off_and_the_pre_hook_showed() -> None:
     """The OFF rows' figures and the hook's WAL figure reach the verdict's text; an OFF row
     that lost commits would confirm the claim (the control: a lost one flips it)."""
     hooked = dataclasses.replace(
-        _row("ext4-freeze-lvm-sqlite-pre", "pass"),
+        _row("ext4-lvm-sqlite-pre", "pass"),
         database={"wal_bytes": 4096, "pre_hook": {"busy": 0, "log": 12, "checkpointed": 12}},
     )
     found = dict((c.number, f) for c, f in claims.judge(_every_row(**{hooked.id: hooked})))[11]
