@@ -36,7 +36,7 @@ from snapkit.errors import OperationError, RefusedError, SnapkitError, UsageErro
 from snapkit.host import freezing
 from snapkit.host.cowdir import Room, cow_room
 from snapkit.host.freezing import Outcome
-from snapkit.host.fs import snapshot_mount_options
+from snapkit.host.fs import freeze_refusal, snapshot_mount_options
 from snapkit.host.loopdev import LocalFiles, LosetupLoops
 from snapkit.host.target import Mount, block_devnum, mount_devnum, mounts, resolve, stable_id
 from snapkit.host.watchdog import resume_guard
@@ -217,6 +217,8 @@ class Flow:
                 f"method {method} cannot snapshot {target_spec}: {reason}",
                 hint=f"fix that, or choose another --method ({others})",
             )
+        if refusal := freeze_refusal(target.fstype, method, force=force):
+            raise refusal
         req = CreateRequest(
             target=target,
             name=name,
@@ -338,6 +340,9 @@ class Flow:
                     )
         chosen = self._group_method(method, targets, target_specs)
         group_create.refuse_method(chosen)
+        for target in targets:
+            if refusal := freeze_refusal(target.fstype, chosen, force=force):
+                raise refusal
         members = group_create.member_names(name, targets)
         for member in members:
             if data.snapshot(member) is not None or self.host.dm.info(member) is not None:
@@ -1078,6 +1083,8 @@ def freeze(
     reason = unsuitable(target)
     if reason:
         raise RefusedError(reason)
+    if refusal := freeze_refusal(target.fstype, "freeze", force=False, forceable=False):
+        raise refusal
     mountpoint = target.mountpoint or Path(spec)
     outcome = Outcome()
     plan = freeze_plan(

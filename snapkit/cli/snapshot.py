@@ -426,8 +426,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="accept a COW (dm, dm-direct) larger than the free space under --cow-dir; the "
-        "kernel drops the snapshot if that filesystem fills, so this is refused by default",
+        help="accept a COW (dm, dm-direct) larger than the free space under --cow-dir (the "
+        "kernel drops the snapshot if that filesystem fills), and freeze a filesystem whose "
+        "frozen image is known to be inconsistent (jfs); both are refused by default",
     )
     p.add_argument("--dry-run", action="store_true", help="print the exact steps, change nothing")
     p.add_argument("--json", action="store_true")

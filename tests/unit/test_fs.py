@@ -72,3 +72,38 @@ def test_snapshot_mount_options() -> None:
     assert fs.snapshot_mount_options("ext4") == ("ro", "noload")
     assert "nouuid" in fs.snapshot_mount_options("xfs")
     assert fs.snapshot_mount_options("btrfs") == ("ro",)
+
+
+@pytest.mark.parametrize("method", ["lvm", "lvm-thin", "dm", "dm-direct", "freeze", "auto"])
+def test_a_method_that_freezes_refuses_jfs_with_the_way_out(method: str) -> None:
+    """JFS's freeze leaves stale allocation maps (measured: fsck.jfs fails every frozen copy),
+    so every freezing method refuses it, naming remount-ro and --force."""
+    refusal = fs.freeze_refusal("jfs", method, force=False)
+    assert isinstance(refusal, RefusedError)
+    assert "allocation maps" in refusal.message and "remount-ro" in (refusal.hint or "")
+    assert "--force" in (refusal.hint or "")
+    assert fs.freeze_refusal("jfs", method, force=True) is None  # the user's risk
+
+
+@pytest.mark.parametrize(
+    ("fstype", "method"),
+    [("jfs", "remount-ro"), ("ext4", "lvm"), ("xfs", "dm"), ("f2fs", "freeze"), (None, "lvm")],
+)
+def test_no_refusal_where_the_freeze_is_sound_or_not_used(fstype: str | None, method: str) -> None:
+    assert fs.freeze_refusal(fstype, method, force=False) is None
+
+
+def test_the_freeze_verb_refuses_jfs_before_it_freezes_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """snapkit freeze has no --force: its refusal says only remount-ro, and nothing runs."""
+    from snapkit import flow
+    from snapkit.model import Target
+    from snapkit.settings import Settings
+
+    target = Target(Path("/dev/vdb"), tmp_path, "jfs", (254, 16))
+    monkeypatch.setattr(flow, "resolve", lambda _spec: target)
+    monkeypatch.setattr(flow.freezing, "IoctlFreezer", lambda: pytest.fail("it froze"))
+    with pytest.raises(RefusedError) as caught:
+        flow.freeze(str(tmp_path), ("true",), max_freeze=5, settings=Settings.under(tmp_path / "s"))
+    assert "--force" not in (caught.value.hint or "") and "remount-ro" in (caught.value.hint or "")

@@ -191,12 +191,15 @@ def judge(scenario: Scenario, raw: dict[str, Any], duration: float, artifacts: s
     errors = tuple(str(e) for e in raw.get("errors", ()) if e)
     busy = {k: int(v) for k, v in (raw.get("busy") or {}).items()}
     if raw.get("refused_create") and not errors and not scenario.is_control:
-        # A probe (the desktop workload) whose method refused every try, as it documents:
-        # nothing to judge but the count, which the claims cite.
+        # A probe (the desktop workload) whose method refused every try, or a create snapkit
+        # refuses by design (a frozen JFS): as documented, nothing to judge but why (and the
+        # probe's count), which the claims and the report cite.
         reason = (
             f"refused: {scenario.snapkit_method} was refused in {busy.get('refused')} of "
             f"{busy.get('tries')} tries while files were open for writing "
             f"({raw['refused_create']})"
+            if busy
+            else f"refused by snapkit: {raw['refused_create']}"
         )
         result = _unmeasured(scenario, duration, Verdict.REFUSED, reason, artifacts=artifacts)
         return dataclasses.replace(result, busy=busy)

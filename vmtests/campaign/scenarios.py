@@ -65,7 +65,15 @@ PRE_HOOK_METHODS = ("lvm", "dm")
 # guest counts how many of its remount tries are refused (EBUSY); a row refused every time is
 # ``refused`` with those figures, which CLAIMS.md cites.
 PROBES = {"desktop": "remount-ro"}
-CONTROLS = ("dd-copy", "dm-nolockfs", "corrupt", "lvm-under-crypt", "drop-wal", "discard-mounted")
+CONTROLS = (
+    "dd-copy",
+    "dm-nolockfs",
+    "corrupt",
+    "lvm-under-crypt",
+    "drop-wal",
+    "discard-mounted",
+    "jfs-freeze",
+)
 # The layers a filesystem can sit on above the method's device (issue 19): "crypt" is a dm-crypt
 # mapping over the LV or prepared device, as an encrypted /home is. Rows for the block methods.
 STACKS = ("crypt",)
@@ -79,10 +87,15 @@ STACKED_METHODS = ("lvm", "lvm-thin", "dm")
 # discard-mounted is the raw dm recipe's discard done while the filesystem is still mounted,
 # which the question's answer says "will likely corrupt": the origin's `snapshot` table (new
 # writes in the COW) swapped back to `linear` under the mounted filesystem (claim 9).
+# jfs-freeze is a plain FIFREEZE copy of a JFS (fsfreeze, dd, thaw, no snapkit): its
+# allocation maps are stale while it says clean, so fsck must catch it every time. It is why
+# snapkit refuses to freeze JFS (snapkit/host/fs.py FREEZE_INCONSISTENT): the jfs rows of the
+# freezing methods are ``refused`` by snapkit, and only remount-ro takes JFS.
 CONTROL_FILESYSTEMS = {
     "lvm-under-crypt": ("ext4",),
     "drop-wal": ("ext4",),
     "discard-mounted": ("ext4",),
+    "jfs-freeze": ("jfs",),
 }
 CONTROL_WORKLOAD = {"drop-wal": "sqlite"}  # the workload a control runs (default: writer)
 # remount-ro refuses (EBUSY) while a file is open for writing, by design (snapkit/methods/
@@ -263,7 +276,8 @@ QUICK_IDS = (
 
 def quick() -> list[Scenario]:
     """At most 16: every filesystem the default kernel flavour mounts, every method, every
-    workload's parts (mixed runs the database too) and every control once, the encrypted
+    workload's parts (mixed runs the database too) and every control once (but jfs-freeze,
+    whose JFS needs the generic flavour), the encrypted
     desktop's stack (ext4 on dm-crypt over a prepared device), and a snapshot group
     (freeze-lvm's row: ext4 and xfs frozen together, one command copying both). No row that
     needs another kernel flavour: the quick matrix builds no second kernel."""

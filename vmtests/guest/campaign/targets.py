@@ -240,7 +240,7 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
         return Snapshot(open_crypt(SNAP_CRYPT, "/dev/vg/snap", _KEY[-1]))
     if control == "discard-mounted":
         return _discard_mounted(origin)
-    if control in ("corrupt", "drop-wal"):  # a proper frozen copy, damaged afterwards
+    if control in ("corrupt", "drop-wal", "jfs-freeze"):  # a frozen copy (damaged afterwards)
         return _frozen_copy(origin)
     # sqlite-pre: the freeze's --pre hook checkpoints the database (scenarios.DB_VARIANTS)
     pre = sqlitedb.checkpoint_hook(origin.mountpoint) if spec["workload"] == "sqlite-pre" else ""

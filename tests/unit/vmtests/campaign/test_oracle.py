@@ -206,3 +206,14 @@ def test_a_probe_refused_every_time_is_refused_with_its_count() -> None:
     assert oracle.Result.from_json(r.to_json()) == r
     broken = oracle.judge(s, {**raw, "errors": ["sqlite: OperationalError: x"]}, 3.0)
     assert broken.verdict is Verdict.FAIL
+
+
+def test_a_create_snapkit_refuses_by_design_is_refused_with_its_words() -> None:
+    """A jfs row of a freezing method: snapkit refuses to freeze JFS, as it documents; the
+    row says so, as `refused`, and fails nothing. The same words with an error beside fail."""
+    s = Scenario("jfs", "lvm", "writer")
+    words = "snapkit: error: method lvm would freeze jfs: a frozen JFS is not consistent on disk"
+    raw = {"checks": {}, "errors": [], "refused_create": words}
+    r = oracle.judge(s, raw, 2.0)
+    assert r.verdict is Verdict.REFUSED and r.reason == f"refused by snapkit: {words}"
+    assert oracle.judge(s, {**raw, "errors": ["writer: boom"]}, 2.0).verdict is Verdict.FAIL
