@@ -36,7 +36,7 @@ SUSPEND_DOES_NOT_FREEZE = frozenset({"btrfs"})
 # (kernel 6.1, the campaign's jfs rows, session 6): every frozen JFS copy -- FIFREEZE, a dm
 # suspend, lvcreate -s, a thin snapshot -- fails ``fsck.jfs -n`` ("Errors detected in the
 # Fileset File/Directory Allocation Map control information", "Filesystem is dirty but is
-# marked clean"), 28 rows of 28, though no acknowledged write was missing. jfs_freeze shuts its
+# marked clean"), 30 rows of 30, though no acknowledged write was missing. jfs_freeze shuts its
 # log down and marks the superblock clean without writing the allocation maps' control pages,
 # which an unmount or a read-only remount writes: the remount-ro rows pass. A snapshot merged
 # back with stale maps hands out blocks still in use. So every method that freezes refuses it.
