@@ -38,6 +38,8 @@ from typing import Any
 from vmtests.guest import check, loopctl, mountctl
 from vmtests.guest.crashstates import logwrites
 from vmtests.guest.crashstates.layout import (
+    DISK_MIB,
+    MIB,
     Kind,
     dm_create,
     dm_remove,
@@ -59,13 +61,26 @@ BASE_FILES = 24
 
 
 class Replay:
-    """The replay disk and the state it holds (every entry up to ``at`` applied)."""
+    """The replay disk and the state it holds (every entry up to ``at`` applied).
+
+    The disk is a sparse file on tmpfs the size of the logged disk (zeroes, as the data disk
+    started), seen as a block device through a loop device (``device``), which each state's
+    layer takes as its origin. In RAM rather than on a virtio disk because every state
+    reads it again -- its mounts, fsck, the acknowledged files, the snapshots' trees, all
+    through the layer to it -- and under TCG a virtio read costs several times a tmpfs one
+    (200 small files through the same stack: 0.4-0.9 s against 0.15-0.3 s). The entries are
+    written into the file; the loop reads the file's pages, so it sees every write at once
+    (nothing opens the loop device itself buffered: dm-snapshot reads it by bio)."""
 
     def __init__(self, k: Kind, log: logwrites.Log) -> None:
         self.k = k
         self.log = log
         self.log_fd = os.open(k.log_disk, os.O_RDONLY)
-        self.dev_fd = os.open(k.replay_disk, os.O_RDWR)
+        self.file = k.replay_file
+        with open(self.file, "wb") as f:
+            f.truncate(DISK_MIB * MIB)
+        self.dev_fd = os.open(self.file, os.O_RDWR)
+        self.device = loopctl.attach(self.file)
         self.at = 0
         self.bytes = 0
 
@@ -74,12 +89,15 @@ class Replay:
             raise ValueError(f"the replay is at {self.at}; it cannot go back to {upto}")
         todo = self.log.entries[self.at : upto]  # entries are numbered from 1
         self.bytes += logwrites.apply(self.log, self.log_fd, self.dev_fd, todo)
-        os.fsync(self.dev_fd)
         self.at = upto
 
     def close(self) -> None:
         os.close(self.log_fd)
         os.close(self.dev_fd)
+        try:
+            loopctl.detach(self.device)
+        finally:
+            os.unlink(self.file)
 
 
 def layer_up(name: str, device: str, cow_mib: int) -> str:
@@ -169,7 +187,7 @@ def judge_state(
     if st.control == "cow-fua-drop":
         lo = next(i for i, m in marks if m == "create.start")
     replay.advance(lo)
-    dev = layer_up(k.layer, k.replay_disk, LAYER_COW_MIB)
+    dev = layer_up(k.layer, replay.device, LAYER_COW_MIB)
     try:
         _land(k, replay, st, facts, lo, dev)
         make_slices(k, dev)
