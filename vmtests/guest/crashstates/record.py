@@ -30,12 +30,14 @@ import time
 from typing import Any
 
 from snapkit.dm.control import IoctlDm
-from vmtests.guest import check, command
+from vmtests.guest import check, command, mountctl
 from vmtests.guest.crashstates.layout import (
     DISK_MIB,
     MIB,
     MKFS,
     Kind,
+    dm_create,
+    dm_remove,
     loop_of,
     make_slices,
     mount_keep,
@@ -138,15 +140,7 @@ def record(k: Kind) -> dict[str, Any]:
     run(["modprobe", "dm-log-writes"])
     run(["modprobe", k.fs], check=False)
     sectors = DISK_MIB * MIB // 512
-    run(
-        [
-            "dmsetup",
-            "create",
-            k.lw,
-            "--table",
-            f"0 {sectors} log-writes {k.data_disk} {k.log_disk}",
-        ]
-    )
+    dm_create(k.lw, f"0 {sectors} log-writes {k.data_disk} {k.log_disk}")
     r = Recorder(k)
     s, t = k.snapshots
     facts: dict[str, Any] = {"kid": k.kid}
@@ -162,7 +156,7 @@ def record(k: Kind) -> dict[str, Any]:
         else:
             in_process(k.state, "device", "prepare", loop_of(k.origin_slice), "--name", k.prepared)
         run([*MKFS[k.fs], k.origin_dev])
-        run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+        mountctl.mount(k.fs, k.origin_dev, k.mnt)
         write_files(f"{k.mnt}/w", f"/tmp/ledger-{k.kid}", 1, BASE_FILES)
         run(["sync"])
         r.mark("base")
@@ -177,7 +171,8 @@ def record(k: Kind) -> dict[str, Any]:
         )
         # out of the kernel at once: snapkit adopts every snapkit device it sees into the state
         # file it runs with, and the real one must not gain the control's device
-        run(["dmsetup", "remove", k.ctl_prepared])
+        if not dm_remove(k.ctl_prepared):
+            raise RuntimeError(f"the control's {k.ctl_prepared} would not go")
         method = k.method
         r.start_writers("w2", "wb")
         r.op("create", "snapshot", "create", k.mnt, "--name", s, "--method", method,
@@ -187,7 +182,7 @@ def record(k: Kind) -> dict[str, Any]:
         facts["cow_meta"] = cow_meta_ranges(k, s)
         r.wait_acks("w2", 3)
         r.stop_writers()
-        run(["umount", k.mnt])
+        mountctl.umount(k.mnt)
         facts["expected"] = {s: r.digest(s)}
         r.op("merge-start", "snapshot", "merge", s)
         r.mark("kernel-merge.start")
@@ -198,7 +193,7 @@ def record(k: Kind) -> dict[str, Any]:
         else:  # dm-direct's merge is a roll-back: its start returned with nothing to finish
             r.mark("merge-finish.start")
             r.mark("merge-finish.done")
-        run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
+        mountctl.mount(k.fs, k.origin_dev, k.mnt)
         if check.tree_hash(k.mnt) != facts["expected"][s]:
             raise RuntimeError("recording: after the merge the origin is not the snapshot")
         r.start_writers("w3", "wc")
@@ -209,7 +204,7 @@ def record(k: Kind) -> dict[str, Any]:
         r.op("discard", "snapshot", "discard", t)
         r.wait_acks("w3", 3)
         r.stop_writers()
-        run(["umount", k.mnt])
+        mountctl.umount(k.mnt)
         r.mark("end")
     finally:
         if r.writers:
