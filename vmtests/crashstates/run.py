@@ -26,7 +26,9 @@ METHODS = ("dm", "dm-direct", "lvm")
 _FS = {"ext4": "e4", "xfs": "xf", "btrfs": "bt"}
 _METHOD = {"dm": "dm", "dm-direct": "dd", "lvm": "lv"}
 DISK_MIB, LOG_MIB = 360, 2048  # as vmtests/guest/crashstates/layout.py lays them out
-MEMORY_MIB = 1536  # the layer's COW and the log's pages live in the guest's RAM
+# the replay disk (up to DISK_MIB, in practice what the log wrote), the layer's COW and the
+# log's pages live in the guest's RAM
+MEMORY_MIB = 1536
 Say = Callable[[str], None]
 
 
@@ -84,7 +86,7 @@ class Runner:
         work.mkdir(parents=True)
         disks = []
         for k in group:
-            for role, mib in (("d", DISK_MIB), ("l", LOG_MIB), ("r", DISK_MIB)):
+            for role, mib in (("d", DISK_MIB), ("l", LOG_MIB)):  # the replay disk: guest tmpfs
                 if role == "l" and log_from is not None:  # the kept log stays untouched
                     path = make_disk(work / "log.qcow2", mib << 20, "qcow2", log_from.resolve())
                     disks.append(Disk(path, f"{k.kid}-{role}", DiskFormat.QCOW2))

@@ -4,11 +4,12 @@
     guest.command("crashstates.main", '{"kinds": [one], "replay": {"cut": C, "seed": S,
                                          "method": M, "control": ""}, "facts": {...}}')
 
-The first records each kind's lifecycle (``record.py``) on its three disks (``<kid>-d`` data,
-``<kid>-l`` log, ``<kid>-r`` replay, all zeroed), plans ``N`` states of its log (``plan.py``)
-and the controls' states, and judges them one after the other (``judge.py``). The second
-judges one state of a log recorded before (the replay line of a failing state): the log disk
-is attached again, nothing is recorded. Prints one JSON object; progress goes to stderr.
+The first records each kind's lifecycle (``record.py``) on its two disks (``<kid>-d`` data,
+``<kid>-l`` log, both zeroed; the replay disk is a file on tmpfs, ``judge.Replay``), plans
+``N`` states of its log (``plan.py``) and the controls' states, and judges them one after the
+other (``judge.py``). The second judges one state of a log recorded before (the replay line of
+a failing state): the log disk is attached again, nothing is recorded. Prints one JSON object;
+progress goes to stderr.
 Standard library and snapkit only.
 """
 

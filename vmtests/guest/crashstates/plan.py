@@ -21,7 +21,8 @@ operation a cut falls in, whether it had returned, and what had been acknowledge
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -73,6 +74,26 @@ def situation(marks: Sequence[tuple[int, str]], cut: int) -> Situation:
         elif what == "done" and name == op:
             acked = True
     return Situation(op, acked, frozenset(seen), acks)
+
+
+def operation_at(marks: Sequence[tuple[int, str]]) -> Callable[[int], str]:
+    """``situation(marks, cut).operation`` for any cut, by a binary search over the start
+    marks: :func:`choose` names the operation of every durable point and epoch of a log
+    (thousands), and a walk over every mark for each cost ~7 s a kind under TCG."""
+    starts = [
+        (index, name)
+        for index, mark in marks
+        if not mark.startswith("ack:")
+        for name, _, what in [mark.rpartition(".")]
+        if what == "start"
+    ]
+    at = [index for index, _ in starts]
+
+    def operation(cut: int) -> str:
+        n = bisect_right(at, cut)
+        return starts[n - 1][1] if n else "setup"
+
+    return operation
 
 
 def marks_of(entries: Sequence[Entry]) -> list[tuple[int, str]]:
@@ -152,9 +173,10 @@ def choose(
     n_reorder = min(len(eps), int(budget * REORDER_SHARE)) if eps else 0
     picked = _spread(points, budget - n_reorder, marks, random.Random(seed))
     rng = random.Random(seed + 1)
+    operation = operation_at(marks)
     by_op: dict[str, list[tuple[int, list[Entry]]]] = {}
     for opened, writes in eps:
-        by_op.setdefault(situation(marks, writes[-1].index).operation, []).append((opened, writes))
+        by_op.setdefault(operation(writes[-1].index), []).append((opened, writes))
     drawn = _round_robin(by_op, n_reorder, rng)
     picked += [reordered(o, w, rng.randrange(1 << 30)) for o, w in drawn]
     return sorted(picked, key=lambda s: (s.upto, s.cut, s.extra))
@@ -163,9 +185,10 @@ def choose(
 def _spread(
     points: list[CrashState], n: int, marks: Sequence[tuple[int, str]], rng: random.Random
 ) -> list[CrashState]:
+    operation = operation_at(marks)
     by_op: dict[str, list[CrashState]] = {}
     for p in points:
-        by_op.setdefault(situation(marks, p.cut).operation, []).append(p)
+        by_op.setdefault(operation(p.cut), []).append(p)
     return _round_robin(by_op, n, rng)
 
 
@@ -197,6 +220,7 @@ __all__ = [
     "durable_points",
     "epochs",
     "marks_of",
+    "operation_at",
     "reordered",
     "situation",
     "window",

@@ -54,6 +54,18 @@ def test_situation_reads_the_marks_up_to_the_cut() -> None:
     assert plan.situation(marks, 2).operation == "setup"
 
 
+def test_operation_at_names_the_operation_situation_names_for_every_cut() -> None:
+    log = log_of(
+        "w m:base w m:a.start w m:ack:w2:1 F m:a.done w m:ack:w3:2 m:kernel-merge.start w "
+        "m:kernel-merge.done m:b.start m:b.start F m:b.done m:end w"
+    )
+    marks = plan.marks_of(log)
+    operation = plan.operation_at(marks)
+    for cut in range(0, len(log) + 2):
+        assert operation(cut) == plan.situation(marks, cut).operation, cut
+    assert plan.operation_at([])(5) == "setup"
+
+
 def test_choose_is_seeded_sorted_and_within_budget() -> None:
     a = plan.choose(LOG, 5, seed=3)
     assert a == plan.choose(LOG, 5, seed=3)
