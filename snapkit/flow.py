@@ -650,7 +650,7 @@ class Flow:
         argv = ["mount"] + (["-t", fstype] if fstype else [])
         options = _mount_options(record, fstype, rw, read_only)
         argv += ["-o", ",".join(options)] if options else []
-        self._run_mount([*argv, record.device, str(directory)], record.device)
+        self._run_mount([*argv, record.device, str(directory)], record.device, fstype)
 
     def _mount_layer(self, record: SnapshotRecord, fstype: str, directory: Path) -> None:
         """Build the layer (or take the one a previous mount left), record it, mount it. One
@@ -677,8 +677,11 @@ class Flow:
         if not result.ok:
             first = _first_line(result)
             hint = "see dmesg for the kernel's reason"
-            if fstype == "btrfs":
-                hint += "; this kernel may refuse a btrfs copy while its origin is mounted"
+            if fstype == "btrfs":  # same fsid as its origin: 6.1 says EEXIST, 6.7+ has temp-fsid
+                hint += (
+                    "; a kernel before 6.7 refuses a btrfs copy while its origin is mounted "
+                    "(same fsid): unmount the origin first"
+                )
             raise OperationError(f"mount {device} failed: {first}", hint=hint)
 
     def umount(self, name: str, directory: Path | None = None) -> Unmounted:

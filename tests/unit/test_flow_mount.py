@@ -5,6 +5,7 @@ layer, built all-or-nothing and recorded."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,20 @@ def test_a_layer_mount_fails_cleanly_at_every_step(tmp_path: Path) -> None:
             flow.mount("s1", tmp_path / str(n) / "m")
         assert world.state() == before, f"failure at side effect {n} left a change"
         assert "layer" not in flow.record("s1").details
+
+
+def test_a_refused_btrfs_lvm_copy_says_why_and_what_to_do(tmp_path: Path) -> None:
+    """An LVM copy of a btrfs is mounted directly (no layer); a kernel before 6.7 refuses it
+    while its origin is mounted (same fsid, EEXIST), and the hint says so; an xfs copy's
+    failure (the control) gets only the dmesg hint."""
+    flow, _ = _flow(tmp_path)
+    btrfs_lv = replace(LVM_XFS, name="s4", details={**LVM_XFS.details, "fstype": "btrfs"})
+    flow.state.save(StateData(snapshots=(btrfs_lv, LVM_XFS)))
+    flow.host.run.returncode = 32  # type: ignore[attr-defined]
+    flow.host.run.stderr = "mount: /mnt: File exists."  # type: ignore[attr-defined]
+    with pytest.raises(OperationError) as caught:
+        flow.mount("s4", tmp_path)
+    assert "unmount the origin first" in (caught.value.hint or "")
+    with pytest.raises(OperationError) as control:
+        flow.mount("s2", tmp_path)
+    assert "origin" not in (control.value.hint or "")
