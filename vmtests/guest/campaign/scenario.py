@@ -93,7 +93,8 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
         snap = None
         busy = res.get("busy") or {}
         if busy and busy["refused"] == busy["tries"]:  # a probe refused every time, as documented
-            res["refused_create"] = f"{exc}".strip().splitlines()[-1][:300]
+            lines = str(exc).strip().splitlines() or [""]  # the error's line, not the argv's
+            res["refused_create"] = next((ln for ln in lines if "busy" in ln), lines[-1])[:300]
         elif fs in SNAPKIT_REFUSES and SNAPKIT_REFUSES[fs] in str(exc):  # as snapkit documents
             res["refused_create"] = next(
                 ln for ln in str(exc).splitlines() if SNAPKIT_REFUSES[fs] in ln
