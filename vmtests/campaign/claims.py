@@ -197,7 +197,8 @@ def _wal(rows: Sequence[Result]) -> str:
 def _hook(h: Mapping[str, Any]) -> str:
     if "error" in h or not h:
         return f"did not report: {h.get('error', 'nothing recorded')}"
-    return f"{h.get('checkpointed')} of {h.get('log')} WAL pages checkpointed, busy {h.get('busy')}"
+    before, after = int(h.get("wal_before", -1)), int(h.get("wal_after", -1))
+    return f"the WAL went from {before // 1024} KiB to {after // 1024} KiB, busy {h.get('busy')}"
 
 
 def _databases(results: Mapping[str, Result]) -> Finding:

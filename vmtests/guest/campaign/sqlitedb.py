@@ -244,14 +244,20 @@ def observe(reading: Reading, obj: str) -> str:
 def checkpoint_hook(root: str) -> str:
     """The ``--pre`` command that checkpoints the database's WAL into its file (``TRUNCATE``:
     wait for the writer between two commits, copy every WAL page back, empty the WAL), as a
-    user's pre-snapshot hook would. It writes what the checkpoint returned (busy, WAL pages,
-    pages checkpointed) to HOOK_OUT. One ``python3 -c`` line, paths quoted by ``repr``."""
+    user's pre-snapshot hook would. It writes the WAL's size before and after, and whether the
+    checkpoint was blocked (``busy``), to HOOK_OUT: a TRUNCATE that succeeded reports 0 pages
+    for both of its counts (the WAL is reset), so the sizes are what show its work. One
+    ``python3 -c`` line, paths quoted by ``repr``."""
     path = os.path.join(root, DIR, NAME)
+    wal = path + "-wal"
     code = (
-        "import json, sqlite3; "
+        "import json, os, sqlite3; "
+        f"size = lambda: os.path.getsize({wal!r}) if os.path.exists({wal!r}) else -1; "
+        "before = size(); "
         f"db = sqlite3.connect({path!r}, timeout=60, isolation_level=None); "
         "row = db.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone(); "
-        f"json.dump(dict(busy=row[0], log=row[1], checkpointed=row[2]), open({HOOK_OUT!r}, 'w'))"
+        "out = dict(busy=row[0], wal_before=before, wal_after=size()); "
+        f"json.dump(out, open({HOOK_OUT!r}, 'w'))"
     )
     return f'python3 -c "{code}"'
 

@@ -147,7 +147,7 @@ def test_the_pre_hook_moves_the_wal_into_the_database_file(
         if hook:
             subprocess.run(["sh", "-c", sqlitedb.checkpoint_hook(str(root))], check=True)
             result = sqlitedb.hook_result()
-            assert result["busy"] == 0 and result["checkpointed"] == result["log"], result
+            assert result["busy"] == 0 and result["wal_before"] > 0 == result["wal_after"], result
             assert (root / sqlitedb.DIR / sqlitedb.WAL).stat().st_size == 0  # TRUNCATE
         snap = _snapshot(root, tmp_path / "snap", wal=False)
     reading, counts = _judge(snap, ops)
