@@ -28,7 +28,7 @@ MNT = "/mnt/origin"
 NAME = "snap"
 FREEZE_COPY = "/dev/vg/copy"
 _LOOPS: list[str] = []  # loop devices this module attached, detached before a merge
-LVM_METHODS = ("lvm", "lvm-thin", "freeze-lvm")
+LVM_METHODS = ("lvm", "lvm-thin", "freeze-lvm", "lvm-plain")
 POOL = "tank"  # zfs: the pool on DISK, and the dataset under test in it
 ZFS_ORIGIN = f"{POOL}/origin"
 MKFS = {
@@ -240,6 +240,21 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
         return Snapshot(open_crypt(SNAP_CRYPT, "/dev/vg/snap", _KEY[-1]))
     if control == "discard-mounted":
         return _discard_mounted(origin)
+    if method == "lvm-plain":  # the question's answer as given: lvcreate -s, nothing else
+        run(
+            [
+                "lvcreate",
+                "-q",
+                "-y",
+                "-s",
+                "-L",
+                f"{spec.get('cow_mib', 64)}M",
+                "-n",
+                NAME,
+                "vg/origin",
+            ]
+        )
+        return Snapshot(f"/dev/vg/{NAME}", mergeable=False)
     if control in ("corrupt", "drop-wal", "jfs-freeze"):  # a frozen copy (damaged afterwards)
         return _frozen_copy(origin)
     # sqlite-pre: the freeze's --pre hook checkpoints the database (scenarios.DB_VARIANTS)

@@ -135,3 +135,13 @@ def test_claim_4_says_when_the_xfs_logs_were_not_clean() -> None:
     assert found.verdict == claims.PART and "in 2 of 2 snapshots" in found.why
     clean = {sid: dataclasses.replace(_row(sid), log_clean=True) for sid in claims.XFS_ROWS}
     assert _verdicts(_every_row(**clean))[4] == claims.HOLDS
+
+
+def test_claim_2_judges_plain_lvcreate_apart_from_snapkit() -> None:
+    """A plain lvcreate -s of btrfs that loses writes makes claim 2 partial, naming btrfs and
+    saying snapkit's own rows hold; all plain rows passing keep it whole."""
+    lost = dataclasses.replace(_row("btrfs-lvm-plain-churn", "fail"), acked_writes_lost=4)
+    found = dict((c.number, f) for c, f in claims.judge(_every_row(**{lost.id: lost})))[2]
+    assert found.verdict == claims.PART and "but not of btrfs" in found.why
+    assert "snapkit's LVM snapshots are consistent" in found.why
+    assert _verdicts(_every_row())[2] == claims.HOLDS
