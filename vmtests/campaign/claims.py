@@ -184,14 +184,15 @@ def _lvm_hook(results: Mapping[str, Result]) -> Finding:
     if not plain:
         return Finding(ours.verdict, f"{ours.why}; plain lvcreate -s was not run")
     bad = [r for r in plain if str(r.verdict) != "pass"]
-    good = sorted({r.fs for r in plain} - {r.fs for r in bad})
+    fs = {r.id: r.id.split("-")[0] for r in plain}  # the id's first word is its filesystem
+    good = sorted(set(fs.values()) - {fs[r.id] for r in bad})
     said = (
         f"plain `lvcreate -s` (no snapkit) gives consistent snapshots of {', '.join(good)}"
         if good
         else "plain `lvcreate -s` gave no consistent snapshot"
     )
     if bad:
-        said += f", but not of {', '.join(sorted({r.fs for r in bad}))}: {_names(bad)}"
+        said += f", but not of {', '.join(sorted({fs[r.id] for r in bad}))}: {_names(bad)}"
         said += f"; {ours.why}, as snapkit freezes btrfs itself around LVM's suspend"
         return Finding(PART, said + _missing(results, PLAIN_ROWS))
     return Finding(ours.verdict, f"{said}; {ours.why}" + _missing(results, PLAIN_ROWS))
