@@ -304,13 +304,10 @@ def test_writer_py_rewrites_a_refused_file_and_ledgers_only_acknowledged_ones(
         writer.write(d, tmp_path / "ledger2", stop)
 
 
-def test_a_create_remount_ro_refuses_as_busy_is_tried_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _scripted_takes(monkeypatch: pytest.MonkeyPatch, outcomes: list[object]) -> list[object]:
+    """targets.take answers from ``outcomes`` in turn (an exception is raised), with no
+    pauses between tries; the list is returned for the test to refill."""
     from vmtests.guest.campaign import scenario, targets
-
-    busy = RuntimeError("step 1 (mount -o remount,ro /mnt/origin) failed: mount point is busy.")
-    outcomes: list[object] = [busy, busy, targets.Snapshot("/dev/loop1")]
 
     def take(_spec: object, _origin: object) -> targets.Snapshot:
         out = outcomes.pop(0)
@@ -321,6 +318,16 @@ def test_a_create_remount_ro_refuses_as_busy_is_tried_again(
 
     monkeypatch.setattr(targets, "take", take)
     monkeypatch.setattr(scenario.time, "sleep", lambda _s: None)
+    return outcomes
+
+
+def test_a_create_remount_ro_refuses_as_busy_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vmtests.guest.campaign import scenario, targets
+
+    busy = RuntimeError("step 1 (mount -o remount,ro /mnt/origin) failed: mount point is busy.")
+    outcomes = _scripted_takes(monkeypatch, [busy, busy, targets.Snapshot("/dev/loop1")])
     origin = targets.Origin("/dev/vmtest/disk0", "ext4")
     res: dict[str, Any] = {}
     assert scenario.take({}, origin, REFUSING, res).device == "/dev/loop1"
@@ -342,17 +349,7 @@ def test_the_desktop_probe_counts_every_remount_refused(monkeypatch: pytest.Monk
     from vmtests.guest.campaign import scenario, targets
 
     busy = RuntimeError("step 1 (mount -o remount,ro /mnt/origin) failed: mount point is busy.")
-    outcomes: list[object] = []
-
-    def take(_spec: object, _origin: object) -> targets.Snapshot:
-        out = outcomes.pop(0)
-        if isinstance(out, Exception):
-            raise out
-        assert isinstance(out, targets.Snapshot)
-        return out
-
-    monkeypatch.setattr(targets, "take", take)
-    monkeypatch.setattr(scenario.time, "sleep", lambda _s: None)
+    outcomes = _scripted_takes(monkeypatch, [])
     origin = targets.Origin("/dev/vmtest/disk0", "ext4")
     spec = {"workload": "desktop"}
     outcomes[:] = [busy, busy, busy, targets.Snapshot("/dev/loop1")]
