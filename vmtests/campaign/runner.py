@@ -23,7 +23,7 @@ from snapkit.methods import registry
 from vmtests import guest
 from vmtests.campaign import oracle
 from vmtests.campaign.oracle import Result
-from vmtests.campaign.scenarios import Scenario
+from vmtests.campaign.scenarios import WITHOUT_SNAPKIT, Scenario
 
 if TYPE_CHECKING:
     from vmtests.vm.image import Image
@@ -43,7 +43,7 @@ def snapkit_methods() -> frozenset[str]:
 
 def why_not_runnable(scenario: Scenario) -> str:
     """Why this scenario cannot run against this snapkit ("" when it can)."""
-    if scenario.is_control:
+    if scenario.is_control or scenario.method in WITHOUT_SNAPKIT:
         return ""
     have = snapkit_methods()
     if scenario.snapkit_method not in have:

@@ -45,6 +45,7 @@ SNAPKIT_METHOD = {"freeze-lvm": "freeze", "btrfs-native": "btrfs", "zfs-native":
 # "probably does as well"). On the filesystems that claim names, with the writer and churn;
 # its snapshot is LVM's, outside snapkit's records, so the row merges nothing.
 PLAIN_FILESYSTEMS = ("ext3", "ext4", "reiserfs", "btrfs")
+WITHOUT_SNAPKIT = ("lvm-plain",)  # methods whose snapshot snapkit does not take
 PLAIN_WORKLOADS = ("writer", "churn")
 # A method that exists on one filesystem only, and that filesystem's only method.
 NATIVE = {"btrfs-native": "btrfs", "zfs-native": "zfs"}

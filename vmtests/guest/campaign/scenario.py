@@ -69,6 +69,15 @@ def take(
     raise AssertionError("unreachable")
 
 
+def _said(exc: BaseException, words: str) -> str:
+    """snapkit's own error line in a failed command's message (which starts with the argv),
+    the one holding ``words``: what the report quotes for a documented refusal."""
+    lines = str(exc).strip().splitlines() or [""]
+    line = next((ln for ln in lines if words in ln), lines[-1])
+    start = line.find("snapkit: error:")
+    return line[start if start >= 0 else 0 :].strip()[:400]
+
+
 def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[str, Any]) -> None:
     fs, control = spec["fs"], spec.get("control") or ""
     checks: dict[str, bool | None] = res["checks"]
@@ -93,12 +102,9 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
         snap = None
         busy = res.get("busy") or {}
         if busy and busy["refused"] == busy["tries"]:  # a probe refused every time, as documented
-            lines = str(exc).strip().splitlines() or [""]  # the error's line, not the argv's
-            res["refused_create"] = next((ln for ln in lines if "busy" in ln), lines[-1])[:300]
+            res["refused_create"] = _said(exc, "busy")
         elif fs in SNAPKIT_REFUSES and SNAPKIT_REFUSES[fs] in str(exc):  # as snapkit documents
-            res["refused_create"] = next(
-                ln for ln in str(exc).splitlines() if SNAPKIT_REFUSES[fs] in ln
-            ).strip()[:400]
+            res["refused_create"] = _said(exc, SNAPKIT_REFUSES[fs])
         else:
             checks["snapshot"] = False
             res["errors"].append(f"snapshot: {exc}")

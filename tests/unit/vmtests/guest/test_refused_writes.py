@@ -362,3 +362,15 @@ def test_the_desktop_probe_counts_every_remount_refused(monkeypatch: pytest.Monk
         scenario.take(spec, origin, REFUSING, res)
     assert res["busy"] == {"tries": scenario.PROBE_TRIES, "refused": scenario.PROBE_TRIES}
     assert scenario.PROBE_TRIES > scenario.CREATE_TRIES  # a rate, not a retry
+
+
+def test_a_documented_refusal_quotes_snapkit_not_the_argv() -> None:
+    from vmtests.guest.campaign import scenario
+
+    exc = RuntimeError(
+        "snapkit snapshot create /mnt/origin --name snap --method lvm exited 1: snapkit: error: "
+        "method lvm would freeze jfs: a frozen JFS is not consistent on disk"
+    )
+    said = scenario._said(exc, "would freeze jfs")
+    assert said.startswith("snapkit: error: method lvm would freeze jfs") and "--name" not in said
+    assert scenario._said(RuntimeError("plain words"), "busy") == "plain words"
