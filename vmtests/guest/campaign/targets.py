@@ -247,8 +247,8 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
                 "-q",
                 "-y",
                 "-s",
-                "-L",
-                f"{spec.get('cow_mib', 64)}M",
+                "-l",
+                "100%FREE",  # what the VG has left (the first run's 64M did not fit)
                 "-n",
                 NAME,
                 "vg/origin",
