@@ -29,6 +29,7 @@ NAME = "snap"
 FREEZE_COPY = "/dev/vg/copy"
 _LOOPS: list[str] = []  # loop devices this module attached, detached before a merge
 LVM_METHODS = ("lvm", "lvm-thin", "freeze-lvm", "lvm-plain")
+LVM_CONTROLS = ("lvm-plain",)  # controls whose origin is an LV
 POOL = "tank"  # zfs: the pool on DISK, and the dataset under test in it
 ZFS_ORIGIN = f"{POOL}/origin"
 MKFS = {
@@ -91,7 +92,7 @@ def prepare(method: str, control: str, fs: str, size_mib: int, stack: str = "") 
     if fs == "zfs":
         run(["modprobe", "zfs"])
         return Origin(ZFS_ORIGIN, fs)
-    if method in LVM_METHODS:
+    if method in LVM_METHODS or control in LVM_CONTROLS:
         run(["pvcreate", "-q", "-ff", "-y", DISK])
         run(["vgcreate", "-q", "vg", DISK])
         if method == "lvm-thin":
@@ -240,7 +241,8 @@ def take(spec: dict[str, Any], origin: Origin) -> Snapshot:
         return Snapshot(open_crypt(SNAP_CRYPT, "/dev/vg/snap", _KEY[-1]))
     if control == "discard-mounted":
         return _discard_mounted(origin)
-    if method == "lvm-plain":  # the question's answer as given: lvcreate -s, nothing else
+    if "lvm-plain" in (method, control):  # the question's answer as given: lvcreate -s alone
+        run(["lvremove", "-f", "-y", f"vg/{NAME}"], check=False)  # a previous attempt's
         run(
             [
                 "lvcreate",

@@ -24,6 +24,7 @@ def _every_row(**overrides: oracle.Result) -> list[oracle.Result]:
     rows = {i: _row(i, clean=True, merge=True) for i in claims.scenario_ids()}
     rows[claims.DISCARD_CONTROL] = _row(claims.DISCARD_CONTROL, "caught")
     rows[claims.WAL_CONTROL] = _row(claims.WAL_CONTROL, "caught")
+    rows[claims.PLAIN_CONTROL] = _row(claims.PLAIN_CONTROL, "caught")
     rows.update(overrides)
     return list(rows.values())
 
@@ -138,10 +139,13 @@ def test_claim_4_says_when_the_xfs_logs_were_not_clean() -> None:
 
 
 def test_claim_2_judges_plain_lvcreate_apart_from_snapkit() -> None:
-    """A plain lvcreate -s of btrfs that loses writes makes claim 2 partial, naming btrfs and
-    saying snapkit's own rows hold; all plain rows passing keep it whole."""
-    lost = dataclasses.replace(_row("btrfs-lvm-plain-churn", "fail"), acked_writes_lost=4)
-    found = dict((c.number, f) for c, f in claims.judge(_every_row(**{lost.id: lost})))[2]
+    """The btrfs control caught (a bare lvcreate -s loses writes) makes claim 2 partial,
+    naming btrfs and saying snapkit's own rows hold; a plain ext row failing is named too."""
+    found = dict((c.number, f) for c, f in claims.judge(_every_row()))[2]
     assert found.verdict == claims.PART and "but not of btrfs" in found.why
     assert "snapkit's LVM snapshots are consistent" in found.why
-    assert _verdicts(_every_row())[2] == claims.HOLDS
+    bad = _row("ext3-lvm-plain-writer", "fail")
+    worse = dict((c.number, f) for c, f in claims.judge(_every_row(**{bad.id: bad})))[2]
+    assert "ext3-lvm-plain-writer" in worse.why
+    missed = _row(claims.PLAIN_CONTROL, "fail")
+    assert _verdicts(_every_row(**{missed.id: missed}))[2] == claims.HOLDS

@@ -170,7 +170,7 @@ def test_only_rows_that_need_a_missing_snapkit_method_are_skipped() -> None:
     of a method snapkit lacks is still skipped (the control)."""
     from vmtests.campaign import runner
 
-    assert runner.why_not_runnable(Scenario("btrfs", "lvm-plain", "writer")) == ""
+    assert runner.why_not_runnable(Scenario("ext4", "lvm-plain", "writer")) == ""
     assert runner.why_not_runnable(Scenario("ext4", "lvm", "writer")) == ""
     ghost = Scenario("ext4", "lvm", "writer")
     object.__setattr__(ghost, "method", "zfs-native")  # a method whose snapkit name is absent
