@@ -81,6 +81,7 @@ def test_a_method_that_freezes_refuses_jfs_with_the_way_out(method: str) -> None
     refusal = fs.freeze_refusal("jfs", method, force=False)
     assert isinstance(refusal, RefusedError)
     assert "allocation maps" in refusal.message and "remount-ro" in (refusal.hint or "")
+    assert "would freeze jfs" in refusal.message  # the campaign's guest recognises it so
     assert "--force" in (refusal.hint or "")
     assert fs.freeze_refusal("jfs", method, force=True) is None  # the user's risk
 

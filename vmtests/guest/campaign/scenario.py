@@ -24,6 +24,7 @@ import tarfile
 import time
 from typing import Any
 
+from snapkit.host.fs import FREEZE_INCONSISTENT
 from vmtests.guest import check
 from vmtests.guest.campaign import ledger, sqlitedb, targets
 from vmtests.guest.campaign.workloads import COMPONENTS, Workload, longest_stall, verify_snapshot
@@ -31,9 +32,6 @@ from vmtests.guest.proc import LOG, log, run
 from vmtests.guest.refusal import CREATE_TRIES, PROBE_PAUSE_S, PROBE_TRIES, Rule
 
 PROBE_WORKLOADS = ("desktop",)  # scenarios.PROBES: rows that measure a refusal's rate
-# filesystem -> the words of snapkit's refusal to freeze it (snapkit/host/fs.py): such a row's
-# create refused is its documented outcome, ``refused``, not a failure
-SNAPKIT_REFUSES = {"jfs": "would freeze jfs"}
 
 OUT_DISK = "/dev/vmtest/out"
 LEDGER = "/tmp/ledger.jsonl"
@@ -103,8 +101,10 @@ def attempt(spec: dict[str, Any], origin: targets.Origin, seed: int, res: dict[s
         busy = res.get("busy") or {}
         if busy and busy["refused"] == busy["tries"]:  # a probe refused every time, as documented
             res["refused_create"] = _said(exc, "busy")
-        elif fs in SNAPKIT_REFUSES and SNAPKIT_REFUSES[fs] in str(exc):  # as snapkit documents
-            res["refused_create"] = _said(exc, SNAPKIT_REFUSES[fs])
+        elif fs in FREEZE_INCONSISTENT and f"would freeze {fs}" in str(exc):
+            # snapkit's documented refusal to freeze this filesystem (host/fs.freeze_refusal):
+            # the row's outcome, ``refused``, not a failure
+            res["refused_create"] = _said(exc, f"would freeze {fs}")
         else:
             checks["snapshot"] = False
             res["errors"].append(f"snapshot: {exc}")
