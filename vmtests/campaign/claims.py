@@ -228,7 +228,7 @@ def _wal(rows: Sequence[Result]) -> str:
     return "/".join(f"{b // 1024} KiB" if b >= 0 else "none" for b in sizes) or "not recorded"
 
 
-def _hook(h: Mapping[str, Any]) -> str:
+def _pre_hook_said(h: Mapping[str, Any]) -> str:
     if "error" in h or not h:
         return f"did not report: {h.get('error', 'nothing recorded')}"
     before, after = int(h.get("wal_before", -1)), int(h.get("wal_after", -1))
@@ -258,7 +258,7 @@ def _databases(results: Mapping[str, Result]) -> Finding:
             "snapshot is not"
         )
     if pre:
-        hooks = "; ".join(_hook(r.database.get("pre_hook", {})) for r in pre)
+        hooks = "; ".join(_pre_hook_said(r.database.get("pre_hook", {})) for r in pre)
         said.append(
             "a `--pre` hook that checkpoints the WAL (`PRAGMA wal_checkpoint(TRUNCATE)`) leaves "
             f"the snapshot's WAL at {_wal(pre)} (hook: {hooks}), so the database file alone "
