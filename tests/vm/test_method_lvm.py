@@ -77,10 +77,31 @@ def lvs(vm: Session) -> str:
     return vm.run(["lvs", "-a", "--noheadings", "-o", "lv_name,lv_attr", "vg"]).stdout.decode()
 
 
+# What a blocked or failing probe leaves to read: the device-mapper state, LVM's view, the
+# kernel's last words and the kernel stack of every task in uninterruptible sleep (who waits
+# on what). Issue 17's one unexplained CI failure said only "still blocked".
+BLOCKED_DIAGNOSIS = (
+    "dmsetup info -c; dmsetup table; lvs -a -o +lv_attr 2>&1; dmesg | tail -40; "
+    "for t in /proc/[0-9]*; do if grep -q '^State:.*D' $t/status 2>/dev/null; then "
+    'echo "== $(cat $t/comm) $t"; cat $t/stack 2>/dev/null; fi; done; ps -eo pid,stat,etime,args'
+)
+
+
 def assert_writable(vm: Session, mp: str = "/mnt/o") -> None:
-    """A write plus fsync that returns proves nothing is frozen or suspended under ``mp``."""
+    """A write plus fsync that returns proves nothing is frozen or suspended under ``mp``.
+
+    On failure the message says which it was (a timeout: blocked; an exit status: the write
+    or the fsync failed) and carries BLOCKED_DIAGNOSIS's output, taken before anything else.
+    """
     result = vm.run(["sh", "-c", f"echo probe > {mp}/probe && sync {mp}/probe"], timeout=20)
-    assert result.returncode == 0 and not result.timed_out, "the filesystem is still blocked"
+    if result.returncode == 0 and not result.timed_out:
+        return
+    why = "timed out after 20 s" if result.timed_out else f"exited {result.returncode}"
+    seen = vm.run(["sh", "-c", BLOCKED_DIAGNOSIS], timeout=60)
+    raise AssertionError(
+        f"the filesystem is still blocked: the probe {why}: {result.stderr.decode()}\n"
+        f"{seen.stdout.decode()}{seen.stderr.decode()}"
+    )
 
 
 def status_of(vm: Session, name: str) -> str:
