@@ -59,7 +59,12 @@ def test_run_help_shows_the_three_groups(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_the_faults_runner_fills_in_its_own_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[faults_cli.Options] = []
-    monkeypatch.setattr(faults_cli, "run_matrix", lambda opts: seen.append(opts) or 0)
+
+    def run_matrix(opts: faults_cli.Options) -> int:
+        seen.append(opts)
+        return 0
+
+    monkeypatch.setattr(faults_cli, "run_matrix", run_matrix)
     assert cli.main(["run", "--matrix", "faults"]) == 0
     assert seen[0].methods == matrix.METHODS and seen[0].cuts == faults_cli.FULL_RUN_CUTS
     assert cli.main(["run", "--matrix", "faults", "--methods", "dm,lvm", "--cuts", "4"]) == 0
