@@ -88,14 +88,21 @@ def _pair(tmp_path: Path, case: str) -> tuple[Path, Path, str]:
     return origin, cow, message
 
 
-@pytest.mark.parametrize("verb", ["export", "merge", "inspect", "diff"])
-@pytest.mark.parametrize("case", sorted(CASES))
+# inspect and diff without --origin do not know the origin, so an origin too small is no
+# fault of theirs: that pair is left out rather than skipped.
+@pytest.mark.parametrize(
+    ("case", "verb"),
+    [
+        (case, verb)
+        for case in sorted(CASES)
+        for verb in ("export", "merge", "inspect", "diff")
+        if not (verb in ("inspect", "diff") and case == "origin-too-small")
+    ],
+)
 def test_bad_input_is_refused_without_writing(
     case: str, verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     origin, cow, message = _pair(tmp_path, case)
-    if verb in ("inspect", "diff") and case == "origin-too-small":
-        pytest.skip("inspect and diff without --origin do not know the origin")
     before = _digest(origin), _digest(cow)
     out = tmp_path / "out.img"
     argv = {
