@@ -169,16 +169,19 @@ def test_a_cut_that_never_reached_its_point_or_missed_a_control_fails(tmp_path: 
 
 
 def test_the_judge_allows_only_active_or_cleanly_absent_and_never_a_lost_extension() -> None:
-    from vmtests.guest.faults.judge import count_lost, state_problem
+    from vmtests.guest.faults.copy import count_lost
+    from vmtests.guest.faults.judge import state_problem
 
     assert state_problem("create", "absent") == state_problem("merge", "active") == ""
     assert state_problem("extend", "absent")  # an extension must never lose the snapshot
     assert state_problem("merge", "merging") and state_problem("discard", "invalid")
+    assert state_problem("merge-sibling", "absent") == ""  # the merged one; not its sibling
+    assert state_problem("merge-sibling", "merging")
     assert count_lost("/nonexistent", 3) == 3 and count_lost("/nonexistent", 0) == 0
 
 
 def test_count_lost_sees_a_missing_or_changed_acknowledged_file(tmp_path: Path) -> None:
-    from vmtests.guest.faults.judge import count_lost
+    from vmtests.guest.faults.copy import count_lost
     from vmtests.guest.writer import pattern
 
     for n in (1, 2, 3):

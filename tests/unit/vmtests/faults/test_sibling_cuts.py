@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from vmtests import cli
 from vmtests.faults import cli as faults_cli
 from vmtests.faults import matrix as faults
 from vmtests.faults import report as faults_report
@@ -72,28 +71,6 @@ def test_an_unknown_phase_is_refused() -> None:
         choose(None, phases=())
 
 
-def test_the_command_keeps_the_default_run_and_opts_in_with_phases(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    seen: list[faults_cli.Options] = []
-
-    def run_matrix(opts: faults_cli.Options) -> int:
-        seen.append(opts)
-        return 0
-
-    monkeypatch.setattr(faults_cli, "run_matrix", run_matrix)
-    assert cli.main(["run", "--matrix", "faults"]) == 0
-    assert seen[-1].phases == faults.PHASES and seen[-1].methods == faults.METHODS
-    assert seen[-1].cuts == faults_cli.FULL_RUN_CUTS
-    assert cli.main(["run", "--matrix", "faults", "--phases", "merge-sibling"]) == 0
-    assert list(seen[-1].phases) == [SIBLING_PHASE]
-    assert list(seen[-1].methods) == list(faults.SIBLING_METHODS)
-    assert seen[-1].cuts is None  # every point of the phase
-    argv = ["run", "--matrix", "faults", "--phases", "merge-sibling", "--methods", "lvm"]
-    assert cli.main([*argv, "--cuts", "3"]) == 0
-    assert list(seen[-1].methods) == ["lvm"] and seen[-1].cuts == 3
-
-
 def test_the_runner_refuses_dm_direct_before_it_boots_anything(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -101,17 +78,6 @@ def test_the_runner_refuses_dm_direct_before_it_boots_anything(
     assert faults_cli.run_matrix(opts) == 2
     assert "itself a snapshot table" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-
-
-def test_phases_is_a_faults_option_and_its_help_says_why_not_dm_direct(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert cli.main(["run", "--matrix", "quick", "--phases", "merge-sibling"]) == 2
-    assert "--phases applies to --matrix faults" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["run", "--help"])
-    shown = " ".join(capsys.readouterr().out.split())
-    assert "merge-sibling" in shown and "dm-direct's origin is itself a snapshot table" in shown
 
 
 def _result(ok: bool, equal: bool | None, **kw: Any) -> dict[str, Any]:
