@@ -65,6 +65,10 @@ def summary(
     if siblings:  # a merge-sibling run (issue 17); a default run's figures stay issue 6's
         figures["siblings_checked"] = len(siblings)
         figures["siblings_exact"] = sum(r.get("sibling_equal") is True for r in siblings)
+        figures["sibling_acked_checked"] = sum(
+            int(r.get("sibling_acked_checked", 0)) for r in siblings
+        )
+        figures["sibling_acked_lost"] = sum(int(r.get("sibling_lost", 0)) for r in siblings)
     figures["acceptance"] = acceptance(figures)
     return figures
 
@@ -156,7 +160,8 @@ def _figures(f: dict[str, Any]) -> list[str]:
     sibling = (
         [
             f"sibling snapshots exactly their own point in time: {f['siblings_exact']}/"
-            f"{f['siblings_checked']}"
+            f"{f['siblings_checked']} (acknowledged files in them: "
+            f"{f['sibling_acked_checked']} checked, {f['sibling_acked_lost']} lost)"
         ]
         if "siblings_checked" in f
         else []

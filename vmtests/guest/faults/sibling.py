@@ -68,6 +68,7 @@ def judge(k: Kind, snaps: dict[str, Any], out: dict[str, Any]) -> None:
         return
     copy = _check(k, shown["device"])
     out.update(sibling_equal=copy.equal is True, sibling_lost=copy.lost, fsck_sibling=copy.fsck_ok)
+    out["sibling_acked_checked"] = read_int(k.sibling_before)
     out["problems"] += problems_of(copy)
 
 

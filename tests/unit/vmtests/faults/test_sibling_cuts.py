@@ -88,16 +88,22 @@ def _result(ok: bool, equal: bool | None, **kw: Any) -> dict[str, Any]:
 
 
 def test_the_summary_counts_siblings_and_a_missed_sibling_control_fails_the_run() -> None:
-    ok = _result(True, True, controls={"sibling_changed": True}, acked_checked=3)
+    ok = _result(
+        True, True, controls={"sibling_changed": True}, acked_checked=3, sibling_acked_checked=64
+    )
     f = faults_report.summary([ok], None, 1.0)
     assert f["siblings_checked"] == f["siblings_exact"] == 1 and faults_report.passed(f)
-    assert "sibling snapshots exactly their own point in time: 1/1" in faults_report.table(f)
+    assert f["sibling_acked_checked"] == 64 and f["sibling_acked_lost"] == 0
+    shown = faults_report.table(f)
+    assert "sibling snapshots exactly their own point in time: 1/1" in shown
+    assert "(acknowledged files in them: 64 checked, 0 lost)" in shown
     assert "merge-sibling" in faults_report.table(f)
     missed = _result(True, True, controls={"sibling_changed": False})
     assert not faults_report.passed(faults_report.summary([missed], None, 1.0))
-    lost = _result(False, False, problems=["the sibling no longer holds its own point"])
+    lost = _result(False, False, problems=["the sibling lacks 2 files"], sibling_lost=2)
     f = faults_report.summary([lost], None, 1.0)
-    assert f["siblings_exact"] == 0 and not faults_report.passed(f)
+    assert f["siblings_exact"] == 0 and f["sibling_acked_lost"] == 2
+    assert not faults_report.passed(f)
     crashed = _result(False, None)  # a judge that never reached the sibling counts as not
     assert faults_report.summary([crashed], None, 1.0)["siblings_exact"] == 0
 
