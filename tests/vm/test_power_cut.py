@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from vmtests.faults.cli import Options, run_matrix
+from vmtests.faults.matrix import SIBLING_METHODS, SIBLING_PHASE
 
 SLICE = ("ext4-dm-create-p1s10", "ext4-dm-merge-p1s5", "ext4-dm-merge-p1s1")
 
@@ -145,3 +146,39 @@ def test_a_snapshot_recover_rebuilt_keeps_every_chunk_of_a_multi_chunk_write(
     second = vm_factory(disks=disks, name="after")
     assert second.sh(BOUNDARY_AFTER.format(resume=resume)).stdout.splitlines()[-1] == before
     second.power_cut()
+
+
+# Issue 17: a cut inside a merge of one snapshot while a sibling snapshot of the same origin
+# exists (the opt-in merge-sibling phase of `vmtest run --matrix faults --phases
+# merge-sibling`): the point just after the merge start's last step, the kernel copying the
+# merged snapshot's chunks back through the origin's write path -- and so into the sibling's
+# COW first. Beyond the faults oracle, the sibling must still hold exactly its own point in
+# time, and the negative control (a write planted into a layer over the sibling) be caught.
+SIBLING_SLICE = ("ext4-dm-merge-sibling-p1s5",)
+
+
+@pytest.mark.vm
+def test_a_merge_beside_a_sibling_keeps_the_sibling_exactly(
+    vm_accel: Any, vm_artifacts: Path
+) -> None:
+    report = vm_artifacts / "faults-sibling"
+    code = run_matrix(
+        Options(
+            ids=SIBLING_SLICE,
+            seed=6,
+            workers=1,
+            report=report,
+            accel=str(vm_accel),
+            bad_inputs=0,
+            methods=SIBLING_METHODS,
+            phases=(SIBLING_PHASE,),
+        )
+    )
+    f = json.loads((report / "results.json").read_text())["summary"]
+    assert code == 0, f["failures"]
+    assert f["cuts"] == f["cuts_ok"] == len(SIBLING_SLICE)
+    assert f["siblings_exact"] == f["siblings_checked"] == len(SIBLING_SLICE)
+    assert f["acked_checked"] > 0 and f["acked_lost"] == 0
+    assert f["suspended_left"] == 0 and f["frozen_left"] == 0
+    assert f["controls"]["sibling_changed"] == {"tried": 1, "caught": 1}
+    assert all(c["caught"] == c["tried"] for c in f["controls"].values())

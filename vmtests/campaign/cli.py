@@ -175,6 +175,17 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         "dm-crypt over the base -- only when named)",
     )
     _only(
+        faults,
+        FAULTS,
+        "--phases",
+        metavar="P,...",
+        help="cut points of these phases only (default create,merge,discard,extend; "
+        "merge-sibling -- merge a snapshot while a sibling snapshot of the same origin exists, "
+        "and judge that the sibling keeps exactly its own point in time -- only when named, "
+        "for the methods dm and lvm: dm-direct's origin is itself a snapshot table, so it "
+        "cannot have a sibling; with --phases and no --cuts, every point of the phases runs)",
+    )
+    _only(
         faults, (*FAULTS, *CRASH), "--json", action="store_true", help="print the summary as JSON"
     )
     _only(

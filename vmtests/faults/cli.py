@@ -35,6 +35,7 @@ class Options:
     accel: str = "auto"
     bad_inputs: int | None = None  # None: every case; 0: none; N: a seeded sample
     methods: tuple[str, ...] = faults.METHODS
+    phases: tuple[str, ...] = faults.PHASES
     json: bool = False
 
 
@@ -43,7 +44,9 @@ def run_matrix(opts: Options) -> int:
     from vmtests.vm import guest_image
 
     try:
-        chosen = faults.choose(opts.cuts, opts.seed, ids=opts.ids, methods=opts.methods)
+        chosen = faults.choose(
+            opts.cuts, opts.seed, ids=opts.ids, methods=opts.methods, phases=opts.phases
+        )
     except ValueError as exc:
         print(f"vmtest run: {exc}", file=sys.stderr)
         return 2
@@ -122,22 +125,34 @@ def run_matrix(opts: Options) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``vmtest run --matrix faults``: the options of ``vmtest run`` as this runner takes them."""
+    """``vmtest run --matrix faults``: the options of ``vmtest run`` as this runner takes them.
+    ``--phases`` picks an opt-in phase (merge-sibling, issue 17): then every point of the
+    phases runs unless ``--cuts`` says otherwise, and the methods default to the ones every
+    named phase takes; without it, the run is issue 6's, exactly."""
+    phases = _listed(args.phases) or faults.PHASES
+    default_methods = faults.SIBLING_METHODS if faults.SIBLING_PHASE in phases else faults.METHODS
+    cuts = args.cuts
+    if cuts is None and not args.scenario and not args.phases:
+        cuts = FULL_RUN_CUTS
     return run_matrix(
         Options(
-            cuts=args.cuts if args.cuts is not None or args.scenario else FULL_RUN_CUTS,
+            cuts=cuts,
             ids=tuple(args.scenario),
             seed=6 if args.seed is None else args.seed,
             workers=2 if args.workers == "auto" else int(args.workers),
             report=args.report,
             accel=args.accel,
             bad_inputs=args.bad_inputs,
-            methods=tuple(m for m in args.methods.split(",") if m)
-            if args.methods
-            else faults.METHODS,
+            methods=_listed(args.methods) or default_methods,
+            phases=phases,
             json=args.json,
         )
     )
+
+
+def _listed(text: str | None) -> tuple[str, ...]:
+    """A comma-separated option's values ("": none given)."""
+    return tuple(v for v in (text or "").split(",") if v)
 
 
 def _line(n: int, total: int, r: dict[str, Any]) -> str:

@@ -17,6 +17,15 @@ disk), for the phases create (``zfs snapshot``), merge (``zfs rollback``, then `
 destroy``) and discard (``zfs destroy``), each plan step and seeded delays inside ZFS's
 commands. Opt-in (``--methods zfs``) like the stacked methods, with its own random stream.
 
+Sibling merges (issue 17): the phase ``merge-sibling`` merges snapshot ``a`` while its sibling
+``b`` -- a second snapshot of the same origin, taken after ``a`` and after more writes -- exists:
+each step of dm's merge start and of its finish (which, with ``b`` left, puts
+``snapshot-origin`` back instead of the plain table: five steps, not six), seeded delays in
+dm's kernel merge and inside lvm's ``lvconvert --merge``. Opt-in (``--phases merge-sibling``),
+with its own random stream, and for dm and lvm only (:data:`SIBLING_METHODS`): dm-direct's
+origin is itself a ``snapshot`` table over its base, so a second dm-direct create on it is
+refused and there is never a sibling to keep.
+
 Pure: no VM, no I/O; ``run.py`` executes, ``report.py`` sums up.
 """
 
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +44,11 @@ STACKED_METHODS = ("dm+crypt", "lvm+crypt")  # opt-in: --methods dm+crypt,lvm+cr
 ZFS_METHODS = ("zfs",)  # opt-in: --methods zfs (issue 14)
 ALL_METHODS = METHODS + STACKED_METHODS + ZFS_METHODS
 METHOD_FILESYSTEMS = {"zfs": ("zfs",)}  # a method on other filesystems than FILESYSTEMS
-PHASES = ("create", "merge", "discard", "extend")
+PHASES = ("create", "merge", "discard", "extend")  # the default run (issue 6)
+SIBLING_PHASE = "merge-sibling"  # opt-in: --phases merge-sibling (issue 17)
+ALL_PHASES = (*PHASES, SIBLING_PHASE)
+SIBLING_METHODS = ("dm", "lvm")  # dm-direct cannot hold a sibling: see the module's doc
+MERGES = ("merge", SIBLING_PHASE)  # the phases that roll the origin back to a snapshot
 MAIN_PHASES = ("create", "merge")
 FS_SHORT = {"ext4": "e4", "xfs": "xf", "btrfs": "bt", "zfs": "zf"}
 METHOD_SHORT = {
@@ -74,6 +88,13 @@ STACK_STEPS: dict[str, dict[tuple[str, int], int]] = {
 # zfs (snapkit/methods/zfs/snapshot.py): create is one step (zfs snapshot), merge two
 # (zfs rollback, zfs destroy), discard one (zfs destroy).
 ZFS_STEPS: dict[tuple[str, int], int] = {("create", 1): 1, ("merge", 1): 2, ("discard", 1): 1}
+# dm's merge beside a sibling: the start is the merge's own (remove the snapshot device,
+# load snapshot-merge, suspend, resume); the finish loads snapshot-origin again for the
+# sibling instead of the plain table and keeps -real (load, suspend, resume, detach the
+# loop, unlink the COW). lvm's is one lvconvert: seeded delays only.
+SIBLING_STEPS: dict[str, dict[tuple[str, int], int]] = {
+    "dm": {(SIBLING_PHASE, 1): 4, (SIBLING_PHASE, 2): 5},
+}
 SEEDED = {  # (method, phase): (delays per filesystem, shortest and longest delay in ms)
     ("lvm", "create"): (3, 0, 1500),
     ("lvm", "merge"): (3, 0, 3000),
@@ -94,6 +115,10 @@ SEEDED_ZFS = {  # from their own stream too (``ZFS_SEED``), inside ZFS's one com
     ("zfs", "merge"): (2, 0, 1500),
     ("zfs", "discard"): (1, 0, 800),
 }
+SEEDED_SIBLING = {  # from their own stream too (``SIBLING_SEED``)
+    ("dm", SIBLING_PHASE): (3, 0, 1200),  # in the kernel's merge, the sibling copying first
+    ("lvm", SIBLING_PHASE): (4, 0, 3000),  # inside lvconvert --merge
+}
 # A seeded delay counts from the moment the operation's one external command is logged as
 # started (SNAPKIT_DEBUG), so it lands inside that command, not in snapkit's start-up; for a
 # dm create, from the moment the command exited (its record saved: the cut then tests that
@@ -113,6 +138,8 @@ MARKERS = {
     ("lvm+crypt", "merge"): "run: lvconvert",
     ("dm+crypt", "create"): OP_EXITED,
     ("dm+crypt", "merge"): "step 7/8: dmsetup reload",
+    ("dm", SIBLING_PHASE): "step 4/4: dmsetup resume",
+    ("lvm", SIBLING_PHASE): "run: lvconvert",
     ("zfs", "create"): "run: zfs snapshot",
     ("zfs", "merge"): "run: zfs rollback",
     ("zfs", "discard"): "run: zfs destroy",
@@ -123,7 +150,7 @@ MARKERS = {
 class Cut:
     fs: str
     method: str  # "dm", "dm-direct", "lvm", stacked: "dm+crypt", "lvm+crypt", or "zfs"
-    phase: str  # "create", "merge", "discard" or "extend"
+    phase: str  # "create", "merge", "discard", "extend" or "merge-sibling"
     plan: int = 1  # which plan of the command the step is in
     step: int = 0  # pause before this step; 0: cut after delay_ms instead
     delay_ms: int = 0
@@ -144,9 +171,15 @@ class Cut:
         return self.phase != "create"
 
     @property
+    def sibling(self) -> bool:
+        """The merge-sibling phase's base holds a second snapshot, taken after the first."""
+        return self.phase == SIBLING_PHASE
+
+    @property
     def kid(self) -> str:
         """The kind: which base disks the cut boots on (and the names it uses in the guest)."""
-        return FS_SHORT[self.fs] + METHOD_SHORT[self.method] + ("s" if self.snapped else "e")
+        start = "b" if self.sibling else "s" if self.snapped else "e"
+        return FS_SHORT[self.fs] + METHOD_SHORT[self.method] + start
 
     @property
     def group(self) -> str:
@@ -161,6 +194,7 @@ class Cut:
             "step": self.step,
             "kid": self.kid,
             "snapped": self.snapped,
+            "sibling": self.sibling,
             "controls": controls,
         }
 
@@ -185,20 +219,30 @@ def all_cuts(seed: int = 6) -> list[Cut]:
     """Every point the matrix knows, in a stable order: each step (and the pause after the
     last) of every plan snapkit applies, per filesystem, and seeded delays where the work is
     one external command or the kernel's. The stacked methods' points come after all of
-    issue 6's, their delays from a stream of their own, so those keep their ids and order."""
+    issue 6's, their delays from a stream of their own, so those keep their ids and order; so
+    do the merge-sibling points (issue 17), before the zfs ones."""
     return (
         _cuts(seed, METHODS, SEEDED)
         + _cuts(STACKED_SEED + seed, STACKED_METHODS, SEEDED_STACKED)
+        + _cuts(SIBLING_SEED + seed, SIBLING_METHODS, SEEDED_SIBLING, _sibling_steps)
         + _cuts(ZFS_SEED + seed, ZFS_METHODS, SEEDED_ZFS)
     )
 
 
 STACKED_SEED = 19_000  # issue 19: offsets the stacked points' stream from issue 6's
 ZFS_SEED = 14_000  # issue 14: the zfs points' own stream
+SIBLING_SEED = 17_000  # issue 17: the merge-sibling points' own stream
+
+
+def _sibling_steps(fs: str, method: str) -> dict[tuple[str, int], int]:
+    return SIBLING_STEPS.get(method, {})
 
 
 def _cuts(
-    seed: int, methods: tuple[str, ...], seeded: dict[tuple[str, str], tuple[int, int, int]]
+    seed: int,
+    methods: tuple[str, ...],
+    seeded: dict[tuple[str, str], tuple[int, int, int]],
+    steps: Callable[[str, str], dict[tuple[str, int], int]] = _steps,
 ) -> list[Cut]:
     rng = random.Random(seed)
     cuts: list[Cut] = []
@@ -206,7 +250,7 @@ def _cuts(
         for method in methods:
             if fs not in METHOD_FILESYSTEMS.get(method, FILESYSTEMS):
                 continue
-            for (phase, plan), n in _steps(fs, method).items():
+            for (phase, plan), n in steps(fs, method).items():
                 cuts += [Cut(fs, method, phase, plan, s) for s in range(1, n + 2)]
             for (m, phase), (count, lo, hi) in seeded.items():
                 if m == method:
@@ -217,17 +261,25 @@ def _cuts(
 
 
 def choose(
-    n: int | None, seed: int = 6, *, ids: tuple[str, ...] = (), methods: tuple[str, ...] = METHODS
+    n: int | None,
+    seed: int = 6,
+    *,
+    ids: tuple[str, ...] = (),
+    methods: tuple[str, ...] = METHODS,
+    phases: tuple[str, ...] = PHASES,
 ) -> list[Cut]:
     """``n`` points: five sixths from create and merge (the acceptance counts those), the
     rest from discard and extend. Within each, every (phase, fs, method) group gets points in
     proportion to its size -- the next point always comes from the group least covered so
     far, ties and each group's points in a seeded order -- so a small ``n`` still touches
     many groups. ``ids``: exactly these points (a replay). A selection with no discard or
-    extend points (the stacked methods have none) puts all ``n`` on create and merge."""
+    extend points (the stacked methods have none) puts all ``n`` on create and merge; one with
+    only merge-sibling points spreads all ``n`` over those. ``phases``: the default run's four,
+    or ``merge-sibling`` (with others or alone), which takes the methods dm and lvm only."""
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(ALL_METHODS)}")
+    check_phases(phases, methods)
     everything = all_cuts(seed)
     if ids:
         known = {c.id: c for c in everything}
@@ -235,7 +287,7 @@ def choose(
         if missing:
             raise ValueError(f"unknown cut point(s) {', '.join(missing)} for seed {seed}")
         return [known[i] for i in ids]
-    cuts = [c for c in everything if c.method in methods]
+    cuts = [c for c in everything if c.method in methods and c.phase in phases]
     if n is None or n >= len(cuts):
         return cuts
     main = [c for c in cuts if c.phase in MAIN_PHASES]
@@ -243,6 +295,25 @@ def choose(
     n_main = min(len(main), max(-(-n * 5 // 6), n - len(rest)))
     picked = _spread(main, n_main, seed) + _spread(rest, n - n_main, seed)
     return sorted(picked, key=cuts.index)
+
+
+def check_phases(phases: tuple[str, ...], methods: tuple[str, ...]) -> None:
+    """Refuse an unknown phase, and the merge-sibling phase with a method that cannot hold a
+    sibling snapshot -- rather than run it and report no points of that method."""
+    unknown = [p for p in phases if p not in ALL_PHASES]
+    if unknown or not phases:
+        raise ValueError(
+            f"unknown phase(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(ALL_PHASES)}"
+        )
+    other = [m for m in methods if m not in SIBLING_METHODS]
+    if SIBLING_PHASE in phases and other:
+        raise ValueError(
+            f"the {SIBLING_PHASE} phase is for the methods {' and '.join(SIBLING_METHODS)} "
+            f"only, not {', '.join(other)}: dm-direct's origin is itself a snapshot table over "
+            "its base, so a second snapshot of it is refused and no sibling can exist "
+            "(give --methods dm,lvm, or leave --methods out)"
+        )
 
 
 def _spread(cuts: list[Cut], n: int, seed: int) -> list[Cut]:
@@ -292,14 +363,18 @@ def _alternate(cuts: list[Cut]) -> list[Cut]:
 __all__ = [
     "ALL_FILESYSTEMS",
     "ALL_METHODS",
+    "ALL_PHASES",
     "FILESYSTEMS",
     "METHODS",
     "PHASES",
+    "SIBLING_METHODS",
+    "SIBLING_PHASE",
     "STACKED_METHODS",
     "ZFS_METHODS",
     "Cut",
     "all_cuts",
     "chains",
+    "check_phases",
     "choose",
     "kind_spec",
 ]

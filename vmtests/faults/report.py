@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmtests.faults.matrix import ALL_FILESYSTEMS, ALL_METHODS, MAIN_PHASES, PHASES
+from vmtests.faults.matrix import (
+    ALL_FILESYSTEMS,
+    ALL_METHODS,
+    ALL_PHASES,
+    MAIN_PHASES,
+    SIBLING_PHASE,
+)
 
 ACCEPT_CREATE_MERGE = 60
 ACCEPT_BAD_INPUTS = 30
@@ -55,6 +61,14 @@ def summary(
         "failures": [_failure(r) for r in results if not r.get("ok")],
         "replay": [r["replay"] for r in results if not r.get("ok") and "replay" in r],
     }
+    siblings = [r for r in results if r["phase"] == SIBLING_PHASE]
+    if siblings:  # a merge-sibling run (issue 17); a default run's figures stay issue 6's
+        figures["siblings_checked"] = len(siblings)
+        figures["siblings_exact"] = sum(r.get("sibling_equal") is True for r in siblings)
+        figures["sibling_acked_checked"] = sum(
+            int(r.get("sibling_acked_checked", 0)) for r in siblings
+        )
+        figures["sibling_acked_lost"] = sum(int(r.get("sibling_lost", 0)) for r in siblings)
     figures["acceptance"] = acceptance(figures)
     return figures
 
@@ -107,7 +121,7 @@ def _grid(f: dict[str, Any]) -> list[list[str]]:
     cols = [(fs, m) for fs in ALL_FILESYSTEMS for m in ALL_METHODS]
     cols = [c for c in cols if any(k.endswith(f"/{c[0]}/{c[1]}") for k in f["per_phase_fs_method"])]
     rows = [["phase"] + [f"{fs}/{m}" for fs, m in cols] + ["all"]]
-    for phase in PHASES:
+    for phase in ALL_PHASES:
         cells = [f["per_phase_fs_method"].get(f"{phase}/{fs}/{m}") for fs, m in cols]
         if not any(cells):
             continue
@@ -143,6 +157,15 @@ def table(f: dict[str, Any]) -> str:
 
 def _figures(f: dict[str, Any]) -> list[str]:
     ctl = ", ".join(f"{k} {v['caught']}/{v['tried']}" for k, v in f["controls"].items())
+    sibling = (
+        [
+            f"sibling snapshots exactly their own point in time: {f['siblings_exact']}/"
+            f"{f['siblings_checked']} (acknowledged files in them: "
+            f"{f['sibling_acked_checked']} checked, {f['sibling_acked_lost']} lost)"
+        ]
+        if "siblings_checked" in f
+        else []
+    )
     return [
         f"cuts held: {f['cuts_ok']}/{f['cuts']} ({f['cuts_create_merge']} in create or merge)",
         f"acknowledged writes: {f['acked_checked']} checked, {f['acked_lost']} lost",
@@ -150,6 +173,7 @@ def _figures(f: dict[str, Any]) -> list[str]:
         f"{f['snapshots_absent']} cleanly absent",
         f"left behind: {f['suspended_left']} devices suspended, "
         f"{f['frozen_left']} filesystems frozen",
+        *sibling,
         f"negative controls caught: {ctl or 'none run'}",
         f"bad inputs: {f['bad_inputs_refused_cleanly']}/{f['bad_inputs_tried']} refused cleanly, "
         f"{f['bad_inputs_controls_caught']}/{f['bad_inputs_controls']} controls caught",

@@ -329,7 +329,7 @@ def _wait_cut(vm: Any, armed: Armed) -> bool:
 
 def _fetch(vm: Any, armed: Armed) -> None:
     """A failed cut keeps its ledgers (what was acknowledged) next to the judge's log."""
-    for name in ("ledger", "ledger2", "before"):
+    for name in ("ledger", "ledger2", "before", "before-b"):
         with contextlib.suppress(VmError):
             (armed.folder / name).write_bytes(vm.get(f"/k/{armed.cut.kid}/{name}"))
 

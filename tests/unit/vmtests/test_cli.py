@@ -69,6 +69,25 @@ def test_the_faults_runner_fills_in_its_own_defaults(monkeypatch: pytest.MonkeyP
     assert seen[0].methods == matrix.METHODS and seen[0].cuts == faults_cli.FULL_RUN_CUTS
     assert cli.main(["run", "--matrix", "faults", "--methods", "dm,lvm", "--cuts", "4"]) == 0
     assert seen[1].methods == ("dm", "lvm") and seen[1].cuts == 4
+    assert seen[0].phases == matrix.PHASES  # no --phases: issue 6's run, exactly
+    # issue 17: --phases merge-sibling runs every point of the phase, for dm and lvm
+    assert cli.main(["run", "--matrix", "faults", "--phases", "merge-sibling"]) == 0
+    assert list(seen[2].phases) == [matrix.SIBLING_PHASE] and seen[2].cuts is None
+    assert list(seen[2].methods) == list(matrix.SIBLING_METHODS)
+    argv = ["run", "--matrix", "faults", "--phases", "merge-sibling", "--methods", "lvm"]
+    assert cli.main([*argv, "--cuts", "3"]) == 0
+    assert list(seen[3].methods) == ["lvm"] and seen[3].cuts == 3
+
+
+def test_phases_is_a_faults_option_whose_help_says_why_not_dm_direct(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["run", "--matrix", "quick", "--phases", "merge-sibling"]) == 2
+    assert "--phases applies to --matrix faults" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "merge-sibling" in shown and "dm-direct's origin is itself a snapshot table" in shown
 
 
 def test_shell_has_no_time_limit_unless_asked() -> None:

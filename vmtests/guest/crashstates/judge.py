@@ -50,7 +50,8 @@ from vmtests.guest.crashstates.layout import (
     unmount,
 )
 from vmtests.guest.crashstates.plan import CrashState, Situation, situation
-from vmtests.guest.faults.judge import count_lost, frozen, suspended
+from vmtests.guest.faults.copy import count_lost
+from vmtests.guest.faults.judge import frozen, suspended
 from vmtests.guest.faults.kind import dm_names, in_process
 from vmtests.guest.proc import CommandError, log, run
 

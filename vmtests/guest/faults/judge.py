@@ -10,7 +10,9 @@ The oracle, for a cut of any phase:
   finished); an extension never loses it, so there it must be active. An active snapshot
   fscks clean and holds every file acknowledged before it was taken; one that existed before
   the operation (merge, discard, extend) still has exactly its tree;
-* no dm device is left suspended and no filesystem left frozen.
+* no dm device is left suspended and no filesystem left frozen;
+* in the merge-sibling phase (issue 17), the sibling snapshot is active and holds exactly its
+  own point in time (``sibling.py``, with its negative control ``sibling_changed``).
 
 A stacked kind (``dm+crypt``, ``lvm+crypt``) is first brought up as a user would after the
 reboot (``kind.boot``: the crypt mapping opened again with its key, ``recover`` -- twice on a
@@ -41,26 +43,20 @@ import os
 from typing import Any
 
 from vmtests.guest import check
-from vmtests.guest.faults.kind import Kind, acked, attach, boot, read_int, snapkit
-from vmtests.guest.proc import CommandError, log, run
-from vmtests.guest.writer import pattern
+from vmtests.guest.faults import sibling
+from vmtests.guest.faults.copy import check_copy, count_lost, text
+from vmtests.guest.faults.kind import MERGES, Kind, acked, attach, boot, read_int, snapkit
+from vmtests.guest.proc import log, run
 
 FITHAW = 0xC0045878
-MAY_BE_ABSENT = {"create": True, "merge": True, "discard": True, "extend": False}
+MAY_BE_ABSENT = {
+    "create": True,
+    "merge": True,
+    "discard": True,
+    "extend": False,
+    "merge-sibling": True,  # the merged one; its sibling may never be absent (sibling.py)
+}
 SUPERBLOCK_AT = {"ext4": 0, "xfs": 0, "btrfs": 64 << 10}
-
-
-def count_lost(directory: str, upto: int) -> int:
-    """Acknowledged files ``f1..f<upto>`` that are missing or not their exact pattern."""
-    lost = 0
-    for n in range(1, upto + 1):
-        try:
-            with open(f"{directory}/f{n}", "rb") as f:
-                ok = f.read() == pattern(n)
-        except OSError:
-            ok = False
-        lost += not ok
-    return lost
 
 
 def suspended() -> list[str]:
@@ -99,11 +95,6 @@ def state_problem(phase: str, state: str) -> str:
     return "" if state in allowed else f"{state} after recover of a cut {phase}"
 
 
-def _text(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
 def judge(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
     phase = spec["phase"]
     out: dict[str, Any] = {"problems": []}
@@ -123,12 +114,12 @@ def judge(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
     out["frozen"] = frozen([k.mnt, k.keep])
     # A merge cut before the kernel began it leaves the snapshot (re-assembled): the origin
     # must then hold every acked write; once merged, it must equal the snapshot's tree.
-    merged = phase == "merge" and state == "absent"
+    merged = phase in MERGES and state == "absent"
     ledgers = [("w", before)] if merged else [("w", acked(k.ledger)), ("w2", acked(k.ledger2))]
     out["acked_checked"] = sum(n for _, n in ledgers)
     out["acked_lost"] = sum(count_lost(f"{k.mnt}/{d}", n) for d, n in ledgers)
     if merged:
-        out["merge_equal"] = check.tree_hash(k.mnt) == _text(k.expected)
+        out["merge_equal"] = check.tree_hash(k.mnt) == text(k.expected)
         if not out["merge_equal"]:
             problems.append("after the merge the origin differs from the snapshot")
     run(["umount", k.mnt])
@@ -143,6 +134,8 @@ def judge(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"snapshot {k.name}: {wrong}")
     if state == "active":
         _judge_snapshot(k, phase, snaps[k.name]["device"], before, out)
+    if k.sibling:
+        sibling.judge(k, snaps, out)
     if k.crypt:
         _judge_stack(k, phase, state, snaps.get(k.name, {}), out)
     out["suspended"] = suspended()
@@ -160,22 +153,20 @@ def judge(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
 
 def _judge_snapshot(k: Kind, phase: str, dev: str, before: int, out: dict[str, Any]) -> None:
     problems: list[str] = out["problems"]
-    result = check.fsck(k.fs, dev)
-    fsck_ok = result.ok or check.xfs_log_only(result)
     where = "w" if k.snapped else "w2"
-    try:
-        with check.layer(dev) as layer, check.mounted(k.fs, layer, k.snap_mnt):
-            out["snapshot_lost"] = count_lost(f"{k.snap_mnt}/{where}", before)
-            if k.snapped:
-                out["snapshot_equal"] = check.tree_hash(k.snap_mnt) == _text(k.expected)
-                if not out["snapshot_equal"]:
-                    problems.append(f"the snapshot changed during a cut {phase}")
-    except CommandError as exc:  # a snapshot that does not mount is a finding, not a crash
-        out["snapshot_lost"] = before
-        problems.append(f"the snapshot does not mount: {exc}"[:600])
-    out["fsck_snapshot"] = fsck_ok
-    if not fsck_ok:
-        problems.append(f"fsck of the snapshot: {result.out[-400:]}")
+    copy = check_copy(
+        k, dev, where=where, before=before, expected=k.expected if k.snapped else None
+    )
+    out["snapshot_lost"] = copy.lost
+    if copy.equal is not None:
+        out["snapshot_equal"] = copy.equal
+        if not copy.equal:
+            problems.append(f"the snapshot changed during a cut {phase}")
+    if copy.mount_error:
+        problems.append(f"the snapshot does not mount: {copy.mount_error}"[:600])
+    out["fsck_snapshot"] = copy.fsck_ok
+    if not copy.fsck_ok:
+        problems.append(f"fsck of the snapshot: {copy.fsck_out[-400:]}")
     if out["snapshot_lost"]:
         problems.append(f"the snapshot lacks {out['snapshot_lost']} files acked before it")
 
@@ -196,7 +187,7 @@ def _judge_stack(
                 problems.append(f"{upper}: the ext4 journal needs recovery (not frozen?)")
     if _dm_exists(park):
         problems.append(f"{park} left after recover")
-    if phase != "merge" or state != "active":
+    if phase not in MERGES or state != "active":
         return
     merged = snapkit(k, "snapshot", "merge", k.name, "--wait", "--json", check_ok=False)
     out["merge_finished"] = merged.returncode == 0
@@ -205,7 +196,7 @@ def _judge_stack(
         return
     run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
     try:
-        out["merge_equal"] = check.tree_hash(k.mnt) == _text(k.expected)
+        out["merge_equal"] = check.tree_hash(k.mnt) == text(k.expected)
     finally:
         run(["umount", k.mnt])
     if not out["merge_equal"]:
@@ -310,6 +301,8 @@ def controls(k: Kind) -> dict[str, bool]:
     if k.zfs:  # no dm device to suspend, no superblock to zero: the scrub's own control
         caught["fsck"] = zfs_scrub_control()
         return caught
+    if k.sibling:
+        caught["sibling_changed"] = sibling.control(k)
     run(["dmsetup", "suspend", k.dm_name])
     caught["suspended"] = bool(suspended())
     run(["dmsetup", "resume", k.dm_name])

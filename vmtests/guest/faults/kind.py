@@ -28,6 +28,10 @@ from vmtests.guest import zfsdisk
 from vmtests.guest.proc import log, run
 
 CIPHER = "aes-xts-plain64"
+# The phases that roll the origin back to a snapshot: issue 6's merge, and issue 17's merge of
+# one snapshot while a sibling snapshot of the same origin exists (the host's faults.matrix
+# names them too; the guest imports nothing of the host's)
+MERGES = ("merge", "merge-sibling")
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,12 @@ class Kind:
     fs: str
     method: str  # "dm", "dm-direct", "lvm", "dm+crypt" or "lvm+crypt"
     snapped: bool
+    sibling: bool = False  # a second snapshot, taken after the first (merge-sibling phase)
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Kind:
-        return cls(spec["kid"], spec["fs"], spec["method"], bool(spec["snapped"]))
+        sibling = bool(spec.get("sibling"))
+        return cls(spec["kid"], spec["fs"], spec["method"], bool(spec["snapped"]), sibling)
 
     @property
     def base_method(self) -> str:
@@ -81,6 +87,18 @@ class Kind:
     @property
     def expected(self) -> str:  # tree digest of the snapshot (snapped kinds)
         return f"{self.keep}/expected"
+
+    @property
+    def sibling_name(self) -> str:  # the snapshot left beside the merged one
+        return f"t{self.kid}"
+
+    @property
+    def sibling_before(self) -> str:  # acknowledged count the sibling must hold
+        return f"{self.keep}/before-b"
+
+    @property
+    def sibling_expected(self) -> str:  # tree digest of the sibling at its creation
+        return f"{self.keep}/expected-b"
 
     @property
     def mnt(self) -> str:

@@ -5,8 +5,10 @@
 
 A *kind* (``kid``) is a filesystem, a method and a starting content: ``empty`` (a prepared dm
 origin or an LVM LV, freshly made, for the create cuts) or ``snapped`` (the same with a
-snapshot already taken, for the merge, discard and extend cuts). Its two disks are named by
-serial, ``<kid>-o`` (the origin) and ``<kid>-k`` (an ext4 "keep" disk: snapkit's state
+snapshot already taken, for the merge, discard and extend cuts) or, for the merge-sibling
+cuts (issue 17), ``sibling``: the snapped base plus a second snapshot taken after it, 16 more
+files and 2 MiB after that (``sibling.py`` says what the cut must leave of it). Its two disks
+are named by serial, ``<kid>-o`` (the origin) and ``<kid>-k`` (an ext4 "keep" disk: snapkit's state
 directory, so the state file and the COW files live on disk as on a real system, and the
 ledgers). ``build`` makes one base per kind, once per run; every cut then boots on qcow2
 overlays of it, so no cut pays for mkfs, pvcreate or the snapshot it merges.
@@ -46,6 +48,7 @@ from typing import Any
 
 from vmtests.guest import check, command, zfsdisk
 from vmtests.guest.faults.kind import (
+    MERGES,
     Kind,
     acked,
     attach,
@@ -66,6 +69,7 @@ MKFS = {
 BASE_FILES, LATER_FILES = 24, 40  # files before the snapshot, and after it (the COW's content)
 COW_SIZE = "32M"
 BALLAST_MIB = 12  # written after the snapshot: a COW the kernel's merge takes a while to copy
+SIBLING_FILES, SIBLING_BALLAST_MIB = 16, 2  # written after the sibling: chunks it already holds
 
 
 def write_files(directory: str, ledger: str, first: int, last: int) -> None:
@@ -100,10 +104,31 @@ def ballast(path: str, mib: int) -> None:
         os.fsync(f.fileno())
 
 
+def create_argv(k: Kind, name: str) -> list[str]:
+    """``snapshot create`` of the kind's origin as ``name``, the base's and the cuts' alike."""
+    return [
+        "snapshot",
+        "create",
+        k.mnt,
+        "--name",
+        name,
+        "--method",
+        k.base_method,
+        "--cow-size",
+        COW_SIZE,
+    ]
+
+
+def create(k: Kind, name: str) -> None:
+    snapkit(k, *create_argv(k, name))
+
+
 def build(k: Kind) -> dict[str, Any]:
     """One base: keep disk, origin (prepared dm device or LV), filesystem; when snapped, 24
     acknowledged files, the snapshot, 40 more files and 12 MiB of ballast, and the snapshot's
-    tree digest. Ends
+    tree digest; with a sibling, then the sibling, 16 more files and 2 MiB, and its digest and
+    acknowledged count too (the ballast it has no copy of is what merging the first rewrites,
+    so the kernel must copy it into the sibling first). Ends
     with the kind's devices taken down as a shutdown would: the state file still records the
     snapshot, so every cut starts with a reboot's ``snapkit recover``."""
     attach(k, fresh=True)
@@ -127,24 +152,21 @@ def build(k: Kind) -> dict[str, Any]:
     if k.snapped:
         write_files(f"{k.mnt}/w", k.ledger, 1, BASE_FILES)
         durable(k.before, str(BASE_FILES))
-        snapkit(
-            k,
-            "snapshot",
-            "create",
-            k.mnt,
-            "--name",
-            k.name,
-            "--method",
-            k.base_method,
-            "--cow-size",
-            COW_SIZE,
-        )
+        create(k, k.name)
         write_files(f"{k.mnt}/w", k.ledger, BASE_FILES + 1, BASE_FILES + LATER_FILES)
         ballast(f"{k.mnt}/ballast", BALLAST_MIB)
+    if k.sibling:  # the sibling b: its merge-sibling cuts merge a while b exists (sibling.py)
+        durable(k.sibling_before, str(BASE_FILES + LATER_FILES))
+        create(k, k.sibling_name)
+        last = BASE_FILES + LATER_FILES + SIBLING_FILES
+        write_files(f"{k.mnt}/w", k.ledger, BASE_FILES + LATER_FILES + 1, last)
+        ballast(f"{k.mnt}/ballast2", SIBLING_BALLAST_MIB)
     run(["umount", k.mnt])
-    if k.snapped:
-        snapkit(k, "snapshot", "mount", k.name, k.snap_mnt)
-        durable(k.expected, check.tree_hash(k.snap_mnt))
+    digests = [(k.name, k.expected)] if k.snapped else []
+    digests += [(k.sibling_name, k.sibling_expected)] if k.sibling else []
+    for name, where in digests:
+        snapkit(k, "snapshot", "mount", name, k.snap_mnt)
+        durable(where, check.tree_hash(k.snap_mnt))
         run(["umount", k.snap_mnt])
     teardown(k)  # a clean shutdown: and the next kind built in this boot never sees this one
     return {"kid": k.kid, "built": True}
@@ -159,7 +181,7 @@ def arm(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
                 raise RuntimeError(f"recover exited {rec.returncode}: {rec.stderr[-800:]}")
     elif k.method != "lvm":
         snapkit(k, "recover")  # the prepared origin (and the snapshot), as after any reboot
-    if phase != "merge":  # a merge needs the origin unmounted; the others run under writes
+    if phase not in MERGES:  # a merge needs the origin unmounted; the others run under writes
         run(["mount", "-t", k.fs, k.origin_dev, k.mnt])
         subprocess.Popen(
             ["nice", "-n", "10", *command("writer", "write"), f"{k.mnt}/w2", k.ledger2, k.stop],
@@ -173,18 +195,9 @@ def arm(k: Kind, spec: dict[str, Any]) -> dict[str, Any]:
     if phase == "create":
         durable(k.before, str(acked(k.ledger2)))
     op = {
-        "create": [
-            "snapshot",
-            "create",
-            k.mnt,
-            "--name",
-            k.name,
-            "--method",
-            k.base_method,
-            "--cow-size",
-            COW_SIZE,
-        ],
+        "create": create_argv(k, k.name),
         "merge": ["snapshot", "merge", k.name, "--wait"],
+        "merge-sibling": ["snapshot", "merge", k.name, "--wait"],  # while the sibling exists
         "discard": ["snapshot", "discard", k.name],
         "extend": [
             "snapshot",

@@ -55,7 +55,9 @@ def test_choose_is_seeded_and_spreads_a_small_sample() -> None:
     assert choose(6, seed=3) == choose(6, seed=3)
     assert choose(6, seed=3) != choose(6, seed=4)
     assert len({c.group for c in choose(10)}) == 10  # ten points, ten groups
-    assert choose(None) == [c for c in all_cuts() if c.method in faults.METHODS]
+    assert choose(None) == [
+        c for c in all_cuts() if c.method in faults.METHODS and c.phase in faults.PHASES
+    ]
 
 
 def test_choose_replays_ids_and_refuses_unknown_ones() -> None:
@@ -167,16 +169,19 @@ def test_a_cut_that_never_reached_its_point_or_missed_a_control_fails(tmp_path: 
 
 
 def test_the_judge_allows_only_active_or_cleanly_absent_and_never_a_lost_extension() -> None:
-    from vmtests.guest.faults.judge import count_lost, state_problem
+    from vmtests.guest.faults.copy import count_lost
+    from vmtests.guest.faults.judge import state_problem
 
     assert state_problem("create", "absent") == state_problem("merge", "active") == ""
     assert state_problem("extend", "absent")  # an extension must never lose the snapshot
     assert state_problem("merge", "merging") and state_problem("discard", "invalid")
+    assert state_problem("merge-sibling", "absent") == ""  # the merged one; not its sibling
+    assert state_problem("merge-sibling", "merging")
     assert count_lost("/nonexistent", 3) == 3 and count_lost("/nonexistent", 0) == 0
 
 
 def test_count_lost_sees_a_missing_or_changed_acknowledged_file(tmp_path: Path) -> None:
-    from vmtests.guest.faults.judge import count_lost
+    from vmtests.guest.faults.copy import count_lost
     from vmtests.guest.writer import pattern
 
     for n in (1, 2, 3):
