@@ -22,7 +22,9 @@ from snapkit.plan import Plan, PlanError, apply
 from snapkit.settings import Settings
 from snapkit.state import StateFile
 from tests.unit.fakes import (
+    BASE,
     SIZE,
+    FakeLoops,
     FakeLvm,
     Lv,
     World,
@@ -442,6 +444,78 @@ def test_recover_folds_a_dm_direct_group_cut_short_back(
         assert table is not None and table.lines[0].target.type_name == "linear", origin
     assert flow.state.load().groups == () and flow.state.load().snapshots == ()
     assert not list(flow.context.cow_dir.glob("*.cow"))
+
+
+def _cut_direct_group(world: World, flow: Flow, steps_done: int) -> int:
+    """The group's entry and its members saved (``pending create``) as the flow saves them,
+    then the first ``steps_done`` steps of the dm-direct group's plan ran, then snapkit died.
+    The number of steps in the plan."""
+    requests = [
+        CreateRequest(t, f"g-{t.mountpoint.name}", cow_dir=flow.context.cow_dir) for t in (A, B)
+    ]  # type: ignore[union-attr]
+    plan, records = group_create.plan_block(
+        "g", "dm-direct", [(DmDirectMethod(world.host), r) for r in requests]
+    )
+    data = flow.state.load().with_group(
+        Group("g", "dm-direct", ("g-a", "g-b"), Pending.CREATE, records)
+    )
+    for record in records:
+        data = data.with_snapshot(record.marked(Pending.CREATE))
+    StateFile(flow.settings.state_dir).save(data)
+    for step in plan.steps[:steps_done]:
+        step.do()
+    return len(plan.steps)
+
+
+def _rebooted(world: World, flow: Flow) -> Flow:
+    """Kernel memory gone (tables, loops, read-only flags); the files kept."""
+    from snapkit.dm.fake import FakeDm
+    from snapkit.methods.base import Host
+
+    dm = FakeDm(faults=Faults())
+    dm.add_block_device("/dev/loop0", BASE)
+    dm.add_block_device("/dev/loop9", DevNum(7, 9))
+    world.run.read_only.clear()
+    host = Host(dm=dm, run=world.run, loops=FakeLoops(dm, Faults()), files=world.files)
+    return Flow(host, settings=flow.settings, mount_table=lambda: ())
+
+
+def _found_again(_dev: object, _id: object = None, _ctx: object = None, name: str = "") -> Table:
+    """A prepared origin's linear table over its disk, found again after the reboot."""
+    return Table.single(SIZE, Linear({"data": BASE, "data2": DevNum(7, 9)}[name], 0))
+
+
+@pytest.mark.parametrize("reboot", [False, True], ids=["killed", "rebooted"])
+def test_recover_settles_a_dm_direct_group_cut_at_any_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reboot: bool
+) -> None:
+    """Cut the group's create after every step, with or without a reboot: recover exits
+    cleanly and the group is gone -- every origin linear again (a member switched before the
+    cut folded back into its base first), no member's device, loop or COW left, no record.
+    The dm family settles each member's ``pending create`` first (keeps a switched one, drops
+    one that never switched), and the group's recovery must take each member from there."""
+    probe = make_world(tmp_path / "probe")
+    second_origin(probe)
+    total = _cut_direct_group(probe, _flow(probe, monkeypatch, {}), 0)
+    for n in range(total + 1):
+        world = make_world(tmp_path / str(n))
+        second_origin(world)
+        flow = _flow(world, monkeypatch, {})
+        _cut_direct_group(world, flow, n)
+        if reboot:
+            flow = _rebooted(world, flow)
+            monkeypatch.setattr("snapkit.methods.dm.recover._linear_over", _found_again)
+        result = flow.recover()
+        assert not isinstance(result, str) and "g" in result.dropped, n
+        dm = flow.host.dm
+        assert set(dm.list_devices()) <= {"data", "data2"}, (n, dm.list_devices())
+        for origin in ("data", "data2"):
+            table = dm.table(origin)
+            assert table is not None and table.lines[0].target.type_name == "linear", (n, origin)
+            assert not dm.info(origin).suspended, (n, origin)  # type: ignore[union-attr]
+        assert flow.state.load().groups == () and flow.state.load().snapshots == (), n
+        assert not [p for p in world.files.files if p.suffix == ".cow"], n
+        assert not world.run.read_only, n
 
 
 # -- the API and the CLI's JSON -----------------------------------------------------------------
