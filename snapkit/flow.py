@@ -487,7 +487,7 @@ class Flow:
             raise RefusedError(
                 f"no snapshot group named {name!r}", hint="see 'snapkit snapshot list'"
             )
-        if found.pending is not None:
+        if found.pending is Pending.CREATE:
             raise RefusedError(
                 f"the create of group {name} was cut short", hint="settle it: 'snapkit recover'"
             )
@@ -525,7 +525,14 @@ class Flow:
         dry_run: bool = False,
     ) -> GroupStatus | str:
         group = self._group(name)
-        records = [self.record(m) for m in group.members]
+        if group.pending is not None and group.pending is not op:
+            raise RefusedError(
+                f"a {group.pending} of group {name} is under way, or was cut short",
+                hint=f"finish it: 'snapkit snapshot {group.pending} {name}'; after a crash, "
+                "'snapkit recover' finishes it",
+            )
+        left = self.state.load()  # a member a merge of the group already finished is gone
+        records = [self.record(m) for m in group.members if left.snapshot(m) is not None]
         texts = []
         for record in records:  # refusals of every member before any changes
             if record.pending is None:
@@ -539,7 +546,19 @@ class Flow:
         if dry_run:
             ends = [self._end_one(r.name, op, wait, progress, True, force) for r in records]
             return "".join(str(t) for t in ends)
-        done = [self._end_one(r.name, op, wait, progress, False, force) for r in records]
+        # The group's verb is saved before any member's: a cut between two members must not
+        # leave some rolled back (or dropped) and the rest as they were, with nothing saying
+        # the group meant all of them: recover would finish the member that had started and
+        # re-assemble the other as a snapshot. recover rolls a marked group forward on every
+        # member (snapkit.methods.group.recover); a failure before any member began undoes it.
+        self.state.save(self.load().with_group(replace(group, pending=op)))
+        try:
+            done = [self._end_one(r.name, op, wait, progress, False, force) for r in records]
+        except BaseException:
+            now = self.state.load()
+            if all((r := now.snapshot(m)) is not None and r.pending is None for m in group.members):
+                self.state.save(now.with_group(group))  # no member began: the verb is undone
+            raise
         statuses = tuple(d for d in done if isinstance(d, SnapshotStatus))
         if all(s.state is State.MERGED for s in statuses):
             self.state.save(self.load().without_group(name))
@@ -870,6 +889,10 @@ class Flow:
                 self._end_one(name, Pending.DISCARD, True, None, False, False)
             else:
                 self._end_one(name, Pending.MERGE, True, None, False, False)
+        data = self.state.load()
+        for group in data.groups:  # a group merge or discard recover finished on every member
+            if group.pending in MERGE_OR_DISCARD and not any(map(data.snapshot, group.members)):
+                self.state.save(self.state.load().without_group(group.name))
         return result
 
     # -- merge and discard --------------------------------------------------------------------

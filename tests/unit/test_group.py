@@ -518,6 +518,78 @@ def test_recover_settles_a_dm_direct_group_cut_at_any_step(
         assert not world.run.read_only, n
 
 
+def _killed_after(flow: Flow, monkeypatch: pytest.MonkeyPatch, members: int) -> None:
+    """snapkit dies once ``members`` members' verbs ran (a KeyboardInterrupt stands in)."""
+    real, calls = Flow._end_one, [0]
+
+    def end_one(self: Flow, *args: object, **kw: object) -> object:
+        calls[0] += 1
+        if calls[0] > members:
+            raise KeyboardInterrupt
+        return real(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Flow, "_end_one", end_one)
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["merge", "merge-wait"])
+def test_a_group_merge_cut_between_members_is_finished_on_every_member(
+    world: World, monkeypatch: pytest.MonkeyPatch, wait: bool
+) -> None:
+    """The group's verb is saved before its first member's: snapkit killed after one member
+    started (or finished) its merge, recover finishes the merge of *every* member -- never
+    one origin rolled back and the other not -- and drops the group."""
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    monkeypatch.setattr("snapkit.methods.dm.snapshot.refuse_if_mounted", lambda *_a: None)
+    with monkeypatch.context() as m:
+        _killed_after(flow, m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            flow.merge_group("g", wait=wait)
+    group = flow.state.load().group("g")
+    assert group is not None and group.pending is Pending.MERGE
+    result = flow.recover()
+    assert not isinstance(result, str) and "g-b" in result.merging
+    for origin in ("data", "data2"):
+        table = world.dm.table(origin)
+        assert table is not None and table.lines[0].target.type_name == "linear", origin
+    assert world.dm.info("g-a") is None and world.dm.info("g-b") is None
+    assert flow.load().groups == () and flow.load().snapshots == ()
+
+
+def test_a_group_merge_left_merging_is_finished_by_merge_wait(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group left marked ``pending merge`` (``merge G`` without --wait, the kernel still
+    merging) shows its status; ``merge G --wait`` finishes it (the mark is its own verb's),
+    while ``discard G`` is refused until then."""
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    monkeypatch.setattr("snapkit.methods.dm.snapshot.refuse_if_mounted", lambda *_a: None)
+    group = flow.state.load().group("g")
+    assert group is not None
+    flow.state.save(flow.state.load().with_group(replace(group, pending=Pending.MERGE)))
+    assert flow.group_status("g").group.pending is Pending.MERGE
+    with pytest.raises(RefusedError, match="a merge of group g is under way"):
+        flow.discard_group("g")
+    status = flow.merge_group("g", wait=True)
+    assert not isinstance(status, str) and {m.state for m in status.members} == {State.MERGED}
+    assert flow.load().groups == () and flow.load().snapshots == ()
+
+
+def test_a_group_verb_that_fails_before_any_member_began_is_undone(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    with monkeypatch.context() as m:
+        _killed_after(flow, m, 0)
+        with pytest.raises(KeyboardInterrupt):
+            flow.discard_group("g")
+    group = flow.state.load().group("g")
+    assert group is not None and group.pending is None
+    assert flow.discard_group("g") and flow.load().groups == ()
+
+
 # -- the API and the CLI's JSON -----------------------------------------------------------------
 
 

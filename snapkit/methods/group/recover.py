@@ -1,4 +1,5 @@
-"""``recover`` for snapshot groups: a group whose create a crash cut short is made *gone*.
+"""``recover`` for snapshot groups: a group whose create a crash cut short is made *gone*, and
+a group whose merge or discard a crash cut short is *finished*, member by member.
 
 The flow saves the group's entry, with its planned member records and ``pending`` create,
 before the plan runs, and the member records only after it ran. So an entry still pending
@@ -20,15 +21,22 @@ record as planned was discarded, which failed on a member its family had already
 A member that is live is not discarded here but marked ``pending discard`` and handed to the
 flow to finish (``Recovered.merging``), as any discard: dm-direct's discard is a kernel merge
 of the COW into the base, which must end before the origin's table goes back.
+
+A group marked ``pending merge`` or ``pending discard`` (:meth:`snapkit.flow.Flow._end_group`
+marks the group before any member) is rolled forward: every member still recorded is marked
+with the group's verb and handed to the flow, which finishes it and then drops the entry. So a
+cut between two members never leaves some rolled back and the others not.
 """
 
 from __future__ import annotations
 
 from snapkit.methods import registry
-from snapkit.methods.base import FamilyRecovery, KernelMerge, Recovered
-from snapkit.model import Pending, SnapshotRecord, State
+from snapkit.methods.base import FamilyRecovery, KernelMerge, Method, Recovered
+from snapkit.model import Group, Pending, SnapshotRecord, State
 from snapkit.plan import Plan, Step, apply
 from snapkit.state import StateData, StateFile
+
+ENDS = (Pending.MERGE, Pending.DISCARD)
 
 
 class GroupRecovery(FamilyRecovery):
@@ -36,6 +44,14 @@ class GroupRecovery(FamilyRecovery):
         done = Recovered()
         s: list[Step] = []
         for group in data.groups:
+            if group.pending in ENDS:
+                s.append(
+                    Step(
+                        f"finish the {group.pending} of group {group.name}: every member",
+                        lambda g=group: self._roll_forward(g, done),  # type: ignore[misc]
+                    )
+                )
+                continue
             if group.pending is not Pending.CREATE:
                 continue
             for planned in group.planned:
@@ -72,6 +88,25 @@ class GroupRecovery(FamilyRecovery):
             apply(impl.plan_discard(record, force=True))
         if fresh is not None:
             done.gone.append(record.name)
+
+    def _roll_forward(self, group: Group, done: Recovered) -> None:
+        op = group.pending
+        assert op is not None
+        for name in group.members:
+            fresh = self._fresh(name)
+            if fresh is None:
+                continue  # this member's verb is done
+            if fresh.pending is not op:
+                fresh = _marked(registry.get(fresh.method, self.ctx.host), fresh, op)
+                done.saved.append(fresh)
+            done.merging.append(name)
+        done.actions.append(f"group {group.name}: {op} cut short, finished on every member")
+
+
+def _marked(impl: Method, record: SnapshotRecord, op: Pending) -> SnapshotRecord:
+    if isinstance(impl, KernelMerge):
+        return impl.mark_pending(record.unmarked(), op)
+    return record.marked(op)
 
 
 __all__ = ["GroupRecovery"]
