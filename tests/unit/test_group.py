@@ -640,3 +640,28 @@ def test_a_dm_group_window_has_one_watchdog_per_member_under_one_deadline(
         "dm-direct": ["start data", "start data2"],
     }
     assert log == [*names[method], "arm", "arm", "stop", "stop"]
+
+
+def test_an_lvm_group_merge_cut_between_members_is_finished_on_every_member(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lvm: the recovery of LVM clears the mark of a merge LVM never started, so only the
+    group's own mark can say that the second member must merge too."""
+    fake = _two_lvs()
+    world.host = replace(world.host, run=fake)
+    flow = _flow(world, monkeypatch, {"/mnt/a": LV_A, "/mnt/b": LV_B})
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="lvm")
+    for lv in fake.lvs.values():  # unmounted, as a merge wants: LVM merges at once
+        lv.is_open = False
+    with monkeypatch.context() as m:
+        _killed_after(flow, m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            flow.merge_group("g", wait=True)
+    assert "g-a" not in fake.lvs and "g-b" in fake.lvs  # the cut: a merged, b not
+    monkeypatch.setattr(  # the boot's activation, which the fake does not play
+        "snapkit.methods.lvm.recover.LvmRecovery.activate", lambda _self, _data: None
+    )
+    result = flow.recover()
+    assert not isinstance(result, str)
+    assert "g-a" not in fake.lvs and "g-b" not in fake.lvs, fake.lvs
+    assert flow.load().groups == () and flow.load().snapshots == ()
