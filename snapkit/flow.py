@@ -883,7 +883,8 @@ class Flow:
         result = recover.run(self.context, self.state, self.apply_plan, dry_run=dry_run)
         if isinstance(result, str) or not finish:
             return result
-        for name in result.merging:
+        # Once each: a group's recovery names again the members a family already resumed.
+        for name in dict.fromkeys(result.merging):
             record = self.state.load().snapshot(name)
             if record is not None and record.pending is Pending.DISCARD:
                 self._end_one(name, Pending.DISCARD, True, None, False, False)

@@ -556,6 +556,29 @@ def test_a_group_merge_cut_between_members_is_finished_on_every_member(
     assert flow.load().groups == () and flow.load().snapshots == ()
 
 
+def test_a_group_merge_cut_while_the_first_member_merges_is_finished_on_every_member(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut the crash states of a dm group found: the group marked, the first member's
+    kernel merge started (its record marked too), the second not begun. The dm family resumes
+    the first member's merge and the group's recovery names it again with the second: each is
+    finished once (recover exited 1 on the second finish of the first: 'no snapshot named')."""
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    monkeypatch.setattr("snapkit.methods.dm.snapshot.refuse_if_mounted", lambda *_a: None)
+    group = flow.state.load().group("g")
+    assert group is not None
+    flow.state.save(flow.state.load().with_group(replace(group, pending=Pending.MERGE)))
+    impl, first = DmMethod(world.host), flow.record("g-a")
+    flow._start(impl, first, impl.plan_merge(first), Pending.MERGE)
+    result = flow.recover()
+    assert not isinstance(result, str)
+    for origin in ("data", "data2"):
+        table = world.dm.table(origin)
+        assert table is not None and table.lines[0].target.type_name == "linear", origin
+    assert flow.load().groups == () and flow.load().snapshots == ()
+
+
 def test_a_group_merge_left_merging_is_finished_by_merge_wait(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
