@@ -556,6 +556,18 @@ def test_a_group_merge_cut_between_members_is_finished_on_every_member(
     assert flow.load().groups == () and flow.load().snapshots == ()
 
 
+def _group_marked_merging(world: World, monkeypatch: pytest.MonkeyPatch) -> Flow:
+    """A dm group ``g`` whose entry says ``pending merge``, as ``_end_group`` saves it before
+    any member's verb; no member begun yet."""
+    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
+    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
+    monkeypatch.setattr("snapkit.methods.dm.snapshot.refuse_if_mounted", lambda *_a: None)
+    group = flow.state.load().group("g")
+    assert group is not None
+    flow.state.save(flow.state.load().with_group(replace(group, pending=Pending.MERGE)))
+    return flow
+
+
 def test_a_group_merge_cut_while_the_first_member_merges_is_finished_on_every_member(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -563,12 +575,7 @@ def test_a_group_merge_cut_while_the_first_member_merges_is_finished_on_every_me
     kernel merge started (its record marked too), the second not begun. The dm family resumes
     the first member's merge and the group's recovery names it again with the second: each is
     finished once (recover exited 1 on the second finish of the first: 'no snapshot named')."""
-    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
-    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
-    monkeypatch.setattr("snapkit.methods.dm.snapshot.refuse_if_mounted", lambda *_a: None)
-    group = flow.state.load().group("g")
-    assert group is not None
-    flow.state.save(flow.state.load().with_group(replace(group, pending=Pending.MERGE)))
+    flow = _group_marked_merging(world, monkeypatch)
     impl, first = DmMethod(world.host), flow.record("g-a")
     flow._start(impl, first, impl.plan_merge(first), Pending.MERGE)
     result = flow.recover()
@@ -585,12 +592,7 @@ def test_a_group_merge_left_merging_is_finished_by_merge_wait(
     """A group left marked ``pending merge`` (``merge G`` without --wait, the kernel still
     merging) shows its status; ``merge G --wait`` finishes it (the mark is its own verb's),
     while ``discard G`` is refused until then."""
-    flow = _flow(world, monkeypatch, {"/mnt/a": A, "/mnt/b": B})
-    flow.create_group(["/mnt/a", "/mnt/b"], name="g", method="dm")
-    monkeypatch.setattr("snapkit.methods.dm.snapshot.refuse_if_mounted", lambda *_a: None)
-    group = flow.state.load().group("g")
-    assert group is not None
-    flow.state.save(flow.state.load().with_group(replace(group, pending=Pending.MERGE)))
+    flow = _group_marked_merging(world, monkeypatch)
     assert flow.group_status("g").group.pending is Pending.MERGE
     with pytest.raises(RefusedError, match="a merge of group g is under way"):
         flow.discard_group("g")
