@@ -107,8 +107,18 @@ def _devnum(major: str, minor: str) -> tuple[int, int] | None:
     return (int(major), int(minor))
 
 
+_JSON_STARTS = frozenset('{}[]"')
+
+
 def parse_lvs(text: str) -> tuple[LogicalVolume, ...]:
-    """Parse the JSON of ``lvs --reportformat json`` asked for :data:`LVS_FIELDS`."""
+    """Parse the JSON of ``lvs --reportformat json`` asked for :data:`LVS_FIELDS`.
+
+    LVM prints some of its messages to stdout in the middle of the report (measured, bookworm's
+    lvm2, a VG whose two PVs' metadata a power cut left at different commits: a line ``Retrying
+    metadata scan.`` between ``"report": [`` and its first object), so a line that no JSON
+    line of the report can be -- one not starting with a bracket, a brace or a quote -- is
+    dropped first."""
+    text = "\n".join(line for line in text.splitlines() if line.lstrip()[:1] in _JSON_STARTS)
     try:
         rows = [row for report in json.loads(text)["report"] for row in report["lv"]]
         return tuple(

@@ -118,6 +118,14 @@ def test_parse_fields() -> None:
     assert bad.invalid
 
 
+def test_lvm_messages_inside_the_report_are_skipped() -> None:
+    """Measured in a group-lvm crash state (issue 17): LVM's rescan message on stdout inside
+    the JSON; recover exited 1 on it ("cannot read the lvs report")."""
+    lines = json.dumps(json.loads(REPORT), indent=4).splitlines()
+    lines.insert(2, "  Retrying metadata scan.")
+    assert parse_lvs("\n".join(lines)) == parse_lvs(REPORT)
+
+
 @pytest.mark.parametrize(
     "text", ["", "{}", '{"report": [{"lv": [{"lv_name": "x"}]}]}', '{"report": 3}']
 )
