@@ -172,7 +172,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         metavar="M,...",
         help="cut points (or crash-state kinds) of these methods only (default "
         "dm,dm-direct,lvm; for faults the stacked dm+crypt and lvm+crypt -- a filesystem on "
-        "dm-crypt over the base -- only when named)",
+        "dm-crypt over the base -- only when named; for crash-states the snapshot-group kinds "
+        "group-dm, group-dm-direct and group-lvm -- two filesystems under one group, ext4 and "
+        "xfs only -- only when named)",
     )
     _only(
         faults,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vmtests.crashstates import report as cs_report
-from vmtests.crashstates.run import FILESYSTEMS, METHODS, Runner, kinds
+from vmtests.crashstates.run import FILESYSTEMS, GROUP_METHODS, METHODS, Runner, kinds
 
 DEFAULT_STATES = 1080  # issue 17: at least 1,000 over ext4/xfs/btrfs x dm/dm-direct/lvm
 
@@ -48,13 +48,13 @@ def run_matrix(opts: Options) -> int:
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    bad = [m for m in opts.methods if m not in METHODS] + [
+    bad = [m for m in opts.methods if m not in METHODS + GROUP_METHODS] + [
         f for f in opts.filesystems if f not in FILESYSTEMS
     ]
     if bad:
         print(
             f"vmtest run: unknown {', '.join(bad)} (filesystems {','.join(FILESYSTEMS)}; "
-            f"methods {','.join(METHODS)})",
+            f"methods {','.join(METHODS + GROUP_METHODS)})",
             file=sys.stderr,
         )
         return 2
@@ -71,6 +71,9 @@ def run_matrix(opts: Options) -> int:
         results = runner.replay(opts.replay, opts.cut, opts.seed)
     else:
         todo = kinds(opts.filesystems, opts.methods)
+        if not todo:
+            print("vmtest run: no kind (group kinds are ext4 and xfs only)", file=sys.stderr)
+            return 2
         budget = math.ceil(opts.states / len(todo))
 
         def one(k: Any) -> None:

@@ -6,6 +6,8 @@ from collections import Counter
 from typing import Any
 
 CONTROLS = ("skip-flush", "state-no-fsync", "cow-fua-drop")
+# a group kind's (vmtests/guest/crashstates/group.py): a run of group kinds only must catch these
+GROUP_CONTROLS = ("skip-flush", "group-split")
 
 
 def flatten(kinds: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -21,7 +23,11 @@ def flatten(kinds: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dic
 
 def summary(kinds: list[dict[str, Any]], seconds: float, report: str) -> dict[str, Any]:
     real, ctl = flatten(kinds)
-    controls = {name: {"tried": 0, "caught": 0} for name in CONTROLS}
+    grouped = [str(k["method"]).startswith("group-") for k in kinds]
+    names = (CONTROLS if not all(grouped) or not kinds else ()) + (
+        GROUP_CONTROLS if any(grouped) else ()
+    )
+    controls = {name: {"tried": 0, "caught": 0} for name in dict.fromkeys(names)}
     for s in real + ctl:
         for name, caught in (s.get("controls") or {}).items():
             controls[name]["tried"] += 1
@@ -125,4 +131,13 @@ def markdown(f: dict[str, Any], command: str) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["CONTROLS", "flatten", "markdown", "passed", "replay_line", "summary", "table"]
+__all__ = [
+    "CONTROLS",
+    "GROUP_CONTROLS",
+    "flatten",
+    "markdown",
+    "passed",
+    "replay_line",
+    "summary",
+    "table",
+]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,6 +55,7 @@ from vmtests.guest.faults.judge import frozen, suspended
 from vmtests.guest.faults.kind import dm_names, in_process
 from vmtests.guest.proc import CommandError, log, run
 
+Check = Callable[[Kind, Situation, dict[str, Any], dict[str, Any]], None]
 LAYER_COW_MIB = 256
 CTL_TRIES = 6  # states after the control's prepare returned in which it is tried
 CONTROL_TAGS = {"w2": "wb", "w3": "wc"}
@@ -168,7 +169,10 @@ def judge_state(
     facts: dict[str, Any],
     marks: list[tuple[int, str]],
     ctl_budget: list[int],
+    check: Check | None = None,
 ) -> dict[str, Any]:
+    """``check``: the oracle after the state is up (default :func:`_check`; a group kind's is
+    :func:`vmtests.guest.crashstates.group.check`)."""
     t0 = time.monotonic()
     sit = situation(marks, st.cut)
     out: dict[str, Any] = {
@@ -194,7 +198,7 @@ def judge_state(
         make_slices(k, dev)
         mount_keep(k)
         _state_file_control(k, sit, ctl_budget, out)
-        _check(k, sit, facts, out)
+        (check or _check)(k, sit, facts, out)
     except (CommandError, RuntimeError, OSError, ValueError) as exc:
         problems.append(f"judge: {type(exc).__name__}: {exc}"[:800])
     finally:
@@ -247,15 +251,7 @@ def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) 
     s1, s2 = k.snapshots
     if k.method == "lvm":
         run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
-    rec = in_process(k.state, "recover", "--json", check_ok=False)
-    out["recover_exit"] = rec.returncode
-    if rec.returncode != 0:
-        problems.append(f"recover exited {rec.returncode}: {rec.stderr.strip()[-400:]}")
-    listed = in_process(k.state, "snapshot", "list", "--json", check_ok=False)
-    try:
-        shown = {s["name"]: s for s in json.loads(listed.stdout or "[]")}
-    except ValueError:
-        shown = {}
+    shown = recovered(k, out)
     states = {name: shown.get(name, {}).get("state", "absent") for name in (s1, s2)}
     out["snapshots"] = states
     merged = states[s1] == "absent" and sit.did("merge-start.start")
@@ -275,7 +271,21 @@ def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) 
     out["fsck_origin"] = fsck.ok
     if not fsck.ok:
         problems.append(f"fsck of the origin: {fsck.out[-300:]}")
-    for name in (s1, s2):
+    snapshots_and_leftovers(k, [s1, s2], states, shown, facts, out)
+
+
+def snapshots_and_leftovers(
+    k: Kind,
+    names: list[str],
+    states: dict[str, str],
+    shown: dict[str, dict[str, Any]],
+    facts: dict[str, Any],
+    out: dict[str, Any],
+) -> None:
+    """The end of every oracle: each active snapshot of ``names`` whole (:func:`_snapshot`),
+    no device left suspended, no filesystem left frozen (``out["frozen"]``, probed before)."""
+    problems: list[str] = out["problems"]
+    for name in names:
         if states[name] == "active":
             _snapshot(k, name, shown[name]["device"], facts["expected"][name], out)
     out["suspended"] = suspended()
@@ -283,6 +293,20 @@ def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) 
         problems.append(f"devices left suspended: {out['suspended']}")
     if out["frozen"]:
         problems.append(f"filesystems left frozen: {out['frozen']}")
+
+
+def recovered(k: Kind, out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Run ``snapkit recover`` (its exit noted, a failure a problem), then the snapshots it
+    lists, by name."""
+    rec = in_process(k.state, "recover", "--json", check_ok=False)
+    out["recover_exit"] = rec.returncode
+    if rec.returncode != 0:
+        out["problems"].append(f"recover exited {rec.returncode}: {rec.stderr.strip()[-400:]}")
+    listed = in_process(k.state, "snapshot", "list", "--json", check_ok=False)
+    try:
+        return {s["name"]: s for s in json.loads(listed.stdout or "[]")}
+    except ValueError:
+        return {}
 
 
 def _allowed(sit: Situation, create: str, gone: str) -> tuple[str, ...]:
@@ -345,4 +369,4 @@ def _snapshot(k: Kind, name: str, dev: str, expected: str, out: dict[str, Any]) 
         problems.append(f"snapshot {name} is not its tree as taken")
 
 
-__all__ = ["Replay", "judge_state"]
+__all__ = ["Check", "Replay", "judge_state", "recovered", "snapshots_and_leftovers"]

@@ -114,6 +114,14 @@ class Kind(kind.Kind):
         """The lifecycle's two snapshots: the one merged, the one discarded."""
         return self.name, f"t{self.kid}"
 
+    def loop_slices(self) -> tuple[str, ...]:
+        """The slices a direct-io loop is attached over (``make_slices``, ``teardown``)."""
+        return (self.ctl_slice,) if self.method == "lvm" else (self.ctl_slice, self.origin_slice)
+
+    def mountpoints(self) -> tuple[str, ...]:
+        """Where the kind mounts filesystems besides the keep slice (snapshot first)."""
+        return (self.snap_mnt, self.mnt)
+
     def env_with(self, state: str | None = None, **extra: str) -> dict[str, str]:
         return {**self.env, "SNAPKIT_STATE_DIR": state or self.state, **extra}
 
@@ -142,7 +150,7 @@ def dm_remove(name: str) -> bool:
 def make_slices(k: Kind, under: str) -> None:
     for name, start, size in k.slices():
         dm_create(name, f"0 {size} linear {under} {start}")
-    for path in (k.ctl_slice,) if k.method == "lvm" else (k.ctl_slice, k.origin_slice):
+    for path in k.loop_slices():
         loopctl.attach(path, direct_io=True)  # losetup --direct-io=on -f PATH
 
 
@@ -164,7 +172,7 @@ def teardown(k: Kind, *lower: str) -> None:
     metadata. What LVM made besides the dm devices, the ``/dev/VG`` links, goes too -- a
     rebooted machine's /dev has none; the judged state's ``vgchange -ay`` (the boot's
     activation) makes them again."""
-    for mnt in (k.snap_mnt, k.mnt):
+    for mnt in k.mountpoints():
         unmount(mnt)
     ours = {name for name, _, _ in k.slices()} | {k.lw, k.layer}
     for _ in range(5):  # what sits on something goes first: retry until none is left
@@ -173,13 +181,13 @@ def teardown(k: Kind, *lower: str) -> None:
             break
         for name in names:
             dm_remove(name)
-    if k.method == "lvm":
+    if k.method.endswith("lvm"):
         _drop_vg_links(f"/dev/{k.vg}")
     for loop, backing in loopctl.loops().items():
         if backing.startswith(k.keep + "/"):
             _detach(loop)
     unmount(k.keep)
-    for path in (k.ctl_slice, k.origin_slice):
+    for path in k.loop_slices():
         loop = loop_of(path)
         if loop:
             _detach(loop)

@@ -24,15 +24,22 @@ import os
 import time
 import traceback
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from vmtests.guest.crashstates import logwrites, plan
-from vmtests.guest.crashstates.judge import CTL_TRIES, Replay, judge_state
+from vmtests.guest.crashstates.judge import CTL_TRIES, Check, Replay, judge_state
 from vmtests.guest.crashstates.layout import Kind
 from vmtests.guest.crashstates.record import record
 from vmtests.guest.proc import log
 
 FUA_DROP_STATES = 2
+Parts = tuple[
+    Kind,
+    Callable[[Kind], dict[str, Any]],
+    Callable[[tuple[logwrites.Entry, ...], dict[str, Any]], list[plan.CrashState]],
+    Check | None,
+]
 
 
 def kind_seed(seed: int, kid: str) -> int:
@@ -55,7 +62,11 @@ def control_states(
 
 
 def judge_kind(
-    k: Kind, facts: dict[str, Any], states: list[plan.CrashState], entries_log: logwrites.Log
+    k: Kind,
+    facts: dict[str, Any],
+    states: list[plan.CrashState],
+    entries_log: logwrites.Log,
+    check: Check | None = None,
 ) -> list[dict[str, Any]]:
     marks = plan.marks_of(entries_log.entries)
     create_at = next(i for i, m in marks if m == "create.start")
@@ -68,7 +79,7 @@ def judge_kind(
     results = []
     try:
         for n, st in enumerate(sorted(states, key=key), 1):
-            r = judge_state(k, replay, st, facts, marks, budget)
+            r = judge_state(k, replay, st, facts, marks, budget, check)
             r.update(kid=k.kid, fs=k.fs, method=k.method)
             results.append(r)
             mark = "ok  " if r["ok"] else ("CTRL" if st.control else "FAIL")
@@ -83,16 +94,26 @@ def judge_kind(
     return results
 
 
+def parts(spec: dict[str, Any]) -> Parts:
+    """The kind, its recorder, its controls' states and its oracle (None: ``judge._check``):
+    a group kind's (``group-dm``, ...) are :mod:`vmtests.guest.crashstates.group`'s."""
+    if spec["method"].startswith("group-"):
+        from vmtests.guest.crashstates import group  # it builds on this module
+
+        return group.GroupKind.of(spec), group.record, group.control_states, group.check
+    return Kind.of(spec), record, control_states, None
+
+
 def one_kind(spec: dict[str, Any], budget: int, seed: int) -> dict[str, Any]:
-    k = Kind.of(spec)
+    k, record_kind, controls, check = parts(spec)
     t0 = time.monotonic()
-    facts = record(k)
+    facts = record_kind(k)
     with open(k.log_disk, "rb") as f:
         lg = logwrites.read(f.fileno())
     states = plan.choose(lg.entries, budget, kind_seed(seed, k.kid))
-    states += control_states(lg.entries, facts)
+    states += controls(lg.entries, facts)
     t1 = time.monotonic()
-    results = judge_kind(k, facts, states, lg)
+    results = judge_kind(k, facts, states, lg, check)
     return {
         "kid": k.kid,
         "fs": k.fs,
@@ -111,7 +132,7 @@ def one_kind(spec: dict[str, Any], budget: int, seed: int) -> dict[str, Any]:
 
 def replay_one(spec: dict[str, Any], want: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     """Judge the one state a replay line names, on the log disk recorded before."""
-    k = Kind.of(spec)
+    k, _, _, check = parts(spec)
     for d in (k.keep, k.mnt, k.snap_mnt):
         os.makedirs(d, exist_ok=True)
     with open(k.log_disk, "rb") as f:
@@ -129,7 +150,7 @@ def replay_one(spec: dict[str, Any], want: dict[str, Any], facts: dict[str, Any]
     else:
         method = "flush" if lg.entries[cut - 1].flags & logwrites.FLUSH else "fua"
         st = plan.CrashState(cut, cut, method)
-    results = judge_kind(k, facts, [st], lg)
+    results = judge_kind(k, facts, [st], lg, check)
     return {"kid": k.kid, "fs": k.fs, "method": k.method, "facts": facts, "states": results}
 
 

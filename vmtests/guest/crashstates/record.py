@@ -74,13 +74,15 @@ class Recorder:
         if done.returncode != 0:
             raise RuntimeError(f"snapkit {' '.join(args)}: {done.stderr.decode()[-800:]}")
 
-    def start_writers(self, tag: str, ctl: str) -> None:
+    def start_writers(self, tag: str, ctl: str, mnt: str = "") -> None:
+        """The writer ``tag`` and the skip-flush control writer ``ctl``, in ``mnt`` (default:
+        the kind's origin; a group kind's writers are one pair per member)."""
         k = self.k
         stop = f"/tmp/stop-{k.kid}"
         if os.path.exists(stop):
             os.unlink(stop)
         for t, extra in ((tag, []), (ctl, ["skipflush"])):
-            argv = [*command("crashstates.ackwriter"), f"{k.mnt}/{t}", t, stop, k.lw, *extra]
+            argv = [*command("crashstates.ackwriter"), f"{mnt or k.mnt}/{t}", t, stop, k.lw, *extra]
             self.writers.append(
                 subprocess.Popen(
                     ["nice", "-n", "10", *argv],
@@ -107,6 +109,14 @@ class Recorder:
         for w in self.writers:
             w.wait(timeout=120)
         self.writers.clear()
+
+    def close(self) -> None:
+        """The end of a recording, whatever happened: the writers stopped, everything taken
+        down as a power-off would (the logger last: the kernel then completes the log)."""
+        if self.writers:
+            self.stop_writers()
+        teardown(self.k, self.k.lw)
+        self.dm.close()
 
     def digest(self, name: str, *, origin_mounted: bool = False) -> str:
         """The tree digest of snapshot ``name``, mounted through ``snapkit snapshot mount``;
@@ -149,25 +159,36 @@ class Recorder:
         raise RuntimeError(f"the kernel's merge of {name} did not end in {WAIT_S:g} s")
 
 
-def record(k: Kind) -> dict[str, Any]:
-    t0 = time.monotonic()
-    for tag in ("w2", "wb", "w3", "wc"):  # a kind before this one in the boot used them
+def logged(k: Kind, tags: tuple[str, ...]) -> Recorder:
+    """The logger over the kind's zeroed data disk, and a recorder on it (``tags``: the
+    writers' ack counts a kind before this one in the boot left, cleared)."""
+    for tag in tags:
         if os.path.exists(f"/tmp/acks-{tag}"):
             os.unlink(f"/tmp/acks-{tag}")
-    for d in (k.keep, k.mnt, k.snap_mnt):
+    for d in (k.keep, k.snap_mnt, *k.mountpoints()):
         os.makedirs(d, exist_ok=True)
     run(["modprobe", "dm-log-writes"])
     run(["modprobe", k.fs], check=False)
     sectors = DISK_MIB * MIB // 512
     dm_create(k.lw, f"0 {sectors} log-writes {k.data_disk} {k.log_disk}")
-    r = Recorder(k)
+    return Recorder(k)
+
+
+def keep_up(k: Kind) -> None:
+    """The slices over the logger, the keep ext4 on its slice, mounted, the state directory."""
+    make_slices(k, f"/dev/mapper/{k.lw}")
+    run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", k.keep_dev])
+    mount_keep(k)
+    os.makedirs(k.state)
+
+
+def record(k: Kind) -> dict[str, Any]:
+    t0 = time.monotonic()
+    r = logged(k, ("w2", "wb", "w3", "wc"))
     s, t = k.snapshots
     facts: dict[str, Any] = {"kid": k.kid}
     try:
-        make_slices(k, f"/dev/mapper/{k.lw}")
-        run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", k.keep_dev])
-        mount_keep(k)
-        os.makedirs(k.state)
+        keep_up(k)
         if k.method == "lvm":
             run(["pvcreate", "-q", "-y", k.origin_slice])
             run(["vgcreate", "-q", k.vg, k.origin_slice])
@@ -226,10 +247,7 @@ def record(k: Kind) -> dict[str, Any]:
         mountctl.umount(k.mnt)
         r.mark("end")
     finally:
-        if r.writers:
-            r.stop_writers()
-        teardown(k, k.lw)
-        r.dm.close()
+        r.close()
     facts["acks"] = {tag: _acks(tag) for tag in ("w2", "wb", "w3", "wc")}
     facts["record_s"] = round(time.monotonic() - t0, 1)
     return facts
