@@ -66,14 +66,16 @@ def summary(kinds: list[dict[str, Any]], seconds: float, report: str) -> dict[st
 
 
 def replay_line(state: dict[str, Any], report: str) -> str:
-    """The command that judges ``state`` again from its kind's kept log: log, entry, seed."""
-    line = (
+    """The command that judges ``state`` again from its kind's kept log: log, entry, seed.
+
+    The seed is always printed, 0 for a durable point: the replay reads a non-zero seed as a
+    reordered state's, and ``vmtest run`` without ``--seed`` would otherwise fill in the run's
+    default seed, turning a flush or FUA point's line into a reordered draw it never named."""
+    return (
         f"vmtest run --matrix crash-states --replay {report}/logs/{state['kid']} "
-        f"--cut {state['cut']}"
+        f"--cut {state['cut']} --seed {int(state.get('seed') or 0)} -n 1 "
+        f"--report {report}-replay-{state['kid']}-{state['cut']}"
     )
-    if state.get("replayed") == "reorder":
-        line += f" --seed {state['seed']}"
-    return line + f" -n 1 --report {report}-replay-{state['kid']}-{state['cut']}"
 
 
 def passed(f: dict[str, Any]) -> bool:

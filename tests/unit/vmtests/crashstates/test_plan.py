@@ -135,7 +135,7 @@ def test_a_cut_before_the_first_plain_write_moves_on_to_it() -> None:
     out and crashed on ``randrange(0)``; it now moves on to the first plain write, whose
     omission makes the state (and every other seed draws what it drew before)."""
     log = log_of("F U U w w F")
-    (opened, writes), = plan.epochs(log, 0, 6)
+    ((opened, writes),) = plan.epochs(log, 0, 6)
     cuts = set()
     for seed in range(40):
         st = plan.reordered(opened, writes, seed)
