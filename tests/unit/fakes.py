@@ -336,6 +336,9 @@ class FakeLvm(FakeExecutor):
             self.suspended.discard(args[-1].removeprefix("vg-"))
         elif args[0] == "lvremove":
             del self.lvs[args[-1].split("/")[1]]
+        elif args[:2] == ["vgchange", "-ay"]:  # a boot's activation: thin snapshots skip it
+            for lv in self.lvs.values():
+                lv.active = lv.active or not (lv.thin and lv.origin)
         elif args[0] == "lvchange" and args[1] in ("-ay", "-an"):
             self.lvs[args[-1].split("/")[1]].active = args[1] == "-ay"
         elif args[:2] == ["lvconvert", "--merge"]:

@@ -29,7 +29,7 @@ from functools import partial
 from snapkit.host.lvm import Lvm
 from snapkit.lock import LockedError
 from snapkit.methods.base import Context, FamilyRecovery, Recovered
-from snapkit.methods.lvm import LVM_METHODS
+from snapkit.methods.lvm import LVM_METHODS, THIN_ACTIVATE
 from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
@@ -41,10 +41,17 @@ class LvmRecovery(FamilyRecovery):
 
     def activate(self, data: StateData) -> None:
         """``vgchange -ay`` each recorded VG (which also restarts a merge LVM had scheduled),
-        before anything is planned: a dm snapshot's origin may be one of these LVs."""
+        before anything is planned: a dm snapshot's origin may be one of these LVs. Then each
+        kept lvm-thin snapshot, which that skips (:data:`THIN_ACTIVATE` says why)."""
         vgs = sorted({r.details.get("vg", "") for r in data.snapshots if r.method in LVM_METHODS})
         for vg in filter(None, vgs):
             self.ctx.host.run.run(["vgchange", "-ay", vg], check=False, timeout=None)
+        for record in data.snapshots:
+            if record.method == "lvm-thin" and record.pending not in (
+                Pending.MERGE,
+                Pending.DISCARD,
+            ):
+                _activate_thin(self.ctx, record)
 
     def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
         plan, settled = plan_settle(self.ctx, data)
@@ -52,6 +59,20 @@ class LvmRecovery(FamilyRecovery):
         for name in gone:
             settled.drop(name)  # before what the plan finds, as recover has always listed them
         return plan, settled
+
+
+def _activate_thin(ctx: Context, record: SnapshotRecord) -> None:
+    """``lvchange -ay -K`` a thin snapshot that is there and inactive, as its create did.
+
+    Found by the crash states (``--methods lvm-thin``): after a power cut, recover kept every
+    thin snapshot but left it without a device node, so it listed as active and could be
+    neither checked nor mounted. Before the settle plan, so a pending create that had finished
+    is kept usable; a half-made one is removed by the create's undo all the same. A merge or a
+    discard under way is left to LVM and the settle step (the snapshot is going)."""
+    vg, name = record.details.get("vg", ""), record.details.get("lv", "")
+    lv = Lvm(ctx.host.run).get(vg, name) if vg and name else None
+    if lv is not None and lv.is_thin_snapshot and not lv.active:
+        ctx.host.run.run([*THIN_ACTIVATE, lv.full_name], check=False, timeout=None)
 
 
 def _lv_gone(ctx: Context, record: SnapshotRecord) -> bool:
