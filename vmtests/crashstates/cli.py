@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from vmtests.crashstates import report as cs_report
-from vmtests.crashstates.run import FILESYSTEMS, METHODS, Runner, kinds
+from vmtests.crashstates.run import (
+    FILESYSTEMS,
+    METHODS,
+    OPT_IN_METHODS,
+    OPT_IN_OPERATIONS,
+    Runner,
+    kinds,
+)
 
 DEFAULT_STATES = 1080  # issue 17: at least 1,000 over ext4/xfs/btrfs x dm/dm-direct/lvm
 
@@ -37,6 +44,7 @@ class Options:
     replay: Path | None = None
     cut: int = 0
     json: bool = False
+    operations: tuple[str, ...] = ()
 
 
 def run_matrix(opts: Options) -> int:
@@ -48,13 +56,16 @@ def run_matrix(opts: Options) -> int:
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    bad = [m for m in opts.methods if m not in METHODS] + [
-        f for f in opts.filesystems if f not in FILESYSTEMS
-    ]
+    bad = (
+        [m for m in opts.methods if m not in METHODS + OPT_IN_METHODS]
+        + [f for f in opts.filesystems if f not in FILESYSTEMS]
+        + [o for o in opts.operations if o not in OPT_IN_OPERATIONS]
+    )
     if bad:
         print(
             f"vmtest run: unknown {', '.join(bad)} (filesystems {','.join(FILESYSTEMS)}; "
-            f"methods {','.join(METHODS)})",
+            f"methods {','.join(METHODS + OPT_IN_METHODS)}; operations "
+            f"{','.join(OPT_IN_OPERATIONS)})",
             file=sys.stderr,
         )
         return 2
@@ -62,7 +73,9 @@ def run_matrix(opts: Options) -> int:
         print(f"vmtest run: {opts.replay} holds no kept log (log.raw)", file=sys.stderr)
         return 2
     img = guest_image.prepare(None)
-    runner = Runner(img, accel_mod.choose(opts.accel, img), opts.report, say=say)
+    runner = Runner(
+        img, accel_mod.choose(opts.accel, img), opts.report, say=say, operations=opts.operations
+    )
     opts.report.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     results: list[dict[str, Any]] = []
@@ -123,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             replay=args.replay,
             cut=args.cut or 0,
             json=bool(args.json),
+            operations=tuple(o for o in (getattr(args, "operations", None) or "").split(",") if o),
         )
     )
 

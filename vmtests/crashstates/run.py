@@ -23,8 +23,12 @@ from vmtests.vm.errors import VmError
 
 FILESYSTEMS = ("ext4", "xfs", "btrfs")
 METHODS = ("dm", "dm-direct", "lvm")
+# only when named (--methods, --operations): the default run's kinds, lifecycle and >= 1,000
+# states in < 30 minutes stay as measured
+OPT_IN_METHODS = ("lvm-thin",)
+OPT_IN_OPERATIONS = ("extend",)  # dm and lvm kinds only (vmtests/guest/crashstates/extend.py)
 _FS = {"ext4": "e4", "xfs": "xf", "btrfs": "bt"}
-_METHOD = {"dm": "dm", "dm-direct": "dd", "lvm": "lv"}
+_METHOD = {"dm": "dm", "dm-direct": "dd", "lvm": "lv", "lvm-thin": "lt"}
 DISK_MIB, LOG_MIB = 360, 2048  # as vmtests/guest/crashstates/layout.py lays them out
 # the replay disk (up to DISK_MIB, in practice what the log wrote), the layer's COW and the
 # log's pages live in the guest's RAM
@@ -59,10 +63,13 @@ class Runner:
     accel: Any
     report: Path
     say: Say = print
+    operations: tuple[str, ...] = ()  # of OPT_IN_OPERATIONS
 
     def group(self, group: list[Kind], budget: int, seed: int) -> list[dict[str, Any]]:
         """One boot: record and judge every kind of ``group``; one result per kind."""
-        spec = {"kinds": [k.spec() for k in group], "states": budget, "seed": seed}
+        spec: dict[str, Any] = {"kinds": [k.spec() for k in group], "states": budget, "seed": seed}
+        if self.operations:
+            spec["operations"] = list(self.operations)
         return self._boot(group, spec, fresh=True)
 
     def replay(self, folder: Path, cut: int, seed: int) -> list[dict[str, Any]]:
@@ -143,4 +150,13 @@ class Runner:
         res["kept"] = str(keep)
 
 
-__all__ = ["FILESYSTEMS", "METHODS", "Kind", "Runner", "kid", "kinds"]
+__all__ = [
+    "FILESYSTEMS",
+    "METHODS",
+    "OPT_IN_METHODS",
+    "OPT_IN_OPERATIONS",
+    "Kind",
+    "Runner",
+    "kid",
+    "kinds",
+]

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from vmtests.guest import check, loopctl, mountctl
-from vmtests.guest.crashstates import logwrites
+from vmtests.guest.crashstates import logwrites, thin
 from vmtests.guest.crashstates.layout import (
     DISK_MIB,
     MIB,
@@ -245,7 +245,7 @@ def _state_file_control(k: Kind, sit: Situation, budget: list[int], out: dict[st
 def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) -> None:
     problems: list[str] = out["problems"]
     s1, s2 = k.snapshots
-    if k.method == "lvm":
+    if k.lvm:
         run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
     rec = in_process(k.state, "recover", "--json", check_ok=False)
     out["recover_exit"] = rec.returncode
@@ -258,6 +258,7 @@ def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) 
         shown = {}
     states = {name: shown.get(name, {}).get("state", "absent") for name in (s1, s2)}
     out["snapshots"] = states
+    problems += thin.missing_nodes(k, states, shown)
     merged = states[s1] == "absent" and sit.did("merge-start.start")
     for name, allowed in (
         (s1, _allowed(sit, "create", "merge")),

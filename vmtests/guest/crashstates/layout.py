@@ -58,6 +58,15 @@ class Kind(kind.Kind):
     def of(cls, spec: dict[str, Any]) -> Kind:
         return cls(spec["kid"], spec["fs"], spec["method"])
 
+    @property
+    def lvm(self) -> bool:
+        """lvm or lvm-thin (``thin.py``): the origin slice is a PV, the origin the LV lv0."""
+        return self.method in ("lvm", "lvm-thin")
+
+    @property
+    def base_dev(self) -> str:
+        return f"/dev/{self.vg}/lv0" if self.lvm else super().base_dev
+
     # the disks, by serial
     @property
     def data_disk(self) -> str:
@@ -142,7 +151,7 @@ def dm_remove(name: str) -> bool:
 def make_slices(k: Kind, under: str) -> None:
     for name, start, size in k.slices():
         dm_create(name, f"0 {size} linear {under} {start}")
-    for path in (k.ctl_slice,) if k.method == "lvm" else (k.ctl_slice, k.origin_slice):
+    for path in (k.ctl_slice,) if k.lvm else (k.ctl_slice, k.origin_slice):
         loopctl.attach(path, direct_io=True)  # losetup --direct-io=on -f PATH
 
 
@@ -173,7 +182,7 @@ def teardown(k: Kind, *lower: str) -> None:
             break
         for name in names:
             dm_remove(name)
-    if k.method == "lvm":
+    if k.lvm:
         _drop_vg_links(f"/dev/{k.vg}")
     for loop, backing in loopctl.loops().items():
         if backing.startswith(k.keep + "/"):

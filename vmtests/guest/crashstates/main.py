@@ -83,10 +83,12 @@ def judge_kind(
     return results
 
 
-def one_kind(spec: dict[str, Any], budget: int, seed: int) -> dict[str, Any]:
+def one_kind(
+    spec: dict[str, Any], budget: int, seed: int, operations: tuple[str, ...] = ()
+) -> dict[str, Any]:
     k = Kind.of(spec)
     t0 = time.monotonic()
-    facts = record(k)
+    facts = record(k, operations)
     with open(k.log_disk, "rb") as f:
         lg = logwrites.read(f.fileno())
     states = plan.choose(lg.entries, budget, kind_seed(seed, k.kid))
@@ -143,7 +145,8 @@ def main(argv: list[str]) -> int:
             if "replay" in spec:
                 kinds.append(replay_one(ks, spec["replay"], spec["facts"]))
             else:
-                kinds.append(one_kind(ks, int(spec["states"]), int(spec["seed"])))
+                ops = tuple(spec.get("operations", ()))  # opt-in ones: extend
+                kinds.append(one_kind(ks, int(spec["states"]), int(spec["seed"]), ops))
         except BaseException as exc:  # reported to the host: one kind never ends the boot
             log(traceback.format_exc())
             kinds.append({**ks, "error": f"{type(exc).__name__}: {exc}"[-1500:], "states": []})
