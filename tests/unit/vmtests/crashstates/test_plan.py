@@ -155,3 +155,15 @@ def test_an_epoch_without_a_plain_write_has_no_reordered_state() -> None:
     with pytest.raises(ValueError, match="no reordered state"):
         plan.reordered(1, writes[:1], 1)
     assert plan.epochs(log, 0, 5) == []
+
+
+@pytest.mark.parametrize(("method", "passes"), [("lvm-thin", True), ("lvm", True), ("dm", False)])
+def test_cow_fua_drop_is_required_only_where_a_cow_file_is(method: str, passes: bool) -> None:
+    """A run of lvm or lvm-thin kinds only has no COW file whose commits it could drop: it
+    passes without that control. The negative control: a dm kind that never tried it fails."""
+    kinds = _kinds([_state()])
+    kinds[0].update(method=method)
+    kinds[0]["states"] = [s for s in kinds[0]["states"] if s.get("control") != "cow-fua-drop"]
+    f = report.summary(kinds, 1.0, "r")
+    assert f["controls"]["cow-fua-drop"] == {"tried": 0, "caught": 0}
+    assert report.passed(f) is passes
