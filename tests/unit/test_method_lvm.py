@@ -602,3 +602,14 @@ def test_recover_leaves_a_thin_snapshot_whose_discard_was_under_way(tmp_path: Pa
     flow.recover()
     assert ["lvchange", "-ay", "-K", "vg/s1"] not in fake.calls[before:]
     assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
+
+
+def test_recover_activates_a_thin_snapshot_whose_merge_never_reached_lvm(tmp_path: Path) -> None:
+    """A power cut after the merge mark was saved and before lvconvert ran: the snapshot is
+    kept (the merge had not started), so it must be usable too, not only unmarked."""
+    flow, fake = _thin_flow_after_a_reboot(tmp_path, "merge")
+    before = len(fake.calls)
+    flow.recover()
+    (record,) = flow.state.load().snapshots
+    assert "pending" not in record.details and fake.lvs["s1"].active
+    assert ["lvchange", "-ay", "-K", "vg/s1"] in fake.calls[before:]

@@ -68,7 +68,8 @@ def _activate_thin(ctx: Context, record: SnapshotRecord) -> None:
     thin snapshot but left it without a device node, so it listed as active and could be
     neither checked nor mounted. Before the settle plan, so a pending create that had finished
     is kept usable; a half-made one is removed by the create's undo all the same. A merge or a
-    discard under way is left to LVM and the settle step (the snapshot is going)."""
+    discard under way is left to LVM and the settle step (the snapshot is going); a merge
+    mark LVM never saw keeps the snapshot, and that step activates it then."""
     vg, name = record.details.get("vg", ""), record.details.get("lv", "")
     lv = Lvm(ctx.host.run).get(vg, name) if vg and name else None
     if lv is not None and lv.is_thin_snapshot and not lv.active:
@@ -133,6 +134,7 @@ def _settle_end(ctx: Context, record: SnapshotRecord, settled: Recovered) -> Non
                 # one would refuse every later discard of an untouched snapshot.
                 settled.saved.append(record.unmarked())
                 settled.actions.append(f"{record.name}: the merge had not started; kept")
+                _activate_thin(ctx, record)  # kept: usable, as activate() makes the others
                 return
             if lv is not None and not lv.is_open:
                 ctx.host.run.run(["lvremove", "-f", "-y", lv.full_name])
