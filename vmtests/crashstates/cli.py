@@ -3,7 +3,11 @@ judge its crash states, one guest per kind, ``-n`` at a time; then the summary,
 ``REPORT/results.json``, ``REPORT/summary.md`` and one replay line per failing state.
 
 ``--replay REPORT/logs/KID --cut N [--seed S]`` judges again the one state a replay line names,
-from the log that run kept.
+from the log that run kept (no ``--seed``: a flush or FUA point).
+
+Opt-in, so the default run stays as measured: ``--methods lvm-thin`` (a thin origin in a thin
+pool) and ``--operations extend`` (``snapshot watch --once`` grows the second snapshot's COW,
+dm and lvm kinds).
 """
 
 from __future__ import annotations
