@@ -613,3 +613,21 @@ def test_recover_activates_a_thin_snapshot_whose_merge_never_reached_lvm(tmp_pat
     (record,) = flow.state.load().snapshots
     assert "pending" not in record.details and fake.lvs["s1"].active
     assert ["lvchange", "-ay", "-K", "vg/s1"] in fake.calls[before:]
+
+
+@pytest.mark.parametrize("in_pool", [False, True])
+def test_recover_undoes_a_thin_create_the_pool_never_committed(
+    tmp_path: Path, in_pool: bool
+) -> None:
+    """Crash states, lvm-thin, a FUA point inside create: LVM's metadata names the snapshot
+    but the pool's metadata never committed its thin device, so no activation can succeed.
+    recover undoes the create (the snapshot is cleanly absent) instead of keeping a record
+    nothing can use. The negative control: a snapshot the pool holds is kept and active."""
+    flow, fake = _thin_flow_after_a_reboot(tmp_path, "create")
+    fake.lvs["s1"].in_pool = in_pool
+    flow.recover()
+    if in_pool:
+        assert fake.lvs["s1"].active and len(flow.state.load().snapshots) == 1
+    else:
+        assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
+        assert ["lvremove", "-f", "-y", "vg/s1"] in fake.calls

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from snapkit.host.lvm import Lvm
+from snapkit.host.lvm import LogicalVolume, Lvm
 from snapkit.lock import LockedError
 from snapkit.methods.base import Context, FamilyRecovery, Recovered
 from snapkit.methods.lvm import LVM_METHODS, THIN_ACTIVATE
@@ -76,6 +76,19 @@ def _activate_thin(ctx: Context, record: SnapshotRecord) -> None:
         ctx.host.run.run([*THIN_ACTIVATE, lv.full_name], check=False, timeout=None)
 
 
+def _whole(lv: LogicalVolume | None) -> bool:
+    """A snapshot LV a cut-short create may keep: classic and valid, or thin and active.
+
+    Thin and inactive, after :func:`_activate_thin` has run, is a snapshot LVM recorded but
+    the pool does not hold. Found by the crash states (lvm-thin, a FUA point inside create):
+    LVM's metadata named the snapshot (its pool at the next transaction id) while the pool's
+    own metadata had not committed its thin device; every activation then fails ("reload
+    ioctl ... No data available"), so the create is undone like a half-made one."""
+    if lv is None or lv.invalid:
+        return False
+    return lv.is_snapshot or (lv.is_thin_snapshot and lv.active)
+
+
 def _lv_gone(ctx: Context, record: SnapshotRecord) -> bool:
     vg, lv = record.details.get("vg", ""), record.details.get("lv", "")
     return bool(vg and lv) and Lvm(ctx.host.run).get(vg, lv) is None
@@ -107,7 +120,7 @@ def _settle(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
         with ctx.lock(record.origin, f"recover {record.name}"):
             lvm = Lvm(ctx.host.run)
             lv = lvm.get(vg, name)
-            if lv is not None and (lv.is_snapshot or lv.is_thin_snapshot) and not lv.invalid:
+            if _whole(lv):
                 settled.saved.append(record.unmarked())
                 settled.actions.append(f"{record.name}: the create had finished; kept")
                 return
