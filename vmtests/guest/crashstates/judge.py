@@ -249,6 +249,7 @@ def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) 
         run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
     rec = in_process(k.state, "recover", "--json", check_ok=False)
     out["recover_exit"] = rec.returncode
+    log(f"recover: {' '.join(rec.stdout.split())[-800:]}")  # what it did, for a replay's reader
     if rec.returncode != 0:
         problems.append(f"recover exited {rec.returncode}: {rec.stderr.strip()[-400:]}")
     listed = in_process(k.state, "snapshot", "list", "--json", check_ok=False)

@@ -47,6 +47,9 @@ def missing_nodes(k: Kind, states: dict[str, str], shown: dict[str, Any]) -> lis
         dev = str(shown.get(name, {}).get("device", ""))
         if state == "active" and not (dev and os.path.exists(dev)):
             out.append(f"kept thin snapshot {name} without /dev/mapper node ({dev or 'none'})")
+    if out:  # what LVM holds, into the guest's log: the replay line's reader needs it
+        fields = "lv_name,lv_attr,origin,pool_lv,lv_active,transaction_id,lv_when_full"
+        run(["lvs", "-a", "-o", fields, k.vg], check=False)
     return out
 
 

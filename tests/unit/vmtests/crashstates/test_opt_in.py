@@ -54,14 +54,21 @@ def test_a_thin_kind_is_an_lvm_kind_without_a_cow_size() -> None:
     assert Kind("e4dm", "ext4", "dm").origin_dev == "/dev/mapper/oe4dm"
 
 
-def test_a_kept_thin_snapshot_without_its_node_is_a_problem(tmp_path: Path) -> None:
-    """The check and its negative control: the same snapshot with its node holds."""
+def test_a_kept_thin_snapshot_without_its_node_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check and its negative control: the same snapshot with its node holds. A problem
+    also logs what LVM holds (``lvs``), once."""
+    ran: list[list[str]] = []
+    monkeypatch.setattr(thin, "run", lambda argv, **kw: ran.append(list(argv)))
     k = Kind("e4lt", "ext4", "lvm-thin")
     node = tmp_path / "vge4lt-se4lt"
     shown = {"se4lt": {"device": str(node)}}
     states = {"se4lt": "active", "te4lt": "absent"}
     (problem,) = thin.missing_nodes(k, states, shown)
     assert "kept thin snapshot se4lt without /dev/mapper node" in problem
+    assert [argv[:2] for argv in ran] == [["lvs", "-a"]]
     node.touch()
     assert thin.missing_nodes(k, states, shown) == []
+    assert len(ran) == 1
     assert thin.missing_nodes(Kind("e4lv", "ext4", "lvm"), states, {}) == []  # thin only
