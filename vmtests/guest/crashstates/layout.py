@@ -65,6 +65,7 @@ class Kind(kind.Kind):
 
     @property
     def base_dev(self) -> str:
+        """The faults kind's, but lvm-thin's origin is an LV too (the faults kinds have none)."""
         return f"/dev/{self.vg}/lv0" if self.lvm else super().base_dev
 
     # the disks, by serial
