@@ -271,6 +271,7 @@ class Lv:
     active: bool = True
     merging: bool = False
     is_open: bool = False
+    in_pool: bool = True  # False: LVM records a thin LV whose device the pool never committed
 
 
 @dataclass
@@ -336,6 +337,11 @@ class FakeLvm(FakeExecutor):
             self.suspended.discard(args[-1].removeprefix("vg-"))
         elif args[0] == "lvremove":
             del self.lvs[args[-1].split("/")[1]]
+        elif args[:2] == ["vgchange", "-ay"]:  # a boot's activation: thin snapshots skip it
+            for lv in self.lvs.values():
+                lv.active = lv.active or not (lv.thin and lv.origin)
+        elif args[:2] == ["lvchange", "-ay"] and not self.lvs[args[-1].split("/")[1]].in_pool:
+            return completed(args, "", 5, "reload ioctl failed: No data available")
         elif args[0] == "lvchange" and args[1] in ("-ay", "-an"):
             self.lvs[args[-1].split("/")[1]].active = args[1] == "-ay"
         elif args[:2] == ["lvconvert", "--merge"]:

@@ -549,3 +549,85 @@ def test_the_default_cow_size_is_whole_sectors() -> None:
     argv = method._create_argv(lvm_request(), replace(origin, size=96 << 20), "s1")
     size = int(argv[argv.index("-L") + 1].removesuffix("b"))
     assert size % 512 == 0 and 0 <= size - (96 << 20) // 5 < 512
+
+
+def _thin_flow_after_a_reboot(tmp_path: Path, pending: str | None = None) -> tuple[Any, FakeLvm]:
+    """A thin snapshot s1 taken through the flow, then every LV inactive, as after a power cut
+    (optionally with s1's record marked ``pending``)."""
+    fake = lvm_world(thin=True, is_open=False)
+    flow = Flow(
+        Host(dm=FakeDm(faults=Faults()), run=fake, loops=None, files=None),  # type: ignore[arg-type]
+        settings=Settings(state_dir=tmp_path / "state", lock_dir=tmp_path),
+    )
+    plan, record = LvmThinMethod(flow.host).plan_create(lvm_request())
+    apply(plan)
+    if pending:
+        record = replace(record, details={**record.details, "pending": pending})
+    flow.state.save(StateData(snapshots=(record,)))
+    for lv in fake.lvs.values():
+        lv.active = False
+    return flow, fake
+
+
+@pytest.mark.parametrize("pending", [None, "create"])
+def test_recover_activates_a_kept_thin_snapshot(tmp_path: Path, pending: str | None) -> None:
+    """Crash states, lvm-thin: a boot's vgchange -ay skips a thin snapshot (activation-skip
+    flag), so recover kept it without a device node; it now activates it with -K, as its
+    create did -- also when the create was marked pending and had finished."""
+    flow, fake = _thin_flow_after_a_reboot(tmp_path, pending)
+    before = len(fake.calls)
+    flow.recover()
+    assert fake.lvs["s1"].active and fake.lvs["lv"].active
+    assert ["lvchange", "-ay", "-K", "vg/s1"] in fake.calls[before:]
+    (record,) = flow.state.load().snapshots
+    assert "pending" not in record.details
+    calls = len(fake.calls)
+    flow.recover()  # idempotent: an active snapshot is not activated again
+    assert ["lvchange", "-ay", "-K", "vg/s1"] not in fake.calls[calls:]
+
+
+def test_negative_control_a_boots_activation_alone_leaves_a_thin_snapshot_inactive(
+    tmp_path: Path,
+) -> None:
+    """What recover did before: vgchange -ay only. The snapshot stays without a node."""
+    _, fake = _thin_flow_after_a_reboot(tmp_path)
+    fake.run(["vgchange", "-ay", "vg"])
+    assert fake.lvs["lv"].active and not fake.lvs["s1"].active
+
+
+def test_recover_leaves_a_thin_snapshot_whose_discard_was_under_way(tmp_path: Path) -> None:
+    """A discard mark: the snapshot is going; recover removes it without activating it."""
+    flow, fake = _thin_flow_after_a_reboot(tmp_path, "discard")
+    before = len(fake.calls)
+    flow.recover()
+    assert ["lvchange", "-ay", "-K", "vg/s1"] not in fake.calls[before:]
+    assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
+
+
+def test_recover_activates_a_thin_snapshot_whose_merge_never_reached_lvm(tmp_path: Path) -> None:
+    """A power cut after the merge mark was saved and before lvconvert ran: the snapshot is
+    kept (the merge had not started), so it must be usable too, not only unmarked."""
+    flow, fake = _thin_flow_after_a_reboot(tmp_path, "merge")
+    before = len(fake.calls)
+    flow.recover()
+    (record,) = flow.state.load().snapshots
+    assert "pending" not in record.details and fake.lvs["s1"].active
+    assert ["lvchange", "-ay", "-K", "vg/s1"] in fake.calls[before:]
+
+
+@pytest.mark.parametrize("in_pool", [False, True])
+def test_recover_undoes_a_thin_create_the_pool_never_committed(
+    tmp_path: Path, in_pool: bool
+) -> None:
+    """Crash states, lvm-thin, a FUA point inside create: LVM's metadata names the snapshot
+    but the pool's metadata never committed its thin device, so no activation can succeed.
+    recover undoes the create (the snapshot is cleanly absent) instead of keeping a record
+    nothing can use. The negative control: a snapshot the pool holds is kept and active."""
+    flow, fake = _thin_flow_after_a_reboot(tmp_path, "create")
+    fake.lvs["s1"].in_pool = in_pool
+    flow.recover()
+    if in_pool:
+        assert fake.lvs["s1"].active and len(flow.state.load().snapshots) == 1
+    else:
+        assert "s1" not in fake.lvs and flow.state.load().snapshots == ()
+        assert ["lvremove", "-f", "-y", "vg/s1"] in fake.calls

@@ -172,9 +172,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         metavar="M,...",
         help="cut points (or crash-state kinds) of these methods only (default "
         "dm,dm-direct,lvm; for faults the stacked dm+crypt and lvm+crypt -- a filesystem on "
-        "dm-crypt over the base -- only when named; for crash-states the snapshot-group kinds "
-        "group-dm, group-dm-direct and group-lvm -- two filesystems under one group, ext4 and "
-        "xfs only -- only when named)",
+        "dm-crypt over the base -- only when named; for crash states lvm-thin, a thin origin "
+        "in a thin pool, and the snapshot-group kinds group-dm, group-dm-direct and group-lvm "
+        "-- two filesystems under one group, ext4 and xfs only -- only when named)",
     )
     _only(
         faults,
@@ -208,6 +208,14 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="judge again one state of a kept log (REPORT/logs/KID, from a replay line)",
     )
     _only(crash, CRASH, "--cut", type=int, metavar="N", help="with --replay: the state's entry")
+    _only(
+        crash,
+        CRASH,
+        "--operations",
+        metavar="OP,...",
+        help="also record these opt-in operations: extend (snapshot watch --once grows the "
+        "second snapshot's COW before its discard; dm and lvm kinds)",
+    )
 
 
 def inapplicable(args: argparse.Namespace) -> str | None:

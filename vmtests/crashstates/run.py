@@ -27,8 +27,12 @@ METHODS = ("dm", "dm-direct", "lvm")
 # group.py); not btrfs, which a dm suspend does not freeze (dm groups refuse it)
 GROUP_METHODS = ("group-dm", "group-dm-direct", "group-lvm")
 GROUP_FILESYSTEMS = ("ext4", "xfs")
+# only when named (--methods, --operations): the default run's kinds, lifecycle and >= 1,000
+# states in < 30 minutes stay as measured
+OPT_IN_METHODS = ("lvm-thin", *GROUP_METHODS)
+OPT_IN_OPERATIONS = ("extend",)  # dm and lvm kinds only (vmtests/guest/crashstates/extend.py)
 _FS = {"ext4": "e4", "xfs": "xf", "btrfs": "bt"}
-_METHOD = {"dm": "dm", "dm-direct": "dd", "lvm": "lv"}
+_METHOD = {"dm": "dm", "dm-direct": "dd", "lvm": "lv", "lvm-thin": "lt"}
 _METHOD.update({"group-dm": "gd", "group-dm-direct": "gx", "group-lvm": "gl"})
 DISK_MIB, LOG_MIB = 360, 2048  # as vmtests/guest/crashstates/layout.py lays them out
 # the replay disk (up to DISK_MIB, in practice what the log wrote), the layer's COW and the
@@ -69,10 +73,13 @@ class Runner:
     accel: Any
     report: Path
     say: Say = print
+    operations: tuple[str, ...] = ()  # of OPT_IN_OPERATIONS
 
     def group(self, group: list[Kind], budget: int, seed: int) -> list[dict[str, Any]]:
         """One boot: record and judge every kind of ``group``; one result per kind."""
-        spec = {"kinds": [k.spec() for k in group], "states": budget, "seed": seed}
+        spec: dict[str, Any] = {"kinds": [k.spec() for k in group], "states": budget, "seed": seed}
+        if self.operations:
+            spec["operations"] = list(self.operations)
         return self._boot(group, spec, fresh=True)
 
     def replay(self, folder: Path, cut: int, seed: int) -> list[dict[str, Any]]:
@@ -158,6 +165,8 @@ __all__ = [
     "GROUP_FILESYSTEMS",
     "GROUP_METHODS",
     "METHODS",
+    "OPT_IN_METHODS",
+    "OPT_IN_OPERATIONS",
     "Kind",
     "Runner",
     "kid",

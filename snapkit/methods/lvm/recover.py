@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from snapkit.host.lvm import Lvm
+from snapkit.host.lvm import LogicalVolume, Lvm
 from snapkit.lock import LockedError
 from snapkit.methods.base import Context, FamilyRecovery, Recovered
-from snapkit.methods.lvm import LVM_METHODS
+from snapkit.methods.lvm import LVM_METHODS, THIN_ACTIVATE
 from snapkit.model import Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
@@ -41,10 +41,17 @@ class LvmRecovery(FamilyRecovery):
 
     def activate(self, data: StateData) -> None:
         """``vgchange -ay`` each recorded VG (which also restarts a merge LVM had scheduled),
-        before anything is planned: a dm snapshot's origin may be one of these LVs."""
+        before anything is planned: a dm snapshot's origin may be one of these LVs. Then each
+        kept lvm-thin snapshot, which that skips (:data:`THIN_ACTIVATE` says why)."""
         vgs = sorted({r.details.get("vg", "") for r in data.snapshots if r.method in LVM_METHODS})
         for vg in filter(None, vgs):
             self.ctx.host.run.run(["vgchange", "-ay", vg], check=False, timeout=None)
+        for record in data.snapshots:
+            if record.method == "lvm-thin" and record.pending not in (
+                Pending.MERGE,
+                Pending.DISCARD,
+            ):
+                _activate_thin(self.ctx, record)
 
     def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
         plan, settled = plan_settle(self.ctx, data)
@@ -52,6 +59,34 @@ class LvmRecovery(FamilyRecovery):
         for name in gone:
             settled.drop(name)  # before what the plan finds, as recover has always listed them
         return plan, settled
+
+
+def _activate_thin(ctx: Context, record: SnapshotRecord) -> None:
+    """``lvchange -ay -K`` a thin snapshot that is there and inactive, as its create did.
+
+    Found by the crash states (``--methods lvm-thin``): after a power cut, recover kept every
+    thin snapshot but left it without a device node, so it listed as active and could be
+    neither checked nor mounted. Before the settle plan, so a pending create that had finished
+    is kept usable; a half-made one is removed by the create's undo all the same. A merge or a
+    discard under way is left to LVM and the settle step (the snapshot is going); a merge
+    mark LVM never saw keeps the snapshot, and that step activates it then."""
+    vg, name = record.details.get("vg", ""), record.details.get("lv", "")
+    lv = Lvm(ctx.host.run).get(vg, name) if vg and name else None
+    if lv is not None and lv.is_thin_snapshot and not lv.active:
+        ctx.host.run.run([*THIN_ACTIVATE, lv.full_name], check=False, timeout=None)
+
+
+def _whole(lv: LogicalVolume | None) -> bool:
+    """A snapshot LV a cut-short create may keep: classic and valid, or thin and active.
+
+    Thin and inactive, after :func:`_activate_thin` has run, is a snapshot LVM recorded but
+    the pool does not hold. Found by the crash states (lvm-thin, a FUA point inside create):
+    LVM's metadata named the snapshot (its pool at the next transaction id) while the pool's
+    own metadata had not committed its thin device; every activation then fails ("reload
+    ioctl ... No data available"), so the create is undone like a half-made one."""
+    if lv is None or lv.invalid:
+        return False
+    return lv.is_snapshot or (lv.is_thin_snapshot and lv.active)
 
 
 def _lv_gone(ctx: Context, record: SnapshotRecord) -> bool:
@@ -85,7 +120,7 @@ def _settle(ctx: Context, record: SnapshotRecord, settled: Recovered) -> None:
         with ctx.lock(record.origin, f"recover {record.name}"):
             lvm = Lvm(ctx.host.run)
             lv = lvm.get(vg, name)
-            if lv is not None and (lv.is_snapshot or lv.is_thin_snapshot) and not lv.invalid:
+            if _whole(lv):
                 settled.saved.append(record.unmarked())
                 settled.actions.append(f"{record.name}: the create had finished; kept")
                 return
@@ -112,6 +147,7 @@ def _settle_end(ctx: Context, record: SnapshotRecord, settled: Recovered) -> Non
                 # one would refuse every later discard of an untouched snapshot.
                 settled.saved.append(record.unmarked())
                 settled.actions.append(f"{record.name}: the merge had not started; kept")
+                _activate_thin(ctx, record)  # kept: usable, as activate() makes the others
                 return
             if lv is not None and not lv.is_open:
                 ctx.host.run.run(["lvremove", "-f", "-y", lv.full_name])

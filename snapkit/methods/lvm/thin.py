@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from snapkit.errors import RefusedError
 from snapkit.host.lvm import LogicalVolume
+from snapkit.methods.lvm import THIN_ACTIVATE
 from snapkit.methods.lvm.snapshot import LvmMethod, refuse_size
 from snapkit.model import CreateRequest, SnapshotRecord, SnapshotStatus, State
 from snapkit.plan import Plan, Step
@@ -31,7 +32,7 @@ class LvmThinMethod(LvmMethod):
         return ["lvcreate", "-y", "-s", "-n", name, origin.full_name]
 
     def _extra_create_steps(self, vg: str, name: str) -> tuple[Step, ...]:
-        on = ["lvchange", "-ay", "-K", f"{vg}/{name}"]
+        on = [*THIN_ACTIVATE, f"{vg}/{name}"]
         off = ["lvchange", "-an", f"{vg}/{name}"]
         return (
             Step(

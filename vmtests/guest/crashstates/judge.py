@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from vmtests.guest import check, loopctl, mountctl
-from vmtests.guest.crashstates import logwrites
+from vmtests.guest.crashstates import logwrites, thin
 from vmtests.guest.crashstates.layout import (
     DISK_MIB,
     MIB,
@@ -249,11 +249,12 @@ def _state_file_control(k: Kind, sit: Situation, budget: list[int], out: dict[st
 def _check(k: Kind, sit: Situation, facts: dict[str, Any], out: dict[str, Any]) -> None:
     problems: list[str] = out["problems"]
     s1, s2 = k.snapshots
-    if k.method == "lvm":
+    if k.lvm:
         run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
     shown = recovered(k, out)
     states = {name: shown.get(name, {}).get("state", "absent") for name in (s1, s2)}
     out["snapshots"] = states
+    problems += thin.missing_nodes(k, states, shown)
     merged = states[s1] == "absent" and sit.did("merge-start.start")
     for name, allowed in (
         (s1, _allowed(sit, "create", "merge")),
@@ -300,6 +301,7 @@ def recovered(k: Kind, out: dict[str, Any]) -> dict[str, dict[str, Any]]:
     lists, by name."""
     rec = in_process(k.state, "recover", "--json", check_ok=False)
     out["recover_exit"] = rec.returncode
+    log(f"recover: {' '.join(rec.stdout.split())[-800:]}")  # what it did, for a replay's reader
     if rec.returncode != 0:
         out["problems"].append(f"recover exited {rec.returncode}: {rec.stderr.strip()[-400:]}")
     listed = in_process(k.state, "snapshot", "list", "--json", check_ok=False)

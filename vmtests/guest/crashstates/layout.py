@@ -58,6 +58,16 @@ class Kind(kind.Kind):
     def of(cls, spec: dict[str, Any]) -> Kind:
         return cls(spec["kid"], spec["fs"], spec["method"])
 
+    @property
+    def lvm(self) -> bool:
+        """lvm or lvm-thin (``thin.py``): the origin slice is a PV, the origin the LV lv0."""
+        return self.method in ("lvm", "lvm-thin")
+
+    @property
+    def base_dev(self) -> str:
+        """The faults kind's, but lvm-thin's origin is an LV too (the faults kinds have none)."""
+        return f"/dev/{self.vg}/lv0" if self.lvm else super().base_dev
+
     # the disks, by serial
     @property
     def data_disk(self) -> str:
@@ -116,7 +126,7 @@ class Kind(kind.Kind):
 
     def loop_slices(self) -> tuple[str, ...]:
         """The slices a direct-io loop is attached over (``make_slices``, ``teardown``)."""
-        return (self.ctl_slice,) if self.method == "lvm" else (self.ctl_slice, self.origin_slice)
+        return (self.ctl_slice,) if self.lvm else (self.ctl_slice, self.origin_slice)
 
     def mountpoints(self) -> tuple[str, ...]:
         """Where the kind mounts filesystems besides the keep slice (snapshot first)."""
@@ -181,7 +191,7 @@ def teardown(k: Kind, *lower: str) -> None:
             break
         for name in names:
             dm_remove(name)
-    if k.method.endswith("lvm"):
+    if k.lvm or k.method == "group-lvm":  # a VG of its own: drop its /dev links
         _drop_vg_links(f"/dev/{k.vg}")
     for loop, backing in loopctl.loops().items():
         if backing.startswith(k.keep + "/"):

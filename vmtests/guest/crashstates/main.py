@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, "/src")
 
+import functools
 import json
 import os
 import time
@@ -94,18 +95,21 @@ def judge_kind(
     return results
 
 
-def parts(spec: dict[str, Any]) -> Parts:
+def parts(spec: dict[str, Any], operations: tuple[str, ...] = ()) -> Parts:
     """The kind, its recorder, its controls' states and its oracle (None: ``judge._check``):
-    a group kind's (``group-dm``, ...) are :mod:`vmtests.guest.crashstates.group`'s."""
+    a group kind's (``group-dm``, ...) are :mod:`vmtests.guest.crashstates.group`'s; the
+    opt-in ``operations`` (extend) are the single-origin recorder's only."""
     if spec["method"].startswith("group-"):
         from vmtests.guest.crashstates import group  # it builds on this module
 
         return group.GroupKind.of(spec), group.record, group.control_states, group.check
-    return Kind.of(spec), record, control_states, None
+    return Kind.of(spec), functools.partial(record, operations=operations), control_states, None
 
 
-def one_kind(spec: dict[str, Any], budget: int, seed: int) -> dict[str, Any]:
-    k, record_kind, controls, check = parts(spec)
+def one_kind(
+    spec: dict[str, Any], budget: int, seed: int, operations: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    k, record_kind, controls, check = parts(spec, operations)
     t0 = time.monotonic()
     facts = record_kind(k)
     with open(k.log_disk, "rb") as f:
@@ -164,7 +168,8 @@ def main(argv: list[str]) -> int:
             if "replay" in spec:
                 kinds.append(replay_one(ks, spec["replay"], spec["facts"]))
             else:
-                kinds.append(one_kind(ks, int(spec["states"]), int(spec["seed"])))
+                ops = tuple(spec.get("operations", ()))  # opt-in ones: extend
+                kinds.append(one_kind(ks, int(spec["states"]), int(spec["seed"]), ops))
         except BaseException as exc:  # reported to the host: one kind never ends the boot
             log(traceback.format_exc())
             kinds.append({**ks, "error": f"{type(exc).__name__}: {exc}"[-1500:], "states": []})

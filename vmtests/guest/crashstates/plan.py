@@ -146,9 +146,21 @@ def epochs(entries: Sequence[Entry], lo: int, hi: int) -> list[tuple[int, list[E
 
 def reordered(opened: int, writes: list[Entry], seed: int) -> CrashState:
     """One seeded state of an epoch: a cut among its writes, every FUA write up to the cut
-    and a random subset of the plain ones -- never all of them (that is a prefix)."""
+    and a random subset of the plain ones -- never all of them (that is a prefix).
+
+    A cut drawn before the epoch's first plain write would leave nothing to leave out (every
+    write up to it is FUA, so the state is a prefix, and the subset's draw had an empty range
+    to draw from: ``randrange(0)``); such a cut moves on to that first plain write. The other
+    draws are the same as before, so the states of a seed stay the states it names. An epoch
+    without two writes or without a plain write has no reordered state: refused."""
+    plain_at = [n for n, w in enumerate(writes) if not w.flags & FUA]
+    if len(writes) < 2 or not plain_at:
+        raise ValueError(
+            f"the epoch after entry {opened} has no reordered state: it needs two writes, "
+            f"one of them plain (it has {len(writes)}, {len(plain_at)} plain)"
+        )
     rng = random.Random(seed)
-    cut_at = rng.randrange(1, len(writes))  # at least two writes up to the cut
+    cut_at = max(rng.randrange(1, len(writes)), plain_at[0])  # two writes, one plain, up to it
     upto_cut = writes[: cut_at + 1]
     plain = [w.index for w in upto_cut if not w.flags & FUA]
     keep = [i for i in plain if rng.random() < 0.5]

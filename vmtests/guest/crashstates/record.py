@@ -12,7 +12,8 @@ rebuilds any state (a replay needs no other file). The lifecycle, each operation
     writers stop, origin unmounted, the snapshot's tree digest taken (expected)
     ``merge-start`` (``snapshot merge s``), ``kernel-merge`` (until status leaves merging),
     ``merge-finish`` (``snapshot merge s --wait``)
-    writers start again (tags w3, wc); ``create2`` snapshot t, its digest; ``discard`` of t
+    writers start again (tags w3, wc); ``create2`` snapshot t, its digest;
+    (opt-in) ``extend`` of t (``extend.py``); ``discard`` of t
     -- mark ``end`` --
 
 then everything is taken down as a power-off would, and the logger removed (the kernel then
@@ -31,6 +32,7 @@ from typing import Any
 
 from snapkit.dm.control import IoctlDm
 from vmtests.guest import check, command, mountctl
+from vmtests.guest.crashstates import extend, thin
 from vmtests.guest.crashstates.layout import (
     DISK_MIB,
     MIB,
@@ -182,17 +184,22 @@ def keep_up(k: Kind) -> None:
     os.makedirs(k.state)
 
 
-def record(k: Kind) -> dict[str, Any]:
+def record(k: Kind, operations: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The lifecycle; with ``operations`` ``("extend",)``, the second snapshot is also grown
+    (``extend.py``) between its digest and its discard."""
     t0 = time.monotonic()
     r = logged(k, ("w2", "wb", "w3", "wc"))
     s, t = k.snapshots
     facts: dict[str, Any] = {"kid": k.kid}
     try:
         keep_up(k)
-        if k.method == "lvm":
+        if k.lvm:
             run(["pvcreate", "-q", "-y", k.origin_slice])
             run(["vgcreate", "-q", k.vg, k.origin_slice])
-            run(["lvcreate", "-q", "-y", "-L", "160M", "-n", "lv0", k.vg])
+            if k.method == thin.THIN:
+                thin.make_lv0(k)
+            else:
+                run(["lvcreate", "-q", "-y", "-L", "160M", "-n", "lv0", k.vg])
         else:
             in_process(k.state, "device", "prepare", loop_of(k.origin_slice), "--name", k.prepared)
         run([*MKFS[k.fs], k.origin_dev])
@@ -216,7 +223,7 @@ def record(k: Kind) -> dict[str, Any]:
         method = k.method
         r.start_writers("w2", "wb")
         r.op("create", "snapshot", "create", k.mnt, "--name", s, "--method", method,
-             "--cow-size", COW_SIZE)  # fmt: skip
+             *thin.size_args(k, COW_SIZE))  # fmt: skip
         r.wait_acks("w2", 5)
         ballast(f"{k.mnt}/ballast", BALLAST_MIB)
         facts["cow_meta"] = cow_meta_ranges(k, s)
@@ -238,9 +245,11 @@ def record(k: Kind) -> dict[str, Any]:
             raise RuntimeError("recording: after the merge the origin is not the snapshot")
         r.start_writers("w3", "wc")
         r.op("create2", "snapshot", "create", k.mnt, "--name", t, "--method", method,
-             "--cow-size", COW_SIZE)  # fmt: skip
+             *thin.size_args(k, COW_SIZE))  # fmt: skip
         r.wait_acks("w3", 3)
         facts["expected"][t] = r.digest(t, origin_mounted=True)
+        if extend.wanted(k, operations):
+            facts["extended"] = extend.record(r.op, k, t)
         r.op("discard", "snapshot", "discard", t)
         r.wait_acks("w3", 3)
         r.stop_writers()
@@ -256,8 +265,8 @@ def record(k: Kind) -> dict[str, Any]:
 def cow_meta_ranges(k: Kind, name: str) -> list[list[int]]:
     """Byte ranges, on the data disk, of the metadata areas of ``name``'s COW file: chunk 0's
     header is left out, the exception areas (chunk ``1 + (epa + 1) * i``) are what each commit
-    writes with FUA. Empty for lvm, whose COW is an LV rather than a file."""
-    if k.method == "lvm":
+    writes with FUA. Empty for lvm, whose COW is an LV rather than a file (lvm-thin: none)."""
+    if k.lvm:
         return []
     with open(f"{k.state}/state.json", encoding="utf-8") as f:
         doc = json.load(f)

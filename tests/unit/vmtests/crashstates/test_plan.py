@@ -128,3 +128,42 @@ def test_the_figures_catch_each_planted_fault(planted: dict[str, Any]) -> None:
             and "--cut 10" in f["replay"][0]
             and "--replay r/logs/e4dm" in f["replay"][0]
         )
+
+
+def test_a_cut_before_the_first_plain_write_moves_on_to_it() -> None:
+    """An epoch that opens with FUA writes: a cut among those left no plain write to leave
+    out and crashed on ``randrange(0)``; it now moves on to the first plain write, whose
+    omission makes the state (and every other seed draws what it drew before)."""
+    log = log_of("F U U w w F")
+    ((opened, writes),) = plan.epochs(log, 0, 6)
+    cuts = set()
+    for seed in range(40):
+        st = plan.reordered(opened, writes, seed)
+        cuts.add(st.cut)
+        assert {2, 3} <= set(st.extra) and st.cut >= 4  # every FUA write up to the cut landed
+        assert set(st.extra) < set(range(2, st.cut + 1))  # never the prefix
+    assert cuts == {4, 5}
+
+
+def test_an_epoch_without_a_plain_write_has_no_reordered_state() -> None:
+    """The guard's negative control: all FUA (or a single write) is refused in words, never
+    an empty draw; :func:`plan.epochs` never offers such an epoch to :func:`plan.choose`."""
+    log = log_of("F U U U F")
+    writes = [e for e in log if e.is_write]
+    with pytest.raises(ValueError, match="no reordered state"):
+        plan.reordered(1, writes, 1)
+    with pytest.raises(ValueError, match="no reordered state"):
+        plan.reordered(1, writes[:1], 1)
+    assert plan.epochs(log, 0, 5) == []
+
+
+@pytest.mark.parametrize(("method", "passes"), [("lvm-thin", True), ("lvm", True), ("dm", False)])
+def test_cow_fua_drop_is_required_only_where_a_cow_file_is(method: str, passes: bool) -> None:
+    """A run of lvm or lvm-thin kinds only has no COW file whose commits it could drop: it
+    passes without that control. The negative control: a dm kind that never tried it fails."""
+    kinds = _kinds([_state()])
+    kinds[0].update(method=method)
+    kinds[0]["states"] = [s for s in kinds[0]["states"] if s.get("control") != "cow-fua-drop"]
+    f = report.summary(kinds, 1.0, "r")
+    assert f["controls"]["cow-fua-drop"] == {"tried": 0, "caught": 0}
+    assert report.passed(f) is passes
