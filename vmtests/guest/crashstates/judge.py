@@ -102,6 +102,9 @@ class Replay:
             os.unlink(self.file)
 
 
+CHUNK_BYTES = 8 * 512  # the layer's chunk (the table's last field)
+
+
 def layer_up(name: str, device: str, cow_mib: int) -> str:
     """A throwaway layer over ``device``: a transient (``N``) dm snapshot named ``name`` whose
     COW is a fresh sparse file on tmpfs behind a loop device; its device path.
@@ -110,13 +113,27 @@ def layer_up(name: str, device: str, cow_mib: int) -> str:
     :func:`dm_create`. The COW file is made anew for every layer, never reused: a transient
     snapshot reads back only chunks it wrote itself, but a new file also hands tmpfs back
     what the previous state's COW took, and attaching costs microseconds, so reuse would buy
-    nothing."""
+    nothing.
+
+    The layer's chunk 0 is then rewritten with its own bytes. A transient store puts its first
+    exception at the COW's chunk 0, and the COW's loop device is scanned by LVM like any disk:
+    if a state's first landed write hit a PV's first chunk, the loop showed that PV's label and
+    LVM refused the VG ("duplicate PV devices"; 2 of 1,080 default states, 2026-12-04). The
+    disk's chunk 0 is the keep slice's ext4, never a label, and an identical write changes
+    nothing in the state."""
     cow = f"/tmp/{name}.cow"
     with open(cow, "wb") as f:
         f.truncate(cow_mib << 20)
     loop = loopctl.attach(cow)  # losetup -f --show COW
     dm_create(name, f"0 {loopctl.sectors(device)} snapshot {device} {loop} N 8")
-    return f"/dev/mapper/{name}"
+    top = f"/dev/mapper/{name}"
+    fd = os.open(top, os.O_RDWR)
+    try:
+        os.pwrite(fd, os.pread(fd, CHUNK_BYTES, 0), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return top
 
 
 def layer_down(name: str) -> None:
