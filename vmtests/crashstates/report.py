@@ -46,6 +46,8 @@ def summary(kinds: list[dict[str, Any]], seconds: float, report: str) -> dict[st
         "acked_lost": sum(int(s.get("acked_lost", 0)) for s in real),
         "suspended_left": sum(bool(s.get("suspended")) for s in real),
         "frozen_left": sum(bool(s.get("frozen")) for s in real),
+        # reordered states in which LVM's own unflushed metadata commit tore (excused, counted)
+        "lvm_metadata_torn": sum(bool(s.get("excused")) for s in real),
         "controls": controls,
         "by_operation": dict(sorted(Counter(s["operation"] for s in real).items())),
         "by_replayed": dict(sorted(Counter(s["replayed"] for s in real).items())),
@@ -112,6 +114,14 @@ def table(f: dict[str, Any]) -> str:
         f"{f['suspended_left']}, frozen left {f['frozen_left']}",
         "per operation: " + ", ".join(f"{k} {v}" for k, v in f["by_operation"].items()),
         "per replay: " + ", ".join(f"{k} {v}" for k, v in f["by_replayed"].items()),
+        *(
+            [
+                f"excused: {f['lvm_metadata_torn']} reordered state(s) whose LVM metadata tore "
+                "(LVM writes text and header with no flush between; RELIABILITY.md)"
+            ]
+            if f.get("lvm_metadata_torn")
+            else []
+        ),
         "controls: "
         + ", ".join(f"{k} caught {v['caught']}/{v['tried']}" for k, v in f["controls"].items()),
     ]

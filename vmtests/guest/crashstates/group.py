@@ -41,7 +41,12 @@ from typing import Any
 from vmtests.guest import check as fscheck
 from vmtests.guest import mountctl
 from vmtests.guest.crashstates import logwrites, plan
-from vmtests.guest.crashstates.judge import _allowed, recovered, snapshots_and_leftovers
+from vmtests.guest.crashstates.judge import (
+    _allowed,
+    activate_vg,
+    recovered,
+    snapshots_and_leftovers,
+)
 from vmtests.guest.crashstates.layout import (
     DISK_MIB,
     KEEP_MIB,
@@ -235,7 +240,7 @@ def check(kind: Kind, sit: plan.Situation, facts: dict[str, Any], out: dict[str,
     k = _group_kind(kind)
     problems: list[str] = out["problems"]
     if k.member_method == "lvm":
-        run(["vgchange", "-ay", k.vg], check=False)  # what the boot's LVM activation does
+        activate_vg(k.vg, out)
     if out.get("control") == "group-split" and os.path.exists(f"{k.state}/state.json"):
         drop_member(k)
     shown = recovered(k, out)
