@@ -54,6 +54,7 @@ from snapkit.methods.base import (
 from snapkit.methods.dm import DM_METHODS, layer
 from snapkit.methods.stack import BLOCK_METHODS, STACK_KEY
 from snapkit.model import (
+    MERGE_OR_DISCARD,
     CreateRequest,
     Group,
     GroupStatus,
@@ -1067,9 +1068,6 @@ class Flow:
                 hint=f"the kernel keeps merging; 'snapkit snapshot merge {record.name} --wait' "
                 "finishes it",
             ) from None
-
-
-MERGE_OR_DISCARD = (Pending.MERGE, Pending.DISCARD)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,10 @@ class Pending(enum.StrEnum):
     DISCARD = "discard"
 
 
+# The verbs that end a snapshot: a record marked with one is going, whatever else it says.
+MERGE_OR_DISCARD = (Pending.MERGE, Pending.DISCARD)
+
+
 class State(enum.StrEnum):
     ACTIVE = "active"
     INVALID = "invalid"
@@ -138,6 +142,7 @@ class GroupStatus:
 
 
 __all__ = [
+    "MERGE_OR_DISCARD",
     "CreateRequest",
     "Group",
     "GroupStatus",

@@ -32,11 +32,9 @@ from __future__ import annotations
 
 from snapkit.methods import registry
 from snapkit.methods.base import FamilyRecovery, KernelMerge, Method, Recovered
-from snapkit.model import Group, Pending, SnapshotRecord, State
+from snapkit.model import MERGE_OR_DISCARD, Group, Pending, SnapshotRecord, State
 from snapkit.plan import Plan, Step, apply
 from snapkit.state import StateData, StateFile
-
-ENDS = (Pending.MERGE, Pending.DISCARD)
 
 
 class GroupRecovery(FamilyRecovery):
@@ -44,7 +42,7 @@ class GroupRecovery(FamilyRecovery):
         done = Recovered()
         s: list[Step] = []
         for group in data.groups:
-            if group.pending in ENDS:
+            if group.pending in MERGE_OR_DISCARD:
                 s.append(
                     Step(
                         f"finish the {group.pending} of group {group.name}: every member",

@@ -30,7 +30,7 @@ from snapkit.host.lvm import LogicalVolume, Lvm
 from snapkit.lock import LockedError
 from snapkit.methods.base import Context, FamilyRecovery, Recovered
 from snapkit.methods.lvm import LVM_METHODS, THIN_ACTIVATE
-from snapkit.model import Pending, SnapshotRecord
+from snapkit.model import MERGE_OR_DISCARD, Pending, SnapshotRecord
 from snapkit.plan import Plan, Step
 from snapkit.state import StateData
 
@@ -47,10 +47,7 @@ class LvmRecovery(FamilyRecovery):
         for vg in filter(None, vgs):
             self.ctx.host.run.run(["vgchange", "-ay", vg], check=False, timeout=None)
         for record in data.snapshots:
-            if record.method == "lvm-thin" and record.pending not in (
-                Pending.MERGE,
-                Pending.DISCARD,
-            ):
+            if record.method == "lvm-thin" and record.pending not in MERGE_OR_DISCARD:
                 _activate_thin(self.ctx, record)
 
     def plan_recover(self, data: StateData) -> tuple[Plan, Recovered]:
